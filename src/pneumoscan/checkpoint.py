@@ -1,0 +1,165 @@
+"""Checkpoints that carry everything needed to reproduce a prediction, and never unpickle code.
+
+A checkpoint is ONE ``.safetensors`` file: the weights are its tensors and the
+metadata (model name, full config, preprocessing, class names, epoch,
+validation metrics, operating threshold, temperature) is JSON stored in the
+file's header under the key ``pneumoscan``. One file means one atomic rename
+and nothing to keep in step. A readable copy of the metadata is written beside
+it as ``<name>.json``; the copy is for people, the loader reads the header.
+
+The training state used by ``--resume`` (optimiser, scheduler, random number
+generators, early stopping) is stored the same way: nested dicts and lists are
+flattened so their tensors go into safetensors and everything else into JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from pneumoscan.utils import atomic_path, atomic_write_text
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "save_checkpoint",
+    "load_state",
+    "save_state",
+]
+
+CHECKPOINT_FORMAT = "pneumoscan-checkpoint/1"
+_META_KEY = "pneumoscan"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not a pneumoscan checkpoint; the message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    """Weights plus metadata. ``meta`` always has at least ``model``, ``config``, ``preprocessing`` and ``classes``."""
+
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        return str(self.meta["model"])
+
+    @property
+    def threshold(self) -> float:
+        """The operating threshold chosen on validation (0.5 when none was chosen)."""
+        op = self.meta.get("operating_point") or {}
+        return float(op.get("threshold", 0.5))
+
+    @property
+    def temperature(self) -> float:
+        return float((self.meta.get("calibration") or {}).get("temperature", 1.0))
+
+
+def save_checkpoint(path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write weights + metadata atomically to ``path`` (``.safetensors``) and a JSON copy beside it."""
+    for key in ("model", "config", "preprocessing", "classes"):
+        if key not in meta:
+            raise ValueError(f"checkpoint metadata needs '{key}'")
+    meta = {"format": CHECKPOINT_FORMAT, **meta}
+    text = json.dumps(meta, sort_keys=True, allow_nan=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata={_META_KEY: text})
+    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as fh:
+            header = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"{p}: not a readable safetensors checkpoint ({exc})") from exc
+    if _META_KEY not in header:
+        raise CheckpointError(f"{p}: safetensors file has no pneumoscan metadata; was it written by pneumoscan?")
+    try:
+        meta = json.loads(header[_META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{p}: checkpoint metadata is not valid JSON ({exc})") from exc
+    return tensors, meta
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`. Only tensors and JSON are parsed."""
+    tensors, meta = _read(path)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    return Checkpoint(state_dict=tensors, meta=meta, path=str(path))
+
+
+# --- training state: nested structures with tensors -------------------------------------------------
+
+_TENSOR_REF = "__tensor__"
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = prefix or "root"
+        tensors[key] = obj.detach().to("cpu").contiguous().clone()
+        return {_TENSOR_REF: key}
+    if isinstance(obj, dict):
+        # JSON keys must be strings; remember int keys (optimizer state is keyed by parameter index).
+        return {
+            "__dict__": [[k, _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors)] for k, v in obj.items()]
+        }
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)], "tuple": isinstance(obj, tuple)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return {"__numpy__": obj.tolist(), "dtype": str(getattr(obj, "dtype", ""))}
+    raise TypeError(f"cannot store {type(obj).__name__} at '{prefix}' in a training state")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if _TENSOR_REF in obj:
+            return tensors[obj[_TENSOR_REF]]
+        if "__dict__" in obj:
+            return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        if "__list__" in obj:
+            items = [_unflatten(v, tensors) for v in obj["__list__"]]
+            return tuple(items) if obj.get("tuple") else items
+        if "__numpy__" in obj:
+            import numpy as np
+
+            return np.asarray(obj["__numpy__"], dtype=obj["dtype"] or None)
+    return obj
+
+
+def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Atomically save a nested training state (tensors, numbers, strings, lists, dicts, numpy arrays)."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, "", tensors)
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(skeleton)})
+    return out
+
+
+def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a training state written by :func:`save_state`."""
+    tensors, skeleton = _read(path)
+    return _unflatten(skeleton, tensors)

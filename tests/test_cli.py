@@ -1,0 +1,114 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+
+from pneumoscan import __version__
+from pneumoscan.cli import app, main
+
+
+def _all_command_paths():
+    root = typer.main.get_command(app)
+
+    def walk(cmd, prefix):
+        yield prefix
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, prefix + [name])
+
+    return list(walk(root, []))
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds" / "train"
+    files = {
+        "NORMAL": ["IM-0001-0001.jpeg", "IM-0001-0002.jpeg", "IM-0002-0001.jpeg", "NORMAL2-IM-0003-0001.jpeg"],
+        "PNEUMONIA": [
+            "person1_bacteria_1.jpeg",
+            "person1_bacteria_2.jpeg",
+            "person2_virus_3.jpeg",
+            "person3_bacteria_4.jpeg",
+            "person4_virus_5.jpeg",
+            "person5_bacteria_6.jpeg",
+        ],
+    }
+    for cls, names in files.items():
+        (root / cls).mkdir(parents=True)
+        for name in names:
+            Image.fromarray(rng.integers(0, 255, (80, 96), dtype=np.uint8)).save(root / cls / name)
+    return tmp_path / "ds"
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"pneumoscan {__version__}"
+
+
+@pytest.mark.parametrize("path", _all_command_paths(), ids=lambda p: " ".join(p) or "root")
+def test_every_command_has_help(path, capsys):
+    assert main(path + ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage:" in out
+    # A useful help says what the command does, not just its options.
+    assert len(out.splitlines()) >= 4
+
+
+@pytest.mark.parametrize(
+    "argv", [["no-such-command"], ["data", "summary", "--no-such-option"], ["data", "split", "--val-fraction", "x"]]
+)
+def test_bad_invocation_is_one_line(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("pneumoscan: error:")
+    assert "Traceback" not in err
+
+
+def test_missing_folder_is_one_line_exit_1(tmp_path, capsys):
+    code = main(["data", "summary", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and "nowhere" in err
+
+
+def test_summary_table_and_json(tiny_dataset, tmp_path, capsys):
+    out_json = tmp_path / "out" / "summary.json"
+    assert main(["data", "summary", str(tiny_dataset), "--split", "train", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "NORMAL" in out and "PNEUMONIA" in out
+    s = json.loads(out_json.read_text())
+    assert s["images_per_class"] == {"NORMAL": 4, "PNEUMONIA": 6}
+    assert s["patients_per_class"] == {"NORMAL": 3, "PNEUMONIA": 5}
+    assert s["imbalance_ratio"] == pytest.approx(1.5)
+
+
+def test_split_writes_manifest(tiny_dataset, tmp_path, capsys):
+    manifest = tmp_path / "split.csv"
+    code = main(["data", "split", str(tiny_dataset), "--split", "train", "--out", str(manifest),
+                 "--val-fraction", "0.4", "--seed", "1"])
+    assert code == 0, capsys.readouterr().err
+    lines = manifest.read_text().splitlines()
+    assert lines[0].split(",")[:3] == ["path", "label", "patient_id"]
+    rows = [line.split(",") for line in lines[1:]]
+    assert len(rows) == 10
+    header = lines[0].split(",")
+    side = {}
+    for row in rows:
+        rec = dict(zip(header, row))
+        side.setdefault(rec["patient_id"], set()).add(rec["split"])
+    assert all(len(v) == 1 for v in side.values()), side
+    assert {s for v in side.values() for s in v} == {"train", "val"}
+
+
+def test_console_script_runs():
+    proc = subprocess.run([sys.executable, "-m", "pneumoscan", "--version"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and __version__ in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "pneumoscan", "bogus"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
