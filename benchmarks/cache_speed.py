@@ -72,8 +72,8 @@ def cache_epoch(images: np.ndarray, batch_size: int, seed: int, to_float: bool =
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=_default_data(), help="data folder or CSV manifest (default: $PNEUMOSCAN_DATA "
-                        "or ../shared/data/chest_xray_224)")
+    parser.add_argument("--data", default=_default_data(),
+                        help="data folder or CSV manifest (default: $PNEUMOSCAN_DATA, else the shared data)")
     parser.add_argument("--split", default="train", help="sub-folder to read ('' for none; default: train)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)

@@ -126,9 +126,18 @@ def _print_summary(s: dict, root: str) -> None:
         )
     table.add_row("total", f"{s['n_images']:,}", f"{s['n_patients']:,}", "", "", "", style="bold")
     console.print(table)
-    console.print(f"imbalance (majority/minority images): {s['imbalance_ratio']:.2f}")
+    ratio = s.get("imbalance_ratio")
+    console.print(
+        "imbalance (majority/minority images): "
+        + (f"{ratio:.2f}" if ratio is not None else "undefined (a class has no images)")
+        + (f"; PNEUMONIA:NORMAL = {s['pneumonia_to_normal']:.2f}" if s.get("pneumonia_to_normal") is not None else "")
+    )
     ipp = s["images_per_patient"]
     console.print(f"images per patient: mean {ipp['mean']:.2f}, median {ipp['median']:g}, max {ipp['max']}")
+    hist = ipp.get("histogram") or {}
+    if hist:
+        console.print("patients with k images: " + ", ".join(f"{k}: {v:,}" for k, v in list(hist.items())[:8])
+                      + (" ..." if len(hist) > 8 else ""))
     sizes = s.get("image_size")
     if sizes:
         console.print(

@@ -153,7 +153,8 @@ def _scan_folder(source: Path, split: str | None) -> tuple[list[Record], list[tu
         if splits:
             raise DatasetError(f"{base} has no NORMAL/PNEUMONIA folders but has split folder(s) "
                                f"{', '.join(splits)}: choose one with split='{splits[0]}' (--split {splits[0]})")
-        raise DatasetError(f"{base} has no NORMAL/PNEUMONIA folders (found: {', '.join(_subdirs(base)) or 'nothing'}); "
+        found = ", ".join(_subdirs(base)) or "nothing"
+        raise DatasetError(f"{base} has no NORMAL/PNEUMONIA folders (found: {found}); "
                            "expected <root>[/<split>]/<NORMAL|PNEUMONIA>/<images>")
     if len(dirs) < len(CLASS_NAMES):
         log.warning("%s: only class folder(s) %s found", base, ", ".join(d.name for d in dirs.values()))
@@ -171,7 +172,8 @@ def _scan_folder(source: Path, split: str | None) -> tuple[list[Record], list[tu
             else:
                 records.append(_make_record(os.path.abspath(p), label, p.relative_to(base).as_posix()))
         if n_sub:
-            log.warning("%s: ignored %d sub-folder(s); images must lie directly in the class folder", dirs[label], n_sub)
+            log.warning("%s: ignored %d sub-folder(s); images must lie directly in the class folder",
+                        dirs[label], n_sub)
     return records, skipped, base
 
 
@@ -209,7 +211,8 @@ def _read_manifest(csv_path: Path, split: str | None) -> tuple[list[Record], lis
                 full = os.path.abspath(os.path.join(folder, raw_path))
                 label = _parse_label(get("label"))
                 if label is None:
-                    skipped.append((full, f"line {line}: bad label {get('label')!r} (expected NORMAL, PNEUMONIA, 0 or 1)"))
+                    skipped.append((full, f"line {line}: bad label {get('label')!r} "
+                                          "(expected NORMAL, PNEUMONIA, 0 or 1)"))
                 elif not os.path.isfile(full):
                     skipped.append((full, f"line {line}: file not found"))
                 elif full in seen:
@@ -415,7 +418,8 @@ def _load_cache(npy: Path, meta_path: Path, records: list[Record], size: int, ke
             return None
         images = np.load(npy, mmap_mode="r")
         if images.shape != (len(records), size, size) or images.dtype != np.uint8:
-            log.warning("cache %s has shape %s, expected %s: rebuilding", npy, images.shape, (len(records), size, size))
+            log.warning("cache %s has shape %s, expected %s: rebuilding",
+                        npy, images.shape, (len(records), size, size))
             return None
         failed = {int(f["index"]): str(f["reason"]) for f in meta["failures"]}
         if meta["n_images"] != len(records) - len(failed):
@@ -485,8 +489,8 @@ def build_cache(records: Sequence[Record], size: int, cache_dir: str | os.PathLi
         try:
             row = 0
             paths = [r.path for r in records]
-            bar = tqdm(total=len(paths), desc=f"caching {size}x{size}", unit="img", disable=None if progress else True)
-            with bar:
+            with tqdm(total=len(paths), desc=f"caching {size}x{size}", unit="img",
+                      disable=None if progress else True) as bar:
                 for i, result in enumerate(_decode_ordered(decode, paths, num_workers)):
                     if isinstance(result, np.ndarray):
                         images[row] = result  # rows are compacted: failures leave no gap
