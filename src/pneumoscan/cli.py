@@ -241,6 +241,148 @@ def train_cmd(
     )
 
 
+@app.command("predict")
+def predict_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, DICOM) and/or folders of them.", show_default=False)],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Checkpoint (.safetensors) or ONNX export. Default: $PNEUMOSCAN_MODEL, else the packaged model.")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also scan sub-folders.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the worklist to this .csv or .json file (instead of printing it).")] = None,
+    heatmaps: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay <stem>_gradcam.png per image into this folder (needs a .safetensors model).")] = None,
+    save_raw: Annotated[bool, typer.Option("--save-raw", help="With --heatmaps, also save each raw map (float32, image size) as <stem>_gradcam.npy.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Score X-rays for pneumonia and list them as a triage worklist, highest probability first.
+
+    Unreadable files are listed with their error and skipped; the others are still scored. Exit code 0 when
+    at least one image was scored, 1 when none could be (or on a bad model file), 2 on a bad invocation.
+    Decision support, not a diagnosis.
+    """
+    from pneumoscan.predict import DISCLAIMER, Predictor, default_model_path
+    from pneumoscan.worklist import collect_images, write_results
+
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise typer.BadParameter(f"must end in .csv or .json, got {out.name!r}", param_hint="--out")
+    if save_raw and heatmaps is None:
+        raise _click_errors.UsageError("--save-raw needs --heatmaps DIR")
+    model_path = model if model is not None else default_model_path()
+    if heatmaps is not None and model_path.suffix.lower() == ".onnx":
+        raise _click_errors.UsageError(
+            "--heatmaps needs the .safetensors checkpoint: Grad-CAM uses gradients, which an ONNX export lacks")
+    files = collect_images(paths, recursive=recursive)
+    if not files:
+        hint = "" if recursive else " (use --recursive to search sub-folders)"
+        raise _click_errors.UsageError(f"no image files found in {', '.join(map(str, paths))}{hint}")
+    predictor = Predictor.from_checkpoint(model_path)
+    rows = predictor.predict_paths(files, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
+                                   save_raw=save_raw)
+    n_ok = sum(r["error"] == "" for r in rows)
+    if out is None:
+        _print_worklist(rows)
+    else:
+        info = {"model": predictor.model_name, "model_file": predictor.path, "model_version": predictor.version,
+                "threshold": predictor.threshold, "temperature": predictor.temperature}
+        write_results(rows, out, info=info)
+    n_pos = sum(bool(r["positive"]) for r in rows)
+    console.print(f"{n_ok} of {len(rows)} image(s) scored, {n_pos} flagged PNEUMONIA at threshold "
+                  f"{predictor.threshold:.3f}; {len(rows) - n_ok} unreadable"
+                  + (f" -> {out}" if out is not None else "") + (f"; heatmaps in {heatmaps}" if heatmaps else ""))
+    console.print(f"[bold]{DISCLAIMER}[/bold]")
+    if n_ok == 0:
+        raise typer.Exit(code=1)
+
+
+def _print_worklist(rows: list[dict]) -> None:
+    from rich.markup import escape
+
+    table = Table(title="Pneumonia triage worklist (highest probability first)")
+    for name, justify in (("rank", "right"), ("path", "left"), ("probability", "right"), ("decision", "left"),
+                          ("threshold", "right"), ("error", "left")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        decision = "[bold red]PNEUMONIA[/bold red]" if r["positive"] else r["decision"]
+        table.add_row("" if r["rank"] is None else str(r["rank"]), escape(r["path"]),
+                      "" if r["probability"] is None else f"{r['probability']:.3f}", decision,
+                      f"{r['threshold']:.3f}", escape(r["error"]))
+    console.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write.", show_default=False)],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Checkpoint (.safetensors) to export. Default: $PNEUMOSCAN_MODEL, else the packaged model.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
+) -> None:
+    """Export a checkpoint to ONNX (dynamic batch, input 'image', output 'logit'), with its metadata embedded."""
+    from pneumoscan.export import export_onnx
+    from pneumoscan.predict import default_model_path
+
+    source = model if model is not None else default_model_path()
+    if source.suffix.lower() == ".onnx":
+        raise typer.BadParameter("give the .safetensors checkpoint to export, not an ONNX file", param_hint="--model")
+    written = export_onnx(source, onnx, opset=opset)
+    console.print(f"wrote {written} (opset {opset}) from {source}")
+
+
+@app.command("serve")
+def serve_cmd(
+    model: Annotated[Optional[Path], typer.Option(help="Checkpoint (.safetensors) or ONNX export. Default: the shipped model.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_request_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MiB.")] = 64.0,
+    max_pixels: Annotated[int, typer.Option(help="Largest image accepted, in pixels.")] = 60_000_000,
+    max_files: Annotated[int, typer.Option(help="Most files in one request.")] = 32,
+    workers: Annotated[int, typer.Option(help="Inference threads.")] = 2,
+    save_uploads: Annotated[Optional[Path], typer.Option(help="Keep a copy of each upload in this folder (off by default).")] = None,
+) -> None:
+    """Serve the web page and the REST API (FastAPI under uvicorn) with one model loaded at start-up.
+    Open http://HOST:PORT/ in a browser; API documentation is at /docs. Decision support, not a diagnosis."""
+    from pneumoscan.serve import ServeSettings, run
+
+    settings = ServeSettings(
+        max_request_bytes=int(max_request_mb * 1024 * 1024), max_pixels=max_pixels, max_files=max_files,
+        workers=workers, save_uploads=str(save_uploads) if save_uploads else None,
+    )
+    run(model, host=host, port=port, settings=settings)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Checkpoint (.safetensors); repeat to compare models "
+                                              "(the first is the reference).")],
+    data: Annotated[Path, typer.Option(help="Labelled folder (<root>[/<split>]/<NORMAL|PNEUMONIA>/*) or CSV manifest.")],
+    split: Annotated[Optional[str], typer.Option(help="Sub-folder of --data, or the manifest's 'split' value, e.g. 'val'.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json, report.html and the plots.")] = Path("evaluation"),
+    cache_dir: Annotated[Path, typer.Option(help="Decoded-image cache folder.")] = Path(".pneumoscan-cache"),
+    bootstrap: Annotated[Optional[int], typer.Option(help="Bootstrap resamples (default: the checkpoint's eval.bootstrap_samples, 2000).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Bootstrap seed (default: the checkpoint's eval.bootstrap_seed).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar while caching images.")] = False,
+) -> None:
+    """Measure one or more models on labelled images: metrics at the validation-chosen operating threshold, at 0.5
+    and at Youden's threshold with patient-bootstrap 95% CIs, calibration, sensitivity per cause, a gallery of
+    errors, and a model comparison (DeLong). Writes metrics.json and one self-contained report.html."""
+    from pneumoscan.evaluate import evaluate
+
+    if bootstrap is not None and bootstrap < 1:
+        raise typer.BadParameter(f"--bootstrap must be at least 1, got {bootstrap}")
+    result = evaluate(model, data, out, split=split, cache_dir=cache_dir, bootstrap_samples=bootstrap,
+                      bootstrap_seed=seed, device=device, batch_size=batch_size, progress=progress)
+    for m in result["models"]:
+        op = m["summary"]["thresholds"]["operating"]
+        sens, spec = op["metrics"]["sensitivity"], op["metrics"]["specificity"]
+        console.print(
+            f"model {m['index']} ({m['model']}): AUC {m['summary']['roc_auc']['value']:.4f}; at threshold "
+            f"{op['threshold']:.4f}{'' if m['operating_point_source'] == 'checkpoint' else ' (0.5 fallback)'}: "
+            f"sensitivity {sens['value']:.3f} [{sens['ci'][0]:.3f}, {sens['ci'][1]:.3f}], "
+            f"specificity {spec['value']:.3f} [{spec['ci'][0]:.3f}, {spec['ci'][1]:.3f}]"
+        )
+        for w in m["warnings"]:
+            console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    console.print(f"wrote {out / 'report.html'} and {out / 'metrics.json'}")
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
     from pneumoscan.config import ConfigError
     from pneumoscan.data import DatasetError

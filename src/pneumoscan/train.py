@@ -7,7 +7,9 @@ Run folder layout (written by rank 0 only)::
     metrics.csv          one row per epoch: train/val loss, val AUC, sensitivity and specificity at 0.5
     timing.json          wall time per epoch (kept out of metrics.csv so that file is reproducible)
     state.safetensors    everything --resume needs, rewritten atomically after every epoch
-    best.safetensors     the best checkpoint by validation AUC (+ best.json, a readable copy of its metadata)
+    best.safetensors     the best checkpoint by validation AUC (+ best.json, a readable copy of its metadata); after
+                         the last epoch it gains the operating threshold, temperature and validation summary
+    val_scores.csv       calibrated validation scores of the best checkpoint (path,label,patient_id,cause,score)
     augmentations.png    originals and augmented draws, for a person to check
     loss.png, auc.png    curves, train against validation
     split.csv            the patient-level train/validation assignment
@@ -45,7 +47,7 @@ from tqdm.auto import tqdm
 from pneumoscan import __version__
 from pneumoscan import metrics as M
 from pneumoscan.augment import build_augmentation, save_augmentation_grid
-from pneumoscan.checkpoint import load_state, save_checkpoint, save_state
+from pneumoscan.checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
 from pneumoscan.config import Config, ConfigError, load_config
 from pneumoscan.data import CLASS_NAMES, ImageCache, build_cache, index_dataset, split_index, write_manifest
 from pneumoscan.models import create_model, default_preprocessing, normalize
@@ -163,11 +165,13 @@ def _batch_tensor(images: np.ndarray, rows: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def score_images(
     model: nn.Module, images: np.ndarray, rows: np.ndarray, spec: Any, *, batch_size: int = 64,
-    device: torch.device | str = "cpu", temperature: float = 1.0,
+    device: torch.device | str = "cpu", temperature: float = 1.0, logits: bool = False,
 ) -> np.ndarray:
     """Pneumonia probabilities for ``images[rows]`` (uint8 (N, S, S) already at the model's size).
 
     Returns float64 (len(rows),) in [0, 1]. ``temperature`` divides the logits (calibration).
+    With ``logits=True`` it returns the logits divided by ``temperature`` instead (unbounded; what
+    temperature fitting needs, since probabilities saturate in float32).
     """
     was_training = model.training
     model.eval()
@@ -175,8 +179,8 @@ def score_images(
     for start in range(0, len(rows), batch_size):
         sel = rows[start : start + batch_size]
         x = normalize(_batch_tensor(images, sel), spec).to(device)
-        logits = model(x).float().reshape(-1) / temperature
-        out[start : start + len(sel)] = torch.sigmoid(logits).cpu().numpy()
+        z = model(x).float().reshape(-1) / temperature
+        out[start : start + len(sel)] = (z if logits else torch.sigmoid(z)).cpu().numpy()
     model.train(was_training)
     return out
 
@@ -397,6 +401,7 @@ def train(
         d.barrier()
 
     if d.main:
+        _finalize(cfg, run_dir, cache, va_rows, spec, d.device)
         _plot_curves(run_dir, history)
     d.barrier()
     return TrainResult(
@@ -412,6 +417,25 @@ def resume(run_dir: str | os.PathLike[str], *, overrides: Sequence[str] = (), pr
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no config.json here; is this a pneumoscan run folder?")
     return train(load_config(path, list(overrides)), run_dir, resume=True, progress=progress, callbacks=callbacks)
+
+
+def _finalize(cfg: Config, run_dir: Path, cache: ImageCache, va_rows: np.ndarray, spec: Any, device: torch.device) -> None:
+    """With the best weights, fit the temperature and choose the operating threshold on VALIDATION, then re-save
+    best.safetensors with ``operating_point``, ``calibration`` and ``val_summary``, and write val_scores.csv."""
+    from pneumoscan.evaluate import validation_summary, write_scores_csv  # evaluate imports this module
+
+    path = run_dir / "best.safetensors"
+    ckpt = load_checkpoint(path)
+    model = create_model(cfg.model.name, pretrained=False, dropout=cfg.model.dropout).to(device)
+    model.load_state_dict(ckpt.state_dict)
+    logits = score_images(model, cache.images, va_rows, spec, batch_size=cfg.train.batch_size * 2, device=device, logits=True)
+    records = [cache.records[i] for i in va_rows]
+    extra, probs = validation_summary(records, logits, cfg.eval)
+    save_checkpoint(path, ckpt.state_dict, {**ckpt.meta, **extra})
+    write_scores_csv(run_dir / "val_scores.csv", records, probs)
+    op = extra["operating_point"]
+    log.info("operating threshold %.4f (validation sensitivity %.3f, specificity %.3f), temperature %.3f",
+             op["threshold"], op["val_sensitivity"], op["val_specificity"], extra["calibration"]["temperature"])
 
 
 def _plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:

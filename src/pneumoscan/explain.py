@@ -1,0 +1,213 @@
+"""Grad-CAM (Selvaraju et al., 2017) heatmaps and overlays a clinician can read.
+
+For the pneumonia logit ``y`` and the activations ``A`` (``K`` channels) of the model's ``gradcam_layer``
+(its last convolutional stage)::
+
+    w_k = mean over (i, j) of dy / dA_k[i, j]
+    cam = ReLU(sum_k w_k A_k)
+
+then upsampled (bilinear) to the image and divided by its maximum, giving values in [0, 1]. Where no region
+raises the logit, the map is all zeros: "no positive evidence", not an error.
+
+A heatmap shows where the network looked, not where the disease is. It is a check on the model (does it look
+at the lungs, or at a marker in the corner?), shown beside the probability; it is not a segmentation.
+
+Thread safety: hooks are attached for one call and only record the calling thread's forward pass, and the
+gradient is taken with ``torch.autograd.grad`` with respect to the activations only, so no ``.grad`` builds up
+on the shared weights. One model can serve predictions on other threads while a heatmap is computed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from torch import nn
+
+from pneumoscan.utils import atomic_write_bytes
+
+__all__ = ["GradCAM", "grad_cam", "render_overlay", "save_overlay", "unique_stems", "upsample_cam"]
+
+#: Longest side of an overlay PNG; larger films are scaled down (aspect ratio kept).
+MAX_OVERLAY_SIDE = 1024
+
+
+class GradCAM:
+    """Grad-CAM on ``layer`` (default: ``model.gradcam_layer``) for output column ``target`` (0: pneumonia).
+
+    Call it with a model input ``(N, C, S, S)``; it returns ``(logits (N,), cams (N, h, w))``, both float32
+    CPU tensors, the cams non-negative and unnormalised at the layer's resolution ``h x w``. The model must
+    be in eval mode (BatchNorm with running statistics), so every image's map depends on that image only.
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Module | None = None, target: int = 0) -> None:
+        self.model = model
+        self.layer = layer if layer is not None else model.gradcam_layer  # type: ignore[attr-defined]
+        self.target = target
+        self._lock = threading.Lock()
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        owner = threading.get_ident()
+        captured: list[torch.Tensor] = []
+
+        def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            if threading.get_ident() == owner:  # another thread's forward pass through the shared model
+                captured.append(output)
+
+        # The lock serialises heatmaps from one GradCAM; the thread check keeps other forward passes out.
+        with self._lock, torch.inference_mode(False), torch.enable_grad():
+            handle = self.layer.register_forward_hook(keep)
+            try:
+                inp = x.detach().clone().requires_grad_(True)  # the graph must exist even with frozen weights
+                out = self.model(inp)
+            finally:
+                handle.remove()
+            if len(captured) != 1:
+                raise RuntimeError(f"Grad-CAM layer ran {len(captured)} times in one forward pass; expected once")
+            acts = captured[0]
+            logits = out.reshape(len(x), -1)[:, self.target]
+            # Images are independent in eval mode, so the sum's gradient is each image's own gradient.
+            (grads,) = torch.autograd.grad(logits.sum(), acts)
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        cams = F.relu((weights * acts).sum(dim=1)).detach()
+        return logits.detach().float(), cams.float()
+
+
+def upsample_cam(cam: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear-upsample one ``(h, w)`` cam to ``size = (H, W)`` and scale it to [0, 1] by its maximum.
+
+    The model saw the whole film squeezed to a square, so the square map stretched back to ``(H, W)`` lies on
+    the original geometry. Returns float32 ``(H, W)``; all zeros when the cam has no positive value.
+    """
+    t = torch.as_tensor(np.asarray(cam, dtype=np.float32))
+    if t.ndim != 2:
+        raise ValueError(f"a cam must be (h, w), got {tuple(t.shape)}")
+    up = F.interpolate(t[None, None], size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)[0, 0]
+    up = up.clamp_(min=0)
+    peak = float(up.max())
+    if not peak > 1e-12 or not np.isfinite(peak):
+        return np.zeros(tuple(size), dtype=np.float32)
+    return (up / peak).numpy().astype(np.float32)
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, *, layer: nn.Module | None = None,
+             size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``(N,)`` and heatmaps ``(N, H, W)`` float32 in [0, 1] (``size`` default: the input's ``S x S``)."""
+    logits, cams = GradCAM(model, layer)(x)
+    out = size or tuple(x.shape[-2:])
+    return logits.numpy(), np.stack([upsample_cam(c, out) for c in cams])
+
+
+# ----------------------------------------------------------------------------- overlays
+
+
+def _fit(height: int, width: int, max_side: int) -> tuple[int, int]:
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=px)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def render_overlay(image: np.ndarray, heatmap: np.ndarray, *, caption: str | None = None, alpha: float = 0.5,
+                   cmap: str = "jet", max_side: int = MAX_OVERLAY_SIDE, legend: bool = True) -> np.ndarray:
+    """Blend a colour-mapped heatmap over a grayscale X-ray.
+
+    Args:
+        image: the decoded film, ``(H, W) uint8``.
+        heatmap: ``(H, W)`` (or any size: it is stretched to the film) float in [0, 1].
+        caption: one line drawn at the top left (e.g. the probability).
+        alpha: opacity where the heatmap is 1. Opacity grows with the map (``alpha * sqrt(heat)``) so that the
+            film stays visible, untinted, where the model found nothing.
+        cmap: a matplotlib colour map name.
+        max_side: the result is scaled down to this longest side, keeping the aspect ratio.
+        legend: draw a small colour bar ("low" .. "high") at the bottom right.
+
+    Returns:
+        ``(h, w, 3) uint8`` RGB at the film's aspect ratio (its own size when ``max(H, W) <= max_side``).
+    """
+    import matplotlib
+
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"image must be a 2-D uint8 array, got {image.dtype} {image.shape}")
+    h, w = _fit(*image.shape, max_side)
+    film = image if (h, w) == image.shape else np.asarray(
+        Image.fromarray(image).resize((w, h), Image.Resampling.LANCZOS))
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.shape != (h, w):
+        heat = np.asarray(Image.fromarray(heat).resize((w, h), Image.Resampling.BILINEAR))
+    heat = np.clip(np.nan_to_num(heat), 0.0, 1.0)
+    lut = (matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.float32)
+    colour = lut[np.rint(heat * 255).astype(np.uint8)]
+    a = (alpha * np.sqrt(heat))[..., None]
+    rgb = np.rint(film[..., None].astype(np.float32) * (1 - a) + colour * a).clip(0, 255).astype(np.uint8)
+    if caption or legend:
+        rgb = _annotate(rgb, caption, lut if legend else None)
+    return rgb
+
+
+def _annotate(rgb: np.ndarray, caption: str | None, lut: np.ndarray | None) -> np.ndarray:
+    """Draw the caption (top left, on a dark box) and a colour bar (bottom right) inside the image."""
+    im = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(im, "RGBA")
+    h, w = rgb.shape[:2]
+    px = max(9, round(min(h, w) / 40))
+    font = _font(px)
+    pad = max(2, px // 3)
+    if caption:
+        box = draw.textbbox((pad, pad), caption, font=font)
+        draw.rectangle((0, 0, min(w, box[2] + pad), box[3] + pad), fill=(0, 0, 0, 170))
+        draw.text((pad, pad), caption, fill=(255, 255, 255, 255), font=font)
+    if lut is not None and w >= 120 and h >= 80:
+        bar_w, bar_h = max(40, w // 6), max(4, px // 2)
+        x0, y0 = w - bar_w - 3 * pad, h - bar_h - 2 * pad - px
+        colours = lut[np.linspace(0, 255, bar_w).astype(int)].astype(np.uint8)
+        bar = Image.fromarray(np.repeat(colours[None], bar_h, axis=0))
+        draw.rectangle((x0 - pad, y0 - pad, x0 + bar_w + pad, h - pad // 2), fill=(0, 0, 0, 170))
+        im.paste(bar, (x0, y0))
+        draw.text((x0, y0 + bar_h + 1), "low", fill=(255, 255, 255, 255), font=font)
+        hi = draw.textbbox((0, 0), "high", font=font)[2]
+        draw.text((x0 + bar_w - hi, y0 + bar_h + 1), "high", fill=(255, 255, 255, 255), font=font)
+    return np.asarray(im)
+
+
+def save_overlay(path: str | os.PathLike[str], image: np.ndarray, heatmap: np.ndarray, *,
+                 caption: str | None = None, **kwargs: object) -> Path:
+    """Render :func:`render_overlay` and write it atomically as a PNG (the caption is also stored as text)."""
+    rgb = render_overlay(image, heatmap, caption=caption, **kwargs)  # type: ignore[arg-type]
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "pneumoscan Grad-CAM (decision support, not a diagnosis)")
+    info.add_text("OriginalSize", f"{image.shape[1]}x{image.shape[0]}")
+    if caption:
+        info.add_text("Description", caption)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", pnginfo=info)
+    out = Path(path)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def unique_stems(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """File stems made unique in input order (case-insensitively): ``a``, ``a-2``, ``a-3``..."""
+    seen: set[str] = set()
+    out = []
+    for p in paths:
+        stem = Path(p).stem or "image"
+        name, n = stem, 1
+        while name.lower() in seen:
+            n += 1
+            name = f"{stem}-{n}"
+        seen.add(name.lower())
+        out.append(name)
+    return out

@@ -1,0 +1,122 @@
+"""The evaluation report: one self-contained HTML file (inline CSS, images as base64 PNG data URIs,
+no script, no external reference) rendered from ``template.html`` with Jinja2, plus the plots as PNG files.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from pneumoscan.report import plots
+from pneumoscan.utils import atomic_write_bytes, atomic_write_text
+
+__all__ = ["GALLERY_SIZES", "render_html", "write_report"]
+
+#: How many cases each gallery shows: errors 16 each, the most confident correct cases 8 each.
+GALLERY_SIZES = {"fn": 16, "fp": 16, "tp": 8, "tn": 8}
+_GALLERY_TITLES = {
+    "fn": "False negatives: pneumonia the model missed (lowest scores first)",
+    "fp": "False positives: normal images flagged (highest scores first)",
+    "tp": "Most confident true positives, for contrast",
+    "tn": "Most confident true negatives, for contrast",
+}
+KERMANY_CITATION = ("Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images "
+                    "for Classification. Mendeley Data, v2, 2018. doi:10.17632/rscbjbr9sj.2. Described in Kermany et al., "
+                    "Cell 172(5):1122-1131, 2018. Licence: CC BY 4.0.")
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pct(v: Any, digits: int = 1) -> str:
+    return f"{100 * v:.{digits}f}%" if _finite(v) else "n/a"
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    return f"{v:.{digits}f}" if _finite(v) else "n/a"
+
+
+def _ci(c: Any, kind: str = "pct") -> str:
+    if not c or not all(_finite(v) for v in c):
+        return ""
+    f = _pct if kind == "pct" else _num
+    return f"{f(c[0])} to {f(c[1])}"
+
+
+def render_html(context: dict[str, Any]) -> str:
+    """Render the report template with ``context`` (see :func:`write_report` for its keys)."""
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(pct=_pct, num=_num, ci=_ci)
+    template = env.from_string((files("pneumoscan.report") / "template.html").read_text(encoding="utf-8"))
+    return template.render(**context)
+
+
+def _gallery(sm: Any, records: Sequence[Any], y: np.ndarray, t: float) -> dict[str, list[dict[str, Any]]]:
+    p = sm.probs
+    pred = p >= t
+    picks = {
+        "fn": np.flatnonzero((y == 1) & ~pred), "fp": np.flatnonzero((y == 0) & pred),
+        "tp": np.flatnonzero((y == 1) & pred), "tn": np.flatnonzero((y == 0) & ~pred),
+    }
+    out = {}
+    for kind, idx in picks.items():
+        # Most confident first: the errors and correct positives furthest from the threshold.
+        order = idx[np.argsort(p[idx] if kind in ("fn", "tn") else -p[idx], kind="stable")][: GALLERY_SIZES[kind]]
+        out[kind] = [{"uri": data_uri(plots.thumbnail(sm.images[sm.rows[i]])), "name": Path(records[i].path).name,
+                      "score": float(p[i]), "patient": records[i].patient_id, "cause": records[i].cause or ""}
+                     for i in order]
+    return out
+
+
+def write_report(result: dict[str, Any], scored: Sequence[Any], records: Sequence[Any], out_dir: Path,
+                 prefixes: Sequence[str]) -> dict[str, str]:
+    """Draw the plots (PNG files in ``out_dir``) and write ``out_dir/report.html``; returns name -> file name."""
+    y = np.array([r.label for r in records], dtype=np.int64)
+    outputs: dict[str, str] = {}
+
+    def save(name: str, png: bytes) -> str:
+        atomic_write_bytes(out_dir / name, png)
+        outputs[name.removesuffix(".png")] = name
+        return data_uri(png)
+
+    views = []
+    for entry, sm, pre in zip(result["models"], scored, prefixes):
+        ths = {k: v["threshold"] for k, v in entry["summary"]["thresholds"].items()}
+        op = entry["summary"]["thresholds"]["operating"]
+        figs = {
+            "roc": save(f"{pre}roc.png", plots.roc_figure(y, sm.probs, ths)),
+            "pr": save(f"{pre}pr.png", plots.pr_figure(y, sm.probs, ths)),
+            "confusion": save(f"{pre}confusion.png", plots.confusion_figure(op["confusion"], op["threshold"])),
+            "calibration": save(f"{pre}calibration.png", plots.calibration_figure(
+                y, sm.probs_raw, sm.probs, entry["calibration"]["temperature"])),
+            "scores": save(f"{pre}scores.png", plots.score_histogram(y, sm.probs, ths)),
+        }
+        views.append({"e": entry, "figs": figs, "gallery": _gallery(sm, records, y, op["threshold"]),
+                      "sid": f"m{entry['index']}"})
+    comparison_fig = None
+    if len(scored) > 1:
+        comparison_fig = save("comparison-roc.png", plots.comparison_roc(
+            y, [s.probs for s in scored], [f"model {e['index']}: {e['model']}" for e in result["models"]],
+            [s.checkpoint.threshold for s in scored]))
+    context = {"r": result, "views": views, "comparison_fig": comparison_fig, "gallery_titles": _GALLERY_TITLES,
+               "threshold_labels": {k: v[0] for k, v in plots.THRESHOLD_STYLE.items()},
+               "metric_labels": {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV (precision)",
+                                 "npv": "NPV", "accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
+                                 "f1": "F1"},
+               "kermany_citation": KERMANY_CITATION}
+    atomic_write_text(out_dir / "report.html", render_html(context))
+    outputs["report"] = "report.html"
+    outputs["metrics"] = "metrics.json"
+    return outputs

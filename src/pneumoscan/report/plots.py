@@ -1,0 +1,170 @@
+"""Plots for the evaluation report, drawn with matplotlib's object API (no pyplot, no global backend).
+
+Every function returns PNG bytes. Curves and points come from :mod:`pneumoscan.metrics`, so a plot
+never computes a metric of its own.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from pneumoscan import metrics as M
+
+__all__ = ["THRESHOLD_STYLE", "roc_figure", "pr_figure", "confusion_figure", "calibration_figure",
+           "score_histogram", "comparison_roc", "thumbnail"]
+
+#: name -> (label, colour, marker) for the thresholds drawn on every plot.
+THRESHOLD_STYLE = {
+    "operating": ("operating", "#c0392b", "o"),
+    "fixed_0.5": ("0.5", "#555555", "s"),
+    "youden": ("Youden", "#2471a3", "D"),
+}
+_DPI = 100
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def _figure(w: float = 5.0, h: float = 4.2, ncols: int = 1) -> tuple[Figure, list]:
+    fig = Figure(figsize=(w, h), layout="constrained")
+    axes = fig.subplots(1, ncols)
+    return fig, list(np.atleast_1d(axes))
+
+
+def _label(name: str, t: float) -> str:
+    return f"{THRESHOLD_STYLE.get(name, (name,))[0]} (t = {t:.3f})"
+
+
+def roc_figure(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, float]) -> bytes:
+    """ROC curve with a marker at each named threshold."""
+    fig, (ax,) = _figure()
+    fpr, tpr, _ = M.roc_points(y, p)
+    ax.plot(fpr, tpr, color="black", lw=1.5, label=f"ROC (AUC = {M.roc_auc(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=1, ls="--", label="chance")
+    for name, t in thresholds.items():
+        tm = M.threshold_metrics(y, p, t)
+        lab, col, mk = THRESHOLD_STYLE.get(name, (name, "black", "x"))
+        ax.plot(1 - tm["specificity"], tm["sensitivity"], mk, color=col, ms=8, mec="white", label=_label(name, t))
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+           xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title="ROC curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def pr_figure(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, float]) -> bytes:
+    """Precision-recall curve with a marker at each named threshold and the prevalence as a baseline."""
+    fig, (ax,) = _figure()
+    recall, precision, _ = M.pr_points(y, p)
+    ax.step(np.r_[0.0, recall], np.r_[precision[0] if precision.size else 1.0, precision], where="pre",
+            color="black", lw=1.5, label=f"PR (AP = {M.pr_auc(y, p):.3f})")
+    ax.axhline(float(np.mean(y)), color="#bbbbbb", lw=1, ls="--", label=f"prevalence ({np.mean(y):.2f})")
+    for name, t in thresholds.items():
+        tm = M.threshold_metrics(y, p, t)
+        lab, col, mk = THRESHOLD_STYLE.get(name, (name, "black", "x"))
+        ax.plot(tm["sensitivity"], tm["ppv"], mk, color=col, ms=8, mec="white", label=_label(name, t))
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01),
+           title="Precision-recall curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    return _png(fig)
+
+
+def confusion_figure(conf: Mapping[str, int], threshold: float) -> bytes:
+    """Confusion matrix at the operating threshold: counts (left) and rates per true class (right)."""
+    counts = np.array([[conf["tn"], conf["fp"]], [conf["fn"], conf["tp"]]], dtype=np.float64)
+    rows = counts.sum(axis=1, keepdims=True)
+    rates = np.divide(counts, rows, out=np.full_like(counts, np.nan), where=rows > 0)
+    fig, axes = _figure(8.4, 3.8, ncols=2)
+    for ax, mat, title, fmt in ((axes[0], counts, "counts", "{:.0f}"), (axes[1], rates, "rate per true class", "{:.1%}")):
+        shown = mat / np.nanmax(mat) if np.nanmax(mat) > 0 else mat
+        ax.imshow(np.nan_to_num(shown), cmap="Blues", vmin=0, vmax=1)
+        for i in range(2):
+            for j in range(2):
+                v = mat[i, j]
+                txt = "-" if np.isnan(v) else fmt.format(v)
+                ax.text(j, i, txt, ha="center", va="center", fontsize=13,
+                        color="white" if np.nan_to_num(shown[i, j]) > 0.55 else "black")
+        ax.set_xticks([0, 1], ["NORMAL", "PNEUMONIA"])
+        ax.set_yticks([0, 1], ["NORMAL", "PNEUMONIA"])
+        ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.suptitle(f"Operating threshold t = {threshold:.3f}", fontsize=11)
+    return _png(fig)
+
+
+def calibration_figure(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, temperature: float, n_bins: int = 10) -> bytes:
+    """Reliability diagram (top) with ECE and Brier score, before and after temperature scaling, and the
+    number of images per bin (bottom)."""
+    fig = Figure(figsize=(5.2, 5.4), layout="constrained")
+    ax, ax_n = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", ls="--", lw=1, label="perfect calibration")
+    series = [("raw (T = 1)", p_raw, "#7f7f7f")]
+    if abs(temperature - 1.0) > 1e-6:
+        series.append((f"temperature-scaled (T = {temperature:.2f})", p_cal, "#c0392b"))
+    width = 1.0 / n_bins
+    for k, (lab, p, col) in enumerate(series):
+        r = M.reliability_curve(y, p, n_bins)
+        ok = r["count"] > 0
+        ax.plot(r["mean_score"][ok], r["frac_pos"][ok], "o-", color=col,
+                label=f"{lab}: ECE {M.ece(y, p, n_bins):.3f}, Brier {M.brier(y, p):.3f}")
+        ax_n.bar(r["edges"][:-1] + width * (0.25 + 0.5 * k), r["count"], width=width / len(series) * 0.9,
+                 color=col, alpha=0.8)
+    ax.set(ylabel="observed fraction with pneumonia", xlim=(0, 1), ylim=(-0.02, 1.02), title="Calibration")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax_n.set(xlabel="predicted probability of pneumonia (bin of width 0.1)", ylabel="images")
+    ax_n.set_yscale("symlog")
+    return _png(fig)
+
+
+def score_histogram(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, float]) -> bytes:
+    """Histogram of the predicted probability per true class, with the threshold lines."""
+    fig, (ax,) = _figure(6.4, 3.8)
+    bins = np.linspace(0, 1, 41)
+    for label, name, col in ((0, "NORMAL", "#2e86c1"), (1, "PNEUMONIA", "#e67e22")):
+        ax.hist(p[y == label], bins=bins, alpha=0.6, color=col, label=f"{name} (n = {int(np.sum(y == label))})")
+    for name, t in thresholds.items():
+        lab, col, _ = THRESHOLD_STYLE.get(name, (name, "black", "x"))
+        ax.axvline(t, color=col, lw=2 if name == "operating" else 1, ls="-" if name == "operating" else "--",
+                   label=_label(name, t))
+    ax.set(xlabel="predicted probability of pneumonia", ylabel="images", xlim=(0, 1), title="Scores per true class")
+    ax.set_yscale("symlog")
+    ax.legend(fontsize=8, loc="upper center")
+    return _png(fig)
+
+
+def comparison_roc(y: np.ndarray, probs: Sequence[np.ndarray], labels: Sequence[str],
+                   operating: Sequence[float]) -> bytes:
+    """ROC curves of several models on the same images, each with its operating point."""
+    fig, (ax,) = _figure(5.6, 4.8)
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=1, ls="--")
+    for k, (p, lab, t) in enumerate(zip(probs, labels, operating)):
+        fpr, tpr, _ = M.roc_points(y, p)
+        line, = ax.plot(fpr, tpr, lw=1.5, label=f"{lab} (AUC = {M.roc_auc(y, p):.3f})")
+        tm = M.threshold_metrics(y, p, t)
+        ax.plot(1 - tm["specificity"], tm["sensitivity"], "o", color=line.get_color(), ms=8, mec="white")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01),
+           title="ROC curves (dots: operating points)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def thumbnail(image: np.ndarray, size: int = 128) -> bytes:
+    """PNG of an 8-bit grayscale image (S, S) shrunk to at most ``size`` pixels a side."""
+    im = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))  # 2-D uint8: mode L
+    if max(im.size) > size:
+        im = im.resize((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

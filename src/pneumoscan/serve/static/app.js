@@ -1,0 +1,191 @@
+"use strict";
+// pneumoscan web page: upload X-rays, show a card per image, keep a worklist sorted by risk.
+// Everything is served by the same app; nothing is loaded from elsewhere.
+
+const state = { results: [], model: null, seq: 0 };
+const $ = (id) => document.getElementById(id);
+
+function fmtPct(p) { return (100 * p).toFixed(1) + "%"; }
+
+function el(tag, attrs = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+async function loadModel() {
+  try {
+    const res = await fetch("api/v1/model");
+    if (!res.ok) throw new Error("HTTP " + res.status);
+    const m = await res.json();
+    state.model = m;
+    $("model-line").textContent =
+      `Model ${m.name} (${m.version}) · operating threshold ${m.threshold.toFixed(3)}`;
+    renderModelCard(m);
+  } catch (e) {
+    $("model-line").textContent = "Model information unavailable: " + e.message;
+  }
+}
+
+function renderModelCard(m) {
+  const box = $("model-card");
+  box.replaceChildren();
+  const dl = el("dl");
+  const add = (k, v) => { if (v !== undefined && v !== null && v !== "") dl.append(el("dt", { text: k }), el("dd", { text: String(v) })); };
+  add("Model", `${m.name} (version ${m.version})`);
+  add("Intended use", m.intended_use);
+  add("Operating threshold", m.threshold.toFixed(4) + (m.operating_point && m.operating_point.method ? ` (${m.operating_point.method.replaceAll("_", " ")}` + (m.operating_point.target_sensitivity ? ` ${m.operating_point.target_sensitivity}` : "") + ", chosen on validation)" : ""));
+  const vm = m.validation || {};
+  if (vm.auc !== undefined) add("Validation ROC AUC", Number(vm.auc).toFixed(4));
+  if (vm.sensitivity !== undefined) add("Validation sensitivity at threshold", Number(vm.sensitivity).toFixed(3));
+  if (vm.specificity !== undefined) add("Validation specificity at threshold", Number(vm.specificity).toFixed(3));
+  if (m.preprocessing) add("Input", `${m.preprocessing.image_size}×${m.preprocessing.image_size} grayscale, whole film squeezed to a square`);
+  box.append(dl);
+  if (m.model_card) {
+    const det = el("details");
+    det.append(el("summary", { text: "Full model card" }), el("pre", { text: m.model_card }));
+    box.append(det);
+  }
+}
+
+function setStatus(text) { $("status").textContent = text; }
+
+async function sendFile(file, wantHeatmap) {
+  const form = new FormData();
+  form.append("files", file, file.name);
+  const url = "api/v1/predict" + (wantHeatmap ? "?heatmap=true&preview=true" : "?preview=true");
+  try {
+    const res = await fetch(url, { method: "POST", body: form });
+    let body = null;
+    try { body = await res.json(); } catch (_) { /* not JSON */ }
+    if (body && Array.isArray(body.results) && body.results.length) return body.results;
+    const msg = (body && (body.detail || body.error)) || `HTTP ${res.status}`;
+    return [{ filename: file.name, ok: false, error: typeof msg === "string" ? msg : JSON.stringify(msg) }];
+  } catch (e) {
+    return [{ filename: file.name, ok: false, error: "upload failed: " + e.message }];
+  }
+}
+
+async function handleFiles(fileList) {
+  const files = Array.from(fileList);
+  if (!files.length) return;
+  const wantHeatmap = $("want-heatmap").checked;
+  let done = 0;
+  setStatus(`Analysing ${files.length} image(s)…`);
+  const queue = files.slice();
+  const worker = async () => {
+    while (queue.length) {
+      const f = queue.shift();
+      const results = await sendFile(f, wantHeatmap);
+      for (const r of results) { r.id = ++state.seq; state.results.push(r); addCard(r); }
+      done += 1;
+      setStatus(`Analysed ${done} of ${files.length} image(s).`);
+      renderWorklist();
+    }
+  };
+  await Promise.all([worker(), worker()]);
+  const failed = state.results.filter((r) => !r.ok).length;
+  setStatus(`Done: ${done} file(s) analysed` + (failed ? `, ${failed} could not be read (see the cards)` : "") + ".");
+}
+
+function addCard(r) {
+  const cards = $("cards");
+  const card = el("article", { class: "card" + (r.ok ? (r.positive ? " pos" : "") : " error"), id: "card-" + r.id, "aria-label": r.filename });
+  if (r.ok) {
+    const img = el("img", { src: r.image_png || "", alt: `X-ray ${r.filename}` });
+    card.append(el("figure", {}, [img]));
+    const body = el("div", { class: "body" });
+    body.append(el("div", { class: "name", text: r.filename }));
+    body.append(el("div", { class: "prob", text: fmtPct(r.probability), title: "Pneumonia probability" }));
+    const bar = el("div", { class: "bar", "aria-hidden": "true" });
+    const fill = el("span"); fill.style.width = (100 * r.probability).toFixed(1) + "%";
+    const mark = el("i"); mark.style.left = (100 * r.threshold).toFixed(1) + "%";
+    bar.append(fill, mark);
+    body.append(bar);
+    body.append(el("div", {}, [
+      el("span", { class: "decision " + (r.positive ? "pos" : "neg"), text: r.positive ? "Flag: possible pneumonia" : "Not flagged" }),
+      el("span", { class: "help", text: ` at threshold ${r.threshold.toFixed(3)}` }),
+    ]));
+    if (r.heatmap_png) {
+      const btn = el("button", { type: "button", "aria-pressed": "false", class: "toggle" , text: "Show heatmap" });
+      btn.addEventListener("click", () => {
+        const on = btn.getAttribute("aria-pressed") !== "true";
+        btn.setAttribute("aria-pressed", String(on));
+        btn.textContent = on ? "Hide heatmap" : "Show heatmap";
+        img.src = on ? r.heatmap_png : r.image_png;
+        img.alt = on ? `Grad-CAM heatmap over ${r.filename}` : `X-ray ${r.filename}`;
+      });
+      body.append(btn);
+    }
+    card.append(body);
+  } else {
+    const body = el("div", { class: "body" });
+    body.append(el("div", { class: "name", text: r.filename }));
+    body.append(el("div", { class: "err", role: "alert", text: "Could not analyse this file: " + r.error }));
+    card.append(body);
+  }
+  cards.prepend(card);
+}
+
+function sortedResults() {
+  const ok = state.results.filter((r) => r.ok).sort((a, b) => b.probability - a.probability);
+  const bad = state.results.filter((r) => !r.ok);
+  return { ok, bad };
+}
+
+function renderWorklist() {
+  const tbody = $("worklist").querySelector("tbody");
+  tbody.replaceChildren();
+  const { ok, bad } = sortedResults();
+  if (!ok.length && !bad.length) {
+    tbody.append(el("tr", { class: "empty" }, [el("td", { colspan: "4", text: "No images yet." })]));
+  }
+  ok.forEach((r, i) => {
+    const link = el("a", { href: "#card-" + r.id, text: r.filename });
+    tbody.append(el("tr", {}, [
+      el("td", { class: "num", text: String(i + 1) }), el("td", {}, [link]),
+      el("td", { class: "num", text: fmtPct(r.probability) }),
+      el("td", {}, [el("span", { class: "decision " + (r.positive ? "pos" : "neg"), text: r.positive ? "flag" : "no flag" })]),
+    ]));
+  });
+  for (const r of bad) {
+    tbody.append(el("tr", {}, [el("td", { text: "–" }), el("td", { text: r.filename }), el("td", { text: "–" }), el("td", { class: "err", text: "unreadable" })]));
+  }
+  $("download-csv").disabled = !(ok.length || bad.length);
+}
+
+function csvCell(v) {
+  const s = v === undefined || v === null ? "" : String(v);
+  return /[",\n]/.test(s) ? '"' + s.replaceAll('"', '""') + '"' : s;
+}
+
+function downloadCsv() {
+  const { ok, bad } = sortedResults();
+  const version = state.model ? state.model.version : "";
+  const rows = [["rank", "file", "probability", "decision", "threshold", "model_version", "error"]];
+  ok.forEach((r, i) => rows.push([i + 1, r.filename, r.probability.toFixed(6), r.positive ? "PNEUMONIA" : "NORMAL", r.threshold, r.model_version || version, ""]));
+  bad.forEach((r) => rows.push(["", r.filename, "", "", "", version, r.error]));
+  const blob = new Blob([rows.map((row) => row.map(csvCell).join(",")).join("\n") + "\n"], { type: "text/csv" });
+  const a = el("a", { href: URL.createObjectURL(blob), download: "pneumoscan-worklist.csv" });
+  document.body.append(a); a.click(); a.remove();
+}
+
+function setup() {
+  const dz = $("dropzone"), input = $("file-input");
+  dz.addEventListener("click", () => input.click());
+  dz.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); } });
+  input.addEventListener("change", () => { handleFiles(input.files); input.value = ""; });
+  dz.addEventListener("dragover", (e) => { e.preventDefault(); dz.classList.add("drag"); });
+  dz.addEventListener("dragleave", () => dz.classList.remove("drag"));
+  dz.addEventListener("drop", (e) => { e.preventDefault(); dz.classList.remove("drag"); handleFiles(e.dataTransfer.files); });
+  $("download-csv").addEventListener("click", downloadCsv);
+  $("clear").addEventListener("click", () => { state.results = []; $("cards").replaceChildren(); renderWorklist(); setStatus(""); });
+  loadModel();
+}
+
+document.addEventListener("DOMContentLoaded", setup);

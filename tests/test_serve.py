@@ -1,0 +1,234 @@
+"""The web app and REST API: every route, every kind of bad input, limits, concurrency."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imagefactory import dicom_bytes, jpeg_bytes, png_bytes, png_header_bytes, synthetic_xray
+from pneumoscan.checkpoint import save_checkpoint
+from pneumoscan.config import Config
+from pneumoscan.models import create_model, default_preprocessing
+from pneumoscan.predict import Predictor
+from pneumoscan.serve import ServeSettings, create_app
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("seed-cnn")
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    meta = {
+        "model": "seed-cnn",
+        "config": Config().to_dict(),
+        "preprocessing": default_preprocessing("seed-cnn", 64).to_dict(),
+        "classes": ["NORMAL", "PNEUMONIA"],
+        "epoch": 1,
+        "operating_point": {"threshold": 0.42, "method": "target_sensitivity", "target_sensitivity": 0.95},
+        "calibration": {"temperature": 1.0},
+    }
+    save_checkpoint(path, model.state_dict(), meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint):
+    return Predictor.from_checkpoint(tiny_checkpoint)
+
+
+@pytest.fixture
+def client(predictor):
+    return TestClient(create_app(predictor, ServeSettings(max_request_bytes=2_000_000, max_pixels=4_000_000)))
+
+
+def _jpeg(seed=0, h=300, w=240):
+    return jpeg_bytes(synthetic_xray(h, w, seed=seed))
+
+
+def _post(client, files, **params):
+    query = "&".join(f"{k}={str(v).lower()}" for k, v in params.items())
+    return client.post("/api/v1/predict" + (f"?{query}" if query else ""),
+                       files=[("files", (name, data, "application/octet-stream")) for name, data in files])
+
+
+def _data_uri_png(uri: str) -> Image.Image:
+    assert uri.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+
+def test_health_model_page_and_docs(client, predictor):
+    assert client.get("/healthz").json() == {"status": "ok", "model": "seed-cnn", "model_version": predictor.version}
+    info = client.get("/api/v1/model").json()
+    assert info["name"] == "seed-cnn" and info["threshold"] == pytest.approx(0.42)
+    assert "not a diagnosis" in info["disclaimer"]
+    assert info["preprocessing"]["image_size"] == 64
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "Decision support, not a diagnosis" in page.text
+    # Offline: nothing is loaded from another host.
+    assert "http://" not in page.text.replace("http://HOST", "") and "https://" not in page.text
+    for asset in ("static/app.js", "static/style.css"):
+        assert client.get("/" + asset).status_code == 200
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"/api/v1/predict", "/api/v1/model", "/healthz"} <= set(spec["paths"])
+
+
+def test_predict_many_formats_ranked(client):
+    files = [
+        ("a.jpeg", _jpeg(1)),
+        ("b.png", png_bytes((synthetic_xray(200, 260, seed=2).astype(np.uint16) * 257), mode="I;16")),
+        ("c.dcm", dicom_bytes(synthetic_xray(220, 180, seed=3).astype(np.uint16) * 16, photometric="MONOCHROME1")),
+    ]
+    r = _post(client, files, heatmap=True, preview=True)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["name"] == "seed-cnn"
+    results = body["results"]
+    assert [x["filename"] for x in results] == ["a.jpeg", "b.png", "c.dcm"]
+    assert [x["format"] for x in results] == ["JPEG", "PNG", "DICOM"]
+    assert sorted(x["rank"] for x in results) == [1, 2, 3]
+    by_rank = sorted(results, key=lambda x: x["rank"])
+    assert [x["probability"] for x in by_rank] == sorted((x["probability"] for x in results), reverse=True)
+    for x in results:
+        assert 0.0 <= x["probability"] <= 1.0
+        assert x["positive"] == (x["probability"] >= 0.42) and x["threshold"] == pytest.approx(0.42)
+        assert x["decision"] in ("PNEUMONIA", "NORMAL")
+        preview = _data_uri_png(x["image_png"])
+        heat = _data_uri_png(x["heatmap_png"])
+        # The heatmap keeps the film's aspect ratio.
+        assert abs(heat.width / heat.height - x["width"] / x["height"]) < 0.02
+        assert abs(preview.width / preview.height - x["width"] / x["height"]) < 0.02
+
+
+def test_without_heatmap_no_image_payload(client):
+    r = _post(client, [("a.jpeg", _jpeg())])
+    x = r.json()["results"][0]
+    assert r.status_code == 200 and "heatmap_png" not in x and "image_png" not in x
+
+
+@pytest.mark.parametrize(
+    "name, data, status, fragment",
+    [
+        ("empty.png", b"", 422, "empty"),
+        ("notes.png", b"this is a text file, not an X-ray\n" * 10, 415, "text"),
+        ("trunc.jpeg", _jpeg()[:600], 422, "trunc.jpeg"),
+        ("tiny.png", png_bytes(np.zeros((40, 30), np.uint8)), 422, "at least 64"),
+        ("huge.png", png_header_bytes(5000, 5000), 413, "huge.png"),
+        ("multi.dcm", dicom_bytes(np.zeros((2, 80, 80), np.uint16), frames=2), 415, "frame"),
+        ("nopix.dcm", dicom_bytes(None, with_pixels=False), 415, "nopix.dcm"),
+    ],
+)
+def test_bad_files_get_4xx_with_message(client, name, data, status, fragment):
+    r = _post(client, [(name, data)])
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert fragment.lower() in body["detail"].lower()
+    assert body["results"][0]["ok"] is False and name in body["results"][0]["error"]
+
+
+def test_mixed_good_and_bad_keeps_good_results(client):
+    r = _post(client, [("good.jpeg", _jpeg()), ("bad.png", b"garbage"), ("good2.jpeg", _jpeg(5))])
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert [x["ok"] for x in res] == [True, False, True]
+    assert "bad.png" in res[1]["error"]
+
+
+def test_request_level_errors(client):
+    assert client.post("/api/v1/predict", json={"a": 1}).status_code == 415
+    assert client.post("/api/v1/predict", data={"note": "urlencoded"}).status_code == 415
+    r = client.post("/api/v1/predict", files={"note": (None, "a form field, not a file")})
+    assert r.status_code == 400 and "no files" in r.json()["detail"]
+    r = client.post("/api/v1/predict", content=b"--xx\r\nbroken", headers={"content-type": "multipart/form-data; boundary=xx"})
+    assert 400 <= r.status_code < 500
+    r = _post(client, [("big.jpeg", b"\xff\xd8\xff" + b"0" * 2_100_000)])
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    r = _post(client, [(f"f{i}.jpeg", b"x") for i in range(40)])
+    assert r.status_code == 400 and "files" in r.json()["detail"].lower()
+    assert client.get("/api/v1/predict").status_code == 405
+
+
+def test_random_bytes_never_500(client):
+    rng = np.random.default_rng(0)
+    for n in (1, 10, 131, 132, 133, 2000):
+        for head in (b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"\x00" * 128 + b"DICM"):
+            data = head + rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+            r = _post(client, [("x.bin", data)])
+            assert 400 <= r.status_code < 500, (n, head, r.status_code)
+
+
+def test_client_names_are_never_paths(predictor, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    saved = tmp_path / "uploads"
+    app = create_app(predictor, ServeSettings(save_uploads=str(saved)))
+    r = _post(TestClient(app), [("../../escape.jpeg", _jpeg()), ("..\\..\\evil.png", b"nope")])
+    res = r.json()["results"]
+    assert res[0]["filename"] == "escape.jpeg" and res[1]["filename"] == "evil.png"
+    written = sorted(p.name for p in saved.iterdir())
+    assert len(written) == 1 and written[0].endswith(".jpeg") and "escape" not in written[0]
+    assert not any(p.name.startswith("escape") for p in tmp_path.rglob("*"))
+
+
+def test_uploads_not_written_by_default(predictor, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    rollovers = []
+    original = tempfile.SpooledTemporaryFile.rollover
+
+    def spy(self):  # a spooled upload that rolls over is written to a temporary file on disk
+        rollovers.append(self)
+        return original(self)
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", spy)
+    noisy = synthetic_xray(1400, 1200).astype(np.int16) + np.random.default_rng(0).integers(-40, 40, (1400, 1200))
+    big = jpeg_bytes(np.clip(noisy, 0, 255).astype(np.uint8), quality=100)
+    assert len(big) > 1_100_000  # larger than Starlette's default 1 MiB in-memory spool
+    r = _post(TestClient(create_app(predictor)), [("big.jpeg", big)])
+    assert r.status_code == 200
+    assert rollovers == [] and list(tmp_path.iterdir()) == []
+
+
+class _SlowPredictor:
+    """Wraps a predictor so that one prediction takes a while."""
+
+    def __init__(self, inner, delay):
+        self._inner, self._delay = inner, delay
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def predict_proba(self, images):
+        time.sleep(self._delay)
+        return self._inner.predict_proba(images)
+
+
+def test_healthz_answers_while_predicting(predictor):
+    client = TestClient(create_app(_SlowPredictor(predictor, 3.0)))
+    done = {}
+
+    def slow():
+        done["status"] = _post(client, [("a.jpeg", _jpeg())]).status_code
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    assert client.get("/healthz").status_code == 200
+    health_s = time.perf_counter() - t0
+    t.join()
+    assert done["status"] == 200
+    assert health_s < 1.5, f"/healthz waited {health_s:.2f} s behind a prediction"

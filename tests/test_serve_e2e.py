@@ -1,0 +1,120 @@
+"""End to end in real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+Nothing is downloaded at test time: Playwright drives the system browser. The
+screenshot is saved as a test artifact in ``test-artifacts/serve_e2e.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import uvicorn
+
+from conftest import fullres_samples_path
+from imagefactory import jpeg_bytes, synthetic_xray
+from pneumoscan.checkpoint import save_checkpoint
+from pneumoscan.config import Config
+from pneumoscan.models import create_model, default_preprocessing
+from pneumoscan.predict import Predictor
+from pneumoscan.serve import create_app
+
+CHROMIUM = os.environ.get("PNEUMOSCAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"Chromium not found at {CHROMIUM}; scripts/test.sh installs Debian's chromium"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    meta = {"model": "seed-cnn", "config": Config().to_dict(), "classes": ["NORMAL", "PNEUMONIA"], "epoch": 1,
+            "preprocessing": default_preprocessing("seed-cnn", 96).to_dict(),
+            "operating_point": {"threshold": 0.5, "method": "target_sensitivity", "target_sensitivity": 0.95}}
+    save_checkpoint(path, create_model("seed-cnn").state_dict(), meta)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(Predictor.from_checkpoint(path)), host="127.0.0.1", port=port,
+                                       log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}/"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def _sample_image(tmp_path: Path) -> Path:
+    samples = sorted((fullres_samples_path() / "PNEUMONIA").glob("*.jpeg")) if fullres_samples_path().is_dir() else []
+    if samples:
+        return samples[0]
+    path = tmp_path / "sample.jpeg"
+    path.write_bytes(jpeg_bytes(synthetic_xray(900, 760)))
+    return path
+
+
+def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    good = _sample_image(tmp_path)
+    bad = tmp_path / "not-an-xray.png"
+    bad.write_text("this is not an image")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            page.goto(server)
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            expect(page.locator(".disclaimer")).to_contain_text("not a diagnosis")
+            # Keyboard: the drop zone is focusable and opens the file chooser with Enter.
+            page.focus("#dropzone")
+            with page.expect_file_chooser() as chooser:
+                page.keyboard.press("Enter")
+            chooser.value.set_files([str(good), str(bad)])
+            cards = page.locator("article.card")
+            expect(cards).to_have_count(2, timeout=30_000)
+            ok_card = page.locator("article.card:not(.error)")
+            expect(ok_card.locator(".prob")).to_contain_text("%")
+            expect(ok_card.locator(".decision")).to_have_count(1)
+            expect(page.locator("article.card.error")).to_contain_text("not-an-xray.png")
+            img = ok_card.locator("img")
+            before = img.get_attribute("src")
+            toggle = ok_card.locator("button.toggle")
+            toggle.click()
+            expect(toggle).to_have_attribute("aria-pressed", "true")
+            after = img.get_attribute("src")
+            assert before.startswith("data:image/png") and after.startswith("data:image/png") and before != after
+            rows = page.locator("#worklist tbody tr")
+            expect(rows).to_have_count(2)
+            expect(rows.nth(0)).to_contain_text(good.name)
+            with page.expect_download() as dl:
+                page.click("#download-csv")
+            csv_text = Path(dl.value.path()).read_text()
+            assert csv_text.splitlines()[0].startswith("rank,file,probability,decision")
+            assert good.name in csv_text and "not-an-xray.png" in csv_text
+            page.screenshot(path=str(ARTIFACTS / "serve_e2e.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "serve_e2e.png").stat().st_size > 10_000
