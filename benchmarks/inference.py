@@ -42,7 +42,7 @@ STEPS: list[dict[str, Any]] = [
      "naive": True, "options": {"threads": None, "inter_op_threads": None, "channels_last": False,
                                 "inference_mode": False, "decode_workers": 1}, "ort_threads": 0},
     {"name": "batch-in-place+parallel-decode", "what": "one uint8 batch filled in place, one preprocess call, "
-     "images decoded by 2 threads (identical pixels)",
+     "images decoded and resized by 2 threads (identical pixels)",
      "options": {"threads": None, "inter_op_threads": None, "channels_last": False, "inference_mode": False,
                  "decode_workers": 2}, "ort_threads": 0},
     {"name": "channels_last", "what": "torch model and input in channels_last memory format", "torch_only": True,
@@ -129,6 +129,92 @@ def child(model_file: str, runtime: str, step_index: int, samples: list[str], ru
     }
 
 
+def _ab(a: Any, b: Any, reps: int) -> dict[str, float]:
+    """Time ``a`` and ``b`` alternately ``reps`` times each (after one warm-up) in this process, so that a
+    change in the background load hits both alike; return their medians (ms) and b's speed-up over a."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(reps):
+        for fn, out in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    ma, mb = 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
+    return {"a_ms": round(ma, 2), "b_ms": round(mb, 2), "speedup": round(ma / mb, 3)}
+
+
+def paired(models: dict[str, dict[str, str]], samples: list[str], batch: int, single_reps: int,
+           batch_reps: int) -> dict[str, Any]:
+    """Each optimisation measured as an A/B pair, interleaved in one process (robust to a drifting load)."""
+    import copy
+
+    import torch
+
+    from pneumoscan.export import open_onnx_session
+    from pneumoscan.io import read_image, resize_square
+    from pneumoscan.models import preprocess
+    from pneumoscan.predict import Predictor, RuntimeOptions, model_from_checkpoint
+    from pneumoscan.checkpoint import load_checkpoint
+
+    torch.set_num_threads(2)
+    out: dict[str, Any] = {"threads": 2}
+    paths = [samples[i % len(samples)] for i in range(batch)]
+    first = next(iter(models.values()))["torch"]
+    pred = Predictor.from_checkpoint(first, options=RuntimeOptions(decode_workers=2))
+    spec = pred.preprocessing
+
+    def naive() -> torch.Tensor:
+        return torch.cat([preprocess(resize_square(read_image(p), spec.image_size), spec) for p in paths])
+
+    out["decode_and_preprocess_batch"] = {
+        "a": "per image: read_image, resize_square, preprocess; torch.cat",
+        "b": "2 threads each decoding and resizing, one uint8 batch filled in place, one preprocess call",
+        **_ab(naive, lambda: pred._input_batch(pred._decode_many(paths, raise_errors=True, resize=True)), batch_reps)}
+    single = [paths[0]]
+    out["decode_and_preprocess_single"] = _ab(
+        lambda: preprocess(resize_square(read_image(single[0]), spec.image_size), spec),
+        lambda: pred._input_batch(pred._decode_many(single, raise_errors=True, resize=True)), single_reps)
+    for name, files in models.items():
+        model = model_from_checkpoint(load_checkpoint(files["torch"]))
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        size = Predictor.from_checkpoint(files["torch"]).preprocessing.image_size
+        x1, xb = torch.randn(1, 1, size, size), torch.randn(batch, 1, size, size)
+        x1c, xbc = x1.contiguous(memory_format=torch.channels_last), xb.contiguous(memory_format=torch.channels_last)
+
+        def run(m: Any, x: torch.Tensor, mode: Any = torch.no_grad) -> Any:
+            with mode():
+                return m(x)
+
+        def threads(n: int, m: Any, x: torch.Tensor) -> Any:
+            torch.set_num_threads(n)
+            try:
+                return run(m, x, torch.inference_mode)
+            finally:
+                torch.set_num_threads(2)
+
+        res: dict[str, Any] = {
+            "channels_last_single": _ab(lambda: run(model, x1), lambda: run(cl, x1c), single_reps),
+            "channels_last_batch": _ab(lambda: run(model, xb), lambda: run(cl, xbc), batch_reps),
+            "inference_mode_single": _ab(lambda: run(cl, x1c), lambda: run(cl, x1c, torch.inference_mode), single_reps),
+            "inference_mode_batch": _ab(lambda: run(cl, xbc), lambda: run(cl, xbc, torch.inference_mode), batch_reps),
+            "torch_2_vs_1_thread_single": _ab(lambda: threads(2, cl, x1c), lambda: threads(1, cl, x1c), single_reps),
+            "torch_2_vs_1_thread_batch": _ab(lambda: threads(2, cl, xbc), lambda: threads(1, cl, xbc), batch_reps),
+        }
+        s_default, _ = open_onnx_session(files["onnxruntime"], threads=0, inter_op_threads=None)
+        s_tuned, _ = open_onnx_session(files["onnxruntime"], threads=2, inter_op_threads=1)
+        n1, nb = x1.numpy(), xb.numpy()
+        res["ort_threads_single"] = _ab(lambda: s_default.run(["logit"], {"image": n1}),
+                                        lambda: s_tuned.run(["logit"], {"image": n1}), single_reps)
+        res["ort_threads_batch"] = _ab(lambda: s_default.run(["logit"], {"image": nb}),
+                                       lambda: s_tuned.run(["logit"], {"image": nb}), batch_reps)
+        res["torch_vs_ort_single"] = _ab(lambda: run(cl, x1c, torch.inference_mode),
+                                         lambda: s_tuned.run(["logit"], {"image": n1}), single_reps)
+        res["torch_vs_ort_batch"] = _ab(lambda: run(cl, xbc, torch.inference_mode),
+                                        lambda: s_tuned.run(["logit"], {"image": nb}), batch_reps)
+        out[name] = res
+    return out
+
+
 def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median over rounds of every number (nested one level), plus the per-round values."""
     out: dict[str, Any] = {}
@@ -200,6 +286,8 @@ def draft_experiment(samples: list[str], size: int, checkpoint: str | None) -> d
             dp = np.abs(pred.predict_proba(exact_imgs) - pred.predict_proba(draft_imgs))
             out.update(checkpoint=checkpoint, probability_abs_diff_max=float(dp.max()),
                        probability_abs_diff_median=float(np.median(dp)))
+        elif size != pred.preprocessing.image_size:  # once more at the checkpoint's own input size
+            out["at_checkpoint_size"] = draft_experiment(samples, pred.preprocessing.image_size, checkpoint)
     return out
 
 
@@ -223,7 +311,7 @@ def _samples(tmp: Path) -> tuple[list[str], str]:
     return files, "synthetic 1500x1200 JPEGs"
 
 
-def _make_models(tmp: Path, size: int) -> dict[str, dict[str, str]]:
+def _make_models(tmp: Path, size: int, names: list[str] | tuple[str, ...] = MODELS) -> dict[str, dict[str, str]]:
     import torch
 
     from pneumoscan.checkpoint import save_checkpoint
@@ -231,7 +319,7 @@ def _make_models(tmp: Path, size: int) -> dict[str, dict[str, str]]:
     from pneumoscan.models import create_model, default_preprocessing
 
     out = {}
-    for name in MODELS:
+    for name in names:
         torch.manual_seed(0)
         model = create_model(name, pretrained=name == "efficientnet-lite0")
         meta = {"model": name, "config": {}, "preprocessing": default_preprocessing(name, size).to_dict(),
@@ -239,6 +327,17 @@ def _make_models(tmp: Path, size: int) -> dict[str, dict[str, str]]:
         ckpt = save_checkpoint(tmp / f"{name}.safetensors", model.state_dict(), meta)
         out[name] = {"torch": str(ckpt), "onnxruntime": str(export_onnx(ckpt, tmp / f"{name}.onnx"))}
     return out
+
+
+def _run_paired(models: dict[str, dict[str, str]], samples: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    job = {"models": models, "samples": samples, "batch": args.batch_size, "single_reps": args.runs,
+           "batch_reps": args.batch_runs}
+    proc = subprocess.run([sys.executable, __file__, "--paired-child", json.dumps(job)], check=True,
+                          capture_output=True, text=True, cwd=REPO)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["note"] = ("A/B pairs timed alternately in one fresh process (a then b, repeated); speedup = a/b, "
+                   "medians. More robust than comparing steps, which ran minutes apart under a changing load.")
+    return res
 
 
 def main() -> None:
@@ -251,12 +350,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="repeat every configuration; report the median")
     parser.add_argument("--checkpoint", help="trained checkpoint at --size for the draft experiment's probability diff")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json")
+    parser.add_argument("--paired-only", action="store_true",
+                        help="only (re)run the interleaved A/B pairs and update them in an existing --out file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--paired-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         job = json.loads(args.child)
         print(json.dumps(child(**job)))
+        return
+    if args.paired_child:
+        print(json.dumps(paired(**json.loads(args.paired_child))))
+        return
+    if args.paired_only:
+        from pneumoscan.utils import atomic_write_text
+
+        doc = json.loads(args.out.read_text())
+        with tempfile.TemporaryDirectory(prefix="pneumoscan-bench-") as tmpdir:
+            samples, _ = _samples(Path(tmpdir))
+            doc["paired_ab"] = _run_paired(_make_models(Path(tmpdir), args.size, args.models), samples, args)
+        atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n")
+        print(f"updated {args.out}")
         return
 
     from pneumoscan.utils import atomic_write_text
@@ -265,7 +380,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pneumoscan-bench-") as tmpdir:
         tmp = Path(tmpdir)
         samples, source = _samples(tmp)
-        models = _make_models(tmp, args.size)
+        models = _make_models(tmp, args.size, args.models)
         configs = [(i, runtime, name) for i, step in enumerate(STEPS) for runtime in ("torch", "onnxruntime")
                    if not (runtime == "onnxruntime" and step.get("torch_only")) for name in args.models]
         raw: dict[tuple[int, str, str], list[dict[str, Any]]] = {c: [] for c in configs}
@@ -289,6 +404,7 @@ def main() -> None:
                 if i == index:
                     results.setdefault(runtime, {})[name] = _median_of(runs)
             steps.append({"step": index + 1, "name": step["name"], "what": step["what"], "results": results})
+        pairs = _run_paired(models, samples, args)
         draft = draft_experiment(samples, args.size, args.checkpoint)
     doc = {
         "benchmark": "inference",
@@ -302,6 +418,7 @@ def main() -> None:
                 "differences under ~15% are noise.",
         "steps": steps,
         "summary": _summary(steps, args.models),
+        "paired_ab": pairs,
         "draft_experiment": draft,
     }
     atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n")

@@ -47,3 +47,11 @@ def fullres_samples() -> list[Path]:
     if not files:
         pytest.skip(f"no files in the full-resolution samples folder {root}")
     return files
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained seed-cnn checkpoint at 64 px with operating threshold 0.5 and temperature 1.0 stored."""
+    from modelfactory import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", threshold=0.5, temperature=1.0)

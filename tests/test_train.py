@@ -184,4 +184,5 @@ def test_ddp_two_processes_gloo(blob_data, tmp_path):
     assert state["history"][0]["n_val"] == n_val
     written = sorted(p.name for p in run.iterdir())
     assert written == sorted(["auc.png", "augmentations.png", "best.json", "best.safetensors", "config.json",
-                              "loss.png", "metrics.csv", "split.csv", "state.safetensors", "timing.json"])
+                              "loss.png", "metrics.csv", "split.csv", "state.safetensors", "timing.json",
+                              "val_scores.csv"])

@@ -215,6 +215,18 @@ def _metric(summary: Mapping[str, Any], name: str, metric: str) -> dict[str, Any
     return ((summary.get("thresholds") or {}).get(name) or {}).get("metrics", {}).get(metric)
 
 
+def _drop_beyond_ci(val: Mapping[str, Any], ev: Mapping[str, Any]) -> bool:
+    """True when the evaluated value is below the validation one by more than 1.96 combined standard errors.
+
+    Each standard error is read off its 95% bootstrap interval as width / 3.92. A validation interval of
+    zero width (e.g. 100% on few cases) leaves the evaluated interval alone to decide.
+    """
+    if not all(math.isfinite(x) for x in (val["value"], ev["value"], *val["ci"], *ev["ci"])):
+        return False
+    se = math.hypot((val["ci"][1] - val["ci"][0]) / 3.92, (ev["ci"][1] - ev["ci"][0]) / 3.92)
+    return bool(val["value"] - ev["value"] > 1.96 * se)
+
+
 def _model_warnings(entry: dict[str, Any]) -> list[str]:
     out = []
     if entry["operating_point_source"] != "checkpoint":
@@ -226,12 +238,15 @@ def _model_warnings(entry: dict[str, Any]) -> list[str]:
         out.append(f"{ov['train']} of the {ov['n_images']} evaluated images were used to TRAIN this model: "
                    "these results say nothing about new patients.")
     if ov.get("val"):
+        chosen = ("its threshold and temperature were chosen and its best epoch picked"
+                  if entry["operating_point_source"] == "checkpoint" else "its best epoch was picked")
         out.append(f"{ov['val']} of the {ov['n_images']} evaluated images are this model's validation split, on "
-                   "which its threshold and temperature were chosen and its best epoch picked: expect new data to do worse.")
+                   f"which {chosen}: expect new data to do worse.")
     vc = entry.get("validation_comparison") or {}
     if vc.get("sensitivity_drop_beyond_ci"):
-        out.append(f"Sensitivity at the operating threshold is {vc['evaluated']['value']:.1%} here (95% CI up to "
-                   f"{vc['evaluated']['ci'][1]:.1%}) against {vc['validation']['value']:.1%} on validation. "
+        out.append(f"Sensitivity at the operating threshold is {vc['evaluated']['value']:.1%} here (95% CI "
+                   f"{vc['evaluated']['ci'][0]:.1%} to {vc['evaluated']['ci'][1]:.1%}) against "
+                   f"{vc['validation']['value']:.1%} on validation. "
                    "The model misses more pneumonia on these images than on its validation data, by more than chance "
                    "explains. Check the images' source and preparation before relying on it.")
     s = entry["summary"]
@@ -302,8 +317,7 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
                 "metric": "sensitivity at the operating threshold", "validation": v, "evaluated": e,
                 "validation_specificity": _metric(val, "operating", "specificity"),
                 "evaluated_specificity": _metric(summary, "operating", "specificity"),
-                # The drop is flagged when the evaluated interval lies wholly below the validation estimate.
-                "sensitivity_drop_beyond_ci": bool(e["ci"][1] < v["value"]),
+                "sensitivity_drop_beyond_ci": _drop_beyond_ci(v, e),
             }
         entry["warnings"] = _model_warnings(entry)
         models.append(entry)
@@ -324,16 +338,17 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
                  "n_skipped": len(index.skipped) + len(failures),
                  "kermany": _looks_like_kermany(str(data), records)},
         "bootstrap": {"n_resamples": n_boot, "seed": seed, "level": level,
-                      "method": "percentile interval; patients resampled with replacement (cluster bootstrap)"},
+                      "method": "Percentile interval; patients resampled with replacement (cluster bootstrap)"},
         "models": models,
         "comparison": comparison,
         "warnings": [f"{len(failures)} image(s) could not be decoded and were left out."] if failures else [],
     }
     out.mkdir(parents=True, exist_ok=True)
     prefixes = [""] if len(scored) == 1 else [f"model{i}-" for i in range(1, len(scored) + 1)]
+    result["outputs"] = write_report(result, scored, records, out, prefixes)
     for pre, sm in zip(prefixes, scored):
         write_scores_csv(out / f"{pre}scores.csv", records, sm.probs)
-    result["outputs"] = write_report(result, scored, records, out, prefixes)
+        result["outputs"][f"{pre}scores"] = f"{pre}scores.csv"
     result["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(out / "metrics.json", json.dumps(_json_safe(result), indent=2, sort_keys=False) + "\n")
     return result

@@ -33,7 +33,7 @@ from torch import nn
 
 from pneumoscan.utils import atomic_write_bytes
 
-__all__ = ["GradCAM", "grad_cam", "render_overlay", "save_overlay", "unique_stems", "upsample_cam"]
+__all__ = ["GradCAM", "grad_cam", "render_overlay", "save_overlay", "unique_stems", "upsample_cam", "write_heatmap"]
 
 #: Longest side of an overlay PNG; larger films are scaled down (aspect ratio kept).
 MAX_OVERLAY_SIDE = 1024
@@ -195,6 +195,18 @@ def save_overlay(path: str | os.PathLike[str], image: np.ndarray, heatmap: np.nd
     Image.fromarray(rgb).save(buf, format="PNG", pnginfo=info)
     out = Path(path)
     atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def write_heatmap(folder: str | os.PathLike[str], stem: str, image: np.ndarray, heatmap: np.ndarray, *,
+                  caption: str | None = None, save_raw: bool = False) -> Path:
+    """Write ``<folder>/<stem>_gradcam.png`` (overlay) and, with ``save_raw``, ``<stem>_gradcam.npy`` (the
+    float32 map at the image's size); return the PNG's path. Both are written atomically."""
+    out = save_overlay(Path(folder) / f"{stem}_gradcam.png", image, heatmap, caption=caption)
+    if save_raw:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(heatmap, dtype=np.float32))
+        atomic_write_bytes(Path(folder) / f"{stem}_gradcam.npy", buf.getvalue())
     return out
 
 

@@ -258,7 +258,7 @@ class Predictor:
         out = np.empty(len(items), dtype=np.float64)
         step = max(1, self.options.batch_size)
         for start in range(0, len(items), step):
-            gray = self._decode_many(items[start:start + step], raise_errors=True)
+            gray = self._decode_many(items[start:start + step], raise_errors=True, resize=True)
             out[start:start + len(gray)] = self._probabilities(self._input_batch(gray))
         return out
 
@@ -302,7 +302,7 @@ class Predictor:
         with tqdm(total=len(paths), unit="img", desc="predict", disable=None if progress else True) as bar:
             for start in range(0, len(paths), max(1, batch_size)):
                 chunk = [str(p) for p in paths[start:start + max(1, batch_size)]]
-                decoded = self._decode_many(chunk, raise_errors=False)
+                decoded = self._decode_many(chunk, raise_errors=False, resize=heatmaps is None)
                 ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
                 probs = np.empty(0)
                 if ok and heatmaps is None:
@@ -335,13 +335,16 @@ class Predictor:
             row.update(probability=pred.probability, decision=pred.label, positive=pred.positive)
         return row
 
-    def _decode_many(self, items: Sequence[ImageInput], *, raise_errors: bool) -> list[Any]:
-        """Decode items (paths/bytes/arrays) to ``(H, W) uint8``; with ``raise_errors=False`` a failure is its
-        message string in place of the array."""
+    def _decode_many(self, items: Sequence[ImageInput], *, raise_errors: bool, resize: bool = False) -> list[Any]:
+        """Decode items (paths/bytes/arrays) to ``(H, W) uint8`` (with ``resize``: straight to the model's
+        ``(S, S)``, in the worker, so that a batch never holds all its full-size films at once); with
+        ``raise_errors=False`` a failure is its message string in place of the array."""
+        size = self.preprocessing.image_size
 
         def one(item: ImageInput) -> Any:
             try:
-                return _to_gray(item)
+                gray = _to_gray(item)
+                return resize_square(gray, size) if resize and gray.shape != (size, size) else gray
             except ImageError as exc:
                 if raise_errors:
                     raise
@@ -391,16 +394,12 @@ class Predictor:
 
     def _write_heatmaps(self, folder: str | os.PathLike[str], stems: Sequence[str], gray: Sequence[np.ndarray],
                         probs: np.ndarray, maps: Sequence[np.ndarray], save_raw: bool) -> None:
-        from pneumoscan.explain import save_overlay
-        from pneumoscan.utils import atomic_path
+        from pneumoscan.explain import write_heatmap
 
         for stem, g, p, m in zip(stems, gray, probs, maps):
             pred = self._decide(p)
             caption = f"P(pneumonia) {pred.probability:.2f} - {pred.label} at threshold {pred.threshold:.2f}"
-            save_overlay(Path(folder) / f"{stem}_gradcam.png", g, m, caption=caption)
-            if save_raw:
-                with atomic_path(Path(folder) / f"{stem}_gradcam.npy") as tmp, open(tmp, "wb") as fh:
-                    np.save(fh, m)
+            write_heatmap(folder, stem, g, m, caption=caption, save_raw=save_raw)
 
 
 def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
@@ -409,6 +408,9 @@ def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
     if isinstance(images, np.ndarray):
         if images.ndim == 2:
             return [images]
+        if images.ndim == 3 and images.shape[-1] in (3, 4):
+            raise ValueError(f"array of shape {images.shape} looks like a colour image (H, W, C); pass grayscale "
+                             "(H, W) uint8, e.g. from pneumoscan.io.read_image, or a batch (N, H, W)")
         if images.ndim == 3:
             return list(images)
         raise ValueError(f"an image array must be (H, W) or a batch (N, H, W), got shape {images.shape}")

@@ -101,7 +101,7 @@ def write_report(result: dict[str, Any], scored: Sequence[Any], records: Sequenc
             "confusion": save(f"{pre}confusion.png", plots.confusion_figure(op["confusion"], op["threshold"])),
             "calibration": save(f"{pre}calibration.png", plots.calibration_figure(
                 y, sm.probs_raw, sm.probs, entry["calibration"]["temperature"])),
-            "scores": save(f"{pre}scores.png", plots.score_histogram(y, sm.probs, ths)),
+            "scores": save(f"{pre}score-histogram.png", plots.score_histogram(y, sm.probs, ths)),
         }
         views.append({"e": entry, "figs": figs, "gallery": _gallery(sm, records, y, op["threshold"]),
                       "sid": f"m{entry['index']}"})

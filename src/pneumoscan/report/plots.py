@@ -129,7 +129,7 @@ def calibration_figure(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, temp
 
 def score_histogram(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, float]) -> bytes:
     """Histogram of the predicted probability per true class, with the threshold lines."""
-    fig, (ax,) = _figure(6.4, 3.8)
+    fig, (ax,) = _figure(7.6, 3.8)
     bins = np.linspace(0, 1, 41)
     for label, name, col in ((0, "NORMAL", "#2e86c1"), (1, "PNEUMONIA", "#e67e22")):
         ax.hist(p[y == label], bins=bins, alpha=0.6, color=col, label=f"{name} (n = {int(np.sum(y == label))})")
@@ -139,7 +139,7 @@ def score_histogram(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, float
                    label=_label(name, t))
     ax.set(xlabel="predicted probability of pneumonia", ylabel="images", xlim=(0, 1), title="Scores per true class")
     ax.set_yscale("symlog")
-    ax.legend(fontsize=8, loc="upper center")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _png(fig)
 
 

@@ -1,0 +1,197 @@
+"""Evaluation: the end-of-training operating point, the evaluate library call and CLI, the comparison of two
+models, and the self-contained HTML report (checked by parsing it)."""
+
+import base64
+import csv
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_train import make_blob_dataset, small_config
+
+from pneumoscan import metrics as M
+from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
+from pneumoscan.cli import main
+from pneumoscan.evaluate import evaluate
+from pneumoscan.report import GALLERY_SIZES
+from pneumoscan.train import train
+
+MODEL_SECTIONS = ("validation", "metrics", "curves", "confusion", "calibration", "scores", "subgroups", "gallery")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Two tiny trained runs (seed-cnn, 2 epochs, 64 px) and an evaluation folder with a few wrong labels."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    train_data = make_blob_dataset(tmp / "train", n_per_class=16, seed=0)
+    runs = []
+    for name, seed in (("a", 3), ("b", 5)):
+        cfg = small_config(train_data, tmp / "cache", **{"train.seed": seed, "eval.bootstrap_samples": 300})
+        runs.append(train(cfg, tmp / f"run_{name}", progress=False).run_dir)
+    eval_data = make_blob_dataset(tmp / "eval", n_per_class=14, seed=1)
+    # Swap three images each way so that both kinds of error exist whatever the model learned.
+    for src, dst in (("PNEUMONIA", "NORMAL"), ("NORMAL", "PNEUMONIA")):
+        for p in sorted((eval_data / src).iterdir())[:3]:
+            shutil.move(str(p), eval_data / dst / p.name)
+    return {"tmp": tmp, "runs": runs, "eval": eval_data, "cache": tmp / "cache"}
+
+
+class ReportParser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.srcs, self.hrefs, self.tags, self.gallery = [], [], [], set(), {}
+        self.captions, self._in_caption = [], None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.add(tag)
+        if "id" in a:
+            self.ids.append(a["id"])
+        if "src" in a:
+            self.srcs.append(a["src"])
+        if "href" in a:
+            self.hrefs.append(a["href"])
+        if tag == "figure" and "gallery-item" in (a.get("class") or ""):
+            self.gallery.setdefault(a["data-kind"], 0)
+            self.gallery[a["data-kind"]] += 1
+            self._in_caption = a["data-kind"]
+
+    def handle_data(self, data):
+        m = re.search(r"p = ([0-9.]+)", data)
+        if m and self._in_caption:
+            self.captions.append((self._in_caption, float(m.group(1))))
+            self._in_caption = None
+
+
+def parse(path: Path) -> ReportParser:
+    p = ReportParser()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+def test_training_stores_operating_point_calibration_and_val_summary(world):
+    run = world["runs"][0]
+    meta = load_checkpoint(run / "best.safetensors").meta
+    op, cal = meta["operating_point"], meta["calibration"]
+    assert op["method"] == "target_sensitivity" and op["target_sensitivity"] == 0.95
+    for key in ("threshold", "val_sensitivity", "val_specificity", "youden_threshold"):
+        assert key in op
+    for key in ("temperature", "val_ece_before", "val_ece_after", "val_brier_before", "val_brier_after"):
+        assert key in cal
+    with open(run / "val_scores.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["path", "label", "patient_id", "cause", "score"]
+    y = np.array([r["label"] == "PNEUMONIA" for r in rows], dtype=int)
+    s = np.array([float(r["score"]) for r in rows])
+    assert len(rows) == meta["n_val_images"]
+    # The threshold is the highest one reaching the target on the (calibrated) validation scores.
+    assert op["threshold"] == pytest.approx(M.threshold_for_sensitivity(y, s, 0.95), abs=1e-6)
+    assert op["val_sensitivity"] >= 0.95
+    # One implementation: the validation summary has exactly the shape evaluate produces.
+    vs = meta["val_summary"]
+    assert vs["thresholds"]["operating"]["threshold"] == op["threshold"]
+    assert vs["roc_auc"]["value"] == pytest.approx(M.roc_auc(y, s), abs=1e-6)
+    assert vs["bootstrap"]["n_resamples"] == 300
+
+
+def test_evaluate_cli_single_model_report(world, tmp_path, capsys):
+    run = world["runs"][0]
+    out = tmp_path / "out"
+    code = main(["evaluate", "--model", str(run / "best.safetensors"), "--data", str(world["eval"]), "--out", str(out),
+                 "--cache-dir", str(world["cache"]), "--bootstrap", "400", "--seed", "7"])
+    assert code == 0, capsys.readouterr().err
+    assert "sensitivity" in capsys.readouterr().out
+    result = json.loads((out / "metrics.json").read_text())
+    assert set(result) >= {"pneumoscan_version", "data", "bootstrap", "models", "comparison", "warnings", "outputs"}
+    assert result["bootstrap"]["n_resamples"] == 400 and result["bootstrap"]["seed"] == 7
+    m = result["models"][0]
+    meta = load_checkpoint(run / "best.safetensors").meta
+    s = m["summary"]
+    assert s["n_images"] == 28 and m["operating_point_source"] == "checkpoint"
+    assert s["thresholds"]["operating"]["threshold"] == pytest.approx(meta["operating_point"]["threshold"])
+    assert s["thresholds"]["youden"]["threshold"] == pytest.approx(meta["operating_point"]["youden_threshold"])
+    assert s["thresholds"]["fixed_0.5"]["threshold"] == 0.5
+    for name in ("operating", "fixed_0.5", "youden"):
+        for metric in M.THRESHOLD_METRICS:
+            v = s["thresholds"][name]["metrics"][metric]
+            assert set(v) == {"value", "ci"}
+    assert set(s["subgroups"]["cause"]) == {"bacteria"}  # make_blob_dataset names every pneumonia 'bacteria'
+    assert m["calibration"]["temperature"] == pytest.approx(meta["calibration"]["temperature"])
+    assert "validation_comparison" in m
+    for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "score-histogram.png", "scores.csv", "report.html"):
+        assert (out / name).is_file(), name
+
+    report = parse(out / "report.html")
+    expected = {"summary", "methods", "data", "m1"} | {f"m1-{s}" for s in MODEL_SECTIONS}
+    assert expected <= set(report.ids)
+    assert len(report.ids) == len(set(report.ids))  # ids are unique
+    assert "comparison" not in report.ids
+    # Self-contained: no script, no external stylesheet, every image inline, only in-page links.
+    assert not report.tags & {"script", "link", "iframe", "object"}
+    assert report.srcs and all(src.startswith("data:image/png;base64,") for src in report.srcs)
+    assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in report.srcs)
+    assert all(h.startswith("#") for h in report.hrefs)
+    text = (out / "report.html").read_text()
+    assert "http://" not in text and "https://" not in text
+    assert "Decision support, not a diagnosis" in text
+    assert "doi:10.17632/rscbjbr9sj.2" in text and "CC BY 4.0" in text
+    # Gallery: as many entries as there are cases, up to 16 errors and 8 correct of each kind.
+    conf = s["thresholds"]["operating"]["confusion"]
+    for kind in ("fn", "fp", "tp", "tn"):
+        assert report.gallery.get(kind, 0) == min(GALLERY_SIZES[kind], conf[kind]), kind
+    # Most confident first: missed pneumonia by ascending score, false alarms by descending score.
+    for kind, descending in (("fn", False), ("fp", True), ("tp", True), ("tn", False)):
+        scores = [v for k, v in report.captions if k == kind]
+        assert scores == sorted(scores, reverse=descending), kind
+
+
+def test_evaluate_two_models_comparison(world, tmp_path):
+    ckpts = [r / "best.safetensors" for r in world["runs"]]
+    out = tmp_path / "cmp"
+    result = evaluate(ckpts, world["eval"], out, cache_dir=world["cache"], bootstrap_samples=300)
+    assert len(result["models"]) == 2 and len(result["comparison"]) == 1
+    cmp = result["comparison"][0]
+    assert 0.0 <= cmp["delong"]["p_value"] <= 1.0
+    a, b = (m["summary"]["roc_auc"]["value"] for m in result["models"])
+    assert cmp["delong"]["diff"] == pytest.approx(a - b)
+    lo, hi = cmp["bootstrap_auc_difference"]["ci"]
+    assert lo <= a - b <= hi
+    assert (out / "comparison-roc.png").is_file() and (out / "model2-roc.png").is_file()
+    report = parse(out / "report.html")
+    assert {"comparison", "m1", "m2", "m2-gallery"} <= set(report.ids)
+    text = (out / "report.html").read_text()
+    assert "DeLong" in text and "reference" in text
+
+
+def test_checkpoint_without_operating_point_falls_back_to_half(world, tmp_path):
+    ckpt = load_checkpoint(world["runs"][0] / "best.safetensors")
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("operating_point", "calibration", "val_summary")}
+    old = tmp_path / "old" / "best.safetensors"
+    save_checkpoint(old, ckpt.state_dict, meta)
+    out = tmp_path / "out"
+    result = evaluate([old], world["eval"], out, cache_dir=world["cache"], bootstrap_samples=200)
+    m = result["models"][0]
+    assert m["operating_point_source"] == "fallback_0.5"
+    assert m["summary"]["thresholds"]["operating"]["threshold"] == 0.5
+    assert "youden" not in m["summary"]["thresholds"] and "validation_comparison" not in m
+    assert any("0.5 is used" in w for w in m["warnings"])
+    text = (out / "report.html").read_text()
+    assert "0.5 is used" in text
+
+
+def test_evaluating_the_validation_split_warns(world, tmp_path):
+    run = world["runs"][0]
+    result = evaluate([run / "best.safetensors"], run / "split.csv", tmp_path / "out", split="val",
+                      cache_dir=world["cache"], bootstrap_samples=200)
+    m = result["models"][0]
+    assert m["split_overlap"]["val"] == m["summary"]["n_images"] and m["split_overlap"]["train"] == 0
+    assert any("validation split" in w for w in m["warnings"])
+    # Same images, same function, same calibration: evaluate reproduces the stored validation summary.
+    meta = load_checkpoint(run / "best.safetensors").meta
+    assert m["summary"]["roc_auc"]["value"] == pytest.approx(meta["val_summary"]["roc_auc"]["value"], abs=1e-6)
+    sens = m["summary"]["thresholds"]["operating"]["metrics"]["sensitivity"]["value"]
+    assert sens == pytest.approx(meta["operating_point"]["val_sensitivity"])

@@ -1,0 +1,261 @@
+"""Predictor, worklist files and the `predict` command: inputs, thresholds, bad files, outputs, threads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imagefactory import dicom_bytes, jpeg_bytes, make_dicom, make_jpeg, make_png, png_bytes, synthetic_xray
+from modelfactory import make_checkpoint
+from pneumoscan import predict as predict_mod
+from pneumoscan.checkpoint import CheckpointError
+from pneumoscan.cli import main
+from pneumoscan.io import ImageError
+from pneumoscan.predict import (
+    DISCLAIMER, ModelNotFoundError, Prediction, Predictor, RuntimeOptions, default_model_path,
+)
+from pneumoscan.worklist import collect_images, write_results
+
+
+def _film(seed: int, h: int = 150, w: int = 120) -> np.ndarray:
+    """A synthetic film that spans 0..255, so DICOM's min-max window leaves it unchanged."""
+    img = synthetic_xray(h, w, seed=seed)
+    img[0, 0], img[-1, -1] = 0, 255
+    return img
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def films() -> list[np.ndarray]:
+    return [_film(s, 100 + 7 * s, 90 + 5 * s) for s in range(12)]
+
+
+def test_from_checkpoint_exposes_metadata(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", threshold=0.37, temperature=1.7)
+    p = Predictor.from_checkpoint(ckpt)
+    assert (p.model_name, p.threshold, p.temperature, p.backend) == ("seed-cnn", 0.37, 1.7, "torch")
+    assert p.preprocessing.image_size == 64 and p.meta["operating_point"]["threshold"] == 0.37
+    assert len(p.version) == 12 and int(p.version, 16) >= 0 and p.path == str(ckpt)
+
+
+def test_defaults_without_operating_point(tmp_path):
+    p = Predictor.from_checkpoint(make_checkpoint(tmp_path / "m.safetensors"))
+    assert (p.threshold, p.temperature) == (0.5, 1.0)
+
+
+def test_missing_or_foreign_model_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        Predictor.from_checkpoint(tmp_path / "nope.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        Predictor.from_checkpoint(tmp_path / "junk.safetensors")
+
+
+def test_predict_consistent_with_proba_and_threshold(tiny_checkpoint, films):
+    probs = Predictor.from_checkpoint(tiny_checkpoint).predict_proba(films)
+    assert probs.dtype == np.float64 and probs.shape == (len(films),) and np.all((probs >= 0) & (probs <= 1))
+    threshold = float(np.median(probs))
+    p = Predictor.from_checkpoint(tiny_checkpoint)
+    p.threshold = threshold
+    preds = p.predict(films)
+    assert all(isinstance(r, Prediction) for r in preds)
+    assert [r.probability for r in preds] == pytest.approx(list(probs), abs=1e-12)
+    assert [r.positive for r in preds] == [bool(x >= threshold) for x in probs]
+    assert {r.label for r in preds} == {"NORMAL", "PNEUMONIA"}
+    assert all(r.threshold == threshold for r in preds)
+
+
+def test_temperature_divides_the_logit(tmp_path, films):
+    p1 = Predictor.from_checkpoint(make_checkpoint(tmp_path / "a.safetensors", seed=3)).predict_proba(films[:4])
+    p2 = Predictor.from_checkpoint(make_checkpoint(tmp_path / "b.safetensors", seed=3, temperature=2.0)).predict_proba(films[:4])
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    np.testing.assert_allclose(logit(p2), logit(p1) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_same_image_in_every_form_gives_the_same_probability(predictor, tmp_path):
+    film = _film(1, 130, 110)
+    forms = [film, png_bytes(film), make_png(tmp_path / "a.png", film), str(tmp_path / "a.png"),
+             dicom_bytes(film, bits=8), make_dicom(tmp_path / "a.dcm", film, bits=8), bytearray(png_bytes(film))]
+    probs = predictor.predict_proba(forms)
+    np.testing.assert_allclose(probs, probs[0], atol=1e-6)
+    single = predictor.predict_proba(film)  # one image, not a list
+    assert single.shape == (1,) and single[0] == pytest.approx(probs[0], abs=1e-6)
+    jpeg = predictor.predict_proba([make_jpeg(tmp_path / "a.jpg", film, quality=95), jpeg_bytes(film)])
+    np.testing.assert_allclose(jpeg, probs[0], atol=0.05)  # lossy, but close
+
+
+def test_batch_composition_does_not_change_results(predictor, films):
+    together = predictor.predict_proba(films)
+    alone = np.array([predictor.predict_proba(f)[0] for f in films])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    stacked = predictor.predict_proba(np.stack([f[:90, :90] for f in films[:3]]))  # (N, H, W) array = N images
+    assert stacked.shape == (3,)
+
+
+def test_bad_inputs_are_refused_clearly(predictor, tmp_path):
+    with pytest.raises(ValueError, match="2-D uint8"):
+        predictor.predict_proba(np.zeros((80, 80), dtype=np.float32))
+    with pytest.raises(ValueError, match="colour"):
+        predictor.predict_proba(np.zeros((80, 80, 3), dtype=np.uint8))
+    with pytest.raises(ImageError, match="not an image"):
+        predictor.predict_proba([b"hello, this is text"])
+    with pytest.raises(TypeError):
+        predictor.predict_proba(42)
+
+
+def test_concurrent_calls_match_sequential(tiny_checkpoint, films):
+    p = Predictor.from_checkpoint(tiny_checkpoint, options=RuntimeOptions(decode_workers=2))
+    blobs = [png_bytes(f) for f in films]
+    expected = [p.predict_proba([b])[0] for b in blobs]
+    expected_heat = [p.explain(f)[1] for f in films[:4]]
+
+    def job(i: int):
+        if i % 5 == 0:  # heatmaps while other threads predict through the same model
+            k = (i // 5) % 4
+            return "explain", k, p.explain(films[k])
+        k = i % len(blobs)
+        return "proba", k, p.predict_proba([blobs[k], films[(k + 1) % len(films)]])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(job, range(60)))
+    for kind, k, value in results:
+        if kind == "proba":
+            np.testing.assert_allclose(value, [expected[k], expected[(k + 1) % len(films)]], atol=1e-6)
+        else:
+            prob, heat = value
+            assert prob == pytest.approx(expected[k], abs=1e-6)
+            np.testing.assert_allclose(heat, expected_heat[k], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- files and worklists
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    root = tmp_path / "films"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    make_png(root / "a.png", _film(1))
+    make_jpeg(root / "b.jpeg", _film(2))
+    make_dicom(root / "sub" / "c.dcm", _film(3), bits=8)
+    make_dicom(root / "sub" / "deeper" / "IM000123", _film(4), bits=8)  # PACS export without an extension
+    (root / "broken.png").write_text("this is not a picture")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "truncated.jpeg").write_bytes(jpeg_bytes(_film(5))[:600])
+    (root / "notes.txt").write_text("not an image, skipped")
+    make_png(root / ".hidden.png", _film(6))
+    return root
+
+
+def test_collect_images_flat_and_recursive(folder):
+    flat = [p.name for p in collect_images([folder])]
+    assert flat == ["a.png", "b.jpeg", "broken.png", "empty.jpg", "truncated.jpeg"]
+    deep = [p.relative_to(folder).as_posix() for p in collect_images([folder], recursive=True)]
+    assert deep == ["a.png", "b.jpeg", "broken.png", "empty.jpg", "sub/c.dcm", "sub/deeper/IM000123",
+                    "truncated.jpeg"]
+    # explicit files are always kept, duplicates once
+    again = collect_images([folder / "notes.txt", folder, folder / "a.png"])
+    assert [p.name for p in again][:2] == ["notes.txt", "a.png"] and len(again) == 6
+
+
+def test_predict_paths_reports_bad_files_and_ranks_the_rest(predictor, folder):
+    files = collect_images([folder], recursive=True)
+    rows = predictor.predict_paths(files, batch_size=3)
+    assert len(rows) == len(files)
+    ok = [r for r in rows if not r["error"]]
+    bad = [r for r in rows if r["error"]]
+    assert len(ok) == 4 and len(bad) == 3 and rows[:4] == ok  # failures last
+    assert [r["rank"] for r in ok] == [1, 2, 3, 4]
+    assert [r["probability"] for r in ok] == sorted((r["probability"] for r in ok), reverse=True)
+    assert all(r["decision"] == ("PNEUMONIA" if r["positive"] else "NORMAL") for r in ok)
+    by_name = {Path(r["path"]).name: r for r in bad}
+    assert "not an image" in by_name["broken.png"]["error"]
+    assert "empty" in by_name["empty.jpg"]["error"]
+    assert "damaged" in by_name["truncated.jpeg"]["error"]
+    assert all(r["rank"] is None and r["probability"] is None and r["positive"] is None for r in bad)
+    expected = predictor.predict_proba([Path(r["path"]) for r in ok])
+    np.testing.assert_allclose([r["probability"] for r in ok], expected, atol=1e-6)
+
+
+def test_write_results_csv_and_json(predictor, folder, tmp_path):
+    rows = predictor.predict_paths(collect_images([folder]))
+    csv_path = write_results(rows, tmp_path / "out" / "r.csv")
+    with open(csv_path, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == ["rank", "path", "probability", "decision", "positive", "threshold", "error"]
+    assert [t["rank"] for t in table] == ["1", "2", "", "", ""]
+    assert table[0]["positive"] in ("true", "false") and table[-1]["positive"] == ""
+    assert float(table[0]["probability"]) >= float(table[1]["probability"])
+    doc = json.loads(write_results(rows, tmp_path / "r.json", info={"model": "seed-cnn"}).read_text())
+    assert doc["disclaimer"] == DISCLAIMER and doc["model"] == "seed-cnn"
+    assert [r["rank"] for r in doc["results"]] == [1, 2, None, None, None]
+    assert not list(tmp_path.glob("**/*.tmp"))
+    with pytest.raises(ValueError, match=".csv or .json"):
+        write_results(rows, tmp_path / "r.xlsx")
+
+
+# ----------------------------------------------------------------------------- default model and CLI
+
+
+def test_default_model_path(monkeypatch, tmp_path):
+    monkeypatch.delenv("PNEUMOSCAN_MODEL", raising=False)
+    monkeypatch.setattr(predict_mod, "PACKAGED_MODEL", tmp_path / "assets" / "model.safetensors")
+    with pytest.raises(ModelNotFoundError, match="--model"):
+        default_model_path()
+    ckpt = make_checkpoint(tmp_path / "assets" / "model.safetensors")
+    assert default_model_path() == ckpt
+    monkeypatch.setenv("PNEUMOSCAN_MODEL", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ModelNotFoundError, match="PNEUMOSCAN_MODEL"):
+        default_model_path()
+
+
+def test_cli_predict_outputs_and_exit_codes(tiny_checkpoint, folder, tmp_path, capsys, monkeypatch):
+    out_csv = tmp_path / "res.csv"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["predict", str(folder), "-r", "--model", str(tiny_checkpoint), "--out", str(out_csv),
+                     "--no-progress", "--batch-size", "2", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 7 and [r["rank"] for r in rows[:4]] == ["1", "2", "3", "4"]
+    printed = capsys.readouterr().out
+    assert DISCLAIMER in printed and "4 of 7 image(s) scored" in printed
+
+    # no --out: a table, and JSON via an env-var default model
+    monkeypatch.setenv("PNEUMOSCAN_MODEL", str(tiny_checkpoint))
+    assert main(["predict", str(folder / "a.png"), str(folder / "broken.png"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "worklist" in printed and "a.png" in printed and "not an image" in printed and DISCLAIMER in printed
+    assert main(["predict", str(folder / "a.png"), "--out", str(tmp_path / "r.json"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["results"][0]["rank"] == 1
+
+    # every file bad -> 1; nothing found -> 2; bad --out suffix -> 2
+    assert main(["predict", str(folder / "broken.png"), str(folder / "empty.jpg"), "--no-progress"]) == 1
+    (tmp_path / "nothing").mkdir()
+    assert main(["predict", str(tmp_path / "nothing"), "--no-progress"]) == 2
+    assert main(["predict", str(folder), "--out", str(tmp_path / "r.txt")]) == 2
+
+    # no model anywhere -> 1 with a message saying what to do
+    monkeypatch.delenv("PNEUMOSCAN_MODEL")
+    monkeypatch.setattr(predict_mod, "PACKAGED_MODEL", tmp_path / "none" / "model.safetensors")
+    capsys.readouterr()
+    assert main(["predict", str(folder)]) == 1
+    assert "pass --model" in capsys.readouterr().err
+
+
+def test_prediction_label_and_probabilities_are_finite(predictor, films):
+    for r in predictor.predict(films[:3]):
+        assert math.isfinite(r.probability) and r.label in ("NORMAL", "PNEUMONIA")
