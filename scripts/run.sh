@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The main job, on a fresh machine: set up, then summarise the training data.
-# Extra arguments are passed to `pneumoscan data summary`.
+# The main job, on a fresh machine: set up, then serve the web app and API on the shipped model
+# (http://127.0.0.1:8000/). Extra arguments go to `pneumoscan serve` (e.g. --port 8080).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh" test
-DATA="${PNEUMOSCAN_DATA:-$ROOT/../shared/data/chest_xray_224}"
-exec "$ROOT/.venv/bin/pneumoscan" data summary "$DATA" --split train "$@"
+exec "$ROOT/.venv/bin/pneumoscan" serve "$@"
