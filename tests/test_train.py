@@ -186,3 +186,34 @@ def test_ddp_two_processes_gloo(blob_data, tmp_path):
     assert written == sorted(["auc.png", "augmentations.png", "best.json", "best.safetensors", "config.json",
                               "loss.png", "metrics.csv", "split.csv", "state.safetensors", "timing.json",
                               "val_scores.csv"])
+
+
+def test_ema_run_also_reports_the_raw_weights(blob_data, tmp_path):
+    """With EMA on, metrics.csv says what the average buys: val AUC of the averaged and of the raw weights."""
+    cfg = small_config(blob_data, tmp_path / "cache", **{"train.ema_decay": 0.9})
+    train(cfg, tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 2
+    for r in rows:
+        assert 0.0 <= float(r["val_auc_raw"]) <= 1.0 and 0.0 <= float(r["val_auc"]) <= 1.0
+    # The raw weights at the last epoch are those kept in state.safetensors: their AUC is reproducible from it.
+    from pneumoscan import metrics as M
+    from pneumoscan.data import build_cache, index_dataset
+    from pneumoscan.models import default_preprocessing
+    from pneumoscan.train import score_images
+
+    state = load_state(tmp_path / "run" / "state.safetensors")
+    model = create_model("seed-cnn", pretrained=False)
+    model.load_state_dict(state["model"])
+    split = list(csv.DictReader(open(tmp_path / "run" / "split.csv", newline="")))
+    val_paths = {r["path"] for r in split if r["split"] == "val"}
+    index = index_dataset(blob_data)
+    cache = build_cache(index.records, SIZE, tmp_path / "cache")
+    rows_val = np.array([i for i, r in enumerate(cache.records) if r.path in val_paths])
+    scores = score_images(model, cache.images, rows_val, default_preprocessing("seed-cnn", SIZE))
+    assert M.roc_auc(cache.labels[rows_val], scores) == pytest.approx(float(rows[-1]["val_auc_raw"]), abs=1e-5)
+
+
+def test_no_raw_column_without_ema(blob_data, tmp_path):
+    train(small_config(blob_data, tmp_path / "cache"), tmp_path / "run", progress=False)
+    assert "val_auc_raw" not in read_metrics(tmp_path / "run")[0]

@@ -5,6 +5,7 @@ Run folder layout (written by rank 0 only)::
 
     config.json          the full frozen config of the run
     metrics.csv          one row per epoch: train/val loss, val AUC, sensitivity and specificity at 0.5
+                         (+ val_auc_raw, the raw weights' val AUC, when EMA weight averaging is on)
     timing.json          wall time per epoch (kept out of metrics.csv so that file is reproducible)
     state.safetensors    everything --resume needs, rewritten atomically after every epoch
     best.safetensors     the best checkpoint by validation AUC (+ best.json, a readable copy of its metadata); after
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 __all__ = ["TrainResult", "RunExistsError", "train", "resume", "score_images"]
 
 METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_auc", "val_loss", "val_auc", "val_sensitivity", "val_specificity"]
+#: Extra column when weight averaging (EMA) is on: validation AUC of the raw, non-averaged weights.
+RAW_AUC_COLUMN = "val_auc_raw"
 Callback = Callable[[str, dict[str, Any]], None]
 
 
@@ -205,10 +208,11 @@ def _epoch_order(n: int, labels: np.ndarray, cfg: Config, epoch: int, d: _Dist) 
 
 def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    columns = METRICS_COLUMNS + ([RAW_AUC_COLUMN] if history and RAW_AUC_COLUMN in history[0] else [])
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row[k]) for k in METRICS_COLUMNS})
+        writer.writerow({k: (f"{row[k]:.6f}" if isinstance(row.get(k), float) else row.get(k, "")) for k in columns})
     atomic_write_text(path, buf.getvalue())
 
 
@@ -371,6 +375,12 @@ def train(
             "n_train": int(sum(s[1] for s in sums)),
             "n_val": int(len(y_val)),
         }
+        if ema is not None:  # what weight averaging buys, epoch by epoch (one more pass over validation)
+            raw = _gather((my_val, score_images(model, cache.images, my_val, spec, batch_size=cfg.train.batch_size * 2,
+                                                device=d.device)), d)
+            order_raw = np.argsort(np.concatenate([p[0] for p in raw]))
+            raw_scores = np.concatenate([p[1] for p in raw])[order_raw]
+            row[RAW_AUC_COLUMN] = M.roc_auc(labels_all[np.sort(val_rows_all)], raw_scores)
         history.append(row)
         times.append(time.perf_counter() - t0)
         improved = not math.isnan(row["val_auc"]) and row["val_auc"] > best["auc"]
