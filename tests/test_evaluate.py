@@ -77,7 +77,7 @@ def test_training_stores_operating_point_calibration_and_val_summary(world):
     run = world["runs"][0]
     meta = load_checkpoint(run / "best.safetensors").meta
     op, cal = meta["operating_point"], meta["calibration"]
-    assert op["method"] == "target_sensitivity" and op["target_sensitivity"] == 0.95
+    assert op["method"] == "min_cost_at_target_sensitivity" and op["target_sensitivity"] == 0.95 and op["miss_cost"] == 3.0
     for key in ("threshold", "val_sensitivity", "val_specificity", "youden_threshold"):
         assert key in op
     for key in ("temperature", "val_ece_before", "val_ece_after", "val_brier_before", "val_brier_after"):

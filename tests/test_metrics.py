@@ -264,3 +264,44 @@ def test_temperature_degenerate_cases():
     assert M.fit_temperature(np.array([-3.0, -1.0, 2.0]), np.array([0, 0, 1])) == 1.0  # separated: no minimum
     t = M.fit_temperature(np.array([100.0, -100.0, 50.0, -50.0]), np.array([0, 1, 1, 0]))
     assert 0.05 <= t <= 20.0 and math.isfinite(t)
+
+
+def brute_force_min_cost(y, s, miss_cost, min_sens):
+    best = None
+    for t in sorted(np.unique(s), reverse=True):
+        c = M.confusion(y, s, t)
+        if c.tp < np.ceil(min_sens * y.sum() - 1e-9):
+            continue
+        cost = miss_cost * c.fn + c.fp
+        if best is None or cost < best[0]:
+            best = (cost, t)
+    return best[1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("miss_cost", [0.0, 1.0, 3.0, 50.0])
+@pytest.mark.parametrize("min_sens", [0.0, 0.9, 1.0])
+def test_threshold_min_cost_matches_brute_force(seed, miss_cost, min_sens):
+    y, s = random_case(seed, n=80, decimals=2)
+    t = M.threshold_min_cost(y, s, miss_cost=miss_cost, min_sensitivity=min_sens)
+    assert M.sensitivity(y, s, t) >= min_sens
+    assert t == pytest.approx(brute_force_min_cost(y, s, miss_cost, min_sens))
+
+
+def test_threshold_min_cost_puts_sensitivity_first():
+    # Positives 0.95, 0.90, ..., 0.55 (9) and one at 0.2; negatives at 0.6 and below. The highest threshold
+    # reaching 80 % sensitivity is 0.6 (2 misses, 1 false alarm); when a miss costs 3 false alarms, 0.55 is
+    # cheaper (1 miss, 1 false alarm: cost 4 < 7), and 0.2 is not (0 misses, 6 false alarms).
+    y = np.array([1] * 10 + [0] * 10)
+    s = np.r_[np.linspace(0.95, 0.55, 9), 0.2, [0.6, 0.5, 0.4, 0.35, 0.3, 0.25, 0.15, 0.1, 0.05, 0.01]]
+    # miss_cost 0 is the old rule: the highest threshold reaching the target.
+    assert M.threshold_min_cost(y, s, miss_cost=0, min_sensitivity=0.8) == M.threshold_for_sensitivity(y, s, 0.8)
+    t3 = M.threshold_min_cost(y, s, miss_cost=3, min_sensitivity=0.8)
+    assert M.sensitivity(y, s, t3) > M.sensitivity(y, s, M.threshold_for_sensitivity(y, s, 0.8))
+    assert t3 == pytest.approx(0.55)  # all 9 clear positives caught, one false alarm (0.6)
+    # A very costly miss flags everything down to the last positive.
+    assert M.threshold_min_cost(y, s, miss_cost=100, min_sensitivity=0.8) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="miss_cost"):
+        M.threshold_min_cost(y, s, miss_cost=-1)
+    with pytest.raises(ValueError, match="no positive"):
+        M.threshold_min_cost([0, 0], [0.1, 0.2])

@@ -108,8 +108,9 @@ def validation_summary(records: Sequence[Record], logits: np.ndarray, eval_cfg: 
 
     Returns ``(meta, probs)``: ``meta`` holds ``operating_point``, ``calibration`` and ``val_summary``
     for the checkpoint metadata; ``probs`` are the calibrated validation probabilities. The operating
-    threshold is the highest one whose validation sensitivity reaches ``eval_cfg.target_sensitivity``;
-    it falls back to 0.5 (and says so in ``method``) when validation has no pneumonia case.
+    threshold is, among those whose validation sensitivity reaches ``eval_cfg.target_sensitivity``, the one
+    with the lowest validation cost ``miss_cost * FN + FP`` (sensitivity first: a missed pneumonia weighs
+    ``eval_cfg.miss_cost`` false alarms; ties go to the higher threshold); it falls back to 0.5 (and says so in ``method``) when validation has no pneumonia case.
     """
     y = np.array([r.label for r in records], dtype=np.int64)
     logits = np.asarray(logits, dtype=np.float64)
@@ -119,9 +120,10 @@ def validation_summary(records: Sequence[Record], logits: np.ndarray, eval_cfg: 
                    "val_ece_before": M.ece(y, raw), "val_ece_after": M.ece(y, probs),
                    "val_brier_before": M.brier(y, raw), "val_brier_after": M.brier(y, probs),
                    "val_nll_before": M.binary_nll(y, logits), "val_nll_after": M.binary_nll(y, logits, t_fit)}
-    target = float(eval_cfg.target_sensitivity)
+    target, miss_cost = float(eval_cfg.target_sensitivity), float(eval_cfg.miss_cost)
     try:
-        threshold, method = M.threshold_for_sensitivity(y, probs, target), "target_sensitivity"
+        threshold = M.threshold_min_cost(y, probs, miss_cost=miss_cost, min_sensitivity=target)
+        method = "min_cost_at_target_sensitivity"
     except ValueError as exc:
         log.warning("cannot choose the operating threshold on validation (%s): using 0.5", exc)
         threshold, method = 0.5, "fallback_0.5"
@@ -133,7 +135,7 @@ def validation_summary(records: Sequence[Record], logits: np.ndarray, eval_cfg: 
                                groups=[r.patient_id for r in records], causes=[r.cause for r in records],
                                n_resamples=eval_cfg.bootstrap_samples, seed=eval_cfg.bootstrap_seed)
     op = summary["thresholds"]["operating"]["metrics"]
-    operating = {"threshold": threshold, "method": method, "target_sensitivity": target,
+    operating = {"threshold": threshold, "method": method, "target_sensitivity": target, "miss_cost": miss_cost,
                  "val_sensitivity": op["sensitivity"]["value"], "val_specificity": op["specificity"]["value"],
                  "youden_threshold": youden, "n_val_images": int(y.size), "chosen_on": "validation"}
     return {"operating_point": operating, "calibration": calibration, "val_summary": summary}, probs

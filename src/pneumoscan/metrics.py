@@ -30,7 +30,7 @@ from scipy.stats import norm, rankdata
 __all__ = [
     "Confusion", "confusion", "sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy", "f1",
     "roc_auc", "pr_auc", "brier", "ece", "threshold_metrics", "THRESHOLD_METRICS",
-    "roc_points", "pr_points", "threshold_for_sensitivity", "youden_threshold",
+    "roc_points", "pr_points", "threshold_for_sensitivity", "threshold_min_cost", "youden_threshold",
     "apply_temperature", "binary_nll", "fit_temperature", "reliability_curve",
     "bootstrap_ci", "bootstrap_auc_difference", "delong_test",
 ]
@@ -244,6 +244,33 @@ def threshold_for_sensitivity(y_true: np.ndarray, scores: np.ndarray, target: fl
         raise ValueError("cannot choose a threshold for a sensitivity: there is no positive case")
     k = max(1, math.ceil(target * pos.size - 1e-9))  # the epsilon keeps 0.95 * 20 from rounding up to 20
     return float(pos[k - 1])
+
+
+def threshold_min_cost(y_true: np.ndarray, scores: np.ndarray, *, miss_cost: float = 3.0,
+                       min_sensitivity: float = 0.0) -> float:
+    """The threshold with the lowest cost ``miss_cost * FN + FP`` among those whose sensitivity is at least
+    ``min_sensitivity``; ties go to the highest threshold (fewest false alarms).
+
+    ``miss_cost`` is what one missed positive costs in false alarms. With ``miss_cost=0`` the cost is the
+    false alarms alone, and the answer is :func:`threshold_for_sensitivity` (the highest threshold reaching
+    the sensitivity). Candidates are the observed scores (``score >= threshold`` is positive).
+
+    Raises:
+        ValueError: ``miss_cost < 0``, ``min_sensitivity`` outside [0, 1], or no positive case.
+    """
+    if miss_cost < 0 or not math.isfinite(miss_cost):
+        raise ValueError(f"miss_cost must be a finite number >= 0, got {miss_cost}")
+    if not 0.0 <= min_sensitivity <= 1.0:
+        raise ValueError(f"min_sensitivity must be in [0, 1], got {min_sensitivity}")
+    y, s = _check(y_true, scores)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError("cannot choose a threshold for a sensitivity: there is no positive case")
+    cand, tp, fp = _cumulative_from_top(y, s)  # thresholds from the highest score down, with TP/FP at each
+    fn = n_pos - tp
+    ok = tp >= math.ceil(min_sensitivity * n_pos - 1e-9)
+    cost = np.where(ok, miss_cost * fn + fp, np.inf)
+    return float(cand[int(np.argmin(cost))])  # argmin takes the first minimum: the highest threshold
 
 
 def youden_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:

@@ -39,7 +39,14 @@ function renderModelCard(m) {
   const add = (k, v) => { if (v !== undefined && v !== null && v !== "") dl.append(el("dt", { text: k }), el("dd", { text: String(v) })); };
   add("Model", `${m.name} (version ${m.version})`);
   add("Intended use", m.intended_use);
-  add("Operating threshold", m.threshold.toFixed(4) + (m.operating_point && m.operating_point.method ? ` (${m.operating_point.method.replaceAll("_", " ")}` + (m.operating_point.target_sensitivity ? ` ${m.operating_point.target_sensitivity}` : "") + ", chosen on validation)" : ""));
+  const op = m.operating_point || {};
+  let how = "";
+  if (op.method === "min_cost_at_target_sensitivity") {
+    how = ` (lowest validation cost with a missed pneumonia counted as ${op.miss_cost} false alarms, sensitivity at least ${op.target_sensitivity})`;
+  } else if (op.method) {
+    how = ` (${op.method.replaceAll("_", " ")}` + (op.target_sensitivity ? ` ${op.target_sensitivity}` : "") + ", chosen on validation)";
+  }
+  add("Operating threshold", m.threshold.toFixed(4) + how);
   const vm = m.validation || {};
   if (vm.auc !== undefined) add("Validation ROC AUC", Number(vm.auc).toFixed(4));
   if (vm.sensitivity !== undefined) add("Validation sensitivity at threshold", Number(vm.sensitivity).toFixed(3));
