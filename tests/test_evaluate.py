@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_train import make_blob_dataset, small_config
 
 from pneumoscan import metrics as M
 from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
+from pneumoscan.data import index_dataset
 from pneumoscan.cli import main
 from pneumoscan.evaluate import evaluate
 from pneumoscan.report import GALLERY_SIZES
@@ -195,3 +197,41 @@ def test_evaluating_the_validation_split_warns(world, tmp_path):
     assert m["summary"]["roc_auc"]["value"] == pytest.approx(meta["val_summary"]["roc_auc"]["value"], abs=1e-6)
     sens = m["summary"]["thresholds"]["operating"]["metrics"]["sensitivity"]["value"]
     assert sens == pytest.approx(meta["operating_point"]["val_sensitivity"])
+
+
+def test_calibrate_chooses_a_new_operating_point_and_keeps_the_weights(world, tmp_path):
+    """`pneumoscan calibrate` reruns the end of training on other labelled images with another policy."""
+    from pneumoscan.cli import main
+
+    run = world["runs"][0]
+    src = load_checkpoint(run / "best.safetensors")
+    out = tmp_path / "site.safetensors"
+    assert main(["calibrate", "-m", str(run / "best.safetensors"), "--data", str(world["eval"]), "--out", str(out),
+                 "--miss-cost", "0", "--target-sensitivity", "0.8", "--cache-dir", str(world["cache"])]) == 0
+    new = load_checkpoint(out)
+    assert out.with_suffix(".json").is_file()
+    for k, v in src.state_dict.items():
+        assert torch.equal(v, new.state_dict[k])
+    op = new.meta["operating_point"]
+    assert op["miss_cost"] == 0.0 and op["target_sensitivity"] == 0.8 and str(world["eval"]) in op["chosen_on"]
+    assert new.meta["config"]["eval"]["miss_cost"] == 0.0
+    assert new.meta["recalibrated"]["previous_operating_point"] == src.meta["operating_point"]
+    # The stored threshold is what the rule gives on these images' calibrated scores.
+    from pneumoscan.evaluate import _score_all
+    records, scored, _ = _score_all([out], list(index_dataset(world["eval"]).records), world["cache"],
+                                    torch.device("cpu"), 64, 1, False)
+    y = np.array([r.label for r in records])
+    assert op["threshold"] == pytest.approx(M.threshold_for_sensitivity(y, scored[0].probs, 0.8))
+    assert M.sensitivity(y, scored[0].probs, op["threshold"]) >= 0.8
+
+
+def test_calibrate_refuses_training_images_and_its_own_file(world, tmp_path):
+    from pneumoscan.cli import main
+
+    run = world["runs"][0]
+    ckpt = run / "best.safetensors"
+    # The run's own training folder: its images were trained on.
+    assert main(["calibrate", "-m", str(ckpt), "--data", str(world["tmp"] / "train"), "--out", str(tmp_path / "x.safetensors"),
+                 "--cache-dir", str(world["cache"])]) == 1
+    assert not (tmp_path / "x.safetensors").exists()
+    assert main(["calibrate", "-m", str(ckpt), "--data", str(world["eval"]), "--out", str(ckpt)]) == 2

@@ -384,6 +384,40 @@ def evaluate_cmd(
     console.print(f"wrote {out / 'report.html'} and {out / 'metrics.json'}")
 
 
+@app.command("calibrate")
+def calibrate_cmd(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.safetensors) to recalibrate.")],
+    data: Annotated[Path, typer.Option(help="Labelled validation images: folder or CSV manifest (not the model's training images).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New checkpoint to write (.safetensors; a .json copy goes beside it).")],
+    split: Annotated[Optional[str], typer.Option(help="Sub-folder of --data, or the manifest's 'split' value, e.g. 'val'.")] = None,
+    target_sensitivity: Annotated[Optional[float], typer.Option(help="Lowest validation sensitivity allowed (default: the checkpoint's, 0.95).")] = None,
+    miss_cost: Annotated[Optional[float], typer.Option(help="How many false alarms one missed pneumonia weighs (default: the checkpoint's, 3).")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Decoded-image cache folder.")] = Path(".pneumoscan-cache"),
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Choose the operating threshold (and fit the temperature) again on labelled validation images, e.g. a
+    site's own, and write a new checkpoint with the same weights. Do not report performance on these images."""
+    from pneumoscan.evaluate import recalibrate
+
+    if target_sensitivity is not None and not 0.0 < target_sensitivity <= 1.0:
+        raise typer.BadParameter(f"--target-sensitivity must be in (0, 1], got {target_sensitivity}")
+    if miss_cost is not None and miss_cost < 0:
+        raise typer.BadParameter(f"--miss-cost must be at least 0, got {miss_cost}")
+    if out.exists() and out.resolve() == model.resolve():
+        raise typer.BadParameter(f"--out {out}: write the recalibrated checkpoint to a new file, not over --model")
+    r = recalibrate(model, data, out, split=split, target_sensitivity=target_sensitivity, miss_cost=miss_cost,
+                    cache_dir=cache_dir, device=device)
+    for f, why in r["failures"]:
+        console.print(f"[yellow]skipped[/yellow] {f}: {why}", highlight=False)
+    b, a = r["before"] or {}, r["after"]
+    if b.get("threshold") is not None:
+        console.print(f"before: threshold {b['threshold']:.4f} ({b.get('method', '?')})")
+    console.print(f"after:  threshold {a['threshold']:.4f} ({a['method']}, miss cost {a['miss_cost']:g}, target sensitivity "
+                  f"{a['target_sensitivity']:g}) on {r['n_images']} images: sensitivity {a['val_sensitivity']:.3f}, "
+                  f"specificity {a['val_specificity']:.3f}; temperature {r['calibration']['temperature']:.3f}")
+    console.print(f"wrote {out}")
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
     from pneumoscan.config import ConfigError
     from pneumoscan.data import DatasetError

@@ -12,6 +12,7 @@ the plots as PNG files, and ``scores.csv`` (one row per image).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -29,13 +30,13 @@ import torch
 
 from pneumoscan import __version__
 from pneumoscan import metrics as M
-from pneumoscan.checkpoint import Checkpoint, load_checkpoint
+from pneumoscan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pneumoscan.config import EvalConfig
-from pneumoscan.data import CLASS_NAMES, Record, build_cache, index_dataset
+from pneumoscan.data import CLASS_NAMES, DatasetError, Record, build_cache, index_dataset
 from pneumoscan.models import Preprocessing
 from pneumoscan.utils import atomic_write_text
 
-__all__ = ["ScoredModel", "evaluate", "summarize_scores", "validation_summary", "write_scores_csv"]
+__all__ = ["ScoredModel", "evaluate", "recalibrate", "summarize_scores", "validation_summary", "write_scores_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +355,51 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
     result["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(out / "metrics.json", json.dumps(_json_safe(result), indent=2, sort_keys=False) + "\n")
     return result
+
+
+def recalibrate(checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                split: str | None = None, target_sensitivity: float | None = None, miss_cost: float | None = None,
+                cache_dir: str | os.PathLike[str] = ".pneumoscan-cache", device: str = "auto", batch_size: int = 64,
+                num_workers: int = 2, progress: bool = False) -> dict[str, Any]:
+    """Fit the temperature and choose the operating threshold again, on labelled images, and write a new checkpoint.
+
+    This is the end of training (:func:`validation_summary`) run again on other images or with another
+    policy: a site adapting the threshold to its own validation images, or a new ``target_sensitivity`` /
+    ``miss_cost``. The weights are unchanged. Images used here choose the threshold, so they must not
+    also be used to report performance. Images from the checkpoint's own training split are refused
+    (their scores are optimistic).
+
+    Returns ``{"before": operating_point, "after": operating_point, "calibration", "n_images", "failures"}``.
+    """
+    src, dst = Path(checkpoint), Path(out)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: write the recalibrated checkpoint to a new file, not over its source")
+    index = index_dataset(data, split=split, check=False)
+    records, scored, failures = _score_all([src], list(index.records), Path(cache_dir), _device(device),
+                                           batch_size, num_workers, progress)
+    overlap = _run_split_overlap(str(src), records)
+    if overlap.get("train"):
+        raise DatasetError(f"{data}: {overlap['train']} of these images were in {src}'s training split; "
+                         "choose the threshold on images the model did not train on")
+    ckpt = scored[0].checkpoint
+    config = dict(ckpt.meta.get("config") or {})
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    eval_raw = {k: v for k, v in (config.get("eval") or {}).items() if k in known}
+    if target_sensitivity is not None:
+        eval_raw["target_sensitivity"] = float(target_sensitivity)
+    if miss_cost is not None:
+        eval_raw["miss_cost"] = float(miss_cost)
+    ecfg = EvalConfig(**eval_raw)
+    extra, _ = validation_summary(records, scored[0].logits, ecfg)
+    extra["operating_point"]["chosen_on"] = f"{data}" + (f" (split {split})" if split else "")
+    config["eval"] = dataclasses.asdict(ecfg)
+    before = ckpt.meta.get("operating_point")
+    meta = {**ckpt.meta, **extra, "config": config,
+            "recalibrated": {"from": str(src), "data": str(data), "split": split, "n_images": len(records),
+                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "previous_operating_point": before}}
+    save_checkpoint(dst, ckpt.state_dict, meta)
+    return {"before": before, "after": extra["operating_point"], "calibration": extra["calibration"],
+            "n_images": len(records), "failures": failures}
 
 
 def _json_safe(obj: Any) -> Any:
