@@ -112,3 +112,15 @@ def test_console_script_runs():
     assert proc.returncode == 0 and __version__ in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "pneumoscan", "bogus"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_package_exports_the_public_api_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, pneumoscan; assert 'torch' not in sys.modules; "
+            "from pneumoscan import Predictor, default_model_path, load_config, read_image, recalibrate; "
+            "assert Predictor.__module__ == 'pneumoscan.predict'; "
+            "import pneumoscan.train as t; assert callable(t.train) and t.__name__ == 'pneumoscan.train'; "
+            "assert sorted(dir(pneumoscan)) == sorted(pneumoscan.__all__)")
+    subprocess.run([sys.executable, "-c", code], check=True)

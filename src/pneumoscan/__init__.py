@@ -1,10 +1,44 @@
 """pneumoscan: decision support for pneumonia on pediatric chest X-rays.
 
 Not a diagnosis. The model is a second reader that corroborates a clinician.
+
+The public API is importable from the package (loaded on first use, so ``import pneumoscan`` stays quick)::
+
+    from pneumoscan import Predictor, default_model_path, load_config
+    p = Predictor.from_checkpoint(default_model_path())
+
+Training and evaluation live in their modules (``pneumoscan.train.train``, ``pneumoscan.evaluate.evaluate``):
+the package does not re-export them because those names are the modules themselves.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+#: name -> module that defines it
+_LAZY = {
+    "Predictor": "pneumoscan.predict", "Prediction": "pneumoscan.predict", "RuntimeOptions": "pneumoscan.predict",
+    "default_model_path": "pneumoscan.predict", "load_model": "pneumoscan.predict",
+    "Config": "pneumoscan.config", "load_config": "pneumoscan.config",
+    "recalibrate": "pneumoscan.evaluate",
+    "read_image": "pneumoscan.io", "ImageError": "pneumoscan.io",
+    "index_dataset": "pneumoscan.data", "split_index": "pneumoscan.data",
+    "load_checkpoint": "pneumoscan.checkpoint", "export_onnx": "pneumoscan.export",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pneumoscan' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
