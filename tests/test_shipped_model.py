@@ -1,0 +1,82 @@
+"""The model that ships inside the package: present, small, self-describing, documented, and reproducible
+from the data where the data is available."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumoscan import metrics as M
+from pneumoscan.checkpoint import load_checkpoint
+from pneumoscan.predict import PACKAGED_MODEL, Predictor, default_model_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    assert PACKAGED_MODEL.is_file(), f"the shipped model is missing: {PACKAGED_MODEL}"
+    return load_checkpoint(PACKAGED_MODEL)
+
+
+def test_shipped_model_is_small_and_self_describing(shipped):
+    assert PACKAGED_MODEL.stat().st_size <= 25 * 1024 * 1024
+    meta = shipped.meta
+    assert meta["model"] == "efficientnet-lite0"
+    assert json.loads(PACKAGED_MODEL.with_suffix(".json").read_text()) == json.loads(json.dumps(meta))
+    op = meta["operating_point"]
+    assert op["method"] == "min_cost_at_target_sensitivity" and op["val_sensitivity"] >= op["target_sensitivity"]
+    assert 0.0 < op["threshold"] < 1.0 and meta["calibration"]["temperature"] > 0
+    assert meta["val_summary"]["roc_auc"]["value"] >= 0.99
+    assert meta["val_summary"]["n_images"] == 575
+
+
+def test_model_card_matches_the_shipped_model(shipped):
+    card = (REPO / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert card == (REPO / "src/pneumoscan/assets/MODEL_CARD.md").read_text(encoding="utf-8"), \
+        "MODEL_CARD.md and src/pneumoscan/assets/MODEL_CARD.md (served by the web app) differ"
+    assert "not a diagnosis" in card.lower()
+    assert "doi:10.17632/rscbjbr9sj.2" in card
+    op, summary = shipped.meta["operating_point"], shipped.meta["val_summary"]
+    assert f"**{op['threshold']:.3f}**" in card, "the card's operating threshold is not the model's"
+    assert f"{summary['roc_auc']['value']:.4f}" in card
+    sens = summary["thresholds"]["operating"]["metrics"]["sensitivity"]["value"]
+    spec = summary["thresholds"]["operating"]["metrics"]["specificity"]["value"]
+    assert f"{sens:.3f}" in card and f"{spec:.3f}" in card
+    for heading in ("Intended use", "What it has not been tested on", "Data", "Preprocessing", "Operating threshold",
+                    "Validation metrics", "Calibration", "Known failure modes"):
+        assert re.search(rf"^## {heading}", card, re.M), heading
+
+
+def test_shipped_model_predicts_without_a_model_argument(monkeypatch):
+    monkeypatch.delenv("PNEUMOSCAN_MODEL", raising=False)
+    assert default_model_path() == PACKAGED_MODEL
+    p = Predictor.from_checkpoint(default_model_path())
+    img = np.random.default_rng(0).integers(0, 255, (300, 240), dtype=np.uint8)
+    [pred] = p.predict([img])
+    assert 0.0 <= pred.probability <= 1.0 and pred.threshold == pytest.approx(p.threshold)
+
+
+@pytest.mark.shared_data
+def test_shipped_numbers_reproduce_from_the_data(shipped, shared_data_root, tmp_path):
+    """Re-score the validation split (same patient-level split) and recover the stored AUC and threshold."""
+    from pneumoscan.config import EvalConfig
+    from pneumoscan.data import build_cache, index_dataset, split_index
+    from pneumoscan.evaluate import validation_summary
+    from pneumoscan.models import Preprocessing
+    from pneumoscan.predict import model_from_checkpoint
+    from pneumoscan.train import score_images
+
+    cfg = shipped.meta["config"]
+    _, val = split_index(index_dataset(shared_data_root, split="train"), cfg["data"]["val_fraction"], cfg["data"]["split_seed"])
+    spec = Preprocessing.from_dict(shipped.meta["preprocessing"])
+    cache = build_cache(val.records, spec.image_size, REPO / ".pneumoscan-cache", progress=False)
+    assert len(cache.records) == 575
+    logits = score_images(model_from_checkpoint(shipped), cache.images, np.arange(len(cache.records)), spec, logits=True)
+    y = cache.labels.astype(int)
+    assert M.roc_auc(y, logits) == pytest.approx(shipped.meta["val_summary"]["roc_auc"]["value"], abs=1e-4)
+    ecfg = EvalConfig(**{**cfg["eval"], "bootstrap_samples": 50})
+    meta, _ = validation_summary(list(cache.records), logits, ecfg)
+    assert meta["operating_point"]["threshold"] == pytest.approx(shipped.meta["operating_point"]["threshold"], abs=1e-3)
