@@ -488,3 +488,35 @@ def test_shared_training_set(shared_data_root):
     train, val = split_index(index)
     assert not set(train.patients) & set(val.patients)
     assert 0.05 < len(val) / len(index) < 0.15
+
+
+def test_prune_cache_deletes_only_caches_unused_for_long(dataset, tmp_path, decode_counter):
+    from pneumoscan.cli import main
+    from pneumoscan.data import prune_cache
+
+    records = index_dataset(dataset, split="train", check=False).records
+    folder = tmp_path / "cache"
+    old = build_cache(records, 32, folder, progress=False)
+    new = build_cache(records, 24, folder, progress=False)
+    (folder / "notes.txt").write_text("not a cache")
+    stale_partial = folder / "dead.npy.partial"
+    stale_partial.write_bytes(b"x" * 10)
+    long_ago = time.time() - 40 * 86400
+    for f in (folder / f"{old.key}.json", folder / f"{old.key}.npy", stale_partial):
+        os.utime(f, (long_ago, long_ago))
+    # Reusing a cache marks it as used: the 24 px one stays however old its files are.
+    os.utime(folder / f"{new.key}.npy", (long_ago, long_ago))
+    build_cache(records, 24, folder, progress=False)
+
+    dry = prune_cache(folder, older_than_days=30, dry_run=True)
+    assert {p.name for p, _ in dry} == {f"{old.key}.json", f"{old.key}.npy", "dead.npy.partial"}
+    assert all(p.exists() for p, _ in dry)
+    assert main(["data", "prune-cache", "--cache-dir", str(folder), "--older-than-days", "30"]) == 0
+    left = sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+    assert left == sorted([f"{new.key}.json", f"{new.key}.npy", "notes.txt"])
+    decode_counter.clear()
+    build_cache(records, 24, folder, progress=False)  # still valid after the prune
+    assert decode_counter == []
+    assert prune_cache(tmp_path / "absent") == []
+    with pytest.raises(ValueError):
+        prune_cache(folder, older_than_days=-1)

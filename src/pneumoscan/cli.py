@@ -200,6 +200,24 @@ def data_cache(
     console.print(f"cache: {len(cache):,} images at {size}x{size} in {cache_dir} ({len(cache.failures)} failed)")
 
 
+@data_app.command("prune-cache")
+def data_prune_cache(
+    cache_dir: Annotated[Path, typer.Option(help="Cache folder.")] = Path(".pneumoscan-cache"),
+    older_than_days: Annotated[float, typer.Option(help="Delete caches last used more than this many days ago.")] = 30.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+) -> None:
+    """Delete decoded-image caches that no run has used recently (each data set and size has its own)."""
+    from pneumoscan.data import prune_cache
+
+    if older_than_days < 0:
+        raise typer.BadParameter(f"--older-than-days must be at least 0, got {older_than_days}")
+    removed = prune_cache(cache_dir, older_than_days=older_than_days, dry_run=dry_run)
+    for path, size in removed:
+        console.print(f"{'would delete' if dry_run else 'deleted'} {path} ({size / 2**20:.1f} MiB)", highlight=False)
+    total = sum(size for _, size in removed) / 2**20
+    console.print(f"{len(removed)} file(s), {total:.1f} MiB {'would be ' if dry_run else ''}freed in {cache_dir}")
+
+
 @app.command("train")
 def train_cmd(
     data: Annotated[Optional[Path], typer.Option(help="Training folder or CSV manifest (default: data.root or $PNEUMOSCAN_DATA).")] = None,

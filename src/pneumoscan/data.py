@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from pneumoscan.utils import atomic_write_text
 
 __all__ = [
     "CLASS_NAMES", "CACHE_VERSION", "DatasetError", "DatasetIndex", "ImageCache", "Record", "build_cache",
-    "index_dataset", "parse_name", "split_by_patient", "split_index", "summarize", "write_manifest",
+    "index_dataset", "parse_name", "prune_cache", "split_by_patient", "split_index", "summarize", "write_manifest",
 ]
 
 log = logging.getLogger(__name__)
@@ -431,7 +432,44 @@ def _load_cache(npy: Path, meta_path: Path, records: list[Record], size: int, ke
         return None
     good = [r for i, r in enumerate(records) if i not in failed]
     failures = [(records[i].path, reason) for i, reason in sorted(failed.items())]
+    try:
+        os.utime(meta_path)  # last use, for prune_cache
+    except OSError:
+        pass  # a read-only cache folder still works
     return ImageCache(images[: len(good)], good, failures, size, key, npy)
+
+
+def prune_cache(cache_dir: str | os.PathLike[str], *, older_than_days: float = 30.0, dry_run: bool = False) -> list[tuple[Path, int]]:
+    """Delete the caches in ``cache_dir`` last used (built or reused) more than ``older_than_days`` ago.
+
+    Every input list and image size gets its own cache file, so a folder that sees many data sets
+    grows without bound; this is how to shrink it. Leftover ``.partial`` files of interrupted builds
+    older than the cut-off go too. Nothing else in the folder is touched.
+
+    Returns ``(path, bytes)`` of each file deleted (or that would be, with ``dry_run``).
+    """
+    if older_than_days < 0:
+        raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
+    folder = Path(cache_dir)
+    if not folder.is_dir():
+        return []
+    cutoff = time.time() - older_than_days * 86400.0
+    removed: list[tuple[Path, int]] = []
+    with _lock(folder / ".build.lock"):  # never delete a cache another process is building
+        for meta_path in sorted(folder.glob("*.json")):
+            npy = meta_path.with_suffix(".npy")
+            if not npy.exists() or meta_path.stat().st_mtime >= cutoff:
+                continue
+            for f in (npy, meta_path):  # the array first: a sidecar alone is never taken for a valid cache
+                removed.append((f, f.stat().st_size))
+                if not dry_run:
+                    f.unlink()
+        for partial in sorted(folder.glob("*.partial")):
+            if partial.stat().st_mtime < cutoff:
+                removed.append((partial, partial.stat().st_size))
+                if not dry_run:
+                    partial.unlink()
+    return removed
 
 
 def _decode_ordered(fn: Callable[[str], Any], paths: list[str], workers: int, chunk: int = 64) -> Iterator[Any]:
