@@ -94,11 +94,29 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[s
         raise CheckpointError(f"{p}: not a readable safetensors checkpoint ({exc})") from exc
     if _META_KEY not in header:
         raise CheckpointError(f"{p}: safetensors file has no pneumoscan metadata; was it written by pneumoscan?")
+    return tensors, parse_meta(header[_META_KEY], p)
+
+
+def parse_meta(text: str, source: str | os.PathLike[str], *, kind: str = "checkpoint",
+               check_format: bool = False, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Parse the JSON metadata stored in a model file (safetensors header or ONNX metadata_props).
+
+    Raises :class:`CheckpointError` naming ``source`` when the text is not a JSON object, when
+    ``check_format`` is set and its ``format`` is not :data:`CHECKPOINT_FORMAT`, or when a ``required``
+    key is missing.
+    """
     try:
-        meta = json.loads(header[_META_KEY])
+        meta = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{p}: checkpoint metadata is not valid JSON ({exc})") from exc
-    return tensors, meta
+        raise CheckpointError(f"{source}: {kind} metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{source}: {kind} metadata is not a JSON object")
+    if check_format and meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{source}: unsupported {kind} format {meta.get('format')!r}")
+    for key in required:
+        if key not in meta:
+            raise CheckpointError(f"{source}: {kind} metadata lacks '{key}'")
+    return meta
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from pneumoscan.checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, load_checkpoint
+from pneumoscan.checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, load_checkpoint, parse_meta
 from pneumoscan.models import Preprocessing
 from pneumoscan.utils import atomic_path
 
@@ -96,16 +96,7 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _parse_meta(path: str | os.PathLike[str], props: dict[str, str]) -> dict[str, Any]:
     if META_KEY not in props:
         raise CheckpointError(f"{path}: ONNX model has no pneumoscan metadata; export it with `pneumoscan export`")
-    try:
-        meta = json.loads(props[META_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: ONNX pneumoscan metadata is not valid JSON ({exc})") from exc
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: unsupported model metadata format {meta.get('format')!r}")
-    for key in ("model", "preprocessing"):
-        if key not in meta:
-            raise CheckpointError(f"{path}: ONNX pneumoscan metadata lacks '{key}'")
-    return meta
+    return parse_meta(props[META_KEY], path, kind="ONNX pneumoscan", check_format=True, required=("model", "preprocessing"))
 
 
 def open_onnx_session(path: str | os.PathLike[str], *, threads: int | None = None,
