@@ -232,3 +232,18 @@ def test_healthz_answers_while_predicting(predictor):
     t.join()
     assert done["status"] == 200
     assert health_s < 1.5, f"/healthz waited {health_s:.2f} s behind a prediction"
+
+
+def test_model_info_reads_the_validation_summary_of_the_shipped_model():
+    """The shipped model stores its validation AUC as {"value", "ci"}: the card must show numbers, not NaN."""
+    from pneumoscan.predict import PACKAGED_MODEL
+    from pneumoscan.serve import create_app
+
+    p = Predictor.from_checkpoint(PACKAGED_MODEL)
+    with TestClient(create_app(p)) as c:
+        info = c.get("/api/v1/model").json()
+    v = info["validation"]
+    summary = p.meta["val_summary"]
+    assert v["auc"] == pytest.approx(summary["roc_auc"]["value"]) and v["auc_ci"] == pytest.approx(summary["roc_auc"]["ci"])
+    assert v["sensitivity"] == pytest.approx(p.meta["operating_point"]["val_sensitivity"])
+    assert info["operating_point"]["method"] == "min_cost_at_target_sensitivity"

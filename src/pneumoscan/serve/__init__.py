@@ -114,8 +114,10 @@ def _model_info(predictor: Any, model_card: str | None) -> dict[str, Any]:
     summary = meta.get("val_summary") or {}
     at_op = (summary.get("thresholds") or {}).get("operating") or {}
     vm = meta.get("val_metrics") or {}
+    roc = summary.get("roc_auc")  # {"value", "ci"} in a val_summary; older checkpoints only have val_metrics
     validation = {
-        "auc": summary.get("roc_auc", vm.get("val_auc")),
+        "auc": roc["value"] if isinstance(roc, dict) else vm.get("val_auc"),
+        "auc_ci": roc.get("ci") if isinstance(roc, dict) else None,
         "sensitivity": op.get("val_sensitivity", at_op.get("sensitivity")),
         "specificity": op.get("val_specificity", at_op.get("specificity")),
     }

@@ -48,7 +48,9 @@ function renderModelCard(m) {
   }
   add("Operating threshold", m.threshold.toFixed(4) + how);
   const vm = m.validation || {};
-  if (vm.auc !== undefined) add("Validation ROC AUC", Number(vm.auc).toFixed(4));
+  if (vm.auc !== undefined) {
+    add("Validation ROC AUC", Number(vm.auc).toFixed(4) + (Array.isArray(vm.auc_ci) ? ` (95% CI ${Number(vm.auc_ci[0]).toFixed(4)}–${Number(vm.auc_ci[1]).toFixed(4)})` : ""));
+  }
   if (vm.sensitivity !== undefined) add("Validation sensitivity at threshold", Number(vm.sensitivity).toFixed(3));
   if (vm.specificity !== undefined) add("Validation specificity at threshold", Number(vm.specificity).toFixed(3));
   if (m.preprocessing) add("Input", `${m.preprocessing.image_size}×${m.preprocessing.image_size} grayscale, whole film squeezed to a square`);
