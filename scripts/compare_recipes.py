@@ -172,7 +172,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
     for e in result["candidates"]:
         per_epoch = ", ".join(f"{a:.4f}" for a in e.get("epoch_val_auc") or []) or "–"
         if e.get("epoch_val_auc_raw"):
-            per_epoch += "<br>raw weights: " + ", ".join(f"{a:.4f}" for a in e["epoch_val_auc_raw"])
+            per_epoch += "<br>raw weights: " + ", ".join("–" if a is None else f"{a:.4f}" for a in e["epoch_val_auc_raw"])
         secs = e.get("train_seconds")
         lines.append(
             f"| {e['name']} | {e.get('best_epoch', '–')} | {_fmt(e['val_auc'])} | {_fmt(e['operating']['sensitivity'], 3)} | "
@@ -205,8 +205,8 @@ def _plot(runs: list[Path], out: Path) -> None:
     for run in runs:
         h = _history(run)
         line, = ax.plot([r["epoch"] for r in h], [r["val_auc"] for r in h], marker="o", label=run.name)
-        if h and "val_auc_raw" in h[0]:
-            ax.plot([r["epoch"] for r in h], [r["val_auc_raw"] for r in h], ls="--", marker=".",
+        if any("val_auc_raw" in r for r in h):
+            ax.plot([r["epoch"] for r in h], [r.get("val_auc_raw", np.nan) for r in h], ls="--", marker=".",
                     color=line.get_color(), label=f"{run.name} (raw weights)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation ROC AUC")
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = {
             "kind": "run", "run": str(run), "recipe": dict(zip([f"{s}.{k}" for s, k in RECIPE_KEYS], _recipe(cfg))),
             "best_epoch": int(ckpt.meta["epoch"]), "epochs_run": len(h), "train_seconds": _seconds(run),
-            "epoch_val_auc": aucs, "epoch_val_auc_raw": [r["val_auc_raw"] for r in h] if h and "val_auc_raw" in h[0] else None,
+            "epoch_val_auc": aucs, "epoch_val_auc_raw": [r.get("val_auc_raw") for r in h] if any("val_auc_raw" in r for r in h) else None,
         }
         entry = _summarize(run.name, scorer.logits(model, spec), scorer, eval_cfg, extra)
         rows.append(entry)

@@ -208,7 +208,7 @@ def _epoch_order(n: int, labels: np.ndarray, cfg: Config, epoch: int, d: _Dist) 
 
 def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    columns = METRICS_COLUMNS + ([RAW_AUC_COLUMN] if history and RAW_AUC_COLUMN in history[0] else [])
+    columns = METRICS_COLUMNS + ([RAW_AUC_COLUMN] if any(RAW_AUC_COLUMN in row for row in history) else [])
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in history:
