@@ -217,3 +217,44 @@ def test_ema_run_also_reports_the_raw_weights(blob_data, tmp_path):
 def test_no_raw_column_without_ema(blob_data, tmp_path):
     train(small_config(blob_data, tmp_path / "cache"), tmp_path / "run", progress=False)
     assert "val_auc_raw" not in read_metrics(tmp_path / "run")[0]
+
+
+def test_ema_warmup_fades_the_first_weights_out():
+    """Without warm-up a slow decay keeps a large share of the first weights; with it they fade out fast."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from pneumoscan.train import ema_update_fn
+
+    def share_of_start(warmup: bool) -> float:
+        m = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            m.weight.fill_(0.0)
+        ema = AveragedModel(m, multi_avg_fn=ema_update_fn(0.998, warmup), use_buffers=True)
+        ema.update_parameters(m)  # the average starts at 0
+        with torch.no_grad():
+            m.weight.fill_(1.0)
+        for _ in range(869):
+            ema.update_parameters(m)
+        return 1.0 - float(ema.module.weight.detach())
+
+    assert share_of_start(False) == pytest.approx(0.998 ** 869, rel=1e-3)  # about 18 %
+    assert share_of_start(True) < 1e-3
+    with pytest.raises(Exception, match="ema_decay"):
+        ema_update_fn(1.0, True)
+
+
+def test_resume_keeps_the_behaviour_of_a_run_started_before_a_key_existed(blob_data, tmp_path, monkeypatch):
+    """A run whose config.json predates train.ema_warmup resumes with the EMA it started with (no warm-up)."""
+    import pneumoscan.train as train_mod
+
+    cfg = small_config(blob_data, tmp_path / "cache", **{"train.ema_decay": 0.9, "train.epochs": 1})
+    train(cfg, tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    del saved["train"]["ema_warmup"]
+    saved["train"]["epochs"] = 2
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    seen = {}
+    real_train = train_mod.train
+    monkeypatch.setattr(train_mod, "train", lambda c, *a, **k: seen.setdefault("cfg", c) and real_train(c, *a, **k))
+    resume(tmp_path / "run", progress=False)
+    assert seen["cfg"].train.ema_warmup is False and seen["cfg"].train.epochs == 2

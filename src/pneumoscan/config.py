@@ -111,8 +111,13 @@ class TrainConfig:
     pos_weight: bool = True
     #: Draw training batches with a class-balanced sampler instead (switches pos_weight off).
     balanced_sampler: bool = False
-    #: Exponential moving average of the weights (0 disables).
+    #: Exponential moving average of the weights (0 disables). Validation, the best checkpoint and the
+    #: shipped weights are the average's.
     ema_decay: float = 0.0
+    #: Ramp the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) after n updates, so that the first,
+    #: barely trained weights fade out quickly. Without it a slow decay keeps a large share of them in a
+    #: short run (0.998 ** 870 = 18 % after 6 epochs of 145 steps).
+    ema_warmup: bool = True
     seed: int = 0
     #: Threads used by torch on the CPU (0: torch's default).
     threads: int = 0

@@ -206,6 +206,26 @@ def _epoch_order(n: int, labels: np.ndarray, cfg: Config, epoch: int, d: _Dist) 
     return np.fromiter(iter(sampler), dtype=np.int64)
 
 
+def ema_update_fn(decay: float, warmup: bool) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
+    """``multi_avg_fn`` for :class:`AveragedModel`: ``avg <- avg + (1 - d) * (current - avg)``, in place.
+
+    ``d = decay``, or with ``warmup`` ``min(decay, (1 + n) / (10 + n))`` where ``n`` counts the updates so far.
+    With ``warmup=False`` it is torch's ``get_ema_multi_avg_fn(decay)``.
+    """
+    if not 0.0 < decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in (0, 1) when EMA is on, got {decay}")
+    if not warmup:
+        return get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(avg: list[torch.Tensor], current: list[torch.Tensor], num_averaged: Any) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(avg, current, 1.0 - d)
+
+    return update
+
+
 def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     columns = METRICS_COLUMNS + ([RAW_AUC_COLUMN] if any(RAW_AUC_COLUMN in row for row in history) else [])
@@ -286,7 +306,8 @@ def train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     else:
         raise ConfigError(f"train.scheduler must be 'cosine' or 'none', got {cfg.train.scheduler!r}")
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True) if cfg.train.ema_decay > 0 else None
+    ema = (AveragedModel(model, multi_avg_fn=ema_update_fn(cfg.train.ema_decay, cfg.train.ema_warmup), use_buffers=True)
+           if cfg.train.ema_decay > 0 else None)
     aug = build_augmentation(cfg.augment)
 
     history: list[dict[str, Any]] = []
@@ -426,7 +447,14 @@ def resume(run_dir: str | os.PathLike[str], *, overrides: Sequence[str] = (), pr
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no config.json here; is this a pneumoscan run folder?")
-    return train(load_config(path, list(overrides)), run_dir, resume=True, progress=progress, callbacks=callbacks)
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    # Keys added to the config after the run started take the value that reproduces how it started.
+    compat = [f"train.{k}={v}" for k, v in _BEFORE_KEY_EXISTED.items() if k not in (saved.get("train") or {})]
+    return train(load_config(path, compat + list(overrides)), run_dir, resume=True, progress=progress, callbacks=callbacks)
+
+
+#: train.* keys added after release 0.1.0, with the behaviour runs had before them.
+_BEFORE_KEY_EXISTED = {"ema_warmup": "false"}
 
 
 def _finalize(cfg: Config, run_dir: Path, cache: ImageCache, va_rows: np.ndarray, spec: Any, device: torch.device) -> None:
