@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_speed.json"))
+    parser.add_argument("--conditions", default="", help="free text saved with the results, e.g. what else was running")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -102,6 +103,8 @@ def main() -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(), "torch": torch.__version__},
         "note": "CPU, shared and noisy machine; medians over timed steps; one subprocess per configuration.",
+        "threads": args.threads, "batch_size": args.batch_size, "conditions": args.conditions,
+        "load_average_at_end": list(__import__("os").getloadavg()),
         "results": results,
     }
     atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n")
