@@ -243,6 +243,41 @@ def test_ema_warmup_fades_the_first_weights_out():
         ema_update_fn(1.0, True)
 
 
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_handles_the_integer_buffers_of_batchnorm(warmup):
+    """deep-cnn and efficientnet-lite0 have BatchNorm, whose num_batches_tracked is int64: the warm-up EMA
+    once crashed on it ("lerp not implemented for 'Long'") at the first update of every such run."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from pneumoscan.train import ema_update_fn
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    ema = AveragedModel(m, multi_avg_fn=ema_update_fn(0.5, warmup), use_buffers=True)
+    start = {k: v.clone() for k, v in m.state_dict().items()}
+    m.train()
+    for _ in range(3):
+        m(torch.randn(4, 1, 8, 8))
+        ema.update_parameters(m)
+    avg = ema.module.state_dict()
+    assert avg["1.num_batches_tracked"].dtype == torch.int64
+    if warmup:
+        assert int(avg["1.num_batches_tracked"]) == 3  # follows the model
+    # The float buffers are averaged: strictly between the start and the current running mean.
+    now = m.state_dict()["1.running_mean"]
+    assert not torch.equal(avg["1.running_mean"], now) and not torch.equal(avg["1.running_mean"], start["1.running_mean"])
+
+
+def test_ema_trains_a_batchnorm_model_end_to_end(blob_data, tmp_path):
+    """The default EMA (warm-up on) on a model with BatchNorm buffers trains and reports both AUCs."""
+    cfg = small_config(blob_data, tmp_path / "cache", **{"train.ema_decay": 0.9, "train.epochs": 1,
+                                                        "model.name": "'deep-cnn'"})
+    assert cfg.train.ema_warmup is True
+    train(cfg, tmp_path / "run", progress=False)
+    (row,) = read_metrics(tmp_path / "run")
+    assert 0.0 <= float(row["val_auc"]) <= 1.0 and 0.0 <= float(row["val_auc_raw"]) <= 1.0
+
+
 def test_resume_keeps_the_behaviour_of_a_run_started_before_a_key_existed(blob_data, tmp_path, monkeypatch):
     """A run whose config.json predates train.ema_warmup resumes with the EMA it started with (no warm-up)."""
     import pneumoscan.train as train_mod

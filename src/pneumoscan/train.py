@@ -210,7 +210,7 @@ def ema_update_fn(decay: float, warmup: bool) -> Callable[[list[torch.Tensor], l
     """``multi_avg_fn`` for :class:`AveragedModel`: ``avg <- avg + (1 - d) * (current - avg)``, in place.
 
     ``d = decay``, or with ``warmup`` ``min(decay, (1 + n) / (10 + n))`` where ``n`` counts the updates so far.
-    With ``warmup=False`` it is torch's ``get_ema_multi_avg_fn(decay)``.
+    With ``warmup=False`` it is torch's ``get_ema_multi_avg_fn(decay)``. Integer buffers follow the model.
     """
     if not 0.0 < decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in (0, 1) when EMA is on, got {decay}")
@@ -219,6 +219,12 @@ def ema_update_fn(decay: float, warmup: bool) -> Callable[[list[torch.Tensor], l
 
     @torch.no_grad()
     def update(avg: list[torch.Tensor], current: list[torch.Tensor], num_averaged: Any) -> None:
+        # AveragedModel calls this once per (device, dtype) group. Integer buffers (BatchNorm's
+        # num_batches_tracked) are counters, not weights: lerp is undefined for them, and an average of a
+        # counter means nothing, so they follow the current model.
+        if not (avg[0].is_floating_point() or avg[0].is_complex()):
+            torch._foreach_copy_(avg, current)
+            return
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
         torch._foreach_lerp_(avg, current, 1.0 - d)
