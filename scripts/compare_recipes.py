@@ -12,6 +12,10 @@ Candidates:
 * ``--tta RUN``: test-time augmentation of that run's best model (mean logit over flipped and zoomed views);
 * ``--ensemble RUN,RUN[,...]``: the mean logit of several runs' best models.
 
+``--paired RUN_A,RUN_B`` adds a paired test of two runs' best models on the same validation images:
+AUC(A) - AUC(B) with DeLong's p-value and a paired patient-bootstrap interval. Overlapping intervals of
+two AUCs do not mean "no difference"; the paired interval is the one that answers it.
+
 It also reports the spread of validation AUC across epochs (``metrics.csv``) and across seeds (runs
 whose configs differ only in ``train.seed``), and the wall time of each run (``timing.json``).
 
@@ -152,6 +156,22 @@ def _summarize(name: str, logits: np.ndarray, scorer: Scorer, eval_cfg: EvalConf
     }
 
 
+def paired_difference(a: dict[str, Any], b: dict[str, Any], scorer: Scorer, *, n_resamples: int = 2000) -> dict[str, Any]:
+    """AUC(a) - AUC(b) on the same validation images: DeLong's test and a paired patient-bootstrap interval."""
+    from pneumoscan import metrics as M
+
+    y = np.array([r.label for r in scorer.records])
+    groups = [r.patient_id for r in scorer.records]
+    d = M.delong_test(y, a["logits"], b["logits"])
+    boot = M.bootstrap_auc_difference(y, a["logits"], b["logits"], groups=groups, n_resamples=n_resamples)
+    return {"a": a["name"], "b": b["name"], "diff": boot["diff"], "ci": boot["ci"],
+            "delong_p": d["p_value"], "delong_se": d["se"], "n_resamples": boot["n_resamples"]}
+
+
+def _paired_text(p: dict[str, Any]) -> str:
+    return f"{p['diff']:+.4f} (paired patient bootstrap {p['ci'][0]:+.4f} to {p['ci'][1]:+.4f}; DeLong p = {p['delong_p']:.3f})"
+
+
 def _fmt(v: dict[str, Any], digits: int = 4) -> str:
     return f"{v['value']:.{digits}f} ({v['ci'][0]:.{digits}f}–{v['ci'][1]:.{digits}f})"
 
@@ -192,6 +212,14 @@ def markdown_tables(result: dict[str, Any]) -> str:
             name = f"{r['model.name']} {r['model.image_size']} px, {r['train.epochs']} epochs, EMA {r['train.ema_decay']}, intensity {r['augment.intensity']}"
             lines.append(f"| {name} | {', '.join(map(str, s['seeds']))} | {', '.join(f'{a:.4f}' for a in s['best_val_auc'])} | "
                          f"{s['val_auc_mean']:.4f} | {', '.join(f'{a:.3f}' for a in s['operating_specificity'])} |")
+    if result.get("paired"):
+        lines += ["", "| paired comparison (same validation images) | AUC difference | paired patient-bootstrap 95 % CI | DeLong p |",
+                  "|---|---|---|---|"]
+        for p in result["paired"]:
+            lines.append(f"| {p['a']} - {p['b']} | {p['diff']:+.4f} | {p['ci'][0]:+.4f} to {p['ci'][1]:+.4f} | {p['delong_p']:.3f} |")
+        lines.append("")
+        lines.append("DeLong's test treats images as independent (several images of one patient make it optimistic); "
+                     "the bootstrap resamples patients.")
     return "\n".join(lines) + "\n"
 
 
@@ -227,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw", type=Path, action="append", default=[], help="EMA run: also score its raw last-epoch weights")
     ap.add_argument("--tta", type=Path, action="append", default=[], help="run: also score its best model with TTA")
     ap.add_argument("--ensemble", action="append", default=[], help="comma-separated runs: score their mean logit")
+    ap.add_argument("--paired", action="append", default=[], help="RUN_A,RUN_B: paired AUC difference of two runs")
     ap.add_argument("--cache-dir", type=Path, default=Path(".pneumoscan-cache"))
     ap.add_argument("--out", type=Path, default=Path("docs/recipe_comparison"), help="writes OUT.json, OUT_tables.md and OUT_epochs.png")
     ap.add_argument("--threads", type=int, default=1)
@@ -286,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(entry)
         print(f"{entry['name']}: val AUC {_fmt(entry['val_auc'])}", flush=True)
 
+    paired = []
+    for pair in args.paired:
+        a, b = (Path(p) for p in pair.split(","))
+        paired.append(paired_difference(by_run[a]["entry"], by_run[b]["entry"], scorer))
+        print(f"{a.name} - {b.name}: {_paired_text(paired[-1])}", flush=True)
+
     # Spread across seeds: runs whose recipes differ only in the seed.
     seeds: dict[tuple, list[dict[str, Any]]] = {}
     for run in runs:
@@ -310,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         e.pop("logits")
     result = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_val_images": len(scorer.records),
               "n_val_patients": len({r.patient_id for r in scorer.records}),
-              "target_sensitivity": eval_cfg.target_sensitivity, "candidates": rows, "seed_spread": seed_spread}
+              "target_sensitivity": eval_cfg.target_sensitivity, "candidates": rows, "seed_spread": seed_spread,
+              "paired": paired}
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     atomic_write_text(args.out.parent / (args.out.name + "_tables.md"), markdown_tables(result))
     _plot(runs, args.out.parent / (args.out.name + "_epochs.png"))
