@@ -51,7 +51,9 @@ from pneumoscan.train import score_images
 from pneumoscan.utils import atomic_write_text
 
 RECIPE_KEYS = [("model", "name"), ("model", "image_size"), ("train", "epochs"), ("augment", "intensity"),
-               ("train", "ema_decay"), ("train", "seed")]
+               ("train", "ema_decay"), ("train", "ema_warmup"), ("train", "seed")]
+# Keys added after some runs began: the value those runs trained with (as `pneumoscan train --resume` assumes).
+BEFORE_KEY_EXISTED = {("train", "ema_warmup"): False}
 
 
 class TTA(nn.Module):
@@ -77,7 +79,8 @@ def _config(run: Path) -> dict[str, Any]:
 
 
 def _recipe(cfg: dict[str, Any], *, without_seed: bool = False) -> tuple:
-    return tuple(cfg[s][k] for s, k in RECIPE_KEYS if not (without_seed and k == "seed"))
+    return tuple(cfg[s][k] if k in cfg[s] else BEFORE_KEY_EXISTED[(s, k)]
+                 for s, k in RECIPE_KEYS if not (without_seed and k == "seed"))
 
 
 def _history(run: Path) -> list[dict[str, float]]:
@@ -209,7 +212,8 @@ def markdown_tables(result: dict[str, Any]) -> str:
                   "|---|---|---|---|---|"]
         for s in result["seed_spread"]:
             r = s["recipe"]
-            name = f"{r['model.name']} {r['model.image_size']} px, {r['train.epochs']} epochs, EMA {r['train.ema_decay']}, intensity {r['augment.intensity']}"
+            ema = f"EMA {r['train.ema_decay']}" + (" with warm-up" if r["train.ema_warmup"] and r["train.ema_decay"] else "")
+            name = f"{r['model.name']} {r['model.image_size']} px, {r['train.epochs']} epochs, {ema}, intensity {r['augment.intensity']}"
             lines.append(f"| {name} | {', '.join(map(str, s['seeds']))} | {', '.join(f'{a:.4f}' for a in s['best_val_auc'])} | "
                          f"{s['val_auc_mean']:.4f} | {', '.join(f'{a:.3f}' for a in s['operating_specificity'])} |")
     if result.get("paired"):

@@ -30,6 +30,10 @@ def two_seeds(tmp_path_factory):
         cfg = small_config(data, root / "cache", **{"train.ema_decay": 0.9, "train.epochs": 2, "train.seed": seed})
         train(cfg, root / f"seed{seed}", progress=False)
         runs.append(root / f"seed{seed}")
+    # A third run that differs in the EMA warm-up only: another recipe, not another seed.
+    cfg = small_config(data, root / "cache", **{"train.ema_decay": 0.9, "train.epochs": 2, "train.seed": 5,
+                                                "train.ema_warmup": "false"})
+    train(cfg, root / "nowarmup", progress=False)
     return root, runs
 
 
@@ -37,12 +41,12 @@ def test_compares_candidates_seeds_and_pairs(two_seeds):
     root, (a, b) = two_seeds
     out = root / "docs" / "cmp"
     mod = _load_script()
-    rc = mod.main([str(a), str(b), "--raw", str(a), "--tta", str(a), "--ensemble", f"{a},{b}",
+    rc = mod.main([str(a), str(b), str(root / "nowarmup"), "--raw", str(a), "--tta", str(a), "--ensemble", f"{a},{b}",
                    "--paired", f"{a},{b}", "--paired", f"{a},{a}", "--cache-dir", str(root / "cache"), "--out", str(out)])
     assert rc == 0
     result = json.loads(out.with_suffix(".json").read_text())
     kinds = [c["kind"] for c in result["candidates"]]
-    assert kinds == ["run", "run", "raw", "tta", "ensemble"]
+    assert kinds == ["run", "run", "run", "raw", "tta", "ensemble"]
     by_name = {c["name"]: c for c in result["candidates"]}
     for c in result["candidates"]:
         assert 0.0 <= c["val_auc"]["value"] <= 1.0
@@ -50,7 +54,7 @@ def test_compares_candidates_seeds_and_pairs(two_seeds):
         assert c["operating"]["sensitivity"]["value"] >= result["target_sensitivity"]
     # Every run's own metrics.csv is carried over: the AUC of each epoch, raw and averaged.
     assert len(by_name["seed3"]["epoch_val_auc"]) == 2 and len(by_name["seed3"]["epoch_val_auc_raw"]) == 2
-    # The seed spread groups the two runs, which differ only in train.seed.
+    # The seed spread groups the two runs that differ only in train.seed, and leaves the warm-up-less one out.
     (spread,) = result["seed_spread"]
     assert spread["seeds"] == [3, 4]
     assert spread["best_val_auc"] == [by_name["seed3"]["val_auc"]["value"], by_name["seed4"]["val_auc"]["value"]]
