@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -101,10 +102,10 @@ def main() -> None:
     doc = {
         "benchmark": "train_speed",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(), "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "note": "CPU, shared and noisy machine; medians over timed steps; one subprocess per configuration.",
         "threads": args.threads, "batch_size": args.batch_size, "conditions": args.conditions,
-        "load_average_at_end": list(__import__("os").getloadavg()),
+        "load_average_at_end": list(os.getloadavg()),
         "results": results,
     }
     atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n")

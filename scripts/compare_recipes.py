@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import statistics
 import sys
@@ -41,19 +42,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pneumoscan import metrics as M
 from pneumoscan.checkpoint import load_checkpoint, load_state
 from pneumoscan.config import EvalConfig
 from pneumoscan.data import build_cache, index_dataset
 from pneumoscan.evaluate import validation_summary
 from pneumoscan.models import Preprocessing, create_model
 from pneumoscan.predict import model_from_checkpoint
-from pneumoscan.train import score_images
+from pneumoscan.train import load_run_config, score_images
 from pneumoscan.utils import atomic_write_text
 
 RECIPE_KEYS = [("model", "name"), ("model", "image_size"), ("train", "epochs"), ("augment", "intensity"),
                ("train", "ema_decay"), ("train", "ema_warmup"), ("train", "seed")]
-# Keys added after some runs began: the value those runs trained with (as `pneumoscan train --resume` assumes).
-BEFORE_KEY_EXISTED = {("train", "ema_warmup"): False}
 
 
 class TTA(nn.Module):
@@ -75,12 +75,12 @@ class TTA(nn.Module):
 
 
 def _config(run: Path) -> dict[str, Any]:
-    return json.loads((run / "config.json").read_text())
+    """The run's config as ``pneumoscan train --resume`` reads it: keys the run predates get the value it ran with."""
+    return dataclasses.asdict(load_run_config(run))
 
 
 def _recipe(cfg: dict[str, Any], *, without_seed: bool = False) -> tuple:
-    return tuple(cfg[s][k] if k in cfg[s] else BEFORE_KEY_EXISTED[(s, k)]
-                 for s, k in RECIPE_KEYS if not (without_seed and k == "seed"))
+    return tuple(cfg[s][k] for s, k in RECIPE_KEYS if not (without_seed and k == "seed"))
 
 
 def _history(run: Path) -> list[dict[str, float]]:
@@ -120,8 +120,6 @@ def cross_fitted_operating_point(y: np.ndarray, logits: np.ndarray, groups: list
     The numbers at the operating threshold in the summary are measured on the images that chose it, so they
     are optimistic; these are not. Returns medians and 2.5/97.5 percentiles over the splits.
     """
-    from pneumoscan import metrics as M
-
     rng = np.random.default_rng(seed)
     patients = np.array(sorted(set(groups)))
     gid = np.searchsorted(patients, np.array(groups))
@@ -161,8 +159,6 @@ def _summarize(name: str, logits: np.ndarray, scorer: Scorer, eval_cfg: EvalConf
 
 def paired_difference(a: dict[str, Any], b: dict[str, Any], scorer: Scorer, *, n_resamples: int = 2000) -> dict[str, Any]:
     """AUC(a) - AUC(b) on the same validation images: DeLong's test and a paired patient-bootstrap interval."""
-    from pneumoscan import metrics as M
-
     y = np.array([r.label for r in scorer.records])
     groups = [r.patient_id for r in scorer.records]
     d = M.delong_test(y, a["logits"], b["logits"])

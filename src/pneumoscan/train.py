@@ -447,16 +447,21 @@ def train(
     )
 
 
-def resume(run_dir: str | os.PathLike[str], *, overrides: Sequence[str] = (), progress: bool = True,
-           callbacks: Sequence[Callback] = ()) -> TrainResult:
-    """Continue the run in ``run_dir`` with the config saved there (``overrides`` may change e.g. data.root)."""
+def load_run_config(run_dir: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
+    """The config a run folder was started with (its ``config.json``), plus ``overrides``. Keys added to the
+    config after the run started take the value that reproduces how it ran (``_BEFORE_KEY_EXISTED``)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no config.json here; is this a pneumoscan run folder?")
     saved = json.loads(path.read_text(encoding="utf-8"))
-    # Keys added to the config after the run started take the value that reproduces how it started.
     compat = [f"train.{k}={v}" for k, v in _BEFORE_KEY_EXISTED.items() if k not in (saved.get("train") or {})]
-    return train(load_config(path, compat + list(overrides)), run_dir, resume=True, progress=progress, callbacks=callbacks)
+    return load_config(path, compat + list(overrides))
+
+
+def resume(run_dir: str | os.PathLike[str], *, overrides: Sequence[str] = (), progress: bool = True,
+           callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Continue the run in ``run_dir`` with the config saved there (``overrides`` may change e.g. data.root)."""
+    return train(load_run_config(run_dir, overrides), run_dir, resume=True, progress=progress, callbacks=callbacks)
 
 
 #: train.* keys added after release 0.1.0, with the behaviour runs had before them.
