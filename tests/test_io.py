@@ -26,6 +26,7 @@ from pneumoscan.io import (
     ImageError,
     ImageInfo,
     ImageTooLargeError,
+    ImageMemoryError,
     ImageTooSmallError,
     NotAnImageError,
     UnsupportedDicomError,
@@ -278,7 +279,7 @@ def test_missing_file_and_folder(tmp_path):
         read_image(123)  # type: ignore[arg-type]
 
 
-def test_unexpected_decoder_errors_are_wrapped_but_memory_errors_pass(monkeypatch, xray):
+def test_every_error_while_reading_becomes_the_files_image_error(monkeypatch, xray):
     def boom(exc):
         def _raise(*_a, **_k):
             raise exc
@@ -289,8 +290,51 @@ def test_unexpected_decoder_errors_are_wrapped_but_memory_errors_pass(monkeypatc
         read_image(png_bytes(xray), name="w.png")
     assert isinstance(err.value.__cause__, RuntimeError)
     monkeypatch.setattr(pio, "_pil_to_gray", boom(MemoryError()))
-    with pytest.raises(MemoryError):
+    with pytest.raises(ImageMemoryError, match="m.png: not enough memory"):
+        read_image(png_bytes(xray), name="m.png")
+    # Errors raised outside the decoders (header checks, lazy parsers) are the file's error too.
+    monkeypatch.setattr(pio, "_check_size", boom(NotImplementedError("Unknown Value Representation 'ZZ'")))
+    with pytest.raises(CorruptImageError, match="h.png: .*Unknown Value Representation"):
+        read_image(png_bytes(xray), name="h.png")
+    monkeypatch.setattr(pio, "_check_size", boom(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
         read_image(png_bytes(xray))
+
+
+def _damaged_dicom(xray, kind: str) -> bytes:
+    """A valid explicit-VR DICOM with a damaged header: ``vr`` junk VR on Rows, ``uid`` a two-valued
+    Transfer Syntax UID, ``length`` an element length far past the end of the file."""
+    data = bytearray(dicom_bytes(xray, bits=8))
+    if kind == "vr":
+        i = data.find(b"\x28\x00\x10\x00US")
+        data[i + 4:i + 6] = b"ZZ"
+    elif kind == "uid":
+        i = data.find(b"1.2.840.10008.1.2.1\x00")
+        data[i:i + 20] = b"1.2.840.10008.1.2\\12"
+    elif kind == "length":
+        i = data.find(b"\x28\x00\x11\x00US")
+        data[i + 6:i + 8] = b"\xff\x7f"
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["vr", "uid", "length"])
+def test_damaged_dicom_header_is_the_files_error(tmp_path, xray, kind):
+    path = tmp_path / f"bad-{kind}.dcm"
+    path.write_bytes(_damaged_dicom(xray, kind))
+    for read in (read_image, read_image_info):
+        with pytest.raises(ImageError) as err:
+            read(path)
+        assert f"bad-{kind}.dcm" in str(err.value)
+
+
+def test_broken_link_and_link_loop(tmp_path):
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(ImageError, match="broken link"):
+        read_image(tmp_path / "dangling.png")
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(ImageError, match="loop of symbolic links"):
+        read_image(tmp_path / "a.png")
 
 
 def test_errors_pickle_and_are_value_errors():

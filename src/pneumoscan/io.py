@@ -5,9 +5,15 @@ MONOCHROME2 convention (bone and consolidation bright). The format is sniffed fr
 
 Bad files only raise :class:`ImageError` subclasses whose message names the file and the problem. A missing
 or unreadable path raises the base :class:`ImageError` (reason ``file not found``), so callers indexing a data
-set need one ``except ImageError``; ``MemoryError`` and ``KeyboardInterrupt`` pass through. Truncated files
-are refused because Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its default, ``False``;
-this module never changes it.
+set need one ``except ImageError``. This holds for *every* exception raised while reading one file, by design
+rather than by listing the known ones: :func:`read_image` and :func:`read_image_info` run their whole body
+inside one guard (:func:`_file_guard`) that turns any ``Exception`` into :class:`CorruptImageError` and a
+``MemoryError`` into :class:`ImageMemoryError`, so a damaged header, a decoder bug or an exhausted heap costs
+that file only. ``KeyboardInterrupt`` and ``SystemExit`` pass through. Truncated files are refused because
+Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its default, ``False``; this module never changes it.
+
+File names can hold patient names, so log lines name a file by ``log_name`` when the caller gives one (the
+server passes a hash); error messages, which go back to the person who sent the file, use ``name``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from PIL import Image, ImageOps
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "MIN_SIDE", "CorruptImageError", "EmptyFileError", "ImageError", "ImageInfo",
-    "ImageTooLargeError", "ImageTooSmallError", "NotAnImageError", "UnsupportedDicomError",
+    "ImageMemoryError", "ImageTooLargeError", "ImageTooSmallError", "NotAnImageError", "UnsupportedDicomError",
     "read_image", "read_image_info", "resize_square", "sniff_format",
 ]
 
@@ -81,6 +87,10 @@ class ImageTooLargeError(ImageError):
     """The image has more pixels than allowed; refused from the header, before decoding."""
 
 
+class ImageMemoryError(ImageError):
+    """Decoding the file ran out of memory (it is too large for what this process may use)."""
+
+
 class UnsupportedDicomError(ImageError):
     """A valid DICOM file this package cannot use: several frames, no pixel data, or no decoder installed."""
 
@@ -122,7 +132,8 @@ def sniff_format(data_head: bytes) -> str | None:
 
 
 def read_image(
-    source: Source, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
+    source: Source, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE,
+    log_name: str | None = None,
 ) -> np.ndarray:
     """Decode one image file (path or bytes) to a grayscale array.
 
@@ -132,29 +143,34 @@ def read_image(
         max_pixels: refuse images with more than ``width * height`` pixels, checked from the header
             (Pillow's own hard limit, twice ``Image.MAX_IMAGE_PIXELS``, still applies to Pillow formats).
         min_side: refuse images whose smaller side is under this many pixels.
+        log_name: how log lines name the file (default: the same as error messages); pass a pseudonym when
+            file names may identify a patient.
 
     Returns:
         ``(H, W) uint8`` array, 0 = black .. 255 = white, display orientation, MONOCHROME2 convention.
 
     Raises:
-        ImageError: or a subclass, naming the file and the problem.
+        ImageError: or a subclass, naming the file and the problem; never anything else for a bad file.
+        TypeError: ``source`` is neither a path nor bytes (a programming error, not a bad file).
     """
-    with _open_source(source, name) as (fp, label, fmt):
-        if fmt == "DICOM":
-            ds = _read_dicom_header(fp, label, header_only=False)
-            _check_dicom(ds, label, max_pixels, min_side)
-            with _decoder_errors(label, f"the DICOM pixel data ({_syntax_name(ds)})"):
-                gray = _dicom_to_gray(ds.pixel_array, ds)
-        else:
-            im = _open_pil(fp, label, fmt)
-            _check_size(label, im.size[0], im.size[1], max_pixels, min_side)
-            with _decoder_errors(label, f"the {fmt} data"):
-                if getattr(im, "n_frames", 1) > 1:
-                    logger.warning("%s: file holds %d images; using the first", label, im.n_frames)
-                im.load()  # raises on truncation because LOAD_TRUNCATED_IMAGES is False
-                gray = _pil_to_gray(ImageOps.exif_transpose(im))
-    logger.debug("decoded %s: %s, %d x %d", label, fmt, gray.shape[1], gray.shape[0])
-    return np.ascontiguousarray(gray, dtype=np.uint8)
+    label = _label(source, name)
+    with _file_guard(label):
+        with _open_source(source, label) as (fp, fmt):
+            if fmt == "DICOM":
+                ds = _read_dicom_header(fp, label, header_only=False)
+                _check_dicom(ds, label, max_pixels, min_side)
+                with _decoder_errors(label, f"the DICOM pixel data ({_syntax_name(ds)})"):
+                    gray = _dicom_to_gray(ds.pixel_array, ds, log_name or label)
+            else:
+                im = _open_pil(fp, label, fmt)
+                _check_size(label, im.size[0], im.size[1], max_pixels, min_side)
+                with _decoder_errors(label, f"the {fmt} data"):
+                    if getattr(im, "n_frames", 1) > 1:
+                        logger.warning("%s: file holds %d images; using the first", log_name or label, im.n_frames)
+                    im.load()  # raises on truncation because LOAD_TRUNCATED_IMAGES is False
+                    gray = _pil_to_gray(ImageOps.exif_transpose(im))
+        logger.debug("decoded %s: %s, %d x %d", log_name or label, fmt, gray.shape[1], gray.shape[0])
+        return np.ascontiguousarray(gray, dtype=np.uint8)
 
 
 def read_image_info(
@@ -167,7 +183,8 @@ def read_image_info(
     stream is only found by :func:`read_image`. EXIF orientation stored after a PNG's pixel data is not read
     (that needs a decode), so such a PNG reports its stored orientation.
     """
-    with _open_source(source, name) as (fp, label, fmt):
+    label = _label(source, name)
+    with _file_guard(label), _open_source(source, label) as (fp, fmt):
         if fmt == "DICOM":
             ds = _read_dicom_header(fp, label, header_only=True)
             width, height = _check_dicom(ds, label, max_pixels, min_side)
@@ -207,37 +224,85 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- input and checks
 
 
-@contextmanager
-def _open_source(source: Source, name: str | None) -> Iterator[tuple[IO[bytes], str, str]]:
-    """Yield ``(binary file, label for messages, sniffed format)``; refuse missing, empty and non-image input."""
+def _label(source: Source, name: str | None) -> str:
+    """The file's name in messages; refuse a source that is neither a path nor bytes (a caller's bug)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        label = name or _BYTES_LABEL
+        return name or _BYTES_LABEL
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            return name or os.fspath(source)
+        except TypeError:  # os.PathLike whose __fspath__ returns something else
+            return name or repr(source)
+    raise TypeError(f"source must be a path or bytes, got {type(source).__name__}")
+
+
+@contextmanager
+def _file_guard(label: str) -> Iterator[None]:
+    """Make every failure while reading one file that file's :class:`ImageError`.
+
+    This is the one place that decides it, so a new decoder, a damaged header that trips a library's lazy
+    parser (pydicom raises ``NotImplementedError`` for an unknown VR, ``TypeError`` for a two-valued UID...)
+    or an exhausted heap can never stop a batch. The original exception stays chained for ``--debug``.
+    """
+    try:
+        yield
+    except ImageError:
+        raise
+    except MemoryError as exc:
+        raise ImageMemoryError(label, "not enough memory to decode this image; it is too large for this "
+                                      "process (downscale it, or lower the pixel limit)") from exc
+    except RecursionError as exc:
+        raise CorruptImageError(label, "the file is damaged: its structure nests too deeply to read") from exc
+    except Exception as exc:  # noqa: BLE001 - the point of this guard
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise CorruptImageError(label, f"the file is damaged or not valid: it could not be read "
+                                       f"({type(exc).__name__}: {detail})") from exc
+
+
+@contextmanager
+def _open_source(source: Source, label: str) -> Iterator[tuple[IO[bytes], str]]:
+    """Yield ``(binary file, sniffed format)``; refuse missing, empty and non-image input."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         fp: IO[bytes] = io.BytesIO(data)
         size = len(data)
-    elif isinstance(source, (str, os.PathLike)):
-        label = name or os.fspath(source)
+    else:
         try:
             fp = open(source, "rb")  # noqa: SIM115 - closed by the with-block below
             size = os.fstat(fp.fileno()).st_size
         except OSError as exc:
-            reason = {
-                FileNotFoundError: "file not found",
-                IsADirectoryError: "this is a folder, not an image file",
-                PermissionError: "permission denied: this program is not allowed to read the file",
-            }.get(type(exc), f"the file cannot be read ({exc.strerror or exc})")
-            raise ImageError(label, reason) from exc
-    else:
-        raise TypeError(f"source must be a path or bytes, got {type(source).__name__}")
+            raise ImageError(label, _os_reason(exc, source)) from exc
     with fp:
         if size == 0:
             raise EmptyFileError(label, "the file is empty (0 bytes)")
-        head = fp.read(_HEAD_BYTES)
-        fp.seek(0)
+        try:
+            head = fp.read(_HEAD_BYTES)
+            fp.seek(0)
+        except OSError as exc:
+            raise ImageError(label, _os_reason(exc)) from exc
         fmt = sniff_format(head)
         if fmt is None:
             raise NotAnImageError(label, _describe_unknown(head, label))
-        yield fp, label, fmt
+        yield fp, fmt
+
+
+def _os_reason(exc: OSError, path: Any = None) -> str:
+    """Plain words for why a file could not be opened or read."""
+    import errno
+
+    if isinstance(exc, FileNotFoundError):
+        if path is not None and os.path.islink(path):
+            return f"broken link: the symbolic link points to {os.readlink(path)!s}, which does not exist"
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "this is a folder, not an image file"
+    if isinstance(exc, PermissionError):
+        return "permission denied: this program is not allowed to read the file"
+    if exc.errno == errno.ELOOP:
+        return "the path is a loop of symbolic links that never reaches a file"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "the file name is too long for this system"
+    return f"the file cannot be read ({exc.strerror or exc})"
 
 
 def _describe_unknown(head: bytes, label: str) -> str:
@@ -390,7 +455,7 @@ def _check_dicom(ds: Any, label: str, max_pixels: int, min_side: int) -> tuple[i
     return width, height
 
 
-def _dicom_to_gray(arr: np.ndarray, ds: Any) -> np.ndarray:
+def _dicom_to_gray(arr: np.ndarray, ds: Any, log_name: str) -> np.ndarray:
     """Turn decoded DICOM pixels into ``(H, W) uint8`` for display.
 
     Monochrome: Modality LUT (rescale slope/intercept), then the VOI LUT or the first Window Center/Width,
@@ -429,7 +494,8 @@ def _dicom_to_gray(arr: np.ndarray, ds: Any) -> np.ndarray:
             lo, hi = (float(v) for v in apply_voi_lut(np.array([-np.inf, np.inf]), ds))
             scaled = _scale(apply_voi_lut(values, ds), lo, hi)
     except (ValueError, NotImplementedError, KeyError) as exc:
-        logger.warning("ignoring an invalid DICOM VOI LUT/window (%s); using the image's min-max instead", exc)
+        logger.warning("%s: ignoring an invalid DICOM VOI LUT/window (%s); using the image's min-max instead",
+                       log_name, exc)
     if scaled is None:
         values = np.asarray(values, dtype=np.float64)
         scaled = _scale(values, float(values.min()), float(values.max()))
