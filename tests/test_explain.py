@@ -167,3 +167,41 @@ def test_cli_heatmaps_for_every_readable_image(tiny_checkpoint, tmp_path):
         assert a.size == (200, 120) and b.size == (100, 180)
     raw = np.load(out / "film_gradcam.npy")
     assert raw.shape == (120, 200) and raw.dtype == np.float32 and 0 <= raw.min() and raw.max() <= 1
+
+
+def test_unique_stems_fit_the_file_name_limit_and_stay_unique():
+    import os
+
+    from pneumoscan.explain import STEM_MAX_BYTES
+    from pneumoscan.utils import NAME_MAX
+
+    long_a, long_b, wide = "a" * 300, "a" * 299 + "b", "é" * 200  # the first two differ only past the cut
+    stems = unique_stems([f"{long_a}.png", f"{long_b}.png", f"{wide}.dcm", f"x/{wide}.png", "short.png"])
+    assert len({s.lower() for s in stems}) == len(stems)
+    assert all(len(os.fsencode(s)) <= STEM_MAX_BYTES for s in stems)
+    assert all(len(os.fsencode(f"{s}_gradcam.png")) <= NAME_MAX for s in stems)
+    assert stems[0].startswith("a" * 200) and stems[1].startswith("a" * 200) and stems[4] == "short"
+    assert stems[3].endswith(f"{stems[2][-9:]}-2")  # same stem, same digest, then the counter
+    assert unique_stems([f"{long_a}.png"]) == stems[:1]  # deterministic
+
+
+def test_cli_heatmaps_for_a_file_with_the_longest_legal_name(tiny_checkpoint, tmp_path):
+    import csv
+    import os
+
+    from pneumoscan.cli import main
+
+    (tmp_path / "in").mkdir()
+    name = "p" * 250 + ".png"  # 254 bytes: legal, but the old heatmap and temp names were not
+    make_png(tmp_path / "in" / name, synthetic_xray(120, 100))
+    make_png(tmp_path / "in" / "short.png", synthetic_xray(120, 100, seed=1))
+    out = tmp_path / "heat"
+    assert main(["predict", str(tmp_path / "in"), "--model", str(tiny_checkpoint), "--heatmaps", str(out),
+                 "--save-raw", "--out", str(tmp_path / "r.csv"), "--no-progress"]) == 0
+    with open(tmp_path / "r.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and all(r["error"] == "" and r["probability"] for r in rows)
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 4 and not [n for n in written if n.endswith(".tmp")]
+    assert all(len(os.fsencode(n)) <= 255 for n in written)
+    assert {r["heatmap"] for r in rows} == {str(out / n) for n in written if n.endswith(".png")}

@@ -259,3 +259,44 @@ def test_cli_predict_outputs_and_exit_codes(tiny_checkpoint, folder, tmp_path, c
 def test_prediction_label_and_probabilities_are_finite(predictor, films):
     for r in predictor.predict(films[:3]):
         assert math.isfinite(r.probability) and r.label in ("NORMAL", "PNEUMONIA")
+
+
+def test_a_heatmap_that_cannot_be_written_fails_only_its_row(predictor, folder, tmp_path, monkeypatch):
+    import pneumoscan.explain as explain_mod
+
+    real = explain_mod.write_heatmap
+
+    def flaky(out, stem, *args, **kwargs):
+        if stem == "b":
+            raise OSError(28, "No space left on device")
+        return real(out, stem, *args, **kwargs)
+
+    monkeypatch.setattr(explain_mod, "write_heatmap", flaky)
+    files = [folder / "a.png", folder / "b.jpeg", folder / "broken.png"]
+    rows = {Path(r["path"]).name: r for r in predictor.predict_paths(files, heatmaps=tmp_path / "heat")}
+    assert rows["a.png"]["error"] == "" and Path(rows["a.png"]["heatmap"]).is_file()
+    b = rows["b.jpeg"]
+    assert b["probability"] is not None and b["rank"] in (1, 2) and b["decision"] in ("NORMAL", "PNEUMONIA")
+    assert b["heatmap"] == "" and "heatmap could not be written" in b["error"] and "No space" in b["error"]
+    assert rows["broken.png"]["probability"] is None and "not an image" in rows["broken.png"]["error"]
+
+
+def test_any_exception_while_decoding_one_item_becomes_its_error(predictor, folder, monkeypatch, caplog):
+    real = predict_mod.read_image
+
+    def buggy(source, *args, **kwargs):
+        if str(source).endswith("b.jpeg"):
+            raise KeyError("decoder bug")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(predict_mod, "read_image", buggy)
+    with caplog.at_level("DEBUG", logger="pneumoscan.predict"):
+        rows = {Path(r["path"]).name: r for r in predictor.predict_paths([folder / "a.png", folder / "b.jpeg"])}
+    assert rows["a.png"]["error"] == "" and rows["a.png"]["probability"] is not None
+    assert rows["b.jpeg"]["probability"] is None and "KeyError" in rows["b.jpeg"]["error"]
+    assert any(r.levelname == "DEBUG" and r.exc_info for r in caplog.records)  # the traceback, at DEBUG only
+    # arrays go through the same guard: a wrong array is that item's error, not the batch's
+    out = predictor._decode_many([np.zeros((70, 70), np.uint8), np.zeros((70, 70), np.float32)], raise_errors=False)
+    assert isinstance(out[0], np.ndarray) and "2-D uint8" in out[1]
+    with pytest.raises(KeyError):
+        predictor.predict_proba([folder / "b.jpeg"])

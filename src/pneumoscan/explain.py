@@ -19,6 +19,7 @@ on the shared weights. One model can serve predictions on other threads while a 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import threading
@@ -31,12 +32,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from torch import nn
 
-from pneumoscan.utils import atomic_write_bytes
+from pneumoscan.utils import NAME_MAX, atomic_write_bytes, fit_name
 
 __all__ = ["GradCAM", "grad_cam", "render_overlay", "save_overlay", "unique_stems", "upsample_cam", "write_heatmap"]
 
 #: Longest side of an overlay PNG; larger films are scaled down (aspect ratio kept).
 MAX_OVERLAY_SIDE = 1024
+#: Longest heatmap stem in bytes: ``<stem>_gradcam.png`` (or ``.npy``) must fit one file name.
+STEM_MAX_BYTES = NAME_MAX - len("_gradcam.png")
 
 
 class GradCAM:
@@ -211,15 +214,28 @@ def write_heatmap(folder: str | os.PathLike[str], stem: str, image: np.ndarray, 
 
 
 def unique_stems(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """File stems made unique in input order (case-insensitively): ``a``, ``a-2``, ``a-3``..."""
+    """File stems made unique in input order (case-insensitively): ``a``, ``a-2``, ``a-3``...
+
+    Every stem fits :data:`STEM_MAX_BYTES` (UTF-8 bytes), so that ``<stem>_gradcam.png`` and ``.npy`` fit the
+    file system's name limit: a longer stem is cut and ends in ``-`` and 8 hex digits of its SHA-256, which
+    keeps two long names that differ only at the end apart.
+    """
     seen: set[str] = set()
     out = []
     for p in paths:
         stem = Path(p).stem or "image"
-        name, n = stem, 1
+        name, n = _fit_stem(stem, STEM_MAX_BYTES), 1
         while name.lower() in seen:
             n += 1
-            name = f"{stem}-{n}"
+            suffix = f"-{n}"
+            name = _fit_stem(stem, STEM_MAX_BYTES - len(suffix)) + suffix
         seen.add(name.lower())
         out.append(name)
     return out
+
+
+def _fit_stem(stem: str, limit: int) -> str:
+    if len(os.fsencode(stem)) <= limit:
+        return stem
+    digest = hashlib.sha256(os.fsencode(stem)).hexdigest()[:8]
+    return f"{fit_name(stem, limit - 9)}-{digest}"

@@ -288,8 +288,10 @@ class Predictor:
         ``rank`` (1 = highest probability; None for failures), ``path``, ``probability``, ``decision``
         (``"PNEUMONIA"``/``"NORMAL"``, ``""`` on failure), ``positive`` (bool or None), ``threshold``,
         ``error`` (``""`` when ok) and, with ``heatmaps``, ``heatmap`` (the overlay PNG written into that
-        folder as ``<stem>_gradcam.png``; with ``save_raw`` also the raw map as ``<stem>_gradcam.npy``).
-        Returned in rank order, failures last in input order.
+        folder as ``<stem>_gradcam.png``; with ``save_raw`` also the raw map as ``<stem>_gradcam.npy``; stems
+        from :func:`pneumoscan.explain.unique_stems`, so every name fits the file system). A heatmap that
+        cannot be written fails only that row's heatmap: the row keeps its probability and rank, ``heatmap``
+        is ``""`` and ``error`` says why. Returned in rank order, failures last in input order.
         """
         from tqdm import tqdm
 
@@ -305,17 +307,20 @@ class Predictor:
                 decoded = self._decode_many(chunk, raise_errors=False, resize=heatmaps is None)
                 ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
                 probs = np.empty(0)
+                written: dict[int, tuple[str, str]] = {}  # row -> (heatmap file, why it was not written)
                 if ok and heatmaps is None:
                     probs = self._probabilities(self._input_batch([decoded[i] for i in ok]))
                 elif ok:
                     probs, maps = self._explain_batch([decoded[i] for i in ok])
-                    self._write_heatmaps(heatmaps, [stems[start + i] for i in ok], [decoded[i] for i in ok],
-                                         probs, maps, save_raw)
+                    for i, p, m in zip(ok, probs, maps):
+                        written[i] = self._write_heatmap(heatmaps, stems[start + i], chunk[i], decoded[i], p, m,
+                                                         save_raw)
                 by_index = dict(zip(ok, probs))
                 for i, path in enumerate(chunk):
                     rows.append(self._row(path, by_index.get(i), decoded[i]))
                     if heatmaps is not None and i in by_index:
-                        rows[-1]["heatmap"] = str(Path(heatmaps) / f"{stems[start + i]}_gradcam.png")
+                        # A heatmap that could not be written costs that row its heatmap, never its score.
+                        rows[-1]["heatmap"], rows[-1]["error"] = written[i]
                 bar.update(len(chunk))
         return _rank(rows)
 
@@ -353,6 +358,12 @@ class Predictor:
                 if raise_errors:
                     raise
                 return "not enough memory to decode this image"
+            except Exception as exc:  # noqa: BLE001 - any failure is this item's, never the batch's
+                if raise_errors:
+                    raise
+                log.debug("decoding %s failed", _describe(item), exc_info=True)
+                detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+                return f"the image could not be read ({type(exc).__name__}: {detail})"
 
         workers = min(self.options.decode_workers, len(items))
         if workers <= 1 or all(isinstance(i, np.ndarray) for i in items):
@@ -392,14 +403,22 @@ class Predictor:
             maps += [upsample_cam(low[i], g.shape) for i, g in enumerate(part)]
         return np.concatenate(probs), maps
 
-    def _write_heatmaps(self, folder: str | os.PathLike[str], stems: Sequence[str], gray: Sequence[np.ndarray],
-                        probs: np.ndarray, maps: Sequence[np.ndarray], save_raw: bool) -> None:
+    def _write_heatmap(self, folder: str | os.PathLike[str], stem: str, path: str, gray: np.ndarray,
+                       prob: float, heat: np.ndarray, save_raw: bool) -> tuple[str, str]:
+        """Write one overlay; return ``(its path, "")``, or ``("", why)`` when it could not be written (a full
+        disk, a name the file system refuses, a rendering failure): that image keeps its score."""
         from pneumoscan.explain import write_heatmap
 
-        for stem, g, p, m in zip(stems, gray, probs, maps):
-            pred = self._decide(p)
-            caption = f"P(pneumonia) {pred.probability:.2f} - {pred.label} at threshold {pred.threshold:.2f}"
-            write_heatmap(folder, stem, g, m, caption=caption, save_raw=save_raw)
+        pred = self._decide(prob)
+        caption = f"P(pneumonia) {pred.probability:.2f} - {pred.label} at threshold {pred.threshold:.2f}"
+        try:
+            return str(write_heatmap(folder, stem, gray, heat, caption=caption, save_raw=save_raw)), ""
+        except OSError as exc:
+            log.debug("heatmap for %s not written", path, exc_info=True)
+            return "", f"scored, but its heatmap could not be written ({exc.strerror or exc})"
+        except Exception as exc:  # noqa: BLE001 - one image's overlay must not stop the batch
+            log.debug("heatmap for %s not written", path, exc_info=True)
+            return "", f"scored, but its heatmap could not be made ({type(exc).__name__}: {exc})"
 
 
 def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
@@ -429,6 +448,15 @@ def _to_gray(item: ImageInput) -> np.ndarray:
     if isinstance(item, (bytearray, memoryview)):
         item = bytes(item)
     return read_image(item)
+
+
+def _describe(item: ImageInput) -> str:
+    """A short name for an input in log lines (a path, or the kind and size of in-memory data)."""
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    if isinstance(item, np.ndarray):
+        return f"array {item.dtype} {item.shape}"
+    return f"{type(item).__name__} of {len(item)} bytes"
 
 
 def _rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

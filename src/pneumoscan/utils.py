@@ -5,13 +5,43 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "seed_everything"]
+__all__ = ["NAME_MAX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "fit_name", "seed_everything"]
+
+#: Longest file name (one path component) in bytes on the file systems we write to (ext4, XFS, APFS, NTFS...).
+NAME_MAX = 255
+_TEMP_SUFFIX = ".tmp"
+
+
+def fit_name(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` whose file-system encoding (UTF-8 here) takes at most ``limit`` bytes.
+
+    Cuts between characters, never inside one, so the result is still a valid name.
+    """
+    if len(os.fsencode(text)) <= limit:
+        return text
+    out, used = [], 0
+    for ch in text:
+        n = len(os.fsencode(ch))
+        if used + n > limit:
+            break
+        out.append(ch)
+        used += n
+    return "".join(out)
+
+
+def _temp_name(target_name: str) -> str:
+    """``.{name}.{pid}.{random}.tmp``, with ``name`` shortened so that the whole fits :data:`NAME_MAX` bytes.
+
+    The writer's PID lets a later run tell a crashed writer's leftover from a live writer's file.
+    """
+    tail = f".{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+    return "." + fit_name(target_name, NAME_MAX - 1 - len(tail)) + tail
 
 
 @contextlib.contextmanager
@@ -19,13 +49,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
     A crash (even SIGKILL) leaves either the old file or the new one, never half
-    of one. The temporary file is removed if the block raises.
+    of one. The temporary file is removed if the block raises. Its name always fits
+    :data:`NAME_MAX` (a long target name is shortened in the temporary name only).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    while True:
+        tmp_path = target.parent / _temp_name(target.name)
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+        os.close(fd)
+        break
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
