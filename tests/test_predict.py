@@ -300,3 +300,97 @@ def test_any_exception_while_decoding_one_item_becomes_its_error(predictor, fold
     assert isinstance(out[0], np.ndarray) and "2-D uint8" in out[1]
     with pytest.raises(KeyError):
         predictor.predict_proba([folder / "b.jpeg"])
+
+
+# ----------------------------------------------------------------------------- what a folder holds
+
+
+def test_a_symlink_loop_or_broken_link_named_on_the_command_line_gets_a_row(tiny_checkpoint, folder, tmp_path,
+                                                                           capsys):
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)  # points at itself
+    dangling = tmp_path / "gone.png"
+    dangling.symlink_to(tmp_path / "missing.png")
+    assert collect_images([loop, dangling, folder / "a.png"]) == [loop, dangling, folder / "a.png"]
+    out = tmp_path / "r.csv"
+    assert main(["predict", str(loop), str(dangling), str(folder / "a.png"), "--model", str(tiny_checkpoint),
+                 "--out", str(out), "--no-progress"]) == 0
+    with open(out, newline="") as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert rows["a.png"]["rank"] == "1" and rows["a.png"]["error"] == ""
+    assert "loop of symbolic links" in rows["loop.png"]["error"]
+    assert "broken link" in rows["gone.png"]["error"]
+    assert "1 of 3 image(s) scored" in capsys.readouterr().out
+
+
+@pytest.fixture
+def mixed_folder(tmp_path) -> Path:
+    """A folder as people's folders are: images, images we cannot read, links, system junk and documents."""
+    from PIL import Image
+
+    root = tmp_path / "mixed"
+    (root / "sub").mkdir(parents=True)
+    (root / ".thumbnails").mkdir()
+    make_png(root / "a.png", _film(1))
+    make_png(root / "sub" / "deep.png", _film(2))
+    make_png(root / ".thumbnails" / "t.png", _film(3))
+    Image.fromarray(_film(4)).save(root / "anim.gif")
+    Image.fromarray(_film(4)).save(root / "gif-without-extension", format="GIF")
+    (root / "photo.webp").write_bytes(b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(32))
+    (root / "scan").write_bytes(b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(32))  # WebP by content only
+    (root / "film.jp2").write_bytes(b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(32))
+    (root / "IMG_0001").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(32))  # HEIC by content only
+    (root / "dangling.png").symlink_to(root / "deleted.png")
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "._a.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (root / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (root / "desktop.ini").write_text("[.ShellClassInfo]")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_every_image_like_file_gets_a_row_and_everything_else_is_counted(mixed_folder):
+    from pneumoscan.worklist import HIDDEN, OTHER, SUBFOLDER, collect
+
+    got = collect([mixed_folder])
+    assert [p.name for p in got.files] == ["IMG_0001", "a.png", "anim.gif", "dangling.png", "film.jp2",
+                                           "gif-without-extension", "photo.webp", "scan"]
+    kinds = {s.path.name: s.kind for s in got.skipped}
+    assert kinds == {".DS_Store": HIDDEN, "._a.png": HIDDEN, ".thumbnails": HIDDEN, "Thumbs.db": HIDDEN,
+                     "desktop.ini": HIDDEN, "notes.txt": OTHER, "sub": SUBFOLDER}
+    assert got.summary() == ("6 other file(s) in the folders skipped (not images: 5 hidden/system files, 1 other); "
+                             "1 sub-folder(s) not searched (use --recursive)")
+    deep = collect([mixed_folder], recursive=True)
+    assert "sub/deep.png" in [p.relative_to(mixed_folder).as_posix() for p in deep.files]
+    assert not [p for p in deep.files if ".thumbnails" in p.parts]  # a hidden folder is one skipped entry
+    assert deep.summary() == "6 other file(s) in the folders skipped (not images: 5 hidden/system files, 1 other)"
+
+
+def test_a_link_back_up_the_tree_is_searched_once(tmp_path):
+    from pneumoscan.worklist import collect
+
+    root = tmp_path / "r"
+    (root / "sub").mkdir(parents=True)
+    make_png(root / "sub" / "x.png", _film(1))
+    (root / "sub" / "up").symlink_to(root)  # a cycle through a directory link
+    assert [p.relative_to(root).as_posix() for p in collect([root], recursive=True).files] == ["sub/x.png"]
+
+
+def test_cli_predict_lists_unsupported_and_broken_files_and_counts_the_skipped(tiny_checkpoint, mixed_folder,
+                                                                              tmp_path, capsys, caplog):
+    out = tmp_path / "r.csv"
+    with caplog.at_level("INFO", logger="pneumoscan.worklist"):
+        assert main(["-v", "predict", str(mixed_folder), "--model", str(tiny_checkpoint), "--out", str(out),
+                     "--no-progress"]) == 0
+    with open(out, newline="") as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert len(rows) == 8 and rows["a.png"]["rank"] == "1"
+    for name in ("anim.gif", "gif-without-extension", "photo.webp", "scan"):
+        assert "GIF or WebP" in rows[name]["error"] and "convert it to PNG" in rows[name]["error"], name
+    assert "broken link" in rows["dangling.png"]["error"]
+    assert rows["film.jp2"]["error"] and rows["IMG_0001"]["error"]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "1 of 8 image(s) scored" in printed
+    assert "6 other file(s) in the folders skipped (not images: 5 hidden/system files, 1 other)" in printed
+    logged = caplog.text
+    assert all(n in logged for n in (".DS_Store", "._a.png", "Thumbs.db", "desktop.ini", "notes.txt"))

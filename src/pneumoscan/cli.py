@@ -278,7 +278,7 @@ def predict_cmd(
     Decision support, not a diagnosis.
     """
     from pneumoscan.predict import DISCLAIMER, Predictor, RuntimeOptions, default_model_path
-    from pneumoscan.worklist import collect_images, write_results
+    from pneumoscan.worklist import collect, write_results
 
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise typer.BadParameter(f"must end in .csv or .json, got {out.name!r}", param_hint="--out")
@@ -288,10 +288,12 @@ def predict_cmd(
     if heatmaps is not None and model_path.suffix.lower() == ".onnx":
         raise _click_errors.UsageError(
             "--heatmaps needs the .safetensors checkpoint: Grad-CAM uses gradients, which an ONNX export lacks")
-    files = collect_images(paths, recursive=recursive)
+    collected = collect(paths, recursive=recursive)  # names what it skips at INFO (-v)
+    files, skipped_note = collected.files, collected.summary()
     if not files:
         hint = "" if recursive else " (use --recursive to search sub-folders)"
-        raise _click_errors.UsageError(f"no image files found in {', '.join(map(str, paths))}{hint}")
+        raise _click_errors.UsageError(f"no image files found in {', '.join(map(str, paths))}{hint}"
+                                       + (f"; {skipped_note}" if skipped_note else ""))
     predictor = Predictor.from_checkpoint(model_path, options=RuntimeOptions(threads=threads))
     rows = predictor.predict_paths(files, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
                                    save_raw=save_raw)
@@ -308,6 +310,8 @@ def predict_cmd(
                   f"{predictor.threshold:.3f}; {len(rows) - n_ok} unreadable"
                   + (f" -> {out}" if out is not None else "") + (f"; heatmaps in {heatmaps}" if heatmaps else "")
                   + (f" ({n_no_heatmap} could not be written, see the error column)" if n_no_heatmap else ""))
+    if skipped_note:
+        console.print(f"{skipped_note}; -v lists them", highlight=False)
     console.print(f"[bold]{DISCLAIMER}[/bold]")
     if n_ok == 0:
         raise typer.Exit(code=1)
