@@ -69,7 +69,8 @@ def _data_uri_png(uri: str) -> Image.Image:
 
 
 def test_health_model_page_and_docs(client, predictor):
-    assert client.get("/healthz").json() == {"status": "ok", "model": "seed-cnn", "model_version": predictor.version}
+    assert client.get("/healthz").json() == {"status": "ok", "model": "seed-cnn", "model_version": predictor.version,
+                                             "auth": False}
     info = client.get("/api/v1/model").json()
     assert info["name"] == "seed-cnn" and info["threshold"] == pytest.approx(0.42)
     assert "not a diagnosis" in info["disclaimer"]

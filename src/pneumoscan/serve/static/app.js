@@ -4,6 +4,27 @@
 
 const state = { results: [], model: null, seq: 0 };
 const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "pneumoscan-api-token";
+
+// The API may need a bearer token (servers reachable from other machines). The page asks for it once and keeps
+// it for this browser tab only (sessionStorage), never in a cookie or on disk.
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+async function api(url, options = {}) {
+  const res = await fetch(url, { ...options, headers: { ...(options.headers || {}), ...authHeaders() } });
+  if (res.status === 401) showLogin(sessionStorage.getItem(TOKEN_KEY) ? "That token was not accepted." : "");
+  return res;
+}
+
+function showLogin(message) {
+  const form = $("login");
+  form.hidden = false;
+  $("login-msg").textContent = message || "This server needs its API token. Ask your administrator for it.";
+  $("token").focus();
+}
 
 function fmtPct(p) { return (100 * p).toFixed(1) + "%"; }
 
@@ -20,7 +41,7 @@ function el(tag, attrs = {}, children = []) {
 
 async function loadModel() {
   try {
-    const res = await fetch("api/v1/model");
+    const res = await api("api/v1/model");
     if (!res.ok) throw new Error("HTTP " + res.status);
     const m = await res.json();
     state.model = m;
@@ -69,7 +90,7 @@ async function sendFile(file, wantHeatmap) {
   form.append("files", file, file.name);
   const url = "api/v1/predict" + (wantHeatmap ? "?heatmap=true&preview=true" : "?preview=true");
   try {
-    const res = await fetch(url, { method: "POST", body: form });
+    const res = await api(url, { method: "POST", body: form });
     let body = null;
     try { body = await res.json(); } catch (_) { /* not JSON */ }
     if (body && Array.isArray(body.results) && body.results.length) return body.results;
@@ -169,8 +190,10 @@ function renderWorklist() {
 }
 
 function csvCell(v) {
-  const s = v === undefined || v === null ? "" : String(v);
-  return /[",\n]/.test(s) ? '"' + s.replaceAll('"', '""') + '"' : s;
+  let s = v === undefined || v === null ? "" : String(v);
+  // A text cell starting with = + - @ tab or CR would run as a formula in a spreadsheet (CSV injection).
+  if (typeof v === "string" && /^[=+\-@\t\r]/.test(s)) s = "'" + s;
+  return /[",\n\r]/.test(s) ? '"' + s.replaceAll('"', '""') + '"' : s;
 }
 
 function downloadCsv() {
@@ -193,6 +216,15 @@ function setup() {
   dz.addEventListener("dragleave", () => dz.classList.remove("drag"));
   dz.addEventListener("drop", (e) => { e.preventDefault(); dz.classList.remove("drag"); handleFiles(e.dataTransfer.files); });
   $("download-csv").addEventListener("click", downloadCsv);
+  $("login").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const token = $("token").value.trim();
+    if (!token) return;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    $("token").value = "";
+    $("login").hidden = true;
+    loadModel();
+  });
   $("clear").addEventListener("click", () => { state.results = []; $("cards").replaceChildren(); renderWorklist(); setStatus(""); });
   loadModel();
 }

@@ -1,0 +1,74 @@
+"""A server-wide memory budget for decoding, so that many large uploads at once cannot exhaust memory.
+
+Each image's peak decoding memory is estimated from its header before any pixel is decoded
+(:func:`estimate_decode_bytes`); :class:`MemoryBudget` admits images while their estimates fit and makes the
+rest wait, and refuses outright an image that could never fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from pneumoscan.io import ImageInfo
+
+__all__ = ["MemoryBudget", "estimate_decode_bytes"]
+
+#: Bytes per pixel at the peak of decoding, measured with ``benchmarks/serve_memory.py``-style probes: an 8-bit
+#: JPEG or PNG holds the decoded image, its grayscale copy and the resized input (about 3-5 B/px); 16-bit,
+#: float and DICOM images also pass through float32/float64 copies for the intensity mapping (about 20-30).
+_BYTES_PER_PIXEL_8BIT = 8
+_BYTES_PER_PIXEL_DEEP = 32
+#: A Grad-CAM heatmap is upsampled to the film's size as float32 and blended.
+_HEATMAP_BYTES_PER_PIXEL = 8
+#: Fixed overhead per image (model activations at the input size, previews, PNG encoding).
+_BASE_BYTES = 16 * 1024 * 1024
+
+
+def estimate_decode_bytes(info: ImageInfo, *, heatmap: bool = False) -> int:
+    """Peak memory, in bytes, that decoding (and with ``heatmap`` explaining) this image is expected to use."""
+    pixels = info.width * info.height
+    deep = info.format == "DICOM" or info.bit_depth > 8 or info.mode in ("I", "F", "I;16", "I;16B", "I;16L")
+    per_pixel = (_BYTES_PER_PIXEL_DEEP if deep else _BYTES_PER_PIXEL_8BIT) + (_HEATMAP_BYTES_PER_PIXEL if heatmap else 0)
+    return _BASE_BYTES + pixels * per_pixel
+
+
+class BudgetExceeded(Exception):
+    """One image needs more than the whole budget."""
+
+
+class MemoryBudget:
+    """Admit work while the sum of its estimated bytes stays within ``total``; the rest waits (FIFO-ish)."""
+
+    def __init__(self, total: int) -> None:
+        if total < 1:
+            raise ValueError(f"memory budget must be positive, got {total}")
+        self.total = int(total)
+        self.used = 0
+        self._cond: anyio.Condition | None = None
+
+    @asynccontextmanager
+    async def reserve(self, nbytes: int) -> AsyncIterator[None]:
+        """Hold ``nbytes`` of the budget for the block.
+
+        Raises:
+            BudgetExceeded: ``nbytes`` is more than the whole budget (it could never run).
+        """
+        if nbytes > self.total:
+            raise BudgetExceeded(nbytes)
+        if self._cond is None:
+            self._cond = anyio.Condition()
+        cond = self._cond
+        async with cond:
+            while self.used + nbytes > self.total:
+                await cond.wait()
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with cond:
+                    self.used -= nbytes
+                    cond.notify_all()

@@ -1,0 +1,64 @@
+"""The server's limits and options, in one frozen dataclass (``pneumoscan serve`` sets them from its flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["SERVER_MAX_PIXELS", "ServeSettings"]
+
+#: The server's own pixel limit, lower than the library's (60 MP): a digital detector film is at most about
+#: 4,300 x 4,300 (18.5 MP), and every decoded pixel of a 16-bit film costs about 20-30 bytes on the way.
+SERVER_MAX_PIXELS = 25_000_000
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and options of the web app and its HTTP server.
+
+    The defaults are safe to expose behind a TLS reverse proxy; a token is still required off localhost
+    (see :func:`pneumoscan.serve.server.run`).
+    """
+
+    #: Largest request body accepted, in bytes (all files of one request together).
+    max_request_bytes: int = 64 * 1024 * 1024
+    #: Largest image accepted, in pixels, checked from the header before decoding.
+    max_pixels: int = SERVER_MAX_PIXELS
+    #: Most files in one request.
+    max_files: int = 32
+    #: Threads running decoding and inference, for all requests together; more work waits its turn.
+    workers: int = 2
+    #: Files of one request analysed at the same time (bounded parallelism per request).
+    request_parallelism: int = 2
+    #: Estimated memory that decoding may use at once, all in-flight images together, in bytes. An image whose
+    #: own estimate is larger is refused with 413; others wait until enough is free.
+    memory_budget_bytes: int = 1024 * 1024 * 1024
+    #: Request bodies held in memory at once, all requests together; past it new uploads get 503.
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    #: Folder to keep a copy of each upload in (server-made names, owner-only). None: uploads stay in memory.
+    save_uploads: str | None = None
+    #: Saved uploads older than this many days are deleted (at start-up and then at most hourly); None keeps them.
+    upload_retention_days: float | None = 30.0
+    #: Bearer token required on every route that takes or returns patient data (None: no authentication).
+    token: str | None = field(default=None, repr=False)
+    #: Seconds a client has to send the request line and headers (from connecting, or from its first byte
+    #: after a previous request); then the connection is closed with 408.
+    header_timeout: float = 30.0
+    #: Longest pause, in seconds, while a client sends the body; then the request ends with 408.
+    body_timeout: float = 30.0
+    #: Longest time, in seconds, to receive a whole body, however steadily it trickles in.
+    body_deadline: float = 300.0
+    #: Seconds an idle keep-alive connection stays open between requests.
+    keep_alive_timeout: float = 5.0
+    #: Most connections and requests at once; more get 503 (None: no limit).
+    limit_concurrency: int | None = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_bytes", "max_pixels", "max_files", "workers", "request_parallelism",
+                     "memory_budget_bytes", "max_buffered_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServeSettings.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("header_timeout", "body_timeout", "body_deadline", "keep_alive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ServeSettings.{name} must be positive, got {getattr(self, name)}")
+        if self.upload_retention_days is not None and self.upload_retention_days <= 0:
+            raise ValueError(f"upload_retention_days must be positive or None, got {self.upload_retention_days}")
