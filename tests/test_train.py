@@ -293,3 +293,21 @@ def test_resume_keeps_the_behaviour_of_a_run_started_before_a_key_existed(blob_d
     monkeypatch.setattr(train_mod, "train", lambda c, *a, **k: seen.setdefault("cfg", c) and real_train(c, *a, **k))
     resume(tmp_path / "run", progress=False)
     assert seen["cfg"].train.ema_warmup is False and seen["cfg"].train.epochs == 2
+
+
+def test_a_model_without_pretrained_weights_trains_from_scratch_and_says_so(blob_data, tmp_path, caplog):
+    """`--set model.name=seed-cnn` alone (model.pretrained defaults to true) trains, and --resume works."""
+    from pneumoscan.cli import main
+
+    run = tmp_path / "run"
+    common = ["--set", f"data.cache_dir='{tmp_path / 'cache'}'", "--set", "data.val_fraction=0.25",
+              "--set", "data.num_workers=1", "--set", f"model.image_size={SIZE}", "--set", "train.batch_size=8",
+              "--set", "train.threads=1"]
+    with caplog.at_level("WARNING", logger="pneumoscan.train"):
+        assert main(["train", "--data", str(blob_data), "--out", str(run), "--set", "model.name=seed-cnn",
+                     "--set", "train.epochs=1", "--no-progress", *common]) == 0
+    assert "seed-cnn has no pretrained weights: training from scratch" in caplog.text
+    assert json.loads((run / "config.json").read_text())["model"]["pretrained"] is False  # what happened
+    assert load_checkpoint(run / "best.safetensors").meta["config"]["model"]["pretrained"] is False
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress"]) == 0
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [1, 2]

@@ -26,7 +26,7 @@ from torch import nn
 __all__ = [
     "LITE0_MEAN_RGB", "LITE0_STD_RGB", "DeepCNN", "EfficientNetLite0", "EfficientNetLite0Backbone", "Preprocessing", "SeedCNN",
     "UnknownModelError", "count_parameters", "create_model", "default_preprocessing",
-    "fold_rgb_stem", "list_models", "load_lite0_state_dict", "model_info", "normalize", "preprocess",
+    "fold_rgb_stem", "has_pretrained", "list_models", "load_lite0_state_dict", "model_info", "normalize", "preprocess",
     "register_model",
 ]
 
@@ -198,6 +198,15 @@ def create_model(name: str, *, pretrained: bool = False, num_classes: int = 1, d
     return entry.builder(pretrained=pretrained, num_classes=num_classes, dropout=dropout, in_chans=in_chans)
 
 
+def has_pretrained(name: str) -> bool:
+    """Whether ``name`` has pretrained weights to start from (cheap: builds nothing).
+
+    Raises:
+        UnknownModelError: ``name`` is not registered.
+    """
+    return _entry(name).has_pretrained
+
+
 def default_preprocessing(name: str, image_size: int = 224) -> Preprocessing:
     """Return the input recipe the model's weights expect at ``image_size`` pixels."""
     entry = _entry(name)
@@ -214,7 +223,7 @@ def model_info(name: str) -> dict[str, Any]:
     entry = _entry(name)
     return {"name": name, "description": entry.description,
             "parameters": count_parameters(create_model(name)),
-            "pretrained_available": entry.has_pretrained,
+            "pretrained_available": has_pretrained(name),
             "preprocessing": default_preprocessing(name).to_dict()}
 
 

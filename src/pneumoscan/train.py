@@ -24,6 +24,7 @@ exactly what an uninterrupted run would have done.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -51,7 +52,7 @@ from pneumoscan.augment import build_augmentation, save_augmentation_grid
 from pneumoscan.checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
 from pneumoscan.config import Config, ConfigError, load_config
 from pneumoscan.data import CLASS_NAMES, ImageCache, build_cache, index_dataset, split_index, write_manifest
-from pneumoscan.models import create_model, default_preprocessing, normalize
+from pneumoscan.models import create_model, default_preprocessing, has_pretrained, normalize
 from pneumoscan.utils import atomic_write_text, seed_everything
 
 log = logging.getLogger(__name__)
@@ -269,6 +270,16 @@ def _checkpoint_meta(cfg: Config, spec: Any, epoch: int, row: dict[str, Any], n_
     }
 
 
+def _effective_config(cfg: Config) -> Config:
+    """``cfg`` as it will run: ``model.pretrained`` means "start from pretrained weights where the model has
+    them", so a model without any (seed-cnn, deep-cnn) trains from scratch, says so, and the run's config and
+    checkpoints record ``pretrained = false``, which is what happened (and what ``--resume`` then reads)."""
+    if cfg.model.pretrained and not has_pretrained(cfg.model.name):
+        log.warning("%s has no pretrained weights: training from scratch", cfg.model.name)
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
+    return cfg
+
+
 def train(
     cfg: Config, out_dir: str | os.PathLike[str], *, resume: bool = False, callbacks: Sequence[Callback] = (),
     progress: bool = True,
@@ -281,6 +292,7 @@ def train(
     ``cb(event, info)`` with events ``"batch_end"`` and ``"epoch_end"``.
     """
     run_dir = Path(out_dir)
+    cfg = _effective_config(cfg)
     d = _setup_distributed(cfg.train.device)
     state_path = run_dir / "state.safetensors"
     if not resume and (state_path.exists() or (run_dir / "best.safetensors").exists()):
