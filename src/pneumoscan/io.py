@@ -385,13 +385,30 @@ def _pil_to_gray(im: Image.Image) -> np.ndarray:
 
 
 def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Map the array's own [min, max] linearly onto 0..255; constant (or empty) input gives zeros."""
-    values = arr.astype(np.float32)
-    finite = values[np.isfinite(values)]  # float TIFFs may hold NaN or inf
-    if finite.size == 0 or finite.min() == finite.max():
+    """Map the array's own [min, max] linearly onto 0..255; constant (or empty) input gives zeros.
+
+    Works in one float32 buffer, in place (about 4 bytes per pixel beside the input), because 16-bit films
+    are the largest inputs a server decodes: float64 temporaries cost about 39 bytes per pixel.
+    """
+    if arr.size == 0:
         return np.zeros(arr.shape, dtype=np.uint8)
-    lo, hi = float(finite.min()), float(finite.max())
-    return _to_uint8(_scale(np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo), lo, hi))
+    if np.issubdtype(arr.dtype, np.integer):
+        lo, hi = float(arr.min()), float(arr.max())
+        values = arr.astype(np.float32)
+    else:  # float TIFFs may hold NaN or inf
+        values = arr.astype(np.float32)
+        finite = np.isfinite(values)
+        if not finite.any():
+            return np.zeros(arr.shape, dtype=np.uint8)
+        lo, hi = float(values[finite].min()), float(values[finite].max())
+        np.nan_to_num(values, copy=False, nan=lo, posinf=hi, neginf=lo)
+    if lo == hi:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    values -= np.float32(lo)
+    values *= np.float32(255.0 / (hi - lo))
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
