@@ -394,3 +394,49 @@ def test_cli_predict_lists_unsupported_and_broken_files_and_counts_the_skipped(t
     assert "6 other file(s) in the folders skipped (not images: 5 hidden/system files, 1 other)" in printed
     logged = caplog.text
     assert all(n in logged for n in (".DS_Store", "._a.png", "Thumbs.db", "desktop.ini", "notes.txt"))
+
+
+# ----------------------------------------------------------------------------- outputs checked before the work
+
+
+def test_cli_predict_checks_its_outputs_before_scoring_anything(tiny_checkpoint, folder, tmp_path, capsys,
+                                                               monkeypatch):
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("an image was scored before the outputs were checked")
+
+    monkeypatch.setattr(Predictor, "predict_paths", no_scoring)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    (tmp_path / "dir.csv").mkdir()
+    base = ["predict", str(folder / "a.png"), "--model", str(tiny_checkpoint), "--no-progress"]
+    cases = [
+        (["--out", str(tmp_path / "dir.csv")], "is a folder"),
+        (["--out", str(tmp_path)], "is a folder"),
+        (["--out", str(a_file / "sub" / "r.csv")], "cannot write into"),
+        (["--heatmaps", str(a_file)], "is a file, not a folder"),
+        (["--heatmaps", str(a_file / "heat")], "cannot write into"),
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (extra, err)
+
+
+def test_cli_predict_never_overwrites_results_without_overwrite(tiny_checkpoint, folder, tmp_path, capsys):
+    out, heat = tmp_path / "r.csv", tmp_path / "heat"
+    out.write_text("my own notes\n")
+    run = ["predict", str(folder / "a.png"), str(folder / "b.jpeg"), "--model", str(tiny_checkpoint),
+           "--no-progress", "--out", str(out)]
+    assert main(run) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_text() == "my own notes\n"
+    assert main(run + ["--overwrite", "--heatmaps", str(heat), "--save-raw"]) == 0
+    assert out.read_text().startswith("rank,") and len(list(heat.glob("*_gradcam.*"))) == 4
+    stamp = {p: p.stat().st_mtime_ns for p in heat.iterdir()}
+    capsys.readouterr()
+    assert main(run[:-2] + ["--heatmaps", str(heat)]) == 2  # no --out: only the heatmaps would clash
+    err = capsys.readouterr().err
+    assert "2 heatmap file(s) would replace existing ones" in err and "--overwrite" in err
+    assert {p: p.stat().st_mtime_ns for p in heat.iterdir()} == stamp
+    assert main(run[:-2] + ["--heatmaps", str(heat), "--overwrite"]) == 0
+    assert main(["predict", "--help"]) == 0 and "--overwrite" in capsys.readouterr().out

@@ -270,16 +270,20 @@ def predict_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for the model (default: all cores; 1 is faster on a busy machine).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file and existing heatmap files of the same names (otherwise the command refuses before scoring anything).")] = False,
 ) -> None:
     """Score X-rays for pneumonia and list them as a triage worklist, highest probability first.
 
-    Unreadable files are listed with their error and skipped; the others are still scored. Exit code 0 when
-    at least one image was scored, 1 when none could be (or on a bad model file), 2 on a bad invocation.
-    Decision support, not a diagnosis.
+    Unreadable files are listed with their error and skipped; the others are still scored. Outputs are
+    checked before any image is scored: an existing --out file or heatmap is never replaced without
+    --overwrite. Exit code 0 when at least one image was scored, 1 when none could be (or on a bad model
+    file), 2 on a bad invocation. Decision support, not a diagnosis.
     """
     from pneumoscan.predict import DISCLAIMER, Predictor, RuntimeOptions, default_model_path
     from pneumoscan.worklist import collect, write_results
 
+    if out is not None and out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; give the .csv or .json file to write", param_hint="--out")
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise typer.BadParameter(f"must end in .csv or .json, got {out.name!r}", param_hint="--out")
     if save_raw and heatmaps is None:
@@ -294,6 +298,7 @@ def predict_cmd(
         hint = "" if recursive else " (use --recursive to search sub-folders)"
         raise _click_errors.UsageError(f"no image files found in {', '.join(map(str, paths))}{hint}"
                                        + (f"; {skipped_note}" if skipped_note else ""))
+    _check_predict_outputs(out, heatmaps, files, save_raw=save_raw, overwrite=overwrite)
     predictor = Predictor.from_checkpoint(model_path, options=RuntimeOptions(threads=threads))
     rows = predictor.predict_paths(files, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
                                    save_raw=save_raw)
@@ -315,6 +320,41 @@ def predict_cmd(
     console.print(f"[bold]{DISCLAIMER}[/bold]")
     if n_ok == 0:
         raise typer.Exit(code=1)
+
+
+def _writable_folder(folder: Path, option: str) -> None:
+    """Create ``folder`` if needed and prove that a file can be made in it, or raise a usage error."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise typer.BadParameter(f"{folder} is a file, not a folder", param_hint=option)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write into {folder}: {exc.strerror or exc}", param_hint=option) from exc
+
+
+def _check_predict_outputs(out: Optional[Path], heatmaps: Optional[Path], files: list[Path], *, save_raw: bool,
+                           overwrite: bool) -> None:
+    """Refuse, before any image is scored, outputs that cannot be written or would replace a user's files."""
+    from pneumoscan.explain import unique_stems
+
+    if out is not None:
+        _writable_folder(out.parent, "--out")
+        if out.exists() and not overwrite:
+            raise typer.BadParameter(f"{out} already exists; pass --overwrite to replace it, or choose another "
+                                     "file", param_hint="--out")
+    if heatmaps is not None:
+        _writable_folder(heatmaps, "--heatmaps")
+        suffixes = ("_gradcam.png", "_gradcam.npy") if save_raw else ("_gradcam.png",)
+        clash = [heatmaps / f"{stem}{sfx}" for stem in unique_stems(files) for sfx in suffixes
+                 if (heatmaps / f"{stem}{sfx}").exists()]
+        if clash and not overwrite:
+            raise typer.BadParameter(
+                f"{len(clash)} heatmap file(s) would replace existing ones (e.g. {clash[0]}); pass --overwrite "
+                "to replace them, or choose another folder", param_hint="--heatmaps")
 
 
 def _print_worklist(rows: list[dict]) -> None:
