@@ -158,7 +158,7 @@ def test_load_token(tmp_path, monkeypatch):
 def test_image_over_the_memory_budget_gets_413_and_others_still_run(predictor):
     settings = ServeSettings(memory_budget_bytes=40 * 1024 * 1024)
     client = TestClient(create_app(predictor, settings))
-    big = png_bytes(synthetic_xray(1400, 1400).astype("uint16") * 200)  # 16-bit: ~32 B/px to decode -> > 40 MiB
+    big = png_bytes(synthetic_xray(1600, 1600).astype("uint16") * 200)  # 16-bit: 16 B/px estimated -> 55 MiB
     r = client.post("/api/v1/predict", files=_files(("big.png", big), ("small.jpeg", _jpeg())))
     assert r.status_code == 200
     big_entry, small = r.json()["results"]

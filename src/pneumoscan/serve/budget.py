@@ -20,7 +20,8 @@ __all__ = ["MemoryBudget", "estimate_decode_bytes"]
 #: process's peak RSS: 3.9 for an 8-bit JPEG or PNG, 11.1 for a 16-bit PNG (one float32 buffer), 27.8 for a
 #: 16-bit DICOM with a window (pydicom's float64 LUT steps). The estimates below are rounded up from those.
 _BYTES_PER_PIXEL_8BIT = 8
-_BYTES_PER_PIXEL_DEEP = 32
+_BYTES_PER_PIXEL_DEEP = 16
+_BYTES_PER_PIXEL_DICOM = 32
 #: A Grad-CAM heatmap is upsampled to the film's size as float32 and blended.
 _HEATMAP_BYTES_PER_PIXEL = 8
 #: Fixed overhead per image (model activations at the input size, previews, PNG encoding).
@@ -30,8 +31,13 @@ _BASE_BYTES = 16 * 1024 * 1024
 def estimate_decode_bytes(info: ImageInfo, *, heatmap: bool = False) -> int:
     """Peak memory, in bytes, that decoding (and with ``heatmap`` explaining) this image is expected to use."""
     pixels = info.width * info.height
-    deep = info.format == "DICOM" or info.bit_depth > 8 or info.mode in ("I", "F", "I;16", "I;16B", "I;16L")
-    per_pixel = (_BYTES_PER_PIXEL_DEEP if deep else _BYTES_PER_PIXEL_8BIT) + (_HEATMAP_BYTES_PER_PIXEL if heatmap else 0)
+    if info.format == "DICOM":
+        per_pixel = _BYTES_PER_PIXEL_DICOM
+    elif info.bit_depth > 8 or info.mode in ("I", "F", "I;16", "I;16B", "I;16L", "I;16N"):
+        per_pixel = _BYTES_PER_PIXEL_DEEP
+    else:
+        per_pixel = _BYTES_PER_PIXEL_8BIT
+    per_pixel += _HEATMAP_BYTES_PER_PIXEL if heatmap else 0
     return _BASE_BYTES + pixels * per_pixel
 
 
