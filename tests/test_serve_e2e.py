@@ -23,7 +23,7 @@ from pneumoscan.checkpoint import save_checkpoint
 from pneumoscan.config import Config
 from pneumoscan.models import create_model, default_preprocessing
 from pneumoscan.predict import Predictor
-from pneumoscan.serve import create_app
+from pneumoscan.serve import ServeSettings, create_app, uvicorn_config
 
 CHROMIUM = os.environ.get("PNEUMOSCAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -39,17 +39,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+TOKEN = "e2e-token-0123456789abcdef"
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def predictor(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     meta = {"model": "seed-cnn", "config": Config().to_dict(), "classes": ["NORMAL", "PNEUMONIA"], "epoch": 1,
             "preprocessing": default_preprocessing("seed-cnn", 96).to_dict(),
             "operating_point": {"threshold": 0.5, "method": "target_sensitivity", "target_sensitivity": 0.95}}
     save_checkpoint(path, create_model("seed-cnn").state_dict(), meta)
+    return Predictor.from_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    yield from _serve(create_app(predictor), ServeSettings())
+
+
+@pytest.fixture(scope="module")
+def token_server(predictor):
+    settings = ServeSettings(token=TOKEN)
+    yield from _serve(create_app(predictor, settings), settings)
+
+
+def _serve(app, settings):
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(Predictor.from_checkpoint(path)), host="127.0.0.1", port=port,
-                                       log_level="warning"))
+    srv = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, settings, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -70,6 +87,14 @@ def _sample_image(tmp_path: Path) -> Path:
     return path
 
 
+def _launch(pw):
+    return pw.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--no-first-run", "--disable-quic"],
+    )
+
+
 def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -78,11 +103,7 @@ def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
     bad.write_text("this is not an image")
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
+        browser = _launch(pw)
         try:
             page = browser.new_page(viewport={"width": 1366, "height": 900})
             page.goto(server)
@@ -119,3 +140,36 @@ def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
         finally:
             browser.close()
     assert (ARTIFACTS / "serve_e2e.png").stat().st_size > 10_000
+
+
+def test_page_asks_for_the_token_and_csv_neutralises_formulas(token_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    good = _sample_image(tmp_path)
+    evil = tmp_path / "=HYPERLINK(1).png"  # a legal file name that a spreadsheet would run as a formula
+    evil.write_text("not an image")
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            page.goto(token_server)
+            login = page.locator("#login")
+            expect(login).to_be_visible()
+            expect(page.locator("#login-msg")).to_contain_text("API token")
+            page.fill("#token", "wrong-token-0123456789")
+            page.click("#login button[type=submit]")
+            expect(page.locator("#login-msg")).to_contain_text("not accepted")
+            page.fill("#token", TOKEN)
+            page.click("#login button[type=submit]")
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            expect(login).to_be_hidden()
+            page.set_input_files("#file-input", [str(good), str(evil)])
+            expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
+            expect(page.locator("article.card:not(.error) .prob")).to_contain_text("%")
+            with page.expect_download() as dl:
+                page.click("#download-csv")
+            lines = Path(dl.value.path()).read_text().splitlines()
+            assert any(line.startswith(",'=HYPERLINK(1).png,") for line in lines), lines
+            page.screenshot(path=str(ARTIFACTS / "serve_e2e_token.png"), full_page=True)
+        finally:
+            browser.close()
