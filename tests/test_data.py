@@ -422,6 +422,13 @@ def test_cache_crash_mid_build_leaves_nothing_valid(dataset, tmp_path, monkeypat
     assert len(cache) == len(records)
     assert np.array_equal(cache.images[4], _expected(records[4].path, 32))
     assert not list((tmp_path / "c").glob("*.partial"))  # stale partial files are cleaned up
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    stale = tmp_path / "c" / f".{cache.key}.json.{dead}.0badc0de.tmp"  # a sidecar write killed half-way
+    stale.write_text("{")
+    os.utime(stale, (0, 0))
+    assert build_cache(records, 32, tmp_path / "c", progress=False).key == cache.key  # reused, and swept
+    assert not stale.exists()
 
 
 def test_concurrent_builders_decode_once(dataset, tmp_path, decode_counter):

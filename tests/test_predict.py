@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -438,5 +441,11 @@ def test_cli_predict_never_overwrites_results_without_overwrite(tiny_checkpoint,
     err = capsys.readouterr().err
     assert "2 heatmap file(s) would replace existing ones" in err and "--overwrite" in err
     assert {p: p.stat().st_mtime_ns for p in heat.iterdir()} == stamp
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    stale = heat / f".a_gradcam.png.{dead}.0badc0de.tmp"  # an overlay write killed half-way
+    stale.write_bytes(b"half")
+    os.utime(stale, (0, 0))
     assert main(run[:-2] + ["--heatmaps", str(heat), "--overwrite"]) == 0
+    assert not stale.exists()
     assert main(["predict", "--help"]) == 0 and "--overwrite" in capsys.readouterr().out

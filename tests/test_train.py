@@ -144,8 +144,14 @@ def test_resume_after_sigkill_matches_uninterrupted(blob_data, tmp_path):
     assert load_state(tmp_path / "run" / "state.safetensors")["epoch"] == 1
     assert len(read_metrics(tmp_path / "run")) == 1
 
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    stale = tmp_path / "run" / f".augmentations.png.{dead}.0badc0de.tmp"  # what SIGKILL inside a write leaves
+    stale.write_bytes(b"half a png")
+    os.utime(stale, (0, 0))
     resumed = resume(tmp_path / "run", progress=False)
     assert resumed.epochs_run == 3
+    assert not stale.exists() and not list((tmp_path / "run").glob(".*.tmp"))
     assert (tmp_path / "run" / "metrics.csv").read_text() == (tmp_path / "ref" / "metrics.csv").read_text()
     a = load_state(tmp_path / "ref" / "state.safetensors")["model"]
     b = load_state(tmp_path / "run" / "state.safetensors")["model"]

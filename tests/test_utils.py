@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from pneumoscan.utils import NAME_MAX, atomic_path, atomic_write_text, fit_name
+from pneumoscan.utils import NAME_MAX, atomic_path, atomic_write_text, fit_name, remove_stale_temps
 
 
 def test_fit_name_counts_utf8_bytes_and_never_splits_a_character():
@@ -37,3 +40,45 @@ def test_atomic_path_removes_the_temp_file_when_the_block_fails(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("boom")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pneumoscan.utils import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half of a file")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(proc.stdout)
+
+
+def test_remove_stale_temps_removes_only_the_files_of_dead_writers(tmp_path):
+    target = tmp_path / "augmentations.png"
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (left,) = [p for p in tmp_path.iterdir()]  # SIGKILL left its temporary file behind
+    assert left.name.startswith(".augmentations.png.") and left.name.endswith(".tmp") and not target.exists()
+
+    pid = os.getpid()
+    mine = tmp_path / f".checkpoint.safetensors.{pid}.0123abcd.tmp"  # a live writer: this process
+    init = tmp_path / ".config.json.1.89abcdef.tmp"  # a live writer: PID 1 always runs
+    fabricated = tmp_path / f".{'x' * 200}.{_dead_pid()}.deadbeef.tmp"  # a dead writer, cut name
+    others = [tmp_path / ".old.png.tmp", tmp_path / "notes.12.abcdef01.tmp", tmp_path / "keep.png"]
+    for p in (mine, init, fabricated, *others):
+        p.write_bytes(b"x")
+    old = time.time() - 3600
+    for p in tmp_path.iterdir():
+        os.utime(p, (old, old))
+    fresh = tmp_path / f".fresh.png.{_dead_pid()}.00000000.tmp"  # dead writer, but modified just now
+    fresh.write_bytes(b"x")
+
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(removed) == sorted([left, fabricated])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (mine, init, fresh, *others))
+    assert remove_stale_temps(tmp_path, min_age_s=0) == [fresh]
+    assert remove_stale_temps(tmp_path / "missing") == []

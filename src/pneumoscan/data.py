@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumoscan.io import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, read_image, read_image_info, resize_square
-from pneumoscan.utils import atomic_write_text
+from pneumoscan.utils import atomic_write_text, remove_stale_temps
 
 __all__ = [
     "CLASS_NAMES", "CACHE_VERSION", "DatasetError", "DatasetIndex", "ImageCache", "Record", "build_cache",
@@ -506,6 +506,7 @@ def build_cache(records: Sequence[Record], size: int, cache_dir: str | os.PathLi
     key = hashlib.sha256(json.dumps(fp, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     npy, meta_path, partial = folder / f"{key}.npy", folder / f"{key}.json", folder / f"{key}.npy.partial"
     with _lock(folder / ".build.lock"):
+        remove_stale_temps(folder)  # sidecars half-written by a killed build
         cache = _load_cache(npy, meta_path, records, size, key)
         if cache is not None:
             log.info("reusing cache %s (%d images)", npy, len(cache))

@@ -298,8 +298,10 @@ class Predictor:
         if heatmaps is not None:
             self._require_torch()
             from pneumoscan.explain import unique_stems
+            from pneumoscan.utils import remove_stale_temps
 
             stems = unique_stems(paths)
+            remove_stale_temps(heatmaps)  # overlays half-written by a killed run
         rows: list[dict[str, Any]] = []
         with tqdm(total=len(paths), unit="img", desc="predict", disable=None if progress else True) as bar:
             for start in range(0, len(paths), max(1, batch_size)):

@@ -53,7 +53,7 @@ from pneumoscan.checkpoint import load_checkpoint, load_state, save_checkpoint, 
 from pneumoscan.config import Config, ConfigError, load_config
 from pneumoscan.data import CLASS_NAMES, ImageCache, build_cache, index_dataset, split_index, write_manifest
 from pneumoscan.models import create_model, default_preprocessing, has_pretrained, normalize
-from pneumoscan.utils import atomic_write_text, seed_everything
+from pneumoscan.utils import atomic_write_text, remove_stale_temps, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +299,7 @@ def train(
         raise RunExistsError(f"{run_dir}: already holds a training run; resume it with --resume or choose another --out")
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)  # left by a killed run (SIGKILL leaves no chance to clean up)
         atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)

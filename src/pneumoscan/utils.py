@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
+import re
 import secrets
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NAME_MAX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "fit_name", "seed_everything"]
+__all__ = ["NAME_MAX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "fit_name", "remove_stale_temps",
+           "seed_everything"]
+
+log = logging.getLogger(__name__)
 
 #: Longest file name (one path component) in bytes on the file systems we write to (ext4, XFS, APFS, NTFS...).
 NAME_MAX = 255
 _TEMP_SUFFIX = ".tmp"
+#: An :func:`atomic_path` temporary name: ``.{name, maybe cut}.{writer's pid}.{8 hex digits}.tmp``.
+_TEMP_RE = re.compile(r"^\..*\.(\d+)\.[0-9a-f]{8}\.tmp$", re.DOTALL)
 
 
 def fit_name(text: str, limit: int) -> str:
@@ -74,6 +83,57 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], *, min_age_s: float = 60.0) -> list[Path]:
+    """Delete the :func:`atomic_path` temporary files in ``folder`` whose writer is dead; return their paths.
+
+    A writer killed with SIGKILL cannot remove its temporary file. One is removed only when the PID in its
+    name is no longer a running process (``os.kill(pid, 0)`` raises ``ProcessLookupError``) *and* it has not
+    been modified for ``min_age_s`` seconds: the age also protects a writer this process cannot see (another
+    container or host writing to a shared folder, where the PID means nothing here). A live writer's file,
+    including this process's own, is never touched; nor is any other file. Does nothing on Windows, where
+    ``os.kill(pid, 0)`` is not a liveness test, and when ``folder`` does not exist.
+    """
+    if os.name == "nt":  # pragma: no cover - signal 0 is CTRL_C_EVENT there
+        return []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    now = time.time()
+    removed: list[Path] = []
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age_s:
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+        except OSError as exc:
+            log.warning("cannot remove the stale temporary file %s: %s", entry.path, exc.strerror or exc)
+            continue
+        removed.append(Path(entry.path))
+    if removed:
+        log.info("removed %d temporary file(s) left in %s by writers that were killed", len(removed), folder)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    """True unless ``pid`` is certainly not a running process (when in doubt, alive)."""
+    if pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process; anything else: do not guess
+        return True
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
