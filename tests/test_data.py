@@ -396,8 +396,36 @@ def test_cache_excludes_undecodable_files(dataset, tmp_path, caplog):
     assert cache.records == good and len(cache) == len(good) == cache.images.shape[0]
     for i, rec in enumerate(good):
         assert np.array_equal(cache.images[i], _expected(rec.path, 24))
-    reused = build_cache(records, 24, tmp_path / "c", progress=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data"):
+        reused = build_cache(records, 24, tmp_path / "c", progress=False)
     assert reused.records == good and reused.failures == cache.failures
+    # a reused cache still names each file it lacks, and why ("the log above" of a reuse is empty otherwise)
+    named = [r.getMessage() for r in caplog.records if "cannot cache" in r.getMessage()]
+    assert len(named) == 2 and all(any(b in m for m in named) for b in bad)
+    assert any("empty" in m for m in named) and any("not an image" in m for m in named)
+
+
+def test_many_undecodable_files_are_named_up_to_a_limit(tmp_path, caplog):
+    from pneumoscan.data import MAX_FAILURES_LOGGED
+
+    root = tmp_path / "ds" / "NORMAL"
+    root.mkdir(parents=True)
+    (tmp_path / "ds" / "PNEUMONIA").mkdir()
+    make_png = lambda p, seed: Image.fromarray(np.full((80, 80), seed, np.uint8)).save(p)  # noqa: E731
+    make_png(root / "IM-0001-0001.png", 10)
+    make_png(tmp_path / "ds" / "PNEUMONIA" / "person1_virus_1.png", 20)
+    for i in range(MAX_FAILURES_LOGGED + 5):
+        (root / f"IM-{i + 100:04d}-0001.png").write_bytes(b"")
+    records = index_dataset(tmp_path / "ds", check=False).records
+    build_cache(records, 16, tmp_path / "c", progress=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data"):
+        cache = build_cache(records, 16, tmp_path / "c", progress=False)  # reused
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(cache) == 2 and sum("cannot cache" in m for m in msgs) == MAX_FAILURES_LOGGED
+    assert any("... and 5 more" in m and f"{cache.key}.json" in m for m in msgs)
+    assert any(f"{MAX_FAILURES_LOGGED + 5} of {MAX_FAILURES_LOGGED + 7} image(s)" in m for m in msgs)
 
 
 def test_cache_crash_mid_build_leaves_nothing_valid(dataset, tmp_path, monkeypatch):

@@ -317,3 +317,22 @@ def test_a_model_without_pretrained_weights_trains_from_scratch_and_says_so(blob
     assert load_checkpoint(run / "best.safetensors").meta["config"]["model"]["pretrained"] is False
     assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress"]) == 0
     assert [int(r["epoch"]) for r in read_metrics(run)] == [1, 2]
+
+
+def test_undecodable_images_are_named_even_when_the_cache_is_reused(blob_data, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(blob_data, data)
+    (data / "NORMAL" / "IM-0900-0001.jpeg").write_bytes(b"")
+    (data / "PNEUMONIA" / "person900_virus_1.jpeg").write_text("=HYPERLINK(1)")
+    cfg = small_config(data, tmp_path / "cache", **{"train.epochs": 1})
+    train(cfg, tmp_path / "first", progress=False)  # builds the cache
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train(cfg, tmp_path / "run", progress=False)  # reuses it: nothing is decoded, yet the files are named
+    text = caplog.text
+    assert "IM-0900-0001.jpeg" in text and "person900_virus_1.jpeg" in text and "empty" in text
+    assert "2 image(s) could not be decoded and were left out" in text
+    with open(tmp_path / "run" / "failed_images.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(Path(r["path"]).name for r in rows) == ["IM-0900-0001.jpeg", "person900_virus_1.jpeg"]
+    assert all(r["reason"] for r in rows)

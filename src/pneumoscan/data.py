@@ -482,14 +482,33 @@ def _decode_ordered(fn: Callable[[str], Any], paths: list[str], workers: int, ch
             yield from pool.map(fn, paths[lo:lo + chunk])
 
 
+#: At most this many undecodable files are named in the log; the cache's sidecar JSON lists them all.
+MAX_FAILURES_LOGGED = 20
+
+
+def _log_failures(cache: ImageCache, n_records: int) -> None:
+    """Name each file the cache left out, with its reason (WARNING), whether the cache was just built or reused."""
+    shown = cache.failures[:MAX_FAILURES_LOGGED]
+    for path, reason in shown:
+        log.warning("cannot cache %s: %s", path, reason)
+    if len(cache.failures) > len(shown):
+        log.warning("... and %d more file(s) that could not be decoded (all listed in %s)",
+                    len(cache.failures) - len(shown), cache.path.with_suffix(".json"))
+    log.warning("cache %s: %d of %d image(s) could not be decoded and were left out",
+                cache.path, len(cache.failures), n_records)
+
+
 def build_cache(records: Sequence[Record], size: int, cache_dir: str | os.PathLike[str], *,
-                max_pixels: int = DEFAULT_MAX_PIXELS, num_workers: int = 2, progress: bool = True) -> ImageCache:
+                max_pixels: int = DEFAULT_MAX_PIXELS, num_workers: int = 2, progress: bool = True,
+                log_failures: bool = True) -> ImageCache:
     """Decode each image once (``read_image`` + ``resize_square``) into ``<cache_dir>/<key>.npy``, or reuse it.
 
     The key is the sha256 of the inputs' paths, file sizes and mtimes, ``size``, ``max_pixels`` and
     :data:`CACHE_VERSION`, so a changed file or list gives a new cache. The array is written as
     ``<key>.npy.partial`` and renamed, then the sidecar ``<key>.json`` is written atomically, last:
-    a crash never leaves a cache that looks valid. Undecodable files are logged and left out.
+    a crash never leaves a cache that looks valid. Undecodable files are left out, and named in the log
+    (WARNING, up to :data:`MAX_FAILURES_LOGGED`; with ``log_failures``) when the cache is built *and* when it
+    is reused, so a run that reuses a cache still says which files it lacks and why.
     The ``.npy`` has one row per input record; rows past ``len(cache)`` are unused (zeros).
 
     Raises:
@@ -510,6 +529,8 @@ def build_cache(records: Sequence[Record], size: int, cache_dir: str | os.PathLi
         cache = _load_cache(npy, meta_path, records, size, key)
         if cache is not None:
             log.info("reusing cache %s (%d images)", npy, len(cache))
+            if cache.failures and log_failures:
+                _log_failures(cache, len(records))
             return cache
         meta_path.unlink(missing_ok=True)  # from here on, nothing may look valid until the build ends
         for stale in folder.glob("*.npy.partial"):  # left by a killed build; we hold the folder's lock
@@ -536,7 +557,6 @@ def build_cache(records: Sequence[Record], size: int, cache_dir: str | os.PathLi
                         row += 1
                     else:
                         reason = getattr(result, "reason", None) or str(result)
-                        log.warning("cannot cache %s: %s", paths[i], reason)
                         failures.append({"index": i, "path": paths[i], "reason": reason})
                     bar.update(1)
             images.flush()
@@ -548,10 +568,9 @@ def build_cache(records: Sequence[Record], size: int, cache_dir: str | os.PathLi
         meta = {"version": CACHE_VERSION, "key": key, "size": size, "n_records": len(records),
                 "n_images": row, "failures": failures, "max_pixels": max_pixels, "inputs": fp["inputs"]}
         atomic_write_text(meta_path, json.dumps(meta) + "\n")
-        if failures:
-            log.warning("cache %s: %d of %d image(s) could not be decoded and were left out",
-                        npy, len(failures), len(records))
         cache = _load_cache(npy, meta_path, records, size, key)
     if cache is None:  # pragma: no cover - only if the files vanish between write and read
         raise OSError(f"cache {npy} disappeared right after it was built")
+    if cache.failures and log_failures:
+        _log_failures(cache, len(records))
     return cache

@@ -14,6 +14,7 @@ Run folder layout (written by rank 0 only)::
     augmentations.png    originals and augmented draws, for a person to check
     loss.png, auc.png    curves, train against validation
     split.csv            the patient-level train/validation assignment
+    failed_images.csv    path,reason of each image that could not be decoded and was left out (only if any)
 
 Determinism: every epoch reseeds torch's generator from (seed, epoch, rank),
 and the batch order comes from a sampler seeded with (seed, epoch). An
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["TrainResult", "RunExistsError", "train", "resume", "score_images"]
 
+#: The run folder's list of images that could not be decoded (only when there are some).
+FAILED_IMAGES = "failed_images.csv"
 METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_auc", "val_loss", "val_auc", "val_sensitivity", "val_specificity"]
 #: Extra column when weight averaging (EMA) is on: validation AUC of the raw, non-averaged weights.
 RAW_AUC_COLUMN = "val_auc_raw"
@@ -146,16 +149,32 @@ def _prepare_data(cfg: Config, run_dir: Path, d: _Dist) -> tuple[ImageCache, np.
     else:
         d.barrier()  # rank 0 built the cache; this call finds it valid and only maps it
         cache = build_cache(records, cfg.model.image_size, cache_dir, max_pixels=cfg.data.max_pixels,
-                            num_workers=cfg.data.num_workers, progress=False)
+                            num_workers=cfg.data.num_workers, progress=False, log_failures=False)
     val_paths = {r.path for r in val_idx.records}
     is_val = np.array([r.path in val_paths for r in cache.records], dtype=bool)
     tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if cfg.train.max_train_images and len(tr) > cfg.train.max_train_images:
         rng = np.random.default_rng(cfg.train.seed)
         tr = np.sort(rng.choice(tr, cfg.train.max_train_images, replace=False))
-    if cache.failures:
-        log.warning("%d image(s) could not be decoded and were left out (see the log above)", len(cache.failures))
+    if d.main:
+        _write_failed_images(run_dir / FAILED_IMAGES, cache.failures)
+    if cache.failures and d.main:
+        log.warning("%d image(s) could not be decoded and were left out (named above; all in %s)",
+                    len(cache.failures), run_dir / FAILED_IMAGES)
     return cache, tr, va
+
+
+def _write_failed_images(path: Path, failures: Sequence[tuple[str, str]]) -> None:
+    """``path,reason`` of every image the cache left out, written atomically; removed when there are none
+    (a resumed run over repaired data must not keep an old list)."""
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows(failures)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _batch_tensor(images: np.ndarray, rows: np.ndarray) -> torch.Tensor:
