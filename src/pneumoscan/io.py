@@ -449,7 +449,7 @@ def _check_dicom(ds: Any, label: str, max_pixels: int, min_side: int) -> tuple[i
     if "PixelData" not in ds:
         raise UnsupportedDicomError(
             label, "DICOM file contains no image (no Pixel Data); it may be a report or other non-image object, "
-            "or the file may be incomplete",
+            "or the file may be damaged or incomplete (a damaged header element can hide the rest of the file)",
         )
     if not ds.get("Rows") or not ds.get("Columns"):
         raise CorruptImageError(label, "DICOM header does not state the image size (Rows/Columns missing)")
