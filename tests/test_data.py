@@ -365,6 +365,23 @@ def test_cache_build_and_reuse(dataset, tmp_path, decode_counter):
     assert np.array_equal(np.asarray(again.images), np.asarray(cache.images))
 
 
+def test_cache_files_are_owner_only(dataset, tmp_path):
+    records = index_dataset(dataset, split="train", check=False).records
+    old_umask = os.umask(0)
+    try:
+        cache = build_cache(records, 32, tmp_path / "made" / "cache", progress=False)
+        (tmp_path / "theirs").mkdir(mode=0o755)
+        build_cache(records, 32, tmp_path / "theirs", progress=False)
+    finally:
+        os.umask(old_umask)
+    folder = tmp_path / "made" / "cache"
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o700)  # we made it: owner only
+    assert oct((tmp_path / "theirs").stat().st_mode & 0o777) == oct(0o755)  # the user's own folder is left as is
+    for f in (f"{cache.key}.npy", f"{cache.key}.json", ".build.lock"):
+        for where in (folder, tmp_path / "theirs"):
+            assert oct((where / f).stat().st_mode & 0o777) == oct(0o600), where / f
+
+
 def test_cache_rebuilds_on_touched_file_and_on_size(dataset, tmp_path, decode_counter):
     records = index_dataset(dataset, split="train", check=False).records
     first = build_cache(records, 32, tmp_path / "c", progress=False)

@@ -82,3 +82,21 @@ def test_remove_stale_temps_removes_only_the_files_of_dead_writers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (mine, init, fresh, *others))
     assert remove_stale_temps(tmp_path, min_age_s=0) == [fresh]
     assert remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_atomic_files_are_owner_only_whatever_the_umask(tmp_path):
+    """House rule: files we write can name patients, so they are 0600 (not 0666 less the umask, as before)."""
+    target = tmp_path / "worklist.csv"
+    target.write_text("old")
+    os.chmod(target, 0o644)
+    old_umask = os.umask(0)  # the most permissive umask
+    try:
+        atomic_write_text(target, "new")
+        with atomic_path(tmp_path / "plot.png") as tmp:
+            tmp.unlink()  # a writer that replaces the file it was given (as some libraries do)
+            tmp.write_bytes(b"png")
+    finally:
+        os.umask(old_umask)
+    assert target.read_text() == "new"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o600)
+    assert oct((tmp_path / "plot.png").stat().st_mode & 0o777) == oct(0o600)

@@ -403,7 +403,7 @@ def _lock(path: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: no lock; run one builder at a time
         yield
         return
-    with open(path, "a+b") as fh:
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "a+b") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -504,7 +504,8 @@ def build_cache(records: Sequence[Record], size: int, cache_dir: str | os.PathLi
     """Decode each image once (``read_image`` + ``resize_square``) into ``<cache_dir>/<key>.npy``, or reuse it.
 
     The key is the sha256 of the inputs' paths, file sizes and mtimes, ``size``, ``max_pixels`` and
-    :data:`CACHE_VERSION`, so a changed file or list gives a new cache. The array is written as
+    :data:`CACHE_VERSION`, so a changed file or list gives a new cache. Its files are owner-only (0600), and
+    so is ``cache_dir`` (0700) when this call creates it: they hold patients' images. The array is written as
     ``<key>.npy.partial`` and renamed, then the sidecar ``<key>.json`` is written atomically, last:
     a crash never leaves a cache that looks valid. Undecodable files are left out, and named in the log
     (WARNING, up to :data:`MAX_FAILURES_LOGGED`; with ``log_failures``) when the cache is built *and* when it
@@ -520,7 +521,7 @@ def build_cache(records: Sequence[Record], size: int, cache_dir: str | os.PathLi
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     folder = Path(cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner only when we make it; a user's folder is theirs
     fp = _fingerprint(records, size, max_pixels)
     key = hashlib.sha256(json.dumps(fp, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     npy, meta_path, partial = folder / f"{key}.npy", folder / f"{key}.json", folder / f"{key}.npy.partial"
@@ -545,6 +546,9 @@ def build_cache(records: Sequence[Record], size: int, cache_dir: str | os.PathLi
 
         log.info("building cache %s: %d images at %dx%d", npy, len(records), size, size)
         failures: list[dict[str, Any]] = []
+        # Owner-only before a single pixel lands in it (the .npy is this file renamed; the .json is atomic_path's).
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.chmod(partial, 0o600)
         images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(records), size, size))
         try:
             row = 0

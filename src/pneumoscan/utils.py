@@ -60,6 +60,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     A crash (even SIGKILL) leaves either the old file or the new one, never half
     of one. The temporary file is removed if the block raises. Its name always fits
     :data:`NAME_MAX` (a long target name is shortened in the temporary name only).
+
+    The file is readable and writable by its owner only (mode 0600), whatever the umask, and whatever
+    mode a file it replaces had. House rule: what we write (worklists, heatmaps, checkpoints, reports)
+    can name patients and show their images, so it is private until its owner chooses to share it;
+    a permissive umask on a shared machine must not publish it. (Before, the mode was 0666 less the
+    umask, like a plain ``open()``.)
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -75,10 +81,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        # mkstemp creates the file 0600; give it the permissions a normal open() would (0666 less the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        os.chmod(tmp_path, 0o600)  # again: a writer may have replaced the file we created (see the docstring)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
