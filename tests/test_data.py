@@ -230,6 +230,21 @@ def test_manifest_round_trip(dataset, tmp_path):
         write_manifest(out, records, ["train"])
 
 
+def test_manifest_cells_never_start_like_a_formula_and_still_round_trip(tmp_path):
+    files = ["=1+1.jpeg", "-x.jpeg", "@y.jpeg", "+z.jpeg", "'=q.jpeg", "plain.jpeg"]
+    pids = ["-12", "=cmd|' /C calc'!A0", "@p", "'=a", "'b", "P7"]
+    records = [Record(str(_jpeg(tmp_path / name, i)), i % 2, pid, None)
+               for i, (name, pid) in enumerate(zip(files, pids))]
+    out = tmp_path / "split.csv"
+    write_manifest(out, records, "train")
+    lines = out.read_text().splitlines()[1:]
+    assert [line.split(",")[0] for line in lines] == ["./=1+1.jpeg", "./-x.jpeg", "./@y.jpeg", "./+z.jpeg",
+                                                      "./'=q.jpeg", "plain.jpeg"]
+    for line in lines:
+        assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in line.split(",")), line
+    assert index_dataset(out, check=False).records == records  # read back exactly
+
+
 # --------------------------------------------------------------------------- split
 
 

@@ -235,3 +235,16 @@ def test_calibrate_refuses_training_images_and_its_own_file(world, tmp_path):
                  "--cache-dir", str(world["cache"])]) == 1
     assert not (tmp_path / "x.safetensors").exists()
     assert main(["calibrate", "-m", str(ckpt), "--data", str(world["eval"]), "--out", str(ckpt)]) == 2
+
+
+def test_scores_csv_text_cells_never_start_like_a_formula(tmp_path):
+    from pneumoscan.data import Record
+    from pneumoscan.evaluate import write_scores_csv
+
+    records = [Record("=HYPERLINK(1).png", 1, "-12", "virus"), Record("/data/a.png", 0, "@p", None)]
+    write_scores_csv(tmp_path / "s.csv", records, np.array([0.25, 1e-9]))
+    with open(tmp_path / "s.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["path"] for r in rows] == ["'=HYPERLINK(1).png", "/data/a.png"]
+    assert [r["patient_id"] for r in rows] == ["'-12", "'@p"]
+    assert [r["score"] for r in rows] == ["0.250000", "0.000000"] and rows[0]["label"] == "PNEUMONIA"

@@ -449,3 +449,24 @@ def test_cli_predict_never_overwrites_results_without_overwrite(tiny_checkpoint,
     assert main(run[:-2] + ["--heatmaps", str(heat), "--overwrite"]) == 0
     assert not stale.exists()
     assert main(["predict", "--help"]) == 0 and "--overwrite" in capsys.readouterr().out
+
+
+def test_csv_worklist_cells_never_start_like_a_formula(tmp_path):
+    rows = [
+        {"rank": 1, "path": "=HYPERLINK(\"http://x\")|.png", "probability": 0.9, "decision": "PNEUMONIA",
+         "positive": True, "threshold": 0.5, "error": ""},
+        {"rank": None, "path": "-cmd.png", "probability": None, "decision": "", "positive": None, "threshold": 0.5,
+         "error": "@bad: +reason"},
+        {"rank": None, "path": "\tx.png", "probability": None, "decision": "", "positive": None, "threshold": 0.5,
+         "error": "-1 side"},
+    ]
+    out = write_results(rows, tmp_path / "r.csv")
+    with open(out, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [t["path"] for t in table] == ["'=HYPERLINK(\"http://x\")|.png", "'-cmd.png", "'\tx.png"]
+    assert [t["error"] for t in table] == ["", "'@bad: +reason", "'-1 side"]
+    assert table[0]["probability"] == "0.900000" and table[0]["rank"] == "1"  # numbers stay numbers
+    for t in table:
+        assert not any(v.startswith(("=", "+", "-", "@", "\t", "\r")) for v in t.values())
+    doc = json.loads(write_results(rows, tmp_path / "r.json").read_text())
+    assert doc["results"][1]["path"] == "-cmd.png"  # JSON is data, not a spreadsheet: unchanged

@@ -336,3 +336,15 @@ def test_undecodable_images_are_named_even_when_the_cache_is_reused(blob_data, t
         rows = list(csv.DictReader(fh))
     assert sorted(Path(r["path"]).name for r in rows) == ["IM-0900-0001.jpeg", "person900_virus_1.jpeg"]
     assert all(r["reason"] for r in rows)
+
+
+def test_failed_images_csv_is_safe_for_spreadsheets_and_goes_when_there_are_none(tmp_path):
+    from pneumoscan.train import _write_failed_images
+
+    path = tmp_path / "failed_images.csv"
+    _write_failed_images(path, [("/d/=cmd.png", "-: damaged"), ("/d/ok.png", "file not found")])
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows == [{"path": "/d/=cmd.png", "reason": "'-: damaged"}, {"path": "/d/ok.png", "reason": "file not found"}]
+    _write_failed_images(path, [])
+    assert not path.exists()

@@ -100,3 +100,17 @@ def test_atomic_files_are_owner_only_whatever_the_umask(tmp_path):
     assert target.read_text() == "new"
     assert oct(target.stat().st_mode & 0o777) == oct(0o600)
     assert oct((tmp_path / "plot.png").stat().st_mode & 0o777) == oct(0o600)
+
+
+@pytest.mark.parametrize("text", ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx", "'=1", "''-x", "'", "'a", "a=b",
+                                  "", "plain.png", "/abs/-x.png", "é=", "'\t"])
+def test_csv_safe_text_neutralises_formulas_and_is_exactly_reversible(text):
+    from pneumoscan.utils import csv_restore_text, csv_safe_text
+
+    safe = csv_safe_text(text)
+    assert not safe.startswith(("=", "+", "-", "@", "\t", "\r"))
+    assert csv_restore_text(safe) == text
+    if not text.lstrip("'").startswith(("=", "+", "-", "@", "\t", "\r")):
+        assert safe == text  # ordinary text is left alone
+    else:
+        assert safe == "'" + text

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumoscan.io import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, read_image, read_image_info, resize_square
-from pneumoscan.utils import atomic_write_text, remove_stale_temps
+from pneumoscan.utils import atomic_write_text, csv_restore_text, csv_safe_text, remove_stale_temps
 
 __all__ = [
     "CLASS_NAMES", "CACHE_VERSION", "DatasetError", "DatasetIndex", "ImageCache", "Record", "build_cache",
@@ -220,7 +220,8 @@ def _read_manifest(csv_path: Path, split: str | None) -> tuple[list[Record], lis
                     skipped.append((full, f"line {line}: duplicate of line {seen[full]}"))
                 else:
                     seen[full] = line
-                    records.append(_make_record(full, label, raw_path, get("patient_id"), get("cause")))
+                    records.append(_make_record(full, label, raw_path, csv_restore_text(get("patient_id")),
+                                                get("cause")))
     except (csv.Error, UnicodeDecodeError) as exc:
         raise DatasetError(f"{csv_path}: cannot parse manifest: {exc}") from exc
     return records, skipped
@@ -304,6 +305,12 @@ def write_manifest(path: str | os.PathLike[str], records: Sequence[Record], spli
 
     Paths under the manifest's folder are written relative to it, others absolute.
     ``splits`` is one split name per record, or one name for all.
+
+    People open manifests in spreadsheets, so no cell may start like a formula (OWASP CSV injection), yet the
+    file must read back exactly. A relative path that would (a file named ``=1+1.png``, ``-x.png``) is
+    written ``./=1+1.png``, the same path to every reader; the patient id, free text from a user's manifest,
+    goes through :func:`csv_safe_text`, which :func:`index_dataset` undoes. The label, cause and split are
+    fixed words.
     """
     if isinstance(splits, str):
         splits = [splits] * len(records)
@@ -316,8 +323,10 @@ def write_manifest(path: str | os.PathLike[str], records: Sequence[Record], spli
     for rec, sp in zip(records, splits):
         p = os.path.abspath(rec.path)
         rel = os.path.relpath(p, folder)
-        out = p if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
-        writer.writerow([Path(out).as_posix(), CLASS_NAMES[rec.label], rec.patient_id, rec.cause or "", sp])
+        out = Path(p if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel).as_posix()
+        if csv_safe_text(out) != out:  # only a relative path can start like a formula; "./" keeps it the same path
+            out = f"./{out}"
+        writer.writerow([out, CLASS_NAMES[rec.label], csv_safe_text(rec.patient_id), rec.cause or "", sp])
     atomic_write_text(path, buf.getvalue())
 
 

@@ -34,7 +34,7 @@ from pneumoscan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pneumoscan.config import EvalConfig
 from pneumoscan.data import CLASS_NAMES, DatasetError, Record, build_cache, index_dataset
 from pneumoscan.models import Preprocessing
-from pneumoscan.utils import atomic_write_text
+from pneumoscan.utils import atomic_write_text, csv_safe_text
 
 __all__ = ["ScoredModel", "evaluate", "recalibrate", "summarize_scores", "validation_summary", "write_scores_csv"]
 
@@ -143,12 +143,15 @@ def validation_summary(records: Sequence[Record], logits: np.ndarray, eval_cfg: 
 
 
 def write_scores_csv(path: str | os.PathLike[str], records: Sequence[Record], scores: np.ndarray) -> None:
-    """Write ``path,label,patient_id,cause,score`` (score: pneumonia probability) atomically."""
+    """Write ``path,label,patient_id,cause,score`` (score: pneumonia probability) atomically.
+
+    For people and spreadsheets, not read back: text cells go through :func:`csv_safe_text`."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "label", "patient_id", "cause", "score"])
     for rec, s in zip(records, scores):
-        writer.writerow([rec.path, CLASS_NAMES[rec.label], rec.patient_id, rec.cause or "", f"{float(s):.6f}"])
+        writer.writerow([csv_safe_text(rec.path), CLASS_NAMES[rec.label], csv_safe_text(rec.patient_id),
+                         rec.cause or "", f"{float(s):.6f}"])
     atomic_write_text(path, buf.getvalue())
 
 

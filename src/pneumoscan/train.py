@@ -54,7 +54,7 @@ from pneumoscan.checkpoint import load_checkpoint, load_state, save_checkpoint, 
 from pneumoscan.config import Config, ConfigError, load_config
 from pneumoscan.data import CLASS_NAMES, ImageCache, build_cache, index_dataset, split_index, write_manifest
 from pneumoscan.models import create_model, default_preprocessing, has_pretrained, normalize
-from pneumoscan.utils import atomic_write_text, remove_stale_temps, seed_everything
+from pneumoscan.utils import atomic_write_text, csv_safe_text, remove_stale_temps, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def _write_failed_images(path: Path, failures: Sequence[tuple[str, str]]) -> Non
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "reason"])
-    writer.writerows(failures)
+    writer.writerows([csv_safe_text(path), csv_safe_text(reason)] for path, reason in failures)
     atomic_write_text(path, buf.getvalue())
 
 
@@ -253,6 +253,7 @@ def ema_update_fn(decay: float, warmup: bool) -> Callable[[list[torch.Tensor], l
 
 
 def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    # Every cell is a number (no text to neutralise for spreadsheets: a negative number must stay a number).
     buf = io.StringIO()
     columns = METRICS_COLUMNS + ([RAW_AUC_COLUMN] if any(RAW_AUC_COLUMN in row for row in history) else [])
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")

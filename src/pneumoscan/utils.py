@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NAME_MAX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "fit_name", "remove_stale_temps",
-           "seed_everything"]
+__all__ = ["NAME_MAX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "csv_restore_text", "csv_safe_text",
+           "fit_name", "remove_stale_temps", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,27 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe_text(text: str) -> str:
+    """A text cell for a CSV file that a spreadsheet shows as text, never runs as a formula.
+
+    The one rule for every CSV we write (OWASP): a cell that starts with ``=``, ``+``, ``-``, ``@``, a tab
+    or a carriage return, after any leading ``'``, gets one more ``'`` in front (a spreadsheet shows the
+    rest as text). Counting the existing quotes makes the rule exactly reversible by
+    :func:`csv_restore_text`, for files pneumoscan reads back. Only for *text* (paths, names, errors,
+    notes): numbers stay numbers, so ``-0.5`` written as a number is not changed.
+    """
+    return "'" + text if text.lstrip("'").startswith(_FORMULA_START) else text
+
+
+def csv_restore_text(text: str) -> str:
+    """Undo :func:`csv_safe_text` (for a CSV file read back): ``csv_restore_text(csv_safe_text(t)) == t``."""
+    return text[1:] if text.startswith("'") and text.lstrip("'").startswith(_FORMULA_START) else text
 
 
 def seed_everything(seed: int) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pneumoscan.io import _IMAGE_SUFFIXES, sniff_format
 from pneumoscan.predict import DISCLAIMER
-from pneumoscan.utils import atomic_write_text
+from pneumoscan.utils import atomic_write_text, csv_safe_text
 
 __all__ = ["IMAGE_SUFFIXES", "OTHER_IMAGE_SUFFIXES", "RESULT_COLUMNS", "Collected", "Skipped", "collect",
            "collect_images", "looks_like_image", "write_results"]
@@ -195,7 +195,8 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], 
     """Write rows atomically as CSV or JSON, chosen by the suffix of ``path``.
 
     CSV: one row per image with :data:`RESULT_COLUMNS` (probability with 6 decimals, booleans as
-    ``true``/``false``, empty cells for missing values). JSON: ``{"disclaimer", "created", **info,
+    ``true``/``false``, empty cells for missing values; text that a spreadsheet would take for a formula,
+    such as a file named ``=1+1.png``, starts with ``'``: :func:`pneumoscan.utils.csv_safe_text`). JSON: ``{"disclaimer", "created", **info,
     "results": [rows]}`` where ``info`` describes the model (name, version, threshold...).
 
     Raises:
@@ -231,4 +232,6 @@ def _cell(column: str, value: Any) -> str:
         return "true" if value else "false"
     if column in ("probability", "threshold") and isinstance(value, float):
         return f"{value:.6f}"
-    return str(value)
+    if isinstance(value, str):  # paths, file names, errors: text a spreadsheet must not run as a formula
+        return csv_safe_text(value)
+    return str(value)  # numbers stay numbers
