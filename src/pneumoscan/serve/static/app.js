@@ -42,6 +42,7 @@ function el(tag, attrs = {}, children = []) {
 async function loadModel() {
   try {
     const res = await api("api/v1/model");
+    if (res.status === 401) { $("model-line").textContent = "Sign in with the API token to use this server."; return; }
     if (!res.ok) throw new Error("HTTP " + res.status);
     const m = await res.json();
     state.model = m;
