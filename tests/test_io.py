@@ -543,3 +543,12 @@ def test_fullres_samples_decode(fullres_samples):
         info = read_image_info(path)
         assert (info.height, info.width) == image.shape, path
         assert resize_square(image, 224).shape == (224, 224)
+
+
+def test_a_pipe_is_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "film.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_image(fifo)  # opening it would block for ever

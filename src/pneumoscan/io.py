@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -268,6 +269,11 @@ def _open_source(source: Source, label: str) -> Iterator[tuple[IO[bytes], str]]:
         size = len(data)
     else:
         try:
+            mode = os.stat(source).st_mode
+            if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+                # Opening a FIFO would block for ever, a device could stream without end.
+                raise ImageError(label, "not a regular file (a pipe, socket or device), so it cannot be an image "
+                                        "file; copy the image to a file first")
             fp = open(source, "rb")  # noqa: SIM115 - closed by the with-block below
             size = os.fstat(fp.fileno()).st_size
         except OSError as exc:
