@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from pneumoscan.data import build_cache, index_dataset
-from pneumoscan.io import read_image, resize_square
+from pneumoscan.io import read_image
+from pneumoscan.preprocessing import resize_square
 from pneumoscan.utils import atomic_write_text
 
 log = logging.getLogger("cache_speed")

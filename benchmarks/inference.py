@@ -90,8 +90,9 @@ def child(model_file: str, runtime: str, step_index: int, samples: list[str], ru
     import numpy as np
     import torch
 
-    from pneumoscan.io import read_image, resize_square
-    from pneumoscan.models import preprocess
+    from pneumoscan.io import read_image
+from pneumoscan.preprocessing import resize_square
+    from pneumoscan.preprocessing import preprocess
     from pneumoscan.predict import Predictor, RuntimeOptions
 
     step = STEPS[step_index]
@@ -151,8 +152,9 @@ def paired(models: dict[str, dict[str, str]], samples: list[str], batch: int, si
     import torch
 
     from pneumoscan.export import open_onnx_session
-    from pneumoscan.io import read_image, resize_square
-    from pneumoscan.models import preprocess
+    from pneumoscan.io import read_image
+from pneumoscan.preprocessing import resize_square
+    from pneumoscan.preprocessing import preprocess
     from pneumoscan.predict import Predictor, RuntimeOptions, model_from_checkpoint
     from pneumoscan.checkpoint import load_checkpoint
 
@@ -249,7 +251,8 @@ def draft_experiment(samples: list[str], size: int, checkpoint: str | None) -> d
     import numpy as np
     from PIL import Image, ImageOps
 
-    from pneumoscan.io import read_image, resize_square
+    from pneumoscan.io import read_image
+from pneumoscan.preprocessing import resize_square
 
     def draft(path: str) -> np.ndarray:
         with Image.open(path) as im:

@@ -46,10 +46,12 @@ from pneumoscan import metrics as M
 from pneumoscan.checkpoint import load_checkpoint, load_state
 from pneumoscan.config import EvalConfig
 from pneumoscan.data import build_cache, index_dataset
-from pneumoscan.evaluate import validation_summary
-from pneumoscan.models import Preprocessing, create_model
+from pneumoscan.operating_point import choose_operating_point as validation_summary
+from pneumoscan.models import create_model
+from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.predict import model_from_checkpoint
-from pneumoscan.train import load_run_config, score_images
+from pneumoscan.scoring import score_cached as score_images
+from pneumoscan.training import load_run_config
 from pneumoscan.utils import atomic_write_text
 
 RECIPE_KEYS = [("model", "name"), ("model", "image_size"), ("train", "epochs"), ("augment", "intensity"),

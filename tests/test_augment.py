@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumoscan.augment import build_augmentation, save_augmentation_grid
+from pneumoscan.training.augment import build_augmentation, save_augmentation_grid
 from pneumoscan.config import AugmentConfig
 
 OFF = dict(rotation=False, zoom=False, shift=False, hflip=False, intensity=False)

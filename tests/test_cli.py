@@ -119,8 +119,8 @@ def test_package_exports_the_public_api_lazily():
     import sys
 
     code = ("import sys, pneumoscan; assert 'torch' not in sys.modules; "
-            "from pneumoscan import Predictor, default_model_path, load_config, read_image, recalibrate; "
+            "from pneumoscan import Predictor, default_model_path, load_config, read_image, rechoose_operating_point; "
             "assert Predictor.__module__ == 'pneumoscan.predict'; "
-            "import pneumoscan.train as t; assert callable(t.train) and t.__name__ == 'pneumoscan.train'; "
+            "import pneumoscan.training.loop as t; assert callable(t.train) and t.__name__ == 'pneumoscan.training.loop'; "
             "assert sorted(dir(pneumoscan)) == sorted(pneumoscan.__all__)")
     subprocess.run([sys.executable, "-c", code], check=True)

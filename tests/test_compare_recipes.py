@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.train import train
+from pneumoscan.training import train
 from test_train import make_blob_dataset, small_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_recipes.py"

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan import data as data_mod
+from pneumoscan.data import cache as data_mod
+from pneumoscan.preprocessing import pipeline_fingerprint
 from pneumoscan.data import (
     CLASS_NAMES,
     DatasetError,
@@ -27,7 +28,8 @@ from pneumoscan.data import (
     summarize,
     write_manifest,
 )
-from pneumoscan.io import read_image, resize_square
+from pneumoscan.io import read_image
+from pneumoscan.preprocessing import resize_square
 
 # --------------------------------------------------------------------------- helpers
 
@@ -372,7 +374,7 @@ def test_cache_build_and_reuse(dataset, tmp_path, decode_counter):
     files = sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock"))
     assert files == [f"{cache.key}.json", f"{cache.key}.npy"]
     meta = json.loads((tmp_path / "cache" / f"{cache.key}.json").read_text())
-    assert meta["size"] == 32 and meta["version"] == data_mod.CACHE_VERSION
+    assert meta["size"] == 32 and meta["pipeline"] == pipeline_fingerprint()
 
     decode_counter.clear()
     again = build_cache(records, 32, tmp_path / "cache", progress=False, num_workers=1)
@@ -506,11 +508,12 @@ def test_cache_survives_sigkill(dataset, tmp_path):
     script = textwrap.dedent(f"""
         import time
         from pneumoscan import data
-        real = data.read_image
+        from pneumoscan.data import cache
+        real = cache.read_image
         def slow(path, **kw):
             time.sleep(0.2)
             return real(path, **kw)
-        data.read_image = slow
+        cache.read_image = slow
         records = data.index_dataset({str(dataset)!r}, split="train", check=False).records
         data.build_cache(records, 32, {str(cache_dir)!r}, progress=False, num_workers=1)
     """)

@@ -18,9 +18,9 @@ from pneumoscan import metrics as M
 from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
 from pneumoscan.data import index_dataset
 from pneumoscan.cli import main
-from pneumoscan.evaluate import evaluate
-from pneumoscan.report import GALLERY_SIZES
-from pneumoscan.train import train
+from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.evaluation.report import GALLERY_SIZES
+from pneumoscan.training import train
 
 MODEL_SECTIONS = ("validation", "metrics", "curves", "confusion", "calibration", "scores", "subgroups", "gallery")
 
@@ -217,8 +217,8 @@ def test_calibrate_chooses_a_new_operating_point_and_keeps_the_weights(world, tm
     assert new.meta["config"]["eval"]["miss_cost"] == 0.0
     assert new.meta["recalibrated"]["previous_operating_point"] == src.meta["operating_point"]
     # The stored threshold is what the rule gives on these images' calibrated scores.
-    from pneumoscan.evaluate import _score_all
-    records, scored, _ = _score_all([out], list(index_dataset(world["eval"]).records), world["cache"],
+    from pneumoscan.scoring import score_dataset
+    records, scored, _ = score_dataset([out], list(index_dataset(world["eval"]).records), world["cache"],
                                     torch.device("cpu"), 64, 1, False)
     y = np.array([r.label for r in records])
     assert op["threshold"] == pytest.approx(M.threshold_for_sensitivity(y, scored[0].probs, 0.8))
@@ -239,7 +239,7 @@ def test_calibrate_refuses_training_images_and_its_own_file(world, tmp_path):
 
 def test_scores_csv_text_cells_never_start_like_a_formula(tmp_path):
     from pneumoscan.data import Record
-    from pneumoscan.evaluate import write_scores_csv
+    from pneumoscan.evaluation.evaluate import write_scores_csv
 
     records = [Record("=HYPERLINK(1).png", 1, "-12", "virus"), Record("/data/a.png", 0, "@p", None)]
     write_scores_csv(tmp_path / "s.csv", records, np.array([0.25, 1e-9]))

@@ -15,7 +15,8 @@ from PIL import Image
 from imagefactory import make_png, synthetic_xray
 from modelfactory import checkpoint_meta
 from pneumoscan.explain import GradCAM, grad_cam, render_overlay, save_overlay, unique_stems, upsample_cam
-from pneumoscan.models import SeedCNN, create_model, default_preprocessing, preprocess
+from pneumoscan.models import SeedCNN, create_model, default_preprocessing
+from pneumoscan.preprocessing import preprocess
 from pneumoscan.predict import Predictor
 
 SIZE = 64

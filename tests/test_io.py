@@ -19,7 +19,7 @@ from imagefactory import (
 )
 from PIL import Image, ImageFile
 
-from pneumoscan import io as pio
+from pneumoscan.io import images as pio
 from pneumoscan.io import (
     CorruptImageError,
     EmptyFileError,
@@ -32,9 +32,9 @@ from pneumoscan.io import (
     UnsupportedDicomError,
     read_image,
     read_image_info,
-    resize_square,
     sniff_format,
 )
+from pneumoscan.preprocessing import resize_square
 
 HTJ2K = "1.2.840.10008.1.2.4.201"  # a compressed transfer syntax with no decoder installed here
 

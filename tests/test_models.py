@@ -13,7 +13,6 @@ from pneumoscan.models import (
     LITE0_MEAN_RGB,
     LITE0_STD_RGB,
     EfficientNetLite0Backbone,
-    Preprocessing,
     UnknownModelError,
     count_parameters,
     create_model,
@@ -22,8 +21,8 @@ from pneumoscan.models import (
     list_models,
     load_lite0_state_dict,
     model_info,
-    preprocess,
 )
+from pneumoscan.preprocessing import Preprocessing, preprocess
 
 NAMES = ["seed-cnn", "deep-cnn", "efficientnet-lite0"]
 

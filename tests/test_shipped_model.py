@@ -64,10 +64,10 @@ def test_shipped_numbers_reproduce_from_the_data(shipped, shared_data_root, tmp_
     """Re-score the validation split (same patient-level split) and recover the stored AUC and threshold."""
     from pneumoscan.config import EvalConfig
     from pneumoscan.data import build_cache, index_dataset, split_index
-    from pneumoscan.evaluate import validation_summary
-    from pneumoscan.models import Preprocessing
+    from pneumoscan.operating_point import choose_operating_point as validation_summary
+    from pneumoscan.preprocessing import Preprocessing
     from pneumoscan.predict import model_from_checkpoint
-    from pneumoscan.train import score_images
+    from pneumoscan.scoring import score_cached as score_images
 
     cfg = shipped.meta["config"]
     _, val = split_index(index_dataset(shared_data_root, split="train"), cfg["data"]["val_fraction"], cfg["data"]["split_seed"])

@@ -17,7 +17,7 @@ from PIL import Image
 from pneumoscan.checkpoint import load_checkpoint, load_state
 from pneumoscan.config import Config, apply_overrides
 from pneumoscan.models import create_model
-from pneumoscan.train import RunExistsError, resume, train
+from pneumoscan.training import RunExistsError, resume, train
 
 SIZE = 64
 
@@ -119,7 +119,7 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from pneumoscan.config import load_config
-    from pneumoscan.train import train
+    from pneumoscan.training import train
 
     def kill_mid_epoch(event, info):
         if event == "batch_end" and info["epoch"] == 2 and info["step"] == 1:
@@ -206,7 +206,7 @@ def test_ema_run_also_reports_the_raw_weights(blob_data, tmp_path):
     from pneumoscan import metrics as M
     from pneumoscan.data import build_cache, index_dataset
     from pneumoscan.models import default_preprocessing
-    from pneumoscan.train import score_images
+    from pneumoscan.scoring import score_cached as score_images
 
     state = load_state(tmp_path / "run" / "state.safetensors")
     model = create_model("seed-cnn", pretrained=False)
@@ -229,7 +229,7 @@ def test_ema_warmup_fades_the_first_weights_out():
     """Without warm-up a slow decay keeps a large share of the first weights; with it they fade out fast."""
     from torch.optim.swa_utils import AveragedModel
 
-    from pneumoscan.train import ema_update_fn
+    from pneumoscan.training import ema_update_fn
 
     def share_of_start(warmup: bool) -> float:
         m = torch.nn.Linear(1, 1, bias=False)
@@ -255,7 +255,7 @@ def test_ema_handles_the_integer_buffers_of_batchnorm(warmup):
     once crashed on it ("lerp not implemented for 'Long'") at the first update of every such run."""
     from torch.optim.swa_utils import AveragedModel
 
-    from pneumoscan.train import ema_update_fn
+    from pneumoscan.training import ema_update_fn
 
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
@@ -286,7 +286,7 @@ def test_ema_trains_a_batchnorm_model_end_to_end(blob_data, tmp_path):
 
 def test_resume_keeps_the_behaviour_of_a_run_started_before_a_key_existed(blob_data, tmp_path, monkeypatch):
     """A run whose config.json predates train.ema_warmup resumes with the EMA it started with (no warm-up)."""
-    import pneumoscan.train as train_mod
+    import pneumoscan.training.loop as train_mod
 
     cfg = small_config(blob_data, tmp_path / "cache", **{"train.ema_decay": 0.9, "train.epochs": 1})
     train(cfg, tmp_path / "run", progress=False)
@@ -309,7 +309,7 @@ def test_a_model_without_pretrained_weights_trains_from_scratch_and_says_so(blob
     common = ["--set", f"data.cache_dir='{tmp_path / 'cache'}'", "--set", "data.val_fraction=0.25",
               "--set", "data.num_workers=1", "--set", f"model.image_size={SIZE}", "--set", "train.batch_size=8",
               "--set", "train.threads=1"]
-    with caplog.at_level("WARNING", logger="pneumoscan.train"):
+    with caplog.at_level("WARNING", logger="pneumoscan.training.loop"):
         assert main(["train", "--data", str(blob_data), "--out", str(run), "--set", "model.name=seed-cnn",
                      "--set", "train.epochs=1", "--no-progress", *common]) == 0
     assert "seed-cnn has no pretrained weights: training from scratch" in caplog.text
@@ -339,7 +339,7 @@ def test_undecodable_images_are_named_even_when_the_cache_is_reused(blob_data, t
 
 
 def test_failed_images_csv_is_safe_for_spreadsheets_and_goes_when_there_are_none(tmp_path):
-    from pneumoscan.train import _write_failed_images
+    from pneumoscan.training.loop import _write_failed_images
 
     path = tmp_path / "failed_images.csv"
     _write_failed_images(path, [("/d/=cmd.png", "-: damaged"), ("/d/ok.png", "file not found")])

@@ -7,8 +7,8 @@ The public API is importable from the package (loaded on first use, so ``import 
     from pneumoscan import Predictor, default_model_path, load_config
     p = Predictor.from_checkpoint(default_model_path())
 
-Training and evaluation live in their modules (``pneumoscan.train.train``, ``pneumoscan.evaluate.evaluate``):
-the package does not re-export them because those names are the modules themselves.
+Training and evaluation are imported from their packages (``pneumoscan.training.train``,
+``pneumoscan.evaluation.evaluate``); the package re-exports them lazily too.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ _LAZY = {
     "Predictor": "pneumoscan.predict", "Prediction": "pneumoscan.predict", "RuntimeOptions": "pneumoscan.predict",
     "default_model_path": "pneumoscan.predict", "load_model": "pneumoscan.predict",
     "Config": "pneumoscan.config", "load_config": "pneumoscan.config",
-    "recalibrate": "pneumoscan.evaluate",
-    "read_image": "pneumoscan.io", "ImageError": "pneumoscan.io",
+    "train": "pneumoscan.training", "evaluate": "pneumoscan.evaluation",
+    "rechoose_operating_point": "pneumoscan.operating_point", "PneumoscanError": "pneumoscan.errors",
+    "read_image": "pneumoscan.io", "ImageError": "pneumoscan.errors", "Preprocessing": "pneumoscan.preprocessing",
     "index_dataset": "pneumoscan.data", "split_index": "pneumoscan.data",
     "load_checkpoint": "pneumoscan.checkpoint", "export_onnx": "pneumoscan.export",
 }

@@ -24,12 +24,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from pneumoscan.errors import CheckpointError
+from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.utils import atomic_path, atomic_write_text
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Checkpoint",
     "CheckpointError",
+    "FALLBACK_THRESHOLD",
+    "ModelMeta",
     "load_checkpoint",
     "save_checkpoint",
     "load_state",
@@ -40,8 +44,62 @@ CHECKPOINT_FORMAT = "pneumoscan-checkpoint/1"
 _META_KEY = "pneumoscan"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not a pneumoscan checkpoint; the message names the file."""
+#: The operating threshold of a model that carries none chosen on validation (older checkpoints), and the
+#: fallback when validation cannot choose one. Written here once; every reader says when it was used.
+FALLBACK_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """A model file's metadata, typed: what every reader needs, parsed and checked once.
+
+    ``raw`` keeps the whole JSON (reports show more of it). ``threshold_source`` is ``"checkpoint"`` when the
+    operating threshold was chosen on validation and stored, else ``"fallback_0.5"``.
+    """
+
+    model: str
+    preprocessing: Preprocessing
+    threshold: float
+    threshold_source: str
+    temperature: float
+    operating_point: dict[str, Any]
+    calibration: dict[str, Any]
+    val_summary: dict[str, Any] | None
+    val_metrics: dict[str, Any]
+    classes: tuple[str, ...]
+    epoch: int | None
+    config: dict[str, Any]
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any], source: str | os.PathLike[str] | None = None) -> "ModelMeta":
+        """Parse a checkpoint's (or ONNX export's) metadata.
+
+        Raises:
+            CheckpointError: a required key is missing or a value is out of range (names ``source``).
+        """
+        where = source or "model metadata"
+        try:
+            op = dict(meta.get("operating_point") or {})
+            calibration = dict(meta.get("calibration") or {})
+            threshold = float(op.get("threshold", FALLBACK_THRESHOLD))
+            temperature = float(calibration.get("temperature", 1.0))
+            parsed = cls(
+                model=str(meta["model"]), preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
+                threshold=threshold, threshold_source="checkpoint" if "threshold" in op else "fallback_0.5",
+                temperature=temperature, operating_point=op, calibration=calibration,
+                val_summary=meta.get("val_summary") or None, val_metrics=dict(meta.get("val_metrics") or {}),
+                classes=tuple(meta.get("classes") or ()), epoch=meta.get("epoch"),
+                config=dict(meta.get("config") or {}), raw=dict(meta),
+            )
+        except KeyError as exc:
+            raise CheckpointError(f"{where}: model metadata lacks {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: invalid model metadata ({exc})") from exc
+        if not 0.0 <= threshold <= 1.0 or not temperature > 0:
+            raise CheckpointError(f"{where}: invalid operating threshold {threshold} or temperature {temperature} "
+                                  "in the model's metadata")
+        return parsed
 
 
 @dataclass
@@ -53,18 +111,22 @@ class Checkpoint:
     path: str | None = None
 
     @property
+    def info(self) -> ModelMeta:
+        """The metadata, typed (:class:`ModelMeta`)."""
+        return ModelMeta.from_dict(self.meta, self.path)
+
+    @property
     def model_name(self) -> str:
         return str(self.meta["model"])
 
     @property
     def threshold(self) -> float:
-        """The operating threshold chosen on validation (0.5 when none was chosen)."""
-        op = self.meta.get("operating_point") or {}
-        return float(op.get("threshold", 0.5))
+        """The operating threshold chosen on validation (:data:`FALLBACK_THRESHOLD` when none was chosen)."""
+        return self.info.threshold
 
     @property
     def temperature(self) -> float:
-        return float((self.meta.get("calibration") or {}).get("temperature", 1.0))
+        return self.info.temperature
 
 
 def save_checkpoint(path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pneumoscan import __version__
+from pneumoscan.constants import DEFAULT_CACHE_DIR
 
 log = logging.getLogger("pneumoscan")
 
@@ -188,7 +189,7 @@ def data_cache(
     path: DataPath = None,
     size: Annotated[int, typer.Option(help="Side of the cached square images in pixels.")] = 224,
     split: Annotated[Optional[str], typer.Option(help="Sub-folder to read, e.g. 'train'.")] = None,
-    cache_dir: Annotated[Path, typer.Option(help="Cache folder.")] = Path(".pneumoscan-cache"),
+    cache_dir: Annotated[Path, typer.Option(help="Cache folder.")] = Path(DEFAULT_CACHE_DIR),
     workers: Annotated[int, typer.Option(help="Decoding threads.")] = 2,
 ) -> None:
     """Decode and resize every image once into a memory-mapped cache (reused by training and evaluation)."""
@@ -202,7 +203,7 @@ def data_cache(
 
 @data_app.command("prune-cache")
 def data_prune_cache(
-    cache_dir: Annotated[Path, typer.Option(help="Cache folder.")] = Path(".pneumoscan-cache"),
+    cache_dir: Annotated[Path, typer.Option(help="Cache folder.")] = Path(DEFAULT_CACHE_DIR),
     older_than_days: Annotated[float, typer.Option(help="Delete caches last used more than this many days ago.")] = 30.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
 ) -> None:
@@ -233,8 +234,8 @@ def train_cmd(
     import dataclasses
 
     from pneumoscan.config import default_data_root, load_config
-    from pneumoscan.train import resume as resume_run
-    from pneumoscan.train import train
+    from pneumoscan.training import resume as resume_run
+    from pneumoscan.training import train
 
     overrides = list(set_ or [])
     if resume is not None:
@@ -317,7 +318,7 @@ def predict_cmd(
                   + (f" ({n_no_heatmap} could not be written, see the error column)" if n_no_heatmap else ""))
     if skipped_note:
         console.print(f"{skipped_note}; -v lists them", highlight=False)
-    console.print(f"[bold]{DISCLAIMER}[/bold]")
+    console.print(f"[bold]{DISCLAIMER}[/bold]", soft_wrap=True)
     if n_ok == 0:
         raise typer.Exit(code=1)
 
@@ -435,7 +436,7 @@ def evaluate_cmd(
     data: Annotated[Path, typer.Option(help="Labelled folder (<root>[/<split>]/<NORMAL|PNEUMONIA>/*) or CSV manifest.")],
     split: Annotated[Optional[str], typer.Option(help="Sub-folder of --data, or the manifest's 'split' value, e.g. 'val'.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json, report.html and the plots.")] = Path("evaluation"),
-    cache_dir: Annotated[Path, typer.Option(help="Decoded-image cache folder.")] = Path(".pneumoscan-cache"),
+    cache_dir: Annotated[Path, typer.Option(help="Decoded-image cache folder.")] = Path(DEFAULT_CACHE_DIR),
     bootstrap: Annotated[Optional[int], typer.Option(help="Bootstrap resamples (default: the checkpoint's eval.bootstrap_samples, 2000).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Bootstrap seed (default: the checkpoint's eval.bootstrap_seed).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -445,7 +446,7 @@ def evaluate_cmd(
     """Measure one or more models on labelled images: metrics at the validation-chosen operating threshold, at 0.5
     and at Youden's threshold with patient-bootstrap 95% CIs, calibration, sensitivity per cause, a gallery of
     errors, and a model comparison (DeLong). Writes metrics.json and one self-contained report.html."""
-    from pneumoscan.evaluate import evaluate
+    from pneumoscan.evaluation import evaluate
 
     if bootstrap is not None and bootstrap < 1:
         raise typer.BadParameter(f"--bootstrap must be at least 1, got {bootstrap}")
@@ -473,12 +474,12 @@ def calibrate_cmd(
     split: Annotated[Optional[str], typer.Option(help="Sub-folder of --data, or the manifest's 'split' value, e.g. 'val'.")] = None,
     target_sensitivity: Annotated[Optional[float], typer.Option(help="Lowest validation sensitivity allowed (default: the checkpoint's, 0.95).")] = None,
     miss_cost: Annotated[Optional[float], typer.Option(help="How many false alarms one missed pneumonia weighs (default: the checkpoint's, 3).")] = None,
-    cache_dir: Annotated[Path, typer.Option(help="Decoded-image cache folder.")] = Path(".pneumoscan-cache"),
+    cache_dir: Annotated[Path, typer.Option(help="Decoded-image cache folder.")] = Path(DEFAULT_CACHE_DIR),
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
     """Choose the operating threshold (and fit the temperature) again on labelled validation images, e.g. a
     site's own, and write a new checkpoint with the same weights. Do not report performance on these images."""
-    from pneumoscan.evaluate import recalibrate
+    from pneumoscan.operating_point import rechoose_operating_point
 
     if target_sensitivity is not None and not 0.0 < target_sensitivity <= 1.0:
         raise typer.BadParameter(f"--target-sensitivity must be in (0, 1], got {target_sensitivity}")
@@ -486,7 +487,7 @@ def calibrate_cmd(
         raise typer.BadParameter(f"--miss-cost must be at least 0, got {miss_cost}")
     if out.exists() and out.resolve() == model.resolve():
         raise typer.BadParameter(f"--out {out}: write the recalibrated checkpoint to a new file, not over --model")
-    r = recalibrate(model, data, out, split=split, target_sensitivity=target_sensitivity, miss_cost=miss_cost,
+    r = rechoose_operating_point(model, data, out, split=split, target_sensitivity=target_sensitivity, miss_cost=miss_cost,
                     cache_dir=cache_dir, device=device)
     for f, why in r["failures"]:
         console.print(f"[yellow]skipped[/yellow] {f}: {why}", highlight=False)
@@ -500,14 +501,9 @@ def calibrate_cmd(
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from pneumoscan.config import ConfigError
-    from pneumoscan.data import DatasetError
-    from pneumoscan.checkpoint import CheckpointError
-    from pneumoscan.io import ImageError
-    from pneumoscan.train import RunExistsError
+    from pneumoscan.errors import PneumoscanError
 
-    return (ConfigError, DatasetError, ImageError, CheckpointError, RunExistsError, FileNotFoundError,
-            PermissionError, IsADirectoryError)
+    return (PneumoscanError, FileNotFoundError, PermissionError, IsADirectoryError)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

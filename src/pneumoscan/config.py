@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pneumoscan.errors import ConfigError
+
 __all__ = [
     "AugmentConfig",
     "Config",
@@ -31,10 +33,6 @@ __all__ = [
 
 #: Environment variable naming the data set folder (see README).
 DATA_ENV_VAR = "PNEUMOSCAN_DATA"
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message says which key and why."""
 
 
 @dataclass(frozen=True)

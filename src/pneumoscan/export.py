@@ -1,7 +1,7 @@
-"""Export a checkpoint to ONNX, and open an export with onnxruntime.
+"""Export a checkpoint to ONNX (opening an export is :func:`pneumoscan.scoring.open_onnx_session`).
 
 The ONNX graph takes ``image``: float32 ``(N, 1, S, S)``, already made by
-:func:`pneumoscan.models.preprocess` (``N`` is dynamic) and returns ``logit``: float32 ``(N, 1)``, the raw
+:func:`pneumoscan.preprocessing.preprocess` (``N`` is dynamic) and returns ``logit``: float32 ``(N, 1)``, the raw
 pneumonia logit. The temperature and the operating threshold are not baked into the graph; like everything
 else needed to reproduce a prediction, they travel in the checkpoint's metadata, which is stored as JSON in
 the ONNX model's ``metadata_props`` under the key ``pneumoscan`` (the same JSON as in the checkpoint header),
@@ -16,22 +16,18 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from pneumoscan.checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, load_checkpoint, parse_meta
-from pneumoscan.models import Preprocessing
+from pneumoscan.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
+from pneumoscan.preprocessing import Preprocessing
+from pneumoscan.scoring import INPUT_NAME, META_KEY, OUTPUT_NAME, model_from_checkpoint, open_onnx_session, read_onnx_metadata
 from pneumoscan.utils import atomic_path
 
 __all__ = ["DEFAULT_OPSET", "INPUT_NAME", "META_KEY", "OUTPUT_NAME", "export_onnx", "open_onnx_session",
            "read_onnx_metadata"]
 
 DEFAULT_OPSET = 17
-INPUT_NAME = "image"
-OUTPUT_NAME = "logit"
-#: metadata_props key holding the checkpoint's metadata JSON.
-META_KEY = "pneumoscan"
 
 
 def export_onnx(checkpoint: str | os.PathLike[str] | Checkpoint, out: str | os.PathLike[str], *,
@@ -45,8 +41,6 @@ def export_onnx(checkpoint: str | os.PathLike[str] | Checkpoint, out: str | os.P
         CheckpointError: the checkpoint cannot be read or its weights do not fit its model.
     """
     import onnx
-
-    from pneumoscan.predict import model_from_checkpoint
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
@@ -75,57 +69,3 @@ def export_onnx(checkpoint: str | os.PathLike[str] | Checkpoint, out: str | os.P
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
     return target
-
-
-def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Return the checkpoint metadata stored in an ONNX export.
-
-    Raises:
-        CheckpointError: the file is not readable ONNX, or carries no pneumoscan metadata.
-    """
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError...
-        raise CheckpointError(f"{path}: not a readable ONNX model ({exc})") from exc
-    props = {p.key: p.value for p in proto.metadata_props}
-    return _parse_meta(path, props)
-
-
-def _parse_meta(path: str | os.PathLike[str], props: dict[str, str]) -> dict[str, Any]:
-    if META_KEY not in props:
-        raise CheckpointError(f"{path}: ONNX model has no pneumoscan metadata; export it with `pneumoscan export`")
-    return parse_meta(props[META_KEY], path, kind="ONNX pneumoscan", check_format=True, required=("model", "preprocessing"))
-
-
-def open_onnx_session(path: str | os.PathLike[str], *, threads: int | None = None,
-                      inter_op_threads: int | None = 1) -> tuple[Any, dict[str, Any]]:
-    """Open an export on the CPU with onnxruntime; return ``(InferenceSession, metadata)``.
-
-    ``threads``: intra-op threads (None: one per CPU core; 0: onnxruntime's default); ``inter_op_threads``:
-    None keeps onnxruntime's default. ``InferenceSession.run`` is thread-safe, so one session can serve many threads.
-
-    Raises:
-        CheckpointError: unreadable file, no pneumoscan metadata, or not the expected inputs and outputs.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads != 0:  # 0 keeps onnxruntime's own default
-        opts.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
-    if inter_op_threads:
-        opts.inter_op_num_threads = int(inter_op_threads)
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise CheckpointError(f"{path}: onnxruntime cannot load this model ({exc})") from exc
-    meta = _parse_meta(path, dict(session.get_modelmeta().custom_metadata_map))
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
-        raise CheckpointError(f"{path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', "
-                              f"got inputs {inputs} and outputs {outputs}")
-    return session, meta

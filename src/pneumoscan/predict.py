@@ -5,8 +5,8 @@ Decision support, not a diagnosis: every result is a second reading for a clinic
 The model file carries everything needed to reproduce a prediction (model name, preprocessing, operating
 threshold, calibration temperature), so nothing here asks for an image size or a threshold. Every image goes
 through the same path as the training cache: :func:`pneumoscan.io.read_image` (exact decode) ->
-:func:`pneumoscan.io.resize_square` -> :func:`pneumoscan.models.preprocess`. The probability is
-``sigmoid(logit / temperature)``; an image is flagged PNEUMONIA when ``probability >= threshold``.
+:func:`pneumoscan.preprocessing.to_model_input`. The probability is ``sigmoid(logit / temperature)``; the
+decision is :func:`pneumoscan.scoring.decide`.
 
 One :class:`Predictor` may serve many threads at once (a web server): the torch model runs in eval mode under
 ``inference_mode`` (forward passes share no mutable state), onnxruntime's ``InferenceSession.run`` is
@@ -15,7 +15,6 @@ thread-safe, and Grad-CAM (:mod:`pneumoscan.explain`) attaches its hooks per cal
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,21 +27,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumoscan.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from pneumoscan.io import ImageError, read_image, resize_square
-from pneumoscan.models import Preprocessing, create_model, preprocess
+from pneumoscan.checkpoint import CheckpointError, ModelMeta, load_checkpoint
+from pneumoscan.constants import DISCLAIMER
+from pneumoscan.errors import HeatmapUnavailableError, ImageError, ModelNotFoundError
+from pneumoscan.io import read_image
+from pneumoscan.preprocessing import resize_for_model, to_model_input
+from pneumoscan.scoring import (
+    OnnxRunner,
+    RuntimeOptions,
+    TorchRunner,
+    decide,
+    decision_label,
+    expit,
+    load_model,
+    model_from_checkpoint,
+    open_onnx_session,
+)
+from pneumoscan.utils import file_sha256
 
 __all__ = [
-    "CLASS_LABELS", "DISCLAIMER", "MODEL_ENV_VAR", "PACKAGED_MODEL", "HeatmapUnavailableError", "ModelNotFoundError",
+    "DISCLAIMER", "MODEL_ENV_VAR", "PACKAGED_MODEL", "HeatmapUnavailableError", "ModelNotFoundError",
     "Prediction", "Predictor", "RuntimeOptions", "default_model_path", "load_model", "model_from_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Labels of a negative and a positive decision.
-CLASS_LABELS = ("NORMAL", "PNEUMONIA")
-#: One line shown with every printed result.
-DISCLAIMER = "Decision support only, not a diagnosis: a clinician must review every image."
 #: Environment variable naming the model used when none is given.
 MODEL_ENV_VAR = "PNEUMOSCAN_MODEL"
 #: Where the packaged default model lives (shipped by a later release; absent until then).
@@ -50,36 +59,6 @@ PACKAGED_MODEL = Path(__file__).resolve().parent / "assets" / "model.safetensors
 
 #: An image given as a file path, the file's bytes, or an already-decoded ``(H, W) uint8`` array.
 ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray
-
-
-class ModelNotFoundError(CheckpointError):
-    """No model was given and no default model is installed."""
-
-
-class HeatmapUnavailableError(RuntimeError):
-    """Grad-CAM needs the torch model (a ``.safetensors`` checkpoint); an ONNX predictor cannot explain."""
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """How inference runs. The defaults are the fastest measured (see ``benchmarks/inference.py``).
-
-    Attributes:
-        threads: torch: when given, ``torch.set_num_threads(threads)`` (process-wide, so only when asked);
-            onnxruntime: intra-op threads of this session (None: one per CPU core; 0: onnxruntime's default).
-        inter_op_threads: onnxruntime inter-op threads (None: onnxruntime's default).
-        channels_last: run the torch model in channels-last memory format.
-        inference_mode: torch ``inference_mode`` instead of ``no_grad``.
-        decode_workers: threads decoding the images of one batch (Pillow and pydicom release the GIL).
-        batch_size: images per forward pass in :meth:`Predictor.predict_proba`.
-    """
-
-    threads: int | None = None
-    inter_op_threads: int | None = 1
-    channels_last: bool = True
-    inference_mode: bool = True
-    decode_workers: int = 2
-    batch_size: int = 32
 
 
 @dataclass(frozen=True)
@@ -93,7 +72,7 @@ class Prediction:
     @property
     def label(self) -> str:
         """``"PNEUMONIA"`` or ``"NORMAL"``."""
-        return CLASS_LABELS[int(self.positive)]
+        return decision_label(self.positive)
 
 
 def default_model_path() -> Path:
@@ -116,71 +95,6 @@ def default_model_path() -> Path:
     )
 
 
-def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
-    """Build the checkpoint's network with its weights, in eval mode, on the CPU.
-
-    Raises:
-        CheckpointError: the weights do not fit the named model.
-    """
-    model = create_model(ckpt.model_name, pretrained=False)
-    try:
-        model.load_state_dict(ckpt.state_dict, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{ckpt.path}: weights do not fit model {ckpt.model_name!r} ({exc})") from exc
-    return model.eval()
-
-
-def load_model(path: str | os.PathLike[str]) -> nn.Module:
-    """Load a ``.safetensors`` checkpoint as an eval-mode torch module (input: :func:`preprocess` output)."""
-    return model_from_checkpoint(load_checkpoint(path))
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _expit(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow for large |z|
-
-
-class _TorchRunner:
-    """Logits from the eager torch model; safe to call from several threads."""
-
-    backend = "torch"
-
-    def __init__(self, model: nn.Module, options: RuntimeOptions) -> None:
-        if options.threads:
-            torch.set_num_threads(options.threads)
-        model.eval()
-        for p in model.parameters():  # no .grad ever accumulates on shared weights (Grad-CAM differentiates
-            p.requires_grad_(False)   # w.r.t. activations only)
-        self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-        self.model = model.to(memory_format=self.memory_format)
-        self.grad_context: Callable[[], Any] = torch.inference_mode if options.inference_mode else torch.no_grad
-
-    def __call__(self, x: torch.Tensor) -> np.ndarray:
-        with self.grad_context():
-            out = self.model(x.contiguous(memory_format=self.memory_format))
-        return out.float().reshape(len(x), -1)[:, 0].numpy().astype(np.float64)
-
-
-class _OnnxRunner:
-    """Logits from an onnxruntime session (``InferenceSession.run`` is thread-safe)."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, session: Any) -> None:
-        self.session = session
-
-    def __call__(self, x: torch.Tensor) -> np.ndarray:
-        out = self.session.run(["logit"], {"image": x.numpy()})[0]
-        return np.asarray(out, dtype=np.float64).reshape(len(x), -1)[:, 0]
-
-
 class Predictor:
     """Pneumonia probabilities and decisions for chest X-rays, from one model file.
 
@@ -194,18 +108,15 @@ class Predictor:
     def __init__(self, runner: Callable[[torch.Tensor], np.ndarray], meta: Mapping[str, Any], *,
                  model: nn.Module | None = None, path: str | None = None, version: str = "in-memory",
                  options: RuntimeOptions | None = None) -> None:
-        ckpt = Checkpoint(state_dict={}, meta=dict(meta), path=path)
+        self.info = ModelMeta.from_dict(dict(meta), path)
         self._runner = runner
         self._model = model
         self.options = options or RuntimeOptions()
         self.meta: dict[str, Any] = dict(meta)
-        self.model_name = ckpt.model_name
-        self.threshold = ckpt.threshold
-        self.temperature = ckpt.temperature
-        if not (0.0 <= self.threshold <= 1.0) or not self.temperature > 0:
-            raise CheckpointError(f"{path}: invalid operating threshold {self.threshold} or temperature "
-                                  f"{self.temperature} in the model's metadata")
-        self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+        self.model_name = self.info.model
+        self.threshold = self.info.threshold
+        self.temperature = self.info.temperature
+        self.preprocessing = self.info.preprocessing
         self.path = path
         self.version = version
         self.backend: str = getattr(runner, "backend", "custom")
@@ -224,14 +135,12 @@ class Predictor:
             raise CheckpointError(f"{p}: model file not found")
         options = options or RuntimeOptions()
         if p.suffix.lower() == ".onnx":
-            from pneumoscan.export import open_onnx_session
-
             session, meta = open_onnx_session(p, threads=options.threads, inter_op_threads=options.inter_op_threads)
-            return cls(_OnnxRunner(session), meta, path=str(p), version=_file_sha256(p)[:12], options=options)
+            return cls(OnnxRunner(session), meta, path=str(p), version=file_sha256(p)[:12], options=options)
         ckpt = load_checkpoint(p)
         model = model_from_checkpoint(ckpt)
-        return cls(_TorchRunner(model, options), ckpt.meta, model=model, path=str(p),
-                   version=_file_sha256(p)[:12], options=options)
+        return cls(TorchRunner(model, options), ckpt.meta, model=model, path=str(p),
+                   version=file_sha256(p)[:12], options=options)
 
     @classmethod
     def from_model(cls, model: nn.Module, meta: Mapping[str, Any], *,
@@ -241,7 +150,7 @@ class Predictor:
         The predictor takes the model over: it is put in eval mode and its parameters stop requiring grad.
         """
         options = options or RuntimeOptions()
-        return cls(_TorchRunner(model, options), meta, model=model, options=options)
+        return cls(TorchRunner(model, options), meta, model=model, options=options)
 
     # ------------------------------------------------------------------ inference
 
@@ -330,7 +239,7 @@ class Predictor:
 
     def _decide(self, probability: float) -> Prediction:
         p = float(probability)
-        return Prediction(probability=p, positive=p >= self.threshold, threshold=self.threshold)
+        return Prediction(probability=p, positive=decide(p, self.threshold), threshold=self.threshold)
 
     def _row(self, path: str, probability: float | None, decoded: Any) -> dict[str, Any]:
         row: dict[str, Any] = {"rank": None, "path": path, "probability": None, "decision": "", "positive": None,
@@ -346,12 +255,10 @@ class Predictor:
         """Decode items (paths/bytes/arrays) to ``(H, W) uint8`` (with ``resize``: straight to the model's
         ``(S, S)``, in the worker, so that a batch never holds all its full-size films at once); with
         ``raise_errors=False`` a failure is its message string in place of the array."""
-        size = self.preprocessing.image_size
-
         def one(item: ImageInput) -> Any:
             try:
                 gray = _to_gray(item)
-                return resize_square(gray, size) if resize and gray.shape != (size, size) else gray
+                return resize_for_model(gray, self.preprocessing) if resize else gray
             except ImageError as exc:
                 if raise_errors:
                     raise
@@ -375,14 +282,10 @@ class Predictor:
 
     def _input_batch(self, gray: Sequence[np.ndarray]) -> torch.Tensor:
         """Resize each image to the model's square and normalise: float32 ``(N, 1, S, S)``."""
-        size = self.preprocessing.image_size
-        batch = np.empty((len(gray), size, size), dtype=np.uint8)
-        for i, g in enumerate(gray):
-            batch[i] = g if g.shape == (size, size) else resize_square(g, size)
-        return preprocess(batch, self.preprocessing)
+        return to_model_input(gray, self.preprocessing)
 
     def _probabilities(self, x: torch.Tensor) -> np.ndarray:
-        return _expit(self._runner(x) / self.temperature)
+        return expit(self._runner(x) / self.temperature)
 
     def _require_torch(self) -> nn.Module:
         if self._model is None:
@@ -401,7 +304,7 @@ class Predictor:
         for start in range(0, len(gray), chunk):
             part = gray[start:start + chunk]
             logits, low = cam(self._input_batch(part))
-            probs.append(_expit(logits.numpy().astype(np.float64) / self.temperature))
+            probs.append(expit(logits.numpy().astype(np.float64) / self.temperature))
             maps += [upsample_cam(low[i], g.shape) for i, g in enumerate(part)]
         return np.concatenate(probs), maps
 

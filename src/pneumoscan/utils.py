@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NAME_MAX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "csv_restore_text", "csv_safe_text",
-           "fit_name", "remove_stale_temps", "seed_everything"]
+__all__ = [
+    "NAME_MAX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "csv_restore_text", "csv_safe_text",
+    "file_sha256", "fit_name", "remove_stale_temps", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -180,3 +181,14 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # pragma: no cover - torch is a hard dependency, but keep utils importable
         return
     torch.manual_seed(seed)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits (read in 1 MiB chunks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pneumoscan.io import _IMAGE_SUFFIXES, sniff_format
-from pneumoscan.predict import DISCLAIMER
+from pneumoscan.constants import DISCLAIMER, IMAGE_SUFFIXES, JUNK_NAMES, OTHER_IMAGE_SUFFIXES
+from pneumoscan.io import sniff_format
 from pneumoscan.utils import atomic_write_text, csv_safe_text
 
 __all__ = ["IMAGE_SUFFIXES", "OTHER_IMAGE_SUFFIXES", "RESULT_COLUMNS", "Collected", "Skipped", "collect",
@@ -27,16 +27,10 @@ __all__ = ["IMAGE_SUFFIXES", "OTHER_IMAGE_SUFFIXES", "RESULT_COLUMNS", "Collecte
 
 log = logging.getLogger(__name__)
 
-#: File name endings of the formats :mod:`pneumoscan.io` decodes (its list: one list, one owner).
-IMAGE_SUFFIXES = frozenset(_IMAGE_SUFFIXES)
-#: Endings of image kinds this software cannot read. Such a file is still listed, with io's error that says
-#: so (and what to convert it to), rather than skipped without a word. (``.jfif`` is JPEG and is decoded.)
-OTHER_IMAGE_SUFFIXES = frozenset({".gif", ".webp", ".jp2", ".j2k", ".jpf", ".jpx", ".heic", ".heif", ".avif",
-                                  ".jfif"})
+# IMAGE_SUFFIXES (formats io decodes) and OTHER_IMAGE_SUFFIXES (image kinds it cannot read: such a file is still
+# listed, with io's error that says so, rather than skipped without a word) live in pneumoscan.constants.
 #: Columns of the CSV worklist, in order (``heatmap`` only when heatmaps were made).
 RESULT_COLUMNS = ("rank", "path", "probability", "decision", "positive", "threshold", "error", "heatmap")
-#: Files operating systems leave in folders (lower case); hidden files (``.DS_Store``, ``._x.png``) also count.
-_SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
 #: ISO-BMFF brands of HEIF/HEIC and AVIF still images (bytes 8..12 after ``ftyp``); video brands are not images.
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
 
@@ -141,7 +135,7 @@ def _walk(folder: Path, recursive: bool, found: list[Path], skipped: list[Skippe
     for entry in entries:
         p = Path(entry.path)
         name = entry.name
-        if name.startswith(".") or name.lower() in _SYSTEM_FILES:
+        if name.startswith(".") or name.lower() in JUNK_NAMES:
             skipped.append(Skipped(p, HIDDEN))
             continue
         try:

@@ -35,6 +35,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from pneumoscan import __version__
+from pneumoscan.constants import DISCLAIMER, INTENDED_USE
 from pneumoscan.io import (
     ImageError,
     ImageMemoryError,
@@ -53,14 +54,6 @@ __all__ = ["DISCLAIMER", "INTENDED_USE", "create_app"]
 
 log = logging.getLogger("pneumoscan.serve")
 
-DISCLAIMER = (
-    "Decision support, not a diagnosis: pneumoscan is a second reader that corroborates a clinician. "
-    "Every result must be reviewed by a qualified clinician."
-)
-INTENDED_USE = (
-    "Second reader for pneumonia on pediatric (about 1 to 5 years) frontal chest X-rays, alongside a clinician. "
-    "Not tested on adults, lateral views, other hospitals or other vendors' DICOM."
-)
 _STATUS_FOR = {ImageTooLargeError: 413, ImageMemoryError: 413, NotAnImageError: 415, UnsupportedDicomError: 415}
 _MIB = 1024 * 1024
 

@@ -49,16 +49,21 @@ from tqdm.auto import tqdm
 
 from pneumoscan import __version__
 from pneumoscan import metrics as M
-from pneumoscan.augment import build_augmentation, save_augmentation_grid
 from pneumoscan.checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
 from pneumoscan.config import Config, ConfigError, load_config
-from pneumoscan.data import CLASS_NAMES, ImageCache, build_cache, index_dataset, split_index, write_manifest
-from pneumoscan.models import create_model, default_preprocessing, has_pretrained, normalize
-from pneumoscan.utils import atomic_write_text, csv_safe_text, remove_stale_temps, seed_everything
+from pneumoscan.constants import CLASS_NAMES, DEFAULT_CACHE_DIR
+from pneumoscan.data import ImageCache, build_cache, index_dataset, split_index, write_manifest, write_scores_csv
+from pneumoscan.errors import RunExistsError
+from pneumoscan.models import create_model, default_preprocessing, has_pretrained
+from pneumoscan.operating_point import choose_operating_point
+from pneumoscan.preprocessing import cached_rows_to_unit, normalize
+from pneumoscan.scoring import score_cached
+from pneumoscan.training.augment import build_augmentation, save_augmentation_grid
+from pneumoscan.utils import atomic_path, atomic_write_text, csv_safe_text, remove_stale_temps, seed_everything
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "RunExistsError", "train", "resume", "score_images"]
+__all__ = ["TrainResult", "RunExistsError", "ema_update_fn", "load_run_config", "resume", "train"]
 
 #: The run folder's list of images that could not be decoded (only when there are some).
 FAILED_IMAGES = "failed_images.csv"
@@ -66,10 +71,6 @@ METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_auc", "val_loss", "val_au
 #: Extra column when weight averaging (EMA) is on: validation AUC of the raw, non-averaged weights.
 RAW_AUC_COLUMN = "val_auc_raw"
 Callback = Callable[[str, dict[str, Any]], None]
-
-
-class RunExistsError(FileExistsError):
-    """The output folder already holds a run; resume it or pick another folder."""
 
 
 @dataclass
@@ -139,16 +140,18 @@ def _prepare_data(cfg: Config, run_dir: Path, d: _Dist) -> tuple[ImageCache, np.
     train_idx, val_idx = split_index(index, cfg.data.val_fraction, cfg.data.split_seed)
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise ConfigError(f"{cfg.data.root}: too few patients to split into train and validation")
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(".pneumoscan-cache")
+    cache_dir = Path(cfg.data.cache_dir or DEFAULT_CACHE_DIR)
     records = list(train_idx.records) + list(val_idx.records)
     if d.main:
         write_manifest(run_dir / "split.csv", records, ["train"] * len(train_idx) + ["val"] * len(val_idx))
-        cache = build_cache(records, cfg.model.image_size, cache_dir, max_pixels=cfg.data.max_pixels,
+        cache = build_cache(records, default_preprocessing(cfg.model.name, cfg.model.image_size), cache_dir,
+                            max_pixels=cfg.data.max_pixels,
                             num_workers=cfg.data.num_workers, progress=True)
         d.barrier()
     else:
         d.barrier()  # rank 0 built the cache; this call finds it valid and only maps it
-        cache = build_cache(records, cfg.model.image_size, cache_dir, max_pixels=cfg.data.max_pixels,
+        cache = build_cache(records, default_preprocessing(cfg.model.name, cfg.model.image_size), cache_dir,
+                            max_pixels=cfg.data.max_pixels,
                             num_workers=cfg.data.num_workers, progress=False, log_failures=False)
     val_paths = {r.path for r in val_idx.records}
     is_val = np.array([r.path in val_paths for r in cache.records], dtype=bool)
@@ -175,37 +178,6 @@ def _write_failed_images(path: Path, failures: Sequence[tuple[str, str]]) -> Non
     writer.writerow(["path", "reason"])
     writer.writerows([csv_safe_text(path), csv_safe_text(reason)] for path, reason in failures)
     atomic_write_text(path, buf.getvalue())
-
-
-def _batch_tensor(images: np.ndarray, rows: np.ndarray) -> torch.Tensor:
-    """uint8 (B, S, S) rows of the memory-mapped cache as a float (B, 1, S, S) tensor in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images[rows])).unsqueeze(1).float().div_(255.0)
-
-
-# --- scoring (shared with evaluate) ---------------------------------------------------------------------
-
-
-@torch.no_grad()
-def score_images(
-    model: nn.Module, images: np.ndarray, rows: np.ndarray, spec: Any, *, batch_size: int = 64,
-    device: torch.device | str = "cpu", temperature: float = 1.0, logits: bool = False,
-) -> np.ndarray:
-    """Pneumonia probabilities for ``images[rows]`` (uint8 (N, S, S) already at the model's size).
-
-    Returns float64 (len(rows),) in [0, 1]. ``temperature`` divides the logits (calibration).
-    With ``logits=True`` it returns the logits divided by ``temperature`` instead (unbounded; what
-    temperature fitting needs, since probabilities saturate in float32).
-    """
-    was_training = model.training
-    model.eval()
-    out = np.empty(len(rows), dtype=np.float64)
-    for start in range(0, len(rows), batch_size):
-        sel = rows[start : start + batch_size]
-        x = normalize(_batch_tensor(images, sel), spec).to(device)
-        z = model(x).float().reshape(-1) / temperature
-        out[start : start + len(sel)] = (z if logits else torch.sigmoid(z)).cpu().numpy()
-    model.train(was_training)
-    return out
 
 
 # --- the loop -----------------------------------------------------------------------------------------
@@ -385,7 +357,7 @@ def train(
         bar = tqdm(steps, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch", disable=not (progress and d.main), leave=False)
         for step, rows in enumerate(bar):
             rows = np.sort(rows)  # sequential reads from the memory map; order within a batch does not matter
-            x = normalize(aug(_batch_tensor(cache.images, rows)), spec).to(d.device)
+            x = normalize(aug(cached_rows_to_unit(cache.images, rows)), spec).to(d.device)
             y = torch.from_numpy(labels_all[rows]).float().to(d.device)
             optimizer.zero_grad(set_to_none=True)
             logits = net(x).reshape(-1)
@@ -413,7 +385,7 @@ def train(
         train_loss = sum(s[0] for s in sums) / max(sum(s[1] for s in sums), 1)
         train_auc = M.roc_auc(np.concatenate([s[3] for s in sums]), np.concatenate([s[2] for s in sums]))
         my_val = va_rows[d.rank :: d.world]
-        scores = score_images(eval_model, cache.images, my_val, spec, batch_size=cfg.train.batch_size * 2, device=d.device)
+        scores = score_cached(eval_model, cache.images, my_val, spec, batch_size=cfg.train.batch_size * 2, device=d.device)
         parts = _gather((my_val, scores), d)
         val_rows_all = np.concatenate([p[0] for p in parts])
         val_scores = np.concatenate([p[1] for p in parts])
@@ -436,7 +408,7 @@ def train(
             "n_val": int(len(y_val)),
         }
         if ema is not None:  # what weight averaging buys, epoch by epoch (one more pass over validation)
-            raw = _gather((my_val, score_images(model, cache.images, my_val, spec, batch_size=cfg.train.batch_size * 2,
+            raw = _gather((my_val, score_cached(model, cache.images, my_val, spec, batch_size=cfg.train.batch_size * 2,
                                                 device=d.device)), d)
             order_raw = np.argsort(np.concatenate([p[0] for p in raw]))
             raw_scores = np.concatenate([p[1] for p in raw])[order_raw]
@@ -504,15 +476,13 @@ _BEFORE_KEY_EXISTED = {"ema_warmup": "false"}
 def _finalize(cfg: Config, run_dir: Path, cache: ImageCache, va_rows: np.ndarray, spec: Any, device: torch.device) -> None:
     """With the best weights, fit the temperature and choose the operating threshold on VALIDATION, then re-save
     best.safetensors with ``operating_point``, ``calibration`` and ``val_summary``, and write val_scores.csv."""
-    from pneumoscan.evaluate import validation_summary, write_scores_csv  # evaluate imports this module
-
     path = run_dir / "best.safetensors"
     ckpt = load_checkpoint(path)
     model = create_model(cfg.model.name, pretrained=False, dropout=cfg.model.dropout).to(device)
     model.load_state_dict(ckpt.state_dict)
-    logits = score_images(model, cache.images, va_rows, spec, batch_size=cfg.train.batch_size * 2, device=device, logits=True)
+    logits = score_cached(model, cache.images, va_rows, spec, batch_size=cfg.train.batch_size * 2, device=device, logits=True)
     records = [cache.records[i] for i in va_rows]
-    extra, probs = validation_summary(records, logits, cfg.eval)
+    extra, probs = choose_operating_point(records, logits, cfg.eval)
     save_checkpoint(path, ckpt.state_dict, {**ckpt.meta, **extra})
     write_scores_csv(run_dir / "val_scores.csv", records, probs)
     op = extra["operating_point"]
@@ -525,8 +495,6 @@ def _plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pneumoscan.utils import atomic_path
 
     if not history:
         return

@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from pneumoscan.report import plots
+from pneumoscan.evaluation.report import plots
 from pneumoscan.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = ["GALLERY_SIZES", "render_html", "write_report"]
@@ -59,7 +59,7 @@ def render_html(context: dict[str, Any]) -> str:
     """Render the report template with ``context`` (see :func:`write_report` for its keys)."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=_pct, num=_num, ci=_ci)
-    template = env.from_string((files("pneumoscan.report") / "template.html").read_text(encoding="utf-8"))
+    template = env.from_string((files("pneumoscan.evaluation.report") / "template.html").read_text(encoding="utf-8"))
     return template.render(**context)
 
 

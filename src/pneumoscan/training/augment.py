@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pneumoscan.config import AugmentConfig
+from pneumoscan.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,6 @@ def save_augmentation_grid(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pneumoscan.utils import atomic_path
 
     n = len(images_u8)
     x = torch.from_numpy(np.ascontiguousarray(images_u8)).float().div_(255.0).unsqueeze(1)

@@ -1,4 +1,4 @@
-"""Index a labelled X-ray data set, parse patient and cause, split by patient, and cache decoded images.
+"""Index a labelled X-ray data set, parse patient and cause, and split it by patient.
 
 A data set is either a folder ``<root>[/<split>]/<NORMAL|PNEUMONIA>/*`` (images lie
 directly in the class folder; sub-folders are not searched) or a CSV manifest
@@ -7,49 +7,36 @@ directly in the class folder; sub-folders are not searched) or a CSV manifest
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import hashlib
 import io as _stdio
-import json
 import logging
 import os
 import re
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from pneumoscan.io import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, read_image, read_image_info, resize_square
-from pneumoscan.utils import atomic_write_text, csv_restore_text, csv_safe_text, remove_stale_temps
+from pneumoscan.constants import CLASS_NAMES, JUNK_NAMES
+from pneumoscan.errors import DatasetError
+from pneumoscan.io import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, read_image_info
+from pneumoscan.utils import atomic_write_text, csv_restore_text, csv_safe_text
 
 __all__ = [
-    "CLASS_NAMES", "CACHE_VERSION", "DatasetError", "DatasetIndex", "ImageCache", "Record", "build_cache",
-    "index_dataset", "parse_name", "prune_cache", "split_by_patient", "split_index", "summarize", "write_manifest",
+    "CLASS_NAMES", "DatasetError", "DatasetIndex", "Record", "index_dataset", "parse_name", "split_by_patient",
+    "split_index", "split_overlap", "summarize", "write_manifest", "write_scores_csv",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pneumoscan.data")
 
-#: Class names; the label of a class is its position.
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")
-#: Bump when the cache layout or the decoding (io.read_image / resize_square) changes: old caches are then ignored.
-CACHE_VERSION = 1
 
 _CAUSES = ("bacteria", "virus")
-_JUNK = {"thumbs.db", "desktop.ini"}
 _PERSON_RE = re.compile(r"^(person\d+)_(bacteria|virus)(?:_\d+)*$", re.IGNORECASE)
 _IM_RE = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)(?:-\d+)+$", re.IGNORECASE)
 _CAUSE_RE = re.compile(r"(?:^|[^a-z])(bacteria|virus)(?:[^a-z]|$)", re.IGNORECASE)
-
-
-class DatasetError(ValueError):
-    """The data set cannot be used as given (missing folder, no class folders, bad manifest, no images)."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +151,7 @@ def _scan_folder(source: Path, split: str | None) -> tuple[list[Record], list[tu
     for label in sorted(dirs):
         n_sub = 0
         for p in sorted(dirs[label].iterdir(), key=lambda p: p.name):
-            if p.name.startswith(".") or p.name.lower() in _JUNK:
+            if p.name.startswith(".") or p.name.lower() in JUNK_NAMES:
                 continue
             if p.is_dir():
                 n_sub += 1
@@ -370,220 +357,29 @@ def summarize(index: DatasetIndex) -> dict[str, Any]:
     }
 
 
-@dataclass(eq=False)
-class ImageCache:
-    """Decoded images, ``images[i]`` of shape (size, size), uint8 0..255, aligned with ``records``.
+def write_scores_csv(path: str | os.PathLike[str], records: Sequence[Record], scores: np.ndarray) -> None:
+    """Write ``path,label,patient_id,cause,score`` (score: pneumonia probability) atomically.
 
-    ``images`` is a read-only memory map; ``failures`` lists ``(path, reason)`` of files left out.
-    """
-
-    images: np.ndarray
-    records: list[Record]
-    failures: list[tuple[str, str]]
-    size: int
-    key: str
-    path: Path
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Labels as an int64 array of shape (N,)."""
-        return np.array([r.label for r in self.records], dtype=np.int64)
+    For people and spreadsheets, not read back: text cells go through :func:`csv_safe_text`."""
+    buf = _stdio.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label", "patient_id", "cause", "score"])
+    for rec, s in zip(records, scores):
+        writer.writerow([csv_safe_text(rec.path), CLASS_NAMES[rec.label], csv_safe_text(rec.patient_id),
+                         rec.cause or "", f"{float(s):.6f}"])
+    atomic_write_text(path, buf.getvalue())
 
 
-def _fingerprint(records: Sequence[Record], size: int, max_pixels: int) -> dict[str, Any]:
-    inputs = []
-    for rec in records:
-        try:
-            st = os.stat(rec.path)
-            inputs.append([rec.path, st.st_size, st.st_mtime_ns])
-        except OSError:
-            inputs.append([rec.path, -1, -1])
-    return {"version": CACHE_VERSION, "size": size, "max_pixels": max_pixels, "inputs": inputs}
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path``, so that only one process builds in a cache folder at a time."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock; run one builder at a time
-        yield
-        return
-    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _load_cache(npy: Path, meta_path: Path, records: list[Record], size: int, key: str) -> ImageCache | None:
-    """Return the cache if its sidecar matches ``key`` and the array has the expected shape, else None."""
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("version") != CACHE_VERSION or meta.get("key") != key or meta.get("size") != size:
-            return None
-        images = np.load(npy, mmap_mode="r")
-        if images.shape != (len(records), size, size) or images.dtype != np.uint8:
-            log.warning("cache %s has shape %s, expected %s: rebuilding",
-                        npy, images.shape, (len(records), size, size))
-            return None
-        failed = {int(f["index"]): str(f["reason"]) for f in meta["failures"]}
-        if meta["n_images"] != len(records) - len(failed):
-            return None
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("cache %s is unreadable (%s): rebuilding", npy, exc)
-        return None
-    good = [r for i, r in enumerate(records) if i not in failed]
-    failures = [(records[i].path, reason) for i, reason in sorted(failed.items())]
-    try:
-        os.utime(meta_path)  # last use, for prune_cache
-    except OSError:
-        pass  # a read-only cache folder still works
-    return ImageCache(images[: len(good)], good, failures, size, key, npy)
-
-
-def prune_cache(cache_dir: str | os.PathLike[str], *, older_than_days: float = 30.0, dry_run: bool = False) -> list[tuple[Path, int]]:
-    """Delete the caches in ``cache_dir`` last used (built or reused) more than ``older_than_days`` ago.
-
-    Every input list and image size gets its own cache file, so a folder that sees many data sets
-    grows without bound; this is how to shrink it. Leftover ``.partial`` files of interrupted builds
-    older than the cut-off go too. Nothing else in the folder is touched.
-
-    Returns ``(path, bytes)`` of each file deleted (or that would be, with ``dry_run``).
-    """
-    if older_than_days < 0:
-        raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
-    folder = Path(cache_dir)
-    if not folder.is_dir():
-        return []
-    cutoff = time.time() - older_than_days * 86400.0
-    removed: list[tuple[Path, int]] = []
-    with _lock(folder / ".build.lock"):  # never delete a cache another process is building
-        for meta_path in sorted(folder.glob("*.json")):
-            npy = meta_path.with_suffix(".npy")
-            if not npy.exists() or meta_path.stat().st_mtime >= cutoff:
-                continue
-            for f in (npy, meta_path):  # the array first: a sidecar alone is never taken for a valid cache
-                removed.append((f, f.stat().st_size))
-                if not dry_run:
-                    f.unlink()
-        for partial in sorted(folder.glob("*.partial")):
-            if partial.stat().st_mtime < cutoff:
-                removed.append((partial, partial.stat().st_size))
-                if not dry_run:
-                    partial.unlink()
-    return removed
-
-
-def _decode_ordered(fn: Callable[[str], Any], paths: list[str], workers: int, chunk: int = 64) -> Iterator[Any]:
-    """Yield ``fn(path)`` in input order from ``workers`` threads, at most ``chunk`` results in flight."""
-    if workers <= 1:
-        yield from map(fn, paths)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pneumoscan-cache") as pool:
-        for lo in range(0, len(paths), chunk):
-            yield from pool.map(fn, paths[lo:lo + chunk])
-
-
-#: At most this many undecodable files are named in the log; the cache's sidecar JSON lists them all.
-MAX_FAILURES_LOGGED = 20
-
-
-def _log_failures(cache: ImageCache, n_records: int) -> None:
-    """Name each file the cache left out, with its reason (WARNING), whether the cache was just built or reused."""
-    shown = cache.failures[:MAX_FAILURES_LOGGED]
-    for path, reason in shown:
-        log.warning("cannot cache %s: %s", path, reason)
-    if len(cache.failures) > len(shown):
-        log.warning("... and %d more file(s) that could not be decoded (all listed in %s)",
-                    len(cache.failures) - len(shown), cache.path.with_suffix(".json"))
-    log.warning("cache %s: %d of %d image(s) could not be decoded and were left out",
-                cache.path, len(cache.failures), n_records)
-
-
-def build_cache(records: Sequence[Record], size: int, cache_dir: str | os.PathLike[str], *,
-                max_pixels: int = DEFAULT_MAX_PIXELS, num_workers: int = 2, progress: bool = True,
-                log_failures: bool = True) -> ImageCache:
-    """Decode each image once (``read_image`` + ``resize_square``) into ``<cache_dir>/<key>.npy``, or reuse it.
-
-    The key is the sha256 of the inputs' paths, file sizes and mtimes, ``size``, ``max_pixels`` and
-    :data:`CACHE_VERSION`, so a changed file or list gives a new cache. Its files are owner-only (0600), and
-    so is ``cache_dir`` (0700) when this call creates it: they hold patients' images. The array is written as
-    ``<key>.npy.partial`` and renamed, then the sidecar ``<key>.json`` is written atomically, last:
-    a crash never leaves a cache that looks valid. Undecodable files are left out, and named in the log
-    (WARNING, up to :data:`MAX_FAILURES_LOGGED`; with ``log_failures``) when the cache is built *and* when it
-    is reused, so a run that reuses a cache still says which files it lacks and why.
-    The ``.npy`` has one row per input record; rows past ``len(cache)`` are unused (zeros).
-
-    Raises:
-        DatasetError: ``records`` is empty.
-    """
-    records = list(records)
-    if not records:
-        raise DatasetError("no images to cache")
-    if size < 1:
-        raise ValueError(f"size must be positive, got {size}")
-    folder = Path(cache_dir)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner only when we make it; a user's folder is theirs
-    fp = _fingerprint(records, size, max_pixels)
-    key = hashlib.sha256(json.dumps(fp, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    npy, meta_path, partial = folder / f"{key}.npy", folder / f"{key}.json", folder / f"{key}.npy.partial"
-    with _lock(folder / ".build.lock"):
-        remove_stale_temps(folder)  # sidecars half-written by a killed build
-        cache = _load_cache(npy, meta_path, records, size, key)
-        if cache is not None:
-            log.info("reusing cache %s (%d images)", npy, len(cache))
-            if cache.failures and log_failures:
-                _log_failures(cache, len(records))
-            return cache
-        meta_path.unlink(missing_ok=True)  # from here on, nothing may look valid until the build ends
-        for stale in folder.glob("*.npy.partial"):  # left by a killed build; we hold the folder's lock
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
-        def decode(path: str) -> np.ndarray | ImageError | OSError:
-            try:
-                return resize_square(read_image(path, max_pixels=max_pixels), size)
-            except (ImageError, OSError) as exc:
-                return exc
-
-        log.info("building cache %s: %d images at %dx%d", npy, len(records), size, size)
-        failures: list[dict[str, Any]] = []
-        # Owner-only before a single pixel lands in it (the .npy is this file renamed; the .json is atomic_path's).
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        os.chmod(partial, 0o600)
-        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(records), size, size))
-        try:
-            row = 0
-            paths = [r.path for r in records]
-            with tqdm(total=len(paths), desc=f"caching {size}x{size}", unit="img",
-                      disable=None if progress else True) as bar:
-                for i, result in enumerate(_decode_ordered(decode, paths, num_workers)):
-                    if isinstance(result, np.ndarray):
-                        images[row] = result  # rows are compacted: failures leave no gap
-                        row += 1
-                    else:
-                        reason = getattr(result, "reason", None) or str(result)
-                        failures.append({"index": i, "path": paths[i], "reason": reason})
-                    bar.update(1)
-            images.flush()
-            del images
-            os.replace(partial, npy)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        meta = {"version": CACHE_VERSION, "key": key, "size": size, "n_records": len(records),
-                "n_images": row, "failures": failures, "max_pixels": max_pixels, "inputs": fp["inputs"]}
-        atomic_write_text(meta_path, json.dumps(meta) + "\n")
-        cache = _load_cache(npy, meta_path, records, size, key)
-    if cache is None:  # pragma: no cover - only if the files vanish between write and read
-        raise OSError(f"cache {npy} disappeared right after it was built")
-    if cache.failures and log_failures:
-        _log_failures(cache, len(records))
-    return cache
+def split_overlap(ckpt_path: str | None, records: Sequence[Record]) -> dict[str, int]:
+    """How many evaluated images were in the checkpoint's training or validation split (from its run's split.csv)."""
+    if not ckpt_path:
+        return {}
+    split_csv = Path(ckpt_path).parent / "split.csv"
+    if not split_csv.is_file():
+        return {}
+    side: dict[str, str] = {}
+    with open(split_csv, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            side[os.path.normpath(os.path.join(split_csv.parent, row.get("path", "")))] = row.get("split", "")
+    sides = [side.get(os.path.normpath(r.path), "") for r in records]
+    return {"train": sides.count("train"), "val": sides.count("val"), "n_images": len(records)}

@@ -1,0 +1,32 @@
+"""The words and names every part of pneumoscan shares, written once."""
+
+from __future__ import annotations
+
+__all__ = ["CLASS_NAMES", "DEFAULT_CACHE_DIR", "DISCLAIMER", "IMAGE_SUFFIXES", "INTENDED_USE", "JUNK_NAMES",
+           "OTHER_IMAGE_SUFFIXES", "SUPPORTED_FORMATS"]
+
+#: Class names; the label of a class is its position (0 NORMAL, 1 PNEUMONIA). Also the two decisions.
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+
+#: Shown with every score: in the CLI's summary, the worklists, the web page, the API and the report.
+DISCLAIMER = ("Decision support, not a diagnosis: pneumoscan is a second reader that corroborates a clinician. "
+              "Every result must be reviewed by a qualified clinician.")
+
+#: What the shipped model is for, and what it was never tested on.
+INTENDED_USE = (
+    "Second reader for pneumonia on pediatric (about 1 to 5 years) frontal chest X-rays, alongside a clinician. "
+    "Not tested on adults, lateral views, other hospitals or other vendors' DICOM."
+)
+
+#: File name endings of the formats pneumoscan reads (the content decides; the name only finds candidates).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"})
+#: Image formats it does not read: a folder's files with these endings are reported, not skipped in silence.
+OTHER_IMAGE_SUFFIXES = frozenset({".gif", ".webp", ".jp2", ".j2k", ".jpf", ".jpx", ".heic", ".heif", ".avif",
+                                  ".jfif"})
+#: Operating-system litter found in image folders (compared in lower case); hidden files (``._x.png``) count too.
+JUNK_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", ".ds_store", "icon\r"})
+#: For messages.
+SUPPORTED_FORMATS = "JPEG, PNG, DICOM, BMP or TIFF"
+
+#: Where decoded images are cached when no folder is given (relative to the working directory).
+DEFAULT_CACHE_DIR = ".pneumoscan-cache"

@@ -1,0 +1,195 @@
+"""Evaluate one or more checkpoints on a labelled folder or CSV manifest: metrics with patient-bootstrap
+confidence intervals, calibration, subgroups, a paired comparison, and one self-contained HTML report.
+
+The same :func:`pneumoscan.metrics.summarize_scores` produces the validation summary stored in every checkpoint
+at the end of training (:func:`pneumoscan.operating_point.choose_operating_point`) and the summary of an
+evaluation, so the two are comparable number for number.
+
+Outputs of :func:`evaluate` in ``out_dir`` (written atomically): ``metrics.json``, ``report.html``,
+the plots as PNG files, and ``scores.csv`` (one row per image).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumoscan import __version__
+from pneumoscan import metrics as M
+from pneumoscan.constants import DEFAULT_CACHE_DIR
+from pneumoscan.data import Record, index_dataset, split_overlap, write_scores_csv
+from pneumoscan.evaluation.report import write_report
+from pneumoscan.scoring import resolve_device, score_dataset
+from pneumoscan.utils import atomic_write_text
+
+__all__ = ["evaluate"]
+
+log = logging.getLogger(__name__)
+
+_KERMANY_NAME = re.compile(r"^(person\d+_(bacteria|virus)_\d+|(NORMAL2-)?IM-\d+(-\d+)+)$", re.IGNORECASE)
+
+
+# --- checks a reader needs ------------------------------------------------------------------------------
+
+
+def _metric(summary: Mapping[str, Any], name: str, metric: str) -> dict[str, Any] | None:
+    return ((summary.get("thresholds") or {}).get(name) or {}).get("metrics", {}).get(metric)
+
+
+def _drop_beyond_ci(val: Mapping[str, Any], ev: Mapping[str, Any]) -> bool:
+    """True when the evaluated value is below the validation one by more than 1.96 combined standard errors.
+
+    Each standard error is read off its 95% bootstrap interval as width / 3.92. A validation interval of
+    zero width (e.g. 100% on few cases) leaves the evaluated interval alone to decide.
+    """
+    if not all(math.isfinite(x) for x in (val["value"], ev["value"], *val["ci"], *ev["ci"])):
+        return False
+    se = math.hypot((val["ci"][1] - val["ci"][0]) / 3.92, (ev["ci"][1] - ev["ci"][0]) / 3.92)
+    return bool(val["value"] - ev["value"] > 1.96 * se)
+
+
+def _model_warnings(entry: dict[str, Any]) -> list[str]:
+    out = []
+    if entry["operating_point_source"] != "checkpoint":
+        out.append("This checkpoint carries no operating threshold chosen on validation (it was trained before "
+                   "pneumoscan chose one), so 0.5 is used as the operating threshold. 0.5 was not chosen for "
+                   "sensitivity and may miss more pneumonia than intended.")
+    ov = entry.get("split_overlap") or {}
+    if ov.get("train"):
+        out.append(f"{ov['train']} of the {ov['n_images']} evaluated images were used to TRAIN this model: "
+                   "these results say nothing about new patients.")
+    if ov.get("val"):
+        chosen = ("its threshold and temperature were chosen and its best epoch picked"
+                  if entry["operating_point_source"] == "checkpoint" else "its best epoch was picked")
+        out.append(f"{ov['val']} of the {ov['n_images']} evaluated images are this model's validation split, on "
+                   f"which {chosen}: expect new data to do worse.")
+    vc = entry.get("validation_comparison") or {}
+    if vc.get("sensitivity_drop_beyond_ci"):
+        out.append(f"Sensitivity at the operating threshold is {vc['evaluated']['value']:.1%} here (95% CI "
+                   f"{vc['evaluated']['ci'][0]:.1%} to {vc['evaluated']['ci'][1]:.1%}) against "
+                   f"{vc['validation']['value']:.1%} on validation. "
+                   "The model misses more pneumonia on these images than on its validation data, by more than chance "
+                   "explains. Check the images' source and preparation before relying on it.")
+    s = entry["summary"]
+    if min(s["n_positive"], s["n_negative"]) < 30:
+        out.append(f"Only {s['n_positive']} pneumonia and {s['n_negative']} normal images: intervals are wide.")
+    return out
+
+
+def _looks_like_kermany(source: str, records: Sequence[Record]) -> bool:
+    names = [Path(r.path).stem for r in records]
+    matches = sum(bool(_KERMANY_NAME.match(n)) for n in names)
+    return "chest_xray" in source.lower() or "chest_xray" in (records[0].path.lower() if records else "") or (
+        bool(names) and matches >= 0.9 * len(names))
+
+
+# --- the command ----------------------------------------------------------------------------------------
+
+
+def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+             split: str | None = None, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+             bootstrap_samples: int | None = None, bootstrap_seed: int | None = None, level: float = 0.95,
+             device: str = "auto", batch_size: int = 64, num_workers: int = 2, progress: bool = False) -> dict[str, Any]:
+    """Evaluate ``checkpoints`` on the labelled images of ``data`` (folder or CSV manifest, optional ``split``).
+
+    Every model uses its own temperature and its own operating threshold from the checkpoint (0.5 when
+    it has none; the report says so); nothing is chosen on the evaluated data. The first checkpoint is
+    the reference of the comparison (DeLong's test and a paired patient bootstrap of the AUC difference).
+    Bootstrap settings default to the first checkpoint's ``eval`` config (2,000 resamples, seed 0).
+
+    Returns the dict written to ``out_dir/metrics.json``; ``report.html`` and PNG plots go beside it.
+    """
+    if not checkpoints:
+        raise ValueError("evaluate needs at least one checkpoint")
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    index = index_dataset(data, split=split, check=False)
+    records, scored, failures = score_dataset(checkpoints, list(index.records), Path(cache_dir), resolve_device(device),
+                                           batch_size, num_workers, progress)
+    if not records:
+        raise ValueError(f"{data}: no image could be decoded for every model")
+    ecfg = (scored[0].checkpoint.meta.get("config") or {}).get("eval") or {}
+    n_boot = int(bootstrap_samples if bootstrap_samples is not None else ecfg.get("bootstrap_samples", 2000))
+    seed = int(bootstrap_seed if bootstrap_seed is not None else ecfg.get("bootstrap_seed", 0))
+    y = np.array([r.label for r in records], dtype=np.int64)
+    groups, causes = [r.patient_id for r in records], [r.cause for r in records]
+    models = []
+    for i, sm in enumerate(scored):
+        ck = sm.checkpoint
+        op = ck.meta.get("operating_point") or {}
+        ths = {"operating": ck.threshold, "fixed_0.5": 0.5, "youden": op.get("youden_threshold")}
+        summary = M.summarize_scores(y, sm.probs, ths, groups=groups, causes=causes, n_resamples=n_boot, seed=seed, level=level)
+        entry: dict[str, Any] = {
+            "index": i + 1, "checkpoint": str(ck.path), "model": ck.model_name, "epoch": ck.meta.get("epoch"),
+            "image_size": ck.meta["preprocessing"]["image_size"],
+            "operating_point": op or None, "operating_point_source": "checkpoint" if "threshold" in op else "fallback_0.5",
+            "calibration": {"temperature": ck.temperature, "fitted_on_validation": ck.meta.get("calibration"),
+                            "ece_raw": M.ece(y, sm.probs_raw), "ece_calibrated": M.ece(y, sm.probs),
+                            "brier_raw": M.brier(y, sm.probs_raw), "brier_calibrated": M.brier(y, sm.probs),
+                            "nll_raw": M.binary_nll(y, sm.logits), "nll_calibrated": M.binary_nll(y, sm.logits, ck.temperature)},
+            "summary": summary, "split_overlap": split_overlap(ck.path, records),
+        }
+        val = ck.meta.get("val_summary")
+        v, e = (_metric(val, "operating", "sensitivity") if val else None), _metric(summary, "operating", "sensitivity")
+        if v and e:
+            entry["validation_comparison"] = {
+                "metric": "sensitivity at the operating threshold", "validation": v, "evaluated": e,
+                "validation_specificity": _metric(val, "operating", "specificity"),
+                "evaluated_specificity": _metric(summary, "operating", "specificity"),
+                "sensitivity_drop_beyond_ci": _drop_beyond_ci(v, e),
+            }
+        entry["warnings"] = _model_warnings(entry)
+        models.append(entry)
+    comparison = []
+    for i, sm in enumerate(scored[1:], start=2):
+        try:
+            dl = M.delong_test(y, scored[0].probs, sm.probs)
+        except ValueError as exc:
+            dl = {"error": str(exc)}
+        comparison.append({"model": i, "reference": 1, "delong": dl,
+                           "bootstrap_auc_difference": M.bootstrap_auc_difference(
+                               y, scored[0].probs, sm.probs, groups=groups, n_resamples=n_boot, seed=seed, level=level)})
+    result: dict[str, Any] = {
+        "pneumoscan_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": {"source": str(data), "split": split, "n_images": len(records), "n_patients": len(set(groups)),
+                 "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum()),
+                 "n_skipped": len(index.skipped) + len(failures),
+                 "kermany": _looks_like_kermany(str(data), records)},
+        "bootstrap": {"n_resamples": n_boot, "seed": seed, "level": level,
+                      "method": "Percentile interval; patients resampled with replacement (cluster bootstrap)"},
+        "models": models,
+        "comparison": comparison,
+        "warnings": [f"{len(failures)} image(s) could not be decoded and were left out."] if failures else [],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    prefixes = [""] if len(scored) == 1 else [f"model{i}-" for i in range(1, len(scored) + 1)]
+    result["outputs"] = write_report(result, scored, records, out, prefixes)
+    for pre, sm in zip(prefixes, scored):
+        write_scores_csv(out / f"{pre}scores.csv", records, sm.probs)
+        result["outputs"][f"{pre}scores"] = f"{pre}scores.csv"
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(result), indent=2, sort_keys=False) + "\n")
+    return result
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinity become null: strict JSON readers reject them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj

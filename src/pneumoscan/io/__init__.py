@@ -1,0 +1,28 @@
+"""Decoding: JPEG, PNG, TIFF, BMP and DICOM files in, one grayscale ``(H, W) uint8`` array out.
+
+:func:`read_image` and :func:`read_image_info` are the entry points (:mod:`.images`); :mod:`.dicom` holds the
+DICOM specifics and :mod:`.common` what every format shares. Every failure while reading one file is that
+file's :class:`~pneumoscan.errors.ImageError`. Resizing to the model's input is not decoding: it lives in
+:mod:`pneumoscan.preprocessing`.
+"""
+
+from __future__ import annotations
+
+from pneumoscan.errors import (
+    CorruptImageError,
+    EmptyFileError,
+    ImageError,
+    ImageMemoryError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    NotAnImageError,
+    UnsupportedDicomError,
+)
+from pneumoscan.io.common import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageInfo, sniff_format
+from pneumoscan.io.images import read_image, read_image_info
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "MIN_SIDE", "CorruptImageError", "EmptyFileError", "ImageError", "ImageInfo",
+    "ImageMemoryError", "ImageTooLargeError", "ImageTooSmallError", "NotAnImageError", "UnsupportedDicomError",
+    "read_image", "read_image_info", "sniff_format",
+]

@@ -1,0 +1,115 @@
+"""DICOM: read the header, refuse what cannot be used, and map the pixels to display intensities."""
+
+from __future__ import annotations
+
+import logging
+from typing import IO, Any
+
+import numpy as np
+
+from pneumoscan.errors import CorruptImageError, UnsupportedDicomError
+from pneumoscan.io.common import _check_size, _decoder_errors, _scale, _to_uint8
+
+logger = logging.getLogger("pneumoscan.io")
+
+
+def _read_dicom_header(fp: IO[bytes], label: str, *, header_only: bool) -> Any:
+    """Parse a DICOM Part 10 file; with ``header_only`` the pixel data are not read into memory."""
+    import pydicom  # imported here so that PNG/JPEG-only users do not pay for it
+
+    with _decoder_errors(label, "the DICOM header"):
+        return pydicom.dcmread(fp, defer_size=1024 if header_only else None)
+
+
+def _syntax_name(ds: Any) -> str:
+    """Name the transfer syntax (how the pixel data are encoded) for messages."""
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if uid is None:
+        return "transfer syntax not stated"
+    name = uid.name if uid.name != str(uid) else "an unknown format"
+    return f"{name}, transfer syntax {uid}"
+
+
+def _check_dicom(ds: Any, label: str, max_pixels: int, min_side: int) -> tuple[int, int]:
+    """Refuse DICOM files this package cannot use, from the header only; return ``(width, height)``."""
+    from pydicom.pixels import get_decoder
+
+    with _decoder_errors(label, "the DICOM header"):
+        frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise UnsupportedDicomError(
+            label, f"DICOM file holds {frames} frames; only single-frame images (one X-ray per file) are supported"
+        )
+    if "PixelData" not in ds:
+        raise UnsupportedDicomError(
+            label, "DICOM file contains no image (no Pixel Data); it may be a report or other non-image object, "
+            "or the file may be damaged or incomplete (a damaged header element can hide the rest of the file)",
+        )
+    if not ds.get("Rows") or not ds.get("Columns"):
+        raise CorruptImageError(label, "DICOM header does not state the image size (Rows/Columns missing)")
+    width, height = int(ds.Columns), int(ds.Rows)
+    _check_size(label, width, height, max_pixels, min_side)
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if uid is None:
+        return width, height
+    try:
+        decoder = get_decoder(uid)
+        options = "" if decoder.is_available else f" (decoders for it: {'; '.join(decoder.missing_dependencies)})"
+    except NotImplementedError:
+        decoder, options = None, ""
+    if decoder is None or not decoder.is_available:
+        raise UnsupportedDicomError(
+            label, f"DICOM pixel data are encoded as {_syntax_name(ds)}, which no installed decoder can read; "
+            "install one, e.g. `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` or "
+            f"`pip install python-gdcm`, or ask for the study to be exported uncompressed{options}",
+        )
+    return width, height
+
+
+def _dicom_to_gray(arr: np.ndarray, ds: Any, log_name: str) -> np.ndarray:
+    """Turn decoded DICOM pixels into ``(H, W) uint8`` for display.
+
+    Monochrome: Modality LUT (rescale slope/intercept), then the VOI LUT or the first Window Center/Width,
+    mapped from its full output range to 0..255 (neither present: min-max of the image), then MONOCHROME1
+    inverted. Colour (RGB, YBR that pydicom converts to RGB, palette): ITU-R 601 luma of the nominal range.
+    """
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        full_scale = float(np.iinfo(arr.dtype).max)
+    else:
+        full_scale = float(2 ** int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8) - 1)
+    if arr.ndim == 3:
+        rgb = arr[..., :3].astype(np.float64)
+        luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+        return _to_uint8(luma * (255.0 / full_scale))
+    if arr.ndim != 2:
+        raise ValueError(f"unexpected pixel array shape {arr.shape}")
+
+    values = apply_modality_lut(arr, ds)
+    lut_items = ds.get("VOILUTSequence") or []
+    has_lut = bool(lut_items) and "LUTDescriptor" in lut_items[0] and "LUTData" in lut_items[0]
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    scaled: np.ndarray | None = None
+    try:
+        if has_lut:  # same preference as apply_voi_lut(prefer_lut=True)
+            entries, first = int(lut_items[0].LUTDescriptor[0]) or 2**16, int(lut_items[0].LUTDescriptor[1])
+            table = apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds)
+            lo, hi = float(table.min()), float(table.max())
+            out = apply_voi_lut(np.rint(values).astype(np.int64), ds).astype(np.float64)
+            scaled = _scale(out, lo, hi)
+        elif has_window:
+            # pydicom maps the window onto the modality output range; probe its ends with -inf/+inf.
+            lo, hi = (float(v) for v in apply_voi_lut(np.array([-np.inf, np.inf]), ds))
+            scaled = _scale(apply_voi_lut(values, ds), lo, hi)
+    except (ValueError, NotImplementedError, KeyError) as exc:
+        logger.warning("%s: ignoring an invalid DICOM VOI LUT/window (%s); using the image's min-max instead",
+                       log_name, exc)
+    if scaled is None:
+        values = np.asarray(values, dtype=np.float64)
+        scaled = _scale(values, float(values.min()), float(values.max()))
+    if photometric == "MONOCHROME1":  # low stored values are bright on a MONOCHROME1 display
+        scaled = 255.0 - scaled
+    return _to_uint8(scaled)

@@ -1,0 +1,191 @@
+"""THE one path from decoded pixels to model input, and the spec that every checkpoint stores.
+
+Training (through the decoded-image cache), evaluation, prediction, the server and the ONNX export all make
+their inputs here, in two steps:
+
+1. :func:`resize_for_model`: a decoded ``(H, W) uint8`` film to the model's ``(S, S) uint8`` square, as the
+   spec says (``resize``, ``interpolation``). The cache stores this step's output.
+2. :func:`preprocess` (or :func:`normalize` for float images the training augmentation made): ``(N, 1, S, S)``
+   float32, ``(pixel / 255 - mean) / std``.
+
+:func:`to_model_input` chains both. As in timm's ``resolve_data_config``, the model's own registry entry decides
+its spec (:func:`pneumoscan.models.default_preprocessing`), and the checkpoint carries it, so no command asks
+for an image size or a normalisation. :func:`pipeline_fingerprint` changes whenever the code of this path or of
+the decoders changes; the cache is keyed by it, so nobody has to remember to invalidate caches by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "INTERPOLATIONS", "RESIZE_MODES", "Preprocessing", "cached_rows_to_unit", "normalize", "pipeline_fingerprint", "preprocess",
+    "resize_for_model", "resize_square", "to_model_input",
+]
+
+
+#: How a decoded image is brought to the square input: ``squash`` resizes without keeping the aspect.
+RESIZE_MODES = ("squash",)
+#: Resampling filters, by name, for :func:`resize_for_model`.
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How model inputs are made from decoded 8-bit grayscale images; saved in every checkpoint.
+
+    The model input is ``(pixel / 255 - mean) / std`` with ``pixel`` in 0..255, shape ``(N, 1, S, S)``,
+    ``S = image_size``.
+    """
+
+    image_size: int = 224
+    mean: float = 0.5
+    std: float = 0.25
+    channels: int = 1
+    resize: str = "squash"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image_size, int) or self.image_size < 64:
+            raise ValueError(f"image_size must be an integer >= 64, got {self.image_size!r}")
+        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"mean must be finite and std > 0, got mean={self.mean!r} std={self.std!r}")
+        if self.channels != 1:
+            raise ValueError(f"only 1-channel (grayscale) inputs are supported, got channels={self.channels!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the spec as a plain dict (JSON-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Preprocessing":
+        """Build a spec from :meth:`to_dict` output, rejecting unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise ValueError(f"unknown preprocessing key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        kinds = {"image_size": int, "channels": int, "mean": float, "std": float, "resize": str, "interpolation": str}
+        return cls(**{k: kinds[k](v) for k, v in raw.items()})
+
+
+def preprocess(images: np.ndarray | torch.Tensor, spec: Preprocessing) -> torch.Tensor:
+    """Turn already-resized 8-bit grayscale images into model input.
+
+    Args:
+        images: uint8, ``(S, S)`` or ``(N, S, S)``, values 0..255 (numpy array or tensor), ``S = spec.image_size``.
+        spec: the model's :class:`Preprocessing`.
+
+    Returns:
+        float32 tensor ``(N, 1, S, S)`` equal to ``(images / 255 - spec.mean) / spec.std``, on the
+        input tensor's device (CPU for numpy input).
+
+    Raises:
+        TypeError: not uint8. Only 8-bit input is accepted so that an already-normalised or 0..1
+            float image can never slip through and give silently wrong predictions.
+        ValueError: wrong number of dimensions or spatial size.
+    """
+    if isinstance(images, np.ndarray):
+        is_uint8 = images.dtype == np.uint8
+    elif isinstance(images, torch.Tensor):
+        is_uint8 = images.dtype == torch.uint8
+    else:
+        raise TypeError(f"preprocess() needs a uint8 numpy array or tensor, got {type(images).__name__}")
+    if not is_uint8:
+        raise TypeError(f"preprocess() needs uint8 images with values 0..255, got {images.dtype}; "
+                        "pass the decoded 8-bit image, not a scaled or normalised one")
+    size = spec.image_size
+    if images.ndim not in (2, 3):
+        raise ValueError(f"preprocess() needs shape (S, S) or (N, S, S), got {tuple(images.shape)}")
+    if tuple(images.shape[-2:]) != (size, size):
+        raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]} but the model expects {size}x{size}; "
+                         "resize them first (the checkpoint's preprocessing says how)")
+    # astype copies, so read-only memory maps are fine.
+    x = torch.from_numpy(images.astype(np.float32)) if isinstance(images, np.ndarray) else images.to(torch.float32)
+    return normalize(x.reshape(-1, 1, size, size) / 255.0, spec).contiguous()
+
+
+def normalize(x01: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
+    """Map float images in [0, 1], shape ``(N, 1, S, S)``, to model input ``(x - mean) / std``.
+
+    The training loop augments in [0, 1] and then calls this; :func:`preprocess` is
+    ``normalize(uint8 / 255)``, so both paths share one formula.
+    """
+    if x01.ndim != 4 or x01.shape[1] != 1:
+        raise ValueError(f"normalize() needs (N, 1, S, S), got {tuple(x01.shape)}")
+    if tuple(x01.shape[-2:]) != (spec.image_size, spec.image_size):
+        raise ValueError(f"images are {x01.shape[-2]}x{x01.shape[-1]} but the model expects "
+                         f"{spec.image_size}x{spec.image_size}")
+    return (x01 - spec.mean) / spec.std
+
+
+def resize_square(image: np.ndarray, size: int, resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
+    """Squeeze a whole ``(H, W) uint8`` image to ``(size, size) uint8``: aspect ratio not kept, no crop.
+
+    The one resize used by the training cache, prediction and serving, matching how the training data were
+    made: Pillow's ``resize(..., Image.Resampling.BILINEAR)`` without ``reducing_gap``. Pillow widens the
+    bilinear (tent) filter by the reduction factor, so downscaling is already antialiased over each output
+    pixel's footprint; ``reducing_gap`` would add a box pre-reduction whose factor depends on the input size.
+    """
+    if not isinstance(image, np.ndarray) or image.ndim != 2 or image.dtype != np.uint8:
+        got = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"resize_square expects a 2-D uint8 array, got {got}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"resize_square size must be a positive integer, got {size!r}")
+    im = Image.fromarray(np.ascontiguousarray(image))
+    return np.array(im.resize((int(size), int(size)), resample), dtype=np.uint8)
+
+
+def resize_for_model(gray: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """Step 1: a decoded ``(H, W) uint8`` image to the model's ``(S, S) uint8`` input square, as ``spec`` says
+    (its ``image_size``, ``resize`` and ``interpolation``; the cache passes just those).
+
+    An image already ``(S, S)`` is returned as it is (a resize to the same size would be the identity anyway).
+    """
+    size = spec.image_size
+    if isinstance(gray, np.ndarray) and gray.shape == (size, size) and gray.dtype == np.uint8:
+        return gray
+    # spec.resize is "squash" (the only mode, validated by Preprocessing): the whole film, aspect not kept.
+    return resize_square(gray, size, INTERPOLATIONS[spec.interpolation])
+
+
+def cached_rows_to_unit(images: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """Rows of the decoded-image cache (uint8 ``(M, S, S)``, already step 1) as float32 ``(B, 1, S, S)`` in
+    [0, 1], for :func:`normalize` (after the training augmentation, which works in [0, 1])."""
+    return torch.from_numpy(np.ascontiguousarray(images[rows])).unsqueeze(1).float().div_(255.0)
+
+
+def to_model_input(grays: Sequence[np.ndarray], spec: Preprocessing) -> torch.Tensor:
+    """Steps 1 and 2: decoded ``(H, W) uint8`` images of any sizes to float32 ``(N, 1, S, S)`` model input."""
+    size = spec.image_size
+    batch = np.empty((len(grays), size, size), dtype=np.uint8)
+    for i, g in enumerate(grays):
+        batch[i] = resize_for_model(g, spec)
+    return preprocess(batch, spec)
+
+
+@lru_cache(maxsize=1)
+def pipeline_fingerprint() -> str:
+    """16 hex digits that change whenever the decoding or resizing code changes (this file and ``io/``).
+
+    Keys the decoded-image cache, so a cache made by other code is never reused."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in [here / "preprocessing.py", *sorted((here / "io").glob("*.py"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(f"pillow {Image.__version__} numpy {np.__version__}".encode())
+    return digest.hexdigest()[:16]
