@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 __all__ = [
-    "INTERPOLATIONS", "RESIZE_MODES", "Preprocessing", "cached_rows_to_unit", "normalize", "pipeline_fingerprint", "preprocess",
+    "INTERPOLATIONS", "RESIZE_MODES", "Preprocessing", "cached_rows_to_unit", "check_model_input", "normalize", "pipeline_fingerprint", "preprocess",
     "resize_for_model", "resize_square", "to_model_input",
 ]
 
@@ -161,6 +161,31 @@ def resize_for_model(gray: np.ndarray, spec: Preprocessing) -> np.ndarray:
         return gray
     # spec.resize is "squash" (the only mode, validated by Preprocessing): the whole film, aspect not kept.
     return resize_square(gray, size, INTERPOLATIONS[spec.interpolation])
+
+
+def check_model_input(x: torch.Tensor, spec: Preprocessing) -> None:
+    """Refuse, at the model's entry, input that :func:`preprocess` / :func:`normalize` did not make for ``spec``.
+
+    torchxrayvision's FAQ warns that a wrong intensity range gives silently wrong answers; this checks the shape
+    ``(N, 1, S, S)``, the dtype float32 and that every value lies in ``[(0 - mean) / std, (1 - mean) / std]``
+    (pixels in [0, 1] before normalisation), with a small tolerance for rounding.
+
+    Raises:
+        ValueError: naming what is wrong and how the input should be made.
+    """
+    size = spec.image_size
+    if x.dtype != torch.float32 or x.ndim != 4 or tuple(x.shape[1:]) != (1, size, size):
+        raise ValueError(f"model input must be float32 (N, 1, {size}, {size}) made by pneumoscan.preprocessing."
+                         f"preprocess, got {x.dtype} {tuple(x.shape)}")
+    if x.numel() == 0:
+        return
+    lo, hi = (0.0 - spec.mean) / spec.std, (1.0 - spec.mean) / spec.std
+    tol = 1e-4 * max(1.0, abs(lo), abs(hi))
+    x_min, x_max = float(x.min()), float(x.max())
+    if not (lo - tol <= x_min and x_max <= hi + tol):
+        raise ValueError(f"model input values span [{x_min:.4g}, {x_max:.4g}], outside [{lo:.4g}, {hi:.4g}] that "
+                         f"this model's normalisation (mean {spec.mean:g}, std {spec.std:g}) gives for pixels in "
+                         "0..255: the images were scaled or normalised twice, or not at all")
 
 
 def cached_rows_to_unit(images: np.ndarray, rows: np.ndarray) -> torch.Tensor:

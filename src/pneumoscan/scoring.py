@@ -29,7 +29,7 @@ from pneumoscan.constants import CLASS_NAMES
 from pneumoscan.data import Record, build_cache
 from pneumoscan.metrics import apply_temperature
 from pneumoscan.models import create_model
-from pneumoscan.preprocessing import Preprocessing, cached_rows_to_unit, normalize
+from pneumoscan.preprocessing import Preprocessing, cached_rows_to_unit, check_model_input, normalize
 
 __all__ = [
     "INPUT_NAME", "META_KEY", "OUTPUT_NAME", "OnnxRunner", "RuntimeOptions", "ScoredModel", "TorchRunner", "decide",
@@ -155,7 +155,9 @@ def score_cached(
     out = np.empty(len(rows), dtype=np.float64)
     for start in range(0, len(rows), batch_size):
         sel = rows[start : start + batch_size]
-        x = normalize(cached_rows_to_unit(images, sel), spec).to(device)
+        x = normalize(cached_rows_to_unit(images, sel), spec)
+        check_model_input(x, spec)
+        x = x.to(device)
         z = model(x).float().reshape(-1) / temperature
         out[start : start + len(sel)] = (z if logits else torch.sigmoid(z)).cpu().numpy()
     model.train(was_training)

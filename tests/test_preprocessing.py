@@ -1,0 +1,134 @@
+"""THE one path from pixels to model input: the training cache and the Predictor make the same input from the
+same file, to the last bit, and so give the same probabilities; evaluation and prediction agree per image."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imagefactory import dicom_bytes, jpeg_bytes, png_bytes, synthetic_xray
+from modelfactory import make_checkpoint
+from pneumoscan.checkpoint import load_checkpoint
+from pneumoscan.data import Record, build_cache
+from pneumoscan.io import read_image
+from pneumoscan.predict import Predictor
+from pneumoscan.preprocessing import (
+    Preprocessing,
+    check_model_input,
+    pipeline_fingerprint,
+    preprocess,
+    resize_for_model,
+    to_model_input,
+)
+from pneumoscan.scoring import model_from_checkpoint, score_cached
+
+
+def _odd_files(folder: Path) -> list[Path]:
+    """An 8-bit JPEG, a 16-bit PNG and a 12-bit MONOCHROME1 DICOM, none square, none at the model's size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "a.jpeg": jpeg_bytes(synthetic_xray(301, 257, seed=1)),
+        "b.png": png_bytes(synthetic_xray(190, 333, seed=2).astype(np.uint16) * 257),
+        "c.dcm": dicom_bytes(synthetic_xray(222, 181, seed=3).astype(np.uint16) * 16, bits_stored=12,
+                             photometric="MONOCHROME1", window=(2000, 3500)),
+    }
+    out = []
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        out.append(folder / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("m") / "m.safetensors", "seed-cnn", 96, threshold=0.5,
+                           temperature=1.3)
+
+
+def test_cache_and_predictor_make_the_same_input_and_probabilities(ckpt, tmp_path):
+    files = _odd_files(tmp_path / "img")
+    c = load_checkpoint(ckpt)
+    spec = c.info.preprocessing
+    cache = build_cache([Record(str(p), 0, p.stem, None) for p in files], spec, tmp_path / "cache", progress=False)
+    assert len(cache) == 3
+    for row, path in enumerate(files):
+        # The cached square is exactly what the predictor feeds the model.
+        assert np.array_equal(cache.images[row], resize_for_model(read_image(path), spec))
+    model = model_from_checkpoint(c)
+    via_cache = score_cached(model, cache.images, np.arange(3), spec, temperature=c.info.temperature)
+    via_predictor = Predictor.from_checkpoint(ckpt).predict_proba(files)
+    np.testing.assert_allclose(via_predictor, via_cache, rtol=0, atol=1e-6)
+
+
+def test_evaluate_and_predict_give_the_same_probabilities(ckpt, tmp_path):
+    from pneumoscan.evaluation import evaluate
+
+    root = tmp_path / "data"
+    paths = _odd_files(root / "NORMAL") + _odd_files(root / "PNEUMONIA")
+    for i, p in enumerate(paths):  # distinct patients, distinct content per class
+        p.rename(p.with_name(f"x{i}{p.suffix}"))
+    paths = sorted(root.rglob("x*"))
+    evaluate([ckpt], root, tmp_path / "eval", cache_dir=tmp_path / "cache", bootstrap_samples=10)
+    with open(tmp_path / "eval" / "scores.csv", newline="") as fh:
+        evaluated = {Path(r["path"]).name: float(r["score"]) for r in csv.DictReader(fh)}
+    predicted = dict(zip((p.name for p in paths), Predictor.from_checkpoint(ckpt).predict_proba(paths)))
+    assert set(evaluated) == set(predicted) and len(predicted) == 6
+    for name, p in predicted.items():
+        assert math.isclose(evaluated[name], p, abs_tol=1e-6), (name, evaluated[name], p)  # scores.csv keeps 6 decimals
+
+
+def test_resize_follows_the_spec_and_same_size_is_untouched():
+    img = synthetic_xray(150, 120)
+    spec = Preprocessing(image_size=64)
+    out = resize_for_model(img, spec)
+    assert out.shape == (64, 64) and out.dtype == np.uint8
+    same = synthetic_xray(64, 64)
+    assert resize_for_model(same, spec) is same
+    with pytest.raises(ValueError, match="interpolation"):
+        Preprocessing(image_size=64, interpolation="nearest")
+    assert Preprocessing.from_dict({"image_size": 64, "mean": 0.5, "std": 0.25, "channels": 1, "resize": "squash"}) \
+        == Preprocessing(image_size=64)  # checkpoints written before 'interpolation' existed
+
+
+def test_model_entry_refuses_input_made_another_way():
+    spec = Preprocessing(image_size=64, mean=0.5, std=0.25)
+    good = to_model_input([synthetic_xray(100, 90), synthetic_xray(64, 64)], spec)
+    check_model_input(good, spec)
+    assert torch.equal(good, preprocess(np.stack([resize_for_model(synthetic_xray(100, 90), spec),
+                                                  synthetic_xray(64, 64)]), spec))
+    with pytest.raises(ValueError, match="normalised twice|outside"):
+        check_model_input((good - 0.5) / 0.25, spec)  # normalised a second time
+    with pytest.raises(ValueError, match="outside"):
+        check_model_input(good * 0 + 255.0, spec)  # raw pixels
+    with pytest.raises(ValueError, match="float32"):
+        check_model_input(good.double(), spec)
+    with pytest.raises(ValueError, match="float32"):
+        check_model_input(good[:, :, :32], spec)
+
+
+def test_pipeline_fingerprint_is_stable_and_keys_the_cache(tmp_path):
+    fp = pipeline_fingerprint()
+    assert len(fp) == 16 and fp == pipeline_fingerprint()
+    img = tmp_path / "a.png"
+    img.write_bytes(png_bytes(synthetic_xray(80, 80)))
+    recs = [Record(str(img), 0, "a", None)]
+    a = build_cache(recs, 64, tmp_path / "c", progress=False)
+    b = build_cache(recs, Preprocessing(image_size=64, mean=0.1, std=0.3), tmp_path / "c", progress=False)
+    assert a.key == b.key  # normalisation is applied per batch, not cached
+    pipeline_fingerprint.cache_clear()
+    try:
+        import pneumoscan.data.cache as cache_mod
+
+        original = cache_mod.pipeline_fingerprint
+        cache_mod.pipeline_fingerprint = lambda: "0" * 16  # as if the decoding code had changed
+        try:
+            assert build_cache(recs, 64, tmp_path / "c", progress=False).key != a.key
+        finally:
+            cache_mod.pipeline_fingerprint = original
+    finally:
+        pipeline_fingerprint.cache_clear()
