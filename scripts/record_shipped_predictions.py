@@ -1,7 +1,7 @@
 """Record the shipped model's probabilities on the full-resolution samples, exactly (float hex), so that a test
 can prove a refactoring changed no prediction: ``tests/test_shipped_predictions.py``.
 
-Runs the torch backend with one intra-op thread and batches of 16 (``Predictor.predict_paths``, the CLI's path),
+Runs the torch backend with one intra-op thread and batches of 16 (``Predictor.score_files``, the CLI's path),
 so that the numbers do not depend on the machine's core count.
 
     python scripts/record_shipped_predictions.py [--samples DIR] [--out tests/data/shipped_fullres_predictions.json]
@@ -26,8 +26,8 @@ def shipped_predictions(samples: Path) -> dict[str, str]:
     from pneumoscan.predict import PACKAGED_MODEL, Predictor
 
     files = sorted(p for p in samples.rglob("*") if p.is_file() and not p.name.startswith("."))
-    rows = Predictor.from_checkpoint(PACKAGED_MODEL).predict_paths(files, batch_size=16)
-    return {str(Path(r["path"]).relative_to(samples)): float(r["probability"]).hex() for r in rows}
+    results = Predictor.from_checkpoint(PACKAGED_MODEL).score_files(files, batch_size=16)
+    return {str(Path(r.path).relative_to(samples)): float(r.probability).hex() for r in results}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,7 +67,7 @@ def test_onnx_predictor_cannot_explain(exported, tmp_path):
     with pytest.raises(HeatmapUnavailableError, match="safetensors"):
         p.explain(film)
     with pytest.raises(HeatmapUnavailableError, match="safetensors"):
-        p.predict_paths([tmp_path / "x.png"], heatmaps=tmp_path / "h")
+        p.score_files([tmp_path / "x.png"], heatmaps=tmp_path / "h")
 
 
 def test_onnx_without_metadata_is_refused(tmp_path, exported):

@@ -24,7 +24,7 @@ from pneumoscan.io import ImageError
 from pneumoscan.predict import (
     DISCLAIMER, ModelNotFoundError, Prediction, Predictor, RuntimeOptions, default_model_path,
 )
-from pneumoscan.worklist import collect_images, write_results
+from pneumoscan.worklist import collect_images, rank, triage, write_results
 
 
 def _film(seed: int, h: int = 150, w: int = 120) -> np.ndarray:
@@ -171,9 +171,9 @@ def test_collect_images_flat_and_recursive(folder):
     assert [p.name for p in again][:2] == ["notes.txt", "a.png"] and len(again) == 6
 
 
-def test_predict_paths_reports_bad_files_and_ranks_the_rest(predictor, folder):
+def test_triage_reports_bad_files_and_ranks_the_rest(predictor, folder):
     files = collect_images([folder], recursive=True)
-    rows = predictor.predict_paths(files, batch_size=3)
+    rows = triage(predictor, files, batch_size=3)
     assert len(rows) == len(files)
     ok = [r for r in rows if not r["error"]]
     bad = [r for r in rows if r["error"]]
@@ -190,8 +190,27 @@ def test_predict_paths_reports_bad_files_and_ranks_the_rest(predictor, folder):
     np.testing.assert_allclose([r["probability"] for r in ok], expected, atol=1e-6)
 
 
+def test_score_files_keeps_input_order_and_leaves_ranking_to_the_worklist(predictor, folder):
+    files = [folder / "broken.png", folder / "a.png", folder / "b.jpeg"]
+    results = predictor.score_files(files, batch_size=2)
+    assert [r.path for r in results] == [str(f) for f in files]
+    assert results[0].probability is None and "not an image" in results[0].error and results[0].heatmap is None
+    assert all(r.probability is not None and r.error == "" and r.heatmap is None for r in results[1:])
+    rows = triage(predictor, files, batch_size=2)
+    assert [r["path"] for r in rows[:2]] == [r.path for r in sorted(results[1:], key=lambda r: -r.probability)]
+    assert [r["probability"] for r in rows[:2]] == sorted((r.probability for r in results[1:]), reverse=True)
+
+
+def test_rank_numbers_scored_rows_ties_in_input_order_failures_last():
+    rows = [{"id": 0, "probability": 0.2}, {"id": 1, "ok": False}, {"id": 2, "probability": 0.9},
+            {"id": 3, "probability": None}, {"id": 4, "probability": 0.2}]
+    ordered = rank(rows)
+    assert [r["id"] for r in ordered] == [2, 0, 4, 1, 3]
+    assert [r.get("rank") for r in rows] == [2, None, 1, None, 3]  # numbered in place; failures untouched
+
+
 def test_write_results_csv_and_json(predictor, folder, tmp_path):
-    rows = predictor.predict_paths(collect_images([folder]))
+    rows = triage(predictor, collect_images([folder]))
     csv_path = write_results(rows, tmp_path / "out" / "r.csv")
     with open(csv_path, newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -276,7 +295,7 @@ def test_a_heatmap_that_cannot_be_written_fails_only_its_row(predictor, folder, 
 
     monkeypatch.setattr(explain_mod, "write_heatmap", flaky)
     files = [folder / "a.png", folder / "b.jpeg", folder / "broken.png"]
-    rows = {Path(r["path"]).name: r for r in predictor.predict_paths(files, heatmaps=tmp_path / "heat")}
+    rows = {Path(r["path"]).name: r for r in triage(predictor, files, heatmaps=tmp_path / "heat")}
     assert rows["a.png"]["error"] == "" and Path(rows["a.png"]["heatmap"]).is_file()
     b = rows["b.jpeg"]
     assert b["probability"] is not None and b["rank"] in (1, 2) and b["decision"] in ("NORMAL", "PNEUMONIA")
@@ -294,7 +313,7 @@ def test_any_exception_while_decoding_one_item_becomes_its_error(predictor, fold
 
     monkeypatch.setattr(predict_mod, "read_image", buggy)
     with caplog.at_level("DEBUG", logger="pneumoscan.predict"):
-        rows = {Path(r["path"]).name: r for r in predictor.predict_paths([folder / "a.png", folder / "b.jpeg"])}
+        rows = {Path(r["path"]).name: r for r in triage(predictor, [folder / "a.png", folder / "b.jpeg"])}
     assert rows["a.png"]["error"] == "" and rows["a.png"]["probability"] is not None
     assert rows["b.jpeg"]["probability"] is None and "KeyError" in rows["b.jpeg"]["error"]
     assert any(r.levelname == "DEBUG" and r.exc_info for r in caplog.records)  # the traceback, at DEBUG only
@@ -407,7 +426,7 @@ def test_cli_predict_checks_its_outputs_before_scoring_anything(tiny_checkpoint,
     def no_scoring(*args, **kwargs):
         raise AssertionError("an image was scored before the outputs were checked")
 
-    monkeypatch.setattr(Predictor, "predict_paths", no_scoring)
+    monkeypatch.setattr(Predictor, "score_files", no_scoring)
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     (tmp_path / "dir.csv").mkdir()

@@ -281,7 +281,7 @@ def predict_cmd(
     file), 2 on a bad invocation. Decision support, not a diagnosis.
     """
     from pneumoscan.predict import DISCLAIMER, Predictor, RuntimeOptions, default_model_path
-    from pneumoscan.worklist import collect, write_results
+    from pneumoscan.worklist import collect, triage, write_results
 
     if out is not None and out.is_dir():
         raise typer.BadParameter(f"{out} is a folder; give the .csv or .json file to write", param_hint="--out")
@@ -301,8 +301,7 @@ def predict_cmd(
                                        + (f"; {skipped_note}" if skipped_note else ""))
     _check_predict_outputs(out, heatmaps, files, save_raw=save_raw, overwrite=overwrite)
     predictor = Predictor.from_checkpoint(model_path, options=RuntimeOptions(threads=threads))
-    rows = predictor.predict_paths(files, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
-                                   save_raw=save_raw)
+    rows = triage(predictor, files, batch_size=batch_size, progress=progress, heatmaps=heatmaps, save_raw=save_raw)
     n_ok = sum(r["probability"] is not None for r in rows)  # a scored row may still note a missing heatmap
     n_no_heatmap = sum(r["probability"] is not None and bool(r["error"]) for r in rows)
     if out is None:

@@ -46,7 +46,7 @@ from pneumoscan.scoring import (
 from pneumoscan.utils import file_sha256
 
 __all__ = [
-    "DISCLAIMER", "MODEL_ENV_VAR", "PACKAGED_MODEL", "HeatmapUnavailableError", "ModelNotFoundError",
+    "DISCLAIMER", "MODEL_ENV_VAR", "PACKAGED_MODEL", "FileResult", "HeatmapUnavailableError", "ModelNotFoundError",
     "Prediction", "Predictor", "RuntimeOptions", "default_model_path", "load_model", "model_from_checkpoint",
 ]
 
@@ -73,6 +73,25 @@ class Prediction:
     def label(self) -> str:
         """``"PNEUMONIA"`` or ``"NORMAL"``."""
         return decision_label(self.positive)
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """One file's outcome in :meth:`Predictor.score_files`.
+
+    Attributes:
+        path: the file as given.
+        probability: of pneumonia in [0, 1] (calibrated); None when the file could not be read.
+        error: ``""`` when all went well; else why the file could not be read or, with a probability, why its
+            heatmap could not be written.
+        heatmap: the overlay PNG written for it; ``""`` when it could not be written; None when no heatmap was
+            asked for or the file was not scored.
+    """
+
+    path: str
+    probability: float | None
+    error: str = ""
+    heatmap: str | None = None
 
 
 def default_model_path() -> Path:
@@ -161,7 +180,7 @@ class Predictor:
         or a decoded ``(H, W) uint8`` array of any size (a ``(N, H, W) uint8`` array is N images).
 
         Raises:
-            ImageError: an image cannot be decoded (use :meth:`predict_paths` to skip bad files instead).
+            ImageError: an image cannot be decoded (use :meth:`score_files` to skip bad files instead).
         """
         items = _as_list(images)
         out = np.empty(len(items), dtype=np.float64)
@@ -189,51 +208,31 @@ class Predictor:
         probs, maps = self._explain_batch(gray)
         return float(probs[0]), maps[0]
 
-    def predict_paths(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 16, progress: bool = False,
-                      heatmaps: str | os.PathLike[str] | None = None, save_raw: bool = False) -> list[dict[str, Any]]:
-        """Triage a list of files: one row per file, ranked by risk (highest probability first).
+    def score_files(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 16, progress: bool = False,
+                    heatmaps: str | os.PathLike[str] | None = None, save_raw: bool = False) -> list[FileResult]:
+        """Score a list of files, ``batch_size`` at a time: one :class:`FileResult` per file, in input order.
 
-        Unreadable files do not stop the batch: their row carries the error and no probability. Rows have
-        ``rank`` (1 = highest probability; None for failures), ``path``, ``probability``, ``decision``
-        (``"PNEUMONIA"``/``"NORMAL"``, ``""`` on failure), ``positive`` (bool or None), ``threshold``,
-        ``error`` (``""`` when ok) and, with ``heatmaps``, ``heatmap`` (the overlay PNG written into that
-        folder as ``<stem>_gradcam.png``; with ``save_raw`` also the raw map as ``<stem>_gradcam.npy``; stems
-        from :func:`pneumoscan.explain.unique_stems`, so every name fits the file system). A heatmap that
-        cannot be written fails only that row's heatmap: the row keeps its probability and rank, ``heatmap``
-        is ``""`` and ``error`` says why. Returned in rank order, failures last in input order.
+        Unreadable files do not stop the batch: their result carries the error and no probability. With
+        ``heatmaps`` (a folder), each scored image's Grad-CAM overlay is written there as ``<stem>_gradcam.png``
+        (with ``save_raw`` also the raw map as ``<stem>_gradcam.npy``; stems from
+        :func:`pneumoscan.explain.unique_stems`, so every name fits the file system). A heatmap that cannot be
+        written fails only that file's heatmap: it keeps its probability, ``heatmap`` is ``""`` and ``error``
+        says why. Ranking and worklist rows are :mod:`pneumoscan.worklist`'s business.
+
+        Raises:
+            HeatmapUnavailableError: ``heatmaps`` is given and this predictor runs an ONNX export.
         """
         from tqdm import tqdm
 
-        if heatmaps is not None:
-            self._require_torch()
-            from pneumoscan.explain import unique_stems
-            from pneumoscan.utils import remove_stale_temps
-
-            stems = unique_stems(paths)
-            remove_stale_temps(heatmaps)  # overlays half-written by a killed run
-        rows: list[dict[str, Any]] = []
+        stems = self._prepare_heatmaps(paths, heatmaps)
+        step = max(1, batch_size)
+        results: list[FileResult] = []
         with tqdm(total=len(paths), unit="img", desc="predict", disable=None if progress else True) as bar:
-            for start in range(0, len(paths), max(1, batch_size)):
-                chunk = [str(p) for p in paths[start:start + max(1, batch_size)]]
-                decoded = self._decode_many(chunk, raise_errors=False, resize=heatmaps is None)
-                ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
-                probs = np.empty(0)
-                written: dict[int, tuple[str, str]] = {}  # row -> (heatmap file, why it was not written)
-                if ok and heatmaps is None:
-                    probs = self._probabilities(self._input_batch([decoded[i] for i in ok]))
-                elif ok:
-                    probs, maps = self._explain_batch([decoded[i] for i in ok])
-                    for i, p, m in zip(ok, probs, maps):
-                        written[i] = self._write_heatmap(heatmaps, stems[start + i], chunk[i], decoded[i], p, m,
-                                                         save_raw)
-                by_index = dict(zip(ok, probs))
-                for i, path in enumerate(chunk):
-                    rows.append(self._row(path, by_index.get(i), decoded[i]))
-                    if heatmaps is not None and i in by_index:
-                        # A heatmap that could not be written costs that row its heatmap, never its score.
-                        rows[-1]["heatmap"], rows[-1]["error"] = written[i]
+            for start in range(0, len(paths), step):
+                chunk = [str(p) for p in paths[start:start + step]]
+                results += self._score_chunk(chunk, stems[start:start + step], heatmaps, save_raw)
                 bar.update(len(chunk))
-        return _rank(rows)
+        return results
 
     # ------------------------------------------------------------------ internals
 
@@ -241,15 +240,37 @@ class Predictor:
         p = float(probability)
         return Prediction(probability=p, positive=decide(p, self.threshold), threshold=self.threshold)
 
-    def _row(self, path: str, probability: float | None, decoded: Any) -> dict[str, Any]:
-        row: dict[str, Any] = {"rank": None, "path": path, "probability": None, "decision": "", "positive": None,
-                               "threshold": self.threshold, "error": ""}
-        if probability is None:
-            row["error"] = str(decoded)
-        else:
-            pred = self._decide(probability)
-            row.update(probability=pred.probability, decision=pred.label, positive=pred.positive)
-        return row
+    def _prepare_heatmaps(self, paths: Sequence[str | os.PathLike[str]],
+                          folder: str | os.PathLike[str] | None) -> list[str]:
+        """The heatmap file stems of ``paths`` (``[]`` without a folder), after checking that Grad-CAM can run
+        and clearing overlays half-written by a killed run."""
+        if folder is None:
+            return []
+        self._require_torch()
+        from pneumoscan.explain import unique_stems
+        from pneumoscan.utils import remove_stale_temps
+
+        stems = unique_stems(paths)
+        remove_stale_temps(folder)
+        return stems
+
+    def _score_chunk(self, chunk: list[str], stems: list[str], heatmaps: str | os.PathLike[str] | None,
+                     save_raw: bool) -> list[FileResult]:
+        """One batch of :meth:`score_files`: decode, score (and explain), in input order."""
+        decoded = self._decode_many(chunk, raise_errors=False, resize=heatmaps is None)
+        ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+        scored: dict[int, FileResult] = {}
+        if ok and heatmaps is None:
+            probs = self._probabilities(self._input_batch([decoded[i] for i in ok]))
+            scored = {i: FileResult(chunk[i], float(p)) for i, p in zip(ok, probs)}
+        elif ok:
+            probs, maps = self._explain_batch([decoded[i] for i in ok])
+            for i, p, m in zip(ok, probs, maps):
+                # A heatmap that could not be written costs that file its heatmap, never its score.
+                heatmap, why = self._write_heatmap(heatmaps, stems[i], chunk[i], decoded[i], p, m, save_raw)
+                scored[i] = FileResult(chunk[i], float(p), error=why, heatmap=heatmap)
+        return [scored[i] if i in scored else FileResult(path, None, error=str(decoded[i]))
+                for i, path in enumerate(chunk)]
 
     def _decode_many(self, items: Sequence[ImageInput], *, raise_errors: bool, resize: bool = False) -> list[Any]:
         """Decode items (paths/bytes/arrays) to ``(H, W) uint8`` (with ``resize``: straight to the model's
@@ -363,10 +384,3 @@ def _describe(item: ImageInput) -> str:
         return f"array {item.dtype} {item.shape}"
     return f"{type(item).__name__} of {len(item)} bytes"
 
-
-def _rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rank successful rows by probability (1 = highest; ties keep input order) and put failures last."""
-    ok = sorted((r for r in rows if r["probability"] is not None), key=lambda r: -r["probability"])
-    for rank, row in enumerate(ok, start=1):
-        row["rank"] = rank
-    return ok + [r for r in rows if r["probability"] is None]

@@ -1,7 +1,13 @@
-"""Find the images to score, and write a triage worklist (CSV or JSON) from :meth:`Predictor.predict_paths` rows.
+"""The triage worklist: find the images to score, turn each file's score into a row, rank the rows, write them.
 
 A worklist lists every input file, highest pneumonia probability first (``rank`` 1), with files that could not
 be read at the end, each with its error. It is decision support, not a diagnosis.
+
+* :func:`collect`: files and folders in, the files to score out (and what was skipped, and why).
+* :func:`triage`: score files with a :class:`~pneumoscan.predict.Predictor` and return ranked rows.
+* :func:`worklist_row`, :func:`rank`: one file's row; the one ranking (the CLI's worklist and the web API's
+  results both use it).
+* :func:`write_results`: rows to CSV or JSON.
 """
 
 from __future__ import annotations
@@ -16,14 +22,18 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pneumoscan.constants import DISCLAIMER, IMAGE_SUFFIXES, JUNK_NAMES, OTHER_IMAGE_SUFFIXES
 from pneumoscan.io import sniff_format
+from pneumoscan.scoring import decide, decision_label
 from pneumoscan.utils import atomic_write_text, csv_safe_text
 
+if TYPE_CHECKING:
+    from pneumoscan.predict import FileResult, Predictor
+
 __all__ = ["IMAGE_SUFFIXES", "OTHER_IMAGE_SUFFIXES", "RESULT_COLUMNS", "Collected", "Skipped", "collect",
-           "collect_images", "looks_like_image", "write_results"]
+           "collect_images", "looks_like_image", "rank", "triage", "worklist_row", "write_results"]
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +192,44 @@ def _other_image_magic(head: bytes) -> bool:
             or head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n")  # JPEG 2000 (JP2) signature box
             or head.startswith(b"\xff\x4f\xff\x51")  # JPEG 2000 codestream (J2K)
             or (head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS))
+
+
+def triage(predictor: Predictor, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 16,
+           progress: bool = False, heatmaps: str | os.PathLike[str] | None = None,
+           save_raw: bool = False) -> list[dict[str, Any]]:
+    """Score ``paths`` with ``predictor`` (:meth:`~pneumoscan.predict.Predictor.score_files`, which documents the
+    arguments) and return one :func:`worklist_row` per file, in :func:`rank` order: highest probability first,
+    files that could not be read last, in input order. Nothing stops at a bad file; its row carries the error."""
+    results = predictor.score_files(paths, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
+                                    save_raw=save_raw)
+    return rank([worklist_row(r, predictor.threshold) for r in results])
+
+
+def worklist_row(result: FileResult, threshold: float) -> dict[str, Any]:
+    """One file's worklist row: ``rank`` (None until :func:`rank` numbers it), ``path``, ``probability``,
+    ``decision`` (``"PNEUMONIA"``/``"NORMAL"`` by :func:`pneumoscan.scoring.decide`; ``""`` when the file could
+    not be read), ``positive`` (bool or None), ``threshold``, ``error`` (``""`` when ok) and, when a heatmap was
+    asked for and the file scored, ``heatmap`` (the overlay's path; ``""`` when it could not be written)."""
+    row: dict[str, Any] = {"rank": None, "path": result.path, "probability": None, "decision": "", "positive": None,
+                           "threshold": threshold, "error": result.error}
+    if result.probability is not None:
+        positive = decide(result.probability, threshold)
+        row.update(probability=result.probability, decision=decision_label(positive), positive=positive)
+    if result.heatmap is not None:
+        row["heatmap"] = result.heatmap
+    return row
+
+
+def rank(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Number the scored rows by risk: each row with a ``probability`` (present and not None) gets ``rank``,
+    1 for the highest probability, ties in input order, set in place; the other rows are left as they are.
+
+    Returns the scored rows in rank order, then the others in input order.
+    """
+    scored = sorted((r for r in rows if r.get("probability") is not None), key=lambda r: -r["probability"])
+    for number, row in enumerate(scored, start=1):
+        row["rank"] = number
+    return scored + [r for r in rows if r.get("probability") is None]
 
 
 def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,

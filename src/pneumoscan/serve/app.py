@@ -49,6 +49,7 @@ from pneumoscan.serve.analysis import Cancelled, UploadStore, analyse
 from pneumoscan.serve.budget import BudgetExceeded, MemoryBudget, estimate_decode_bytes
 from pneumoscan.serve.security import TokenAuth, Unauthorized, log_id, unauthorized_response
 from pneumoscan.serve.settings import ServeSettings
+from pneumoscan.worklist import rank
 
 __all__ = ["DISCLAIMER", "INTENDED_USE", "create_app"]
 
@@ -359,8 +360,7 @@ def _api_router(state: _ServerState) -> APIRouter:
 
 def _predict_response(state: _ServerState, entries: list[dict[str, Any]], statuses: list[int]) -> JSONResponse:
     ok = [e for e in entries if e["ok"]]
-    for rank, e in enumerate(sorted(ok, key=lambda e: -e["probability"]), start=1):
-        e["rank"] = rank
+    rank(entries)  # numbers the scored entries; the response keeps the upload order
     p = state.predictor
     body: dict[str, Any] = {"model": {"name": p.model_name, "version": p.version, "threshold": p.threshold},
                             "disclaimer": DISCLAIMER, "results": entries}
