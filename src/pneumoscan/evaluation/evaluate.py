@@ -25,6 +25,7 @@ import numpy as np
 
 from pneumoscan import __version__
 from pneumoscan import metrics as M
+from pneumoscan.checkpoint import FALLBACK_THRESHOLD
 from pneumoscan.constants import DEFAULT_CACHE_DIR
 from pneumoscan.data import Record, index_dataset, split_overlap, write_scores_csv
 from pneumoscan.evaluation.report import write_report
@@ -34,6 +35,9 @@ from pneumoscan.utils import atomic_write_text
 __all__ = ["evaluate"]
 
 log = logging.getLogger(__name__)
+
+#: The fixed threshold every report shows beside the operating and Youden ones, for reference (not a fallback).
+FIXED_REFERENCE_THRESHOLD = 0.5
 
 _KERMANY_NAME = re.compile(r"^(person\d+_(bacteria|virus)_\d+|(NORMAL2-)?IM-\d+(-\d+)+)$", re.IGNORECASE)
 
@@ -61,8 +65,8 @@ def _model_warnings(entry: dict[str, Any]) -> list[str]:
     out = []
     if entry["operating_point_source"] != "checkpoint":
         out.append("This checkpoint carries no operating threshold chosen on validation (it was trained before "
-                   "pneumoscan chose one), so 0.5 is used as the operating threshold. 0.5 was not chosen for "
-                   "sensitivity and may miss more pneumonia than intended.")
+                   f"pneumoscan chose one), so {FALLBACK_THRESHOLD:g} is used as the operating threshold. "
+                   f"{FALLBACK_THRESHOLD:g} was not chosen for sensitivity and may miss more pneumonia than intended.")
     ov = entry.get("split_overlap") or {}
     if ov.get("train"):
         out.append(f"{ov['train']} of the {ov['n_images']} evaluated images were used to TRAIN this model: "
@@ -101,8 +105,8 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
              device: str = "auto", batch_size: int = 64, num_workers: int = 2, progress: bool = False) -> dict[str, Any]:
     """Evaluate ``checkpoints`` on the labelled images of ``data`` (folder or CSV manifest, optional ``split``).
 
-    Every model uses its own temperature and its own operating threshold from the checkpoint (0.5 when
-    it has none; the report says so); nothing is chosen on the evaluated data. The first checkpoint is
+    Every model uses its own temperature and its own operating threshold from the checkpoint
+    (:data:`~pneumoscan.checkpoint.FALLBACK_THRESHOLD` when it has none; the report says so); nothing is chosen on the evaluated data. The first checkpoint is
     the reference of the comparison (DeLong's test and a paired patient bootstrap of the AUC difference).
     Bootstrap settings default to the first checkpoint's ``eval`` config (2,000 resamples, seed 0).
 
@@ -126,7 +130,7 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
     for i, sm in enumerate(scored):
         ck = sm.checkpoint
         op = ck.meta.get("operating_point") or {}
-        ths = {"operating": ck.threshold, "fixed_0.5": 0.5, "youden": op.get("youden_threshold")}
+        ths = {"operating": ck.threshold, "fixed_0.5": FIXED_REFERENCE_THRESHOLD, "youden": op.get("youden_threshold")}
         summary = M.summarize_scores(y, sm.probs, ths, groups=groups, causes=causes, n_resamples=n_boot, seed=seed, level=level)
         entry: dict[str, Any] = {
             "index": i + 1, "checkpoint": str(ck.path), "model": ck.model_name, "epoch": ck.meta.get("epoch"),

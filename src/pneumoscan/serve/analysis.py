@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.io import read_image, sniff_format
+from pneumoscan.scoring import decide, decision_label
 from pneumoscan.serve.security import log_id
 
 __all__ = ["PREVIEW_SIDE", "Cancelled", "UploadStore", "analyse"]
@@ -70,7 +71,7 @@ def analyse(predictor: Any, name: str, data: bytes, *, heatmap: bool, want_previ
         probability, heat = predictor.explain(gray)
     else:
         probability, heat = float(predictor.predict_proba([gray])[0]), None
-    positive = bool(probability >= predictor.threshold)
+    positive = decide(probability, predictor.threshold)
     out: dict[str, Any] = {
         "filename": name,
         "ok": True,
@@ -79,7 +80,7 @@ def analyse(predictor: Any, name: str, data: bytes, *, heatmap: bool, want_previ
         "height": int(gray.shape[0]),
         "probability": probability,
         "positive": positive,
-        "decision": "PNEUMONIA" if positive else "NORMAL",
+        "decision": decision_label(positive),
         "threshold": predictor.threshold,
         "model_version": predictor.version,
     }

@@ -14,7 +14,10 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from pneumoscan.checkpoint import FALLBACK_THRESHOLD
+from pneumoscan.constants import DISCLAIMER
 from pneumoscan.evaluation.report import plots
+from pneumoscan.scoring import decide
 from pneumoscan.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = ["GALLERY_SIZES", "render_html", "write_report"]
@@ -65,7 +68,7 @@ def render_html(context: dict[str, Any]) -> str:
 
 def _gallery(sm: Any, records: Sequence[Any], y: np.ndarray, t: float) -> dict[str, list[dict[str, Any]]]:
     p = sm.probs
-    pred = p >= t
+    pred = np.array([decide(x, t) for x in p], dtype=bool)
     picks = {
         "fn": np.flatnonzero((y == 1) & ~pred), "fp": np.flatnonzero((y == 0) & pred),
         "tp": np.flatnonzero((y == 1) & pred), "tn": np.flatnonzero((y == 0) & ~pred),
@@ -115,7 +118,8 @@ def write_report(result: dict[str, Any], scored: Sequence[Any], records: Sequenc
                "metric_labels": {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV (precision)",
                                  "npv": "NPV", "accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
                                  "f1": "F1"},
-               "kermany_citation": KERMANY_CITATION}
+               "kermany_citation": KERMANY_CITATION, "disclaimer": DISCLAIMER,
+               "fallback_threshold": FALLBACK_THRESHOLD}
     atomic_write_text(out_dir / "report.html", render_html(context))
     outputs["report"] = "report.html"
     outputs["metrics"] = "metrics.json"
