@@ -20,6 +20,13 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
 
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (N, num_classes), pooled features (N, C))``: the logits exactly as :meth:`forward` computes
+        them, and the globally averaged last feature map the head sees (what the scope gate and the drift check
+        compare with the training data)."""
+        fmap = self.forward_features(x)
+        return self.head(fmap), fmap.mean(dim=(2, 3))
+
     @property
     def gradcam_layer(self) -> nn.Module:
         # A property, not an attribute: assigning the module twice would duplicate its state-dict keys.
