@@ -119,8 +119,9 @@ class Predictor:
 
     Build it with :meth:`from_checkpoint` (a ``.safetensors`` checkpoint or an ``.onnx`` export made by
     :func:`pneumoscan.export.export_onnx`) or :meth:`from_model`. Attributes: ``model_name``, ``threshold``,
-    ``temperature``, ``preprocessing``, ``meta`` (the checkpoint's metadata), ``version`` (first 12 hex digits
-    of the model file's SHA-256, identifying the exact weights; ``"in-memory"`` for :meth:`from_model`),
+    ``temperature``, ``preprocessing``, ``info`` (the checkpoint's metadata, typed:
+    :class:`~pneumoscan.checkpoint.ModelMeta`), ``meta`` (the same, as a plain dict), ``version`` (first 12 hex
+    digits of the model file's SHA-256, identifying the exact weights; ``"in-memory"`` for :meth:`from_model`),
     ``backend`` (``"torch"`` or ``"onnxruntime"``) and ``path``.
     """
 

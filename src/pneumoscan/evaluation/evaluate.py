@@ -121,28 +121,29 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
                                            batch_size, num_workers, progress)
     if not records:
         raise ValueError(f"{data}: no image could be decoded for every model")
-    ecfg = (scored[0].checkpoint.meta.get("config") or {}).get("eval") or {}
+    ecfg = scored[0].checkpoint.info.config.get("eval") or {}
     n_boot = int(bootstrap_samples if bootstrap_samples is not None else ecfg.get("bootstrap_samples", 2000))
     seed = int(bootstrap_seed if bootstrap_seed is not None else ecfg.get("bootstrap_seed", 0))
     y = np.array([r.label for r in records], dtype=np.int64)
     groups, causes = [r.patient_id for r in records], [r.cause for r in records]
     models = []
     for i, sm in enumerate(scored):
-        ck = sm.checkpoint
-        op = ck.meta.get("operating_point") or {}
-        ths = {"operating": ck.threshold, "fixed_0.5": FIXED_REFERENCE_THRESHOLD, "youden": op.get("youden_threshold")}
+        ck, info = sm.checkpoint, sm.checkpoint.info
+        op = info.operating_point
+        ths = {"operating": info.threshold, "fixed_0.5": FIXED_REFERENCE_THRESHOLD,
+               "youden": op.get("youden_threshold")}
         summary = M.summarize_scores(y, sm.probs, ths, groups=groups, causes=causes, n_resamples=n_boot, seed=seed, level=level)
         entry: dict[str, Any] = {
-            "index": i + 1, "checkpoint": str(ck.path), "model": ck.model_name, "epoch": ck.meta.get("epoch"),
-            "image_size": ck.meta["preprocessing"]["image_size"],
-            "operating_point": op or None, "operating_point_source": "checkpoint" if "threshold" in op else "fallback_0.5",
-            "calibration": {"temperature": ck.temperature, "fitted_on_validation": ck.meta.get("calibration"),
+            "index": i + 1, "checkpoint": str(ck.path), "model": info.model, "epoch": info.epoch,
+            "image_size": info.preprocessing.image_size,
+            "operating_point": op or None, "operating_point_source": info.threshold_source,
+            "calibration": {"temperature": info.temperature, "fitted_on_validation": info.calibration or None,
                             "ece_raw": M.ece(y, sm.probs_raw), "ece_calibrated": M.ece(y, sm.probs),
                             "brier_raw": M.brier(y, sm.probs_raw), "brier_calibrated": M.brier(y, sm.probs),
-                            "nll_raw": M.binary_nll(y, sm.logits), "nll_calibrated": M.binary_nll(y, sm.logits, ck.temperature)},
+                            "nll_raw": M.binary_nll(y, sm.logits), "nll_calibrated": M.binary_nll(y, sm.logits, info.temperature)},
             "summary": summary, "split_overlap": split_overlap(ck.path, records),
         }
-        val = ck.meta.get("val_summary")
+        val = info.val_summary
         v, e = (_metric(val, "operating", "sensitivity") if val else None), _metric(summary, "operating", "sensitivity")
         if v and e:
             entry["validation_comparison"] = {

@@ -94,11 +94,10 @@ class _ServerState:
 
 
 def _model_info(predictor: Any, model_card: str | None) -> dict[str, Any]:
-    meta = predictor.meta
-    op = meta.get("operating_point") or {}
-    summary = meta.get("val_summary") or {}
+    info = predictor.info
+    op, vm = info.operating_point, info.val_metrics
+    summary = info.val_summary or {}
     at_op = (summary.get("thresholds") or {}).get("operating") or {}
-    vm = meta.get("val_metrics") or {}
     roc = summary.get("roc_auc")  # {"value", "ci"} in a val_summary; older checkpoints only have val_metrics
     validation = {
         "auc": roc["value"] if isinstance(roc, dict) else vm.get("val_auc"),
@@ -107,17 +106,17 @@ def _model_info(predictor: Any, model_card: str | None) -> dict[str, Any]:
         "specificity": op.get("val_specificity", at_op.get("specificity")),
     }
     return {
-        "name": predictor.model_name,
+        "name": info.model,
         "version": predictor.version,
         "backend": predictor.backend,
-        "threshold": predictor.threshold,
-        "temperature": predictor.temperature,
+        "threshold": info.threshold,
+        "temperature": info.temperature,
         "operating_point": op,
-        "calibration": meta.get("calibration") or {},
+        "calibration": info.calibration,
         "validation": {k: v for k, v in validation.items() if v is not None},
-        "preprocessing": predictor.preprocessing.to_dict(),
-        "classes": meta.get("classes"),
-        "epoch": meta.get("epoch"),
+        "preprocessing": info.preprocessing.to_dict(),
+        "classes": list(info.classes) or None,
+        "epoch": info.epoch,
         "intended_use": INTENDED_USE,
         "disclaimer": DISCLAIMER,
         "pneumoscan_version": __version__,
