@@ -29,10 +29,10 @@ SIZES = (224, 160)
 def run_one(model_name: str, size: int, batch: int, steps: int, warmup: int, threads: int) -> dict:
     import torch
 
-    from pneumoscan.training.augment import build_augmentation
     from pneumoscan.config import AugmentConfig
     from pneumoscan.models import create_model, default_preprocessing
-from pneumoscan.preprocessing import normalize
+    from pneumoscan.preprocessing import normalize
+    from pneumoscan.training.augment import build_augmentation
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

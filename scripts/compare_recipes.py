@@ -46,8 +46,8 @@ from pneumoscan import metrics as M
 from pneumoscan.checkpoint import load_checkpoint, load_state
 from pneumoscan.config import EvalConfig
 from pneumoscan.data import build_cache, index_dataset
-from pneumoscan.operating_point import choose_operating_point as validation_summary
 from pneumoscan.models import create_model
+from pneumoscan.operating_point import choose_operating_point as validation_summary
 from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.predict import model_from_checkpoint
 from pneumoscan.scoring import score_cached as score_images

@@ -74,3 +74,15 @@ def test_grid_png_is_written_and_rng_untouched(tmp_path):
     assert torch.equal(torch.random.get_rng_state(), before)
     with Image.open(out) as im:
         assert im.format == "PNG" and im.width > 200 and im.height > 100
+
+
+def test_grid_draws_depend_only_on_its_seed(tmp_path):
+    """The preview owns its random state: the caller's global seed does not change it, its own seed does."""
+    images = (np.random.default_rng(0).random((2, 48, 48)) * 255).astype(np.uint8)
+    aug = build_augmentation(AugmentConfig())
+    outs = []
+    for name, global_seed, seed in (("a", 1, 7), ("b", 2, 7), ("c", 1, 8)):
+        torch.manual_seed(global_seed)
+        outs.append(save_augmentation_grid(images, aug, tmp_path / f"{name}.png", copies=2, seed=seed).read_bytes())
+    assert outs[0] == outs[1]
+    assert outs[0] != outs[2]

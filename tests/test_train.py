@@ -339,7 +339,7 @@ def test_undecodable_images_are_named_even_when_the_cache_is_reused(blob_data, t
 
 
 def test_failed_images_csv_is_safe_for_spreadsheets_and_goes_when_there_are_none(tmp_path):
-    from pneumoscan.training.loop import _write_failed_images
+    from pneumoscan.training.inputs import write_failed_images as _write_failed_images
 
     path = tmp_path / "failed_images.csv"
     _write_failed_images(path, [("/d/=cmd.png", "-: damaged"), ("/d/ok.png", "file not found")])

@@ -6,8 +6,10 @@ one is a switch and a strength in :class:`~pneumoscan.config.AugmentConfig`.
 Intensity jitter (brightness, contrast, gamma) is an optional extra, off by
 default, because the study did not use it.
 
-Randomness comes from torch's generator, which the training loop seeds once
-and saves in every checkpoint, so a resumed run draws the same augmentations.
+Randomness comes from torch's global generator, which the training loop reseeds
+every epoch from (seed, epoch, rank), so a resumed run draws the same
+augmentations. A preview (:func:`save_augmentation_grid`) draws inside
+``torch.random.fork_rng`` and leaves that stream alone.
 """
 
 from __future__ import annotations
@@ -91,8 +93,9 @@ def save_augmentation_grid(
 ) -> Path:
     """Write a PNG grid: each row is one original (left) followed by ``copies`` augmented draws.
 
-    ``images_u8`` is (N, S, S) uint8. Uses its own torch generator state so the
-    training RNG stream is not disturbed. Returns the path written (atomically).
+    ``images_u8`` is (N, S, S) uint8 in 0..255. The draws come from torch's CPU generator seeded with ``seed``
+    inside :func:`torch.random.fork_rng`, so the caller's random stream is not disturbed. Returns the path
+    written (atomically).
     """
     import matplotlib
 
@@ -101,12 +104,11 @@ def save_augmentation_grid(
 
     n = len(images_u8)
     x = torch.from_numpy(np.ascontiguousarray(images_u8)).float().div_(255.0).unsqueeze(1)
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
+    # The preview owns its random state (MONAI's habit): fork the CPU generator, seed only it, and the caller's
+    # stream (CPU and CUDA) is left exactly as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         draws = [aug(x) for _ in range(copies)]
-    finally:
-        torch.random.set_rng_state(state)
     fig, axes = plt.subplots(n, copies + 1, figsize=(1.6 * (copies + 1), 1.6 * n), squeeze=False)
     for i in range(n):
         axes[i][0].imshow(x[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)

@@ -1,0 +1,122 @@
+"""What a training run learns from: the patient-level split of the data set, the decoded-image cache, the rows
+of it that train and validate, and the order in which each rank visits the training rows in each epoch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DistributedSampler, WeightedRandomSampler
+
+from pneumoscan.config import Config
+from pneumoscan.constants import DEFAULT_CACHE_DIR
+from pneumoscan.data import ImageCache, build_cache, index_dataset, split_index, write_manifest
+from pneumoscan.errors import ConfigError
+from pneumoscan.models import default_preprocessing
+from pneumoscan.training.distributed import Dist
+from pneumoscan.utils import atomic_write_text, csv_safe_text
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FAILED_IMAGES", "RunData", "epoch_order", "prepare_data", "write_failed_images"]
+
+#: The run folder's list of images that could not be decoded (only when there are some).
+FAILED_IMAGES = "failed_images.csv"
+
+
+@dataclass
+class RunData:
+    """The cached images and which of their rows train and which validate."""
+
+    cache: ImageCache
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    labels: np.ndarray  # int64 label (1 = pneumonia) of every cache row
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        return self.labels[self.train_rows]
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.train_labels.sum())
+
+    @property
+    def n_neg(self) -> int:
+        return int((1 - self.train_labels).sum())
+
+
+def prepare_data(cfg: Config, run_dir: Path, d: Dist) -> RunData:
+    """Index, split by patient and cache (rank 0 writes split.csv and failed_images.csv and builds the cache; the
+    other ranks wait for it and map it). Raises :class:`ConfigError` when either split would be empty or the
+    training rows lack a class."""
+    if not cfg.data.root:
+        raise ConfigError("no training data: pass --data PATH or set data.root / $PNEUMOSCAN_DATA")
+    index = index_dataset(cfg.data.root, split=cfg.data.split or None, check=False, max_pixels=cfg.data.max_pixels)
+    train_idx, val_idx = split_index(index, cfg.data.val_fraction, cfg.data.split_seed)
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise ConfigError(f"{cfg.data.root}: too few patients to split into train and validation")
+    cache_dir = Path(cfg.data.cache_dir or DEFAULT_CACHE_DIR)
+    records = list(train_idx.records) + list(val_idx.records)
+    spec = default_preprocessing(cfg.model.name, cfg.model.image_size)
+    if d.main:
+        write_manifest(run_dir / "split.csv", records, ["train"] * len(train_idx) + ["val"] * len(val_idx))
+        cache = build_cache(records, spec, cache_dir, max_pixels=cfg.data.max_pixels,
+                            num_workers=cfg.data.num_workers, progress=True)
+        d.barrier()
+    else:
+        d.barrier()  # rank 0 built the cache; this call finds it valid and only maps it
+        cache = build_cache(records, spec, cache_dir, max_pixels=cfg.data.max_pixels,
+                            num_workers=cfg.data.num_workers, progress=False, log_failures=False)
+    val_paths = {r.path for r in val_idx.records}
+    is_val = np.array([r.path in val_paths for r in cache.records], dtype=bool)
+    tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if cfg.train.max_train_images and len(tr) > cfg.train.max_train_images:
+        rng = np.random.default_rng(cfg.train.seed)
+        tr = np.sort(rng.choice(tr, cfg.train.max_train_images, replace=False))
+    if d.main:
+        write_failed_images(run_dir / FAILED_IMAGES, cache.failures)
+    if cache.failures and d.main:
+        log.warning("%d image(s) could not be decoded and were left out (named above; all in %s)",
+                    len(cache.failures), run_dir / FAILED_IMAGES)
+    data = RunData(cache, tr, va, cache.labels.astype(np.int64))
+    if data.n_pos == 0 or data.n_neg == 0:
+        raise ConfigError("the training split needs images of both classes")
+    log.info("train: %d images (%d pneumonia), val: %d images", len(tr), data.n_pos, len(va))
+    return data
+
+
+def write_failed_images(path: Path, failures: Sequence[tuple[str, str]]) -> None:
+    """``path,reason`` of every image the cache left out, written atomically; removed when there are none
+    (a resumed run over repaired data must not keep an old list)."""
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows([csv_safe_text(path), csv_safe_text(reason)] for path, reason in failures)
+    atomic_write_text(path, buf.getvalue())
+
+
+def epoch_order(n: int, labels: np.ndarray, cfg: Config, epoch: int, d: Dist) -> np.ndarray:
+    """Indices (into the ``n`` train rows, whose labels are ``labels``) that this rank visits in ``epoch``; every
+    rank gets the same count. A pure function of (``train.seed``, ``epoch``, rank): torch's global generator is
+    not touched."""
+    seed = cfg.train.seed
+    if cfg.train.balanced_sampler:
+        counts = np.bincount(labels, minlength=2).astype(np.float64)
+        weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = np.fromiter(iter(WeightedRandomSampler(weights, n, replacement=True, generator=g)), dtype=np.int64)
+        per_rank = n // d.world
+        return order[d.rank : per_rank * d.world : d.world]
+    sampler = DistributedSampler(range(n), num_replicas=d.world, rank=d.rank, shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return np.fromiter(iter(sampler), dtype=np.int64)
