@@ -1,13 +1,16 @@
 """The web app and REST API: upload X-rays, get the risk, the decision, a heatmap and a worklist.
 
-Where things live: :mod:`.settings` (limits), :mod:`.app` (the FastAPI factory and routes), :mod:`.analysis`
-(one upload in, one result out), :mod:`.budget` (memory budget), :mod:`.security` (token, exposure check,
-log pseudonyms), :mod:`.protocol` (header deadline), :mod:`.server` (uvicorn).
+Where things live: :mod:`.settings` (limits), :mod:`.app` (the FastAPI factory), :mod:`.routes` (one APIRouter
+per area: :mod:`.routes.page`, :mod:`.routes.api`), :mod:`.state` (what the routes share), :mod:`.body` (reading
+and parsing uploads), :mod:`.batch` (a request's files, in parallel, within the budget), :mod:`.analysis` (one
+upload in, one result out), :mod:`.budget` (memory budget), :mod:`.security` (token, exposure check, log
+pseudonyms), :mod:`.protocol` (header deadline), :mod:`.server` (uvicorn).
 """
 
 from __future__ import annotations
 
-from pneumoscan.serve.app import DISCLAIMER, INTENDED_USE, create_app
+from pneumoscan.constants import DISCLAIMER, INTENDED_USE
+from pneumoscan.serve.app import create_app
 from pneumoscan.serve.server import run, uvicorn_config
 from pneumoscan.serve.settings import SERVER_MAX_PIXELS, ServeSettings
 

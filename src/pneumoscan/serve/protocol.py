@@ -6,7 +6,7 @@ every such connection holds a socket and memory. :func:`guarded_h11` returns uvi
 header deadline: from the moment a connection opens (or, on a kept-alive connection, from the first byte of
 the next request) the client has ``header_timeout`` seconds to complete the request line and headers; then
 it gets ``408 Request Timeout`` and the connection is closed. Stalled *bodies* are timed in the app, where
-the request is known (:func:`pneumoscan.serve.app.read_body`).
+the request is known (:func:`pneumoscan.serve.body.read_body`).
 """
 
 from __future__ import annotations

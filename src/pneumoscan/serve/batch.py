@@ -1,0 +1,102 @@
+"""The files of one request, analysed with bounded parallelism inside the memory budget; the work stops when the
+client disconnects. Every failure while analysing one file, of any kind, is that file's error entry."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import anyio
+from fastapi import Request
+
+from pneumoscan.io import (
+    ImageError,
+    ImageMemoryError,
+    ImageTooLargeError,
+    NotAnImageError,
+    UnsupportedDicomError,
+    read_image_info,
+    sniff_format,
+)
+from pneumoscan.serve.analysis import Cancelled, analyse
+from pneumoscan.serve.budget import BudgetExceeded, estimate_decode_bytes
+from pneumoscan.serve.security import log_id
+from pneumoscan.serve.state import ServerState
+
+__all__ = ["analyse_all", "analyse_one"]
+
+log = logging.getLogger("pneumoscan.serve")
+
+_STATUS_FOR = {ImageTooLargeError: 413, ImageMemoryError: 413, NotAnImageError: 415, UnsupportedDicomError: 415}
+_MIB = 1024 * 1024
+
+
+async def analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool, want_preview: bool,
+                      cancel: threading.Event) -> tuple[dict[str, Any], int]:
+    """``(entry, status)`` for one file; every failure becomes the entry's error, never the request's."""
+    settings, predictor = state.settings, state.predictor
+    try:
+        fmt = sniff_format(data[:132])
+        if state.uploads is not None and fmt is not None:
+            await anyio.to_thread.run_sync(state.uploads.save, data, fmt)
+        info = await anyio.to_thread.run_sync(
+            lambda: read_image_info(data, name=name, max_pixels=settings.max_pixels))
+        need = estimate_decode_bytes(info, heatmap=heatmap and predictor.backend == "torch")
+        async with state.budget.reserve(need):
+            entry = await anyio.to_thread.run_sync(
+                lambda: analyse(predictor, name, data, heatmap=heatmap, want_preview=want_preview,
+                                max_pixels=settings.max_pixels, cancel=cancel),
+                limiter=state.limiter)
+        log.info("%s: %s, p=%.3f", log_id(name), entry["decision"], entry["probability"])
+        return entry, 200
+    except ImageError as exc:
+        log.info("%s: refused (%s)", log_id(name), type(exc).__name__)
+        return {"filename": name, "ok": False, "error": str(exc)}, _STATUS_FOR.get(type(exc), 422)
+    except BudgetExceeded:
+        log.info("%s: refused (over the memory budget)", log_id(name))
+        return {"filename": name, "ok": False,
+                "error": f"{name}: image is {info.width} x {info.height} pixels and would need about "
+                         f"{need / _MIB:,.0f} MiB to analyse; this server's memory budget is "
+                         f"{settings.memory_budget_bytes / _MIB:,.0f} MiB. Downscale it and send it again"}, 413
+    except Cancelled:
+        return {"filename": name, "ok": False, "error": f"{name}: cancelled, the client disconnected"}, 499
+    except Exception as exc:  # noqa: BLE001 - one file's failure must never cost the others their results
+        log.error("%s: internal error while analysing (%s)", log_id(name), type(exc).__name__,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        return {"filename": name, "ok": False,
+                "error": f"{name}: internal error while analysing this file ({type(exc).__name__}); "
+                         "the other files are not affected"}, 500
+
+
+async def _watch_disconnect(request: Request, cancel: threading.Event, scope: anyio.CancelScope) -> None:
+    while not await request.is_disconnected():
+        await anyio.sleep(0.2)
+    cancel.set()
+    scope.cancel()
+
+
+async def analyse_all(request: Request, state: ServerState, files: list[tuple[str, bytes]], heatmap: bool,
+                      want_preview: bool) -> tuple[list[dict[str, Any]], list[int], bool]:
+    """Analyse the files with bounded parallelism; stop when the client disconnects.
+
+    Returns ``(entries in upload order, statuses, client_gone)``.
+    """
+    entries: list[Any] = [None] * len(files)
+    statuses = [0] * len(files)
+    cancel = threading.Event()
+    part = anyio.CapacityLimiter(state.settings.request_parallelism)
+
+    async def one(i: int) -> None:
+        async with part:
+            if cancel.is_set():
+                return
+            entries[i], statuses[i] = await analyse_one(state, *files[i], heatmap, want_preview, cancel)
+
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(_watch_disconnect, request, cancel, outer.cancel_scope)
+        async with anyio.create_task_group() as work:
+            for i in range(len(files)):
+                work.start_soon(one, i)
+        outer.cancel_scope.cancel()
+    return entries, statuses, cancel.is_set()

@@ -1,0 +1,84 @@
+"""What the routes share: one Predictor, the settings, the thread pool, the memory budget, the bytes held, the
+token check, and the model's description (``/api/v1/model``), built once at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import anyio
+
+from pneumoscan import __version__
+from pneumoscan.constants import DISCLAIMER, INTENDED_USE
+from pneumoscan.serve.analysis import UploadStore
+from pneumoscan.serve.budget import MemoryBudget
+from pneumoscan.serve.security import TokenAuth
+from pneumoscan.serve.settings import ServeSettings
+
+__all__ = ["ServerState", "model_info"]
+
+
+class ServerState:
+    """What the routes share: the predictor, limits, thread pool, memory budget and buffered-bytes gauge."""
+
+    def __init__(self, predictor: Any, settings: ServeSettings) -> None:
+        self.predictor = predictor
+        self.settings = settings
+        self.limiter = anyio.CapacityLimiter(settings.workers)
+        self.budget = MemoryBudget(settings.memory_budget_bytes)
+        self.buffered = 0
+        self.uploads = (UploadStore(settings.save_uploads, settings.upload_retention_days)
+                        if settings.save_uploads else None)
+        self.auth = TokenAuth(settings.token)
+        self.info = model_info(predictor, _read_model_card())
+
+    @asynccontextmanager
+    async def holding(self, nbytes: int) -> AsyncIterator[None]:
+        """Count ``nbytes`` of request bodies as held in memory for the block."""
+        self.buffered += nbytes
+        try:
+            yield
+        finally:
+            self.buffered -= nbytes
+
+
+def model_info(predictor: Any, model_card: str | None) -> dict[str, Any]:
+    """The model's description for ``/api/v1/model``: name, version, operating point, calibration, validation
+    figures, preprocessing, intended use, the disclaimer and the model card (Markdown, or None)."""
+    info = predictor.info
+    op, vm = info.operating_point, info.val_metrics
+    summary = info.val_summary or {}
+    at_op = (summary.get("thresholds") or {}).get("operating") or {}
+    roc = summary.get("roc_auc")  # {"value", "ci"} in a val_summary; older checkpoints only have val_metrics
+    validation = {
+        "auc": roc["value"] if isinstance(roc, dict) else vm.get("val_auc"),
+        "auc_ci": roc.get("ci") if isinstance(roc, dict) else None,
+        "sensitivity": op.get("val_sensitivity", at_op.get("sensitivity")),
+        "specificity": op.get("val_specificity", at_op.get("specificity")),
+    }
+    return {
+        "name": info.model,
+        "version": predictor.version,
+        "backend": predictor.backend,
+        "threshold": info.threshold,
+        "temperature": info.temperature,
+        "operating_point": op,
+        "calibration": info.calibration,
+        "validation": {k: v for k, v in validation.items() if v is not None},
+        "preprocessing": info.preprocessing.to_dict(),
+        "classes": list(info.classes) or None,
+        "epoch": info.epoch,
+        "intended_use": INTENDED_USE,
+        "disclaimer": DISCLAIMER,
+        "pneumoscan_version": __version__,
+        "model_card": model_card,
+    }
+
+
+def _read_model_card() -> str | None:
+    try:
+        return resources.files("pneumoscan").joinpath("assets/MODEL_CARD.md").read_text(encoding="utf-8")
+    except (FileNotFoundError, OSError):
+        return None
