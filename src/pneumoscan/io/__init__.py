@@ -18,11 +18,11 @@ from pneumoscan.errors import (
     NotAnImageError,
     UnsupportedDicomError,
 )
-from pneumoscan.io.common import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageInfo, sniff_format
-from pneumoscan.io.images import read_image, read_image_info
+from pneumoscan.io.common import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageContext, ImageInfo, sniff_format
+from pneumoscan.io.images import read_image, read_image_info, read_image_with_context
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "MIN_SIDE", "CorruptImageError", "EmptyFileError", "ImageError", "ImageInfo",
+    "DEFAULT_MAX_PIXELS", "MIN_SIDE", "CorruptImageError", "EmptyFileError", "ImageContext", "ImageError", "ImageInfo",
     "ImageMemoryError", "ImageTooLargeError", "ImageTooSmallError", "NotAnImageError", "UnsupportedDicomError",
-    "read_image", "read_image_info", "sniff_format",
+    "read_image", "read_image_info", "read_image_with_context", "sniff_format",
 ]

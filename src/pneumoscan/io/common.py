@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -13,7 +13,7 @@ from PIL import Image
 from pneumoscan.constants import IMAGE_SUFFIXES, SUPPORTED_FORMATS
 from pneumoscan.errors import CorruptImageError, ImageError, ImageTooLargeError, ImageTooSmallError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "MIN_SIDE", "ImageInfo", "sniff_format"]
+__all__ = ["DEFAULT_MAX_PIXELS", "MIN_SIDE", "ImageContext", "ImageInfo", "sniff_format"]
 
 #: Refuse images with more pixels than this, from the header, before decoding (decompression-bomb guard).
 DEFAULT_MAX_PIXELS = 60_000_000
@@ -29,6 +29,37 @@ _MODE_BITS = {"1": 1, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32
 _EXIF_ORIENTATION = 0x0112
 
 Source = str | os.PathLike[str] | bytes
+
+
+@dataclass(frozen=True)
+class ImageContext:
+    """Who and what an image is, from its DICOM header; every field is ``""`` for JPEG, PNG, TIFF and BMP, and
+    for a tag the header lacks or holds an unreadable value in.
+
+    ``patient_age`` is the DICOM Age String as written (``"081Y"``, ``"018M"``); :meth:`age_years` parses it.
+    ``patient_name`` must never be logged.
+    """
+
+    format: str = ""
+    modality: str = ""
+    body_part: str = ""
+    view_position: str = ""
+    patient_age: str = ""
+    patient_sex: str = ""
+    patient_id: str = ""
+    patient_name: str = field(default="", repr=False)  # never in logs or reprs
+    accession: str = ""
+    study_date: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+
+    def age_years(self) -> float | None:
+        """The patient's age in years from ``patient_age`` (``nnnD``, ``nnnW``, ``nnnM`` or ``nnnY``), or None."""
+        text = self.patient_age.strip().upper()
+        if len(text) < 2 or not text[:-1].isdigit() or text[-1] not in "DWMY":
+            return None
+        return int(text[:-1]) / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[text[-1]]
 
 
 @dataclass(frozen=True)

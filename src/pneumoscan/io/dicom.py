@@ -8,7 +8,7 @@ from typing import IO, Any
 import numpy as np
 
 from pneumoscan.errors import CorruptImageError, UnsupportedDicomError
-from pneumoscan.io.common import _check_size, _decoder_errors, _scale, _to_uint8
+from pneumoscan.io.common import ImageContext, _check_size, _decoder_errors, _scale, _to_uint8
 
 logger = logging.getLogger("pneumoscan.io")
 
@@ -113,3 +113,26 @@ def _dicom_to_gray(arr: np.ndarray, ds: Any, log_name: str) -> np.ndarray:
     if photometric == "MONOCHROME1":  # low stored values are bright on a MONOCHROME1 display
         scaled = 255.0 - scaled
     return _to_uint8(scaled)
+
+
+#: ImageContext field -> DICOM keyword.
+_CONTEXT_TAGS = {
+    "modality": "Modality", "body_part": "BodyPartExamined", "view_position": "ViewPosition",
+    "patient_age": "PatientAge", "patient_sex": "PatientSex", "patient_id": "PatientID", "patient_name": "PatientName",
+    "accession": "AccessionNumber", "study_date": "StudyDate", "study_uid": "StudyInstanceUID",
+    "series_uid": "SeriesInstanceUID", "sop_uid": "SOPInstanceUID",
+}
+
+
+def _dicom_context(ds: Any) -> ImageContext:
+    """The patient and study context of a DICOM data set; a missing or unreadable tag gives ``""``, never an error
+    (a damaged optional tag must not cost the image its score)."""
+    values = {}
+    for field_name, keyword in _CONTEXT_TAGS.items():
+        try:
+            value = ds.get(keyword, "")
+            text = "" if value is None else str(value)
+        except Exception:  # noqa: BLE001 - pydicom parses lazily; a bad value raises here, not at read time
+            text = ""
+        values[field_name] = "".join(ch for ch in text if ch.isprintable()).strip()[:200]
+    return ImageContext(format="DICOM", **values)

@@ -45,26 +45,27 @@ from pneumoscan.io.common import (
     _MODE_BITS,
     DEFAULT_MAX_PIXELS,
     MIN_SIDE,
+    ImageContext,
     ImageInfo,
     _check_size,
     _decoder_errors,
     _describe_unknown,
     sniff_format,
 )
-from pneumoscan.io.dicom import _check_dicom, _dicom_to_gray, _read_dicom_header, _syntax_name
+from pneumoscan.io.dicom import _check_dicom, _dicom_context, _dicom_to_gray, _read_dicom_header, _syntax_name
 
-__all__ = ["read_image", "read_image_info"]
+__all__ = ["read_image", "read_image_info", "read_image_with_context"]
 
 logger = logging.getLogger("pneumoscan.io")
 
 Source = str | os.PathLike[str] | bytes
 
 
-def read_image(
+def read_image_with_context(
     source: Source, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE,
     log_name: str | None = None,
-) -> np.ndarray:
-    """Decode one image file (path or bytes) to a grayscale array.
+) -> tuple[np.ndarray, ImageContext]:
+    """Decode one image file (path or bytes) to a grayscale array, and read who and what it is.
 
     Args:
         source: a file path, or the file's bytes (e.g. a web upload).
@@ -76,7 +77,8 @@ def read_image(
             file names may identify a patient.
 
     Returns:
-        ``(H, W) uint8`` array, 0 = black .. 255 = white, display orientation, MONOCHROME2 convention.
+        ``(gray, context)``: ``(H, W) uint8`` array, 0 = black .. 255 = white, display orientation, MONOCHROME2
+        convention; and the image's :class:`ImageContext` (patient, study, view; empty fields for non-DICOM).
 
     Raises:
         ImageError: or a subclass, naming the file and the problem; never anything else for a bad file.
@@ -84,13 +86,16 @@ def read_image(
     """
     label = _label(source, name)
     with _file_guard(label):
+        context = ImageContext()
         with _open_source(source, label) as (fp, fmt):
             if fmt == "DICOM":
                 ds = _read_dicom_header(fp, label, header_only=False)
+                context = _dicom_context(ds)
                 _check_dicom(ds, label, max_pixels, min_side)
                 with _decoder_errors(label, f"the DICOM pixel data ({_syntax_name(ds)})"):
                     gray = _dicom_to_gray(ds.pixel_array, ds, log_name or label)
             else:
+                context = ImageContext(format=fmt)
                 im = _open_pil(fp, label, fmt)
                 _check_size(label, im.size[0], im.size[1], max_pixels, min_side)
                 with _decoder_errors(label, f"the {fmt} data"):
@@ -99,7 +104,17 @@ def read_image(
                     im.load()  # raises on truncation because LOAD_TRUNCATED_IMAGES is False
                     gray = _pil_to_gray(ImageOps.exif_transpose(im))
         logger.debug("decoded %s: %s, %d x %d", log_name or label, fmt, gray.shape[1], gray.shape[0])
-        return np.ascontiguousarray(gray, dtype=np.uint8)
+        return np.ascontiguousarray(gray, dtype=np.uint8), context
+
+
+def read_image(
+    source: Source, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE,
+    log_name: str | None = None,
+) -> np.ndarray:
+    """Decode one image file (path or bytes) to a grayscale ``(H, W) uint8`` array: :func:`read_image_with_context`
+    without the context. Raises what it raises."""
+    return read_image_with_context(source, name=name, max_pixels=max_pixels, min_side=min_side,
+                                   log_name=log_name)[0]
 
 
 def read_image_info(
