@@ -29,7 +29,7 @@ from pneumoscan.checkpoint import FALLBACK_THRESHOLD
 from pneumoscan.constants import DEFAULT_CACHE_DIR
 from pneumoscan.data import Record, index_dataset, split_overlap, write_scores_csv
 from pneumoscan.evaluation.report import write_report
-from pneumoscan.scoring import resolve_device, score_dataset
+from pneumoscan.scoring import ScoredModel, resolve_device, score_dataset
 from pneumoscan.utils import atomic_write_text
 
 __all__ = ["evaluate"]
@@ -106,8 +106,9 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
     """Evaluate ``checkpoints`` on the labelled images of ``data`` (folder or CSV manifest, optional ``split``).
 
     Every model uses its own temperature and its own operating threshold from the checkpoint
-    (:data:`~pneumoscan.checkpoint.FALLBACK_THRESHOLD` when it has none; the report says so); nothing is chosen on the evaluated data. The first checkpoint is
-    the reference of the comparison (DeLong's test and a paired patient bootstrap of the AUC difference).
+    (:data:`~pneumoscan.checkpoint.FALLBACK_THRESHOLD` when it has none; the report says so); nothing is chosen on
+    the evaluated data. The first checkpoint is the reference of the comparison (DeLong's test and a paired patient
+    bootstrap of the AUC difference).
     Bootstrap settings default to the first checkpoint's ``eval`` config (2,000 resamples, seed 0).
 
     Returns the dict written to ``out_dir/metrics.json``; ``report.html`` and PNG plots go beside it.
@@ -125,35 +126,64 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
     n_boot = int(bootstrap_samples if bootstrap_samples is not None else ecfg.get("bootstrap_samples", 2000))
     seed = int(bootstrap_seed if bootstrap_seed is not None else ecfg.get("bootstrap_seed", 0))
     y = np.array([r.label for r in records], dtype=np.int64)
-    groups, causes = [r.patient_id for r in records], [r.cause for r in records]
-    models = []
-    for i, sm in enumerate(scored):
-        ck, info = sm.checkpoint, sm.checkpoint.info
-        op = info.operating_point
-        ths = {"operating": info.threshold, "fixed_0.5": FIXED_REFERENCE_THRESHOLD,
-               "youden": op.get("youden_threshold")}
-        summary = M.summarize_scores(y, sm.probs, ths, groups=groups, causes=causes, n_resamples=n_boot, seed=seed, level=level)
-        entry: dict[str, Any] = {
-            "index": i + 1, "checkpoint": str(ck.path), "model": info.model, "epoch": info.epoch,
-            "image_size": info.preprocessing.image_size,
-            "operating_point": op or None, "operating_point_source": info.threshold_source,
-            "calibration": {"temperature": info.temperature, "fitted_on_validation": info.calibration or None,
-                            "ece_raw": M.ece(y, sm.probs_raw), "ece_calibrated": M.ece(y, sm.probs),
-                            "brier_raw": M.brier(y, sm.probs_raw), "brier_calibrated": M.brier(y, sm.probs),
-                            "nll_raw": M.binary_nll(y, sm.logits), "nll_calibrated": M.binary_nll(y, sm.logits, info.temperature)},
-            "summary": summary, "split_overlap": split_overlap(ck.path, records),
+    groups = [r.patient_id for r in records]
+    boot = {"n_resamples": n_boot, "seed": seed, "level": level}
+    result: dict[str, Any] = {
+        "pneumoscan_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": {"source": str(data), "split": split, "n_images": len(records), "n_patients": len(set(groups)),
+                 "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum()),
+                 "n_skipped": len(index.skipped) + len(failures),
+                 "kermany": _looks_like_kermany(str(data), records)},
+        "bootstrap": {**boot,
+                      "method": "Percentile interval; patients resampled with replacement (cluster bootstrap)"},
+        "models": [_model_entry(i + 1, sm, records, y, **boot) for i, sm in enumerate(scored)],
+        "comparison": _comparisons(scored, y, groups, **boot),
+        "warnings": [f"{len(failures)} image(s) could not be decoded and were left out."] if failures else [],
+    }
+    _write_outputs(result, scored, records, out)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(result), indent=2, sort_keys=False) + "\n")
+    return result
+
+
+def _model_entry(index: int, sm: ScoredModel, records: Sequence[Record], y: np.ndarray, *, n_resamples: int,
+                 seed: int, level: float) -> dict[str, Any]:
+    """One model's part of the result: its operating point, calibration, metric summary at its operating, the
+    fixed reference and its Youden thresholds, the comparison with its validation figures, and its warnings."""
+    ck, info = sm.checkpoint, sm.checkpoint.info
+    op = info.operating_point
+    ths = {"operating": info.threshold, "fixed_0.5": FIXED_REFERENCE_THRESHOLD, "youden": op.get("youden_threshold")}
+    summary = M.summarize_scores(y, sm.probs, ths, groups=[r.patient_id for r in records],
+                                 causes=[r.cause for r in records], n_resamples=n_resamples, seed=seed, level=level)
+    entry: dict[str, Any] = {
+        "index": index, "checkpoint": str(ck.path), "model": info.model, "epoch": info.epoch,
+        "image_size": info.preprocessing.image_size,
+        "operating_point": op or None, "operating_point_source": info.threshold_source,
+        "calibration": {"temperature": info.temperature, "fitted_on_validation": info.calibration or None,
+                        "ece_raw": M.ece(y, sm.probs_raw), "ece_calibrated": M.ece(y, sm.probs),
+                        "brier_raw": M.brier(y, sm.probs_raw), "brier_calibrated": M.brier(y, sm.probs),
+                        "nll_raw": M.binary_nll(y, sm.logits),
+                        "nll_calibrated": M.binary_nll(y, sm.logits, info.temperature)},
+        "summary": summary, "split_overlap": split_overlap(ck.path, records),
+    }
+    val = info.val_summary
+    v, e = (_metric(val, "operating", "sensitivity") if val else None), _metric(summary, "operating", "sensitivity")
+    if v and e:
+        entry["validation_comparison"] = {
+            "metric": "sensitivity at the operating threshold", "validation": v, "evaluated": e,
+            "validation_specificity": _metric(val, "operating", "specificity"),
+            "evaluated_specificity": _metric(summary, "operating", "specificity"),
+            "sensitivity_drop_beyond_ci": _drop_beyond_ci(v, e),
         }
-        val = info.val_summary
-        v, e = (_metric(val, "operating", "sensitivity") if val else None), _metric(summary, "operating", "sensitivity")
-        if v and e:
-            entry["validation_comparison"] = {
-                "metric": "sensitivity at the operating threshold", "validation": v, "evaluated": e,
-                "validation_specificity": _metric(val, "operating", "specificity"),
-                "evaluated_specificity": _metric(summary, "operating", "specificity"),
-                "sensitivity_drop_beyond_ci": _drop_beyond_ci(v, e),
-            }
-        entry["warnings"] = _model_warnings(entry)
-        models.append(entry)
+    entry["warnings"] = _model_warnings(entry)
+    return entry
+
+
+def _comparisons(scored: Sequence[ScoredModel], y: np.ndarray, groups: list[str], *, n_resamples: int, seed: int,
+                 level: float) -> list[dict[str, Any]]:
+    """Every model after the first against the first: DeLong's test and a paired patient bootstrap of the AUC
+    difference."""
     comparison = []
     for i, sm in enumerate(scored[1:], start=2):
         try:
@@ -162,29 +192,20 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
             dl = {"error": str(exc)}
         comparison.append({"model": i, "reference": 1, "delong": dl,
                            "bootstrap_auc_difference": M.bootstrap_auc_difference(
-                               y, scored[0].probs, sm.probs, groups=groups, n_resamples=n_boot, seed=seed, level=level)})
-    result: dict[str, Any] = {
-        "pneumoscan_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": {"source": str(data), "split": split, "n_images": len(records), "n_patients": len(set(groups)),
-                 "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum()),
-                 "n_skipped": len(index.skipped) + len(failures),
-                 "kermany": _looks_like_kermany(str(data), records)},
-        "bootstrap": {"n_resamples": n_boot, "seed": seed, "level": level,
-                      "method": "Percentile interval; patients resampled with replacement (cluster bootstrap)"},
-        "models": models,
-        "comparison": comparison,
-        "warnings": [f"{len(failures)} image(s) could not be decoded and were left out."] if failures else [],
-    }
+                               y, scored[0].probs, sm.probs, groups=groups, n_resamples=n_resamples, seed=seed,
+                               level=level)})
+    return comparison
+
+
+def _write_outputs(result: dict[str, Any], scored: Sequence[ScoredModel], records: Sequence[Record],
+                   out: Path) -> None:
+    """The report, its plots and each model's ``scores.csv`` into ``out``; their names into ``result["outputs"]``."""
     out.mkdir(parents=True, exist_ok=True)
     prefixes = [""] if len(scored) == 1 else [f"model{i}-" for i in range(1, len(scored) + 1)]
     result["outputs"] = write_report(result, scored, records, out, prefixes)
     for pre, sm in zip(prefixes, scored):
         write_scores_csv(out / f"{pre}scores.csv", records, sm.probs)
         result["outputs"][f"{pre}scores"] = f"{pre}scores.csv"
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(result), indent=2, sort_keys=False) + "\n")
-    return result
 
 
 def _json_safe(obj: Any) -> Any:
