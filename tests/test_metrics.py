@@ -58,10 +58,12 @@ def test_weighted_auc_and_ap_match_sklearn_sample_weight():
     # The bootstrap computes every resample as integer image weights; check those against sklearn.
     y, s = random_case(3, n=120)
     w = np.random.default_rng(0).integers(0, 4, y.size).astype(float)
-    lv = M._levels(y, s)
-    pos, neg = M._level_weights(lv, w[None, :])
-    assert M._auc_from_levels(pos, neg)[0] == pytest.approx(skm.roc_auc_score(y, s, sample_weight=w), abs=1e-12)
-    assert M._ap_from_levels(pos, neg)[0] == pytest.approx(skm.average_precision_score(y, s, sample_weight=w), abs=1e-12)
+    from pneumoscan.metrics.point import _ap_from_levels, _auc_from_levels, _level_weights, _levels
+
+    lv = _levels(y, s)
+    pos, neg = _level_weights(lv, w[None, :])
+    assert _auc_from_levels(pos, neg)[0] == pytest.approx(skm.roc_auc_score(y, s, sample_weight=w), abs=1e-12)
+    assert _ap_from_levels(pos, neg)[0] == pytest.approx(skm.average_precision_score(y, s, sample_weight=w), abs=1e-12)
 
 
 def test_hand_computed_small_case():

@@ -207,62 +207,66 @@ def build_cache(records: Sequence[Record], spec: Preprocessing | int, cache_dir:
         if int(spec) < 1:
             raise ValueError(f"size must be positive, got {spec}")
         spec = _PixelSpec(int(spec))
-    size = spec.image_size
     folder = Path(cache_dir)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner only when we make it; a user's folder is theirs
     fp = _fingerprint(records, spec, max_pixels)
     key = hashlib.sha256(json.dumps(fp, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    npy, meta_path, partial = folder / f"{key}.npy", folder / f"{key}.json", folder / f"{key}.npy.partial"
+    npy, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     with _lock(folder / ".build.lock"):
         remove_stale_temps(folder)  # sidecars half-written by a killed build
-        cache = _load_cache(npy, meta_path, records, size, key)
+        cache = _load_cache(npy, meta_path, records, spec.image_size, key)
         if cache is not None:
             log.info("reusing cache %s (%d images)", npy, len(cache))
-            if cache.failures and log_failures:
-                _log_failures(cache, len(records))
-            return cache
-        meta_path.unlink(missing_ok=True)  # from here on, nothing may look valid until the build ends
-        for stale in folder.glob("*.npy.partial"):  # left by a killed build; we hold the folder's lock
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
-        def decode(path: str) -> np.ndarray | ImageError | OSError:
-            try:
-                return resize_for_model(read_image(path, max_pixels=max_pixels), spec)
-            except (ImageError, OSError) as exc:
-                return exc
-
-        log.info("building cache %s: %d images at %dx%d", npy, len(records), size, size)
-        failures: list[dict[str, Any]] = []
-        # Owner-only before a single pixel lands in it (the .npy is this file renamed; the .json is atomic_path's).
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        os.chmod(partial, 0o600)
-        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(records), size, size))
-        try:
-            row = 0
-            paths = [r.path for r in records]
-            with tqdm(total=len(paths), desc=f"caching {size}x{size}", unit="img",
-                      disable=None if progress else True) as bar:
-                for i, result in enumerate(_decode_ordered(decode, paths, num_workers)):
-                    if isinstance(result, np.ndarray):
-                        images[row] = result  # rows are compacted: failures leave no gap
-                        row += 1
-                    else:
-                        reason = getattr(result, "reason", None) or str(result)
-                        failures.append({"index": i, "path": paths[i], "reason": reason})
-                    bar.update(1)
-            images.flush()
-            del images
-            os.replace(partial, npy)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        meta = {"pipeline": fp["pipeline"], "pixels": fp["pixels"], "key": key, "size": size, "n_records": len(records),
-                "n_images": row, "failures": failures, "max_pixels": max_pixels, "inputs": fp["inputs"]}
-        atomic_write_text(meta_path, json.dumps(meta) + "\n")
-        cache = _load_cache(npy, meta_path, records, size, key)
+        else:
+            _build(records, spec, folder, key, fp, max_pixels=max_pixels, num_workers=num_workers, progress=progress)
+            cache = _load_cache(npy, meta_path, records, spec.image_size, key)
     if cache is None:  # pragma: no cover - only if the files vanish between write and read
         raise OSError(f"cache {npy} disappeared right after it was built")
     if cache.failures and log_failures:
         _log_failures(cache, len(records))
     return cache
+
+
+def _build(records: list[Record], spec: Any, folder: Path, key: str, fp: dict[str, Any], *, max_pixels: int,
+           num_workers: int, progress: bool) -> None:
+    """Decode every record into ``<key>.npy`` (via ``.partial``), then write the sidecar; the caller holds the lock."""
+    size = spec.image_size
+    npy, meta_path, partial = folder / f"{key}.npy", folder / f"{key}.json", folder / f"{key}.npy.partial"
+    meta_path.unlink(missing_ok=True)  # from here on, nothing may look valid until the build ends
+    for stale in folder.glob("*.npy.partial"):  # left by a killed build; we hold the folder's lock
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+    def decode(path: str) -> np.ndarray | ImageError | OSError:
+        try:
+            return resize_for_model(read_image(path, max_pixels=max_pixels), spec)
+        except (ImageError, OSError) as exc:
+            return exc
+
+    log.info("building cache %s: %d images at %dx%d", npy, len(records), size, size)
+    failures: list[dict[str, Any]] = []
+    # Owner-only before a single pixel lands in it (the .npy is this file renamed; the .json is atomic_path's).
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    os.chmod(partial, 0o600)
+    images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(records), size, size))
+    try:
+        row = 0
+        paths = [r.path for r in records]
+        with tqdm(total=len(paths), desc=f"caching {size}x{size}", unit="img", disable=None if progress else True) as bar:
+            for i, result in enumerate(_decode_ordered(decode, paths, num_workers)):
+                if isinstance(result, np.ndarray):
+                    images[row] = result  # rows are compacted: failures leave no gap
+                    row += 1
+                else:
+                    reason = getattr(result, "reason", None) or str(result)
+                    failures.append({"index": i, "path": paths[i], "reason": reason})
+                bar.update(1)
+        images.flush()
+        del images
+        os.replace(partial, npy)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    meta = {"pipeline": fp["pipeline"], "pixels": fp["pixels"], "key": key, "size": size, "n_records": len(records),
+            "n_images": row, "failures": failures, "max_pixels": max_pixels, "inputs": fp["inputs"]}
+    atomic_write_text(meta_path, json.dumps(meta) + "\n")
