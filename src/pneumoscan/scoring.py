@@ -8,7 +8,7 @@ probability into a decision.
 * :func:`score_cached`: probabilities (or logits) for rows of the decoded-image cache, in batches (training's
   validation pass); :func:`score_dataset`: labelled images scored by one or more checkpoints (evaluation,
   re-choosing the operating point).
-* :func:`decide`: ``probability >= threshold``, the decision rule, written once.
+* :func:`decide`: ``probability >= threshold``, the decision rule (written once, in :mod:`pneumoscan.metrics.point`).
 * :func:`resolve_device`: ``"auto"``, ``"cpu"`` or ``"cuda"`` to a torch device, written once.
 """
 
@@ -24,12 +24,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumoscan.checkpoint import Checkpoint, CheckpointError, load_checkpoint, parse_meta
+from pneumoscan.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    parse_meta,
+)
 from pneumoscan.constants import CLASS_NAMES
 from pneumoscan.data import Record, build_cache
-from pneumoscan.metrics import apply_temperature
+from pneumoscan.metrics import apply_temperature, decide
 from pneumoscan.models import create_model
-from pneumoscan.preprocessing import Preprocessing, cached_rows_to_unit, check_model_input, normalize
+from pneumoscan.preprocessing import (
+    Preprocessing,
+    cached_rows_to_unit,
+    check_model_input,
+    normalize,
+)
 
 __all__ = [
     "INPUT_NAME", "META_KEY", "OUTPUT_NAME", "OnnxRunner", "RuntimeOptions", "ScoredModel", "TorchRunner", "decide",
@@ -41,11 +51,6 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logit"
 #: metadata_props key of an ONNX export holding the checkpoint's metadata JSON.
 META_KEY = "pneumoscan"
-
-
-def decide(probability: float, threshold: float) -> bool:
-    """The decision rule: flag PNEUMONIA when ``probability >= threshold`` (both in [0, 1])."""
-    return bool(probability >= threshold)
 
 
 def decision_label(positive: bool) -> str:

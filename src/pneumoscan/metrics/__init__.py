@@ -39,6 +39,7 @@ from pneumoscan.metrics.point import (
     balanced_accuracy,
     brier,
     confusion,
+    decide,
     f1,
     npv,
     ppv,
@@ -59,6 +60,7 @@ from pneumoscan.metrics.uncertainty import (
 )
 
 __all__ = [
+    "decide",
     "Confusion",
     "THRESHOLD_METRICS",
     "THRESHOLD_NAMES",

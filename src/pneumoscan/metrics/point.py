@@ -8,6 +8,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 
+def decide(scores: Any, threshold: float) -> Any:
+    """THE decision rule, written once: positive (PNEUMONIA) when ``score >= threshold``.
+
+    A number gives a ``bool``; an array gives a boolean array. :func:`pneumoscan.scoring.decide` is this function.
+    """
+    out = np.asarray(scores) >= threshold
+    return bool(out) if out.ndim == 0 else out
+
+
 class Confusion(NamedTuple):
     """Counts (ints), or weighted counts (float arrays of shape (B,)) inside the bootstrap."""
 
@@ -42,7 +51,7 @@ def _ratio(num: Any, den: Any) -> Any:
 def confusion(y_true: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> Confusion:
     """Counts of true/false positives/negatives when ``score >= threshold`` means positive."""
     y, s = _check(y_true, scores)
-    pred = s >= threshold
+    pred = decide(s, threshold)
     pos = y == 1
     return Confusion(
         tp=int(np.sum(pred & pos)), fp=int(np.sum(pred & ~pos)), tn=int(np.sum(~pred & ~pos)), fn=int(np.sum(~pred & pos))

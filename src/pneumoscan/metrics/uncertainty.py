@@ -19,6 +19,7 @@ from pneumoscan.metrics.point import (
     _level_weights,
     _levels,
     _ratio,
+    decide,
     roc_auc,
 )
 
@@ -75,7 +76,7 @@ def bootstrap_ci(y_true: np.ndarray, scores: np.ndarray, thresholds: Mapping[str
     thresholds = dict(thresholds or {})
     lv = _levels(y, s)
     pos_mask, sq_err = y == 1, (s - y) ** 2
-    preds = {name: s >= t for name, t in thresholds.items()}
+    preds = {name: decide(s, t) for name, t in thresholds.items()}
     draws: dict[str, list[np.ndarray]] = {"roc_auc": [], "pr_auc": [], "brier": []}
     for name in thresholds:
         for m in THRESHOLD_METRICS:
