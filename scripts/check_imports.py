@@ -5,7 +5,7 @@ the bottom; a module may import its own layer and the ones below it:
 
     0  errors, constants, the package root      4  models, checkpoint, data
     1  utils, config                            5  scoring
-    2  io, metrics                              6  operating_point, explain
+    2  io, metrics                              6  operating_point, explain, reference, scope, drift
     3  preprocessing                            7  training, evaluation, predict, export
                                                 8  worklist   9  serve   10  cli, __main__
 
@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("preprocessing",),
     ("models", "checkpoint", "data"),
     ("scoring",),
-    ("operating_point", "explain"),
+    ("operating_point", "explain", "reference", "scope", "drift"),
     ("training", "evaluation", "predict", "export"),
     ("worklist",),
     ("serve",),

@@ -51,7 +51,8 @@ def test_metadata_round_trip_and_graph(exported, tmp_path):
     assert read_onnx_metadata(onnx_path) == load_checkpoint(ckpt).meta
     proto = onnx.load(str(onnx_path))
     onnx.checker.check_model(proto)
-    assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logit"]
+    assert [i.name for i in proto.graph.input] == ["image"]
+    assert [o.name for o in proto.graph.output] == ["logit", "features"]  # features: for the scope gate and drift
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, SIZE, SIZE]
     p = Predictor.from_checkpoint(onnx_path)

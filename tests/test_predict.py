@@ -304,14 +304,14 @@ def test_a_heatmap_that_cannot_be_written_fails_only_its_row(predictor, folder, 
 
 
 def test_any_exception_while_decoding_one_item_becomes_its_error(predictor, folder, monkeypatch, caplog):
-    real = predict_mod.read_image
+    real = predict_mod.read_image_with_context
 
     def buggy(source, *args, **kwargs):
         if str(source).endswith("b.jpeg"):
             raise KeyError("decoder bug")
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(predict_mod, "read_image", buggy)
+    monkeypatch.setattr(predict_mod, "read_image_with_context", buggy)
     with caplog.at_level("DEBUG", logger="pneumoscan.predict"):
         rows = {Path(r["path"]).name: r for r in triage(predictor, [folder / "a.png", folder / "b.jpeg"])}
     assert rows["a.png"]["error"] == "" and rows["a.png"]["probability"] is not None
@@ -319,7 +319,7 @@ def test_any_exception_while_decoding_one_item_becomes_its_error(predictor, fold
     assert any(r.levelname == "DEBUG" and r.exc_info for r in caplog.records)  # the traceback, at DEBUG only
     # arrays go through the same guard: a wrong array is that item's error, not the batch's
     out = predictor._decode_many([np.zeros((70, 70), np.uint8), np.zeros((70, 70), np.float32)], raise_errors=False)
-    assert isinstance(out[0], np.ndarray) and "2-D uint8" in out[1]
+    assert isinstance(out[0][0], np.ndarray) and "2-D uint8" in out[1]
     with pytest.raises(KeyError):
         predictor.predict_proba([folder / "b.jpeg"])
 

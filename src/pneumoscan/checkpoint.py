@@ -30,6 +30,7 @@ from pneumoscan.utils import atomic_path, atomic_write_text
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "EXTRA_PREFIXES",
     "Checkpoint",
     "CheckpointError",
     "FALLBACK_THRESHOLD",
@@ -43,6 +44,9 @@ __all__ = [
 CHECKPOINT_FORMAT = "pneumoscan-checkpoint/1"
 _META_KEY = "pneumoscan"
 
+
+#: Names of tensors in a checkpoint file that are not weights.
+EXTRA_PREFIXES = ("reference.",)
 
 #: The operating threshold of a model that carries none chosen on validation (older checkpoints), and the
 #: fallback when validation cannot choose one. Written here once; every reader says when it was used.
@@ -109,6 +113,8 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    #: Tensors that are not weights (the scope/drift reference: names starting with ``reference.``).
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def info(self) -> ModelMeta:
@@ -129,14 +135,22 @@ class Checkpoint:
         return self.info.temperature
 
 
-def save_checkpoint(path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write weights + metadata atomically to ``path`` (``.safetensors``) and a JSON copy beside it."""
+def save_checkpoint(path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], meta: dict[str, Any], *,
+                    extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write weights + metadata atomically to ``path`` (``.safetensors``) and a JSON copy beside it.
+
+    ``extra`` tensors (names starting with one of :data:`EXTRA_PREFIXES`, e.g. the reference) travel in the same
+    file and come back in :attr:`Checkpoint.extra`, apart from the weights.
+    """
     for key in ("model", "config", "preprocessing", "classes"):
         if key not in meta:
             raise ValueError(f"checkpoint metadata needs '{key}'")
+    for name in extra or {}:
+        if not name.startswith(EXTRA_PREFIXES):
+            raise ValueError(f"extra tensor {name!r} must be named with a prefix in {EXTRA_PREFIXES}")
     meta = {"format": CHECKPOINT_FORMAT, **meta}
     text = json.dumps(meta, sort_keys=True, allow_nan=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in {**state_dict, **(extra or {})}.items()}
     out = Path(path)
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata={_META_KEY: text})
@@ -186,7 +200,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     tensors, meta = _read(path)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
-    return Checkpoint(state_dict=tensors, meta=meta, path=str(path))
+    extra = {k: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIXES)}
+    weights = {k: v for k, v in tensors.items() if k not in extra}
+    return Checkpoint(state_dict=weights, meta=meta, path=str(path), extra=extra)
 
 
 # --- training state: nested structures with tensors -------------------------------------------------

@@ -57,6 +57,13 @@ class GradCAM:
         self._lock = threading.Lock()
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, cams, _ = self.run(x)
+        return logits, cams
+
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits (N,), cams (N, h, w), pooled features (N, C))``: the features are the Grad-CAM layer's
+        activations averaged over space, which for every registered model is the feature map its head pools
+        (what :meth:`~pneumoscan.models.layers.Classifier.forward_with_features` returns)."""
         owner = threading.get_ident()
         captured: list[torch.Tensor] = []
 
@@ -80,7 +87,7 @@ class GradCAM:
             (grads,) = torch.autograd.grad(logits.sum(), acts)
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cams = F.relu((weights * acts).sum(dim=1)).detach()
-        return logits.detach().float(), cams.float()
+        return logits.detach().float(), cams.float(), acts.detach().mean(dim=(2, 3)).float()
 
 
 def upsample_cam(cam: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 The ONNX graph takes ``image``: float32 ``(N, 1, S, S)``, already made by
 :func:`pneumoscan.preprocessing.preprocess` (``N`` is dynamic) and returns ``logit``: float32 ``(N, 1)``, the raw
-pneumonia logit. The temperature and the operating threshold are not baked into the graph; like everything
+pneumonia logit, and ``features``: float32 ``(N, C)``, the pooled features the scope gate and the drift check
+compare with the reference (which travels base64-encoded under ``pneumoscan_reference``). The temperature and
+the operating threshold are not baked into the graph; like everything
 else needed to reproduce a prediction, they travel in the checkpoint's metadata, which is stored as JSON in
 the ONNX model's ``metadata_props`` under the key ``pneumoscan`` (the same JSON as in the checkpoint header),
 so :class:`pneumoscan.predict.Predictor` treats both files alike.
@@ -12,22 +14,45 @@ Grad-CAM needs gradients, so heatmaps still need the ``.safetensors`` checkpoint
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import save as save_tensors
+from torch import nn
 
 from pneumoscan.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
 from pneumoscan.preprocessing import Preprocessing
-from pneumoscan.scoring import INPUT_NAME, META_KEY, OUTPUT_NAME, model_from_checkpoint, open_onnx_session, read_onnx_metadata
+from pneumoscan.scoring import (
+    FEATURES_NAME,
+    INPUT_NAME,
+    META_KEY,
+    OUTPUT_NAME,
+    REFERENCE_KEY,
+    model_from_checkpoint,
+    open_onnx_session,
+    read_onnx_metadata,
+)
 from pneumoscan.utils import atomic_path
 
 __all__ = ["DEFAULT_OPSET", "INPUT_NAME", "META_KEY", "OUTPUT_NAME", "export_onnx", "open_onnx_session",
            "read_onnx_metadata"]
 
 DEFAULT_OPSET = 17
+
+
+class _LogitsAndFeatures(nn.Module):
+    """What the export computes: the logits and the pooled features (the scope gate and drift check need them)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_features(x)
 
 
 def export_onnx(checkpoint: str | os.PathLike[str] | Checkpoint, out: str | os.PathLike[str], *,
@@ -55,13 +80,17 @@ def export_onnx(checkpoint: str | os.PathLike[str] | Checkpoint, out: str | os.P
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(  # dynamo=False: the torch.export-based exporter needs onnxscript (not installed)
-                model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
+                _LogitsAndFeatures(model), (example,), str(tmp), input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME, FEATURES_NAME], opset_version=opset,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}, FEATURES_NAME: {0: "batch"}},
                 do_constant_folding=True, dynamo=False)
         proto = onnx.load(str(tmp))
         meta = {"format": CHECKPOINT_FORMAT, **ckpt.meta}
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True, allow_nan=True)
+        if ckpt.extra:  # the scope/drift reference travels with the export
+            ref = proto.metadata_props.add()
+            ref.key, ref.value = REFERENCE_KEY, base64.b64encode(save_tensors(ckpt.extra)).decode("ascii")
         proto.producer_name = "pneumoscan"
         proto.doc_string = (f"pneumoscan {ckpt.model_name}: input '{INPUT_NAME}' float32 (N, 1, {size}, {size}) "
                             f"normalised as in metadata 'pneumoscan'.preprocessing; output '{OUTPUT_NAME}' (N, 1) "

@@ -8,6 +8,11 @@ through the same path as the training cache: :func:`pneumoscan.io.read_image` (e
 :func:`pneumoscan.preprocessing.to_model_input`. The probability is ``sigmoid(logit / temperature)``; the
 decision is :func:`pneumoscan.scoring.decide`.
 
+Every image also passes the out-of-scope gate (:mod:`pneumoscan.scope`: DICOM metadata, pixel statistics and the
+distance of the model's own features to the training films, from the reference the checkpoint carries); an image
+out of scope gets the decision ``OUT_OF_SCOPE``, never PNEUMONIA or NORMAL. :meth:`Predictor.predict_proba` alone
+returns bare probabilities, ungated.
+
 One :class:`Predictor` may serve many threads at once (a web server): the torch model runs in eval mode under
 ``inference_mode`` (forward passes share no mutable state), onnxruntime's ``InferenceSession.run`` is
 thread-safe, and Grad-CAM (:mod:`pneumoscan.explain`) attaches its hooks per call, only to its own thread.
@@ -19,7 +24,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +34,12 @@ from torch import nn
 
 from pneumoscan.checkpoint import CheckpointError, ModelMeta, load_checkpoint
 from pneumoscan.constants import DISCLAIMER
+from pneumoscan.drift import DriftCheck, DriftResult
 from pneumoscan.errors import HeatmapUnavailableError, ImageError, ModelNotFoundError
-from pneumoscan.io import read_image
+from pneumoscan.io import ImageContext, read_image_with_context
 from pneumoscan.preprocessing import resize_for_model, to_model_input
+from pneumoscan.reference import Reference, intensity_descriptors, reference_of
+from pneumoscan.scope import ADULT_AGE_YEARS, OUT_OF_SCOPE, ScopeGate, ScopeResult
 from pneumoscan.scoring import (
     OnnxRunner,
     RuntimeOptions,
@@ -42,6 +50,7 @@ from pneumoscan.scoring import (
     load_model,
     model_from_checkpoint,
     open_onnx_session,
+    read_onnx_reference,
 )
 from pneumoscan.utils import file_sha256
 
@@ -63,16 +72,22 @@ ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarra
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's result: ``probability`` of pneumonia in [0, 1] and the decision at ``threshold``."""
+    """One image's result: ``probability`` of pneumonia in [0, 1], the decision at ``threshold`` and the scope gate.
+
+    An image out of scope keeps its probability for audit, but ``positive`` is False and :attr:`label` is
+    ``OUT_OF_SCOPE``: it must not be shown as a risk.
+    """
 
     probability: float
     positive: bool
     threshold: float
+    in_scope: bool = True
+    scope_reason: str = ""
 
     @property
     def label(self) -> str:
-        """``"PNEUMONIA"`` or ``"NORMAL"``."""
-        return decision_label(self.positive)
+        """``"PNEUMONIA"``, ``"NORMAL"`` or ``"OUT_OF_SCOPE"``."""
+        return decision_label(self.positive) if self.in_scope else OUT_OF_SCOPE
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,14 @@ class FileResult:
     probability: float | None
     error: str = ""
     heatmap: str | None = None
+    #: The scope gate's verdict (None when the file could not be read) and its reason ("" when in scope).
+    in_scope: bool | None = None
+    scope_reason: str = ""
+    #: The image's DICOM context (empty fields for other formats); None when the file could not be read.
+    context: ImageContext | None = None
+    #: Pooled features and intensity descriptors, for the drift check (not part of any output file).
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
+    descriptor: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def default_model_path() -> Path:
@@ -127,8 +150,12 @@ class Predictor:
 
     def __init__(self, runner: Callable[[torch.Tensor], np.ndarray], meta: Mapping[str, Any], *,
                  model: nn.Module | None = None, path: str | None = None, version: str = "in-memory",
-                 options: RuntimeOptions | None = None) -> None:
+                 options: RuntimeOptions | None = None, reference: Reference | None = None,
+                 adult_age_years: float = ADULT_AGE_YEARS) -> None:
         self.info = ModelMeta.from_dict(dict(meta), path)
+        self.reference = reference
+        self.gate = ScopeGate(reference, adult_age_years=adult_age_years)
+        self._drift: DriftCheck | None = None
         self._runner = runner
         self._model = model
         self.options = options or RuntimeOptions()
@@ -144,8 +171,11 @@ class Predictor:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], *, options: RuntimeOptions | None = None) -> "Predictor":
-        """Load a ``.safetensors`` checkpoint (torch) or an ``.onnx`` export (onnxruntime), judged by suffix.
+    def from_checkpoint(cls, path: str | os.PathLike[str], *, options: RuntimeOptions | None = None,
+                        adult_age_years: float = ADULT_AGE_YEARS) -> "Predictor":
+        """Load a ``.safetensors`` checkpoint (torch) or an ``.onnx`` export (onnxruntime), judged by suffix, with
+        the scope/drift reference it carries (a model without one is gated on metadata and pixels only, and the
+        log says so).
 
         Raises:
             CheckpointError: missing, unreadable, or not a pneumoscan model file.
@@ -156,26 +186,30 @@ class Predictor:
         options = options or RuntimeOptions()
         if p.suffix.lower() == ".onnx":
             session, meta = open_onnx_session(p, threads=options.threads, inter_op_threads=options.inter_op_threads)
-            return cls(OnnxRunner(session), meta, path=str(p), version=file_sha256(p)[:12], options=options)
+            reference = Reference.from_checkpoint_parts(read_onnx_reference(p), meta.get("reference"))
+            return cls(OnnxRunner(session), meta, path=str(p), version=file_sha256(p)[:12], options=options,
+                       reference=reference, adult_age_years=adult_age_years)
         ckpt = load_checkpoint(p)
         model = model_from_checkpoint(ckpt)
-        return cls(TorchRunner(model, options), ckpt.meta, model=model, path=str(p),
-                   version=file_sha256(p)[:12], options=options)
+        return cls(TorchRunner(model, options), ckpt.meta, model=model, path=str(p), version=file_sha256(p)[:12],
+                   options=options, reference=reference_of(ckpt), adult_age_years=adult_age_years)
 
     @classmethod
-    def from_model(cls, model: nn.Module, meta: Mapping[str, Any], *,
-                   options: RuntimeOptions | None = None) -> "Predictor":
+    def from_model(cls, model: nn.Module, meta: Mapping[str, Any], *, options: RuntimeOptions | None = None,
+                   reference: Reference | None = None, adult_age_years: float = ADULT_AGE_YEARS) -> "Predictor":
         """Wrap an in-memory torch model; ``meta`` as in a checkpoint (needs ``model`` and ``preprocessing``).
 
         The predictor takes the model over: it is put in eval mode and its parameters stop requiring grad.
         """
         options = options or RuntimeOptions()
-        return cls(TorchRunner(model, options), meta, model=model, options=options)
+        return cls(TorchRunner(model, options), meta, model=model, options=options, reference=reference,
+                   adult_age_years=adult_age_years)
 
     # ------------------------------------------------------------------ inference
 
     def predict_proba(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        """Pneumonia probabilities, float64 ``(N,)`` in [0, 1], one per image, in input order.
+        """Pneumonia probabilities, float64 ``(N,)`` in [0, 1], one per image, in input order, WITHOUT the scope
+        gate (use :meth:`predict` or :meth:`score_files` for decisions).
 
         ``images``: one image or a sequence of them; each a file path, the file's bytes (JPEG, PNG, DICOM...),
         or a decoded ``(H, W) uint8`` array of any size (a ``(N, H, W) uint8`` array is N images).
@@ -187,13 +221,25 @@ class Predictor:
         out = np.empty(len(items), dtype=np.float64)
         step = max(1, self.options.batch_size)
         for start in range(0, len(items), step):
-            gray = self._decode_many(items[start:start + step], raise_errors=True, resize=True)
-            out[start:start + len(gray)] = self._probabilities(self._input_batch(gray))
+            decoded = self._decode_many(items[start:start + step], raise_errors=True, resize=True)
+            out[start:start + len(decoded)] = self._probabilities(self._input_batch([g for g, _ in decoded]))
         return out
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
-        """Probability and decision at the stored operating threshold, one :class:`Prediction` per image."""
-        return [self._decide(p) for p in self.predict_proba(images)]
+        """Probability, scope gate and decision at the stored operating threshold, one :class:`Prediction` each.
+
+        Raises:
+            ImageError: an image cannot be decoded.
+        """
+        items = _as_list(images)
+        out: list[Prediction] = []
+        step = max(1, self.options.batch_size)
+        for start in range(0, len(items), step):
+            decoded = self._decode_many(items[start:start + step], raise_errors=True, resize=True)
+            probs, feats = self._forward([g for g, _ in decoded])
+            for (square, ctx), p, f in zip(decoded, probs, feats):
+                out.append(self._decide(p, self.gate.assess(ctx, square, f)))
+        return out
 
     def explain(self, image: ImageInput) -> tuple[float, np.ndarray]:
         """Probability and Grad-CAM heatmap for one image.
@@ -205,20 +251,46 @@ class Predictor:
         Raises:
             HeatmapUnavailableError: this predictor runs an ONNX export.
         """
-        gray = self._decode_many([image], raise_errors=True)
-        probs, maps = self._explain_batch(gray)
-        return float(probs[0]), maps[0]
+        probability, heat, _ = self.explain_with_scope(image)
+        return probability, heat
+
+    def explain_with_scope(self, image: ImageInput) -> tuple[float, np.ndarray, Prediction]:
+        """:meth:`explain` plus the image's gated :class:`Prediction` (one Grad-CAM pass gives both)."""
+        (gray, ctx), = self._decode_many([image], raise_errors=True)
+        probs, maps, feats = self._explain_batch([gray])
+        pred = self._decide(probs[0], self.gate.assess(ctx, resize_for_model(gray, self.preprocessing), feats[0]))
+        return float(probs[0]), maps[0], pred
+
+    @property
+    def drift(self) -> DriftCheck | None:
+        """The drift check against this model's reference (None without one); built on first use."""
+        if self._drift is None and self.reference is not None:
+            self._drift = DriftCheck(self.reference)
+        return self._drift
+
+    def check_drift(self, results: Sequence[FileResult]) -> DriftResult | None:
+        """The drift verdict on the in-scope images among ``results`` (None without a reference).
+
+        Raises:
+            NotEnoughImagesError: fewer than :data:`pneumoscan.drift.MIN_IMAGES` in-scope images with features.
+        """
+        if self.drift is None:
+            return None
+        used = [r for r in results if r.in_scope and r.features is not None and r.descriptor is not None]
+        return self.drift.test(np.stack([r.features for r in used]) if used else np.empty((0, 1)),
+                               np.stack([r.descriptor for r in used]) if used else np.empty((0, 7)))
 
     def score_files(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 16, progress: bool = False,
                     heatmaps: str | os.PathLike[str] | None = None, save_raw: bool = False) -> list[FileResult]:
         """Score a list of files, ``batch_size`` at a time: one :class:`FileResult` per file, in input order.
 
-        Unreadable files do not stop the batch: their result carries the error and no probability. With
-        ``heatmaps`` (a folder), each scored image's Grad-CAM overlay is written there as ``<stem>_gradcam.png``
-        (with ``save_raw`` also the raw map as ``<stem>_gradcam.npy``; stems from
-        :func:`pneumoscan.explain.unique_stems`, so every name fits the file system). A heatmap that cannot be
-        written fails only that file's heatmap: it keeps its probability, ``heatmap`` is ``""`` and ``error``
-        says why. Ranking and worklist rows are :mod:`pneumoscan.worklist`'s business.
+        Unreadable files do not stop the batch: their result carries the error and no probability. Every scored
+        file also carries the scope gate's verdict and its DICOM context. With ``heatmaps`` (a folder), each
+        scored image's Grad-CAM overlay is written there as ``<stem>_gradcam.png`` (with ``save_raw`` also the
+        raw map as ``<stem>_gradcam.npy``; stems from :func:`pneumoscan.explain.unique_stems`, so every name fits
+        the file system). A heatmap that cannot be written fails only that file's heatmap: it keeps its
+        probability, ``heatmap`` is ``""`` and ``error`` says why. Ranking and worklist rows are
+        :mod:`pneumoscan.worklist`'s business.
 
         Raises:
             HeatmapUnavailableError: ``heatmaps`` is given and this predictor runs an ONNX export.
@@ -237,9 +309,11 @@ class Predictor:
 
     # ------------------------------------------------------------------ internals
 
-    def _decide(self, probability: float) -> Prediction:
+    def _decide(self, probability: float, scope: ScopeResult | None = None) -> Prediction:
         p = float(probability)
-        return Prediction(probability=p, positive=decide(p, self.threshold), threshold=self.threshold)
+        in_scope = scope is None or scope.in_scope
+        return Prediction(probability=p, positive=in_scope and decide(p, self.threshold), threshold=self.threshold,
+                          in_scope=in_scope, scope_reason="" if scope is None else scope.reason)
 
     def _prepare_heatmaps(self, paths: Sequence[str | os.PathLike[str]],
                           folder: str | os.PathLike[str] | None) -> list[str]:
@@ -257,30 +331,43 @@ class Predictor:
 
     def _score_chunk(self, chunk: list[str], stems: list[str], heatmaps: str | os.PathLike[str] | None,
                      save_raw: bool) -> list[FileResult]:
-        """One batch of :meth:`score_files`: decode, score (and explain), in input order."""
+        """One batch of :meth:`score_files`: decode, score (and explain), gate, in input order."""
         decoded = self._decode_many(chunk, raise_errors=False, resize=heatmaps is None)
-        ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+        ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
         scored: dict[int, FileResult] = {}
-        if ok and heatmaps is None:
-            probs = self._probabilities(self._input_batch([decoded[i] for i in ok]))
-            scored = {i: FileResult(chunk[i], float(p)) for i, p in zip(ok, probs)}
-        elif ok:
-            probs, maps = self._explain_batch([decoded[i] for i in ok])
-            for i, p, m in zip(ok, probs, maps):
-                # A heatmap that could not be written costs that file its heatmap, never its score.
-                heatmap, why = self._write_heatmap(heatmaps, stems[i], chunk[i], decoded[i], p, m, save_raw)
-                scored[i] = FileResult(chunk[i], float(p), error=why, heatmap=heatmap)
+        if not ok:
+            return [FileResult(path, None, error=str(d)) for path, d in zip(chunk, decoded)]
+        images = [decoded[i][0] for i in ok]
+        if heatmaps is None:
+            squares = images
+            probs, feats = self._forward(images)
+            maps: list[Any] = [None] * len(ok)
+        else:
+            squares = [resize_for_model(g, self.preprocessing) for g in images]
+            probs, maps, feats = self._explain_batch(images)
+        descriptors = intensity_descriptors(np.stack(squares))
+        for n, i in enumerate(ok):
+            ctx = decoded[i][1]
+            scope = self.gate.assess(ctx, squares[n], feats[n])
+            heatmap, why = None, ""
+            if heatmaps is not None:  # a heatmap that could not be written costs that file its heatmap, never its score
+                heatmap, why = self._write_heatmap(heatmaps, stems[i], chunk[i], images[n], probs[n], maps[n],
+                                                   save_raw, scope)
+            scored[i] = FileResult(chunk[i], float(probs[n]), error=why, heatmap=heatmap, in_scope=scope.in_scope,
+                                   scope_reason=scope.reason, context=ctx, features=feats[n],
+                                   descriptor=descriptors[n])
         return [scored[i] if i in scored else FileResult(path, None, error=str(decoded[i]))
                 for i, path in enumerate(chunk)]
 
-    def _decode_many(self, items: Sequence[ImageInput], *, raise_errors: bool, resize: bool = False) -> list[Any]:
-        """Decode items (paths/bytes/arrays) to ``(H, W) uint8`` (with ``resize``: straight to the model's
-        ``(S, S)``, in the worker, so that a batch never holds all its full-size films at once); with
-        ``raise_errors=False`` a failure is its message string in place of the array."""
-        def one(item: ImageInput) -> Any:
+    def _decode_many(self, items: Sequence[ImageInput], *, raise_errors: bool,
+                     resize: bool = False) -> list[tuple[np.ndarray, ImageContext] | str]:
+        """Decode items (paths/bytes/arrays) to ``((H, W) uint8, context)`` (with ``resize``: straight to the
+        model's ``(S, S)``, in the worker, so that a batch never holds all its full-size films at once); with
+        ``raise_errors=False`` a failure is its message string in place of the pair."""
+        def one(item: ImageInput) -> tuple[np.ndarray, ImageContext] | str:
             try:
-                gray = _to_gray(item)
-                return resize_for_model(gray, self.preprocessing) if resize else gray
+                gray, ctx = _decode(item)
+                return (resize_for_model(gray, self.preprocessing) if resize else gray), ctx
             except ImageError as exc:
                 if raise_errors:
                     raise
@@ -309,6 +396,15 @@ class Predictor:
     def _probabilities(self, x: torch.Tensor) -> np.ndarray:
         return expit(self._runner(x) / self.temperature)
 
+    def _forward(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """Probabilities and pooled features (None per image when the runner gives none) of model-size squares."""
+        x = self._input_batch(squares)
+        with_features = getattr(self._runner, "with_features", None)
+        if with_features is None:
+            return self._probabilities(x), [None] * len(squares)
+        logits, feats = with_features(x)
+        return expit(logits / self.temperature), ([None] * len(squares) if feats is None else list(feats))
+
     def _require_torch(self) -> nn.Module:
         if self._model is None:
             raise HeatmapUnavailableError(
@@ -316,28 +412,31 @@ class Predictor:
                 "export holds no gradients to explain with. Pass the checkpoint the ONNX file was exported from")
         return self._model
 
-    def _explain_batch(self, gray: Sequence[np.ndarray], chunk: int = 8) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Probabilities and per-image heatmaps at each image's own size (Grad-CAM runs ``chunk`` at a time,
-        because it keeps activations for the backward pass)."""
+    def _explain_batch(self, gray: Sequence[np.ndarray],
+                       chunk: int = 8) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """Probabilities, per-image heatmaps at each image's own size and pooled features (Grad-CAM runs ``chunk``
+        at a time, because it keeps activations for the backward pass)."""
         from pneumoscan.explain import GradCAM, upsample_cam
 
         cam = GradCAM(self._require_torch())
-        probs, maps = [], []
+        probs, maps, feats = [], [], []
         for start in range(0, len(gray), chunk):
             part = gray[start:start + chunk]
-            logits, low = cam(self._input_batch(part))
+            logits, low, pooled = cam.run(self._input_batch(part))
             probs.append(expit(logits.numpy().astype(np.float64) / self.temperature))
             maps += [upsample_cam(low[i], g.shape) for i, g in enumerate(part)]
-        return np.concatenate(probs), maps
+            feats += list(pooled.numpy())
+        return np.concatenate(probs), maps, feats
 
     def _write_heatmap(self, folder: str | os.PathLike[str], stem: str, path: str, gray: np.ndarray,
-                       prob: float, heat: np.ndarray, save_raw: bool) -> tuple[str, str]:
+                       prob: float, heat: np.ndarray, save_raw: bool, scope: ScopeResult | None = None) -> tuple[str, str]:
         """Write one overlay; return ``(its path, "")``, or ``("", why)`` when it could not be written (a full
         disk, a name the file system refuses, a rendering failure): that image keeps its score."""
         from pneumoscan.explain import write_heatmap
 
-        pred = self._decide(prob)
-        caption = f"P(pneumonia) {pred.probability:.2f} - {pred.label} at threshold {pred.threshold:.2f}"
+        pred = self._decide(prob, scope)
+        caption = (f"P(pneumonia) {pred.probability:.2f} - {pred.label} at threshold {pred.threshold:.2f}"
+                   if pred.in_scope else f"NOT ASSESSED: {pred.scope_reason}")
         try:
             return str(write_heatmap(folder, stem, gray, heat, caption=caption, save_raw=save_raw)), ""
         except OSError as exc:
@@ -365,16 +464,16 @@ def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
     raise TypeError(f"images must be paths, bytes or uint8 arrays, got {type(images).__name__}")
 
 
-def _to_gray(item: ImageInput) -> np.ndarray:
-    """Decode one input to ``(H, W) uint8``; arrays are checked, not converted."""
+def _decode(item: ImageInput) -> tuple[np.ndarray, ImageContext]:
+    """Decode one input to ``((H, W) uint8, context)``; arrays are checked, not converted (empty context)."""
     if isinstance(item, np.ndarray):
         if item.ndim != 2 or item.dtype != np.uint8:
             raise ValueError(f"a decoded image must be a 2-D uint8 array (grayscale, 0..255), got {item.dtype} "
                              f"{item.shape}; decode files with pneumoscan.io.read_image")
-        return item
+        return item, ImageContext()
     if isinstance(item, (bytearray, memoryview)):
         item = bytes(item)
-    return read_image(item)
+    return read_image_with_context(item)
 
 
 def _describe(item: ImageInput) -> str:

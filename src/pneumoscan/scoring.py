@@ -42,13 +42,17 @@ from pneumoscan.preprocessing import (
 )
 
 __all__ = [
-    "INPUT_NAME", "META_KEY", "OUTPUT_NAME", "OnnxRunner", "RuntimeOptions", "ScoredModel", "TorchRunner", "decide",
+    "FEATURES_NAME", "INPUT_NAME", "META_KEY", "REFERENCE_KEY", "read_onnx_reference", "OUTPUT_NAME", "OnnxRunner", "RuntimeOptions", "ScoredModel", "TorchRunner", "decide",
     "decision_label", "expit", "load_model", "model_from_checkpoint", "open_onnx_session", "read_onnx_metadata",
     "resolve_device", "score_cached", "score_dataset",
 ]
 
+#: metadata_props key of an ONNX export holding its reference tensors (a base64 safetensors blob).
+REFERENCE_KEY = "pneumoscan_reference"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logit"
+#: Second output of an ONNX export: the pooled features the scope gate and the drift check use.
+FEATURES_NAME = "features"
 #: metadata_props key of an ONNX export holding the checkpoint's metadata JSON.
 META_KEY = "pneumoscan"
 
@@ -130,6 +134,16 @@ class TorchRunner:
             out = self.model(x.contiguous(memory_format=self.memory_format))
         return out.float().reshape(len(x), -1)[:, 0].numpy().astype(np.float64)
 
+    def with_features(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(logits float64 (N,), pooled features float32 (N, C))``; features None for a model without
+        ``forward_with_features``. The logits are those of :meth:`__call__`."""
+        forward = getattr(self.model, "forward_with_features", None)
+        if forward is None:
+            return self(x), None
+        with self.grad_context():
+            out, feats = forward(x.contiguous(memory_format=self.memory_format))
+        return out.float().reshape(len(x), -1)[:, 0].numpy().astype(np.float64), feats.float().numpy()
+
 
 class OnnxRunner:
     """Logits from an onnxruntime session (``InferenceSession.run`` is thread-safe)."""
@@ -140,8 +154,15 @@ class OnnxRunner:
         self.session = session
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        out = self.session.run(["logit"], {"image": x.numpy()})[0]
+        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
         return np.asarray(out, dtype=np.float64).reshape(len(x), -1)[:, 0]
+
+    def with_features(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(logits, pooled features)``; features None for an export made before they were an output."""
+        if FEATURES_NAME not in {o.name for o in self.session.get_outputs()}:
+            return self(x), None
+        logits, feats = self.session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x.numpy()})
+        return np.asarray(logits, dtype=np.float64).reshape(len(x), -1)[:, 0], np.asarray(feats, dtype=np.float32)
 
 
 @torch.no_grad()
@@ -263,3 +284,27 @@ def score_dataset(paths: Sequence[str | os.PathLike[str]], records: list[Record]
         scored.append(ScoredModel(ckpt, logits, apply_temperature(logits, ckpt.temperature),
                                   apply_temperature(logits, 1.0), cache.images, rows))
     return kept, scored, failures
+
+
+def read_onnx_reference(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The reference tensors an ONNX export carries (``{}`` for an export without them).
+
+    Raises:
+        CheckpointError: the file is not readable ONNX, or its reference blob is damaged.
+    """
+    import base64
+
+    import onnx
+    from safetensors.torch import load as load_tensors
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError...
+        raise CheckpointError(f"{path}: not a readable ONNX model ({exc})") from exc
+    blob = {p.key: p.value for p in proto.metadata_props}.get(REFERENCE_KEY)
+    if not blob:
+        return {}
+    try:
+        return dict(load_tensors(base64.b64decode(blob)))
+    except Exception as exc:  # noqa: BLE001 - binascii or safetensors errors: a damaged file
+        raise CheckpointError(f"{path}: the ONNX model's reference is damaged ({exc})") from exc
