@@ -12,7 +12,8 @@ width is the median distance in the reference):
 Each MMD is divided by its own null 95th percentile, and the statistic is the larger of the two. Its threshold is
 the ``1 - alpha`` quantile of the same statistic over resampled batches of the same size drawn from the held-out
 validation films (in distribution by construction), so a batch like the training data is called shifted at most
-``alpha`` (5%) of the time. Batches of more than ``max_batch`` images are subsampled (seeded).
+``alpha`` (5%) of the time. Batches larger than ``max_batch`` (500) or half the validation films are subsampled
+(seeded).
 """
 
 from __future__ import annotations
@@ -83,11 +84,16 @@ class DriftCheck:
                  max_batch: int = 500) -> None:
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if len(reference.val_features) < 2 * MIN_IMAGES:
+            raise ValueError(f"the model's reference holds {len(reference.val_features)} validation films; the drift "
+                             f"check needs at least {2 * MIN_IMAGES} to resample batches of {MIN_IMAGES} from them")
         self.reference = reference
         self.alpha = alpha
         self.n_resamples = n_resamples
         self.seed = seed
-        self.max_batch = min(max_batch, len(reference.val_features))
+        # Null batches are drawn without replacement from the validation films; at most half of them per batch
+        # keeps the resamples different from one another.
+        self.max_batch = min(max_batch, len(reference.val_features) // 2)
         self._mu = reference.bank_descriptors.mean(0)
         self._sd = reference.bank_descriptors.std(0) + 1e-6
         self._feat = _MMD(reference.bank)

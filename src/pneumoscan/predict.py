@@ -156,6 +156,7 @@ class Predictor:
         self.reference = reference
         self.gate = ScopeGate(reference, adult_age_years=adult_age_years)
         self._drift: DriftCheck | None = None
+        self._drift_unavailable = False
         self._runner = runner
         self._model = model
         self.options = options or RuntimeOptions()
@@ -264,8 +265,12 @@ class Predictor:
     @property
     def drift(self) -> DriftCheck | None:
         """The drift check against this model's reference (None without one); built on first use."""
-        if self._drift is None and self.reference is not None:
-            self._drift = DriftCheck(self.reference)
+        if self._drift is None and self.reference is not None and not self._drift_unavailable:
+            try:
+                self._drift = DriftCheck(self.reference)
+            except ValueError as exc:  # a reference from a tiny validation split
+                log.warning("%s: no drift check: %s", self.path or "model", exc)
+                self._drift_unavailable = True
         return self._drift
 
     def check_drift(self, results: Sequence[FileResult]) -> DriftResult | None:

@@ -29,13 +29,15 @@ from pneumoscan.data import build_cache, index_dataset, split_index
 from pneumoscan.preprocessing import Preprocessing, cached_rows_to_unit, check_model_input, normalize
 from pneumoscan.scoring import model_from_checkpoint, resolve_device
 
-__all__ = ["DESCRIPTOR_NAMES", "TENSOR_PREFIX", "Reference", "attach_reference", "build_reference", "features_cached",
+__all__ = ["DESCRIPTOR_NAMES", "MIN_REFERENCE_VAL", "TENSOR_PREFIX", "Reference", "attach_reference", "build_reference", "features_cached",
            "intensity_descriptors", "knn_distance", "l2_normalize", "reference_of"]
 
 #: Prefix of the reference's tensors inside a checkpoint.
 TENSOR_PREFIX = "reference."
 #: Per-image intensity descriptors, in order (pixels of the model's input square, scaled to [0, 1]).
 DESCRIPTOR_NAMES = ("p05", "p25", "p50", "p75", "p95", "mean", "std")
+#: The fewest validation films a reference is built from (its cut-off and the drift null come from them).
+MIN_REFERENCE_VAL = 20
 _ARRAYS = ("bank", "val_features", "bank_descriptors", "val_descriptors")
 
 
@@ -131,8 +133,9 @@ def build_reference(model: nn.Module, images: np.ndarray, train_rows: np.ndarray
     ``bank_size`` training films (a seeded sample) form the bank; the cut-off is the smallest validation score
     that leaves at most ``max_val_flag_rate`` of the validation films above it.
     """
-    if len(val_rows) < 20:
-        raise ValueError(f"the reference needs at least 20 validation films to choose its cut-off, got {len(val_rows)}")
+    if len(val_rows) < MIN_REFERENCE_VAL:
+        raise ValueError(f"the reference needs at least {MIN_REFERENCE_VAL} validation films to choose its cut-off, "
+                         f"got {len(val_rows)}")
     rng = np.random.default_rng(seed)
     bank_rows = np.sort(rng.choice(train_rows, min(bank_size, len(train_rows)), replace=False))
     _, bank_f = features_cached(model, images, bank_rows, spec, batch_size=batch_size, device=device)

@@ -55,6 +55,7 @@ from pneumoscan.errors import ConfigError, RunExistsError
 from pneumoscan.models import create_model, default_preprocessing, has_pretrained
 from pneumoscan.operating_point import choose_operating_point
 from pneumoscan.preprocessing import Preprocessing, cached_rows_to_unit, normalize
+from pneumoscan.reference import MIN_REFERENCE_VAL, build_reference
 from pneumoscan.scoring import score_cached
 from pneumoscan.training.augment import RandAugmentPipeline, build_augmentation, save_augmentation_grid
 from pneumoscan.training.distributed import Dist, gather, setup_distributed
@@ -343,7 +344,7 @@ def train(
             cb("epoch_end", {"epoch": epoch, "row": row, "rank": d.rank})
         d.barrier()
     if d.main:
-        _finalize(cfg, run_dir, data.cache, data.val_rows, parts.spec, d.device)
+        _finalize(cfg, run_dir, data.cache, data.train_rows, data.val_rows, parts.spec, d.device)
         plot_curves(run_dir, prog.history)
     d.barrier()
     return TrainResult(
@@ -353,10 +354,11 @@ def train(
     )
 
 
-def _finalize(cfg: Config, run_dir: Path, cache: ImageCache, va_rows: np.ndarray, spec: Preprocessing,
-              device: torch.device) -> None:
-    """With the best weights, fit the temperature and choose the operating threshold on VALIDATION, then re-save
-    best.safetensors with ``operating_point``, ``calibration`` and ``val_summary``, and write val_scores.csv."""
+def _finalize(cfg: Config, run_dir: Path, cache: ImageCache, tr_rows: np.ndarray, va_rows: np.ndarray,
+              spec: Preprocessing, device: torch.device) -> None:
+    """With the best weights, fit the temperature and choose the operating threshold on VALIDATION, build the
+    scope/drift reference (training-film features, cut-off on validation), then re-save best.safetensors with
+    ``operating_point``, ``calibration``, ``val_summary`` and ``reference``, and write val_scores.csv."""
     path = run_dir / BEST
     ckpt = load_checkpoint(path)
     model = create_model(cfg.model.name, pretrained=False, dropout=cfg.model.dropout).to(device)
@@ -364,7 +366,15 @@ def _finalize(cfg: Config, run_dir: Path, cache: ImageCache, va_rows: np.ndarray
     logits = score_cached(model, cache.images, va_rows, spec, batch_size=cfg.train.batch_size * 2, device=device, logits=True)
     records = [cache.records[i] for i in va_rows]
     extra, probs = choose_operating_point(records, logits, cfg.eval)
-    save_checkpoint(path, ckpt.state_dict, {**ckpt.meta, **extra})
+    tensors: dict[str, torch.Tensor] = {}
+    if len(va_rows) >= MIN_REFERENCE_VAL:
+        ref = build_reference(model, cache.images, tr_rows, va_rows, spec, batch_size=cfg.train.batch_size * 2,
+                              device=device, seed=cfg.train.seed, source=f"{cfg.data.root} (split {cfg.data.split or '-'})")
+        extra["reference"], tensors = ref.to_meta(), ref.to_tensors()
+    else:
+        log.warning("only %d validation images: no scope/drift reference is stored (it needs %d); predictions "
+                    "will be gated on DICOM metadata and pixel statistics only", len(va_rows), MIN_REFERENCE_VAL)
+    save_checkpoint(path, ckpt.state_dict, {**ckpt.meta, **extra}, extra=tensors)
     write_scores_csv(run_dir / "val_scores.csv", records, probs)
     op = extra["operating_point"]
     log.info("operating threshold %.4f (validation sensitivity %.3f, specificity %.3f), temperature %.3f",
