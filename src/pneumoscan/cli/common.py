@@ -1,0 +1,45 @@
+"""What the ``pneumoscan`` commands share: the console, click's error types, the output-folder check.
+
+Imports only what the command line needs at start-up (typer, rich); the library is imported inside each command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+try:  # typer >= 0.22 vendors its own copy of click; older releases use click itself
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - depends on the installed typer
+    import click.exceptions as click_errors
+
+__all__ = ["ADULT_AGE_DEFAULT", "check_adult_age", "click_errors", "console", "writable_folder"]
+
+console = Console()
+
+#: Default of ``--adult-age`` (years): :data:`pneumoscan.scope.ADULT_AGE_YEARS`, repeated here because importing
+#: the scope gate loads torch, which the command line must not do before a command runs (a test keeps them equal).
+ADULT_AGE_DEFAULT = 18.0
+
+
+def writable_folder(folder: Path, option: str) -> None:
+    """Create ``folder`` if needed and prove that a file can be made in it, or raise a usage error."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise typer.BadParameter(f"{folder} is a file, not a folder", param_hint=option)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write into {folder}: {exc.strerror or exc}", param_hint=option) from exc
+
+
+def check_adult_age(years: float) -> float:
+    """``--adult-age`` must be a positive number of years."""
+    if not years > 0:
+        raise typer.BadParameter(f"must be a positive number of years, got {years:g}", param_hint="--adult-age")
+    return years

@@ -1,0 +1,109 @@
+"""``pneumoscan predict``: score X-rays and list them as a triage worklist (registered on the app by the package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from pneumoscan.cli.common import click_errors as _click_errors
+from pneumoscan.cli.common import console, writable_folder
+
+
+def predict_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Image files (JPEG, PNG, DICOM) and/or folders of them.", show_default=False)],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Checkpoint (.safetensors) or ONNX export. Default: $PNEUMOSCAN_MODEL, else the packaged model.")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also scan sub-folders.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the worklist to this .csv or .json file (instead of printing it).")] = None,
+    heatmaps: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay <stem>_gradcam.png per image into this folder (needs a .safetensors model).")] = None,
+    save_raw: Annotated[bool, typer.Option("--save-raw", help="With --heatmaps, also save each raw map (float32, image size) as <stem>_gradcam.npy.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for the model (default: all cores; 1 is faster on a busy machine).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file and existing heatmap files of the same names (otherwise the command refuses before scoring anything).")] = False,
+) -> None:
+    """Score X-rays for pneumonia and list them as a triage worklist, highest probability first.
+
+    Unreadable files are listed with their error and skipped; the others are still scored. Outputs are
+    checked before any image is scored: an existing --out file or heatmap is never replaced without
+    --overwrite. Exit code 0 when at least one image was scored, 1 when none could be (or on a bad model
+    file), 2 on a bad invocation. Decision support, not a diagnosis.
+    """
+    from pneumoscan.predict import DISCLAIMER, Predictor, RuntimeOptions, default_model_path
+    from pneumoscan.worklist import collect, triage, write_results
+
+    if out is not None and out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; give the .csv or .json file to write", param_hint="--out")
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise typer.BadParameter(f"must end in .csv or .json, got {out.name!r}", param_hint="--out")
+    if save_raw and heatmaps is None:
+        raise _click_errors.UsageError("--save-raw needs --heatmaps DIR")
+    model_path = model if model is not None else default_model_path()
+    if heatmaps is not None and model_path.suffix.lower() == ".onnx":
+        raise _click_errors.UsageError(
+            "--heatmaps needs the .safetensors checkpoint: Grad-CAM uses gradients, which an ONNX export lacks")
+    collected = collect(paths, recursive=recursive)  # names what it skips at INFO (-v)
+    files, skipped_note = collected.files, collected.summary()
+    if not files:
+        hint = "" if recursive else " (use --recursive to search sub-folders)"
+        raise _click_errors.UsageError(f"no image files found in {', '.join(map(str, paths))}{hint}"
+                                       + (f"; {skipped_note}" if skipped_note else ""))
+    _check_predict_outputs(out, heatmaps, files, save_raw=save_raw, overwrite=overwrite)
+    predictor = Predictor.from_checkpoint(model_path, options=RuntimeOptions(threads=threads))
+    rows = triage(predictor, files, batch_size=batch_size, progress=progress, heatmaps=heatmaps, save_raw=save_raw)
+    n_ok = sum(r["probability"] is not None for r in rows)  # a scored row may still note a missing heatmap
+    n_no_heatmap = sum(r["probability"] is not None and bool(r["error"]) for r in rows)
+    if out is None:
+        _print_worklist(rows)
+    else:
+        info = {"model": predictor.model_name, "model_file": predictor.path, "model_version": predictor.version,
+                "threshold": predictor.threshold, "temperature": predictor.temperature}
+        write_results(rows, out, info=info)
+    n_pos = sum(bool(r["positive"]) for r in rows)
+    console.print(f"{n_ok} of {len(rows)} image(s) scored, {n_pos} flagged PNEUMONIA at threshold "
+                  f"{predictor.threshold:.3f}; {len(rows) - n_ok} unreadable"
+                  + (f" -> {out}" if out is not None else "") + (f"; heatmaps in {heatmaps}" if heatmaps else "")
+                  + (f" ({n_no_heatmap} could not be written, see the error column)" if n_no_heatmap else ""))
+    if skipped_note:
+        console.print(f"{skipped_note}; -v lists them", highlight=False)
+    console.print(f"[bold]{DISCLAIMER}[/bold]", soft_wrap=True)
+    if n_ok == 0:
+        raise typer.Exit(code=1)
+
+
+def _check_predict_outputs(out: Optional[Path], heatmaps: Optional[Path], files: list[Path], *, save_raw: bool,
+                           overwrite: bool) -> None:
+    """Refuse, before any image is scored, outputs that cannot be written or would replace a user's files."""
+    from pneumoscan.explain import unique_stems
+
+    if out is not None:
+        writable_folder(out.parent, "--out")
+        if out.exists() and not overwrite:
+            raise typer.BadParameter(f"{out} already exists; pass --overwrite to replace it, or choose another "
+                                     "file", param_hint="--out")
+    if heatmaps is not None:
+        writable_folder(heatmaps, "--heatmaps")
+        suffixes = ("_gradcam.png", "_gradcam.npy") if save_raw else ("_gradcam.png",)
+        clash = [heatmaps / f"{stem}{sfx}" for stem in unique_stems(files) for sfx in suffixes
+                 if (heatmaps / f"{stem}{sfx}").exists()]
+        if clash and not overwrite:
+            raise typer.BadParameter(
+                f"{len(clash)} heatmap file(s) would replace existing ones (e.g. {clash[0]}); pass --overwrite "
+                "to replace them, or choose another folder", param_hint="--heatmaps")
+
+
+def _print_worklist(rows: list[dict]) -> None:
+    from rich.markup import escape
+
+    table = Table(title="Pneumonia triage worklist (highest probability first)")
+    for name, justify in (("rank", "right"), ("path", "left"), ("probability", "right"), ("decision", "left"),
+                          ("threshold", "right"), ("error", "left")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        decision = "[bold red]PNEUMONIA[/bold red]" if r["positive"] else r["decision"]
+        table.add_row("" if r["rank"] is None else str(r["rank"]), escape(r["path"]),
+                      "" if r["probability"] is None else f"{r['probability']:.3f}", decision,
+                      f"{r['threshold']:.3f}", escape(r["error"]))
+    console.print(table)
