@@ -10,10 +10,12 @@ width is the median distance in the reference):
   its films differently may not move the features much, yet its scores' calibration can.
 
 Each MMD is divided by its own null 95th percentile, and the statistic is the larger of the two. Its threshold is
-the ``1 - alpha`` quantile of the same statistic over resampled batches of the same size drawn from the held-out
-validation films (in distribution by construction), so a batch like the training data is called shifted at most
-``alpha`` (5%) of the time. Batches larger than ``max_batch`` (500) or half the validation films are subsampled
-(seeded).
+the ``1 - alpha`` quantile of the same statistic over bootstrap batches of the same size drawn, with replacement,
+from the held-out validation films (in distribution by construction), so a batch like the training data is called
+shifted at most ``alpha`` (5%) of the time. (Drawing without replacement from a few hundred films makes the null
+too narrow: on synthetic data it flagged 17% of in-distribution batches of 150 drawn against 400 validation
+films; with replacement 2-7%, tested in ``tests/test_drift.py``.) Batches larger than ``max_batch`` (500) or the
+number of validation films are subsampled (seeded).
 """
 
 from __future__ import annotations
@@ -91,9 +93,7 @@ class DriftCheck:
         self.alpha = alpha
         self.n_resamples = n_resamples
         self.seed = seed
-        # Null batches are drawn without replacement from the validation films; at most half of them per batch
-        # keeps the resamples different from one another.
-        self.max_batch = min(max_batch, len(reference.val_features) // 2)
+        self.max_batch = min(max_batch, len(reference.val_features))
         self._mu = reference.bank_descriptors.mean(0)
         self._sd = reference.bank_descriptors.std(0) + 1e-6
         self._feat = _MMD(reference.bank)
@@ -109,7 +109,7 @@ class DriftCheck:
             ref, rng = self.reference, np.random.default_rng(self.seed + n)
             pairs = []
             for _ in range(self.n_resamples):
-                rows = rng.choice(len(ref.val_features), n, replace=False)
+                rows = rng.choice(len(ref.val_features), n, replace=True)
                 pairs.append((self._feat(ref.val_features[rows]), self._int(self._z(ref.val_descriptors[rows]))))
             f, i = np.array(pairs).T
             scale_f, scale_i = max(float(np.quantile(f, 0.95)), 1e-12), max(float(np.quantile(i, 0.95)), 1e-12)

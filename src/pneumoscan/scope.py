@@ -84,7 +84,7 @@ def pixel_reason(square: np.ndarray) -> str:
     if s.std < MIN_STD:
         return "blank or uniform image"
     if s.neighbour_correlation < MIN_NEIGHBOUR_CORRELATION:
-        return "image looks like noise, not a radiograph"
+        return "image looks like noise or text, not a radiograph"
     if s.laplacian < MIN_LAPLACIAN:
         return "image too smooth to be a radiograph (a gradient or a drawing)"
     if s.laplacian > MAX_LAPLACIAN:
