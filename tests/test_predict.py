@@ -214,8 +214,11 @@ def test_write_results_csv_and_json(predictor, folder, tmp_path):
     csv_path = write_results(rows, tmp_path / "out" / "r.csv")
     with open(csv_path, newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == ["rank", "path", "probability", "decision", "positive", "threshold", "error"]
+    assert list(table[0]) == ["rank", "path", "probability", "decision", "positive", "in_scope", "scope_reason",
+                              "threshold", "error"]
     assert [t["rank"] for t in table] == ["1", "2", "", "", ""]
+    assert [t["in_scope"] for t in table] == ["true", "true", "", "", ""]
+    assert all(t["scope_reason"] == "" for t in table)
     assert table[0]["positive"] in ("true", "false") and table[-1]["positive"] == ""
     assert float(table[0]["probability"]) >= float(table[1]["probability"])
     doc = json.loads(write_results(rows, tmp_path / "r.json", info={"model": "seed-cnn"}).read_text())

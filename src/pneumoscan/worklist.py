@@ -1,12 +1,16 @@
 """The triage worklist: find the images to score, turn each file's score into a row, rank the rows, write them.
 
-A worklist lists every input file, highest pneumonia probability first (``rank`` 1), with files that could not
-be read at the end, each with its error. It is decision support, not a diagnosis.
+A worklist lists every input file: the images in scope first, highest pneumonia probability first (``rank`` 1);
+then the images the scope gate refused (decision ``OUT_OF_SCOPE``, no rank, with the reason: they are not
+assessed, so they never sit at the top of a triage list); then the files that could not be read, each with its
+error. It is decision support, not a diagnosis.
 
 * :func:`collect`: files and folders in, the files to score out (and what was skipped, and why).
 * :func:`triage`: score files with a :class:`~pneumoscan.predict.Predictor` and return ranked rows.
-* :func:`worklist_row`, :func:`rank`: one file's row; the one ranking (the CLI's worklist and the web API's
-  results both use it).
+* :func:`worklist_row`, :func:`rank`, :func:`worklist_rows`: one file's row; the one ranking (the CLI's worklist
+  and the web API's results both use it); both together.
+* :func:`count_results`, :func:`batch_drift`, :func:`drift_message`: what a batch held (scored, out of scope,
+  unreadable) and its drift verdict, for the summary of ``predict`` and ``drift``.
 * :func:`write_results`: rows to CSV or JSON.
 """
 
@@ -25,22 +29,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumoscan.constants import DISCLAIMER, IMAGE_SUFFIXES, JUNK_NAMES, OTHER_IMAGE_SUFFIXES
+from pneumoscan.drift import MIN_IMAGES, NotEnoughImagesError
 from pneumoscan.io import sniff_format
+from pneumoscan.scope import OUT_OF_SCOPE
 from pneumoscan.scoring import decide, decision_label
 from pneumoscan.utils import atomic_write_text, csv_safe_text
 
 if TYPE_CHECKING:
+    from pneumoscan.drift import DriftResult
     from pneumoscan.predict import FileResult, Predictor
 
-__all__ = ["IMAGE_SUFFIXES", "OTHER_IMAGE_SUFFIXES", "RESULT_COLUMNS", "Collected", "Skipped", "collect",
-           "collect_images", "looks_like_image", "rank", "triage", "worklist_row", "write_results"]
+__all__ = ["IMAGE_SUFFIXES", "OTHER_IMAGE_SUFFIXES", "RESULT_COLUMNS", "Collected", "Skipped", "batch_drift",
+           "collect", "collect_images", "count_results", "drift_message", "looks_like_image", "rank", "triage",
+           "worklist_row", "worklist_rows", "write_results"]
 
 log = logging.getLogger(__name__)
 
 # IMAGE_SUFFIXES (formats io decodes) and OTHER_IMAGE_SUFFIXES (image kinds it cannot read: such a file is still
 # listed, with io's error that says so, rather than skipped without a word) live in pneumoscan.constants.
 #: Columns of the CSV worklist, in order (``heatmap`` only when heatmaps were made).
-RESULT_COLUMNS = ("rank", "path", "probability", "decision", "positive", "threshold", "error", "heatmap")
+RESULT_COLUMNS = ("rank", "path", "probability", "decision", "positive", "in_scope", "scope_reason", "threshold",
+                  "error", "heatmap")
 #: ISO-BMFF brands of HEIF/HEIC and AVIF still images (bytes 8..12 after ``ftyp``); video brands are not images.
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
 
@@ -198,38 +207,100 @@ def triage(predictor: Predictor, paths: Sequence[str | os.PathLike[str]], *, bat
            progress: bool = False, heatmaps: str | os.PathLike[str] | None = None,
            save_raw: bool = False) -> list[dict[str, Any]]:
     """Score ``paths`` with ``predictor`` (:meth:`~pneumoscan.predict.Predictor.score_files`, which documents the
-    arguments) and return one :func:`worklist_row` per file, in :func:`rank` order: highest probability first,
-    files that could not be read last, in input order. Nothing stops at a bad file; its row carries the error."""
+    arguments) and return one :func:`worklist_row` per file, in :func:`rank` order: in-scope images by probability,
+    highest first; then out-of-scope images; then files that could not be read, both in input order. Nothing
+    stops at a bad file; its row carries the error."""
     results = predictor.score_files(paths, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
                                     save_raw=save_raw)
-    return rank([worklist_row(r, predictor.threshold) for r in results])
+    return worklist_rows(results, predictor.threshold)
+
+
+def worklist_rows(results: Sequence[FileResult], threshold: float) -> list[dict[str, Any]]:
+    """:func:`worklist_row` of each result, in :func:`rank` order (for callers that keep the results, e.g. for
+    :func:`batch_drift`)."""
+    return rank([worklist_row(r, threshold) for r in results])
 
 
 def worklist_row(result: FileResult, threshold: float) -> dict[str, Any]:
-    """One file's worklist row: ``rank`` (None until :func:`rank` numbers it), ``path``, ``probability``,
-    ``decision`` (``"PNEUMONIA"``/``"NORMAL"`` by :func:`pneumoscan.scoring.decide`; ``""`` when the file could
-    not be read), ``positive`` (bool or None), ``threshold``, ``error`` (``""`` when ok) and, when a heatmap was
-    asked for and the file scored, ``heatmap`` (the overlay's path; ``""`` when it could not be written)."""
+    """One file's worklist row: ``rank`` (None until :func:`rank` numbers it; always None out of scope), ``path``,
+    ``probability``, ``decision`` (``"PNEUMONIA"``/``"NORMAL"`` by :func:`pneumoscan.scoring.decide`;
+    ``"OUT_OF_SCOPE"`` when the scope gate refused the image; ``""`` when the file could not be read), ``positive``
+    (bool; False out of scope; None when not read), ``in_scope`` (the gate's verdict; None when not read),
+    ``scope_reason`` (``""`` in scope), ``threshold``, ``error`` (``""`` when ok) and, when a heatmap was asked for
+    and the file scored, ``heatmap`` (the overlay's path; ``""`` when it could not be written).
+
+    An out-of-scope image keeps its probability, for audit only: it is not a risk and is never ranked."""
     row: dict[str, Any] = {"rank": None, "path": result.path, "probability": None, "decision": "", "positive": None,
+                           "in_scope": result.in_scope, "scope_reason": result.scope_reason,
                            "threshold": threshold, "error": result.error}
     if result.probability is not None:
-        positive = decide(result.probability, threshold)
-        row.update(probability=result.probability, decision=decision_label(positive), positive=positive)
+        if result.in_scope is False:
+            row.update(probability=result.probability, decision=OUT_OF_SCOPE, positive=False)
+        else:
+            positive = decide(result.probability, threshold)
+            row.update(probability=result.probability, decision=decision_label(positive), positive=positive)
     if result.heatmap is not None:
         row["heatmap"] = result.heatmap
     return row
 
 
 def rank(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Number the scored rows by risk: each row with a ``probability`` (present and not None) gets ``rank``,
-    1 for the highest probability, ties in input order, set in place; the other rows are left as they are.
+    """Number the in-scope scored rows by risk, in place: each row with a ``probability`` (present and not None)
+    whose ``in_scope`` is not False gets ``rank``, 1 for the highest probability, ties in input order. A row the
+    scope gate refused (``in_scope`` False) gets ``rank`` None, whatever its probability; the other rows (files
+    that could not be read) are left as they are.
 
-    Returns the scored rows in rank order, then the others in input order.
+    Returns the ranked rows in rank order, then the out-of-scope rows, then the others, both in input order.
     """
-    scored = sorted((r for r in rows if r.get("probability") is not None), key=lambda r: -r["probability"])
+    refused = [r for r in rows if r.get("in_scope") is False]
+    scored = sorted((r for r in rows if r.get("probability") is not None and r.get("in_scope") is not False),
+                    key=lambda r: -r["probability"])
     for number, row in enumerate(scored, start=1):
         row["rank"] = number
-    return scored + [r for r in rows if r.get("probability") is None]
+    for row in refused:
+        row["rank"] = None
+    return scored + refused + [r for r in rows if r.get("probability") is None and r.get("in_scope") is not False]
+
+
+def count_results(results: Sequence[FileResult]) -> dict[str, int]:
+    """What a batch held: ``n_files``, ``n_in_scope`` (scored and in scope), ``n_out_of_scope`` (scored, refused by
+    the scope gate) and ``n_unreadable`` (no probability)."""
+    n_read = sum(r.probability is not None for r in results)
+    n_out = sum(r.probability is not None and r.in_scope is False for r in results)
+    return {"n_files": len(results), "n_in_scope": n_read - n_out, "n_out_of_scope": n_out,
+            "n_unreadable": len(results) - n_read}
+
+
+def batch_drift(predictor: Predictor, results: Sequence[FileResult]) -> tuple[DriftResult | None, str]:
+    """The drift verdict on the in-scope images of a batch (:meth:`~pneumoscan.predict.Predictor.check_drift`),
+    or why there is none: returns ``(result, "")`` or ``(None, reason)``, the reason in words for people (the
+    model carries no reference of its training films; fewer than :data:`pneumoscan.drift.MIN_IMAGES` in-scope
+    images)."""
+    if predictor.reference is None:
+        return None, ("the model carries no reference of its training films, so drift cannot be checked "
+                      "(add one with scripts/build_reference.py)")
+    n_in = count_results(results)["n_in_scope"]
+    if n_in < MIN_IMAGES:
+        return None, f"only {n_in} in-scope image(s); a drift check needs at least {MIN_IMAGES}"
+    try:
+        result = predictor.check_drift(results)
+    except NotEnoughImagesError as exc:  # in scope, but the model file gave no features for them
+        return None, f"drift not checked: {exc}"
+    if result is None:
+        return None, "the model carries no reference of its training films, so drift cannot be checked"
+    return result, ""
+
+
+def drift_message(result: DriftResult) -> str:
+    """One sentence for people: the verdict, the statistic against its threshold and, when shifted, what to do."""
+    head = f"Drift check on {result.n_images} in-scope image(s)"
+    if result.n_used != result.n_images:
+        head += f" ({result.n_used} sampled)"
+    if result.shifted:
+        return (f"{head}: SHIFTED (statistic {result.statistic:.2f} > threshold {result.threshold:.2f}): these images "
+                "differ from the training data; results may not hold; calibrate the model on this site's films "
+                "(pneumoscan calibrate)")
+    return f"{head}: not shifted (statistic {result.statistic:.2f} <= threshold {result.threshold:.2f})"
 
 
 def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
@@ -239,7 +310,8 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], 
     CSV: one row per image with :data:`RESULT_COLUMNS` (probability with 6 decimals, booleans as
     ``true``/``false``, empty cells for missing values; text that a spreadsheet would take for a formula,
     such as a file named ``=1+1.png``, starts with ``'``: :func:`pneumoscan.utils.csv_safe_text`). JSON: ``{"disclaimer", "created", **info,
-    "results": [rows]}`` where ``info`` describes the model (name, version, threshold...).
+    "results": [rows]}`` where ``info`` describes the model (name, version, threshold...) and the batch (e.g. its
+    drift verdict).
 
     Raises:
         ValueError: the suffix is neither ``.csv`` nor ``.json``.

@@ -1,0 +1,144 @@
+"""The worklist: rows, the one ranking (in scope by risk, then out of scope, then unreadable), CSV/JSON columns,
+batch counts and the drift verdict's helpers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pneumoscan.drift import MIN_IMAGES, DriftResult, NotEnoughImagesError
+from pneumoscan.predict import FileResult
+from pneumoscan.scope import OUT_OF_SCOPE
+from pneumoscan.worklist import (
+    RESULT_COLUMNS,
+    batch_drift,
+    count_results,
+    drift_message,
+    rank,
+    worklist_row,
+    worklist_rows,
+    write_results,
+)
+
+BLANK = "blank or uniform image"
+ADULT = "adult patient (DICOM PatientAge 045Y)"
+
+
+def _results() -> list[FileResult]:
+    """A batch in input order: in scope, out of scope (with the highest probability of all), unreadable, ..."""
+    return [
+        FileResult("low.png", 0.20, in_scope=True),
+        FileResult("blank.png", 0.99, in_scope=False, scope_reason=BLANK),
+        FileResult("broken.png", None, error="not an image"),
+        FileResult("high.png", 0.90, in_scope=True),
+        FileResult("adult.dcm", 0.95, in_scope=False, scope_reason=ADULT),
+        FileResult("mid.png", 0.50, in_scope=True),
+    ]
+
+
+def test_columns_in_order():
+    assert RESULT_COLUMNS == ("rank", "path", "probability", "decision", "positive", "in_scope", "scope_reason",
+                              "threshold", "error", "heatmap")
+
+
+def test_an_out_of_scope_row_is_not_assessed_but_keeps_its_probability_for_audit():
+    row = worklist_row(FileResult("blank.png", 0.99, in_scope=False, scope_reason=BLANK), 0.5)
+    assert row["decision"] == OUT_OF_SCOPE and row["positive"] is False
+    assert row["probability"] == 0.99 and row["rank"] is None
+    assert row["in_scope"] is False and row["scope_reason"] == BLANK
+    ok = worklist_row(FileResult("a.png", 0.7, in_scope=True), 0.5)
+    assert (ok["decision"], ok["positive"], ok["in_scope"], ok["scope_reason"]) == ("PNEUMONIA", True, True, "")
+    assert worklist_row(FileResult("b.png", 0.3, in_scope=True), 0.5)["decision"] == "NORMAL"
+    bad = worklist_row(FileResult("c.png", None, error="not an image"), 0.5)
+    assert (bad["decision"], bad["positive"], bad["in_scope"], bad["probability"]) == ("", None, None, None)
+
+
+def test_rank_puts_out_of_scope_after_every_scored_image_and_never_ranks_it():
+    rows = worklist_rows(_results(), 0.5)
+    assert [r["path"] for r in rows] == ["high.png", "mid.png", "low.png", "blank.png", "adult.dcm", "broken.png"]
+    assert [r["rank"] for r in rows] == [1, 2, 3, None, None, None]
+    assert [r["decision"] for r in rows] == ["PNEUMONIA", "PNEUMONIA", "NORMAL", OUT_OF_SCOPE, OUT_OF_SCOPE, ""]
+    assert not any(r["positive"] for r in rows[3:])
+
+
+def test_rank_clears_a_stale_rank_of_an_out_of_scope_row_and_keeps_input_order_among_them():
+    rows = [{"id": 0, "probability": 0.1, "in_scope": False, "rank": 1}, {"id": 1, "probability": 0.3},
+            {"id": 2, "probability": 0.9, "in_scope": False}, {"id": 3, "probability": None},
+            {"id": 4, "probability": 0.2, "in_scope": True}]
+    ordered = rank(rows)
+    assert [r["id"] for r in ordered] == [1, 4, 0, 2, 3]
+    assert [r.get("rank") for r in rows] == [None, 1, None, None, 2]
+
+
+def test_csv_and_json_carry_the_scope_columns(tmp_path):
+    rows = worklist_rows(_results(), 0.5)
+    out = write_results(rows, tmp_path / "w.csv")
+    with open(out, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == list(RESULT_COLUMNS[:-1])  # no heatmap column without heatmaps
+    assert [t["rank"] for t in table] == ["1", "2", "3", "", "", ""]
+    assert [t["in_scope"] for t in table] == ["true", "true", "true", "false", "false", ""]
+    assert [t["scope_reason"] for t in table] == ["", "", "", BLANK, ADULT, ""]
+    assert [t["decision"] for t in table][3:] == [OUT_OF_SCOPE, OUT_OF_SCOPE, ""]
+    assert table[3]["probability"] == "0.990000" and table[3]["positive"] == "false"
+    doc = json.loads(write_results(rows, tmp_path / "w.json", info={"drift": None, "drift_reason": "x"}).read_text())
+    assert doc["drift"] is None and doc["drift_reason"] == "x"
+    blank = doc["results"][3]
+    assert blank == {"rank": None, "path": "blank.png", "probability": 0.99, "decision": OUT_OF_SCOPE,
+                     "positive": False, "in_scope": False, "scope_reason": BLANK, "threshold": 0.5, "error": ""}
+
+
+def test_count_results():
+    assert count_results(_results()) == {"n_files": 6, "n_in_scope": 3, "n_out_of_scope": 2, "n_unreadable": 1}
+    assert count_results([]) == {"n_files": 0, "n_in_scope": 0, "n_out_of_scope": 0, "n_unreadable": 0}
+
+
+def _drift(shifted: bool) -> DriftResult:
+    return DriftResult(shifted, 3.1 if shifted else 0.8, 1.4, 312, 312, 3.1 if shifted else 0.8, 0.5, 0.05)
+
+
+def test_drift_message_says_what_to_do_only_when_shifted():
+    shifted = drift_message(_drift(True))
+    assert shifted.startswith("Drift check on 312 in-scope image(s): SHIFTED (statistic 3.10 > threshold 1.40)")
+    assert "differ from the training data" in shifted and "calibrate" in shifted
+    calm = drift_message(_drift(False))
+    assert calm == "Drift check on 312 in-scope image(s): not shifted (statistic 0.80 <= threshold 1.40)"
+
+
+def _in_scope(n: int) -> list[FileResult]:
+    return [FileResult(f"{i}.png", 0.5, in_scope=True, features=np.ones(4), descriptor=np.ones(7)) for i in range(n)]
+
+
+def test_batch_drift_gives_the_result_or_why_not():
+    calls = []
+
+    def check(results):
+        calls.append(len(results))
+        return _drift(False)
+
+    no_ref = SimpleNamespace(reference=None, check_drift=check)
+    result, why = batch_drift(no_ref, _in_scope(60))
+    assert result is None and "no reference" in why and "scripts/build_reference.py" in why
+    with_ref = SimpleNamespace(reference=object(), check_drift=check)
+    result, why = batch_drift(with_ref, _in_scope(MIN_IMAGES - 1) + [r for r in _results() if not r.in_scope])
+    assert result is None and why == f"only {MIN_IMAGES - 1} in-scope image(s); a drift check needs at least 50"
+    assert calls == []  # not even tried
+    result, why = batch_drift(with_ref, _in_scope(MIN_IMAGES))
+    assert result == _drift(False) and why == "" and calls == [MIN_IMAGES]
+
+    def featureless(results):
+        raise NotEnoughImagesError("a drift check needs at least 50 in-scope images, got 0")
+
+    result, why = batch_drift(SimpleNamespace(reference=object(), check_drift=featureless), _in_scope(60))
+    assert result is None and "got 0" in why
+
+
+@pytest.mark.parametrize("n_out", [0, 3])
+def test_out_of_scope_and_unreadable_files_do_not_count_towards_the_drift_minimum(n_out):
+    batch = _in_scope(MIN_IMAGES - 1) + [FileResult("x.png", 0.9, in_scope=False, scope_reason=BLANK)] * n_out
+    _, why = batch_drift(SimpleNamespace(reference=object(), check_drift=lambda r: _drift(True)), batch)
+    assert why.startswith(f"only {MIN_IMAGES - 1} in-scope")
