@@ -1,0 +1,154 @@
+"""The shipped model's scope gate and drift check on real films (needs ../shared/data) and on out-of-scope images.
+
+Acceptance of issue 14: every kind of out-of-scope image is caught; 0 of the 40 full-resolution films and at most
+1% of held-out training films (the validation split) are called out of scope; a validation-like batch is not
+flagged as drifted, synthetic shifts are.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from oodfactory import dicom_samples, generated, part10_bytes, photographs, sample_dicom
+from pneumoscan.data import index_dataset, split_index
+from pneumoscan.io import read_image
+from pneumoscan.predict import PACKAGED_MODEL, Predictor
+
+pytestmark = pytest.mark.shared_data
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    return Predictor.from_checkpoint(PACKAGED_MODEL)
+
+
+@pytest.fixture(scope="module")
+def val_paths(shipped, shared_data_root):
+    cfg = shipped.info.config["data"]
+    index = index_dataset(shared_data_root, split=cfg["split"], check=False)
+    _, val = split_index(index, cfg["val_fraction"], cfg["split_seed"])
+    return [r.path for r in val.records]
+
+
+def test_the_shipped_model_carries_a_reference(shipped):
+    ref = shipped.reference
+    assert ref is not None and ref.bank.shape[0] == 2048 and ref.val_features.shape[0] == 575
+    assert ref.info["val_flag_rate"] <= 0.01
+
+
+def test_no_full_resolution_film_is_out_of_scope(shipped, fullres_samples):
+    results = shipped.score_files(fullres_samples, batch_size=8)
+    assert len(results) == 40 and all(r.error == "" for r in results)
+    assert [r.path for r in results if not r.in_scope] == []
+
+
+@pytest.mark.slow
+def test_at_most_one_percent_of_held_out_training_films_are_out_of_scope(shipped, val_paths):
+    results = shipped.score_files(val_paths, batch_size=64)
+    out = [r for r in results if not r.in_scope]
+    assert len(results) == 575 and len(out) / len(results) <= 0.01, [(r.path, r.scope_reason) for r in out]
+
+
+def _dicom_from_film(path, **tags) -> bytes:
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pixels = read_image(path)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns = "DX", pixels.shape[0], pixels.shape[1]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = pixels.tobytes()
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_every_kind_of_out_of_scope_image_is_caught(shipped, fullres_samples):
+    # Generated images and photographs as arrays; the sample DICOM files as files, header and all.
+    items = [*generated(512), *photographs(), *dicom_samples()]
+    if sample_dicom("RG3_UNCI.dcm") is None:
+        pytest.skip("pydicom-data is not installed (scripts/test.sh installs the test extra)")
+    items.append(("adult_chest", "RG1 with PatientAge 081Y",
+                  part10_bytes(sample_dicom("RG1_UNCI.dcm"), PatientAge="081Y")))
+    film = fullres_samples[0]
+    items.append(("lateral", "film as DICOM, ViewPosition LL", _dicom_from_film(film, ViewPosition="LL")))
+    items.append(("adult", "film as DICOM, PatientAge 045Y", _dicom_from_film(film, PatientAge="045Y")))
+    items.append(("other_body_part", "film as DICOM, BodyPartExamined HAND",
+                  _dicom_from_film(film, BodyPartExamined="HAND")))
+    # Content only, no DICOM header: the CT and MR slices, the tibia radiograph, the face photograph as PNG.
+    for name in ("CT_small.dcm", "MR2_UNCI.dcm", "RG3_UNCI.dcm", "OT-PAL-8-face.dcm"):
+        buf = io.BytesIO()
+        Image.fromarray(read_image(part10_bytes(sample_dicom(name)), min_side=16)).save(buf, format="PNG")
+        items.append(("content_only", f"{name} as PNG", buf.getvalue()))
+    missed = []
+    for kind, name, image in items:
+        pred = shipped.predict([image])[0]
+        if pred.in_scope or pred.label != "OUT_OF_SCOPE":
+            missed.append((kind, name, round(pred.probability, 3)))
+    # MR_small (a 64 x 64 MR slice) is caught by its Modality tag only; its content, upscaled 2.5 times, is not.
+    assert missed == [], missed
+
+
+def _shifted(images, how):
+    def one(g):
+        if how == "none":
+            return g
+        if how == "exposure":
+            return np.clip(g.astype(int) + 20, 0, 255).astype(np.uint8)
+        if how == "contrast":
+            return np.clip((g.astype(float) - 128) * 0.7 + 128, 0, 255).astype(np.uint8)
+        if how == "gamma":
+            return (255 * (g / 255.0) ** 0.7).astype(np.uint8)
+        if how == "blur":
+            return np.asarray(Image.fromarray(g).filter(ImageFilter.GaussianBlur(1.5)))
+        if how == "noise":
+            return np.clip(g + np.random.default_rng(1).normal(0, 8, g.shape), 0, 255).astype(np.uint8)
+        if how == "letterbox":  # a resizing chain that keeps the aspect ratio and pads (the film fills 80%)
+            w = int(g.shape[1] * 0.8)
+            out = np.zeros_like(g)
+            out[:, (g.shape[1] - w) // 2:(g.shape[1] - w) // 2 + w] = np.asarray(
+                Image.fromarray(g).resize((w, g.shape[0]), Image.Resampling.BILINEAR))
+            return out
+        if how == "thumbnail_chain":  # a low-resolution export: box-filtered down to 64 px, bilinear back up
+            small = Image.fromarray(g).resize((64, 64), Image.Resampling.BOX)
+            return np.asarray(small.resize(g.shape[::-1], Image.Resampling.BILINEAR))
+        raise ValueError(how)
+    return [one(g) for g in images]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, expect", [("none", False), ("exposure", True), ("contrast", True), ("gamma", True),
+                                         ("blur", True), ("noise", True), ("letterbox", True),
+                                         ("thumbnail_chain", True)])
+def test_drift_flags_synthetic_shifts_and_not_a_validation_like_batch(shipped, val_paths, how, expect):
+    rng = np.random.default_rng(0)
+    images = [read_image(val_paths[i]) for i in rng.choice(len(val_paths), 60, replace=False)]
+    feats, descs = [], []
+    from pneumoscan.reference import intensity_descriptors
+    from pneumoscan.preprocessing import resize_for_model
+
+    for g in _shifted(images, how):
+        square = resize_for_model(g, shipped.preprocessing)
+        _, f = shipped._forward([square])
+        feats.append(f[0])
+        descs.append(intensity_descriptors(square[None])[0])
+    result = shipped.drift.test(np.stack(feats), np.stack(descs))
+    assert result.shifted is expect, result
