@@ -492,3 +492,87 @@ def test_csv_worklist_cells_never_start_like_a_formula(tmp_path):
         assert not any(v.startswith(("=", "+", "-", "@", "\t", "\r")) for v in t.values())
     doc = json.loads(write_results(rows, tmp_path / "r.json").read_text())
     assert doc["results"][1]["path"] == "-cmd.png"  # JSON is data, not a spreadsheet: unchanged
+
+
+# ----------------------------------------------------------------------------- the scope gate in `predict`
+
+
+@pytest.fixture
+def with_blank(tmp_path) -> Path:
+    """Two films, a flat gray square (refused by the pixel rules even without a reference) and a broken file."""
+    root = tmp_path / "mixed-scope"
+    root.mkdir()
+    make_png(root / "a.png", _film(1))
+    make_png(root / "b.png", _film(2))
+    make_png(root / "blank.png", np.full((120, 100), 128, np.uint8))
+    (root / "broken.png").write_text("not a picture")
+    return root
+
+
+def test_cli_predict_lists_an_out_of_scope_image_as_not_assessed_after_the_scored_ones(tiny_checkpoint, with_blank,
+                                                                                      tmp_path, capsys, monkeypatch):
+    from pneumoscan.scope import pixel_reason
+
+    assert pixel_reason(np.full((64, 64), 128, np.uint8)) == "blank or uniform image"
+    monkeypatch.setenv("COLUMNS", "250")  # one table row per line
+    assert main(["predict", str(with_blank), "--model", str(tiny_checkpoint), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    blank_line = next(line for line in printed.splitlines() if "blank.png" in line)
+    cells = [c.strip() for c in blank_line.split("\u2502")[1:-1]]  # rank, path, probability, decision, threshold, error
+    assert cells[0] == "" and cells[2] == "Not assessed"  # no rank, no probability shown as a risk
+    assert cells[3] == "out of scope: blank or uniform image" and cells[4] == "0.500"
+    lines = printed.splitlines()
+    order = [next(i for i, line in enumerate(lines) if name in line) for name in ("blank.png", "broken.png")]
+    assert all(i > max(j for j, line in enumerate(lines) if "a.png" in line or "b.png" in line) for i in order)
+    assert order[0] < order[1]
+    summary = " ".join(printed.split())
+    assert "2 of 4 image(s) scored" in summary and "1 not assessed (out of scope); 1 unreadable" in summary
+    assert "Drift check" not in summary  # no reference, fewer than 50 images: nothing said
+
+    out = tmp_path / "r.csv"
+    assert main(["predict", str(with_blank), "--model", str(tiny_checkpoint), "--no-progress", "--out", str(out)]) == 0
+    with open(out, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [Path(t["path"]).name for t in table][2:] == ["blank.png", "broken.png"]
+    assert [t["rank"] for t in table] == ["1", "2", "", ""]
+    blank = table[2]
+    assert (blank["decision"], blank["positive"], blank["in_scope"], blank["scope_reason"]) == (
+        "OUT_OF_SCOPE", "false", "false", "blank or uniform image")
+    assert 0.0 <= float(blank["probability"]) <= 1.0  # kept for audit
+    assert [t["in_scope"] for t in table] == ["true", "true", "false", ""]
+
+    out_json = tmp_path / "r.json"
+    assert main(["predict", str(with_blank), "--model", str(tiny_checkpoint), "--no-progress", "--out",
+                 str(out_json)]) == 0
+    doc = json.loads(out_json.read_text())
+    assert doc["drift"] is None and "no reference" in doc["drift_reason"]
+    assert (doc["n_files"], doc["n_in_scope"], doc["n_out_of_scope"], doc["n_unreadable"]) == (4, 2, 1, 1)
+    assert doc["adult_age_years"] == 18.0
+    blank = doc["results"][2]
+    assert blank["decision"] == "OUT_OF_SCOPE" and blank["rank"] is None and blank["in_scope"] is False
+
+
+def test_cli_predict_only_out_of_scope_images_still_exits_0(tiny_checkpoint, with_blank, capsys):
+    assert main(["predict", str(with_blank / "blank.png"), "--model", str(tiny_checkpoint), "--no-progress"]) == 0
+    assert "0 of 1 image(s) scored, 0 flagged PNEUMONIA" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_predict_adult_age_sets_the_cut_off(tiny_checkpoint, tmp_path, capsys):
+    import pydicom
+
+    ds = pydicom.dcmread(make_dicom(tmp_path / "teen.dcm", _film(3), bits=8))
+    ds.PatientAge = "016Y"
+    ds.save_as(tmp_path / "teen.dcm")
+    base = ["predict", str(tmp_path / "teen.dcm"), "--model", str(tiny_checkpoint), "--no-progress", "--out"]
+    assert main(base + [str(tmp_path / "a.json")]) == 0
+    row = json.loads((tmp_path / "a.json").read_text())["results"][0]
+    assert row["in_scope"] is True and row["decision"] in ("NORMAL", "PNEUMONIA")
+    assert main(base + [str(tmp_path / "b.json"), "--adult-age", "16"]) == 0
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["adult_age_years"] == 16.0
+    row = doc["results"][0]
+    assert row["in_scope"] is False and row["decision"] == "OUT_OF_SCOPE" and row["rank"] is None
+    assert row["scope_reason"] == "adult patient (DICOM PatientAge 016Y)"
+    capsys.readouterr()
+    assert main(base + [str(tmp_path / "c.json"), "--adult-age", "0"]) == 2
+    assert "--adult-age" in capsys.readouterr().err and not (tmp_path / "c.json").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,7 +10,9 @@ import typer
 from rich.table import Table
 
 from pneumoscan.cli.common import click_errors as _click_errors
-from pneumoscan.cli.common import console, writable_folder
+from pneumoscan.cli.common import ADULT_AGE_DEFAULT, check_adult_age, console, writable_folder
+
+log = logging.getLogger(__name__)
 
 
 def predict_cmd(
@@ -23,16 +26,22 @@ def predict_cmd(
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for the model (default: all cores; 1 is faster on a busy machine).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file and existing heatmap files of the same names (otherwise the command refuses before scoring anything).")] = False,
+    adult_age: Annotated[float, typer.Option("--adult-age", metavar="YEARS", help="A DICOM PatientAge at or above this many years puts the image out of scope (adult patient).")] = ADULT_AGE_DEFAULT,
 ) -> None:
     """Score X-rays for pneumonia and list them as a triage worklist, highest probability first.
 
-    Unreadable files are listed with their error and skipped; the others are still scored. Outputs are
-    checked before any image is scored: an existing --out file or heatmap is never replaced without
-    --overwrite. Exit code 0 when at least one image was scored, 1 when none could be (or on a bad model
-    file), 2 on a bad invocation. Decision support, not a diagnosis.
+    Every image passes the scope gate first (DICOM metadata, pixel statistics and, when the model carries a
+    reference of its training films, the model's own features): an image that is not a pediatric frontal
+    chest radiograph is not assessed (decision OUT_OF_SCOPE, with the reason) and is listed after the scored
+    images, without a rank. With 50 or more in-scope images and a model that carries a reference, the
+    summary also gives the batch's drift verdict (see 'pneumoscan drift --help'), also recorded in a JSON
+    worklist. Unreadable files are listed with their error and skipped; the others are still scored.
+    Outputs are checked before any image is scored: an existing --out file or heatmap is never replaced
+    without --overwrite. Exit code 0 when at least one image was read (scored or not assessed), 1 when none
+    could be (or on a bad model file), 2 on a bad invocation. Decision support, not a diagnosis.
     """
     from pneumoscan.predict import DISCLAIMER, Predictor, RuntimeOptions, default_model_path
-    from pneumoscan.worklist import collect, triage, write_results
+    from pneumoscan.worklist import batch_drift, collect, count_results, drift_message, worklist_rows, write_results
 
     if out is not None and out.is_dir():
         raise typer.BadParameter(f"{out} is a folder; give the .csv or .json file to write", param_hint="--out")
@@ -40,6 +49,7 @@ def predict_cmd(
         raise typer.BadParameter(f"must end in .csv or .json, got {out.name!r}", param_hint="--out")
     if save_raw and heatmaps is None:
         raise _click_errors.UsageError("--save-raw needs --heatmaps DIR")
+    check_adult_age(adult_age)
     model_path = model if model is not None else default_model_path()
     if heatmaps is not None and model_path.suffix.lower() == ".onnx":
         raise _click_errors.UsageError(
@@ -51,25 +61,38 @@ def predict_cmd(
         raise _click_errors.UsageError(f"no image files found in {', '.join(map(str, paths))}{hint}"
                                        + (f"; {skipped_note}" if skipped_note else ""))
     _check_predict_outputs(out, heatmaps, files, save_raw=save_raw, overwrite=overwrite)
-    predictor = Predictor.from_checkpoint(model_path, options=RuntimeOptions(threads=threads))
-    rows = triage(predictor, files, batch_size=batch_size, progress=progress, heatmaps=heatmaps, save_raw=save_raw)
-    n_ok = sum(r["probability"] is not None for r in rows)  # a scored row may still note a missing heatmap
+    predictor = Predictor.from_checkpoint(model_path, options=RuntimeOptions(threads=threads),
+                                          adult_age_years=adult_age)
+    results = predictor.score_files(files, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
+                                    save_raw=save_raw)
+    rows = worklist_rows(results, predictor.threshold)
+    counts = count_results(results)
+    drift, no_drift_reason = batch_drift(predictor, results)
+    if drift is None:
+        log.info("drift not checked: %s", no_drift_reason)
     n_no_heatmap = sum(r["probability"] is not None and bool(r["error"]) for r in rows)
     if out is None:
         _print_worklist(rows)
     else:
         info = {"model": predictor.model_name, "model_file": predictor.path, "model_version": predictor.version,
-                "threshold": predictor.threshold, "temperature": predictor.temperature}
+                "threshold": predictor.threshold, "temperature": predictor.temperature,
+                "adult_age_years": adult_age, **counts,
+                "drift": None if drift is None else drift.to_dict(), "drift_reason": no_drift_reason}
         write_results(rows, out, info=info)
     n_pos = sum(bool(r["positive"]) for r in rows)
-    console.print(f"{n_ok} of {len(rows)} image(s) scored, {n_pos} flagged PNEUMONIA at threshold "
-                  f"{predictor.threshold:.3f}; {len(rows) - n_ok} unreadable"
+    console.print(f"{counts['n_in_scope']} of {len(rows)} image(s) scored, {n_pos} flagged PNEUMONIA at threshold "
+                  f"{predictor.threshold:.3f}; {counts['n_out_of_scope']} not assessed (out of scope); "
+                  f"{counts['n_unreadable']} unreadable"
                   + (f" -> {out}" if out is not None else "") + (f"; heatmaps in {heatmaps}" if heatmaps else "")
-                  + (f" ({n_no_heatmap} could not be written, see the error column)" if n_no_heatmap else ""))
+                  + (f" ({n_no_heatmap} could not be written, see the error column)" if n_no_heatmap else ""),
+                  highlight=False)
+    if drift is not None:
+        console.print(drift_message(drift), style="bold yellow" if drift.shifted else None, highlight=False,
+                      soft_wrap=True)
     if skipped_note:
         console.print(f"{skipped_note}; -v lists them", highlight=False)
     console.print(f"[bold]{DISCLAIMER}[/bold]", soft_wrap=True)
-    if n_ok == 0:
+    if counts["n_in_scope"] + counts["n_out_of_scope"] == 0:
         raise typer.Exit(code=1)
 
 
@@ -97,13 +120,16 @@ def _check_predict_outputs(out: Optional[Path], heatmaps: Optional[Path], files:
 def _print_worklist(rows: list[dict]) -> None:
     from rich.markup import escape
 
-    table = Table(title="Pneumonia triage worklist (highest probability first)")
+    table = Table(title="Pneumonia triage worklist (highest probability first; images not assessed after them)")
     for name, justify in (("rank", "right"), ("path", "left"), ("probability", "right"), ("decision", "left"),
                           ("threshold", "right"), ("error", "left")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in rows:
-        decision = "[bold red]PNEUMONIA[/bold red]" if r["positive"] else r["decision"]
-        table.add_row("" if r["rank"] is None else str(r["rank"]), escape(r["path"]),
-                      "" if r["probability"] is None else f"{r['probability']:.3f}", decision,
+        if r.get("in_scope") is False:  # its probability is kept in the files for audit, never shown as a risk
+            probability, decision = "[yellow]Not assessed[/yellow]", f"out of scope: {escape(r['scope_reason'])}"
+        else:
+            probability = "" if r["probability"] is None else f"{r['probability']:.3f}"
+            decision = "[bold red]PNEUMONIA[/bold red]" if r["positive"] else r["decision"]
+        table.add_row("" if r["rank"] is None else str(r["rank"]), escape(r["path"]), probability, decision,
                       f"{r['threshold']:.3f}", escape(r["error"]))
     console.print(table)
