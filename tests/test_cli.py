@@ -124,3 +124,16 @@ def test_package_exports_the_public_api_lazily():
             "import pneumoscan.training.loop as t; assert callable(t.train) and t.__name__ == 'pneumoscan.training.loop'; "
             "assert sorted(dir(pneumoscan)) == sorted(pneumoscan.__all__)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_adult_age_default_is_the_scope_gates():
+    from pneumoscan.cli.common import ADULT_AGE_DEFAULT
+    from pneumoscan.scope import ADULT_AGE_YEARS
+
+    assert ADULT_AGE_DEFAULT == ADULT_AGE_YEARS
+
+
+def test_the_command_line_starts_without_torch():
+    code = ("import sys; from pneumoscan.cli import app, main; assert main(['--help']) == 0; "
+            "assert main(['drift', '--help']) == 0; assert 'torch' not in sys.modules, 'torch loaded'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -4,8 +4,8 @@ Each command parses its arguments, makes one library call and writes the output.
 bad config, bad data folder) are printed as one line, never as a traceback; ``--debug`` shows the traceback.
 
 The commands live in one module per area (:mod:`.data_cmds`, :mod:`.model_cmds`, :mod:`.predict_cmd`,
-:mod:`.serve_cmd`) and are registered on :data:`app` here, in the order ``--help`` lists them. Each command imports
-the library inside its function, so that ``pneumoscan --help`` starts without loading torch.
+:mod:`.drift_cmd`, :mod:`.serve_cmd`) and are registered on :data:`app` here, in the order ``--help`` lists them.
+Each command imports the library inside its function, so that ``pneumoscan --help`` starts without loading torch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import typer
 from typer import echo
 
 from pneumoscan import __version__
-from pneumoscan.cli import data_cmds, model_cmds, predict_cmd, serve_cmd
+from pneumoscan.cli import data_cmds, drift_cmd, model_cmds, predict_cmd, serve_cmd
 from pneumoscan.cli.common import click_errors as _click_errors
 
 __all__ = ["app", "main", "run"]
@@ -37,6 +37,7 @@ app = typer.Typer(
 app.add_typer(data_cmds.data_app, name="data")
 app.command("train")(model_cmds.train_cmd)
 app.command("predict")(predict_cmd.predict_cmd)
+app.command("drift")(drift_cmd.drift_cmd)
 app.command("export")(model_cmds.export_cmd)
 app.command("serve")(serve_cmd.serve_cmd)
 app.command("evaluate")(model_cmds.evaluate_cmd)
