@@ -248,3 +248,24 @@ def test_scores_csv_text_cells_never_start_like_a_formula(tmp_path):
     assert [r["path"] for r in rows] == ["'=HYPERLINK(1).png", "/data/a.png"]
     assert [r["patient_id"] for r in rows] == ["'-12", "'@p"]
     assert [r["score"] for r in rows] == ["0.250000", "0.000000"] and rows[0]["label"] == "PNEUMONIA"
+
+
+def test_evaluation_reports_what_the_scope_gate_would_refuse(tmp_path):
+    from imagefactory import make_png, synthetic_xray
+    from modelfactory import make_checkpoint
+    from pneumoscan.evaluation import evaluate
+
+    root = tmp_path / "data"
+    for label, seeds in (("NORMAL", range(4)), ("PNEUMONIA", range(4, 8))):
+        (root / label).mkdir(parents=True)
+        for s in seeds:
+            make_png(root / label / f"p{s}.png", synthetic_xray(120, 110, seed=s))
+    make_png(root / "NORMAL" / "blank.png", np.full((120, 110), 200, np.uint8))
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", threshold=0.5)
+    result = evaluate([ckpt], root, tmp_path / "out", cache_dir=tmp_path / "cache", bootstrap_samples=20)
+    scope = result["models"][0]["scope"]
+    assert scope["n_images"] == 9 and scope["n_out_of_scope"] >= 1 and not scope["feature_check"]
+    assert any(o["path"].endswith("blank.png") and o["reason"] == "blank or uniform image" for o in scope["out_of_scope"])
+    assert any("scope gate" in w for w in result["models"][0]["warnings"])
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Scope gate" in html and "blank or uniform image" in html

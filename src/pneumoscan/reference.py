@@ -26,8 +26,8 @@ from torch import nn
 from pneumoscan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pneumoscan.constants import DEFAULT_CACHE_DIR
 from pneumoscan.data import build_cache, index_dataset, split_index
-from pneumoscan.preprocessing import Preprocessing, cached_rows_to_unit, check_model_input, normalize
-from pneumoscan.scoring import model_from_checkpoint, resolve_device
+from pneumoscan.preprocessing import Preprocessing
+from pneumoscan.scoring import features_cached, model_from_checkpoint, resolve_device
 
 __all__ = ["DESCRIPTOR_NAMES", "MIN_REFERENCE_VAL", "TENSOR_PREFIX", "Reference", "attach_reference", "build_reference", "features_cached",
            "intensity_descriptors", "knn_distance", "l2_normalize", "reference_of"]
@@ -105,23 +105,6 @@ class Reference:
         arrays = {name: tensors[TENSOR_PREFIX + name].float().numpy() for name in _ARRAYS}
         info = {k: v for k, v in meta.items() if k not in ("knn_k", "knn_cut")}
         return cls(**arrays, knn_k=int(meta["knn_k"]), knn_cut=float(meta["knn_cut"]), info=info)
-
-
-@torch.no_grad()
-def features_cached(model: nn.Module, images: np.ndarray, rows: np.ndarray, spec: Preprocessing, *,
-                    batch_size: int = 64, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """``(logits (N,), pooled features (N, C))`` for rows of the decoded-image cache, in batches."""
-    was_training = model.training
-    model.eval()
-    logits, feats = [], []
-    for start in range(0, len(rows), batch_size):
-        x = normalize(cached_rows_to_unit(images, rows[start:start + batch_size]), spec)
-        check_model_input(x, spec)
-        z, f = model.forward_with_features(x.to(device))
-        logits.append(z.float().reshape(len(x), -1)[:, 0].cpu().numpy())
-        feats.append(f.float().cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(logits).astype(np.float64), np.concatenate(feats)
 
 
 def build_reference(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,

@@ -44,7 +44,7 @@ from pneumoscan.preprocessing import (
 __all__ = [
     "FEATURES_NAME", "INPUT_NAME", "META_KEY", "REFERENCE_KEY", "read_onnx_reference", "OUTPUT_NAME", "OnnxRunner", "RuntimeOptions", "ScoredModel", "TorchRunner", "decide",
     "decision_label", "expit", "load_model", "model_from_checkpoint", "open_onnx_session", "read_onnx_metadata",
-    "resolve_device", "score_cached", "score_dataset",
+    "features_cached", "resolve_device", "score_cached", "score_dataset",
 ]
 
 #: metadata_props key of an ONNX export holding its reference tensors (a base64 safetensors blob).
@@ -254,12 +254,24 @@ class ScoredModel:
     probs_raw: np.ndarray  # (N,) sigmoid(logits)
     images: np.ndarray  # the cache's (M, S, S) uint8 memory map
     rows: np.ndarray  # (N,) row of each record in ``images``
+    features: np.ndarray | None = None  # (N, C) pooled features, for the scope gate
 
 
-def _device(pref: str) -> torch.device:
-    if pref == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(pref)
+@torch.no_grad()
+def features_cached(model: nn.Module, images: np.ndarray, rows: np.ndarray, spec: Preprocessing, *,
+                    batch_size: int = 64, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """``(logits (N,), pooled features (N, C))`` for rows of the decoded-image cache, in batches."""
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    for start in range(0, len(rows), batch_size):
+        x = normalize(cached_rows_to_unit(images, rows[start:start + batch_size]), spec)
+        check_model_input(x, spec)
+        z, f = model.forward_with_features(x.to(device))
+        logits.append(z.float().reshape(len(x), -1)[:, 0].cpu().numpy())
+        feats.append(f.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(logits).astype(np.float64), np.concatenate(feats)
 
 
 def score_dataset(paths: Sequence[str | os.PathLike[str]], records: list[Record], cache_dir: Path, device: torch.device,
@@ -280,9 +292,9 @@ def score_dataset(paths: Sequence[str | os.PathLike[str]], records: list[Record]
         rows = np.array([row_of[r.path] for r in kept], dtype=np.int64)
         model = model_from_checkpoint(ckpt).to(device)
         spec = ckpt.info.preprocessing
-        logits = score_cached(model, cache.images, rows, spec, batch_size=batch_size, device=device, logits=True)
+        logits, feats = features_cached(model, cache.images, rows, spec, batch_size=batch_size, device=device)
         scored.append(ScoredModel(ckpt, logits, apply_temperature(logits, ckpt.temperature),
-                                  apply_temperature(logits, 1.0), cache.images, rows))
+                                  apply_temperature(logits, 1.0), cache.images, rows, feats))
     return kept, scored, failures
 
 

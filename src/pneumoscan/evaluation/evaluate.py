@@ -17,6 +17,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from pneumoscan.checkpoint import FALLBACK_THRESHOLD
 from pneumoscan.constants import DEFAULT_CACHE_DIR
 from pneumoscan.data import Record, index_dataset, split_overlap, write_scores_csv
 from pneumoscan.evaluation.report import write_report
+from pneumoscan.io import ImageError, read_image_context
+from pneumoscan.reference import reference_of
+from pneumoscan.scope import ScopeGate
 from pneumoscan.scoring import ScoredModel, resolve_device, score_dataset
 from pneumoscan.utils import atomic_write_text
 
@@ -67,6 +71,14 @@ def _model_warnings(entry: dict[str, Any]) -> list[str]:
         out.append("This checkpoint carries no operating threshold chosen on validation (it was trained before "
                    f"pneumoscan chose one), so {FALLBACK_THRESHOLD:g} is used as the operating threshold. "
                    f"{FALLBACK_THRESHOLD:g} was not chosen for sensitivity and may miss more pneumonia than intended.")
+    sc = entry.get("scope") or {}
+    if sc.get("n_out_of_scope"):
+        reasons = "; ".join(f"{n} {r}" for r, n in sc["by_reason"].items())
+        out.append(f"The scope gate would call {sc['n_out_of_scope']} of the {sc['n_images']} evaluated images out of "
+                   f"scope ({reasons}). They are included in the metrics; in use they would be 'not assessed'.")
+    if not sc.get("feature_check", True):
+        out.append("This checkpoint carries no scope/drift reference, so only DICOM metadata and pixel statistics "
+                   "gate its inputs; add one with scripts/build_reference.py.")
     ov = entry.get("split_overlap") or {}
     if ov.get("train"):
         out.append(f"{ov['train']} of the {ov['n_images']} evaluated images were used to TRAIN this model: "
@@ -147,6 +159,26 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
     return result
 
 
+def _scope_entry(sm: ScoredModel, records: Sequence[Record]) -> dict[str, Any]:
+    """What the out-of-scope gate would say of each evaluated image (DICOM header, pixels, the model's features).
+
+    The metrics above include every image; in use, the images counted here would be "not assessed"."""
+    reference = reference_of(sm.checkpoint)
+    gate = ScopeGate(reference)
+    out: list[dict[str, str]] = []
+    for i, rec in enumerate(records):
+        try:
+            ctx = read_image_context(rec.path) if rec.path.lower().endswith((".dcm", ".dicom")) else None
+        except ImageError:
+            ctx = None  # it was decoded for the cache; a header read that fails now is no reason to refuse
+        feats = None if sm.features is None else sm.features[i]
+        verdict = gate.assess(ctx, np.asarray(sm.images[sm.rows[i]]), feats)
+        if not verdict.in_scope:
+            out.append({"path": rec.path, "reason": verdict.reason, "evidence": verdict.evidence})
+    return {"n_images": len(records), "n_out_of_scope": len(out), "feature_check": reference is not None,
+            "by_reason": dict(Counter(o["reason"] for o in out).most_common()), "out_of_scope": out[:200]}
+
+
 def _model_entry(index: int, sm: ScoredModel, records: Sequence[Record], y: np.ndarray, *, n_resamples: int,
                  seed: int, level: float) -> dict[str, Any]:
     """One model's part of the result: its operating point, calibration, metric summary at its operating, the
@@ -166,6 +198,7 @@ def _model_entry(index: int, sm: ScoredModel, records: Sequence[Record], y: np.n
                         "nll_raw": M.binary_nll(y, sm.logits),
                         "nll_calibrated": M.binary_nll(y, sm.logits, info.temperature)},
         "summary": summary, "split_overlap": split_overlap(ck.path, records),
+        "scope": _scope_entry(sm, records),
     }
     val = info.val_summary
     v, e = (_metric(val, "operating", "sensitivity") if val else None), _metric(summary, "operating", "sensitivity")

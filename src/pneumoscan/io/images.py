@@ -54,7 +54,7 @@ from pneumoscan.io.common import (
 )
 from pneumoscan.io.dicom import _check_dicom, _dicom_context, _dicom_to_gray, _read_dicom_header, _syntax_name
 
-__all__ = ["read_image", "read_image_info", "read_image_with_context"]
+__all__ = ["read_image", "read_image_context", "read_image_info", "read_image_with_context"]
 
 logger = logging.getLogger("pneumoscan.io")
 
@@ -105,6 +105,19 @@ def read_image_with_context(
                     gray = _pil_to_gray(ImageOps.exif_transpose(im))
         logger.debug("decoded %s: %s, %d x %d", log_name or label, fmt, gray.shape[1], gray.shape[0])
         return np.ascontiguousarray(gray, dtype=np.uint8), context
+
+
+def read_image_context(source: Source, *, name: str | None = None) -> ImageContext:
+    """The image's :class:`ImageContext` from its header alone (no pixels decoded): DICOM tags, or the format.
+
+    Raises:
+        ImageError: the file cannot be read or is not an image.
+    """
+    label = _label(source, name)
+    with _file_guard(label), _open_source(source, label) as (fp, fmt):
+        if fmt == "DICOM":
+            return _dicom_context(_read_dicom_header(fp, label, header_only=True))
+        return ImageContext(format=fmt)
 
 
 def read_image(
