@@ -84,7 +84,7 @@ def test_health_model_page_and_docs(client, predictor):
         assert client.get("/" + asset).status_code == 200
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
-    assert {"/api/v1/predict", "/api/v1/model", "/healthz"} <= set(spec["paths"])
+    assert {"/api/v1/predict", "/api/v1/model", "/api/v1/drift", "/healthz"} <= set(spec["paths"])
 
 
 def test_predict_many_formats_ranked(client):
@@ -106,7 +106,7 @@ def test_predict_many_formats_ranked(client):
     for x in results:
         assert 0.0 <= x["probability"] <= 1.0
         assert x["positive"] == (x["probability"] >= 0.42) and x["threshold"] == pytest.approx(0.42)
-        assert x["decision"] in ("PNEUMONIA", "NORMAL")
+        assert x["decision"] in ("PNEUMONIA", "NORMAL") and x["in_scope"] is True and x["scope_reason"] == ""
         preview = _data_uri_png(x["image_png"])
         heat = _data_uri_png(x["heatmap_png"])
         # The heatmap keeps the film's aspect ratio.
@@ -212,9 +212,9 @@ class _SlowPredictor:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def predict_proba(self, images):
+    def assess(self, gray, context=None, **kwargs):
         time.sleep(self._delay)
-        return self._inner.predict_proba(images)
+        return self._inner.assess(gray, context, **kwargs)
 
 
 def test_healthz_answers_while_predicting(predictor):

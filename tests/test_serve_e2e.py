@@ -1,7 +1,8 @@
 """End to end in real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
 
-Nothing is downloaded at test time: Playwright drives the system browser. The
-screenshot is saved as a test artifact in ``test-artifacts/serve_e2e.png``.
+Nothing is downloaded at test time: Playwright drives the system browser. Screenshots are saved as test
+artifacts in ``test-artifacts/`` (``serve_e2e*.png``; the scope gate and the drift banner at 1440 x 900 and
+390 x 844 in ``serve_scope_*.png``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import uvicorn
 
 from conftest import fullres_samples_path
-from imagefactory import jpeg_bytes, synthetic_xray
+from imagefactory import jpeg_bytes, png_bytes, synthetic_xray
+from pneumoscan.drift import MIN_IMAGES, DriftResult
 from pneumoscan.checkpoint import save_checkpoint
 from pneumoscan.config import Config
 from pneumoscan.models import create_model, default_preprocessing
@@ -171,5 +174,111 @@ def test_page_asks_for_the_token_and_csv_neutralises_formulas(token_server, tmp_
             lines = Path(dl.value.path()).read_text().splitlines()
             assert any(line.startswith(",'=HYPERLINK(1).png,") for line in lines), lines
             page.screenshot(path=str(ARTIFACTS / "serve_e2e_token.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+class _ShiftedCheck:
+    """A drift check that always finds the site shifted."""
+
+    def test(self, features, descriptors):
+        n = len(features)
+        return DriftResult(True, 3.2, 1.3, n, n, 3.2, 0.4, 0.05)
+
+
+class _ShiftedSite:
+    """The e2e predictor, with its drift check stubbed to report a shifted site."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.drift = _ShiftedCheck()
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+@pytest.fixture(scope="module")
+def shifted_server(predictor):
+    settings = ServeSettings(token=TOKEN)
+    app = create_app(_ShiftedSite(predictor), settings)
+    window = app.state.pneumoscan.drift
+    _, _, features, descriptor = predictor.assess(synthetic_xray(300, 240))
+    for _ in range(MIN_IMAGES):  # as if the site had already sent 50 in-scope films
+        window.record(True, features, descriptor)
+    yield from _serve(app, settings)
+
+
+def _no_horizontal_overflow(page) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    viewport = page.evaluate("window.innerWidth")
+    assert width <= viewport, f"the page is {width} px wide in a {viewport} px viewport"
+
+
+def test_not_assessed_card_and_drift_banner(shifted_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    good = _sample_image(tmp_path)
+    blank = tmp_path / "blank-page.png"
+    blank.write_bytes(png_bytes(np.full((300, 240), 235, np.uint8)))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            for name, viewport in (("desktop", {"width": 1440, "height": 900}),
+                                   ("phone", {"width": 390, "height": 844})):
+                page = browser.new_page(viewport=viewport)
+                page.goto(shifted_server)
+                page.fill("#token", TOKEN)
+                page.click("#login button[type=submit]")
+                expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+                banner = page.locator("#drift-banner")
+                expect(banner).to_be_visible()  # checked on sign-in: the site was shifted before this user came
+                expect(banner).to_have_attribute("role", "alert")
+                expect(banner).to_contain_text("differ from the training data")
+                expect(banner).to_contain_text("may not hold")
+                expect(banner.locator("code")).to_have_text("pneumoscan calibrate")
+                page.set_input_files("#file-input", [str(blank), str(good)])
+                expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
+                oos = page.locator("article.card.oos")
+                expect(oos).to_have_count(1)
+                expect(oos).to_have_attribute("data-decision", "OUT_OF_SCOPE")
+                expect(oos.locator(".not-assessed")).to_have_text("Not assessed")
+                expect(oos.locator(".reason")).to_contain_text("blank or uniform image")
+                assert "%" not in oos.inner_text()  # no risk figure, no bar, no decision
+                assert oos.locator(".prob, .bar, .decision").count() == 0
+                scored = page.locator("article.card:not(.oos)")
+                expect(scored.locator(".prob")).to_contain_text("%")
+                expect(scored.locator(".decision")).to_contain_text("lag")  # "Flag: ..." or "Not flagged"
+                rows = page.locator("#worklist tbody tr")
+                expect(rows).to_have_count(2)
+                expect(rows.nth(0)).to_contain_text(good.name)  # the scored film first
+                expect(rows.nth(1)).to_contain_text("not assessed")
+                expect(rows.nth(1)).to_contain_text("blank or uniform image")
+                expect(page.locator("#status")).to_contain_text("1 not assessed")
+                expect(page.locator("#drift-line")).to_contain_text("SHIFTED")
+                with page.expect_download() as dl:
+                    page.click("#download-csv")
+                lines = Path(dl.value.path()).read_text().splitlines()
+                assert lines[0] == "rank,file,probability,decision,in_scope,scope_reason,threshold,model_version,error"
+                assert lines[2].startswith(",blank-page.png,,OUT_OF_SCOPE,false,blank or uniform image,")
+                _no_horizontal_overflow(page)
+                page.screenshot(path=str(ARTIFACTS / f"serve_scope_{name}.png"), full_page=True)
+                page.close()
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "serve_scope_phone.png").stat().st_size > 10_000
+
+
+def test_no_banner_while_the_drift_check_waits_for_images(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(server)
+            expect(page.locator("#drift-line")).to_contain_text("unavailable")  # this model has no reference
+            expect(page.locator("#drift-banner")).to_be_hidden()
+            _no_horizontal_overflow(page)
         finally:
             browser.close()

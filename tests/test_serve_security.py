@@ -71,10 +71,10 @@ class _Exploding:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def predict_proba(self, images):
-        if images[0].shape == (301, 241):
+    def assess(self, gray, context=None, **kwargs):
+        if gray.shape == (301, 241):
             raise RuntimeError("model blew up")
-        return self._inner.predict_proba(images)
+        return self._inner.assess(gray, context, **kwargs)
 
 
 def test_an_unexpected_error_is_that_files_entry_only(predictor):
@@ -91,7 +91,7 @@ def test_an_unexpected_error_is_that_files_entry_only(predictor):
 
 def test_token_guards_every_patient_data_route(predictor):
     client = TestClient(create_app(predictor, ServeSettings(token=TOKEN)))
-    for method, url in (("get", "/api/v1/model"), ("post", "/api/v1/predict")):
+    for method, url in (("get", "/api/v1/model"), ("post", "/api/v1/predict"), ("get", "/api/v1/drift")):
         r = getattr(client, method)(url)
         assert r.status_code == 401, (url, r.status_code)
         assert r.headers["www-authenticate"].startswith("Bearer")
@@ -289,10 +289,10 @@ class _CountingSlowPredictor:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def predict_proba(self, images):
+    def assess(self, gray, context=None, **kwargs):
         self.calls += 1
         time.sleep(self._delay)
-        return self._inner.predict_proba(images)
+        return self._inner.assess(gray, context, **kwargs)
 
 
 def test_work_stops_when_the_client_disconnects(predictor):

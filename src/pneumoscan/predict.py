@@ -262,6 +262,30 @@ class Predictor:
         pred = self._decide(probs[0], self.gate.assess(ctx, resize_for_model(gray, self.preprocessing), feats[0]))
         return float(probs[0]), maps[0], pred
 
+    def assess(self, gray: np.ndarray, context: ImageContext | None = None, *, heatmap: bool = False
+               ) -> tuple[Prediction, np.ndarray | None, np.ndarray | None, np.ndarray]:
+        """One decoded image through the gated path, with its DICOM context (a web server decodes uploads itself,
+        within its own limits): one forward pass (with ``heatmap``, one Grad-CAM pass) gives everything.
+
+        Returns:
+            ``(prediction, heatmap, features, descriptor)``: the gated :class:`Prediction`; the Grad-CAM map, float32
+            ``(H, W)`` in [0, 1] at ``gray``'s size (None without ``heatmap``); the pooled features ``(C,)`` (None
+            when the runner gives none) and the :func:`~pneumoscan.reference.intensity_descriptors` ``(7,)`` of the
+            model-input square, for a drift window.
+
+        Raises:
+            HeatmapUnavailableError: ``heatmap`` and this predictor runs an ONNX export.
+        """
+        square = resize_for_model(gray, self.preprocessing)
+        if heatmap:
+            probs, maps, feats = self._explain_batch([gray])
+            heat: np.ndarray | None = maps[0]
+        else:
+            probs, feats = self._forward([square])
+            heat = None
+        pred = self._decide(probs[0], self.gate.assess(context, square, feats[0]))
+        return pred, heat, feats[0], intensity_descriptors(square[None])[0]
+
     @property
     def drift(self) -> DriftCheck | None:
         """The drift check against this model's reference (None without one); built on first use."""

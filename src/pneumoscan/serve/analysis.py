@@ -1,4 +1,5 @@
-"""One uploaded file in, one result entry out: decode, score, preview and heatmap, inside the server's limits.
+"""One uploaded file in, one result entry out: decode (with its DICOM context), one gated pass (probability, scope
+gate, features for the drift window), preview and heatmap, inside the server's limits.
 
 Runs in a worker thread. Every failure is the file's own: :func:`analyse` raises :class:`~pneumoscan.io.ImageError`
 for bad input and :class:`Cancelled` when the client has gone; the app turns anything else into that file's
@@ -20,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pneumoscan.io import read_image, sniff_format
-from pneumoscan.scoring import decide, decision_label
+from pneumoscan.io import read_image_with_context, sniff_format
+from pneumoscan.serve.monitor import DriftWindow
 from pneumoscan.serve.security import log_id
 
 __all__ = ["PREVIEW_SIDE", "Cancelled", "UploadStore", "analyse"]
@@ -57,42 +58,47 @@ def preview(gray: np.ndarray) -> np.ndarray:
 
 
 def analyse(predictor: Any, name: str, data: bytes, *, heatmap: bool, want_preview: bool, max_pixels: int,
-            cancel: threading.Event | None = None) -> dict[str, Any]:
-    """Score one upload; return its result entry (``ok: True``).
+            cancel: threading.Event | None = None, window: DriftWindow | None = None) -> dict[str, Any]:
+    """Score one upload through the scope gate (its DICOM header included); return its result entry (``ok: True``).
+
+    An image out of scope gets ``decision`` ``OUT_OF_SCOPE``, ``positive`` False and ``scope_reason``; it keeps
+    its ``probability`` for audit only, and gets no heatmap (a map of "evidence" on a blank page or a lateral film
+    would read as a finding). An in-scope image's features go into ``window`` (the server's drift check).
 
     Raises:
         ImageError: the file cannot be used (message names it; logs name it by :func:`log_id` only).
         Cancelled: ``cancel`` was set between two steps.
     """
     _check(cancel)
-    gray = read_image(data, name=name, max_pixels=max_pixels, log_name=log_id(name))
+    gray, context = read_image_with_context(data, name=name, max_pixels=max_pixels, log_name=log_id(name))
     _check(cancel)
-    if heatmap and predictor.backend == "torch":
-        probability, heat = predictor.explain(gray)
-    else:
-        probability, heat = float(predictor.predict_proba([gray])[0]), None
-    positive = decide(probability, predictor.threshold)
+    explain = heatmap and predictor.backend == "torch"
+    pred, heat, features, descriptor = predictor.assess(gray, context, heatmap=explain)
+    if window is not None:
+        window.record(pred.in_scope, features, descriptor)
     out: dict[str, Any] = {
         "filename": name,
         "ok": True,
         "format": sniff_format(data[:132]),
         "width": int(gray.shape[1]),
         "height": int(gray.shape[0]),
-        "probability": probability,
-        "positive": positive,
-        "decision": decision_label(positive),
-        "threshold": predictor.threshold,
+        "probability": pred.probability,
+        "positive": pred.positive,
+        "decision": pred.label,
+        "threshold": pred.threshold,
+        "in_scope": pred.in_scope,
+        "scope_reason": pred.scope_reason,
         "model_version": predictor.version,
     }
     _check(cancel)
     if want_preview:
         out["image_png"] = png_data_uri(preview(gray))
-    if heat is not None:
+    if heat is not None and pred.in_scope:
         from pneumoscan.explain import render_overlay
 
         out["heatmap_png"] = png_data_uri(render_overlay(gray, heat, max_side=PREVIEW_SIDE,
-                                                         caption=f"pneumonia {probability:.1%}"))
-    elif heatmap:
+                                                         caption=f"pneumonia {pred.probability:.1%}"))
+    elif heatmap and not explain:
         out["heatmap_error"] = "heatmaps need the .safetensors checkpoint; this server runs an ONNX export"
     return out
 

@@ -46,9 +46,10 @@ async def analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool,
         async with state.budget.reserve(need):
             entry = await anyio.to_thread.run_sync(
                 lambda: analyse(predictor, name, data, heatmap=heatmap, want_preview=want_preview,
-                                max_pixels=settings.max_pixels, cancel=cancel),
+                                max_pixels=settings.max_pixels, cancel=cancel, window=state.drift),
                 limiter=state.limiter)
-        log.info("%s: %s, p=%.3f", log_id(name), entry["decision"], entry["probability"])
+        log.info("%s: %s, p=%.3f%s", log_id(name), entry["decision"], entry["probability"],
+                 "" if entry["in_scope"] else f" (not assessed: {entry['scope_reason']})")
         return entry, 200
     except ImageError as exc:
         log.info("%s: refused (%s)", log_id(name), type(exc).__name__)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pneumoscan.drift import MIN_IMAGES
+
 __all__ = ["SERVER_MAX_PIXELS", "ServeSettings"]
 
 #: The server's own pixel limit, lower than the library's (60 MP): a digital detector film is at most about
@@ -51,6 +53,9 @@ class ServeSettings:
     keep_alive_timeout: float = 5.0
     #: Most connections and requests at once; more get 503 (None: no limit).
     limit_concurrency: int | None = 256
+    #: The drift check's rolling window: the most recent in-scope images it compares with the training films
+    #: (``GET /api/v1/drift``); at least 50, the fewest the check accepts.
+    drift_window: int = 200
 
     def __post_init__(self) -> None:
         for name in ("max_request_bytes", "max_pixels", "max_files", "workers", "request_parallelism",
@@ -60,5 +65,8 @@ class ServeSettings:
         for name in ("header_timeout", "body_timeout", "body_deadline", "keep_alive_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ServeSettings.{name} must be positive, got {getattr(self, name)}")
+        if self.drift_window < MIN_IMAGES:
+            raise ValueError(f"ServeSettings.drift_window must be at least {MIN_IMAGES} (the fewest images a drift "
+                             f"check accepts), got {self.drift_window}")
         if self.upload_retention_days is not None and self.upload_retention_days <= 0:
             raise ValueError(f"upload_retention_days must be positive or None, got {self.upload_retention_days}")

@@ -1,5 +1,5 @@
 """What the routes share: one Predictor, the settings, the thread pool, the memory budget, the bytes held, the
-token check, and the model's description (``/api/v1/model``), built once at start-up."""
+token check, the drift window, and the model's description (``/api/v1/model``), built once at start-up."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pneumoscan import __version__
 from pneumoscan.constants import DISCLAIMER, INTENDED_USE
 from pneumoscan.serve.analysis import UploadStore
 from pneumoscan.serve.budget import MemoryBudget
+from pneumoscan.serve.monitor import DriftWindow
 from pneumoscan.serve.security import TokenAuth
 from pneumoscan.serve.settings import ServeSettings
 
@@ -21,7 +22,8 @@ __all__ = ["ServerState", "model_info"]
 
 
 class ServerState:
-    """What the routes share: the predictor, limits, thread pool, memory budget and buffered-bytes gauge."""
+    """What the routes share: the predictor, limits, thread pool, memory budget, buffered-bytes gauge and the
+    rolling drift window (``drift``; its test runs one at a time, under ``drift_limiter``)."""
 
     def __init__(self, predictor: Any, settings: ServeSettings) -> None:
         self.predictor = predictor
@@ -32,6 +34,8 @@ class ServerState:
         self.uploads = (UploadStore(settings.save_uploads, settings.upload_retention_days)
                         if settings.save_uploads else None)
         self.auth = TokenAuth(settings.token)
+        self.drift = DriftWindow(getattr(predictor, "drift", None), settings.drift_window)
+        self.drift_limiter = anyio.CapacityLimiter(1)
         self.info = model_info(predictor, _read_model_card())
 
     @asynccontextmanager

@@ -1,5 +1,5 @@
-"""``/api/v1``: the model's description and predictions. Every route here takes or returns patient data, so all
-of it sits behind the token when one is configured."""
+"""``/api/v1``: the model's description, predictions and the site's drift check. Every route here takes or returns
+patient data (or what the site's films look like), so all of it sits behind the token when one is configured."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
@@ -24,9 +25,25 @@ log = logging.getLogger("pneumoscan.serve")
 _PREDICT_DESCRIPTION = (
     "multipart/form-data with one or more `files` parts (JPEG, PNG or DICOM; the content is sniffed, the name is "
     "not trusted). With `heatmap=true` each result carries a Grad-CAM overlay as a PNG data URI; with "
-    "`preview=true` a downscaled grayscale preview. A mix of good and bad files returns 200 with an error in each "
-    "bad file's entry; when every file is bad the status is 4xx (413 for an image over the pixel limit or the "
-    "server's memory budget). With a token configured, send `Authorization: Bearer <token>`. " + DISCLAIMER
+    "`preview=true` a downscaled grayscale preview. Every image passes the out-of-scope gate (DICOM header, pixel "
+    "statistics, the model's own features): each result carries `in_scope` and `scope_reason`, and an image out of "
+    "scope gets `decision` `OUT_OF_SCOPE`, `positive` false, `rank` null and no heatmap; its `probability` is kept "
+    "for audit only and must not be shown as a risk. Scored in-scope images are ranked by probability. A mix of "
+    "good and bad files returns 200 with an error in each bad file's entry; when every file is bad the status is 4xx "
+    "(413 for an image over the pixel limit or the server's memory budget). With a token configured, send "
+    "`Authorization: Bearer <token>`. " + DISCLAIMER
+)
+
+
+_DRIFT_DESCRIPTION = (
+    "The drift check on a rolling window of the most recent in-scope images this server analysed (at most "
+    "`window`), against the reference of training films the model carries: the larger of two kernel two-sample "
+    "statistics (maximum mean discrepancy) on the model's pooled features and on the films' intensity percentiles, "
+    "each scaled by its null 95th percentile; `threshold` comes from resampling validation batches of the same "
+    "size, so a batch like the training data is called `shifted` at most 5% of the time. `available` is false, "
+    "with `reason`, when the model carries no reference or fewer than `min_images` (50) in-scope images have been "
+    "analysed. When `shifted`, results may not hold at this site: calibrate the model on the site's own labelled "
+    "films (`pneumoscan calibrate`)."
 )
 
 
@@ -39,7 +56,7 @@ def _upload_schema() -> dict[str, Any]:
 
 
 def api_router(state: ServerState) -> APIRouter:
-    """``GET /api/v1/model`` and ``POST /api/v1/predict``, behind ``state.auth``."""
+    """``GET /api/v1/model``, ``POST /api/v1/predict`` and ``GET /api/v1/drift``, behind ``state.auth``."""
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(state.auth)])
 
     @router.get("/model", summary="The model card's metadata")
@@ -64,13 +81,18 @@ def api_router(state: ServerState) -> APIRouter:
                  time.perf_counter() - t0)
         return _predict_response(state, entries, statuses)
 
+    @router.get("/drift", summary="Do this site's recent images still look like the training data?",
+                description=_DRIFT_DESCRIPTION)
+    async def drift() -> dict[str, Any]:
+        return await anyio.to_thread.run_sync(state.drift.report, limiter=state.drift_limiter)
+
     return router
 
 
 def _predict_response(state: ServerState, entries: list[dict[str, Any]], statuses: list[int]) -> JSONResponse:
     """200 with every entry when at least one file was scored; else the shared 4xx (422 when they differ)."""
     ok = [e for e in entries if e["ok"]]
-    rank(entries)  # numbers the scored entries; the response keeps the upload order
+    rank(entries)  # numbers the scored in-scope entries (out of scope: rank None); the response keeps upload order
     p = state.predictor
     body: dict[str, Any] = {"model": {"name": p.model_name, "version": p.version, "threshold": p.threshold},
                             "disclaimer": DISCLAIMER, "results": entries}

@@ -49,6 +49,7 @@ async function loadModel() {
     $("model-line").textContent =
       `Model ${m.name} (${m.version}) · operating threshold ${m.threshold.toFixed(3)}`;
     renderModelCard(m);
+    checkDrift();
   } catch (e) {
     $("model-line").textContent = "Model information unavailable: " + e.message;
   }
@@ -107,27 +108,79 @@ async function handleFiles(fileList) {
   if (!files.length) return;
   const wantHeatmap = $("want-heatmap").checked;
   let done = 0;
+  const batch = [];
   setStatus(`Analysing ${files.length} image(s)…`);
   const queue = files.slice();
   const worker = async () => {
     while (queue.length) {
       const f = queue.shift();
       const results = await sendFile(f, wantHeatmap);
-      for (const r of results) { r.id = ++state.seq; state.results.push(r); addCard(r); }
+      for (const r of results) { r.id = ++state.seq; state.results.push(r); batch.push(r); addCard(r); }
       done += 1;
       setStatus(`Analysed ${done} of ${files.length} image(s).`);
       renderWorklist();
     }
   };
   await Promise.all([worker(), worker()]);
-  const failed = state.results.filter((r) => !r.ok).length;
-  setStatus(`Done: ${done} file(s) analysed` + (failed ? `, ${failed} could not be read (see the cards)` : "") + ".");
+  // Counts of this batch only (earlier batches' cards stay on the page, but are not recounted).
+  const failed = batch.filter((r) => !r.ok).length;
+  const notAssessed = batch.filter((r) => r.ok && !inScope(r)).length;
+  setStatus(`Done: ${done} file(s) analysed` +
+    (notAssessed ? `, ${notAssessed} not assessed (outside what the model was built for; see the cards)` : "") +
+    (failed ? `, ${failed} could not be read (see the cards)` : "") + ".");
+  checkDrift();
+}
+
+// An image the scope gate refused (not a pediatric frontal chest radiograph) gets no risk figure at all.
+function inScope(r) { return r.ok && r.in_scope !== false; }
+
+// The site's drift check (GET api/v1/drift): a banner when the server's recent images differ from the training
+// data, and one line on how far the check has got.
+async function checkDrift() {
+  let d = null;
+  try {
+    const res = await api("api/v1/drift");
+    if (!res.ok) return;
+    d = await res.json();
+  } catch (_) { return; }
+  const banner = $("drift-banner"), line = $("drift-line");
+  if (d.available && d.shifted) {
+    banner.replaceChildren(
+      el("strong", { text: "This site's images differ from the training data." }),
+      ` The drift check found the last ${d.n_tested || d.n_images} images analysed here unlike the films the model ` +
+      `was trained on (statistic ${Number(d.statistic).toFixed(2)}, threshold ${Number(d.threshold).toFixed(2)}). ` +
+      "Results may not hold at this site: the sensitivity and specificity in the model card may not apply. " +
+      "Before relying on it, the site should calibrate the model on its own labelled films (",
+      el("code", { text: "pneumoscan calibrate" }), ").");
+    banner.hidden = false;
+    line.textContent = "Site drift check: SHIFTED (see the warning at the top of the page).";
+    return;
+  }
+  banner.hidden = true;
+  if (d.available) {
+    line.textContent = `Site drift check: no shift found in the last ${d.n_tested || d.n_images} in-scope images.`;
+  } else if (d.n_images < d.min_images && /in-scope images/.test(d.reason || "")) {
+    line.textContent = `Site drift check: ${d.n_images} of the ${d.min_images} in-scope images it needs so far.`;
+  } else {
+    line.textContent = "Site drift check unavailable: " + (d.reason || "no reason given") + ".";
+  }
 }
 
 function addCard(r) {
   const cards = $("cards");
-  const card = el("article", { class: "card" + (r.ok ? (r.positive ? " pos" : "") : " error"), id: "card-" + r.id, "aria-label": r.filename });
-  if (r.ok) {
+  const kind = !r.ok ? " error" : !inScope(r) ? " oos" : r.positive ? " pos" : "";
+  const card = el("article", { class: "card" + kind, id: "card-" + r.id, "aria-label": r.filename,
+                               "data-decision": r.ok ? r.decision : "ERROR" });
+  if (r.ok && !inScope(r)) {
+    // No risk figure, bar or decision: the model was not built for this image, so its output means nothing here.
+    card.append(el("figure", {}, [el("img", { src: r.image_png || "", alt: `Image ${r.filename}` })]));
+    const body = el("div", { class: "body" });
+    body.append(el("div", { class: "name", text: r.filename }));
+    body.append(el("div", { class: "not-assessed", text: "Not assessed" }));
+    body.append(el("div", { class: "reason" }, [el("span", { class: "label", text: "Reason: " }), r.scope_reason || "outside the model's scope"]));
+    body.append(el("p", { class: "help", text: "The model is built for pediatric frontal chest radiographs only and gives no result for this image. Read it as usual." }));
+    card.append(body);
+  } else if (r.ok) {
     const img = el("img", { src: r.image_png || "", alt: `X-ray ${r.filename}` });
     card.append(el("figure", {}, [img]));
     const body = el("div", { class: "body" });
@@ -163,31 +216,41 @@ function addCard(r) {
   cards.prepend(card);
 }
 
+// The worklist's order: scored images by risk, then those not assessed (out of scope), then unreadable files.
 function sortedResults() {
-  const ok = state.results.filter((r) => r.ok).sort((a, b) => b.probability - a.probability);
+  const ok = state.results.filter(inScope).sort((a, b) => b.probability - a.probability);
+  const oos = state.results.filter((r) => r.ok && !inScope(r));
   const bad = state.results.filter((r) => !r.ok);
-  return { ok, bad };
+  return { ok, oos, bad };
 }
 
 function renderWorklist() {
   const tbody = $("worklist").querySelector("tbody");
   tbody.replaceChildren();
-  const { ok, bad } = sortedResults();
-  if (!ok.length && !bad.length) {
+  const { ok, oos, bad } = sortedResults();
+  if (!ok.length && !oos.length && !bad.length) {
     tbody.append(el("tr", { class: "empty" }, [el("td", { colspan: "4", text: "No images yet." })]));
   }
   ok.forEach((r, i) => {
     const link = el("a", { href: "#card-" + r.id, text: r.filename });
     tbody.append(el("tr", {}, [
-      el("td", { class: "num", text: String(i + 1) }), el("td", {}, [link]),
+      el("td", { class: "num", text: String(i + 1) }), el("td", { class: "file" }, [link]),
       el("td", { class: "num", text: fmtPct(r.probability) }),
       el("td", {}, [el("span", { class: "decision " + (r.positive ? "pos" : "neg"), text: r.positive ? "flag" : "no flag" })]),
     ]));
   });
-  for (const r of bad) {
-    tbody.append(el("tr", {}, [el("td", { text: "–" }), el("td", { text: r.filename }), el("td", { text: "–" }), el("td", { class: "err", text: "unreadable" })]));
+  for (const r of oos) {
+    const link = el("a", { href: "#card-" + r.id, text: r.filename });
+    tbody.append(el("tr", { class: "oos" }, [
+      el("td", { text: "–" }), el("td", { class: "file" }, [link]), el("td", { text: "–" }),
+      el("td", {}, [el("span", { class: "decision na", text: "not assessed", title: r.scope_reason || "" }),
+                    el("div", { class: "why", text: r.scope_reason || "" })]),
+    ]));
   }
-  $("download-csv").disabled = !(ok.length || bad.length);
+  for (const r of bad) {
+    tbody.append(el("tr", {}, [el("td", { text: "–" }), el("td", { class: "file", text: r.filename }), el("td", { text: "–" }), el("td", { class: "err", text: "unreadable" })]));
+  }
+  $("download-csv").disabled = !(ok.length || oos.length || bad.length);
 }
 
 function csvCell(v) {
@@ -198,11 +261,13 @@ function csvCell(v) {
 }
 
 function downloadCsv() {
-  const { ok, bad } = sortedResults();
+  const { ok, oos, bad } = sortedResults();
   const version = state.model ? state.model.version : "";
-  const rows = [["rank", "file", "probability", "decision", "threshold", "model_version", "error"]];
-  ok.forEach((r, i) => rows.push([i + 1, r.filename, r.probability.toFixed(6), r.positive ? "PNEUMONIA" : "NORMAL", r.threshold, r.model_version || version, ""]));
-  bad.forEach((r) => rows.push(["", r.filename, "", "", "", version, r.error]));
+  const rows = [["rank", "file", "probability", "decision", "in_scope", "scope_reason", "threshold", "model_version", "error"]];
+  ok.forEach((r, i) => rows.push([i + 1, r.filename, r.probability.toFixed(6), r.positive ? "PNEUMONIA" : "NORMAL", "true", "", r.threshold, r.model_version || version, ""]));
+  // Not assessed: no rank and no probability (the model's output on such an image is not a risk).
+  oos.forEach((r) => rows.push(["", r.filename, "", "OUT_OF_SCOPE", "false", r.scope_reason || "", r.threshold, r.model_version || version, ""]));
+  bad.forEach((r) => rows.push(["", r.filename, "", "", "", "", "", version, r.error]));
   const blob = new Blob([rows.map((row) => row.map(csvCell).join(",")).join("\n") + "\n"], { type: "text/csv" });
   const a = el("a", { href: URL.createObjectURL(blob), download: "pneumoscan-worklist.csv" });
   document.body.append(a); a.click(); a.remove();
