@@ -66,3 +66,15 @@ def test_a_reference_too_small_to_resample_is_refused():
     feats, desc = _world()
     with pytest.raises(ValueError, match="at least 100"):
         DriftCheck(_reference(feats, desc, n_val=60))
+
+
+def test_a_case_mix_far_from_the_training_mix_gets_a_caution(world):
+    feats, desc, _ = world
+    check = DriftCheck(_reference(feats, desc), n_resamples=50, prevalence=0.74)
+    rows = np.arange(1200, 1260)
+    far = check.test(feats[rows], desc[rows], flag_rate=1.0)
+    assert far.reference_prevalence == 0.74 and "mix of cases" in far.case_mix_note
+    assert far.to_dict()["case_mix_note"] == far.case_mix_note
+    assert check.test(feats[rows], desc[rows], flag_rate=0.7).case_mix_note == ""
+    assert "mix of cases" in check.test(feats[rows], desc[rows], flag_rate=0.3).case_mix_note
+    assert check.test(feats[rows], desc[rows]).case_mix_note == ""  # no flag rate given: nothing to compare

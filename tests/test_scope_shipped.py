@@ -152,3 +152,13 @@ def test_drift_flags_synthetic_shifts_and_not_a_validation_like_batch(shipped, v
         descs.append(intensity_descriptors(square[None])[0])
     result = shipped.drift.test(np.stack(feats), np.stack(descs))
     assert result.shifted is expect, result
+
+
+@pytest.mark.slow
+def test_an_all_pneumonia_batch_carries_the_case_mix_caution(shipped, val_paths):
+    """Known limitation: the features follow the mix of cases, so a batch of only sick children can look shifted;
+    the verdict then says so (docs/scope_gate.md)."""
+    sick = [p for p in val_paths if "person" in p][:50]
+    result = shipped.check_drift(shipped.score_files(sick, batch_size=25))
+    assert result.flag_rate > 0.9 and result.reference_prevalence == pytest.approx(0.74, abs=0.05)
+    assert "mix of cases" in result.case_mix_note

@@ -181,7 +181,7 @@ def test_page_asks_for_the_token_and_csv_neutralises_formulas(token_server, tmp_
 class _ShiftedCheck:
     """A drift check that always finds the site shifted."""
 
-    def test(self, features, descriptors):
+    def test(self, features, descriptors, flag_rate=None):
         n = len(features)
         return DriftResult(True, 3.2, 1.3, n, n, 3.2, 0.4, 0.05)
 

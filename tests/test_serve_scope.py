@@ -208,7 +208,7 @@ class _CountingCheck:
     def __init__(self):
         self.sizes = []
 
-    def test(self, features, descriptors):
+    def test(self, features, descriptors, flag_rate=None):
         assert len(features) == len(descriptors)
         self.sizes.append(len(features))
         return DriftResult(False, 0.1, 1.0, len(features), len(features), 0.1, 0.0, 0.05)

@@ -12,7 +12,11 @@ width is the median distance in the reference):
 Each MMD is divided by its own null 95th percentile, and the statistic is the larger of the two. Its threshold is
 the ``1 - alpha`` quantile of the same statistic over bootstrap batches of the same size drawn, with replacement,
 from the held-out validation films (in distribution by construction), so a batch like the training data is called
-shifted at most ``alpha`` (5%) of the time. (Drawing without replacement from a few hundred films makes the null
+shifted at most ``alpha`` (5%) of the time.
+
+The features also depend on the mix of cases: on the shipped model, 50 consecutive training films that all showed
+pneumonia were called shifted. The result therefore reports the batch's flag rate beside the training mix and adds
+a caution when their odds differ more than threefold; the check is meant for a site's consecutive, unselected films. (Drawing without replacement from a few hundred films makes the null
 too narrow: on synthetic data it flagged 17% of in-distribution batches of 150 drawn against 400 validation
 films; with replacement 2-7%, tested in ``tests/test_drift.py``.) Batches larger than ``max_batch`` (500) or the
 number of validation films are subsampled (seeded).
@@ -49,9 +53,27 @@ class DriftResult:
     intensity_component: float
     alpha: float
     method: str = "max of feature and intensity MMD, each over its null 95th percentile; threshold by resampling"
+    #: Share of the batch flagged PNEUMONIA, and the share of pneumonia among the reference's validation films
+    #: (None when unknown): a very different mix of cases also moves the features (see :attr:`case_mix_note`).
+    flag_rate: float | None = None
+    reference_prevalence: float | None = None
+
+    @property
+    def case_mix_note(self) -> str:
+        """A caution when the batch's flag rate is far from the training mix (odds more than 3 times higher or
+        lower than those of pneumonia among the validation films); else ``""``."""
+        if self.flag_rate is None or self.reference_prevalence is None:
+            return ""
+        odds = lambda p: min(max(p, 0.01), 0.99) / (1 - min(max(p, 0.01), 0.99))  # noqa: E731
+        ratio = odds(self.flag_rate) / odds(self.reference_prevalence)
+        if 1 / 3 <= ratio <= 3:
+            return ""
+        return (f"{self.flag_rate:.0%} of this batch was flagged, against {self.reference_prevalence:.0%} pneumonia "
+                "among the validation films: a very different mix of cases also moves this statistic, so check it "
+                "on a consecutive, unselected batch before concluding that the films differ")
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "case_mix_note": self.case_mix_note}
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -83,13 +105,14 @@ class DriftCheck:
     """The drift test against one model's :class:`Reference`; thresholds are computed once per batch size."""
 
     def __init__(self, reference: Reference, *, alpha: float = 0.05, n_resamples: int = 200, seed: int = 0,
-                 max_batch: int = 500) -> None:
+                 max_batch: int = 500, prevalence: float | None = None) -> None:
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         if len(reference.val_features) < 2 * MIN_IMAGES:
             raise ValueError(f"the model's reference holds {len(reference.val_features)} validation films; the drift "
                              f"check needs at least {2 * MIN_IMAGES} to resample batches of {MIN_IMAGES} from them")
         self.reference = reference
+        self.prevalence = prevalence
         self.alpha = alpha
         self.n_resamples = n_resamples
         self.seed = seed
@@ -117,8 +140,9 @@ class DriftCheck:
             self._null[n] = (scale_f, scale_i, float(np.quantile(stat, 1.0 - self.alpha)))
         return self._null[n]
 
-    def test(self, features: np.ndarray, descriptors: np.ndarray) -> DriftResult:
-        """Test a batch: pooled features ``(N, C)`` and intensity descriptors ``(N, 7)`` of its in-scope images.
+    def test(self, features: np.ndarray, descriptors: np.ndarray, *, flag_rate: float | None = None) -> DriftResult:
+        """Test a batch: pooled features ``(N, C)`` and intensity descriptors ``(N, 7)`` of its in-scope images
+        (``flag_rate``: the share of them flagged PNEUMONIA, reported beside the verdict).
 
         Raises:
             NotEnoughImagesError: fewer than :data:`MIN_IMAGES` images.
@@ -133,4 +157,4 @@ class DriftCheck:
         comp_i = self._int(self._z(np.asarray(descriptors)[rows])) / scale_i
         statistic = max(comp_f, comp_i)
         return DriftResult(bool(statistic > threshold), float(statistic), float(threshold), n, m, float(comp_f),
-                           float(comp_i), self.alpha)
+                           float(comp_i), self.alpha, flag_rate=flag_rate, reference_prevalence=self.prevalence)

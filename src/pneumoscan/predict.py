@@ -291,7 +291,8 @@ class Predictor:
         """The drift check against this model's reference (None without one); built on first use."""
         if self._drift is None and self.reference is not None and not self._drift_unavailable:
             try:
-                self._drift = DriftCheck(self.reference)
+                prevalence = (self.info.val_summary or {}).get("prevalence")
+                self._drift = DriftCheck(self.reference, prevalence=None if prevalence is None else float(prevalence))
             except ValueError as exc:  # a reference from a tiny validation split
                 log.warning("%s: no drift check: %s", self.path or "model", exc)
                 self._drift_unavailable = True
@@ -306,8 +307,10 @@ class Predictor:
         if self.drift is None:
             return None
         used = [r for r in results if r.in_scope and r.features is not None and r.descriptor is not None]
+        flag_rate = float(np.mean([decide(r.probability, self.threshold) for r in used])) if used else None
         return self.drift.test(np.stack([r.features for r in used]) if used else np.empty((0, 1)),
-                               np.stack([r.descriptor for r in used]) if used else np.empty((0, 7)))
+                               np.stack([r.descriptor for r in used]) if used else np.empty((0, 7)),
+                               flag_rate=flag_rate)
 
     def score_files(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 16, progress: bool = False,
                     heatmaps: str | os.PathLike[str] | None = None, save_raw: bool = False) -> list[FileResult]:

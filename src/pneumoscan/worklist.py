@@ -297,9 +297,10 @@ def drift_message(result: DriftResult) -> str:
     if result.n_used != result.n_images:
         head += f" ({result.n_used} sampled)"
     if result.shifted:
+        note = f". Note: {result.case_mix_note}" if result.case_mix_note else ""
         return (f"{head}: SHIFTED (statistic {result.statistic:.2f} > threshold {result.threshold:.2f}): these images "
                 "differ from the training data; results may not hold; calibrate the model on this site's films "
-                "(pneumoscan calibrate)")
+                f"(pneumoscan calibrate){note}")
     return f"{head}: not shifted (statistic {result.statistic:.2f} <= threshold {result.threshold:.2f})"
 
 

@@ -75,7 +75,7 @@ def analyse(predictor: Any, name: str, data: bytes, *, heatmap: bool, want_previ
     explain = heatmap and predictor.backend == "torch"
     pred, heat, features, descriptor = predictor.assess(gray, context, heatmap=explain)
     if window is not None:
-        window.record(pred.in_scope, features, descriptor)
+        window.record(pred.in_scope, features, descriptor, pred.positive)
     out: dict[str, Any] = {
         "filename": name,
         "ok": True,

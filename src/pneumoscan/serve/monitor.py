@@ -48,7 +48,7 @@ class DriftWindow:
             raise ValueError(f"the drift window must hold at least {MIN_IMAGES} images, got {size}")
         self.check = check
         self.size = int(size)
-        self._items: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=self.size)
+        self._items: deque[tuple[np.ndarray, np.ndarray, bool]] = deque(maxlen=self.size)
         self._scope: deque[bool] = deque(maxlen=self.size)  # in scope or not, for the last analysed images
         self._lock = threading.Lock()
         self._version = 0  # counts additions: the cached report is valid while it is unchanged
@@ -59,19 +59,20 @@ class DriftWindow:
         with self._lock:
             return len(self._items)
 
-    def record(self, in_scope: bool, features: np.ndarray | None, descriptor: np.ndarray | None) -> None:
-        """Count one analysed image; remember an in-scope one's features and descriptor (not without a drift
-        check or without features)."""
+    def record(self, in_scope: bool, features: np.ndarray | None, descriptor: np.ndarray | None,
+               positive: bool = False) -> None:
+        """Count one analysed image; remember an in-scope one's features, descriptor and decision (not without a
+        drift check or without features)."""
         keep = in_scope and self.check is not None and features is not None and descriptor is not None
-        item = (np.asarray(features, dtype=np.float32).copy(), np.asarray(descriptor, dtype=np.float32).copy()) \
-            if keep else None
+        item = (np.asarray(features, dtype=np.float32).copy(), np.asarray(descriptor, dtype=np.float32).copy(),
+                bool(positive)) if keep else None
         with self._lock:
             self._scope.append(bool(in_scope))
             if item is not None:
                 self._items.append(item)
             self._version += 1
 
-    def _snapshot(self) -> tuple[int, list[tuple[np.ndarray, np.ndarray]], list[bool]]:
+    def _snapshot(self) -> tuple[int, list[tuple[np.ndarray, np.ndarray, bool]], list[bool]]:
         with self._lock:
             return self._version, list(self._items), list(self._scope)
 
@@ -87,7 +88,7 @@ class DriftWindow:
             self._cached = (version, out)
             return out
 
-    def _report(self, items: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    def _report(self, items: list[tuple[np.ndarray, np.ndarray, bool]]) -> dict[str, Any]:
         n = len(items)
         base: dict[str, Any] = {"available": False, "reason": "", "n_images": n, "window": self.size,
                                 "min_images": MIN_IMAGES, "shifted": None, "statistic": None, "threshold": None}
@@ -100,7 +101,8 @@ class DriftWindow:
         tested = n if n == self.size else STEP * (n // STEP)
         recent = items[-tested:]
         try:
-            verdict = self.check.test(np.stack([f for f, _ in recent]), np.stack([d for _, d in recent])).to_dict()
+            verdict = self.check.test(np.stack([f for f, _, _ in recent]), np.stack([d for _, d, _ in recent]),
+                                      flag_rate=float(np.mean([p for _, _, p in recent]))).to_dict()
         except Exception as exc:  # noqa: BLE001 - a failed check is reported, never a 500 for the page
             log.error("drift check failed (%s: %s)", type(exc).__name__, exc)
             return {**base, "reason": f"the drift check failed ({type(exc).__name__}); see the server log"}

@@ -151,7 +151,7 @@ async function checkDrift() {
       `was trained on (statistic ${Number(d.statistic).toFixed(2)}, threshold ${Number(d.threshold).toFixed(2)}). ` +
       "Results may not hold at this site: the sensitivity and specificity in the model card may not apply. " +
       "Before relying on it, the site should calibrate the model on its own labelled films (",
-      el("code", { text: "pneumoscan calibrate" }), ").");
+      el("code", { text: "pneumoscan calibrate" }), ")." + (d.case_mix_note ? " Note: " + d.case_mix_note + "." : ""));
     banner.hidden = false;
     line.textContent = "Site drift check: SHIFTED (see the warning at the top of the page).";
     return;
