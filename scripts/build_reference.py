@@ -1,4 +1,5 @@
-"""Add the scope/drift reference to a model that predates it, without retraining (see MODEL_CARD.md).
+"""Add the scope/drift reference and the training films' content hashes to a model that predates them, without
+retraining (see MODEL_CARD.md).
 
     python scripts/build_reference.py --model src/pneumoscan/assets/model.safetensors \\
         --data ../shared/data/chest_xray_224 --out /tmp/model-with-reference.safetensors

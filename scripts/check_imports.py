@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("preprocessing",),
     ("models", "checkpoint", "data"),
     ("scoring",),
-    ("operating_point", "explain", "reference", "scope", "drift"),
+    ("operating_point", "explain", "reference", "scope", "drift", "trainset"),
     ("training", "evaluation", "predict", "export"),
     ("worklist",),
     ("serve",),

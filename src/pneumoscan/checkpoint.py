@@ -46,7 +46,7 @@ _META_KEY = "pneumoscan"
 
 
 #: Names of tensors in a checkpoint file that are not weights.
-EXTRA_PREFIXES = ("reference.",)
+EXTRA_PREFIXES = ("reference.", "trainset.")
 
 #: The operating threshold of a model that carries none chosen on validation (older checkpoints), and the
 #: fallback when validation cannot choose one. Written here once; every reader says when it was used.

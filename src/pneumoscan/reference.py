@@ -28,6 +28,7 @@ from pneumoscan.constants import DEFAULT_CACHE_DIR
 from pneumoscan.data import build_cache, index_dataset, split_index
 from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.scoring import features_cached, model_from_checkpoint, resolve_device
+from pneumoscan.trainset import split_hashes
 
 __all__ = ["DESCRIPTOR_NAMES", "MIN_REFERENCE_VAL", "TENSOR_PREFIX", "Reference", "attach_reference", "build_reference", "features_cached",
            "intensity_descriptors", "knn_distance", "l2_normalize", "reference_of"]
@@ -148,7 +149,8 @@ def attach_reference(checkpoint: str | os.PathLike[str], data: str | os.PathLike
 
     The model's own patient-level split is rebuilt from its stored config (``data.split``, ``data.val_fraction``,
     ``data.split_seed``) over ``data`` (the folder it was trained on), so the bank comes from its training films
-    and the cut-off from its validation films. Writes ``out`` with the same weights and metadata plus the reference.
+    and the cut-off from its validation films. Writes ``out`` with the same weights and metadata plus the reference
+    and the content hashes of its training and validation films (:mod:`pneumoscan.trainset`).
 
     Raises:
         DatasetError: the data cannot be indexed or split.
@@ -172,5 +174,7 @@ def attach_reference(checkpoint: str | os.PathLike[str], data: str | os.PathLike
                           bank_size=bank_size, seed=seed, device=device_,
                           source=f"{Path(str(data)).name} (split {data_cfg.get('split') or '-'}, seed "
                                  f"{data_cfg.get('split_seed', 42)})")
-    save_checkpoint(dst, ckpt.state_dict, {**ckpt.meta, "reference": ref.to_meta()}, extra=ref.to_tensors())
+    hashes = split_hashes(ckpt, data, split=split)  # the films it trained on, by content (pneumoscan.trainset)
+    save_checkpoint(dst, ckpt.state_dict, {**ckpt.meta, "reference": ref.to_meta()},
+                    extra={**ckpt.extra, **ref.to_tensors(), **hashes})
     return ref
