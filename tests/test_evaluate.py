@@ -35,11 +35,12 @@ def world(tmp_path_factory):
         cfg = small_config(train_data, tmp / "cache", **{"train.seed": seed, "eval.bootstrap_samples": 300})
         runs.append(train(cfg, tmp / f"run_{name}", progress=False).run_dir)
     eval_data = make_blob_dataset(tmp / "eval", n_per_class=14, seed=1)
+    site_data = make_blob_dataset(tmp / "site", n_per_class=30, seed=2)  # enough films for calibrate (50, 15 a class)
     # Swap three images each way so that both kinds of error exist whatever the model learned.
     for src, dst in (("PNEUMONIA", "NORMAL"), ("NORMAL", "PNEUMONIA")):
         for p in sorted((eval_data / src).iterdir())[:3]:
             shutil.move(str(p), eval_data / dst / p.name)
-    return {"tmp": tmp, "runs": runs, "eval": eval_data, "cache": tmp / "cache"}
+    return {"tmp": tmp, "runs": runs, "eval": eval_data, "site": site_data, "cache": tmp / "cache"}
 
 
 class ReportParser(HTMLParser):
@@ -190,8 +191,14 @@ def test_evaluating_the_validation_split_warns(world, tmp_path):
     result = evaluate([run / "best.safetensors"], run / "split.csv", tmp_path / "out", split="val",
                       cache_dir=world["cache"], bootstrap_samples=200)
     m = result["models"][0]
-    assert m["split_overlap"]["val"] == m["summary"]["n_images"] and m["split_overlap"]["train"] == 0
-    assert any("validation split" in w for w in m["warnings"])
+    ov = m["training_overlap"]
+    # Both the content hashes training stores and the run's split.csv find them.
+    assert ov["checked"] and ov["by_content"]["n_val"] == ov["by_split_csv"]["n_val"] == m["summary"]["n_images"]
+    assert ov["n_val"] == m["summary"]["n_images"] and ov["n_train"] == 0
+    assert [a["kind"] for a in m["training_alerts"]] == ["val"]
+    assert any("VALIDATION images" in w for w in m["warnings"])
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="m1-val-images"' in html and 'role="alert"' in html
     # Same images, same function, same calibration: evaluate reproduces the stored validation summary.
     meta = load_checkpoint(run / "best.safetensors").meta
     assert m["summary"]["roc_auc"]["value"] == pytest.approx(meta["val_summary"]["roc_auc"]["value"], abs=1e-6)
@@ -206,26 +213,27 @@ def test_calibrate_chooses_a_new_operating_point_and_keeps_the_weights(world, tm
     run = world["runs"][0]
     src = load_checkpoint(run / "best.safetensors")
     out = tmp_path / "site.safetensors"
-    assert main(["calibrate", "-m", str(run / "best.safetensors"), "--data", str(world["eval"]), "--out", str(out),
+    assert main(["calibrate", "-m", str(run / "best.safetensors"), "--data", str(world["site"]), "--out", str(out),
                  "--miss-cost", "0", "--target-sensitivity", "0.8", "--cache-dir", str(world["cache"])]) == 0
     new = load_checkpoint(out)
     assert out.with_suffix(".json").is_file()
     for k, v in src.state_dict.items():
         assert torch.equal(v, new.state_dict[k])
     op = new.meta["operating_point"]
-    assert op["miss_cost"] == 0.0 and op["target_sensitivity"] == 0.8 and str(world["eval"]) in op["chosen_on"]
+    assert op["miss_cost"] == 0.0 and op["target_sensitivity"] == 0.8 and str(world["site"]) in op["chosen_on"]
     assert new.meta["config"]["eval"]["miss_cost"] == 0.0
-    assert new.meta["recalibrated"]["previous_operating_point"] == src.meta["operating_point"]
+    assert new.meta["site_calibration"]["previous_operating_point"] == src.meta["operating_point"]
+    assert new.meta["site_state"] == "calibrated"
     # The stored threshold is what the rule gives on these images' calibrated scores.
     from pneumoscan.scoring import score_dataset
-    records, scored, _ = score_dataset([out], list(index_dataset(world["eval"]).records), world["cache"],
+    records, scored, _ = score_dataset([out], list(index_dataset(world["site"]).records), world["cache"],
                                     torch.device("cpu"), 64, 1, False)
     y = np.array([r.label for r in records])
     assert op["threshold"] == pytest.approx(M.threshold_for_sensitivity(y, scored[0].probs, 0.8))
     assert M.sensitivity(y, scored[0].probs, op["threshold"]) >= 0.8
 
 
-def test_calibrate_refuses_training_images_and_its_own_file(world, tmp_path):
+def test_calibrate_refuses_training_images_and_its_own_file(world, tmp_path, capsys):
     from pneumoscan.cli import main
 
     run = world["runs"][0]
@@ -233,6 +241,7 @@ def test_calibrate_refuses_training_images_and_its_own_file(world, tmp_path):
     # The run's own training folder: its images were trained on.
     assert main(["calibrate", "-m", str(ckpt), "--data", str(world["tmp"] / "train"), "--out", str(tmp_path / "x.safetensors"),
                  "--cache-dir", str(world["cache"])]) == 1
+    assert "were used to TRAIN" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
     assert main(["calibrate", "-m", str(ckpt), "--data", str(world["eval"]), "--out", str(ckpt)]) == 2
 

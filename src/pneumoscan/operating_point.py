@@ -6,14 +6,18 @@ Words, used one way each across the code:
   (:func:`pneumoscan.metrics.fit_temperature`; config key ``eval.calibrate`` turns it on);
 * *operating point*: the threshold (sensitivity first) and the temperature, chosen together on validation at the
   end of training (:func:`choose_operating_point`), stored in the checkpoint;
-* *re-choosing the operating point* on other labelled images, e.g. a site's own (:func:`rechoose_operating_point`,
-  the ``pneumoscan calibrate`` command), which writes a new checkpoint with the same weights.
+* *re-choosing the operating point* on a site's own labelled films (:func:`rechoose_operating_point`, the
+  ``pneumoscan calibrate`` command): it refuses the model's own training films (by content), needs
+  :data:`MIN_IMAGES` films with :data:`MIN_PER_CLASS` of each class, fits the temperature on the site's films when
+  they can tell it (:func:`choose_temperature`), and estimates what the chosen rule will do on new films by
+  cross-fitting (:func:`cross_fitted_operating_point`). It writes a new checkpoint with the same weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -22,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumoscan.checkpoint import FALLBACK_THRESHOLD, save_checkpoint
+from pneumoscan.checkpoint import FALLBACK_THRESHOLD, Checkpoint, load_checkpoint, save_checkpoint
 from pneumoscan.config import EvalConfig
 from pneumoscan.constants import DEFAULT_CACHE_DIR
 from pneumoscan.data import DatasetError, Record, index_dataset, split_overlap
@@ -32,31 +36,225 @@ from pneumoscan.metrics import (
     brier,
     ece,
     fit_temperature,
+    sensitivity,
+    specificity,
     summarize_scores,
     threshold_min_cost,
     youden_threshold,
 )
 from pneumoscan.scoring import resolve_device, score_dataset
+from pneumoscan.trainset import TENSOR_PREFIX, hash_files
+from pneumoscan.trainset import overlap as content_overlap
+from pneumoscan.utils import file_sha256
 
-__all__ = ["choose_operating_point", "rechoose_operating_point"]
+__all__ = ["MIN_IMAGES", "MIN_PER_CLASS", "TEMPERATURE_BOUNDS", "check_enough_films", "choose_operating_point",
+           "choose_temperature", "cross_fitted_operating_point", "rechoose_operating_point", "training_overlap"]
 
 log = logging.getLogger(__name__)
 
+#: The fewest labelled films ``calibrate`` accepts, and the fewest of each class among them. Below these a
+#: threshold chosen for 95% sensitivity rests on a handful of pneumonia films, and its cross-fitted halves on fewer.
+MIN_IMAGES = 50
+MIN_PER_CLASS = 15
+#: The range the temperature is searched in; a fit that ends at either end found no interior optimum.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+#: How the cross-fitted intervals are made, in words (printed and stored).
+CROSS_FIT_METHOD = ("cross-fitted: the threshold chosen by the same rule on a random half of the patients "
+                    "(stratified by label) and measured on the other half, repeated; value = mean over the repeats, "
+                    "interval = 2.5th-97.5th percentiles of the repeats")
 
-def choose_operating_point(records: Sequence[Record], logits: np.ndarray, eval_cfg: EvalConfig) -> tuple[dict[str, Any], np.ndarray]:
-    """Fit the temperature and choose the thresholds on VALIDATION logits (end of training).
 
+# --- checks on the labelled films -------------------------------------------------------------------
+
+
+def check_enough_films(labels: Sequence[int] | np.ndarray, *, what: str = "calibrate",
+                       min_images: int = MIN_IMAGES, min_per_class: int = MIN_PER_CLASS) -> None:
+    """Raise :class:`DatasetError` (with the counts and the reason) unless there are at least ``min_images``
+    labelled films with at least ``min_per_class`` of each class."""
+    y = np.asarray(labels, dtype=np.int64)
+    n, n_pos = int(y.size), int(y.sum())
+    n_neg = n - n_pos
+    if n >= min_images and min(n_pos, n_neg) >= min_per_class:
+        return
+    raise DatasetError(
+        f"{what} needs at least {min_images} labelled films with at least {min_per_class} of each class; got {n} "
+        f"({n_pos} PNEUMONIA, {n_neg} NORMAL). With fewer, a threshold chosen for high sensitivity rests on a "
+        "handful of pneumonia films and its estimated sensitivity and specificity are too uncertain to use. "
+        "Add labelled films from this site.")
+
+
+def training_overlap(ckpt: Checkpoint, records: Sequence[Record], *, hashes: Sequence[int | None] | None = None,
+                     workers: int = 2) -> dict[str, Any]:
+    """Which of ``records`` the model trained on, or chose its epoch, threshold and temperature on.
+
+    Two sources, both used when present: the content hashes of its training and validation films stored in the
+    checkpoint (:mod:`pneumoscan.trainset`; renamed or copied files are caught), and the ``split.csv`` of its
+    run folder (paths). ``hashes`` (:func:`pneumoscan.trainset.hash_files` of the records, in order) are computed
+    here when not given and the checkpoint carries hashes.
+
+    Returns ``{"checked", "by_content", "by_split_csv", "n_images", "n_train", "n_val", "train_examples",
+    "val_examples"}``: ``n_train``/``n_val`` are the larger count of the two sources (each is a lower bound);
+    ``by_content``/``by_split_csv`` hold each source's counts, or None when that source is absent; the examples are
+    up to 10 paths found by content.
+    """
+    out: dict[str, Any] = {"checked": False, "by_content": None, "by_split_csv": None, "n_images": len(records),
+                           "n_train": 0, "n_val": 0, "train_examples": [], "val_examples": []}
+    if any(name.startswith(TENSOR_PREFIX) for name in ckpt.extra):
+        if hashes is None:
+            hashes = hash_files([r.path for r in records], workers=workers)
+        ov = content_overlap(ckpt, hashes)
+        if ov.known:
+            d = ov.to_dict([r.path for r in records])
+            out["by_content"] = {"n_train": d["n_train"], "n_val": d["n_val"],
+                                 "n_unreadable": sum(h is None for h in hashes)}
+            out["train_examples"], out["val_examples"] = d["train_examples"], d["val_examples"]
+    by_csv = split_overlap(ckpt.path, records) if ckpt.path else {}
+    if by_csv:
+        out["by_split_csv"] = {"n_train": int(by_csv.get("train", 0)), "n_val": int(by_csv.get("val", 0))}
+    sources = [s for s in (out["by_content"], out["by_split_csv"]) if s is not None]
+    out["checked"] = bool(sources)
+    out["n_train"] = max((s["n_train"] for s in sources), default=0)
+    out["n_val"] = max((s["n_val"] for s in sources), default=0)
+    return out
+
+
+def training_overlap_text(ov: dict[str, Any], role: str) -> str:
+    """``"N of the M images (by image content: a; by its run's split.csv: b; e.g. x, y)"`` for ``role`` train/val."""
+    how = []
+    if ov["by_content"] is not None:
+        how.append(f"by image content: {ov['by_content'][f'n_{role}']}")
+    if ov["by_split_csv"] is not None:
+        how.append(f"by its run's split.csv: {ov['by_split_csv'][f'n_{role}']}")
+    examples = [Path(p).name for p in ov[f"{role}_examples"][:3]]
+    if examples:
+        how.append("e.g. " + ", ".join(examples))
+    return f"{ov[f'n_{role}']} of the {ov['n_images']} images ({'; '.join(how)})"
+
+
+# --- temperature, threshold, cross-fitting ------------------------------------------------------------
+
+
+def choose_temperature(logits: np.ndarray, labels: np.ndarray, *, stored: float, stored_fitted_on: str,
+                       enabled: bool = True, min_images: int = MIN_IMAGES, min_per_class: int = MIN_PER_CLASS,
+                       bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> dict[str, Any]:
+    """Fit the temperature on a site's labelled films when they can tell it; else keep the stored one.
+
+    A temperature fitted on a nearly separable validation split sharpens the scores (the shipped model's is
+    0.61), and films from another site are rarely that separable, so the site's own films are the better judge,
+    provided there are enough of them (``min_images`` with ``min_per_class`` of each class), they are not
+    separated at logit 0 (the likelihood then keeps improving as T -> 0 and has no minimum), and the fit does
+    not end at a bound of its search (no interior optimum).
+
+    Returns ``{"temperature", "source": "site" | "stored", "reason", "fitted_on", "fitted", "stored",
+    "nll_stored", "nll_used"}`` (``fitted`` is the site fit, or None when none was tried or usable).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    z = np.asarray(logits, dtype=np.float64)
+    n, n_pos = int(y.size), int(y.sum())
+    fitted: float | None = None
+    keep = f"kept the stored temperature (fitted on {stored_fitted_on})"
+    if not enabled:
+        reason = f"temperature scaling is off in this model's config (eval.calibrate = false): {keep}"
+    elif n < min_images or min(n_pos, n - n_pos) < min_per_class:
+        reason = (f"only {n} films ({n_pos} PNEUMONIA, {n - n_pos} NORMAL); fitting needs {min_images} with "
+                  f"{min_per_class} of each class: {keep}")
+    elif np.all((2 * y - 1) * z > 0):
+        reason = f"every film is on the right side of logit 0, so the likelihood has no minimum: {keep}"
+    else:
+        t = fit_temperature(z, y, bounds=bounds)
+        if t <= bounds[0] * 1.01 or t >= bounds[1] / 1.01:
+            reason = f"the fit ended at the bound {t:.3g} of its search (no interior optimum): {keep}"
+        else:
+            fitted = t
+            reason = f"fitted by likelihood on these {n} films"
+    use = fitted if fitted is not None else float(stored)
+    return {"temperature": use, "source": "site" if fitted is not None else "stored", "reason": reason,
+            "fitted_on": "these films" if fitted is not None else stored_fitted_on, "fitted": fitted,
+            "stored": float(stored), "nll_stored": binary_nll(y, z, stored), "nll_used": binary_nll(y, z, use)}
+
+
+def _patient_halves(labels: np.ndarray, groups: Sequence[str] | None, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask of the images of a random half of the patients, stratified by the patient's label (a patient
+    with any pneumonia film counts as pneumonia)."""
+    gid = np.arange(labels.size) if groups is None else np.unique(np.asarray(groups, dtype=object).astype(str),
+                                                                  return_inverse=True)[1]
+    patient_label = np.zeros(gid.max() + 1, dtype=np.int64)
+    np.maximum.at(patient_label, gid, labels)
+    chosen = np.zeros(patient_label.size, dtype=bool)
+    for cls in (0, 1):
+        members = rng.permutation(np.flatnonzero(patient_label == cls))
+        half = members.size // 2 + int(members.size % 2 == 1 and rng.random() < 0.5)  # odd: the extra one at random
+        chosen[members[:half]] = True
+    return chosen[gid]
+
+
+def cross_fitted_operating_point(labels: np.ndarray, scores: np.ndarray, groups: Sequence[str] | None = None, *,
+                                 target_sensitivity: float, miss_cost: float, n_repeats: int = 200, seed: int = 0,
+                                 level: float = 0.95) -> dict[str, Any]:
+    """What the operating RULE does on films it did not see: choose the threshold
+    (:func:`~pneumoscan.metrics.threshold_min_cost`) on a random half of the patients, stratified by label,
+    measure sensitivity and specificity on the other half; repeat ``n_repeats`` times (seeded).
+
+    The numbers at a threshold measured on the films that chose it are optimistic; these are not (if anything
+    slightly pessimistic: each threshold is chosen on half the films). The temperature needs no refit per half:
+    it is monotone, so it never changes which films a chosen threshold separates.
+
+    Returns ``{"method", "n_repeats", "n_skipped", "seed", "level", "target_sensitivity", "miss_cost", "n_images",
+    "sensitivity", "specificity", "threshold"}``; each metric is ``{"value": mean, "median", "ci": [lo, hi]}``
+    with ``ci`` the (1 - level)/2 and (1 + level)/2 percentiles of the repeats (a spread, not a bootstrap CI).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape:
+        raise ValueError(f"{y.size} labels but {s.size} scores")
+    rng = np.random.default_rng(seed)
+    sens, spec, ths = [], [], []
+    skipped = 0
+    for _ in range(n_repeats):
+        a = _patient_halves(y, groups, rng)
+        b = ~a
+        if min(y[a].sum(), y[b].sum(), (1 - y[b]).sum()) == 0:
+            skipped += 1  # a half without pneumonia cannot choose, one without either class cannot measure
+            continue
+        th = threshold_min_cost(y[a], s[a], miss_cost=miss_cost, min_sensitivity=target_sensitivity)
+        sens.append(sensitivity(y[b], s[b], th))
+        spec.append(specificity(y[b], s[b], th))
+        ths.append(th)
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+
+    def q(v: list[float]) -> dict[str, Any]:
+        if not v:
+            return {"value": math.nan, "median": math.nan, "ci": [math.nan, math.nan]}
+        return {"value": float(np.mean(v)), "median": float(np.median(v)),
+                "ci": [float(np.percentile(v, lo)), float(np.percentile(v, hi))]}
+
+    return {"method": CROSS_FIT_METHOD, "n_repeats": len(sens), "n_skipped": skipped, "seed": seed, "level": level,
+            "target_sensitivity": float(target_sensitivity), "miss_cost": float(miss_cost), "n_images": int(y.size),
+            "sensitivity": q(sens), "specificity": q(spec), "threshold": q(ths)}
+
+
+def choose_operating_point(records: Sequence[Record], logits: np.ndarray, eval_cfg: EvalConfig, *,
+                           temperature: float | None = None, fitted_on: str = "validation"
+                           ) -> tuple[dict[str, Any], np.ndarray]:
+    """Fit the temperature and choose the thresholds on labelled logits (validation at the end of training).
+
+    ``temperature`` given: use it instead of fitting one (``fitted_on`` says where it came from).
     Returns ``(meta, probs)``: ``meta`` holds ``operating_point``, ``calibration`` and ``val_summary``
-    for the checkpoint metadata; ``probs`` are the calibrated validation probabilities. The operating
-    threshold is, among those whose validation sensitivity reaches ``eval_cfg.target_sensitivity``, the one
-    with the lowest validation cost ``miss_cost * FN + FP`` (sensitivity first: a missed pneumonia weighs
-    ``eval_cfg.miss_cost`` false alarms; ties go to the higher threshold); it falls back to 0.5 (and says so in ``method``) when validation has no pneumonia case.
+    for the checkpoint metadata; ``probs`` are the calibrated probabilities. The operating
+    threshold is, among those whose sensitivity on these images reaches ``eval_cfg.target_sensitivity``, the one
+    with the lowest cost ``miss_cost * FN + FP`` (sensitivity first: a missed pneumonia weighs
+    ``eval_cfg.miss_cost`` false alarms; ties go to the higher threshold); it falls back to 0.5 (and says so in
+    ``method``) when there is no pneumonia case.
     """
     y = np.array([r.label for r in records], dtype=np.int64)
     logits = np.asarray(logits, dtype=np.float64)
-    t_fit = fit_temperature(logits, y) if eval_cfg.calibrate else 1.0
+    if temperature is not None:
+        t_fit, method_t = float(temperature), "temperature scaling (NLL)"
+    else:
+        t_fit = fit_temperature(logits, y) if eval_cfg.calibrate else 1.0
+        method_t = "temperature scaling (NLL)" if eval_cfg.calibrate else "none"
     raw, probs = apply_temperature(logits, 1.0), apply_temperature(logits, t_fit)
-    calibration = {"temperature": t_fit, "fitted_on": "validation", "method": "temperature scaling (NLL)" if eval_cfg.calibrate else "none",
+    calibration = {"temperature": t_fit, "fitted_on": fitted_on, "method": method_t,
                    "val_ece_before": ece(y, raw), "val_ece_after": ece(y, probs),
                    "val_brier_before": brier(y, raw), "val_brier_after": brier(y, probs),
                    "val_nll_before": binary_nll(y, logits), "val_nll_after": binary_nll(y, logits, t_fit)}
@@ -81,46 +279,101 @@ def choose_operating_point(records: Sequence[Record], logits: np.ndarray, eval_c
     return {"operating_point": operating, "calibration": calibration, "val_summary": summary}, probs
 
 
+# --- pneumoscan calibrate ----------------------------------------------------------------------------
+
+
+def _eval_config(ckpt: Checkpoint, target_sensitivity: float | None, miss_cost: float | None) -> EvalConfig:
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    raw = {k: v for k, v in ((ckpt.meta.get("config") or {}).get("eval") or {}).items() if k in known}
+    if target_sensitivity is not None:
+        raw["target_sensitivity"] = float(target_sensitivity)
+    if miss_cost is not None:
+        raw["miss_cost"] = float(miss_cost)
+    return EvalConfig(**raw)
+
+
+def _refuse_training_films(ckpt: Checkpoint, records: Sequence[Record], data: str, workers: int) -> dict[str, Any]:
+    """The overlap of ``records`` with the model's own films; raises when any is a training film."""
+    ov = training_overlap(ckpt, records, workers=workers)
+    if ov["n_train"]:
+        raise DatasetError(
+            f"{data}: {training_overlap_text(ov, 'train')} were used to TRAIN {ckpt.path}. A model scores its own "
+            "training films almost perfectly, so a threshold chosen on them would be wrong for new patients. "
+            "Remove them and calibrate on films the model has never seen.")
+    if not ov["checked"]:
+        log.warning("%s carries no list of its training films and has no split.csv beside it: pneumoscan cannot "
+                    "check that these films were not used to train it", ckpt.path)
+    return ov
+
+
 def rechoose_operating_point(checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                split: str | None = None, target_sensitivity: float | None = None, miss_cost: float | None = None,
-                cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR, device: str = "auto", batch_size: int = 64,
-                num_workers: int = 2, progress: bool = False) -> dict[str, Any]:
-    """Fit the temperature and choose the operating threshold again, on labelled images, and write a new checkpoint.
+                             split: str | None = None, target_sensitivity: float | None = None,
+                             miss_cost: float | None = None, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+                             device: str = "auto", batch_size: int = 64, num_workers: int = 2, progress: bool = False,
+                             n_repeats: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Calibrate a model to a site: choose the operating threshold (and the temperature) on the site's labelled
+    films and write a new checkpoint with the same weights (and the same extra tensors: reference, trainset).
 
-    This is the end of training (:func:`choose_operating_point`) run again on other images or with another
-    policy: a site adapting the threshold to its own validation images, or a new ``target_sensitivity`` /
-    ``miss_cost``. The weights are unchanged. Images used here choose the threshold, so they must not
-    also be used to report performance. Images from the checkpoint's own training split are refused
-    (their scores are optimistic).
+    Refuses (:class:`DatasetError`, with the counts and examples): films the model trained on (by content, and by
+    its run's ``split.csv`` when there is one); fewer than :data:`MIN_IMAGES` films or :data:`MIN_PER_CLASS` of a
+    class. Films of its validation set are allowed and counted. The temperature is fitted on the site's films when
+    they can tell it (:func:`choose_temperature`), else the stored one is kept; the threshold is chosen on the
+    probabilities at the temperature used. What the rule will do on new films is estimated by cross-fitting
+    (:func:`cross_fitted_operating_point`, ``n_repeats`` times, ``seed``). Works on an adapted model.
 
-    Returns ``{"before": operating_point, "after": operating_point, "calibration", "n_images", "failures"}``.
+    The summary goes into the checkpoint as ``site_calibration``, and ``site_state`` becomes ``"calibrated"`` or
+    ``"adapted and calibrated"``. Returns ``{"before", "after", "calibration", "site_calibration", "n_images",
+    "failures", "overlap"}``.
     """
     src, dst = Path(checkpoint), Path(out)
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: write the recalibrated checkpoint to a new file, not over its source")
+    source = f"{data}" + (f" (split {split})" if split else "")
     index = index_dataset(data, split=split, check=False)
+    ckpt = load_checkpoint(src)
+    ov = _refuse_training_films(ckpt, index.records, source, num_workers)  # first: the graver problem
+    check_enough_films([r.label for r in index.records])
     records, scored, failures = score_dataset([src], list(index.records), Path(cache_dir), resolve_device(device),
-                                           batch_size, num_workers, progress)
-    overlap = split_overlap(str(src), records)
-    if overlap.get("train"):
-        raise DatasetError(f"{data}: {overlap['train']} of these images were in {src}'s training split; "
-                         "choose the threshold on images the model did not train on")
+                                              batch_size, num_workers, progress)
+    check_enough_films([r.label for r in records])  # again: some films may not have decoded
     ckpt = scored[0].checkpoint
-    config = dict(ckpt.meta.get("config") or {})
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
-    eval_raw = {k: v for k, v in (config.get("eval") or {}).items() if k in known}
-    if target_sensitivity is not None:
-        eval_raw["target_sensitivity"] = float(target_sensitivity)
-    if miss_cost is not None:
-        eval_raw["miss_cost"] = float(miss_cost)
-    ecfg = EvalConfig(**eval_raw)
-    extra, _ = choose_operating_point(records, scored[0].logits, ecfg)
-    extra["operating_point"]["chosen_on"] = f"{data}" + (f" (split {split})" if split else "")
-    config["eval"] = dataclasses.asdict(ecfg)
+    y = np.array([r.label for r in records], dtype=np.int64)
+    ecfg = _eval_config(ckpt, target_sensitivity, miss_cost)
+    stored_cal = ckpt.info.calibration
+    temp = choose_temperature(scored[0].logits, y, stored=ckpt.info.temperature,
+                              stored_fitted_on=str(stored_cal.get("fitted_on") or "the model's validation split"),
+                              enabled=ecfg.calibrate)
+    extra, probs = choose_operating_point(records, scored[0].logits, ecfg, temperature=temp["temperature"],
+                                          fitted_on=source if temp["source"] == "site" else temp["fitted_on"])
+    extra["calibration"].update({"source": temp["source"], "reason": temp["reason"]})
+    op = extra["operating_point"]
+    op["chosen_on"] = source
+    groups = [r.patient_id for r in records]
+    cross = cross_fitted_operating_point(y, probs, groups, target_sensitivity=ecfg.target_sensitivity,
+                                         miss_cost=ecfg.miss_cost, n_repeats=n_repeats, seed=seed)
+    adapted = "adaptation" in ckpt.meta
     before = ckpt.meta.get("operating_point")
-    meta = {**ckpt.meta, **extra, "config": config,
-            "recalibrated": {"from": str(src), "data": str(data), "split": split, "n_images": len(records),
-                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "previous_operating_point": before}}
-    save_checkpoint(dst, ckpt.state_dict, meta)
-    return {"before": before, "after": extra["operating_point"], "calibration": extra["calibration"],
-            "n_images": len(records), "failures": failures}
+    site = {
+        "threshold": op["threshold"], "method": op["method"], "target_sensitivity": op["target_sensitivity"],
+        "miss_cost": op["miss_cost"],
+        "temperature": temp["temperature"], "temperature_source": temp["source"],
+        "temperature_fitted_on": source if temp["source"] == "site" else temp["fitted_on"],
+        "temperature_reason": temp["reason"], "stored_temperature": temp["stored"],
+        "cross_fitted": cross,
+        "on_these_films": {"sensitivity": op["val_sensitivity"], "specificity": op["val_specificity"],
+                           "note": "measured on the films that chose the threshold: optimistic"},
+        "ece_before": ece(y, scored[0].probs), "ece_after": ece(y, probs),
+        "n_images": int(y.size), "n_pneumonia": int(y.sum()), "n_normal": int(y.size - y.sum()),
+        "n_patients": len(set(groups)), "n_skipped": len(index.skipped) + len(failures),
+        "n_in_validation_set": ov["n_val"], "training_films_checked": ov["checked"],
+        "data": source, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "parent_sha256": file_sha256(src), "parent": str(src), "adapted": adapted,
+        "previous_operating_point": before,
+    }
+    config = dict(ckpt.meta.get("config") or {})
+    config["eval"] = dataclasses.asdict(ecfg)
+    meta = {**ckpt.meta, **extra, "config": config, "site_calibration": site,
+            "site_state": "adapted and calibrated" if adapted else "calibrated"}
+    save_checkpoint(dst, ckpt.state_dict, meta, extra=ckpt.extra)
+    return {"before": before, "after": op, "calibration": extra["calibration"], "site_calibration": site,
+            "n_images": len(records), "failures": failures, "overlap": ov}

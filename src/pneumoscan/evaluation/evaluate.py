@@ -28,12 +28,14 @@ from pneumoscan import __version__
 from pneumoscan import metrics as M
 from pneumoscan.checkpoint import FALLBACK_THRESHOLD
 from pneumoscan.constants import DEFAULT_CACHE_DIR
-from pneumoscan.data import Record, index_dataset, split_overlap, write_scores_csv
+from pneumoscan.data import Record, index_dataset, write_scores_csv
 from pneumoscan.evaluation.report import write_report
 from pneumoscan.io import ImageError, read_image_context
+from pneumoscan.operating_point import training_overlap, training_overlap_text
 from pneumoscan.reference import reference_of
 from pneumoscan.scope import ScopeGate
 from pneumoscan.scoring import ScoredModel, resolve_device, score_dataset
+from pneumoscan.trainset import TENSOR_PREFIX, hash_files
 from pneumoscan.utils import atomic_write_text
 
 __all__ = ["evaluate"]
@@ -79,15 +81,10 @@ def _model_warnings(entry: dict[str, Any]) -> list[str]:
     if not sc.get("feature_check", True):
         out.append("This checkpoint carries no scope/drift reference, so only DICOM metadata and pixel statistics "
                    "gate its inputs; add one with scripts/build_reference.py.")
-    ov = entry.get("split_overlap") or {}
-    if ov.get("train"):
-        out.append(f"{ov['train']} of the {ov['n_images']} evaluated images were used to TRAIN this model: "
-                   "these results say nothing about new patients.")
-    if ov.get("val"):
-        chosen = ("its threshold and temperature were chosen and its best epoch picked"
-                  if entry["operating_point_source"] == "checkpoint" else "its best epoch was picked")
-        out.append(f"{ov['val']} of the {ov['n_images']} evaluated images are this model's validation split, on "
-                   f"which {chosen}: expect new data to do worse.")
+    out.extend(a["text"] for a in entry["training_alerts"])
+    if not (entry.get("training_overlap") or {}).get("checked", True):
+        out.append("This checkpoint carries no list of its training images and has no split.csv beside it, so "
+                   "pneumoscan cannot check whether these images were used to train it.")
     vc = entry.get("validation_comparison") or {}
     if vc.get("sensitivity_drop_beyond_ci"):
         out.append(f"Sensitivity at the operating threshold is {vc['evaluated']['value']:.1%} here (95% CI "
@@ -99,6 +96,31 @@ def _model_warnings(entry: dict[str, Any]) -> list[str]:
     if min(s["n_positive"], s["n_negative"]) < 30:
         out.append(f"Only {s['n_positive']} pneumonia and {s['n_negative']} normal images: intervals are wide.")
     return out
+
+
+def _training_alerts(ov: dict[str, Any], threshold_from_checkpoint: bool) -> list[dict[str, str]]:
+    """The loud warnings when evaluated images are the model's own training or validation images:
+    ``[{"kind": "train" | "val", "title", "text"}]``."""
+    out = []
+    if ov.get("n_train"):
+        out.append({"kind": "train", "title": "Not a valid evaluation: the model was trained on some of these images",
+                    "text": f"{training_overlap_text(ov, 'train')} were used to TRAIN this model. A model scores its "
+                            "own training images almost perfectly: these results say nothing about new patients. "
+                            "Evaluate on images the model has never seen."})
+    if ov.get("n_val"):
+        chosen = ("its best epoch was picked and its threshold and temperature chosen" if threshold_from_checkpoint
+                  else "its best epoch was picked")
+        out.append({"kind": "val", "title": "Optimistic: some of these images are the model's validation images",
+                    "text": f"{training_overlap_text(ov, 'val')} are this model's VALIDATION images, on which "
+                            f"{chosen}: these results are optimistic; expect new data to do worse."})
+    return out
+
+
+def _image_hashes(scored: Sequence[ScoredModel], records: Sequence[Record], workers: int) -> list[int | None] | None:
+    """Content hashes of the evaluated images, computed once, when any model carries its training images' hashes."""
+    if not any(name.startswith(TENSOR_PREFIX) for sm in scored for name in sm.checkpoint.extra):
+        return None
+    return hash_files([r.path for r in records], workers=max(1, workers))
 
 
 def _looks_like_kermany(source: str, records: Sequence[Record]) -> bool:
@@ -140,6 +162,7 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
     y = np.array([r.label for r in records], dtype=np.int64)
     groups = [r.patient_id for r in records]
     boot = {"n_resamples": n_boot, "seed": seed, "level": level}
+    hashes = _image_hashes(scored, records, num_workers)
     result: dict[str, Any] = {
         "pneumoscan_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -149,7 +172,7 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
                  "kermany": _looks_like_kermany(str(data), records)},
         "bootstrap": {**boot,
                       "method": "Percentile interval; patients resampled with replacement (cluster bootstrap)"},
-        "models": [_model_entry(i + 1, sm, records, y, **boot) for i, sm in enumerate(scored)],
+        "models": [_model_entry(i + 1, sm, records, y, hashes=hashes, **boot) for i, sm in enumerate(scored)],
         "comparison": _comparisons(scored, y, groups, **boot),
         "warnings": [f"{len(failures)} image(s) could not be decoded and were left out."] if failures else [],
     }
@@ -180,7 +203,7 @@ def _scope_entry(sm: ScoredModel, records: Sequence[Record]) -> dict[str, Any]:
 
 
 def _model_entry(index: int, sm: ScoredModel, records: Sequence[Record], y: np.ndarray, *, n_resamples: int,
-                 seed: int, level: float) -> dict[str, Any]:
+                 seed: int, level: float, hashes: Sequence[int | None] | None = None) -> dict[str, Any]:
     """One model's part of the result: its operating point, calibration, metric summary at its operating, the
     fixed reference and its Youden thresholds, the comparison with its validation figures, and its warnings."""
     ck, info = sm.checkpoint, sm.checkpoint.info
@@ -188,6 +211,7 @@ def _model_entry(index: int, sm: ScoredModel, records: Sequence[Record], y: np.n
     ths = {"operating": info.threshold, "fixed_0.5": FIXED_REFERENCE_THRESHOLD, "youden": op.get("youden_threshold")}
     summary = M.summarize_scores(y, sm.probs, ths, groups=[r.patient_id for r in records],
                                  causes=[r.cause for r in records], n_resamples=n_resamples, seed=seed, level=level)
+    overlap = training_overlap(ck, records, hashes=hashes)
     entry: dict[str, Any] = {
         "index": index, "checkpoint": str(ck.path), "model": info.model, "epoch": info.epoch,
         "image_size": info.preprocessing.image_size,
@@ -197,7 +221,8 @@ def _model_entry(index: int, sm: ScoredModel, records: Sequence[Record], y: np.n
                         "brier_raw": M.brier(y, sm.probs_raw), "brier_calibrated": M.brier(y, sm.probs),
                         "nll_raw": M.binary_nll(y, sm.logits),
                         "nll_calibrated": M.binary_nll(y, sm.logits, info.temperature)},
-        "summary": summary, "split_overlap": split_overlap(ck.path, records),
+        "summary": summary, "training_overlap": overlap,
+        "training_alerts": _training_alerts(overlap, info.threshold_source == "checkpoint"),
         "scope": _scope_entry(sm, records),
     }
     val = info.val_summary
