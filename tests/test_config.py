@@ -65,3 +65,17 @@ def test_bad_files_name_the_file(tmp_path):
     ext.write_text("")
     with pytest.raises(ConfigError, match="unsupported config format"):
         load_config(ext)
+
+
+def test_data_val_defaults_to_the_seeded_split_and_reads_from_old_configs(tmp_path):
+    """data.val (train --val): empty means the seeded patient-level split; a run's config.json written before
+    the key existed loads as that."""
+    cfg = Config()
+    assert cfg.data.val == "" and cfg.data.val_split == ""
+    given = apply_overrides(cfg, ["data.val=/sites/a/val.csv", "data.val_split=val"])
+    assert given.data.val == "/sites/a/val.csv" and given.data.val_split == "val"
+    assert Config.from_dict(given.to_dict()) == given
+    old = cfg.to_dict()
+    del old["data"]["val"], old["data"]["val_split"]
+    (tmp_path / "config.json").write_text(__import__("json").dumps(old))
+    assert load_config(tmp_path / "config.json") == cfg

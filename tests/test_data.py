@@ -315,6 +315,59 @@ def test_split_index(dataset):
     assert len(train.infos) == len(train) and len(val.infos) == len(val)
 
 
+def test_split_with_validation(dataset, tmp_path):
+    """A given validation set: its images validate, the rest trains; an image on both sides validates only."""
+    from pneumoscan.data.dataset import split_with_validation
+
+    index = index_dataset(dataset, split="train")
+    given = tmp_path / "val.csv"  # two of the training folder's own images (all of patients IM-0002 and person2)
+    given.write_text("path,label\n"
+                     f"{dataset / 'train' / 'normal' / 'IM-0002-0001.jpeg'},NORMAL\n"
+                     f"{dataset / 'train' / 'Pneumonia' / 'person2_virus_3.jpeg'},PNEUMONIA\n"
+                     f"{dataset / 'test' / 'NORMAL' / 'IM-0009-0001.jpeg'},NORMAL\n")
+    val_index = index_dataset(given)
+    train, val, moved = split_with_validation(index, val_index)
+    assert val is val_index and len(val) == 3
+    assert sorted(Path(p).name for p in moved) == ["IM-0002-0001.jpeg", "person2_virus_3.jpeg"]
+    assert len(train) == len(index) - 2
+    assert not {os.path.realpath(r.path) for r in train.records} & {os.path.realpath(r.path) for r in val.records}
+    assert not set(train.patients) & set(val.patients)
+    # the same file reached through a link is the same image
+    link = tmp_path / "linked"
+    (link / "NORMAL").mkdir(parents=True)
+    (link / "PNEUMONIA").mkdir()
+    os.symlink(dataset / "train" / "normal" / "IM-0002-0001.jpeg", link / "NORMAL" / "IM-0002-0001.jpeg")
+    os.symlink(dataset / "train" / "Pneumonia" / "person2_virus_3.jpeg", link / "PNEUMONIA" / "person2_virus_3.jpeg")
+    assert len(split_with_validation(index, index_dataset(link))[2]) == 2
+
+
+def test_split_with_validation_refuses_shared_patients_and_relabelled_images(dataset, tmp_path):
+    from pneumoscan.data.dataset import split_with_validation
+
+    index = index_dataset(dataset, split="train")
+    val_root = tmp_path / "val"
+    _jpeg(val_root / "NORMAL" / "IM-0001-0009.jpeg", seed=50)  # another film of training patient IM-0001
+    _jpeg(val_root / "PNEUMONIA" / "person3_virus_99.jpeg", seed=51)  # and of person3
+    _jpeg(val_root / "PNEUMONIA" / "person77_virus_1.jpeg", seed=52)
+    with pytest.raises(DatasetError, match=r"2 patient\(s\) have images both in the training data") as err:
+        split_with_validation(index, index_dataset(val_root))
+    assert "IM-0001" in str(err.value) and "person3" in str(err.value) and "IM-0001-0009.jpeg" in str(err.value)
+    # files that name no patient are their own patients: the same made-up id on both sides is no overlap
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, seed in ((a, 60), (b, 70)):
+        _jpeg(root / "NORMAL" / "scan_1.jpeg", seed=seed)
+        _jpeg(root / "PNEUMONIA" / "scan_2.jpeg", seed=seed + 1)
+    ia, ib = index_dataset(a), index_dataset(b)
+    assert ia.records[0].patient_id == ib.records[0].patient_id == "file:NORMAL/scan_1.jpeg"
+    train, val, moved = split_with_validation(ia, ib)
+    assert len(train) == 2 and len(val) == 2 and moved == []
+    # one file, two labels
+    relabel = tmp_path / "relabel.csv"
+    relabel.write_text(f"path,label\n{dataset / 'train' / 'normal' / 'IM-0002-0001.jpeg'},PNEUMONIA\n")
+    with pytest.raises(DatasetError, match="labelled differently"):
+        split_with_validation(index, index_dataset(relabel))
+
+
 # --------------------------------------------------------------------------- summary
 
 

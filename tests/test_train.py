@@ -22,14 +22,15 @@ from pneumoscan.training import RunExistsError, resume, train
 SIZE = 64
 
 
-def make_blob_dataset(root: Path, n_per_class: int = 16, size: int = 96, seed: int = 0) -> Path:
-    """Synthetic X-ray-like images: PNEUMONIA ones carry a bright blob, NORMAL ones do not."""
+def make_blob_dataset(root: Path, n_per_class: int = 16, size: int = 96, seed: int = 0, first: int = 0) -> Path:
+    """Synthetic X-ray-like images: PNEUMONIA ones carry a bright blob, NORMAL ones do not. One image per patient,
+    the patients numbered from ``first``."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     for label, cls in enumerate(["NORMAL", "PNEUMONIA"]):
         folder = root / cls
         folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
+        for i in range(first, first + n_per_class):
             img = rng.normal(90, 20, (size, size))
             if label:
                 cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
@@ -348,3 +349,131 @@ def test_failed_images_csv_is_safe_for_spreadsheets_and_goes_when_there_are_none
     assert rows == [{"path": "/d/=cmd.png", "reason": "'-: damaged"}, {"path": "/d/ok.png", "reason": "file not found"}]
     _write_failed_images(path, [])
     assert not path.exists()
+
+
+# --------------------------------------------------------------------------- train --val: the user's validation set
+
+
+def read_split(run: Path) -> dict[str, set[str]]:
+    """split.csv as {"train": paths, "val": paths} (absolute paths)."""
+    out: dict[str, set[str]] = {"train": set(), "val": set()}
+    with open(run / "split.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            out[row["split"]].add(os.path.normpath(os.path.join(run, row["path"])))
+    return out
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p) for p in root.rglob("*.jpeg")}
+
+
+@pytest.fixture(scope="module")
+def val_folder(tmp_path_factory):
+    """A validation folder of other patients (numbered from 100) than blob_data's."""
+    return make_blob_dataset(tmp_path_factory.mktemp("val"), n_per_class=5, seed=1, first=100)
+
+
+def test_seeded_split_is_recorded_and_hashes_are_written(blob_data, tmp_path):
+    """Without --val: the checkpoint says the validation set is the seeded patient split, and carries the content
+    hashes of the training and validation films."""
+    from pneumoscan.trainset import hash_files, overlap
+
+    result = train(small_config(blob_data, tmp_path / "cache", **{"train.epochs": 1}), tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(result.best_checkpoint)
+    sides = read_split(result.run_dir)
+    assert ckpt.meta["validation"] == {"source": "seeded patient split", "seed": 42, "fraction": 0.25,
+                                       "n_images": len(sides["val"]), "n_patients": len(sides["val"])}
+    assert ckpt.meta["config"]["data"]["val"] == ""
+    assert ckpt.extra["trainset.train"].numel() == len(sides["train"]) == 24
+    assert ckpt.extra["trainset.val"].numel() == len(sides["val"]) == 8
+    assert ckpt.meta["trainset"] == {"n_train": 24, "n_val": 8, "n_on_both_sides": 0, "unreadable": 0}
+    # A training film under another name is still known as one; so is a validation film; a new film is not.
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    one_train, one_val = min(sides["train"]), min(sides["val"])
+    shutil.copy(one_train, renamed / "a.jpeg")
+    shutil.copy(one_val, renamed / "b.jpeg")
+    make_blob_dataset(renamed / "new", n_per_class=1, seed=9)
+    paths = [renamed / "a.jpeg", renamed / "b.jpeg", *sorted((renamed / "new").rglob("*.jpeg"))]
+    found = overlap(ckpt, hash_files(paths))
+    assert found.known and found.train == [0] and found.val == [1]
+
+
+def test_val_folder_is_exactly_the_validation_and_resume_keeps_it(blob_data, val_folder, tmp_path):
+    """`train --val FOLDER` (CLI): those images and only those validate (split.csv, val_scores.csv, the epoch's
+    n_val); all of --data trains; config and checkpoint record it; --resume continues with the same split."""
+    from pneumoscan.cli import main
+
+    run = tmp_path / "run"
+    common = ["--set", f"data.cache_dir='{tmp_path / 'cache'}'", "--set", "data.num_workers=1",
+              "--set", "model.name=seed-cnn", "--set", f"model.image_size={SIZE}", "--set", "train.batch_size=8",
+              "--set", "train.threads=1", "--set", "train.seed=3", "--no-progress"]
+    assert main(["train", "--data", str(blob_data), "--val", str(val_folder), "--out", str(run),
+                 "--set", "train.epochs=1", *common]) == 0
+    sides = read_split(run)
+    assert sides["val"] == files_under(val_folder) and sides["train"] == files_under(blob_data)
+    with open(run / "val_scores.csv", newline="") as fh:
+        assert {r["path"] for r in csv.DictReader(fh)} == files_under(val_folder)  # the threshold's images
+    history = load_state(run / "state.safetensors")["history"]
+    assert history[0]["n_val"] == 10 and history[0]["n_train"] == 32  # early stopping's images
+    assert json.loads((run / "config.json").read_text())["data"]["val"] == str(val_folder)
+    ckpt = load_checkpoint(run / "best.safetensors")
+    assert ckpt.meta["config"]["data"]["val"] == str(val_folder)
+    assert ckpt.meta["validation"] == {"source": "user", "path": str(val_folder), "split": None,
+                                       "moved_from_training": 0, "n_images": 10, "n_patients": 10}
+    assert json.loads((run / "best.json").read_text())["validation"]["source"] == "user"
+    assert ckpt.extra["trainset.train"].numel() == 32 and ckpt.extra["trainset.val"].numel() == 10
+
+    split_before = (run / "split.csv").read_text()
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress"]) == 0
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [1, 2]
+    assert (run / "split.csv").read_text() == split_before
+    assert all(row["n_val"] == 10 for row in load_state(run / "state.safetensors")["history"])
+    assert load_checkpoint(run / "best.safetensors").meta["validation"]["source"] == "user"
+
+
+def test_val_manifest_takes_images_listed_on_both_sides_out_of_training(blob_data, tmp_path, caplog):
+    """`data.val` = a CSV manifest that lists some of --data's own images: they validate only, and the log says so.
+    With `data.val_split` only the manifest's rows of that split are read."""
+    normal, pneumonia = sorted((blob_data / "NORMAL").glob("*.jpeg")), sorted((blob_data / "PNEUMONIA").glob("*.jpeg"))
+    listed, other = normal[:4] + pneumonia[:4], normal[4:6] + pneumonia[4:6]
+    manifest = tmp_path / "val.csv"
+    manifest.write_text("path,label,split\n" + "".join(f"{p},{p.parent.name},val\n" for p in listed)
+                        + "".join(f"{p},{p.parent.name},train\n" for p in other))
+    cfg = small_config(blob_data, tmp_path / "cache", **{"train.epochs": 1, "data.val": f"'{manifest}'",
+                                                         "data.val_split": "val"})
+    with caplog.at_level("WARNING", logger="pneumoscan.training.inputs"):
+        result = train(cfg, tmp_path / "run", progress=False)
+    assert "8 image(s) of the training data are also in the validation set" in caplog.text
+    sides = read_split(result.run_dir)
+    assert sides["val"] == {str(p) for p in listed}
+    assert sides["train"] == files_under(blob_data) - sides["val"]
+    meta = load_checkpoint(result.best_checkpoint).meta
+    assert meta["validation"]["moved_from_training"] == 8 and meta["validation"]["n_images"] == 8
+    assert meta["n_train_images"] == 24 and meta["trainset"]["n_on_both_sides"] == 0
+
+
+def test_val_sharing_patients_with_training_is_refused(blob_data, tmp_path, capsys):
+    """Other images of training patients in --val: an error naming how many patients and examples; nothing trains."""
+    from pneumoscan.cli import main
+
+    val = make_blob_dataset(tmp_path / "val", n_per_class=3, seed=2, first=100)
+    shutil.copy(blob_data / "NORMAL" / "IM-0002-0001.jpeg", val / "NORMAL" / "IM-0002-0007.jpeg")
+    shutil.copy(blob_data / "PNEUMONIA" / "person5_bacteria_5.jpeg", val / "PNEUMONIA" / "person5_virus_77.jpeg")
+    code = main(["train", "--data", str(blob_data), "--val", str(val), "--out", str(tmp_path / "run"),
+                 "--set", "model.name=seed-cnn", "--set", f"data.cache_dir='{tmp_path / 'cache'}'", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "2 patient(s) have images both in the training data" in err
+    assert "IM-0002" in err and "person5" in err and "IM-0002-0007.jpeg" in err
+    assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+def test_val_without_both_classes_is_refused(blob_data, tmp_path):
+    from pneumoscan.errors import ConfigError
+
+    val = make_blob_dataset(tmp_path / "val", n_per_class=3, seed=2, first=100)
+    shutil.rmtree(val / "PNEUMONIA")
+    cfg = small_config(blob_data, tmp_path / "cache", **{"train.epochs": 1, "data.val": f"'{val}'"})
+    with pytest.raises(ConfigError, match="validation set needs images of both classes"):
+        train(cfg, tmp_path / "run", progress=False)

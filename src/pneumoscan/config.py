@@ -43,9 +43,16 @@ class DataConfig:
     root: str = ""
     #: Sub-folder of ``root`` to read (e.g. ``train``); empty: ``root`` itself holds the label folders.
     split: str = ""
-    #: Fraction of *patients* that go to validation.
+    #: Your own validation set (``pneumoscan train --val``): a folder ``<val>[/<val_split>]/<NORMAL|PNEUMONIA>/*``
+    #: or a CSV manifest. Its images validate (early stopping, temperature, threshold) and the rest of ``root``
+    #: trains; an image in both validates only, a patient in both is an error. Empty: the seeded patient-level
+    #: split of ``root`` (``val_fraction``, ``split_seed``).
+    val: str = ""
+    #: Sub-folder of ``val`` to read, or the ``split`` value of its manifest's rows (e.g. ``val``); empty: all of it.
+    val_split: str = ""
+    #: Fraction of *patients* that go to validation (the seeded split; unused with ``val``).
     val_fraction: float = 0.1
-    #: Seed of the patient-level split; the split is a pure function of (patient ids, seed).
+    #: Seed of the patient-level split; the split is a pure function of (patient ids, seed). Unused with ``val``.
     split_seed: int = 42
     #: Folder of the decoded-image cache. Empty: ``<run or cwd>/.pneumoscan-cache``.
     cache_dir: str = ""

@@ -19,11 +19,16 @@ def train_cmd(
     config: Annotated[Optional[Path], typer.Option(help="Config file (TOML or YAML).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: section.key=value (repeatable).")] = None,
     split: Annotated[Optional[str], typer.Option(help="Sub-folder of --data to read, e.g. 'train'.")] = None,
+    val: Annotated[Optional[Path], typer.Option(help="Your own validation set: folder (<root>/<NORMAL|PNEUMONIA>/*) or CSV "
+                                                "manifest. Its images choose the epoch and the threshold; the rest of --data "
+                                                "trains; a patient on both sides is an error (default: data.val, else a "
+                                                "seeded 10% patient-level split of --data).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over the batches.")] = True,
 ) -> None:
-    """Train a model on the patient-level train split, validating after every epoch, with early stopping on
-    validation AUC. Scales to several GPUs or nodes under torchrun (DistributedDataParallel)."""
+    """Train a model on the patient-level train split (or all of --data but the images of --val), validating after
+    every epoch, with early stopping on validation AUC. Scales to several GPUs or nodes under torchrun
+    (DistributedDataParallel)."""
     import dataclasses
 
     from pneumoscan.config import default_data_root, load_config
@@ -35,6 +40,7 @@ def train_cmd(
         if config is not None or out is not None:
             raise _click_errors.UsageError("--resume takes the run's own config; do not combine it with --config or --out")
         extra = [f"data.root={json.dumps(str(data))}"] if data is not None else []
+        extra += [f"data.val={json.dumps(str(val))}"] if val is not None else []  # moved, like --data
         result = resume_run(resume, overrides=extra + overrides, progress=progress)
     else:
         if out is None:
@@ -44,7 +50,8 @@ def train_cmd(
         if root is None:
             raise _click_errors.UsageError("no training data: pass --data PATH or set $PNEUMOSCAN_DATA")
         cfg = dataclasses.replace(
-            cfg, data=dataclasses.replace(cfg.data, root=str(root), split=split if split is not None else cfg.data.split)
+            cfg, data=dataclasses.replace(cfg.data, root=str(root), split=split if split is not None else cfg.data.split,
+                                          val=str(val) if val is not None else cfg.data.val)
         )
         result = train(cfg, out, progress=progress)
     console.print(

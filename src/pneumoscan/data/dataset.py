@@ -1,4 +1,5 @@
-"""Index a labelled X-ray data set, parse patient and cause, and split it by patient.
+"""Index a labelled X-ray data set, parse patient and cause, and split it by patient (seeded, or by a
+validation set the user gives).
 
 A data set is either a folder ``<root>[/<split>]/<NORMAL|PNEUMONIA>/*`` (images lie
 directly in the class folder; sub-folders are not searched) or a CSV manifest
@@ -27,7 +28,7 @@ from pneumoscan.utils import atomic_write_text, csv_restore_text, csv_safe_text
 
 __all__ = [
     "CLASS_NAMES", "DatasetError", "DatasetIndex", "Record", "index_dataset", "parse_name", "split_by_patient",
-    "split_index", "split_overlap", "summarize", "write_manifest", "write_scores_csv",
+    "split_index", "split_overlap", "split_with_validation", "summarize", "write_manifest", "write_scores_csv",
 ]
 
 log = logging.getLogger("pneumoscan.data")
@@ -285,6 +286,56 @@ def split_index(index: DatasetIndex, val_fraction: float = 0.1, seed: int = 42) 
     """Split an index into (train, validation) by patient; see :func:`split_by_patient`."""
     mask = split_by_patient(index.patient_ids, index.labels.tolist(), val_fraction, seed)
     return index.subset(~mask), index.subset(mask)
+
+
+def split_with_validation(index: DatasetIndex, val: DatasetIndex) -> tuple[DatasetIndex, DatasetIndex, list[str]]:
+    """Split ``index`` into (train, validation) by a validation set the user gave (``train --val``): the images
+    of ``val`` validate and every other image of ``index`` trains.
+
+    An image listed on both sides (the same file: same resolved path) validates only. Returns ``(train,
+    validation, moved)``, ``moved`` being the paths (as ``index`` gives them) so taken out of training; the
+    validation index is ``val`` itself.
+
+    Patients are compared by ``patient_id``; an id made up from a file name that gave none (``file:...``, one
+    patient per file) names no one and is not compared.
+
+    Raises:
+        DatasetError: a patient has images on both sides (says how many, with examples), or one file is
+            labelled differently on the two sides.
+    """
+    val_by_path = {os.path.realpath(r.path): r for r in val.records}
+    keep: list[int] = []
+    moved: list[str] = []
+    relabelled: list[str] = []
+    for i, rec in enumerate(index.records):
+        other = val_by_path.get(os.path.realpath(rec.path))
+        if other is None:
+            keep.append(i)
+            continue
+        moved.append(rec.path)
+        if other.label != rec.label:
+            relabelled.append(f"{rec.path} ({CLASS_NAMES[rec.label]} in training, {CLASS_NAMES[other.label]} "
+                              "in validation)")
+    if relabelled:
+        raise DatasetError(f"{len(relabelled)} image(s) are labelled differently in the training data ({index.root}) "
+                           f"and in the validation set ({val.root}), e.g. {'; '.join(relabelled[:3])}: "
+                           "correct the labels so that each image has one")
+    train = index.subset(np.array(keep, dtype=np.int64))
+    val_files: dict[str, str] = {}
+    for rec in val.records:
+        val_files.setdefault(rec.patient_id, rec.path)
+    both: dict[str, str] = {}
+    for rec in train.records:
+        if rec.patient_id in val_files and not rec.patient_id.startswith("file:"):
+            both.setdefault(rec.patient_id, rec.path)
+    if both:
+        examples = "; ".join(f"{pid} (training: {both[pid]}, validation: {val_files[pid]})"
+                             for pid in sorted(both)[:5])
+        raise DatasetError(
+            f"{len(both)} patient(s) have images both in the training data ({index.root}) and in the validation set "
+            f"({val.root}), e.g. {examples}. A patient's images must all be on one side, or validation measures "
+            "memory of the patient rather than the model: put each of these patients' images on one side only")
+    return train, val, moved
 
 
 def write_manifest(path: str | os.PathLike[str], records: Sequence[Record], splits: Sequence[str] | str) -> None:

@@ -1,14 +1,17 @@
-"""What a training run learns from: the patient-level split of the data set, the decoded-image cache, the rows
-of it that train and validate, and the order in which each rank visits the training rows in each epoch."""
+"""What a training run learns from: the split of the data set (seeded by patient, or the user's own validation
+set, ``data.val``), the decoded-image cache, the rows of it that train and validate, and the order in which each
+rank visits the training rows in each epoch."""
 
 from __future__ import annotations
 
 import csv
 import io
 import logging
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +19,8 @@ from torch.utils.data import DistributedSampler, WeightedRandomSampler
 
 from pneumoscan.config import Config
 from pneumoscan.constants import DEFAULT_CACHE_DIR
-from pneumoscan.data import ImageCache, build_cache, index_dataset, split_index, write_manifest
+from pneumoscan.data import DatasetIndex, ImageCache, build_cache, index_dataset, split_index, write_manifest
+from pneumoscan.data.dataset import split_with_validation
 from pneumoscan.errors import ConfigError
 from pneumoscan.models import default_preprocessing
 from pneumoscan.training.distributed import Dist
@@ -24,7 +28,7 @@ from pneumoscan.utils import atomic_write_text, csv_safe_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FAILED_IMAGES", "RunData", "epoch_order", "prepare_data", "write_failed_images"]
+__all__ = ["FAILED_IMAGES", "RunData", "epoch_order", "prepare_data", "split_data", "write_failed_images"]
 
 #: The run folder's list of images that could not be decoded (only when there are some).
 FAILED_IMAGES = "failed_images.csv"
@@ -38,6 +42,10 @@ class RunData:
     train_rows: np.ndarray
     val_rows: np.ndarray
     labels: np.ndarray  # int64 label (1 = pneumonia) of every cache row
+    #: How the validation rows were chosen (the checkpoint's ``validation`` metadata): ``source`` is
+    #: ``"seeded patient split"`` (with ``seed``, ``fraction``) or ``"user"`` (with ``path``, ``split``,
+    #: ``moved_from_training``); both with ``n_images`` and ``n_patients``.
+    validation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -53,15 +61,10 @@ class RunData:
 
 
 def prepare_data(cfg: Config, run_dir: Path, d: Dist) -> RunData:
-    """Index, split by patient and cache (rank 0 writes split.csv and failed_images.csv and builds the cache; the
-    other ranks wait for it and map it). Raises :class:`ConfigError` when either split would be empty or the
-    training rows lack a class."""
-    if not cfg.data.root:
-        raise ConfigError("no training data: pass --data PATH or set data.root / $PNEUMOSCAN_DATA")
-    index = index_dataset(cfg.data.root, split=cfg.data.split or None, check=False, max_pixels=cfg.data.max_pixels)
-    train_idx, val_idx = split_index(index, cfg.data.val_fraction, cfg.data.split_seed)
-    if len(val_idx) == 0 or len(train_idx) == 0:
-        raise ConfigError(f"{cfg.data.root}: too few patients to split into train and validation")
+    """Index, split (:func:`split_data`) and cache (rank 0 writes split.csv and failed_images.csv and builds the
+    cache; the other ranks wait for it and map it). Raises :class:`ConfigError` when either split would be empty,
+    the training rows lack a class, or a given validation set (``data.val``) does."""
+    train_idx, val_idx, validation = split_data(cfg)
     cache_dir = Path(cfg.data.cache_dir or DEFAULT_CACHE_DIR)
     records = list(train_idx.records) + list(val_idx.records)
     spec = default_preprocessing(cfg.model.name, cfg.model.image_size)
@@ -85,11 +88,49 @@ def prepare_data(cfg: Config, run_dir: Path, d: Dist) -> RunData:
     if cache.failures and d.main:
         log.warning("%d image(s) could not be decoded and were left out (named above; all in %s)",
                     len(cache.failures), run_dir / FAILED_IMAGES)
-    data = RunData(cache, tr, va, cache.labels.astype(np.int64))
+    validation = {**validation, "n_images": len(va),
+                  "n_patients": len({cache.records[i].patient_id for i in va})}
+    data = RunData(cache, tr, va, cache.labels.astype(np.int64), validation)
     if data.n_pos == 0 or data.n_neg == 0:
         raise ConfigError("the training split needs images of both classes")
+    if cfg.data.val and len(np.unique(data.labels[va])) < 2:
+        raise ConfigError(f"{cfg.data.val}: the validation set needs images of both classes (NORMAL and PNEUMONIA) "
+                          "to rank epochs by AUC and to choose the threshold")
     log.info("train: %d images (%d pneumonia), val: %d images", len(tr), data.n_pos, len(va))
     return data
+
+
+def split_data(cfg: Config) -> tuple[DatasetIndex, DatasetIndex, dict[str, Any]]:
+    """Index ``cfg.data.root`` and split it into (train, validation): by the user's validation set when
+    ``cfg.data.val`` names one (an image in both validates only; a patient in both raises
+    :class:`~pneumoscan.errors.DatasetError`), else by the seeded patient-level split. The third item says how
+    (see :attr:`RunData.validation`; image and patient counts are added once the images are decoded).
+
+    Raises :class:`ConfigError` when there is no data or either side would be empty."""
+    if not cfg.data.root:
+        raise ConfigError("no training data: pass --data PATH or set data.root / $PNEUMOSCAN_DATA")
+    index = index_dataset(cfg.data.root, split=cfg.data.split or None, check=False, max_pixels=cfg.data.max_pixels)
+    if not cfg.data.val:
+        train_idx, val_idx = split_index(index, cfg.data.val_fraction, cfg.data.split_seed)
+        if len(val_idx) == 0 or len(train_idx) == 0:
+            raise ConfigError(f"{cfg.data.root}: too few patients to split into train and validation")
+        return train_idx, val_idx, {"source": "seeded patient split", "seed": cfg.data.split_seed,
+                                    "fraction": cfg.data.val_fraction}
+    given = index_dataset(cfg.data.val, split=cfg.data.val_split or None, check=False, max_pixels=cfg.data.max_pixels)
+    train_idx, val_idx, moved = split_with_validation(index, given)
+    if moved:
+        log.warning("%d image(s) of the training data are also in the validation set (%s) and were left out of "
+                    "training, e.g. %s", len(moved), cfg.data.val, ", ".join(moved[:3]))
+    if len(train_idx) == 0:
+        raise ConfigError(f"{cfg.data.root}: no training images left: all of them are in the validation set "
+                          f"{cfg.data.val}")
+    unnamed = sum(r.patient_id.startswith("file:") for r in val_idx.records)
+    if unnamed:
+        log.warning("%d validation image(s) name no patient (file name not parsed, no patient_id column): they "
+                    "could not be checked against the training patients", unnamed)
+    log.info("validation: the %d image(s) of %s (given), not a seeded split", len(val_idx), cfg.data.val)
+    return train_idx, val_idx, {"source": "user", "path": os.path.abspath(cfg.data.val),
+                                "split": cfg.data.val_split or None, "moved_from_training": len(moved)}
 
 
 def write_failed_images(path: Path, failures: Sequence[tuple[str, str]]) -> None:

@@ -1,5 +1,5 @@
-"""Training loop: patient-level split, cached images, batched augmentation, early stopping on validation AUC,
-resumable checkpoints and DistributedDataParallel under ``torchrun``.
+"""Training loop: patient-level split (or the user's own validation set, ``data.val``), cached images, batched
+augmentation, early stopping on validation AUC, resumable checkpoints and DistributedDataParallel under ``torchrun``.
 
 Run folder layout (written by rank 0 only)::
 
@@ -8,12 +8,14 @@ Run folder layout (written by rank 0 only)::
                          (+ val_auc_raw, the raw weights' val AUC, when EMA weight averaging is on)
     timing.json          wall time per epoch (kept out of metrics.csv so that file is reproducible)
     state.safetensors    everything --resume needs, rewritten atomically after every epoch
-    best.safetensors     the best checkpoint by validation AUC (+ best.json, a readable copy of its metadata); after
-                         the last epoch it gains the operating threshold, temperature and validation summary
+    best.safetensors     the best checkpoint by validation AUC (+ best.json, a readable copy of its metadata; its
+                         ``validation`` says how the validation images were chosen); after the last epoch it gains
+                         the operating threshold, temperature, validation summary, scope/drift reference and the
+                         content hashes of its training and validation films (``trainset.*``, :mod:`pneumoscan.trainset`)
     val_scores.csv       calibrated validation scores of the best checkpoint (path,label,patient_id,cause,score)
     augmentations.png    originals and augmented draws, for a person to check
     loss.png, auc.png    curves, train against validation
-    split.csv            the patient-level train/validation assignment
+    split.csv            the train/validation assignment (seeded by patient, or the given ``data.val``)
     failed_images.csv    path,reason of each image that could not be decoded and was left out (only if any)
 
 :func:`train` runs these steps in order: :func:`_setup_run`, :func:`~.inputs.prepare_data`, :func:`_build`, then
@@ -62,6 +64,7 @@ from pneumoscan.training.distributed import Dist, gather, setup_distributed
 from pneumoscan.training.ema import build_ema
 from pneumoscan.training.inputs import RunData, epoch_order, prepare_data
 from pneumoscan.training.records import RAW_AUC_COLUMN, checkpoint_meta, plot_curves, write_metrics_csv, write_timing
+from pneumoscan.trainset import hash_files, trainset_tensors
 from pneumoscan.utils import atomic_write_text, remove_stale_temps, seed_everything
 
 log = logging.getLogger(__name__)
@@ -276,9 +279,10 @@ def _validate(cfg: Config, epoch: int, trained: dict[str, Any], parts: _Parts, d
 
 
 def _end_of_epoch(cfg: Config, run_dir: Path, row: dict[str, Any], seconds: float, parts: _Parts, prog: _Progress,
-                  d: Dist) -> None:
+                  d: Dist, validation: dict[str, Any]) -> None:
     """Record the epoch in ``prog`` (best epoch, early stopping) and, on rank 0, write best.safetensors when it
-    improved, then metrics.csv, timing.json and state.safetensors."""
+    improved (its metadata says how the validation images were chosen: ``validation``), then metrics.csv,
+    timing.json and state.safetensors."""
     epoch = row["epoch"]
     prog.history.append(row)
     prog.times.append(seconds)
@@ -288,7 +292,7 @@ def _end_of_epoch(cfg: Config, run_dir: Path, row: dict[str, Any], seconds: floa
         prog.bad_epochs = 0
         if d.main:
             save_checkpoint(run_dir / BEST, parts.eval_model.state_dict(),
-                            checkpoint_meta(cfg, parts.spec, epoch, row, row["n_train"], row["n_val"]))
+                            checkpoint_meta(cfg, parts.spec, epoch, row, row["n_train"], row["n_val"], validation))
     else:
         prog.bad_epochs += 1
     prog.stopped = prog.bad_epochs >= cfg.train.patience
@@ -339,7 +343,7 @@ def train(
         t0 = time.perf_counter()
         trained = _train_epoch(cfg, epoch, net, parts, data, d, callbacks, progress)
         row = _validate(cfg, epoch, trained, parts, data, d)
-        _end_of_epoch(cfg, run_dir, row, time.perf_counter() - t0, parts, prog, d)
+        _end_of_epoch(cfg, run_dir, row, time.perf_counter() - t0, parts, prog, d, data.validation)
         for cb in callbacks:
             cb("epoch_end", {"epoch": epoch, "row": row, "rank": d.rank})
         d.barrier()
@@ -357,8 +361,9 @@ def train(
 def _finalize(cfg: Config, run_dir: Path, cache: ImageCache, tr_rows: np.ndarray, va_rows: np.ndarray,
               spec: Preprocessing, device: torch.device) -> None:
     """With the best weights, fit the temperature and choose the operating threshold on VALIDATION, build the
-    scope/drift reference (training-film features, cut-off on validation), then re-save best.safetensors with
-    ``operating_point``, ``calibration``, ``val_summary`` and ``reference``, and write val_scores.csv."""
+    scope/drift reference (training-film features, cut-off on validation), hash the training and validation
+    films' decoded pixels (:mod:`pneumoscan.trainset`), then re-save best.safetensors with ``operating_point``,
+    ``calibration``, ``val_summary``, ``reference`` and ``trainset``, and write val_scores.csv."""
     path = run_dir / BEST
     ckpt = load_checkpoint(path)
     model = create_model(cfg.model.name, pretrained=False, dropout=cfg.model.dropout).to(device)
@@ -368,17 +373,42 @@ def _finalize(cfg: Config, run_dir: Path, cache: ImageCache, tr_rows: np.ndarray
     extra, probs = choose_operating_point(records, logits, cfg.eval)
     tensors: dict[str, torch.Tensor] = {}
     if len(va_rows) >= MIN_REFERENCE_VAL:
+        source = f"{cfg.data.root} (split {cfg.data.split or '-'})"
+        if cfg.data.val:
+            source += f"; validation {cfg.data.val}" + (f" (split {cfg.data.val_split})" if cfg.data.val_split else "")
         ref = build_reference(model, cache.images, tr_rows, va_rows, spec, batch_size=cfg.train.batch_size * 2,
-                              device=device, seed=cfg.train.seed, source=f"{cfg.data.root} (split {cfg.data.split or '-'})")
+                              device=device, seed=cfg.train.seed, source=source)
         extra["reference"], tensors = ref.to_meta(), ref.to_tensors()
     else:
         log.warning("only %d validation images: no scope/drift reference is stored (it needs %d); predictions "
                     "will be gated on DICOM metadata and pixel statistics only", len(va_rows), MIN_REFERENCE_VAL)
-    save_checkpoint(path, ckpt.state_dict, {**ckpt.meta, **extra}, extra=tensors)
+    extra["trainset"], hashes = _trainset(cfg, cache, tr_rows, va_rows)
+    save_checkpoint(path, ckpt.state_dict, {**ckpt.meta, **extra}, extra={**tensors, **hashes})
     write_scores_csv(run_dir / "val_scores.csv", records, probs)
     op = extra["operating_point"]
     log.info("operating threshold %.4f (validation sensitivity %.3f, specificity %.3f), temperature %.3f",
              op["threshold"], op["val_sensitivity"], op["val_specificity"], extra["calibration"]["temperature"])
+
+
+def _trainset(cfg: Config, cache: ImageCache, tr_rows: np.ndarray,
+              va_rows: np.ndarray) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The content hashes of the films the model trained and validated on (the ``trainset.*`` tensors, so that
+    ``calibrate``, ``adapt`` and ``evaluate`` know them under any name) and a summary for the metadata.
+
+    The hash is over the decoded full-size image, not the cached square, so each file is read once more."""
+    t0 = time.perf_counter()
+    train = hash_files([cache.records[i].path for i in tr_rows], workers=cfg.data.num_workers)
+    val = hash_files([cache.records[i].path for i in va_rows], workers=cfg.data.num_workers)
+    tensors = trainset_tensors(train, val)
+    both = set(tensors["trainset.train"].tolist()) & set(tensors["trainset.val"].tolist())
+    if both:
+        log.warning("%d training film(s) have the same pixels as a validation film (copies under other names?): "
+                    "validation overrates this model", len(both))
+    summary = {"n_train": int(tensors["trainset.train"].numel()), "n_val": int(tensors["trainset.val"].numel()),
+               "n_on_both_sides": len(both), "unreadable": sum(h is None for h in train + val)}
+    log.info("hashed %d training and %d validation films in %.1f s", summary["n_train"], summary["n_val"],
+             time.perf_counter() - t0)
+    return summary, tensors
 
 
 def load_run_config(run_dir: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:

@@ -44,8 +44,9 @@ def write_timing(path: Path, times: list[float]) -> None:
 
 
 def checkpoint_meta(cfg: Config, spec: Preprocessing, epoch: int, row: dict[str, Any], n_train: int,
-                    n_val: int) -> dict[str, Any]:
-    """The metadata stored with the weights of ``epoch`` (``row`` is its metrics.csv row)."""
+                    n_val: int, validation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata stored with the weights of ``epoch`` (``row`` is its metrics.csv row; ``validation`` says how
+    the validation images were chosen, :attr:`~.inputs.RunData.validation`)."""
     return {
         "model": cfg.model.name,
         "config": cfg.to_dict(),
@@ -55,6 +56,7 @@ def checkpoint_meta(cfg: Config, spec: Preprocessing, epoch: int, row: dict[str,
         "val_metrics": {k: row[k] for k in ("val_loss", "val_auc", "val_sensitivity", "val_specificity")},
         "n_train_images": n_train,
         "n_val_images": n_val,
+        **({"validation": validation} if validation else {}),
         "pneumoscan_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
