@@ -48,6 +48,7 @@ from pneumoscan.config import EvalConfig
 from pneumoscan.data import build_cache, index_dataset
 from pneumoscan.models import create_model
 from pneumoscan.operating_point import choose_operating_point as validation_summary
+from pneumoscan.operating_point import cross_fitted_operating_point
 from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.predict import model_from_checkpoint
 from pneumoscan.scoring import score_cached as score_images
@@ -114,36 +115,8 @@ class Scorer:
         return score_images(model, cache.images, np.arange(len(cache.records)), spec, batch_size=64, logits=True)
 
 
-def cross_fitted_operating_point(y: np.ndarray, logits: np.ndarray, groups: list[str], eval_cfg: EvalConfig, *,
-                                 n_splits: int = 200, seed: int = 0) -> dict[str, Any]:
-    """An honest estimate of the operating RULE: fit the temperature and choose the threshold on a random half
-    of the validation patients, measure sensitivity and specificity on the other half; repeat ``n_splits`` times.
-
-    The numbers at the operating threshold in the summary are measured on the images that chose it, so they
-    are optimistic; these are not. Returns medians and 2.5/97.5 percentiles over the splits.
-    """
-    rng = np.random.default_rng(seed)
-    patients = np.array(sorted(set(groups)))
-    gid = np.searchsorted(patients, np.array(groups))
-    sens, spec = [], []
-    for _ in range(n_splits):
-        half = rng.permutation(len(patients))[: len(patients) // 2]
-        a = np.isin(gid, half)
-        b = ~a
-        if y[a].sum() == 0 or y[b].sum() == 0 or (1 - y[b]).sum() == 0:
-            continue
-        t_fit = M.fit_temperature(logits[a], y[a]) if eval_cfg.calibrate else 1.0
-        pa, pb = M.apply_temperature(logits[a], t_fit), M.apply_temperature(logits[b], t_fit)
-        th = M.threshold_min_cost(y[a], pa, miss_cost=eval_cfg.miss_cost, min_sensitivity=eval_cfg.target_sensitivity)
-        sens.append(M.sensitivity(y[b], pb, th))
-        spec.append(M.specificity(y[b], pb, th))
-    q = lambda v: {"median": float(np.median(v)), "p2.5": float(np.percentile(v, 2.5)), "p97.5": float(np.percentile(v, 97.5))}
-    return {"n_splits": len(sens), "sensitivity": q(sens), "specificity": q(spec),
-            "miss_cost": eval_cfg.miss_cost, "target_sensitivity": eval_cfg.target_sensitivity}
-
-
 def _summarize(name: str, logits: np.ndarray, scorer: Scorer, eval_cfg: EvalConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    meta, _ = validation_summary(scorer.records, logits, eval_cfg)
+    meta, probs = validation_summary(scorer.records, logits, eval_cfg)
     s, op = meta["val_summary"], meta["operating_point"]
     th = s["thresholds"]
     return {
@@ -153,8 +126,10 @@ def _summarize(name: str, logits: np.ndarray, scorer: Scorer, eval_cfg: EvalConf
         "operating": {m: th["operating"]["metrics"][m] for m in ("sensitivity", "specificity")},
         "operating_confusion": th["operating"]["confusion"],
         "youden": {m: th["youden"]["metrics"][m] for m in ("sensitivity", "specificity")} if "youden" in th else None,
-        "cross_fitted": cross_fitted_operating_point(np.array([r.label for r in scorer.records]), logits,
-                                                     [r.patient_id for r in scorer.records], eval_cfg),
+        "cross_fitted": cross_fitted_operating_point(np.array([r.label for r in scorer.records]), probs,
+                                                     [r.patient_id for r in scorer.records],
+                                                     target_sensitivity=eval_cfg.target_sensitivity,
+                                                     miss_cost=eval_cfg.miss_cost, n_repeats=200, seed=0),
         "logits": logits,
     }
 
@@ -179,7 +154,8 @@ def _fmt(v: dict[str, Any], digits: int = 4) -> str:
 
 def _cross(c: dict[str, Any]) -> str:
     se, sp = c["sensitivity"], c["specificity"]
-    return f"{se['median']:.3f} ({se['p2.5']:.3f}–{se['p97.5']:.3f}) / {sp['median']:.3f} ({sp['p2.5']:.3f}–{sp['p97.5']:.3f})"
+    return (f"{se['median']:.3f} ({se['ci'][0]:.3f}–{se['ci'][1]:.3f}) / "
+            f"{sp['median']:.3f} ({sp['ci'][0]:.3f}–{sp['ci'][1]:.3f})")
 
 
 def markdown_tables(result: dict[str, Any]) -> str:
@@ -203,8 +179,9 @@ def markdown_tables(result: dict[str, Any]) -> str:
     lines.append(f"Operating threshold: among the thresholds whose validation sensitivity reaches {target:.2f}, the one "
                  "with the lowest cost (a missed pneumonia weighs 3 false alarms), on temperature-calibrated "
                  "probabilities, chosen per candidate on the same images, so the two columns before it are optimistic. "
-                 "Cross-fitted: the same rule chosen on a random half of the validation patients and measured on the "
-                 "other half, 200 times (median and 2.5–97.5 percentiles).")
+                 "Cross-fitted (pneumoscan.operating_point.cross_fitted_operating_point, as `pneumoscan calibrate`): "
+                 "the same rule chosen on a random half of the validation patients, stratified by label, and measured "
+                 "on the other half, 200 times (median and 2.5–97.5 percentiles of the repeats).")
     if result["seed_spread"]:
         lines += ["", "| recipe | seeds | best val AUC per seed | mean | specificity at the operating threshold per seed |",
                   "|---|---|---|---|---|"]

@@ -52,6 +52,17 @@ def test_compares_candidates_seeds_and_pairs(two_seeds):
         assert 0.0 <= c["val_auc"]["value"] <= 1.0
         assert c["val_auc"]["ci"][0] <= c["val_auc"]["value"] <= c["val_auc"]["ci"][1]
         assert c["operating"]["sensitivity"]["value"] >= result["target_sensitivity"]
+    # The cross-fitted estimate is the library's (the one `pneumoscan calibrate` prints), on the calibrated scores.
+    import numpy as np
+
+    from pneumoscan.data import index_dataset
+    from pneumoscan.operating_point import CROSS_FIT_METHOD
+
+    cf = by_name["seed3"]["cross_fitted"]
+    assert cf["method"] == CROSS_FIT_METHOD and cf["n_repeats"] + cf["n_skipped"] == 200 and cf["seed"] == 0
+    assert cf["n_images"] == len(index_dataset(a / "split.csv", split="val").records)
+    for m in ("sensitivity", "specificity"):
+        assert cf[m]["ci"][0] <= cf[m]["median"] <= cf[m]["ci"][1] or np.isnan(cf[m]["median"])
     # Every run's own metrics.csv is carried over: the AUC of each epoch, raw and averaged.
     assert len(by_name["seed3"]["epoch_val_auc"]) == 2 and len(by_name["seed3"]["epoch_val_auc_raw"]) == 2
     # The seed spread groups the two runs that differ only in train.seed, and leaves the warm-up-less one out.
