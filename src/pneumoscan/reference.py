@@ -25,7 +25,7 @@ from torch import nn
 
 from pneumoscan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pneumoscan.constants import DEFAULT_CACHE_DIR
-from pneumoscan.data import build_cache, index_dataset, split_index
+from pneumoscan.data import build_cache, model_split
 from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.scoring import features_cached, model_from_checkpoint, resolve_device
 from pneumoscan.trainset import split_hashes
@@ -162,8 +162,7 @@ def attach_reference(checkpoint: str | os.PathLike[str], data: str | os.PathLike
     ckpt = load_checkpoint(src)
     info = ckpt.info
     data_cfg = info.config.get("data") or {}
-    index = index_dataset(data, split=split if split is not None else (data_cfg.get("split") or None), check=False)
-    train_idx, val_idx = split_index(index, float(data_cfg.get("val_fraction", 0.1)), int(data_cfg.get("split_seed", 42)))
+    train_idx, val_idx = model_split(data, data_cfg, split=split)
     records = list(train_idx.records) + list(val_idx.records)
     cache = build_cache(records, info.preprocessing, cache_dir, progress=False)
     val_paths = {r.path for r in val_idx.records}

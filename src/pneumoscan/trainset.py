@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pneumoscan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from pneumoscan.data import index_dataset, split_index
+from pneumoscan.data import model_split
 from pneumoscan.errors import ImageError
 from pneumoscan.io import read_image
 
@@ -97,10 +97,8 @@ def overlap(ckpt: Checkpoint, hashes: Sequence[int | None]) -> Overlap:
 def split_hashes(ckpt: Checkpoint, data: str | os.PathLike[str], *, split: str | None = None,
                  workers: int = 2) -> dict[str, torch.Tensor]:
     """The trainset tensors of a model that predates them, from its own split rebuilt over ``data`` (the folder it
-    was trained on, split as its stored config says)."""
-    cfg = ckpt.info.config.get("data") or {}
-    index = index_dataset(data, split=split if split is not None else (cfg.get("split") or None), check=False)
-    train, val = split_index(index, float(cfg.get("val_fraction", 0.1)), int(cfg.get("split_seed", 42)))
+    was trained on, split as its stored config says: :func:`pneumoscan.data.model_split`)."""
+    train, val = model_split(data, ckpt.info.config.get("data") or {}, split=split)
     return trainset_tensors(hash_files([r.path for r in train.records], workers=workers),
                             hash_files([r.path for r in val.records], workers=workers))
 

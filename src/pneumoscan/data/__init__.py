@@ -9,10 +9,12 @@ from pneumoscan.data.dataset import (
     DatasetIndex,
     Record,
     index_dataset,
+    model_split,
     parse_name,
     split_by_patient,
     split_index,
     split_overlap,
+    split_with_validation,
     summarize,
     write_manifest,
     write_scores_csv,
@@ -21,6 +23,6 @@ from pneumoscan.errors import DatasetError
 
 __all__ = [
     "CLASS_NAMES", "MAX_FAILURES_LOGGED", "DatasetError", "DatasetIndex", "ImageCache", "Record", "build_cache",
-    "index_dataset", "parse_name", "prune_cache", "split_by_patient", "split_index", "split_overlap", "summarize", "write_manifest",
-    "write_scores_csv",
+    "index_dataset", "model_split", "parse_name", "prune_cache", "split_by_patient", "split_index", "split_overlap",
+    "split_with_validation", "summarize", "write_manifest", "write_scores_csv",
 ]

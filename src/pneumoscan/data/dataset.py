@@ -434,3 +434,15 @@ def split_overlap(ckpt_path: str | None, records: Sequence[Record]) -> dict[str,
             side[os.path.normpath(os.path.join(split_csv.parent, row.get("path", "")))] = row.get("split", "")
     sides = [side.get(os.path.normpath(r.path), "") for r in records]
     return {"train": sides.count("train"), "val": sides.count("val"), "n_images": len(records)}
+
+
+def model_split(data: str | os.PathLike[str], data_cfg: dict[str, Any], *,
+                split: str | None = None) -> tuple[DatasetIndex, DatasetIndex]:
+    """A trained model's (train, validation) split rebuilt over ``data`` from its stored ``config["data"]``: the
+    user's validation set when ``val`` names one (``train --val``), else the seeded patient-level split."""
+    index = index_dataset(data, split=split if split is not None else (data_cfg.get("split") or None), check=False)
+    if data_cfg.get("val"):
+        given = index_dataset(data_cfg["val"], split=data_cfg.get("val_split") or None, check=False)
+        train, val, _ = split_with_validation(index, given)
+        return train, val
+    return split_index(index, float(data_cfg.get("val_fraction", 0.1)), int(data_cfg.get("split_seed", 42)))
