@@ -15,6 +15,7 @@ from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
 from pneumoscan.cli import main
 from pneumoscan.data import DatasetError, index_dataset
 from pneumoscan.operating_point import (
+    CALIBRATION_TENSOR,
     CROSS_FIT_METHOD,
     _patient_halves,
     check_enough_films,
@@ -24,7 +25,7 @@ from pneumoscan.operating_point import (
 )
 from pneumoscan.scoring import score_dataset
 from pneumoscan.training import train
-from pneumoscan.trainset import hash_files, overlap, trainset_tensors
+from pneumoscan.trainset import hash_files, overlap
 from pneumoscan.utils import file_sha256
 
 # --- pure functions -----------------------------------------------------------------------------------
@@ -33,9 +34,9 @@ from pneumoscan.utils import file_sha256
 def test_minimum_data_is_50_films_with_15_of_each_class():
     check_enough_films([1] * 25 + [0] * 25)
     check_enough_films([1] * 15 + [0] * 35)
-    for labels, counts in (([1] * 25 + [0] * 24, "got 49 (25 PNEUMONIA, 24 NORMAL)"),
-                           ([1] * 14 + [0] * 46, "got 60 (14 PNEUMONIA, 46 NORMAL)"),
-                           ([1] * 60, "got 60 (60 PNEUMONIA, 0 NORMAL)")):
+    for labels, counts in (([1] * 25 + [0] * 24, "got 49 (25 PNEUMONIA, 24 NORMAL): fewer than 50 films."),
+                           ([1] * 14 + [0] * 46, "got 60 (14 PNEUMONIA, 46 NORMAL): fewer than 15 PNEUMONIA films."),
+                           ([1] * 10, "got 10 (10 PNEUMONIA, 0 NORMAL): fewer than 50 films and fewer than 15 PNEUMONIA films and fewer than 15 NORMAL")):
         with pytest.raises(DatasetError, match="at least 50 labelled films with at least 15 of each class") as exc:
             check_enough_films(labels)
         assert counts in str(exc.value)
@@ -86,7 +87,7 @@ def test_cross_fitting_is_seeded_stratified_and_honest():
     y = np.r_[np.ones(40, int), np.zeros(80, int)]
     s = np.clip(0.5 * y + rng.normal(0.25, 0.2, n), 0, 1)
     groups = [f"p{i // 2}" for i in range(n)]  # two films per patient, same label
-    kw = dict(target_sensitivity=0.95, miss_cost=3.0, n_repeats=100)
+    kw = {"target_sensitivity": 0.95, "miss_cost": 3.0, "n_repeats": 100}
     a = cross_fitted_operating_point(y, s, groups, seed=1, **kw)
     assert a == cross_fitted_operating_point(y, s, groups, seed=1, **kw)
     assert a != cross_fitted_operating_point(y, s, groups, seed=2, **kw)
@@ -182,10 +183,20 @@ def test_calibrate_prints_and_stores_the_site_calibration(world, tmp_path, capsy
     y = np.array([r.label for r in records])
     assert s["threshold"] == pytest.approx(M.threshold_min_cost(y, scored[0].probs, miss_cost=3.0, min_sensitivity=0.95))
     assert new.meta["operating_point"]["threshold"] == s["threshold"]
-    # Same weights, every extra tensor kept (reference and trainset).
+    # Same weights, every extra tensor kept (reference and trainset), plus the hashes of the films that chose it.
     assert all(torch.equal(v, new.state_dict[k]) for k, v in src.state_dict.items())
-    assert set(new.extra) == set(src.extra) and any(k.startswith("trainset.") for k in new.extra)
+    assert all(torch.equal(v, new.extra[k]) for k, v in src.extra.items()) and "trainset.train" in new.extra
+    assert set(new.extra) - set(src.extra) == {CALIBRATION_TENSOR} and new.extra[CALIBRATION_TENSOR].numel() == 60
     assert json.loads(out.with_suffix(".json").read_text())["site_state"] == "calibrated"
+    # Evaluating the calibrated model on the films that chose its threshold says so.
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "-m", str(out), "--data", str(world["site"]), "--out", str(ev),
+                 "--cache-dir", str(world["cache"]), "--bootstrap", "50"]) == 0
+    m = json.loads((ev / "metrics.json").read_text())["models"][0]
+    assert m["training_overlap"]["n_calibration"] == 60 and m["training_overlap"]["n_train"] == 0
+    assert [a["kind"] for a in m["training_alerts"]] == ["calibration"]
+    html = (ev / "report.html").read_text()
+    assert 'id="m1-calibration-images"' in html and f"chosen on {world['site']}" in html
 
 
 def test_calibrate_works_on_an_adapted_model(world, tmp_path, capsys):
@@ -204,7 +215,7 @@ def test_calibrate_works_on_an_adapted_model(world, tmp_path, capsys):
     assert new.meta["site_state"] == "adapted and calibrated" and new.meta["site_calibration"]["adapted"]
     assert new.meta["adaptation"] == meta["adaptation"] and r["site_calibration"]["parent_sha256"] == file_sha256(adapted)
     assert all(torch.equal(v, new.state_dict[k]) for k, v in state.items())
-    assert set(new.extra) == set(src.extra)
+    assert set(new.extra) == set(src.extra) | {CALIBRATION_TENSOR}
 
 
 def test_calibrate_refuses_renamed_training_films_by_content(world, tmp_path, capsys):

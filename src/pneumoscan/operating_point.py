@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pneumoscan.checkpoint import FALLBACK_THRESHOLD, Checkpoint, load_checkpoint, save_checkpoint
 from pneumoscan.config import EvalConfig
@@ -47,7 +48,7 @@ from pneumoscan.trainset import TENSOR_PREFIX, hash_files
 from pneumoscan.trainset import overlap as content_overlap
 from pneumoscan.utils import file_sha256
 
-__all__ = ["MIN_IMAGES", "MIN_PER_CLASS", "TEMPERATURE_BOUNDS", "check_enough_films", "choose_operating_point",
+__all__ = ["CALIBRATION_TENSOR", "MIN_IMAGES", "MIN_PER_CLASS", "TEMPERATURE_BOUNDS", "check_enough_films", "choose_operating_point",
            "choose_temperature", "cross_fitted_operating_point", "rechoose_operating_point", "training_overlap"]
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ MIN_IMAGES = 50
 MIN_PER_CLASS = 15
 #: The range the temperature is searched in; a fit that ends at either end found no interior optimum.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+#: The checkpoint tensor holding the content hashes of the site films ``calibrate`` chose the threshold on.
+CALIBRATION_TENSOR = TENSOR_PREFIX + "calibration"
 #: How the cross-fitted intervals are made, in words (printed and stored).
 CROSS_FIT_METHOD = ("cross-fitted: the threshold chosen by the same rule on a random half of the patients "
                     "(stratified by label) and measured on the other half, repeated; value = mean over the repeats, "
@@ -76,11 +79,14 @@ def check_enough_films(labels: Sequence[int] | np.ndarray, *, what: str = "calib
     n_neg = n - n_pos
     if n >= min_images and min(n_pos, n_neg) >= min_per_class:
         return
+    short = ([f"fewer than {min_images} films"] if n < min_images else []) + \
+        [f"fewer than {min_per_class} {name} films" for name, k in (("PNEUMONIA", n_pos), ("NORMAL", n_neg))
+         if k < min_per_class]
     raise DatasetError(
         f"{what} needs at least {min_images} labelled films with at least {min_per_class} of each class; got {n} "
-        f"({n_pos} PNEUMONIA, {n_neg} NORMAL). With fewer, a threshold chosen for high sensitivity rests on a "
-        "handful of pneumonia films and its estimated sensitivity and specificity are too uncertain to use. "
-        "Add labelled films from this site.")
+        f"({n_pos} PNEUMONIA, {n_neg} NORMAL): {' and '.join(short)}. A threshold's sensitivity rests on the "
+        "PNEUMONIA films and its specificity on the NORMAL ones; with fewer, the threshold and what it will do on "
+        "new films are too uncertain to use. Add labelled films from this site.")
 
 
 def training_overlap(ckpt: Checkpoint, records: Sequence[Record], *, hashes: Sequence[int | None] | None = None,
@@ -92,13 +98,17 @@ def training_overlap(ckpt: Checkpoint, records: Sequence[Record], *, hashes: Seq
     run folder (paths). ``hashes`` (:func:`pneumoscan.trainset.hash_files` of the records, in order) are computed
     here when not given and the checkpoint carries hashes.
 
-    Returns ``{"checked", "by_content", "by_split_csv", "n_images", "n_train", "n_val", "train_examples",
-    "val_examples"}``: ``n_train``/``n_val`` are the larger count of the two sources (each is a lower bound);
-    ``by_content``/``by_split_csv`` hold each source's counts, or None when that source is absent; the examples are
-    up to 10 paths found by content.
+    A model written by ``pneumoscan calibrate`` also carries the hashes of the site films its threshold was chosen
+    on (:data:`CALIBRATION_TENSOR`): ``n_calibration`` counts those among ``records``.
+
+    Returns ``{"checked", "by_content", "by_split_csv", "n_images", "n_train", "n_val", "n_calibration",
+    "train_examples", "val_examples", "calibration_examples"}``: ``n_train``/``n_val`` are the larger count of the
+    two sources (each is a lower bound); ``by_content``/``by_split_csv`` hold each source's counts, or None when that
+    source is absent; the examples are up to 10 paths found by content.
     """
     out: dict[str, Any] = {"checked": False, "by_content": None, "by_split_csv": None, "n_images": len(records),
-                           "n_train": 0, "n_val": 0, "train_examples": [], "val_examples": []}
+                           "n_train": 0, "n_val": 0, "n_calibration": 0, "train_examples": [], "val_examples": [],
+                           "calibration_examples": []}
     if any(name.startswith(TENSOR_PREFIX) for name in ckpt.extra):
         if hashes is None:
             hashes = hash_files([r.path for r in records], workers=workers)
@@ -108,6 +118,13 @@ def training_overlap(ckpt: Checkpoint, records: Sequence[Record], *, hashes: Seq
             out["by_content"] = {"n_train": d["n_train"], "n_val": d["n_val"],
                                  "n_unreadable": sum(h is None for h in hashes)}
             out["train_examples"], out["val_examples"] = d["train_examples"], d["val_examples"]
+    if CALIBRATION_TENSOR in ckpt.extra:
+        if hashes is None:
+            hashes = hash_files([r.path for r in records], workers=workers)
+        chosen_on = set(ckpt.extra[CALIBRATION_TENSOR].tolist())
+        hits = [i for i, h in enumerate(hashes) if h is not None and h in chosen_on]
+        out["n_calibration"] = len(hits)
+        out["calibration_examples"] = [records[i].path for i in hits[:10]]
     by_csv = split_overlap(ckpt.path, records) if ckpt.path else {}
     if by_csv:
         out["by_split_csv"] = {"n_train": int(by_csv.get("train", 0)), "n_val": int(by_csv.get("val", 0))}
@@ -119,11 +136,14 @@ def training_overlap(ckpt: Checkpoint, records: Sequence[Record], *, hashes: Seq
 
 
 def training_overlap_text(ov: dict[str, Any], role: str) -> str:
-    """``"N of the M images (by image content: a; by its run's split.csv: b; e.g. x, y)"`` for ``role`` train/val."""
+    """``"N of the M images (by image content: a; by its run's split.csv: b; e.g. x, y)"`` for ``role`` train, val
+    or calibration."""
     how = []
-    if ov["by_content"] is not None:
+    if role == "calibration":
+        how.append(f"by image content: {ov['n_calibration']}")
+    elif ov["by_content"] is not None:
         how.append(f"by image content: {ov['by_content'][f'n_{role}']}")
-    if ov["by_split_csv"] is not None:
+    if ov["by_split_csv"] is not None and role != "calibration":
         how.append(f"by its run's split.csv: {ov['by_split_csv'][f'n_{role}']}")
     examples = [Path(p).name for p in ov[f"{role}_examples"][:3]]
     if examples:
@@ -292,9 +312,10 @@ def _eval_config(ckpt: Checkpoint, target_sensitivity: float | None, miss_cost: 
     return EvalConfig(**raw)
 
 
-def _refuse_training_films(ckpt: Checkpoint, records: Sequence[Record], data: str, workers: int) -> dict[str, Any]:
+def _refuse_training_films(ckpt: Checkpoint, records: Sequence[Record], data: str,
+                           hashes: Sequence[int | None]) -> dict[str, Any]:
     """The overlap of ``records`` with the model's own films; raises when any is a training film."""
-    ov = training_overlap(ckpt, records, workers=workers)
+    ov = training_overlap(ckpt, records, hashes=hashes)
     if ov["n_train"]:
         raise DatasetError(
             f"{data}: {training_overlap_text(ov, 'train')} were used to TRAIN {ckpt.path}. A model scores its own "
@@ -321,7 +342,8 @@ def rechoose_operating_point(checkpoint: str | os.PathLike[str], data: str | os.
     probabilities at the temperature used. What the rule will do on new films is estimated by cross-fitting
     (:func:`cross_fitted_operating_point`, ``n_repeats`` times, ``seed``). Works on an adapted model.
 
-    The summary goes into the checkpoint as ``site_calibration``, and ``site_state`` becomes ``"calibrated"`` or
+    The content hashes of the films go into the checkpoint as :data:`CALIBRATION_TENSOR` (``evaluate`` warns
+    when shown them). The summary goes into the checkpoint as ``site_calibration``, and ``site_state`` becomes ``"calibrated"`` or
     ``"adapted and calibrated"``. Returns ``{"before", "after", "calibration", "site_calibration", "n_images",
     "failures", "overlap"}``.
     """
@@ -331,7 +353,8 @@ def rechoose_operating_point(checkpoint: str | os.PathLike[str], data: str | os.
     source = f"{data}" + (f" (split {split})" if split else "")
     index = index_dataset(data, split=split, check=False)
     ckpt = load_checkpoint(src)
-    ov = _refuse_training_films(ckpt, index.records, source, num_workers)  # first: the graver problem
+    hashes = hash_files([r.path for r in index.records], workers=max(1, num_workers))
+    ov = _refuse_training_films(ckpt, index.records, source, hashes)  # first: the graver problem
     check_enough_films([r.label for r in index.records])
     records, scored, failures = score_dataset([src], list(index.records), Path(cache_dir), resolve_device(device),
                                               batch_size, num_workers, progress)
@@ -374,6 +397,10 @@ def rechoose_operating_point(checkpoint: str | os.PathLike[str], data: str | os.
     config["eval"] = dataclasses.asdict(ecfg)
     meta = {**ckpt.meta, **extra, "config": config, "site_calibration": site,
             "site_state": "adapted and calibrated" if adapted else "calibrated"}
-    save_checkpoint(dst, ckpt.state_dict, meta, extra=ckpt.extra)
+    # The films that chose the threshold, by content, so that `evaluate` can say when it is shown them again.
+    hash_of = dict(zip((r.path for r in index.records), hashes))
+    chosen_on = sorted({h for r in records if (h := hash_of.get(r.path)) is not None})
+    save_checkpoint(dst, ckpt.state_dict, meta,
+                    extra={**ckpt.extra, CALIBRATION_TENSOR: torch.tensor(chosen_on, dtype=torch.int64)})
     return {"before": before, "after": op, "calibration": extra["calibration"], "site_calibration": site,
             "n_images": len(records), "failures": failures, "overlap": ov}

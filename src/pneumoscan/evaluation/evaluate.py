@@ -113,6 +113,12 @@ def _training_alerts(ov: dict[str, Any], threshold_from_checkpoint: bool) -> lis
         out.append({"kind": "val", "title": "Optimistic: some of these images are the model's validation images",
                     "text": f"{training_overlap_text(ov, 'val')} are this model's VALIDATION images, on which "
                             f"{chosen}: these results are optimistic; expect new data to do worse."})
+    if ov.get("n_calibration"):
+        out.append({"kind": "calibration",
+                    "title": "Optimistic: some of these images chose this model's site threshold",
+                    "text": f"{training_overlap_text(ov, 'calibration')} are the films `pneumoscan calibrate` chose "
+                            "this model's threshold and temperature on: these results are optimistic; evaluate on a "
+                            "separate labelled set."})
     return out
 
 
