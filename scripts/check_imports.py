@@ -6,7 +6,7 @@ the bottom; a module may import its own layer and the ones below it:
     0  errors, constants, the package root      4  models, checkpoint, data
     1  utils, config                            5  scoring
     2  io, metrics                              6  operating_point, explain, reference, scope, drift
-    3  preprocessing                            7  training, evaluation, predict, export
+    3  preprocessing                            7  training, evaluation, predict, export, site
                                                 8  worklist   9  serve   10  cli, __main__
 
     python scripts/check_imports.py            # exit 1 and a list of problems, or exit 0
@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models", "checkpoint", "data"),
     ("scoring",),
     ("operating_point", "explain", "reference", "scope", "drift", "trainset"),
-    ("training", "evaluation", "predict", "export"),
+    ("training", "evaluation", "predict", "export", "site"),
     ("worklist",),
     ("serve",),
     ("cli", "__main__"),

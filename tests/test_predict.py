@@ -52,6 +52,30 @@ def test_from_checkpoint_exposes_metadata(tmp_path):
     assert len(p.version) == 12 and int(p.version, 16) >= 0 and p.path == str(ckpt)
 
 
+def test_site_provenance_is_exposed_and_a_shipped_model_has_none(tmp_path, predictor, films, capsys):
+    from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
+
+    assert predictor.adaptation is None and predictor.site_calibration is None
+    src = load_checkpoint(make_checkpoint(tmp_path / "m.safetensors", threshold=0.5))
+    adaptation = {"method": "AdaBN", "n_images": 312, "date": "2026-11-26T09:00:00Z",
+                  "parent_model_sha256": "e4d5bf9a2f72" + "0" * 52}
+    calibration = {"n_images": 104, "date": "2026-11-27T09:00:00+0000", "threshold": 0.5}
+    path = save_checkpoint(tmp_path / "site.safetensors", src.state_dict,
+                           {**src.meta, "adaptation": adaptation, "site_calibration": calibration,
+                            "site_state": "adapted and calibrated"})
+    p = Predictor.from_checkpoint(path)
+    assert p.adaptation == adaptation and p.site_calibration == calibration
+    out = tmp_path / "w.json"
+    make_png(tmp_path / "a.png", films[0])
+    assert main(["predict", str(tmp_path / "a.png"), "--model", str(path), "--out", str(out), "--no-progress"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert ("Model adapted at this site on 2026-11-26 from 312 films (parent e4d5bf9a2f72); threshold calibrated at "
+            "this site on 2026-11-27 on 104 labelled films (threshold 0.500).") in printed
+    doc = json.loads(out.read_text())
+    assert doc["site_state"] == "adapted and calibrated" and doc["adaptation"] == adaptation
+    assert doc["site_calibration"] == calibration
+
+
 def test_defaults_without_operating_point(tmp_path):
     p = Predictor.from_checkpoint(make_checkpoint(tmp_path / "m.safetensors"))
     assert (p.threshold, p.temperature) == (0.5, 1.0)

@@ -87,6 +87,27 @@ def test_health_model_page_and_docs(client, predictor):
     assert {"/api/v1/predict", "/api/v1/model", "/api/v1/drift", "/healthz"} <= set(spec["paths"])
 
 
+def test_the_site_state_is_shown_next_to_the_model(client, tiny_checkpoint, tmp_path):
+    from pneumoscan.checkpoint import load_checkpoint
+
+    info = client.get("/api/v1/model").json()
+    assert info["site_state"] == "shipped" and info["adaptation"] is None and info["provenance"] == ""
+    assert _post(client, [("a.jpeg", _jpeg(1))]).json()["model"]["site_state"] == "shipped"
+    src = load_checkpoint(tiny_checkpoint)
+    adaptation = {"method": "AdaBN", "n_images": 312, "date": "2026-11-26T09:00:00Z", "prevalence_em": 0.41,
+                  "parent_model_sha256": "e4d5bf9a2f72" + "0" * 52}
+    path = save_checkpoint(tmp_path / "site.safetensors", src.state_dict,
+                           {**src.meta, "adaptation": adaptation, "site_state": "adapted"})
+    with TestClient(create_app(Predictor.from_checkpoint(path))) as c:
+        info = c.get("/api/v1/model").json()
+        assert info["site_state"] == "adapted" and info["adaptation"] == adaptation
+        assert info["provenance"] == "Model adapted at this site on 2026-11-26 from 312 films (parent e4d5bf9a2f72)"
+        assert info["site_calibration"] is None
+        assert _post(c, [("a.jpeg", _jpeg(1))]).json()["model"]["site_state"] == "adapted"
+    page_js = client.get("/static/app.js").text
+    assert "site_state" in page_js and "site-state" in page_js
+
+
 def test_predict_many_formats_ranked(client):
     files = [
         ("a.jpeg", _jpeg(1)),

@@ -282,3 +282,49 @@ def test_no_banner_while_the_drift_check_waits_for_images(server):
             _no_horizontal_overflow(page)
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def adapted_server(tmp_path_factory):
+    """A model adapted and calibrated at a site (the metadata records; the weights do not matter here)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("site") / "site.safetensors"
+    meta = {"model": "seed-cnn", "config": Config().to_dict(), "classes": ["NORMAL", "PNEUMONIA"], "epoch": 1,
+            "preprocessing": default_preprocessing("seed-cnn", 96).to_dict(),
+            "operating_point": {"threshold": 0.61, "method": "target_sensitivity", "target_sensitivity": 0.95},
+            "adaptation": {"method": "AdaBN", "n_images": 312, "date": "2026-11-26T09:00:00Z", "prevalence_em": 0.41,
+                           "training_prevalence": 0.77, "parent_model_sha256": "e4d5bf9a2f72" + "0" * 52},
+            "site_calibration": {"n_images": 104, "date": "2026-11-27T09:00:00+0000", "threshold": 0.61},
+            "site_state": "adapted and calibrated"}
+    save_checkpoint(path, create_model("seed-cnn").state_dict(), meta)
+    yield from _serve(create_app(Predictor.from_checkpoint(path)), ServeSettings())
+
+
+def test_the_site_state_is_shown_next_to_the_model_name(adapted_server, server):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            for name, viewport in (("desktop", {"width": 1440, "height": 900}),
+                                   ("phone", {"width": 390, "height": 844})):
+                page = browser.new_page(viewport=viewport)
+                page.goto(adapted_server)
+                line = page.locator("#model-line")
+                expect(line).to_contain_text("seed-cnn")
+                expect(line.locator("#site-state")).to_have_text("adapted and calibrated at this site")
+                expect(line.locator("#site-state")).to_have_attribute(
+                    "title", "Model adapted at this site on 2026-11-26 from 312 films (parent e4d5bf9a2f72); threshold "
+                             "calibrated at this site on 2026-11-27 on 104 labelled films (threshold 0.610)")
+                card = page.locator("#model-card")
+                expect(card).to_contain_text("Model adapted at this site on 2026-11-26 from 312 films")
+                expect(card).to_contain_text("41.0% (EM on the adaptation films")
+                _no_horizontal_overflow(page)
+                page.screenshot(path=str(ARTIFACTS / f"serve_site_state_{name}.png"), full_page=True)
+                page.close()
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(server)
+            expect(page.locator("#site-state")).to_have_text("as shipped")
+        finally:
+            browser.close()

@@ -145,7 +145,9 @@ class Predictor:
     ``temperature``, ``preprocessing``, ``info`` (the checkpoint's metadata, typed:
     :class:`~pneumoscan.checkpoint.ModelMeta`), ``meta`` (the same, as a plain dict), ``version`` (first 12 hex
     digits of the model file's SHA-256, identifying the exact weights; ``"in-memory"`` for :meth:`from_model`),
-    ``backend`` (``"torch"`` or ``"onnxruntime"``) and ``path``.
+    ``backend`` (``"torch"`` or ``"onnxruntime"``), ``path``, and the site provenance ``adaptation`` and
+    ``site_calibration`` (the metadata records of ``pneumoscan adapt`` and ``pneumoscan calibrate``; None when
+    absent; :func:`pneumoscan.site.provenance_line` puts them in words).
     """
 
     def __init__(self, runner: Callable[[torch.Tensor], np.ndarray], meta: Mapping[str, Any], *,
@@ -168,6 +170,9 @@ class Predictor:
         self.path = path
         self.version = version
         self.backend: str = getattr(runner, "backend", "custom")
+        #: Where the model was adapted (``pneumoscan adapt``) or calibrated at a site; None for a model as shipped.
+        self.adaptation: dict[str, Any] | None = self.meta.get("adaptation") or None
+        self.site_calibration: dict[str, Any] | None = self.meta.get("site_calibration") or None
 
     # ------------------------------------------------------------------ construction
 
@@ -291,7 +296,9 @@ class Predictor:
         """The drift check against this model's reference (None without one); built on first use."""
         if self._drift is None and self.reference is not None and not self._drift_unavailable:
             try:
-                prevalence = (self.info.val_summary or {}).get("prevalence")
+                # A site reference (pneumoscan.site.adapt) carries its films' estimated prevalence: the case-mix
+                # caution then compares with this site's films, not the training split's.
+                prevalence = self.reference.info.get("prevalence", (self.info.val_summary or {}).get("prevalence"))
                 self._drift = DriftCheck(self.reference, prevalence=None if prevalence is None else float(prevalence))
             except ValueError as exc:  # a reference from a tiny validation split
                 log.warning("%s: no drift check: %s", self.path or "model", exc)

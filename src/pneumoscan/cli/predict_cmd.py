@@ -35,12 +35,15 @@ def predict_cmd(
     chest radiograph is not assessed (decision OUT_OF_SCOPE, with the reason) and is listed after the scored
     images, without a rank. With 50 or more in-scope images and a model that carries a reference, the
     summary also gives the batch's drift verdict (see 'pneumoscan drift --help'), also recorded in a JSON
-    worklist. Unreadable files are listed with their error and skipped; the others are still scored.
+    worklist. A model adapted or calibrated at a site (pneumoscan adapt, pneumoscan calibrate) says so in one
+    line, and the JSON worklist records it (site_state, adaptation, site_calibration). Unreadable files are
+    listed with their error and skipped; the others are still scored.
     Outputs are checked before any image is scored: an existing --out file or heatmap is never replaced
     without --overwrite. Exit code 0 when at least one image was read (scored or not assessed), 1 when none
     could be (or on a bad model file), 2 on a bad invocation. Decision support, not a diagnosis.
     """
     from pneumoscan.predict import DISCLAIMER, Predictor, RuntimeOptions, default_model_path
+    from pneumoscan.site import provenance
     from pneumoscan.worklist import batch_drift, collect, count_results, drift_message, worklist_rows, write_results
 
     if out is not None and out.is_dir():
@@ -76,10 +79,13 @@ def predict_cmd(
     else:
         info = {"model": predictor.model_name, "model_file": predictor.path, "model_version": predictor.version,
                 "threshold": predictor.threshold, "temperature": predictor.temperature,
-                "adult_age_years": adult_age, **counts,
+                **provenance(predictor.meta), "adult_age_years": adult_age, **counts,
                 "drift": None if drift is None else drift.to_dict(), "drift_reason": no_drift_reason}
         write_results(rows, out, info=info)
     n_pos = sum(bool(r["positive"]) for r in rows)
+    site_line = provenance(predictor.meta)["provenance"]
+    if site_line:  # a model adapted or calibrated at a site says so, every time
+        console.print(f"{site_line}.", highlight=False, soft_wrap=True)
     console.print(f"{counts['n_in_scope']} of {len(rows)} image(s) scored, {n_pos} flagged PNEUMONIA at threshold "
                   f"{predictor.threshold:.3f}; {counts['n_out_of_scope']} not assessed (out of scope); "
                   f"{counts['n_unreadable']} unreadable"

@@ -50,7 +50,11 @@ class ServerState:
 
 def model_info(predictor: Any, model_card: str | None) -> dict[str, Any]:
     """The model's description for ``/api/v1/model``: name, version, operating point, calibration, validation
-    figures, preprocessing, intended use, the disclaimer and the model card (Markdown, or None)."""
+    figures, preprocessing, intended use, the disclaimer, the model card (Markdown, or None) and where the model
+    was adapted or calibrated at a site (:func:`pneumoscan.site.provenance`: ``site_state`` "shipped" | "adapted"
+    | "calibrated" | "adapted and calibrated", ``adaptation``, ``site_calibration``, ``provenance`` in words)."""
+    from pneumoscan.site import provenance
+
     info = predictor.info
     op, vm = info.operating_point, info.val_metrics
     summary = info.val_summary or {}
@@ -74,6 +78,7 @@ def model_info(predictor: Any, model_card: str | None) -> dict[str, Any]:
         "preprocessing": info.preprocessing.to_dict(),
         "classes": list(info.classes) or None,
         "epoch": info.epoch,
+        **provenance(info.raw),
         "intended_use": INTENDED_USE,
         "disclaimer": DISCLAIMER,
         "pneumoscan_version": __version__,

@@ -94,7 +94,8 @@ def _predict_response(state: ServerState, entries: list[dict[str, Any]], statuse
     ok = [e for e in entries if e["ok"]]
     rank(entries)  # numbers the scored in-scope entries (out of scope: rank None); the response keeps upload order
     p = state.predictor
-    body: dict[str, Any] = {"model": {"name": p.model_name, "version": p.version, "threshold": p.threshold},
+    body: dict[str, Any] = {"model": {"name": p.model_name, "version": p.version, "threshold": p.threshold,
+                                      "site_state": state.info["site_state"]},
                             "disclaimer": DISCLAIMER, "results": entries}
     if ok:
         return JSONResponse(body)

@@ -46,8 +46,14 @@ async function loadModel() {
     if (!res.ok) throw new Error("HTTP " + res.status);
     const m = await res.json();
     state.model = m;
-    $("model-line").textContent =
-      `Model ${m.name} (${m.version}) · operating threshold ${m.threshold.toFixed(3)}`;
+    // The site state sits next to the model name: a model adapted or calibrated here is not the shipped one.
+    const site = m.site_state || "shipped";
+    $("model-line").replaceChildren(
+      `Model ${m.name} (${m.version}) `,
+      el("span", { id: "site-state", class: "site-state" + (site === "shipped" ? "" : " local"),
+                   title: m.provenance || "As shipped: not adapted or calibrated at this site",
+                   text: site === "shipped" ? "as shipped" : `${site} at this site` }),
+      ` · operating threshold ${m.threshold.toFixed(3)}`);
     renderModelCard(m);
     checkDrift();
   } catch (e) {
@@ -62,12 +68,19 @@ function renderModelCard(m) {
   const add = (k, v) => { if (v !== undefined && v !== null && v !== "") dl.append(el("dt", { text: k }), el("dd", { text: String(v) })); };
   add("Model", `${m.name} (version ${m.version})`);
   add("Intended use", m.intended_use);
+  add("Site state", m.provenance || "As shipped: not adapted or calibrated at this site");
+  const ad = m.adaptation;
+  if (ad && typeof ad.prevalence_em === "number") {
+    add("Estimated pneumonia prevalence at this site", fmtPct(ad.prevalence_em) + " (EM on the adaptation films, no labels; decisions unchanged" +
+        (typeof ad.training_prevalence === "number" ? `; training ${fmtPct(ad.training_prevalence)}` : "") + ")");
+  }
   const op = m.operating_point || {};
   let how = "";
+  const on = m.site_calibration ? "this site's labelled films" : "validation";
   if (op.method === "min_cost_at_target_sensitivity") {
-    how = ` (lowest validation cost with a missed pneumonia counted as ${op.miss_cost} false alarms, sensitivity at least ${op.target_sensitivity})`;
+    how = ` (lowest cost on ${on} with a missed pneumonia counted as ${op.miss_cost} false alarms, sensitivity at least ${op.target_sensitivity})`;
   } else if (op.method) {
-    how = ` (${op.method.replaceAll("_", " ")}` + (op.target_sensitivity ? ` ${op.target_sensitivity}` : "") + ", chosen on validation)";
+    how = ` (${op.method.replaceAll("_", " ")}` + (op.target_sensitivity ? ` ${op.target_sensitivity}` : "") + `, chosen on ${on})`;
   }
   add("Operating threshold", m.threshold.toFixed(4) + how);
   const vm = m.validation || {};

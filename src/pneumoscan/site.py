@@ -1,0 +1,452 @@
+"""Onboarding a new site without labels: ``adapt`` (AdaBN), the site's prevalence (EM), and the site state.
+
+A model carries the normalisation statistics of its training films in its BatchNorm layers. Films from another
+scanner, exposure policy or resizing chain shift the activations, and the calibrated scores shift with them. With
+no labels at all, :func:`adapt` does two things on a folder of the site's own films (at least
+:data:`MIN_SITE_IMAGES` of them in scope, any class sub-folders ignored):
+
+* **AdaBN** (Li et al., "Revisiting Batch Normalization For Practical Domain Adaptation", 2016): every BatchNorm's
+  running mean and variance is reset and re-estimated on the site's in-scope films (a cumulative average over
+  batches of equal size, BatchNorm layers alone in training mode, dropout off, no gradients). The weights, the
+  operating threshold and the temperature are NOT changed. A model without BatchNorm (``seed-cnn``) has nothing
+  to re-estimate and is refused.
+* **EM prevalence** (Saerens, Latinne & Decaestecker, "Adjusting the outputs of a classifier to new a priori
+  probabilities", 2002): the share of pneumonia among the site's films is estimated from the adapted model's
+  calibrated probabilities, starting from the training prevalence. It is reported and stored; it changes no
+  decision (a threshold for this site is chosen on labelled films: ``pneumoscan calibrate``).
+
+The scope gate and the drift check compare a film's pooled features with a reference of training-film features
+(:mod:`pneumoscan.reference`). Adaptation moves those features, so the parent's reference no longer describes
+what the adapted model sees. **After adaptation, scope and drift compare with the site's own commissioning
+films:** the adapted checkpoint carries a *site* reference built from the in-scope films given to ``adapt`` (a
+seeded half forms the bank, the other half sets the scope cut-off and the drift check's null distribution). The
+drift check needs 100 films in that half, so 200 in-scope films; with fewer the model is gated but has no drift
+check, and :func:`adapt` says so.
+
+Adaptation moves the scores even where nothing shifted: the shipped model's stored statistics were accumulated
+on augmented training batches, so re-estimating them on clean films lowers its scores. Measured on held-out
+validation patients of the shipped model (AdaBN on the other half of the patients, 253-278 in-scope films; the
+stored threshold 0.442): unshifted, sensitivity 0.996 -> 0.937 and specificity 0.957 -> 1.000; blur and noise,
+0.996 -> 0.919 and 0.391 -> 1.000; contrast 0.75, 0.996 -> 0.933 and 0.899 -> 1.000. So adapt, then choose
+the site's threshold on labelled films (``pneumoscan calibrate``); the EM prevalence of the adapted scores
+(0.70-0.72 where the truth was 0.77) inherits the same shift, and :func:`adapt` reports the unadapted model's
+estimate beside it.
+
+Films the model was trained on are refused by content (:mod:`pneumoscan.trainset`): they are not a site. Films of
+its validation set are allowed, with a warning. Duplicates (same decoded pixels) count once. The new checkpoint
+records where it came from under the metadata key ``adaptation`` (method, number of films, a hash of the film set,
+date, the parent file's SHA-256...) and ``site_state: "adapted"``; :func:`site_state` and :func:`provenance_line`
+describe any model's state for people (``predict``, ``serve`` and the page show it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pneumoscan import __version__
+from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
+from pneumoscan.drift import MIN_IMAGES as DRIFT_MIN_IMAGES
+from pneumoscan.errors import ImageError, PneumoscanError
+from pneumoscan.io import read_image
+from pneumoscan.predict import Predictor, RuntimeOptions
+from pneumoscan.preprocessing import (
+    Preprocessing,
+    cached_rows_to_unit,
+    check_model_input,
+    normalize,
+    resize_for_model,
+)
+from pneumoscan.reference import MIN_REFERENCE_VAL, build_reference
+from pneumoscan.scope import ADULT_AGE_YEARS
+from pneumoscan.scoring import (
+    expit,
+    features_cached,
+    model_from_checkpoint,
+    resolve_device,
+)
+from pneumoscan.trainset import TENSOR_PREFIX as TRAINSET_PREFIX
+from pneumoscan.trainset import overlap, pixel_hash
+from pneumoscan.utils import file_sha256
+
+__all__ = [
+    "ADAPT_TENSOR",
+    "MIN_SITE_IMAGES",
+    "AdaptResult",
+    "AdaptationError",
+    "EMPrevalence",
+    "adabn",
+    "adapt",
+    "batchnorm_layers",
+    "em_prevalence",
+    "image_set_sha256",
+    "provenance",
+    "provenance_line",
+    "site_state",
+]
+
+log = logging.getLogger(__name__)
+
+#: The fewest in-scope site films :func:`adapt` accepts.
+MIN_SITE_IMAGES = 100
+#: The checkpoint tensor holding the pixel hashes of the films a model was adapted on (so that a later
+#: ``calibrate`` or ``evaluate`` can tell them apart from fresh labelled films).
+ADAPT_TENSOR = TRAINSET_PREFIX + "adapt"
+_DRIFT_MIN_VAL = 2 * DRIFT_MIN_IMAGES  # what pneumoscan.drift.DriftCheck needs in the reference's second half
+
+
+class AdaptationError(PneumoscanError, ValueError):
+    """The model or the site's films cannot be used for adaptation; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------- site state (any model)
+
+
+def site_state(meta: Mapping[str, Any]) -> str:
+    """``"shipped"``, ``"adapted"``, ``"calibrated"`` or ``"adapted and calibrated"``, from a model's metadata
+    (``adaptation`` written by :func:`adapt`, ``site_calibration`` by ``pneumoscan calibrate``)."""
+    adapted, calibrated = bool(meta.get("adaptation")), bool(meta.get("site_calibration"))
+    if adapted and calibrated:
+        return "adapted and calibrated"
+    return "adapted" if adapted else "calibrated" if calibrated else "shipped"
+
+
+def provenance(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"site_state", "adaptation", "site_calibration", "provenance"}``: the state, both records (None when
+    absent) and :func:`provenance_line` (``""`` for a model as shipped)."""
+    return {"site_state": site_state(meta), "adaptation": meta.get("adaptation") or None,
+            "site_calibration": meta.get("site_calibration") or None, "provenance": provenance_line(meta)}
+
+
+def provenance_line(meta: Mapping[str, Any]) -> str:
+    """One sentence for people on where this model was adapted or calibrated; ``""`` for a model as shipped.
+
+    E.g. ``"Model adapted at this site on 2026-11-26 from 312 films (parent e4d5bf9a2f72)"``.
+    """
+    parts = []
+    ad = meta.get("adaptation") or {}
+    if ad:
+        parent = str(ad.get("parent_model_sha256") or "")[:12]
+        parts.append(f"Model adapted at this site on {_day(ad.get('date'))} from {ad.get('n_images', '?')} films"
+                     + (f" (parent {parent})" if parent else ""))
+    cal = meta.get("site_calibration") or {}
+    if cal:
+        n = next((cal[k] for k in ("n_images", "n_films", "n_labelled", "n") if cal.get(k) is not None), None)
+        when = cal.get("date") or cal.get("created")
+        text = "threshold calibrated at this site" + (f" on {_day(when)}" if when else "")
+        text += f" on {n} labelled films" if n is not None else ""
+        threshold = (cal.get("threshold") if cal.get("threshold") is not None
+                     else (meta.get("operating_point") or {}).get("threshold"))
+        if isinstance(threshold, (int, float)):
+            text += f" (threshold {float(threshold):.3f})"
+        parts.append(text[0].upper() + text[1:] if not parts else text)
+    return "; ".join(parts)
+
+
+def _day(stamp: Any) -> str:
+    return str(stamp)[:10] if stamp else "an unknown date"
+
+
+# ----------------------------------------------------------------------------- the two methods
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The model's BatchNorm layers that keep running statistics (what AdaBN re-estimates)."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def adabn(model: nn.Module, images: np.ndarray, spec: Preprocessing, *, batch_size: int = 32,
+          device: torch.device | str = "cpu") -> int:
+    """Re-estimate every BatchNorm's running mean and variance on ``images`` (AdaBN), in place.
+
+    ``images``: ``(N, S, S) uint8`` squares at the model's input size (intensity 0..255), normalised here as
+    ``spec`` says. The statistics are reset, then averaged over batches of (nearly) equal size (``momentum=None``:
+    a cumulative average, so every batch counts the same), with only the BatchNorm layers in training mode
+    (dropout stays off) and no gradients. Nothing else in the model changes. The model is left in eval mode.
+
+    Returns the number of BatchNorm layers re-estimated.
+
+    Raises:
+        AdaptationError: the model has no BatchNorm layer with running statistics.
+    """
+    layers = batchnorm_layers(model)
+    if not layers:
+        raise AdaptationError("the model has no BatchNorm layer, so there are no normalisation statistics to "
+                              "re-estimate")
+    n = len(images)
+    if n < 2:
+        raise AdaptationError(f"AdaBN needs at least 2 images, got {n}")
+    momenta = [bn.momentum for bn in layers]
+    model.eval()
+    for bn in layers:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    try:
+        # Equal-size batches: the cumulative average weighs batches, not images. Never a batch of one.
+        for rows in np.array_split(np.arange(n), max(1, min(int(np.ceil(n / max(1, batch_size))), n // 2))):
+            x = normalize(cached_rows_to_unit(images, rows), spec)
+            check_model_input(x, spec)
+            model(x.to(device))
+    finally:
+        for bn, momentum in zip(layers, momenta):
+            bn.momentum = momentum
+        model.eval()
+    return len(layers)
+
+
+@dataclass(frozen=True)
+class EMPrevalence:
+    """The result of :func:`em_prevalence`: the estimated prevalence in [0, 1], the iterations run, and whether
+    the change fell below the tolerance."""
+
+    prevalence: float
+    iterations: int
+    converged: bool
+
+
+def em_prevalence(probabilities: np.ndarray, training_prevalence: float, *, tol: float = 1e-6,
+                  max_iter: int = 1000) -> EMPrevalence:
+    """The prevalence of the positive class among unlabelled images, by EM (Saerens et al., 2002).
+
+    ``probabilities``: calibrated posteriors P(pneumonia | image), in [0, 1], of a model whose training prior was
+    ``training_prevalence`` (in (0, 1)). Each step re-weights the posteriors to the current prior estimate
+    ``pi`` (``w1 = pi / pi_train``, ``w0 = (1 - pi) / (1 - pi_train)``, ``q = w1 p / (w1 p + w0 (1 - p))``) and
+    sets ``pi = mean(q)``, from ``pi = training_prevalence`` until it moves less than ``tol``.
+    """
+    p = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 1e-9, 1 - 1e-9)
+    if p.size == 0:
+        raise ValueError("no probabilities to estimate a prevalence from")
+    if not 0.0 < training_prevalence < 1.0:
+        raise ValueError(f"the training prevalence must be in (0, 1), got {training_prevalence}")
+    pt = float(training_prevalence)
+    pi = pt
+    for it in range(1, max_iter + 1):
+        w1, w0 = pi / pt, (1.0 - pi) / (1.0 - pt)
+        new = float(np.mean(w1 * p / (w1 * p + w0 * (1.0 - p))))
+        if abs(new - pi) < tol:
+            return EMPrevalence(new, it, True)
+        pi = new
+    return EMPrevalence(pi, max_iter, False)
+
+
+def image_set_sha256(hashes: Sequence[int]) -> str:
+    """SHA-256 (hex) of a film set: over its :func:`~pneumoscan.trainset.pixel_hash` values, sorted, as
+    little-endian int64 bytes; the same films in any order, under any names, give the same hash."""
+    return hashlib.sha256(np.sort(np.asarray(list(hashes), dtype=np.int64)).astype("<i8").tobytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- adapt
+
+
+@dataclass
+class AdaptResult:
+    """What :func:`adapt` did: the new checkpoint, its ``adaptation`` record, and warnings for people."""
+
+    out: Path
+    adaptation: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def drift_available(self) -> bool:
+        return bool(self.adaptation["reference"]["drift_available"])
+
+
+def _decode_squares(paths: Sequence[str], spec: Preprocessing, workers: int
+                    ) -> list[tuple[int, np.ndarray] | None]:
+    """``(pixel hash, model-size square)`` per file (None when it cannot be decoded), in input order."""
+    def one(path: str) -> tuple[int, np.ndarray] | None:
+        try:
+            gray = read_image(path)
+        except (ImageError, OSError, MemoryError):
+            return None
+        return pixel_hash(gray), resize_for_model(gray, spec)
+
+    if workers <= 1:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pneumoscan-adapt") as pool:
+        return list(pool.map(one, paths))
+
+
+def _check_paths(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise AdaptationError(f"{src}: model file not found")
+    if src.suffix.lower() == ".onnx":
+        raise AdaptationError(f"{src}: adapt needs the .safetensors checkpoint (the BatchNorm statistics live in the "
+                              "torch weights); an ONNX export cannot be adapted. Adapt the checkpoint, then export it")
+    if dst.suffix.lower() != ".safetensors":
+        raise AdaptationError(f"{dst}: the adapted checkpoint must be a .safetensors file")
+    for p in (dst, dst.with_suffix(".json")):
+        if p.exists():
+            raise AdaptationError(f"{p} already exists; adapt writes a new checkpoint and never replaces a file "
+                                  "(choose another --out)")
+
+
+def adapt(checkpoint: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]],
+          out: str | os.PathLike[str], *, min_images: int = MIN_SITE_IMAGES,
+          adult_age_years: float = ADULT_AGE_YEARS, batch_size: int = 32, seed: int = 0,
+          device: str = "cpu", workers: int = 2, threads: int | None = None,
+          progress: bool = False) -> AdaptResult:
+    """Adapt ``checkpoint`` to a site from its unlabelled films ``images`` and write the result to ``out``.
+
+    See the module docstring. Steps: refuse a model without BatchNorm; decode every film once (content hash and
+    model-size square); refuse films the model trained on (warn on validation films); gate every film with the
+    parent's :class:`~pneumoscan.predict.Predictor` (only in-scope films count; at least ``min_images``); AdaBN;
+    EM prevalence; a site reference (seeded halves, ``seed``); write ``out`` (a new file; the parent's
+    ``trainset.*`` tensors and the adaptation films' hashes travel with it).
+
+    Raises:
+        AdaptationError: no BatchNorm, an ONNX or missing model, ``out`` exists, films of the training set, or
+            fewer than ``min_images`` in-scope films (the message gives the counts).
+        CheckpointError: the model file is not a readable pneumoscan checkpoint.
+    """
+    src, dst = Path(checkpoint), Path(out)
+    if min_images < MIN_SITE_IMAGES:
+        raise ValueError(f"min_images must be at least {MIN_SITE_IMAGES}, got {min_images}")
+    _check_paths(src, dst)
+    ckpt = load_checkpoint(src)
+    info = ckpt.info
+    model = model_from_checkpoint(ckpt)
+    n_bn = len(batchnorm_layers(model))
+    if n_bn == 0:
+        raise AdaptationError(f"{src}: model {info.model!r} has no BatchNorm layers, so adapt (which re-estimates "
+                              "BatchNorm statistics on the site's films) cannot change it. Calibrate it on labelled "
+                              "films of this site instead (pneumoscan calibrate), or adapt a model with BatchNorm")
+    paths = [str(p) for p in images]
+    if not paths:
+        raise AdaptationError("no image files given")
+    spec = info.preprocessing
+    t0 = time.perf_counter()
+    decoded = _decode_squares(paths, spec, workers)
+    hashes = [None if d is None else d[0] for d in decoded]
+    warnings: list[str] = []
+    seen = overlap(ckpt, hashes)
+    if seen.train:
+        examples = ", ".join(paths[i] for i in seen.train[:5])
+        raise AdaptationError(
+            f"{len(seen.train)} of the {len(paths)} files are films this model was TRAINED on (same decoded pixels; "
+            f"e.g. {examples}); they are not this site's films and would hide how it differs. Remove them and "
+            "give films the model has never seen")
+    if seen.val:
+        examples = ", ".join(paths[i] for i in seen.val[:3])
+        warnings.append(f"{len(seen.val)} of the files are films of this model's validation set (e.g. {examples}): "
+                        "they come from the training hospital, not this site")
+    if not seen.known:
+        warnings.append("the model carries no list of its training films, so films it trained on cannot be "
+                        "recognised: make sure these are this site's own films")
+
+    predictor = Predictor.from_checkpoint(src, options=RuntimeOptions(threads=threads),
+                                          adult_age_years=adult_age_years)
+    results = predictor.score_files(paths, batch_size=batch_size, progress=progress)
+    used, first_of = [], {}
+    n_duplicates = 0
+    reasons: Counter[str] = Counter()
+    for i, (r, d) in enumerate(zip(results, decoded)):
+        if d is None or r.probability is None:
+            continue
+        if not r.in_scope:
+            reasons[r.scope_reason] += 1
+            continue
+        if d[0] in first_of:
+            n_duplicates += 1
+            continue
+        first_of[d[0]] = i
+        used.append(i)
+    n_unreadable = sum(d is None or r.probability is None for r, d in zip(results, decoded))
+    n_out = sum(reasons.values())
+    if n_duplicates:
+        warnings.append(f"{n_duplicates} file(s) repeat another file's pixels and were counted once")
+    if len(used) < min_images:
+        raise AdaptationError(
+            f"only {len(used)} in-scope film(s) of {len(paths)} file(s) ({n_out} out of scope, {n_unreadable} "
+            f"unreadable, {n_duplicates} duplicate(s)); adapt needs at least {min_images} in-scope films of this "
+            "site: add more of its consecutive, unselected films"
+            + (f". Out-of-scope reasons: {dict(reasons.most_common(3))}" if n_out else ""))
+
+    squares = np.stack([decoded[i][1] for i in used])  # type: ignore[index]
+    parent_probs = np.array([results[i].probability for i in used], dtype=np.float64)
+    device_ = resolve_device(device)
+    model = model.to(device_)
+    adabn(model, squares, spec, batch_size=batch_size, device=device_)
+    rows = np.arange(len(used))
+    logits, _ = features_cached(model, squares, rows, spec, batch_size=batch_size, device=device_)
+    probs = expit(logits / info.temperature)
+
+    prevalence = (info.val_summary or {}).get("prevalence")
+    training_prevalence = None if prevalence is None else float(prevalence)
+    if training_prevalence is None or not 0 < training_prevalence < 1:
+        warnings.append("the model records no training prevalence; the EM estimate starts from 0.5 and assumes "
+                        "the scores were calibrated to it")
+    start = training_prevalence if training_prevalence and 0 < training_prevalence < 1 else 0.5
+    em = em_prevalence(probs, start)
+    em_parent = em_prevalence(parent_probs, start)  # for comparison: adaptation itself moves the scores
+    if not em.converged:
+        warnings.append(f"the EM prevalence estimate did not converge in {em.iterations} iterations")
+
+    perm = np.random.default_rng(seed).permutation(len(used))
+    bank_rows, val_rows = np.sort(perm[: len(used) // 2]), np.sort(perm[len(used) // 2:])
+    if len(val_rows) < MIN_REFERENCE_VAL:  # pragma: no cover - min_images >= 100 makes this impossible
+        raise AdaptationError(f"the site reference needs at least {MIN_REFERENCE_VAL} films in its second half")
+    ref = build_reference(model, squares, bank_rows, val_rows, spec, bank_size=len(bank_rows), seed=seed,
+                          batch_size=batch_size, device=device_,
+                          source=f"site commissioning films ({len(used)} in scope, given to pneumoscan adapt)")
+    drift_available = len(val_rows) >= _DRIFT_MIN_VAL
+    ref.info.update({"kind": "site", "prevalence": em.prevalence})
+
+    set_hashes = [decoded[i][0] for i in used]  # type: ignore[index]
+    parent_sha = file_sha256(src)
+    adaptation: dict[str, Any] = {
+        "method": "AdaBN",
+        "method_detail": "BatchNorm running mean and variance re-estimated on the site's in-scope films (Li et al., "
+                         "2016); weights, operating threshold and temperature unchanged",
+        "n_images": len(used), "image_set_sha256": image_set_sha256(set_hashes),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "parent_model_sha256": parent_sha, "parent_model_path": str(src), "parent_model": info.model,
+        "n_files": len(paths), "n_out_of_scope": n_out, "n_unreadable": n_unreadable, "n_duplicates": n_duplicates,
+        "n_refused": n_out + n_unreadable + n_duplicates, "out_of_scope_reasons": dict(reasons.most_common()),
+        "n_in_validation_set": len(seen.val), "trainset_checked": seen.known,
+        "n_batchnorm_layers": n_bn, "batch_size": int(batch_size), "seed": int(seed),
+        "prevalence_em": em.prevalence, "prevalence_em_iterations": em.iterations,
+        "prevalence_em_parent": em_parent.prevalence,
+        "prevalence_method": "EM on the adapted model's calibrated probabilities (Saerens et al., 2002); "
+                             "reported only, decisions unchanged",
+        "training_prevalence": training_prevalence,
+        "threshold": info.threshold, "temperature": info.temperature,
+        "flag_rate_before": float(np.mean(parent_probs >= info.threshold)),
+        "flag_rate_after": float(np.mean(probs >= info.threshold)),
+        "mean_probability_before": float(parent_probs.mean()), "mean_probability_after": float(probs.mean()),
+        "reference": {"n_bank": len(bank_rows), "n_val": len(val_rows), "knn_cut": ref.knn_cut,
+                      "drift_available": drift_available, "drift_needs_val": _DRIFT_MIN_VAL},
+        "pneumoscan_version": __version__, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if ckpt.meta.get("adaptation"):
+        adaptation["previous_adaptation"] = ckpt.meta["adaptation"]
+    if ckpt.meta.get("site_calibration"):  # moved into the record: the new model is adapted, not yet calibrated
+        adaptation["parent_site_calibration"] = ckpt.meta["site_calibration"]
+        warnings.append("the parent's threshold was calibrated at a site before this adaptation; it is kept, but "
+                        "it was chosen on the unadapted model: calibrate again on labelled films")
+    adaptation["warnings"] = list(warnings)
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "site_calibration")}
+    meta.update({"reference": ref.to_meta(), "adaptation": adaptation, "site_state": "adapted"})
+    extra = {k: v for k, v in ckpt.extra.items() if k.startswith(TRAINSET_PREFIX) and k != ADAPT_TENSOR}
+    extra[ADAPT_TENSOR] = torch.tensor(sorted(set(set_hashes)), dtype=torch.int64)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_checkpoint(dst, state, meta, extra={**extra, **ref.to_tensors()})
+    for w in warnings:  # returned (and stored) for the caller to show; the command prints them
+        log.info("adapt: %s", w)
+    log.info("adapted %s on %d films -> %s", src, len(used), dst)
+    return AdaptResult(out=dst, adaptation=adaptation, warnings=warnings)
