@@ -91,7 +91,7 @@ def child(model_file: str, runtime: str, step_index: int, samples: list[str], ru
     import torch
 
     from pneumoscan.io import read_image
-from pneumoscan.preprocessing import resize_square
+    from pneumoscan.preprocessing import resize_square
     from pneumoscan.preprocessing import preprocess
     from pneumoscan.predict import Predictor, RuntimeOptions
 
@@ -153,7 +153,7 @@ def paired(models: dict[str, dict[str, str]], samples: list[str], batch: int, si
 
     from pneumoscan.export import open_onnx_session
     from pneumoscan.io import read_image
-from pneumoscan.preprocessing import resize_square
+    from pneumoscan.preprocessing import resize_square
     from pneumoscan.preprocessing import preprocess
     from pneumoscan.predict import Predictor, RuntimeOptions, model_from_checkpoint
     from pneumoscan.checkpoint import load_checkpoint
@@ -252,7 +252,7 @@ def draft_experiment(samples: list[str], size: int, checkpoint: str | None) -> d
     from PIL import Image, ImageOps
 
     from pneumoscan.io import read_image
-from pneumoscan.preprocessing import resize_square
+    from pneumoscan.preprocessing import resize_square
 
     def draft(path: str) -> np.ndarray:
         with Image.open(path) as im:

@@ -162,8 +162,8 @@ def markdown_tables(result: dict[str, Any]) -> str:
     """The candidates and the seed spread as Markdown tables (for docs/recipe_comparison.md)."""
     target = result["target_sensitivity"]
     lines = [
-        f"| candidate | best epoch | val ROC AUC (95 % CI) | sensitivity at the operating threshold | specificity at the operating threshold | "
-        f"threshold | cross-fitted sensitivity / specificity | val AUC per epoch | train time |",
+        "| candidate | best epoch | val ROC AUC (95 % CI) | sensitivity at the operating threshold | specificity at the operating threshold | "
+        "threshold | cross-fitted sensitivity / specificity | val AUC per epoch | train time |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in result["candidates"]:
