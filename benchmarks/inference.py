@@ -171,11 +171,11 @@ def paired(models: dict[str, dict[str, str]], samples: list[str], batch: int, si
     out["decode_and_preprocess_batch"] = {
         "a": "per image: read_image, resize_square, preprocess; torch.cat",
         "b": "2 threads each decoding and resizing, one uint8 batch filled in place, one preprocess call",
-        **_ab(naive, lambda: pred._input_batch(pred._decode_many(paths, raise_errors=True, resize=True)), batch_reps)}
+        **_ab(naive, lambda: pred._input_batch([g for g, _ in pred._decode_many(paths, raise_errors=True, resize=True)]), batch_reps)}
     single = [paths[0]]
     out["decode_and_preprocess_single"] = _ab(
         lambda: preprocess(resize_square(read_image(single[0]), spec.image_size), spec),
-        lambda: pred._input_batch(pred._decode_many(single, raise_errors=True, resize=True)), single_reps)
+        lambda: pred._input_batch([g for g, _ in pred._decode_many(single, raise_errors=True, resize=True)]), single_reps)
     for name, files in models.items():
         model = model_from_checkpoint(load_checkpoint(files["torch"]))
         cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
