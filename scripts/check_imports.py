@@ -7,7 +7,7 @@ the bottom; a module may import its own layer and the ones below it:
     1  utils, config                            5  scoring
     2  io, metrics                              6  operating_point, explain, reference, scope, drift
     3  preprocessing                            7  training, evaluation, predict, export, site
-                                                8  worklist   9  serve   10  cli, __main__
+                                                8  worklist, store   9  serve, dicom_node   10  cli, __main__
 
     python scripts/check_imports.py            # exit 1 and a list of problems, or exit 0
 """
@@ -29,8 +29,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("scoring",),
     ("operating_point", "explain", "reference", "scope", "drift", "trainset"),
     ("training", "evaluation", "predict", "export", "site"),
-    ("worklist",),
-    ("serve",),
+    ("worklist", "store"),
+    ("serve", "dicom_node"),
     ("cli", "__main__"),
 ]
 

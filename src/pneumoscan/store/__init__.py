@@ -1,0 +1,26 @@
+"""The worklist database (SQLAlchemy; SQLite by default): results that survive restarts, readers' reviews, an
+audit trail and retention. ``pneumoscan serve`` and ``pneumoscan dicom-listen`` write to it; the page reads it.
+
+Where things live: :mod:`.models` (the tables), :mod:`.schema` (the schema version and migrations),
+:mod:`.engine` (paths, URLs, the default data folder, SQLite settings), :mod:`.worklist_store`
+(:class:`WorklistStore`), :mod:`.errors`.
+
+    store = WorklistStore()                    # ~/.local/share/pneumoscan/worklist.db (or $PNEUMOSCAN_DATA_DIR)
+    rid = store.add_result(input_sha256=..., source="upload", filename_hash=..., probability=0.91,
+                           decision="PNEUMONIA", threshold=0.42, in_scope=True, scope_reason="", error="",
+                           model_name="...", model_version="...", client="local", context={"patient_id": "..."})
+    store.list(unreviewed_only=True)           # highest risk first
+    store.review(rid, verdict="agree", note="", reviewer="local")
+"""
+
+from __future__ import annotations
+
+from pneumoscan.store.engine import DATA_DIR_ENV_VAR, DB_FILENAME, default_data_dir, default_db_path
+from pneumoscan.store.errors import ResultNotFoundError, SchemaTooNewError, StoreError
+from pneumoscan.store.models import CONTEXT_FIELDS
+from pneumoscan.store.schema import SCHEMA_VERSION
+from pneumoscan.store.worklist_store import MAX_LIMIT, MAX_NOTE_CHARS, VERDICTS, WorklistStore
+
+__all__ = ["CONTEXT_FIELDS", "DATA_DIR_ENV_VAR", "DB_FILENAME", "MAX_LIMIT", "MAX_NOTE_CHARS", "SCHEMA_VERSION",
+           "VERDICTS", "ResultNotFoundError", "SchemaTooNewError", "StoreError", "WorklistStore",
+           "default_data_dir", "default_db_path"]

@@ -1,0 +1,140 @@
+"""The worklist database's tables (SQLAlchemy 2.0 declarative models).
+
+* ``worklist_results``: one row per scored (or refused) image; a re-scored image is a new row, never an update.
+* ``worklist_reviews``: every reader's review of a result (the latest one is the current one).
+* ``audit_log``: one row per result, review and retention purge: when, what, which model and version, which
+  client, and the input's SHA-256.
+* ``schema_version``: the migrations applied (:mod:`pneumoscan.store.schema`).
+
+Times are stored as naive UTC (SQLite has no time zones) and come back time-zone aware (:class:`UTCDateTime`).
+The patient's name is never stored: only the identifiers a PACS worklist needs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, SmallInteger, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["CATEGORY_ERROR", "CATEGORY_OUT_OF_SCOPE", "CATEGORY_SCORED", "CONTEXT_FIELDS", "AuditEvent", "Base",
+           "Result", "Review", "SchemaVersion", "UTCDateTime"]
+
+#: Worklist order: scored in-scope images (by probability), then images not assessed, then files not read.
+CATEGORY_SCORED, CATEGORY_OUT_OF_SCOPE, CATEGORY_ERROR = 0, 1, 2
+
+#: The DICOM context kept with a result, and the longest value kept of each (DICOM's own limits, or near them).
+CONTEXT_FIELDS: dict[str, int] = {
+    "patient_id": 64, "accession": 64, "study_date": 16, "age": 16, "sex": 16, "view": 16,
+    "study_uid": 64, "series_uid": 64, "sop_uid": 64,
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A time stored as naive UTC and read back as an aware UTC :class:`~datetime.datetime`; a naive value
+    given to it is taken to be UTC already."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    """One row per schema version applied to this database; the highest is the database's version."""
+
+    __tablename__ = "schema_version"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    applied_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    description: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+
+
+class Result(Base):
+    """One image's result: score, decision, scope, error, model, client, input hash and DICOM context."""
+
+    __tablename__ = "worklist_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    #: 0 scored in scope, 1 out of scope (not assessed), 2 not read (error): the worklist's first sort key.
+    category: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    input_sha256: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    #: Where the image came from: "upload" (the web API), "dicom" (the DICOM node), "cli".
+    source: Mapped[str] = mapped_column(String(32), nullable=False, default="")
+    #: The client's file name, only as a hash (it may hold a patient's name).
+    filename_hash: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    decision: Mapped[str] = mapped_column(String(32), nullable=False, default="")
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    in_scope: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    scope_reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    error: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    model_name: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    model_version: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    client: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    patient_id: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["patient_id"]), nullable=False, default="",
+                                            index=True)
+    accession: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["accession"]), nullable=False, default="",
+                                           index=True)
+    study_date: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["study_date"]), nullable=False, default="")
+    age: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["age"]), nullable=False, default="")
+    sex: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["sex"]), nullable=False, default="")
+    view: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["view"]), nullable=False, default="")
+    study_uid: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["study_uid"]), nullable=False, default="",
+                                           index=True)
+    series_uid: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["series_uid"]), nullable=False, default="")
+    sop_uid: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["sop_uid"]), nullable=False, default="")
+
+    __table_args__ = (Index("ix_worklist_results_order", "category", "probability"),)
+
+
+class Review(Base):
+    """A reader's verdict on a result ("agree" or "disagree") with an optional note; every one is kept."""
+
+    __tablename__ = "worklist_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("worklist_results.id", ondelete="CASCADE"), nullable=False,
+                                           index=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    verdict: Mapped[str] = mapped_column(String(16), nullable=False)
+    note: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    reviewer: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+
+
+class AuditEvent(Base):
+    """What happened, when, with which model, for which client, on which input (by hash).
+
+    ``result_id`` is not a foreign key: an audit row is kept for its own retention period, whatever happens to
+    the result it names.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    #: "result", "review" or "purge".
+    event: Mapped[str] = mapped_column(String(32), nullable=False)
+    result_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    model_name: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    model_version: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    client: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    input_sha256: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    detail: Mapped[str] = mapped_column(Text, nullable=False, default="")

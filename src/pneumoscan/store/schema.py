@@ -1,0 +1,98 @@
+"""The worklist database's schema version, and the ordered migrations that bring an older database up to it.
+
+A new database gets the current tables (:mod:`pneumoscan.store.models`) and one ``schema_version`` row saying
+so. An older one gets each migration above its version, in order, each recorded in ``schema_version`` as it is
+applied, all in the one transaction that opens the store (so a failed migration leaves the database as it was).
+A database whose version is above :data:`SCHEMA_VERSION` was written by a newer pneumoscan: it is refused,
+never "downgraded" by guessing.
+
+To change the tables: edit the models, raise :data:`SCHEMA_VERSION` by one, and add a :class:`Migration` with
+that version that turns the previous version's tables into the new ones (``ALTER TABLE ...`` through
+``conn.execute``), working on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Connection, func, inspect, select, text
+
+from pneumoscan.store.errors import SchemaTooNewError, StoreError
+from pneumoscan.store.models import Base, SchemaVersion
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "database_version", "ensure_schema"]
+
+log = logging.getLogger(__name__)
+
+#: The schema this code reads and writes.
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Turns a database at ``version - 1`` into one at ``version``."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+#: Every migration after version 1 (the first tables), in order of version. None yet.
+MIGRATIONS: tuple[Migration, ...] = ()
+
+_OUR_TABLES = frozenset(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__)
+_PG_LOCK_KEY = 0x706E65756D6F  # "pneumo": serialises two processes opening one PostgreSQL database at once
+
+
+def database_version(conn: Connection) -> int | None:
+    """The database's schema version: the highest applied, 0 for an empty database, None without the table."""
+    if SchemaVersion.__tablename__ not in inspect(conn).get_table_names():
+        return None
+    return int(conn.execute(select(func.max(SchemaVersion.version))).scalar() or 0)
+
+
+def ensure_schema(conn: Connection, *, version: int = SCHEMA_VERSION,
+                  migrations: Sequence[Migration] = MIGRATIONS, where: str = "the worklist database") -> int:
+    """Create the tables, or migrate them up to ``version``; return the version the database is now at.
+
+    Runs in the caller's transaction (``engine.begin()``), so it applies everything or nothing.
+
+    Raises:
+        SchemaTooNewError: the database is at a version above ``version``.
+        StoreError: it holds pneumoscan's tables without a ``schema_version`` table, or a migration is missing.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+    current = database_version(conn)
+    now = datetime.now(timezone.utc)
+    if current is None:
+        found = _OUR_TABLES & set(inspect(conn).get_table_names())
+        if found:
+            raise StoreError(f"{where} holds worklist tables ({', '.join(sorted(found))}) but no schema_version "
+                             "table, so its schema cannot be known; point --db at a new database, or move this "
+                             "one aside")
+        Base.metadata.create_all(conn)
+        conn.execute(SchemaVersion.__table__.insert().values(version=version, applied_at=now,
+                                                             description="created"))
+        log.info("created %s at schema version %d", where, version)
+        return version
+    if current > version:
+        raise SchemaTooNewError(
+            f"{where} is at schema version {current}, written by a newer pneumoscan; this one knows versions up "
+            f"to {version}. Upgrade pneumoscan (pip install -U pneumoscan), or point --db at another database; "
+            "this one is left untouched")
+    if current == 0:
+        raise StoreError(f"{where} has an empty schema_version table; it was not made by pneumoscan, or its "
+                         "creation was interrupted; point --db at a new database")
+    steps = {m.version: m for m in migrations}
+    for v in range(current + 1, version + 1):
+        if v not in steps:
+            raise StoreError(f"no migration to schema version {v} for {where} (at version {current})")
+        log.info("migrating %s from schema version %d to %d: %s", where, v - 1, v, steps[v].description)
+        steps[v].apply(conn)
+        conn.execute(SchemaVersion.__table__.insert().values(version=v, applied_at=now,
+                                                             description=steps[v].description))
+    return version
