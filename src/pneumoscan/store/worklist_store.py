@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import logging
 import math
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, delete, exists, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -36,6 +37,9 @@ from pneumoscan.store.models import (
     Review,
 )
 from pneumoscan.store.schema import ensure_schema
+
+if TYPE_CHECKING:
+    from pneumoscan.io import ImageContext
 
 __all__ = ["MAX_LIMIT", "MAX_NOTE_CHARS", "VERDICTS", "WorklistStore"]
 
@@ -185,15 +189,17 @@ class WorklistStore:
 
     def add_result(self, *, input_sha256: str, source: str, filename_hash: str, probability: float | None,
                    decision: str, threshold: float | None, in_scope: bool | None, scope_reason: str, error: str,
-                   model_name: str, model_version: str, client: str, context: dict[str, Any] | None = None,
+                   model_name: str, model_version: str, client: str,
+                   context: Mapping[str, Any] | ImageContext | None = None,
                    created: datetime | None = None) -> int:
         """Store one image's result as a new row (never an update: a re-scored image is a new row) with its audit
         row; return its id.
 
         ``context`` holds the DICOM fields (:data:`~pneumoscan.store.models.CONTEXT_FIELDS`: ``patient_id``,
-        ``accession``, ``study_date``, ``age``, ``sex``, ``view``, ``study_uid``, ``series_uid``, ``sop_uid``;
-        :class:`~pneumoscan.io.ImageContext`'s names such as ``patient_age`` and ``view_position`` are accepted
-        too). A patient's name is never stored; other keys are ignored. ``error`` non-empty marks a file that
+        ``accession``, ``study_date``, ``age``, ``sex``, ``view``, ``study_uid``, ``series_uid``, ``sop_uid``), as
+        a mapping or a :class:`~pneumoscan.io.ImageContext` (whose names, such as ``patient_age`` and
+        ``view_position``, are accepted in a mapping too). A patient's name is never stored; other keys are
+        ignored. ``error`` non-empty marks a file that
         could not be analysed; ``in_scope`` False an image the scope gate refused. ``created`` defaults to now
         (a naive time is taken as UTC).
 
@@ -237,10 +243,18 @@ class WorklistStore:
             return int(row.id)
 
     @staticmethod
-    def _context(context: dict[str, Any] | None) -> dict[str, str]:
+    def _context(context: Mapping[str, Any] | Any | None) -> dict[str, str]:
         out = dict.fromkeys(CONTEXT_FIELDS, "")
+        if context is None:
+            return out
+        if dataclasses.is_dataclass(context) and not isinstance(context, type):
+            items = {f.name: getattr(context, f.name) for f in dataclasses.fields(context)}
+        elif isinstance(context, Mapping):
+            items = dict(context)
+        else:
+            raise TypeError(f"context must be a mapping or an ImageContext, got {type(context).__name__}")
         ignored = []
-        for key, value in (context or {}).items():
+        for key, value in items.items():
             name = _ALIASES.get(str(key).lower(), str(key).lower())
             if name in _NEVER:
                 continue
