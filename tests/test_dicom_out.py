@@ -1,0 +1,232 @@
+"""DICOM results out: the SR and SC read back with pydicom and highdicom, sit in the source's study in new series
+with its patient and study modules, carry the result; files are written atomically, owner-only, never replaced;
+pseudonymised outputs name nobody."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from highdicom.sr.utils import find_content_items
+from pydicom.uid import UID, generate_uid
+
+from imagefactory import dicom_bytes, synthetic_xray
+from pneumoscan.constants import DISCLAIMER
+from pneumoscan.dicom_out import (
+    CODING_SCHEME,
+    DicomOutputError,
+    caption_for,
+    make_sc,
+    make_sr,
+    pseudonymise_dataset,
+    sc_pixels,
+    write_dataset,
+    write_dicom_results,
+)
+from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
+
+KEY = b"a test site secret, not for use"
+PATIENT = {"PatientName": "Doe^Jane", "PatientID": "MRN-12345", "PatientBirthDate": "20200102", "PatientSex": "F",
+           "PatientAge": "004Y", "AccessionNumber": "ACC-777", "StudyDate": "20240301", "StudyTime": "101500",
+           "StudyID": "S1", "ReferringPhysicianName": "Who^Doctor", "BodyPartExamined": "CHEST",
+           "ViewPosition": "PA", "PatientOrientation": ["L", "F"], "OtherPatientIDs": "OLD-999"}
+
+
+def source_dataset(**tags: object) -> pydicom.Dataset:
+    """A synthetic DX film with the study, series and patient tags a PACS sets (``tags`` override them)."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(synthetic_xray(128, 112, seed=3))))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    for keyword, value in {**PATIENT, **tags}.items():
+        if value is None:
+            delattr(ds, keyword) if keyword in ds else None
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def source_bytes(**tags: object) -> bytes:
+    buf = io.BytesIO()
+    source_dataset(**tags).save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _roundtrip(ds: pydicom.Dataset) -> pydicom.Dataset:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+
+
+def _sr(source: pydicom.Dataset, **kw: object) -> pydicom.Dataset:
+    args = dict(probability=0.734, decision="PNEUMONIA", threshold=0.41, in_scope=True, scope_reason="",
+                model_name="seed-cnn", model_version="0123456789ab")
+    return make_sr(source, **{**args, **kw})
+
+
+def _texts(ds: pydicom.Dataset) -> dict[str, str]:
+    items = find_content_items(ds, value_type=hd.sr.ValueTypeValues.TEXT, recursive=True)
+    return {i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue for i in items}
+
+
+def _same_patient_and_study(out: pydicom.Dataset, src: pydicom.Dataset) -> None:
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "AccessionNumber",
+                    "StudyDate", "StudyTime", "StudyID", "StudyInstanceUID"):
+        assert str(out[keyword].value) == str(src[keyword].value), keyword
+    assert out.SeriesInstanceUID != src.SeriesInstanceUID and out.SOPInstanceUID != src.SOPInstanceUID
+    assert UID(out.SeriesInstanceUID).is_valid and UID(out.SOPInstanceUID).is_valid
+
+
+def test_sr_reads_back_in_the_source_study_with_the_result():
+    src = source_dataset()
+    back = _roundtrip(_sr(src))
+    assert back.Modality == "SR" and back.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
+    _same_patient_and_study(back, src)
+    assert back.SeriesNumber == 990
+    assert (back.CompletionFlag, back.VerificationFlag, back.PreliminaryFlag) == ("COMPLETE", "UNVERIFIED",
+                                                                                  "PRELIMINARY")
+    evidence = back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert evidence.ReferencedSOPInstanceUID == src.SOPInstanceUID
+
+    # highdicom's own reading of it: the TID 1500 report, its measurement group and the algorithm
+    report = hd.sr.srread(io.BytesIO(_bytes(back)))
+    assert isinstance(report, hd.sr.Comprehensive3DSR)
+    hd.sr.Comprehensive3DSR.from_dataset(back)
+    group, = report.content.get_image_measurement_groups()
+    values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
+    assert values == {"Pneumonia probability": (pytest.approx(0.734), "{probability}"),
+                      "Operating threshold": (pytest.approx(0.41), "{probability}")}
+    assert (group.finding_type.value, group.finding_type.scheme_designator) == ("233604007", "SCT")
+    scope, = group.get_qualitative_evaluations()
+    assert scope.name.scheme_designator == CODING_SCHEME and scope.value.meaning == "Yes"
+    texts = _texts(back)
+    assert texts["Decision support disclaimer"] == DISCLAIMER
+    assert texts["Triage decision"] == "PNEUMONIA"
+    assert texts["Algorithm Name"] == "pneumoscan seed-cnn" and texts["Algorithm Version"] == "0123456789ab"
+    assert "Reason not assessed" not in texts
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_sr_normal_and_out_of_scope():
+    src = source_dataset()
+    normal = hd.sr.srread(io.BytesIO(_bytes(_sr(src, probability=0.1, decision="NORMAL"))))
+    group, = normal.content.get_image_measurement_groups()
+    assert group.finding_type.value == "17621005"  # SCT Normal
+    out = _roundtrip(_sr(src, probability=0.97, decision="OUT_OF_SCOPE", in_scope=False,
+                         scope_reason="adult patient (DICOM PatientAge 045Y)"))
+    group, = hd.sr.srread(io.BytesIO(_bytes(out))).content.get_image_measurement_groups()
+    # no probability out of scope: a viewer would show it as a risk
+    assert [m.name.meaning for m in group.get_measurements()] == ["Operating threshold"]
+    assert group.finding_type.scheme_designator == CODING_SCHEME
+    assert group.get_qualitative_evaluations()[0].value.meaning == "No"
+    texts = _texts(out)
+    assert texts["Reason not assessed"] == "adult patient (DICOM PatientAge 045Y)"
+    assert texts["Triage decision"] == "OUT_OF_SCOPE" and texts["Decision support disclaimer"] == DISCLAIMER
+
+
+def test_make_sr_refuses_contradictions_and_sources_without_a_study():
+    src = source_dataset()
+    with pytest.raises(ValueError, match="contradicts"):
+        _sr(src, decision="PNEUMONIA", in_scope=False)
+    with pytest.raises(ValueError, match="contradicts"):
+        _sr(src, decision="OUT_OF_SCOPE", in_scope=True)
+    with pytest.raises(ValueError, match="one of"):
+        _sr(src, decision="MAYBE")
+    with pytest.raises(ValueError, match="probability"):
+        _sr(src, probability=float("nan"))
+    with pytest.raises(DicomOutputError, match="StudyInstanceUID"):
+        _sr(source_dataset(StudyInstanceUID=None))
+    # a source without the optional patient tags still gets a report (empty Type 2 values)
+    bare = _roundtrip(_sr(source_dataset(PatientName=None, PatientBirthDate=None, AccessionNumber=None,
+                                         StudyID=None, StudyTime=None, ReferringPhysicianName=None)))
+    assert bare.PatientName == "" and bare.AccessionNumber == ""
+
+
+def test_sc_holds_the_overlay_and_a_burned_in_caption():
+    src = source_dataset()
+    overlay = sc_pixels(synthetic_xray(128, 112, seed=3), np.random.default_rng(0).random((128, 112)))
+    caption = caption_for(probability=0.734, decision="PNEUMONIA", threshold=0.41, in_scope=True, scope_reason="")
+    assert caption == ("Pneumonia score 0.734: PNEUMONIA (threshold 0.410). Decision support only, not a diagnosis.")
+    back = _roundtrip(make_sc(src, overlay, caption=caption))
+    _same_patient_and_study(back, src)
+    assert back.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage and back.SeriesNumber == 991
+    assert back.BurnedInAnnotation == "YES" and back.ImageComments == caption
+    assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert list(back.PatientOrientation) == ["L", "F"]
+    pixels = back.pixel_array
+    band = pixels.shape[0] - overlay.shape[0]
+    assert pixels.shape[1:] == (112, 3) and band > 0
+    assert np.array_equal(pixels[band:], overlay)  # the film is untouched: the caption sits on a band above it
+    assert pixels[:band].max() > 200  # white text on the black band
+    assert hd.Image.from_dataset(back).get_frame(1).shape == pixels.shape  # highdicom reads it back too
+
+    out_of_scope = caption_for(probability=0.9, decision="OUT_OF_SCOPE", threshold=0.41, in_scope=False,
+                               scope_reason="lateral view (DICOM ViewPosition LL)")
+    assert out_of_scope.startswith("NOT ASSESSED: lateral view (DICOM ViewPosition LL).") and "0.9" not in out_of_scope
+    with pytest.raises(ValueError, match="overlay_rgb"):
+        make_sc(src, np.zeros((10, 10), np.uint8), caption="x")
+
+
+def test_write_dicom_results_from_path_or_bytes_atomically_never_overwriting(tmp_path):
+    path = tmp_path / "film.dcm"
+    path.write_bytes(source_bytes())
+    src = pydicom.dcmread(path)
+    out = tmp_path / "out"
+    overlay = sc_pixels(synthetic_xray(128, 112, seed=3), None)
+    written = write_dicom_results(path, probability=0.2, decision="NORMAL", threshold=0.41, in_scope=True,
+                                  scope_reason="", model_name="seed-cnn", model_version="v1", out_dir=out,
+                                  overlay_rgb=overlay)
+    assert len(written) == 2 and sorted(os.listdir(out)) == sorted(p.name for p in written)  # no temporary left
+    sr, sc = (pydicom.dcmread(p) for p in written)
+    assert (sr.Modality, sc.Modality) == ("SR", "OT")
+    for p, ds in zip(written, (sr, sc)):
+        assert p.name == f"{ds.SOPInstanceUID}.dcm" and stat.S_IMODE(p.stat().st_mode) == 0o600
+        assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
+    assert sr.SeriesInstanceUID != sc.SeriesInstanceUID
+    only_sr = write_dicom_results(source_bytes(), probability=0.2, decision="NORMAL", threshold=0.41, in_scope=True,
+                                  scope_reason="", model_name="seed-cnn", model_version="v1", out_dir=out)
+    assert len(only_sr) == 1
+    before = written[0].read_bytes()
+    with pytest.raises(FileExistsError):
+        write_dataset(sr, out)
+    assert written[0].read_bytes() == before and len(os.listdir(out)) == 3
+    with pytest.raises(DicomOutputError, match="not a DICOM file"):
+        write_dicom_results(b"not dicom at all" * 20, probability=0.2, decision="NORMAL", threshold=0.41,
+                            in_scope=True, scope_reason="", model_name="m", model_version="v", out_dir=out)
+
+
+def test_pseudonymised_outputs_name_nobody_and_stay_valid_dicom(tmp_path):
+    data = source_bytes()
+    src = pydicom.dcmread(io.BytesIO(data))
+    overlay = sc_pixels(synthetic_xray(128, 112, seed=3), None)
+    kw = dict(probability=0.9, decision="PNEUMONIA", threshold=0.41, in_scope=True, scope_reason="",
+              model_name="seed-cnn", model_version="v1", overlay_rgb=overlay, pseudonym_key=KEY)
+    first = write_dicom_results(data, out_dir=tmp_path / "a", **kw)
+    again = write_dicom_results(data, out_dir=tmp_path / "b", **kw)
+    for path in first + again:
+        raw = path.read_bytes()
+        for secret in (b"Doe", b"MRN-12345", b"ACC-777", b"20200102", b"OLD-999", b"Who", src.StudyInstanceUID.encode(),
+                       src.SOPInstanceUID.encode()):
+            assert secret not in raw, (path.name, secret)
+        ds = pydicom.dcmread(path)
+        assert ds.PatientID == pseudonymise("MRN-12345", KEY) and str(ds.PatientName) == f"{ds.PatientID}^"
+        assert ds.StudyInstanceUID == pseudonymise_uid(src.StudyInstanceUID, KEY)
+        assert UID(ds.StudyInstanceUID).is_valid and len(ds.AccessionNumber) == 16
+        assert ds.PatientIdentityRemoved == "YES" and ds.PatientAge == "004Y" and ds.PatientSex == "F"
+    sr = pydicom.dcmread(first[0])
+    assert hd.sr.srread(first[0]).content.get_image_measurement_groups()
+    ref = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == pseudonymise_uid(src.SOPInstanceUID, KEY)
+    # the same input and key give the same study (and patient); the source itself is untouched
+    assert pydicom.dcmread(again[0]).StudyInstanceUID == sr.StudyInstanceUID
+    copy = pseudonymise_dataset(src, KEY)
+    assert src.PatientID == "MRN-12345" and copy.PatientID != src.PatientID and "OtherPatientIDs" not in copy
