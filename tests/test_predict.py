@@ -24,7 +24,7 @@ from pneumoscan.io import ImageError
 from pneumoscan.predict import (
     DISCLAIMER, ModelNotFoundError, Prediction, Predictor, RuntimeOptions, default_model_path,
 )
-from pneumoscan.worklist import collect_images, rank, triage, write_results
+from pneumoscan.worklist import CONTEXT_COLUMNS, collect_images, rank, triage, write_results
 
 
 def _film(seed: int, h: int = 150, w: int = 120) -> np.ndarray:
@@ -238,8 +238,10 @@ def test_write_results_csv_and_json(predictor, folder, tmp_path):
     csv_path = write_results(rows, tmp_path / "out" / "r.csv")
     with open(csv_path, newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == ["rank", "path", "probability", "decision", "positive", "in_scope", "scope_reason",
-                              "threshold", "error"]
+    assert list(table[0]) == ["rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view",
+                              "probability", "decision", "positive", "in_scope", "scope_reason", "threshold", "error",
+                              "study_uid", "sop_uid"]
+    assert all(t[c] == "" for t in table for c in CONTEXT_COLUMNS)  # PNG and JPEG have no DICOM context
     assert [t["rank"] for t in table] == ["1", "2", "", "", ""]
     assert [t["in_scope"] for t in table] == ["true", "true", "", "", ""]
     assert all(t["scope_reason"] == "" for t in table)
@@ -600,3 +602,124 @@ def test_cli_predict_adult_age_sets_the_cut_off(tiny_checkpoint, tmp_path, capsy
     capsys.readouterr()
     assert main(base + [str(tmp_path / "c.json"), "--adult-age", "0"]) == 2
     assert "--adult-age" in capsys.readouterr().err and not (tmp_path / "c.json").exists()
+
+
+# ----------------------------------------------------------------------------- DICOM context and results out
+
+
+def _pacs_dicom(path: Path, seed: int, **tags: object) -> Path:
+    """A synthetic 8-bit DX film with the patient, study and series tags a PACS sets (``tags`` add or override)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(make_dicom(path, _film(seed), bits=8))
+    values = {"PatientName": "Doe^Jane", "PatientID": "MRN-1", "PatientAge": "004Y", "PatientSex": "F",
+              "AccessionNumber": "ACC-1", "StudyDate": "20240301", "ViewPosition": "PA", "BodyPartExamined": "CHEST",
+              "StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(), **tags}
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+@pytest.fixture
+def pacs_folder(tmp_path) -> Path:
+    """A PNG, an in-scope DICOM, an adult's DICOM (out of scope), a DICOM without study UIDs and a broken .dcm."""
+    root = tmp_path / "pacs"
+    root.mkdir()
+    make_png(root / "a.png", _film(1))
+    _pacs_dicom(root / "film.dcm", 3)
+    _pacs_dicom(root / "adult.dcm", 4, PatientAge="045Y", PatientID="MRN-2", PatientName="Roe^Richard")
+    make_dicom(root / "nostudy.dcm", _film(5), bits=8)  # no StudyInstanceUID: no study to place a result in
+    (root / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\1" * 50)
+    return root
+
+
+def test_cli_predict_dicom_out_writes_sr_and_sc_for_each_dicom_input(tiny_checkpoint, pacs_folder, tmp_path, capsys,
+                                                                    caplog):
+    import logging
+
+    import highdicom as hd
+    import pydicom
+
+    out, dicom_dir = tmp_path / "w.csv", tmp_path / "dicom-out"
+    with caplog.at_level(logging.DEBUG):
+        code = main(["-v", "predict", str(pacs_folder), "--model", str(tiny_checkpoint), "--no-progress", "--out",
+                     str(out), "--dicom-out", str(dicom_dir)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    summary = " ".join(printed.out.split())
+    assert "DICOM results: 2 SR and 2 SC file(s) written to" in summary
+    assert "1 non-DICOM input(s) skipped" in summary and "1 unreadable DICOM input(s) skipped" in summary
+    assert "1 failed (e.g. nostudy.dcm: the source image has no StudyInstanceUID" in summary
+    for text in (printed.out, printed.err, caplog.text, out.read_text()):
+        assert "Doe" not in text and "Roe^" not in text and "Richard" not in text  # names: never
+
+    with open(out, newline="") as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    film, adult = rows["film.dcm"], rows["adult.dcm"]
+    assert (film["patient_id"], film["accession"], film["age"], film["sex"], film["view"], film["study_date"]) == (
+        "MRN-1", "ACC-1", "004Y", "F", "PA", "20240301")
+    assert adult["decision"] == "OUT_OF_SCOPE" and adult["age"] == "045Y"
+    assert all(rows["a.png"][c] == "" for c in CONTEXT_COLUMNS) and rows["a.png"]["dicom_out"] == ""
+    assert rows["nostudy.dcm"]["probability"] and "DICOM results not written" in rows["nostudy.dcm"]["error"]
+    assert rows["nostudy.dcm"]["patient_id"] == "TEST-0001"
+
+    source = pydicom.dcmread(pacs_folder / "film.dcm")
+    assert film["study_uid"] == source.StudyInstanceUID and film["sop_uid"] == source.SOPInstanceUID
+    sr_path, sc_path = (Path(p) for p in film["dicom_out"].split(";"))
+    assert sorted(p.name for p in dicom_dir.iterdir()) == sorted(
+        Path(p).name for r in (film, adult) for p in r["dicom_out"].split(";"))
+    sr, sc = pydicom.dcmread(sr_path), pydicom.dcmread(sc_path)
+    for ds in (sr, sc):
+        assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.SeriesInstanceUID != source.SeriesInstanceUID
+        assert (ds.PatientID, str(ds.PatientName), ds.PatientAge) == ("MRN-1", "Doe^Jane", "004Y")
+    group, = hd.sr.srread(sr_path).content.get_image_measurement_groups()
+    probability = next(m for m in group.get_measurements() if m.name.meaning == "Pneumonia probability")
+    assert probability.value == pytest.approx(float(film["probability"]), abs=1e-6)
+    assert sc.BurnedInAnnotation == "YES" and sc.ImageComments.startswith(
+        f"Pneumonia score {float(film['probability']):.3f}: {film['decision']}")
+    adult_sc = pydicom.dcmread(adult["dicom_out"].split(";")[1])
+    assert adult_sc.ImageComments.startswith("NOT ASSESSED: adult patient (DICOM PatientAge 045Y)")
+
+
+def test_cli_predict_pseudonymise_needs_a_secret_and_hides_identifiers(tiny_checkpoint, pacs_folder, tmp_path, capsys,
+                                                                      monkeypatch):
+    import pydicom
+
+    from pneumoscan.pseudonym import KEY_ENV_VAR, pseudonymise, pseudonymise_uid
+
+    monkeypatch.delenv(KEY_ENV_VAR, raising=False)
+    film = pacs_folder / "film.dcm"
+    base = ["predict", str(film), "--model", str(tiny_checkpoint), "--no-progress"]
+    assert main(base + ["--pseudonymise"]) == 2
+    err = capsys.readouterr().err
+    assert "site secret" in " ".join(err.split()) and "token_hex" in err
+    assert main(base + ["--secret-file", str(tmp_path / "x.key")]) == 2  # a secret without --pseudonymise
+    capsys.readouterr()
+
+    key = "a test site secret, not for use"
+    secret = tmp_path / "site.key"
+    secret.write_text(key + "\n")
+    secret.chmod(0o600)
+    outputs = []
+    for n, how in enumerate((["--secret-file", str(secret)], [])):
+        if not how:
+            monkeypatch.setenv(KEY_ENV_VAR, key)
+        out, dicom_dir = tmp_path / f"w{n}.json", tmp_path / f"dicom{n}"
+        assert main(base + ["--pseudonymise", *how, "--out", str(out), "--dicom-out", str(dicom_dir)]) == 0
+        doc = json.loads(out.read_text())
+        assert doc["pseudonymised"] is True
+        outputs.append(doc["results"][0])
+        written = [pydicom.dcmread(p) for p in doc["results"][0]["dicom_out"]]
+        source = pydicom.dcmread(film)
+        for ds in written:
+            assert ds.PatientID == pseudonymise("MRN-1", key) and "Doe" not in str(ds.PatientName)
+            assert ds.StudyInstanceUID == pseudonymise_uid(source.StudyInstanceUID, key)
+        raw = out.read_text() + "".join(Path(p).read_bytes().decode("latin-1") for p in doc["results"][0]["dicom_out"])
+        for secret_text in ("MRN-1", "ACC-1", "Doe", source.StudyInstanceUID, source.SOPInstanceUID):
+            assert secret_text not in raw
+    first, second = outputs
+    assert first["patient_id"] == second["patient_id"] == pseudonymise("MRN-1", key)  # same key: same pseudonyms
+    assert first["accession"] == pseudonymise("ACC-1", key) and first["study_uid"] == second["study_uid"]
+    assert first["age"] == "004Y" and first["view"] == "PA"

@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 
 from pneumoscan.drift import MIN_IMAGES, DriftResult, NotEnoughImagesError
+from pneumoscan.io import ImageContext
+from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
 from pneumoscan.predict import FileResult
 from pneumoscan.scope import OUT_OF_SCOPE
 from pneumoscan.worklist import (
+    CONTEXT_COLUMNS,
     RESULT_COLUMNS,
     batch_drift,
+    context_columns,
     count_results,
     drift_message,
     rank,
@@ -41,8 +45,10 @@ def _results() -> list[FileResult]:
 
 
 def test_columns_in_order():
-    assert RESULT_COLUMNS == ("rank", "path", "probability", "decision", "positive", "in_scope", "scope_reason",
-                              "threshold", "error", "heatmap")
+    assert RESULT_COLUMNS == ("rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view",
+                              "probability", "decision", "positive", "in_scope", "scope_reason", "threshold", "error",
+                              "study_uid", "sop_uid", "heatmap", "dicom_out")
+    assert set(CONTEXT_COLUMNS) <= set(RESULT_COLUMNS)
 
 
 def test_an_out_of_scope_row_is_not_assessed_but_keeps_its_probability_for_audit():
@@ -79,7 +85,7 @@ def test_csv_and_json_carry_the_scope_columns(tmp_path):
     out = write_results(rows, tmp_path / "w.csv")
     with open(out, newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == list(RESULT_COLUMNS[:-1])  # no heatmap column without heatmaps
+    assert list(table[0]) == list(RESULT_COLUMNS[:-2])  # no heatmap or dicom_out column without them
     assert [t["rank"] for t in table] == ["1", "2", "3", "", "", ""]
     assert [t["in_scope"] for t in table] == ["true", "true", "true", "false", "false", ""]
     assert [t["scope_reason"] for t in table] == ["", "", "", BLANK, ADULT, ""]
@@ -89,7 +95,8 @@ def test_csv_and_json_carry_the_scope_columns(tmp_path):
     assert doc["drift"] is None and doc["drift_reason"] == "x"
     blank = doc["results"][3]
     assert blank == {"rank": None, "path": "blank.png", "probability": 0.99, "decision": OUT_OF_SCOPE,
-                     "positive": False, "in_scope": False, "scope_reason": BLANK, "threshold": 0.5, "error": ""}
+                     "positive": False, "in_scope": False, "scope_reason": BLANK, "threshold": 0.5, "error": "",
+                     **{c: "" for c in CONTEXT_COLUMNS}}
 
 
 def test_count_results():
@@ -142,3 +149,52 @@ def test_out_of_scope_and_unreadable_files_do_not_count_towards_the_drift_minimu
     batch = _in_scope(MIN_IMAGES - 1) + [FileResult("x.png", 0.9, in_scope=False, scope_reason=BLANK)] * n_out
     _, why = batch_drift(SimpleNamespace(reference=object(), check_drift=lambda r: _drift(True)), batch)
     assert why.startswith(f"only {MIN_IMAGES - 1} in-scope")
+
+
+CONTEXT = ImageContext(format="DICOM", modality="DX", body_part="CHEST", view_position="PA", patient_age="004Y",
+                       patient_sex="F", patient_id="MRN-12345", patient_name="Doe^Jane", accession="ACC-777",
+                       study_date="20240301", study_uid="1.2.3.4", series_uid="1.2.3.4.5", sop_uid="1.2.3.4.5.6")
+
+
+def test_rows_carry_the_dicom_context_and_never_the_patients_name(tmp_path):
+    rows = worklist_rows([FileResult("film.dcm", 0.8, in_scope=True, context=CONTEXT),
+                          FileResult("photo.png", 0.3, in_scope=True, context=ImageContext(format="PNG")),
+                          FileResult("broken.dcm", None, error="damaged")], 0.5)
+    film, photo, broken = rows
+    assert {c: film[c] for c in CONTEXT_COLUMNS} == {
+        "patient_id": "MRN-12345", "accession": "ACC-777", "study_date": "20240301", "age": "004Y", "sex": "F",
+        "view": "PA", "study_uid": "1.2.3.4", "sop_uid": "1.2.3.4.5.6"}
+    assert all(photo[c] == "" and broken[c] == "" for c in CONTEXT_COLUMNS)
+    for path in (write_results(rows, tmp_path / "w.csv"), write_results(rows, tmp_path / "w.json")):
+        text = path.read_text()
+        assert "Doe" not in text and "Jane" not in text and "MRN-12345" in text
+    with open(tmp_path / "w.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert (table[0]["patient_id"], table[0]["age"], table[0]["view"], table[0]["sop_uid"]) == (
+        "MRN-12345", "004Y", "PA", "1.2.3.4.5.6")
+    assert json.loads((tmp_path / "w.json").read_text())["results"][0]["accession"] == "ACC-777"
+
+
+def test_pseudonymised_rows_hide_the_identifiers_and_keep_the_rest(tmp_path):
+    key = b"a test site secret, not for use"
+    row = worklist_row(FileResult("film.dcm", 0.8, in_scope=True, context=CONTEXT), 0.5, pseudonym_key=key)
+    assert row["patient_id"] == pseudonymise("MRN-12345", key) and row["patient_id"].startswith("anon-")
+    assert row["accession"] == pseudonymise("ACC-777", key)
+    assert row["study_uid"] == pseudonymise_uid("1.2.3.4", key) and row["sop_uid"].startswith("2.25.")
+    assert (row["study_date"], row["age"], row["sex"], row["view"]) == ("20240301", "004Y", "F", "PA")
+    again = context_columns(CONTEXT, key)
+    assert again == {c: row[c] for c in CONTEXT_COLUMNS}  # same input, same key: same pseudonyms
+    assert context_columns(CONTEXT, b"another secret of some length") != again
+    text = write_results([row], tmp_path / "w.csv").read_text()
+    assert "MRN-12345" not in text and "ACC-777" not in text and "1.2.3.4.5.6" not in text
+    assert context_columns(None, key) == {c: "" for c in CONTEXT_COLUMNS}
+
+
+def test_dicom_out_column_lists_the_files_in_csv_and_json(tmp_path):
+    rows = worklist_rows([FileResult("film.dcm", 0.8, in_scope=True, context=CONTEXT)], 0.5)
+    rows[0]["dicom_out"] = ["out/1.2.dcm", "out/1.3.dcm"]
+    with open(write_results(rows, tmp_path / "w.csv"), newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0])[-1] == "dicom_out" and table[0]["dicom_out"] == "out/1.2.dcm;out/1.3.dcm"
+    assert json.loads(write_results(rows, tmp_path / "w.json").read_text())["results"][0]["dicom_out"] == [
+        "out/1.2.dcm", "out/1.3.dcm"]

@@ -507,8 +507,9 @@ def write_dicom_batch(predictor: Predictor, results: Sequence[FileResult], out_d
                 r.path, probability=r.probability, decision=decision, threshold=predictor.threshold,
                 in_scope=in_scope, scope_reason=r.scope_reason, model_name=predictor.model_name,
                 model_version=predictor.version, out_dir=out_dir, overlay_rgb=overlay, pseudonym_key=pseudonym_key)
-        except (PneumoscanError, ImageError, ValueError, OSError) as exc:
-            why = str(exc) if isinstance(exc, PneumoscanError) else f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - one file's failure is that file's note, never the batch's
+            why = str(exc) if isinstance(exc, (PneumoscanError, ImageError)) else f"{type(exc).__name__}: {exc}"
             batch.failed[r.path] = why
             log.warning("no DICOM result for %s: %s", r.path, why)
+            log.debug("the failure in full", exc_info=True)
     return batch

@@ -11,6 +11,8 @@ error. It is decision support, not a diagnosis.
   and the web API's results both use it); both together.
 * :func:`count_results`, :func:`batch_drift`, :func:`drift_message`: what a batch held (scored, out of scope,
   unreadable) and its drift verdict, for the summary of ``predict`` and ``drift``.
+* :func:`context_columns`: an image's DICOM context as worklist columns (keyed pseudonyms with ``--pseudonymise``;
+  the patient's name never).
 * :func:`write_results`: rows to CSV or JSON.
 """
 
@@ -30,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from pneumoscan.constants import DISCLAIMER, IMAGE_SUFFIXES, JUNK_NAMES, OTHER_IMAGE_SUFFIXES
 from pneumoscan.drift import MIN_IMAGES, NotEnoughImagesError
-from pneumoscan.io import sniff_format
+from pneumoscan.io import ImageContext, sniff_format
+from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
 from pneumoscan.scope import OUT_OF_SCOPE
 from pneumoscan.scoring import decide, decision_label
 from pneumoscan.utils import atomic_write_text, csv_safe_text
@@ -39,17 +42,23 @@ if TYPE_CHECKING:
     from pneumoscan.drift import DriftResult
     from pneumoscan.predict import FileResult, Predictor
 
-__all__ = ["IMAGE_SUFFIXES", "OTHER_IMAGE_SUFFIXES", "RESULT_COLUMNS", "Collected", "Skipped", "batch_drift",
-           "collect", "collect_images", "count_results", "drift_message", "looks_like_image", "rank", "triage",
-           "worklist_row", "worklist_rows", "write_results"]
+__all__ = ["CONTEXT_COLUMNS", "IMAGE_SUFFIXES", "OTHER_IMAGE_SUFFIXES", "RESULT_COLUMNS", "Collected", "Skipped",
+           "batch_drift", "collect", "collect_images", "context_columns", "count_results", "drift_message",
+           "looks_like_image", "rank", "triage", "worklist_row", "worklist_rows", "write_results"]
 
 log = logging.getLogger(__name__)
 
 # IMAGE_SUFFIXES (formats io decodes) and OTHER_IMAGE_SUFFIXES (image kinds it cannot read: such a file is still
 # listed, with io's error that says so, rather than skipped without a word) live in pneumoscan.constants.
-#: Columns of the CSV worklist, in order (``heatmap`` only when heatmaps were made).
-RESULT_COLUMNS = ("rank", "path", "probability", "decision", "positive", "in_scope", "scope_reason", "threshold",
-                  "error", "heatmap")
+#: The image's DICOM context in a worklist (:func:`context_columns`); empty for JPEG, PNG, TIFF and BMP.
+CONTEXT_COLUMNS = ("patient_id", "accession", "study_date", "age", "sex", "view", "study_uid", "sop_uid")
+#: Columns of the CSV worklist, in order (``heatmap`` only when heatmaps were made, ``dicom_out`` only with DICOM
+#: results): who and what first, then the result, then the UIDs a PACS finds the image by.
+RESULT_COLUMNS = ("rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view", "probability",
+                  "decision", "positive", "in_scope", "scope_reason", "threshold", "error", "study_uid", "sop_uid",
+                  "heatmap", "dicom_out")
+#: Columns a CSV has only when some row has them.
+_OPTIONAL_COLUMNS = ("heatmap", "dicom_out")
 #: ISO-BMFF brands of HEIF/HEIC and AVIF still images (bytes 8..12 after ``ftyp``); video brands are not images.
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
 
@@ -205,34 +214,61 @@ def _other_image_magic(head: bytes) -> bool:
 
 def triage(predictor: Predictor, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 16,
            progress: bool = False, heatmaps: str | os.PathLike[str] | None = None,
-           save_raw: bool = False) -> list[dict[str, Any]]:
+           save_raw: bool = False, pseudonym_key: bytes | str | None = None) -> list[dict[str, Any]]:
     """Score ``paths`` with ``predictor`` (:meth:`~pneumoscan.predict.Predictor.score_files`, which documents the
     arguments) and return one :func:`worklist_row` per file, in :func:`rank` order: in-scope images by probability,
     highest first; then out-of-scope images; then files that could not be read, both in input order. Nothing
     stops at a bad file; its row carries the error."""
     results = predictor.score_files(paths, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
                                     save_raw=save_raw)
-    return worklist_rows(results, predictor.threshold)
+    return worklist_rows(results, predictor.threshold, pseudonym_key=pseudonym_key)
 
 
-def worklist_rows(results: Sequence[FileResult], threshold: float) -> list[dict[str, Any]]:
+def worklist_rows(results: Sequence[FileResult], threshold: float, *,
+                  pseudonym_key: bytes | str | None = None) -> list[dict[str, Any]]:
     """:func:`worklist_row` of each result, in :func:`rank` order (for callers that keep the results, e.g. for
     :func:`batch_drift`)."""
-    return rank([worklist_row(r, threshold) for r in results])
+    return rank([worklist_row(r, threshold, pseudonym_key=pseudonym_key) for r in results])
 
 
-def worklist_row(result: FileResult, threshold: float) -> dict[str, Any]:
+def context_columns(context: ImageContext | None, pseudonym_key: bytes | str | None = None) -> dict[str, str]:
+    """An image's DICOM context as the :data:`CONTEXT_COLUMNS`: ``patient_id``, ``accession``, ``study_date``
+    (``YYYYMMDD``), ``age`` (the DICOM Age String, e.g. ``"004Y"``), ``sex``, ``view`` (ViewPosition), ``study_uid``
+    and ``sop_uid``; every value ``""`` for a non-DICOM image, an unread file, or a tag the header lacks. Never the
+    patient's name.
+
+    With ``pseudonym_key`` the identifiers are keyed pseudonyms (:mod:`pneumoscan.pseudonym`): ``patient_id`` and
+    ``accession`` ``anon-<16 hex>``, the UIDs ``2.25.<decimal>`` (what ``--dicom-out`` writes with the same key);
+    the same value and key always give the same pseudonym."""
+    ctx = context or ImageContext()
+    values = {"patient_id": ctx.patient_id, "accession": ctx.accession, "study_date": ctx.study_date,
+              "age": ctx.patient_age, "sex": ctx.patient_sex, "view": ctx.view_position, "study_uid": ctx.study_uid,
+              "sop_uid": ctx.sop_uid}
+    if pseudonym_key is not None:
+        for name in ("patient_id", "accession"):
+            values[name] = pseudonymise(values[name], pseudonym_key)
+        for name in ("study_uid", "sop_uid"):
+            values[name] = pseudonymise_uid(values[name], pseudonym_key)
+    return values
+
+
+def worklist_row(result: FileResult, threshold: float, *,
+                 pseudonym_key: bytes | str | None = None) -> dict[str, Any]:
     """One file's worklist row: ``rank`` (None until :func:`rank` numbers it; always None out of scope), ``path``,
-    ``probability``, ``decision`` (``"PNEUMONIA"``/``"NORMAL"`` by :func:`pneumoscan.scoring.decide`;
+    the image's DICOM context (:func:`context_columns`, pseudonymised with ``pseudonym_key``; ``""`` for other
+    formats), ``probability``, ``decision`` (``"PNEUMONIA"``/``"NORMAL"`` by :func:`pneumoscan.scoring.decide`;
     ``"OUT_OF_SCOPE"`` when the scope gate refused the image; ``""`` when the file could not be read), ``positive``
     (bool; False out of scope; None when not read), ``in_scope`` (the gate's verdict; None when not read),
     ``scope_reason`` (``""`` in scope), ``threshold``, ``error`` (``""`` when ok) and, when a heatmap was asked for
-    and the file scored, ``heatmap`` (the overlay's path; ``""`` when it could not be written).
+    and the file scored, ``heatmap`` (the overlay's path; ``""`` when it could not be written). ``predict
+    --dicom-out`` adds ``dicom_out`` (the DICOM result files written for the image).
 
     An out-of-scope image keeps its probability, for audit only: it is not a risk and is never ranked."""
-    row: dict[str, Any] = {"rank": None, "path": result.path, "probability": None, "decision": "", "positive": None,
-                           "in_scope": result.in_scope, "scope_reason": result.scope_reason,
-                           "threshold": threshold, "error": result.error}
+    ctx = context_columns(result.context, pseudonym_key)
+    row: dict[str, Any] = {"rank": None, "path": result.path, **{k: ctx[k] for k in CONTEXT_COLUMNS[:6]},
+                           "probability": None, "decision": "", "positive": None, "in_scope": result.in_scope,
+                           "scope_reason": result.scope_reason, "threshold": threshold, "error": result.error,
+                           "study_uid": ctx["study_uid"], "sop_uid": ctx["sop_uid"]}
     if result.probability is not None:
         if result.in_scope is False:
             row.update(probability=result.probability, decision=OUT_OF_SCOPE, positive=False)
@@ -308,7 +344,8 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], 
                   info: dict[str, Any] | None = None) -> Path:
     """Write rows atomically as CSV or JSON, chosen by the suffix of ``path``.
 
-    CSV: one row per image with :data:`RESULT_COLUMNS` (probability with 6 decimals, booleans as
+    CSV: one row per image with :data:`RESULT_COLUMNS` (``heatmap`` and ``dicom_out`` only when a row has them;
+    probability with 6 decimals, booleans as
     ``true``/``false``, empty cells for missing values; text that a spreadsheet would take for a formula,
     such as a file named ``=1+1.png``, starts with ``'``: :func:`pneumoscan.utils.csv_safe_text`). JSON: ``{"disclaimer", "created", **info,
     "results": [rows]}`` where ``info`` describes the model (name, version, threshold...) and the batch (e.g. its
@@ -331,7 +368,7 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], 
 
 
 def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
-    columns = [c for c in RESULT_COLUMNS if c != "heatmap" or any("heatmap" in r for r in rows)]
+    columns = [c for c in RESULT_COLUMNS if c not in _OPTIONAL_COLUMNS or any(c in r for r in rows)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -347,6 +384,8 @@ def _cell(column: str, value: Any) -> str:
         return "true" if value else "false"
     if column in ("probability", "threshold") and isinstance(value, float):
         return f"{value:.6f}"
+    if isinstance(value, (list, tuple)):  # dicom_out: the files written for one image
+        value = ";".join(map(str, value))
     if isinstance(value, str):  # paths, file names, errors: text a spreadsheet must not run as a formula
         return csv_safe_text(value)
     return str(value)  # numbers stay numbers

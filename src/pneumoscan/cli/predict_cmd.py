@@ -27,6 +27,9 @@ def predict_cmd(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file and existing heatmap files of the same names (otherwise the command refuses before scoring anything).")] = False,
     adult_age: Annotated[float, typer.Option("--adult-age", metavar="YEARS", help="A DICOM PatientAge at or above this many years puts the image out of scope (adult patient).")] = ADULT_AGE_DEFAULT,
+    dicom_out: Annotated[Optional[Path], typer.Option("--dicom-out", metavar="DIR", help="For every DICOM input, write a Structured Report of the result and (with a .safetensors model) a Secondary Capture of the Grad-CAM overlay into DIR as <SOPInstanceUID>.dcm, in the input's study, new series. Other inputs are skipped; files are never replaced.")] = None,
+    pseudonymise: Annotated[bool, typer.Option("--pseudonymise", help="Replace patient IDs, accession numbers and study/instance UIDs in every output (worklist, DICOM results) with keyed pseudonyms: the same ID and secret always give the same pseudonym. Needs a site secret (--secret-file or $PNEUMOSCAN_PSEUDONYM_KEY). File paths are kept as given.")] = False,
+    secret_file: Annotated[Optional[Path], typer.Option("--secret-file", metavar="PATH", help="The site secret for --pseudonymise (default: $PNEUMOSCAN_PSEUDONYM_KEY).")] = None,
 ) -> None:
     """Score X-rays for pneumonia and list them as a triage worklist, highest probability first.
 
@@ -38,6 +41,8 @@ def predict_cmd(
     worklist. A model adapted or calibrated at a site (pneumoscan adapt, pneumoscan calibrate) says so in one
     line, and the JSON worklist records it (site_state, adaptation, site_calibration). Unreadable files are
     listed with their error and skipped; the others are still scored.
+    A DICOM input's context goes into the worklist (patient_id, accession, study_date, age, sex, view,
+    study_uid, sop_uid; empty for other formats); patient names never appear in any output or log.
     Outputs are checked before any image is scored: an existing --out file or heatmap is never replaced
     without --overwrite. Exit code 0 when at least one image was read (scored or not assessed), 1 when none
     could be (or on a bad model file), 2 on a bad invocation. Decision support, not a diagnosis.
@@ -53,6 +58,9 @@ def predict_cmd(
     if save_raw and heatmaps is None:
         raise _click_errors.UsageError("--save-raw needs --heatmaps DIR")
     check_adult_age(adult_age)
+    if secret_file is not None and not pseudonymise:
+        raise _click_errors.UsageError("--secret-file is the secret for --pseudonymise; pass --pseudonymise too")
+    pseudonym_key = _pseudonym_key(secret_file) if pseudonymise else None
     model_path = model if model is not None else default_model_path()
     if heatmaps is not None and model_path.suffix.lower() == ".onnx":
         raise _click_errors.UsageError(
@@ -64,11 +72,24 @@ def predict_cmd(
         raise _click_errors.UsageError(f"no image files found in {', '.join(map(str, paths))}{hint}"
                                        + (f"; {skipped_note}" if skipped_note else ""))
     _check_predict_outputs(out, heatmaps, files, save_raw=save_raw, overwrite=overwrite)
+    if dicom_out is not None:  # its files are named by new UIDs: none can clash with an existing one
+        writable_folder(dicom_out, "--dicom-out")
     predictor = Predictor.from_checkpoint(model_path, options=RuntimeOptions(threads=threads),
                                           adult_age_years=adult_age)
     results = predictor.score_files(files, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
                                     save_raw=save_raw)
-    rows = worklist_rows(results, predictor.threshold)
+    rows = worklist_rows(results, predictor.threshold, pseudonym_key=pseudonym_key)
+    dicom_note = ""
+    if dicom_out is not None:
+        from pneumoscan.dicom_out import write_dicom_batch
+
+        dicom = write_dicom_batch(predictor, results, dicom_out, pseudonym_key=pseudonym_key)
+        for row in rows:
+            row["dicom_out"] = [str(p) for p in dicom.written.get(row["path"], [])]
+            if row["path"] in dicom.failed:  # like a heatmap that could not be written: the row says why
+                why = f"DICOM results not written: {dicom.failed[row['path']]}"
+                row["error"] = f"{row['error']}; {why}" if row["error"] else why
+        dicom_note = dicom.summary(dicom_out)
     counts = count_results(results)
     drift, no_drift_reason = batch_drift(predictor, results)
     if drift is None:
@@ -79,7 +100,7 @@ def predict_cmd(
     else:
         info = {"model": predictor.model_name, "model_file": predictor.path, "model_version": predictor.version,
                 "threshold": predictor.threshold, "temperature": predictor.temperature,
-                **provenance(predictor.meta), "adult_age_years": adult_age, **counts,
+                **provenance(predictor.meta), "adult_age_years": adult_age, "pseudonymised": pseudonymise, **counts,
                 "drift": None if drift is None else drift.to_dict(), "drift_reason": no_drift_reason}
         write_results(rows, out, info=info)
     n_pos = sum(bool(r["positive"]) for r in rows)
@@ -92,6 +113,8 @@ def predict_cmd(
                   + (f" -> {out}" if out is not None else "") + (f"; heatmaps in {heatmaps}" if heatmaps else "")
                   + (f" ({n_no_heatmap} could not be written, see the error column)" if n_no_heatmap else ""),
                   highlight=False)
+    if dicom_note:
+        console.print(dicom_note, highlight=False, soft_wrap=True)
     if drift is not None:
         console.print(drift_message(drift), style="bold yellow" if drift.shifted else None, highlight=False,
                       soft_wrap=True)
@@ -100,6 +123,16 @@ def predict_cmd(
     console.print(f"[bold]{DISCLAIMER}[/bold]", soft_wrap=True)
     if counts["n_in_scope"] + counts["n_out_of_scope"] == 0:
         raise typer.Exit(code=1)
+
+
+def _pseudonym_key(secret_file: Optional[Path]) -> bytes:
+    """The site secret for --pseudonymise, or a usage error that says how to make one."""
+    from pneumoscan.pseudonym import PseudonymKeyError, load_key
+
+    try:
+        return load_key(secret_file)
+    except PseudonymKeyError as exc:
+        raise _click_errors.UsageError(str(exc)) from exc
 
 
 def _check_predict_outputs(out: Optional[Path], heatmaps: Optional[Path], files: list[Path], *, save_raw: bool,
@@ -127,8 +160,9 @@ def _print_worklist(rows: list[dict]) -> None:
     from rich.markup import escape
 
     table = Table(title="Pneumonia triage worklist (highest probability first; images not assessed after them)")
-    for name, justify in (("rank", "right"), ("path", "left"), ("probability", "right"), ("decision", "left"),
-                          ("threshold", "right"), ("error", "left")):
+    who = [c for c in ("patient_id", "accession", "age", "view") if any(r.get(c) for r in rows)]  # DICOM inputs
+    for name, justify in (("rank", "right"), ("path", "left"), *((c, "left") for c in who), ("probability", "right"),
+                          ("decision", "left"), ("threshold", "right"), ("error", "left")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in rows:
         if r.get("in_scope") is False:  # its probability is kept in the files for audit, never shown as a risk
@@ -136,6 +170,7 @@ def _print_worklist(rows: list[dict]) -> None:
         else:
             probability = "" if r["probability"] is None else f"{r['probability']:.3f}"
             decision = "[bold red]PNEUMONIA[/bold red]" if r["positive"] else r["decision"]
-        table.add_row("" if r["rank"] is None else str(r["rank"]), escape(r["path"]), probability, decision,
-                      f"{r['threshold']:.3f}", escape(r["error"]))
+        table.add_row("" if r["rank"] is None else str(r["rank"]), escape(r["path"]),
+                      *(escape(r.get(c) or "") for c in who), probability, decision, f"{r['threshold']:.3f}",
+                      escape(r["error"]))
     console.print(table)
