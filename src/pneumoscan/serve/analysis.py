@@ -24,6 +24,7 @@ from PIL import Image
 from pneumoscan.io import read_image_with_context, sniff_format
 from pneumoscan.serve.monitor import DriftWindow
 from pneumoscan.serve.security import log_id
+from pneumoscan.worklist import context_columns
 
 __all__ = ["PREVIEW_SIDE", "Cancelled", "UploadStore", "analyse"]
 
@@ -61,6 +62,9 @@ def analyse(predictor: Any, name: str, data: bytes, *, heatmap: bool, want_previ
             cancel: threading.Event | None = None, window: DriftWindow | None = None) -> dict[str, Any]:
     """Score one upload through the scope gate (its DICOM header included); return its result entry (``ok: True``).
 
+    ``context`` holds the image's DICOM context (:func:`pneumoscan.worklist.context_columns`: ``patient_id``,
+    ``accession``, ``study_date``, ``age``, ``sex``, ``view``, ``study_uid``, ``sop_uid``, plus ``series_uid``;
+    all ``""`` for JPEG and PNG), never the patient's name.
     An image out of scope gets ``decision`` ``OUT_OF_SCOPE``, ``positive`` False and ``scope_reason``; it keeps
     its ``probability`` for audit only, and gets no heatmap (a map of "evidence" on a blank page or a lateral film
     would read as a finding). An in-scope image's features go into ``window`` (the server's drift check).
@@ -89,6 +93,7 @@ def analyse(predictor: Any, name: str, data: bytes, *, heatmap: bool, want_previ
         "in_scope": pred.in_scope,
         "scope_reason": pred.scope_reason,
         "model_version": predictor.version,
+        "context": {**context_columns(context), "series_uid": context.series_uid if context else ""},
     }
     _check(cancel)
     if want_preview:

@@ -179,6 +179,15 @@ async function checkDrift() {
   }
 }
 
+// Who and what a DICOM image is (patient ID, accession, age, view), under its name; nothing for JPEG or PNG.
+// The patient's name is never sent by the server, so it is never shown.
+function cardContext(r) {
+  const c = r.context || {};
+  const bits = [c.patient_id && "Patient " + c.patient_id, c.accession && "Acc. " + c.accession,
+                c.age && "age " + c.age, c.view && "view " + c.view].filter(Boolean);
+  return bits.length ? [el("div", { class: "context help", text: bits.join(" · ") })] : [];
+}
+
 function addCard(r) {
   const cards = $("cards");
   const kind = !r.ok ? " error" : !inScope(r) ? " oos" : r.positive ? " pos" : "";
@@ -188,7 +197,7 @@ function addCard(r) {
     // No risk figure, bar or decision: the model was not built for this image, so its output means nothing here.
     card.append(el("figure", {}, [el("img", { src: r.image_png || "", alt: `Image ${r.filename}` })]));
     const body = el("div", { class: "body" });
-    body.append(el("div", { class: "name", text: r.filename }));
+    body.append(el("div", { class: "name", text: r.filename }), ...cardContext(r));
     body.append(el("div", { class: "not-assessed", text: "Not assessed" }));
     body.append(el("div", { class: "reason" }, [el("span", { class: "label", text: "Reason: " }), r.scope_reason || "outside the model's scope"]));
     body.append(el("p", { class: "help", text: "The model is built for pediatric frontal chest radiographs only and gives no result for this image. Read it as usual." }));
@@ -197,7 +206,7 @@ function addCard(r) {
     const img = el("img", { src: r.image_png || "", alt: `X-ray ${r.filename}` });
     card.append(el("figure", {}, [img]));
     const body = el("div", { class: "body" });
-    body.append(el("div", { class: "name", text: r.filename }));
+    body.append(el("div", { class: "name", text: r.filename }), ...cardContext(r));
     body.append(el("div", { class: "prob", text: fmtPct(r.probability), title: "Pneumonia probability" }));
     const bar = el("div", { class: "bar", "aria-hidden": "true" });
     const fill = el("span"); fill.style.width = (100 * r.probability).toFixed(1) + "%";
