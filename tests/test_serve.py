@@ -269,3 +269,200 @@ def test_model_info_reads_the_validation_summary_of_the_shipped_model():
     assert v["auc"] == pytest.approx(summary["roc_auc"]["value"]) and v["auc_ci"] == pytest.approx(summary["roc_auc"]["ci"])
     assert v["sensitivity"] == pytest.approx(p.meta["operating_point"]["val_sensitivity"])
     assert info["operating_point"]["method"] == "min_cost_at_target_sensitivity"
+
+
+# --------------------------------------------------------------------------- the stored worklist (issue 16, section 4)
+
+
+def _blank_png():
+    return png_bytes(np.full((300, 240), 235, np.uint8))
+
+
+def _upload_mix(client):
+    """Two films, a blank page (not assessed) and a file that is no image; returns the predict entries by name."""
+    files = [("Doe_Jane-chest.jpeg", _jpeg(1)), ("Roe_Rick-chest.jpeg", _jpeg(2, 320, 260)),
+             ("blank.png", _blank_png()), ("Smith_Ann.png", b"not an image at all")]
+    r = _post(client, files)
+    assert r.status_code == 200, r.text
+    return {e["filename"]: e for e in r.json()["results"]}, dict(files)
+
+
+def test_every_upload_is_stored_highest_risk_first_and_survives_a_restart(predictor, tmp_path):
+    import hashlib
+
+    from pneumoscan.serve.security import log_id
+
+    db = tmp_path / "worklist.db"
+    client = TestClient(create_app(predictor, ServeSettings(db=str(db))))
+    entries, data = _upload_mix(client)
+    assert all(isinstance(e["worklist_id"], int) for e in entries.values())
+    body = client.get("/api/v1/worklist").json()
+    rows = body["results"]
+    assert body["total"] == 4 and "not a diagnosis" in body["disclaimer"]
+    films = sorted(("Doe_Jane-chest.jpeg", "Roe_Rick-chest.jpeg"), key=lambda n: -entries[n]["probability"])
+    assert [r["id"] for r in rows] == [entries[n]["worklist_id"] for n in (*films, "blank.png", "Smith_Ann.png")]
+    by_id = {r["id"]: r for r in rows}
+    for name, entry in entries.items():
+        row = by_id[entry["worklist_id"]]
+        assert row["input_sha256"] == hashlib.sha256(data[name]).hexdigest()
+        assert row["filename_hash"] == log_id(name) and row["client"] == "local" and row["source"] == "upload"
+        assert row["model_name"] == "seed-cnn" and row["model_version"] == predictor.version
+        assert row["review"] is None
+    film = by_id[entries[films[0]]["worklist_id"]]
+    assert film["probability"] == pytest.approx(entries[films[0]]["probability"])
+    assert film["decision"] == entries[films[0]]["decision"] and film["in_scope"] is True
+    assert film["flagged"] == entries[films[0]]["positive"]
+    blank = by_id[entries["blank.png"]["worklist_id"]]
+    assert blank["in_scope"] is False and blank["decision"] == "OUT_OF_SCOPE" and blank["scope_reason"]
+    bad = by_id[entries["Smith_Ann.png"]["worklist_id"]]
+    assert bad["error"] and bad["probability"] is None and bad["in_scope"] is None
+    # File names (here: patients' names) are never stored, not even inside an error message.
+    text = client.get("/api/v1/worklist").text + client.get("/api/v1/audit").text
+    assert not any(word in text for word in ("Doe_Jane", "Roe_Rick", "Smith_Ann"))
+    # A second app on the same database file (a restart) lists the same worklist.
+    again = TestClient(create_app(predictor, ServeSettings(db=str(db))))
+    assert again.get("/api/v1/worklist").json()["results"] == rows
+    # A re-sent image is a new row; the old one stays.
+    r = _post(again, [("again.jpeg", data["Doe_Jane-chest.jpeg"])])
+    assert r.json()["results"][0]["worklist_id"] not in by_id
+    assert again.get("/api/v1/worklist").json()["total"] == 5
+
+
+def test_worklist_filters_and_paging(client):
+    entries, _ = _upload_mix(client)
+    ids = lambda query: [r["id"] for r in client.get("/api/v1/worklist" + query).json()["results"]]
+    every = ids("")
+    films = every[:2]
+    assert ids("?in_scope=false") == [entries["blank.png"]["worklist_id"]]
+    assert ids("?in_scope=true") == films
+    flagged = [e["worklist_id"] for e in entries.values() if e.get("positive")]
+    assert sorted(ids("?flagged=true")) == sorted(flagged)
+    assert ids("?limit=2&offset=1") == every[1:3]
+    assert client.get("/api/v1/worklist?limit=1").json()["total"] == 4
+    assert ids("?since=2000-01-01&until=2999-12-31") == every
+    assert ids("?since=2999-01-01") == [] and ids("?until=2000-01-01T00:00:00Z") == []
+    client.post(f"/api/v1/worklist/{films[0]}/review", json={"verdict": "agree"})
+    assert ids("?unreviewed=true") == every[1:]
+    r = client.get("/api/v1/worklist?since=yesterday")
+    assert r.status_code == 422 and "ISO 8601" in r.json()["detail"]
+    assert client.get("/api/v1/worklist?limit=0").status_code == 422
+    assert client.get("/api/v1/worklist?in_scope=perhaps").status_code == 422
+
+
+def test_review_is_recorded_audited_and_checked(client):
+    entries, _ = _upload_mix(client)
+    rid = entries["Doe_Jane-chest.jpeg"]["worklist_id"]
+    r = client.post(f"/api/v1/worklist/{rid}/review", json={"verdict": "disagree", "note": "atelectasis"})
+    assert r.status_code == 200, r.text
+    assert r.json()["review"]["verdict"] == "disagree" and r.json()["review"]["note"] == "atelectasis"
+    assert r.json()["review"]["reviewer"] == "local"
+    r = client.post(f"/api/v1/worklist/{rid}/review", json={"verdict": "agree"})
+    assert r.json()["review"]["verdict"] == "agree" and r.json()["n_reviews"] == 2
+    one = client.get(f"/api/v1/worklist/{rid}").json()
+    assert [v["verdict"] for v in one["reviews"]] == ["disagree", "agree"] and one["review"]["verdict"] == "agree"
+    row = next(x for x in client.get("/api/v1/worklist").json()["results"] if x["id"] == rid)
+    assert row["review"]["verdict"] == "agree"
+    events = client.get("/api/v1/audit").json()["events"]
+    assert [e["event"] for e in events[:2]] == ["review", "review"]
+    assert events[0]["result_id"] == rid and events[0]["client"] == "local"
+    assert events[0]["input_sha256"] == row["input_sha256"] and events[0]["model_version"] == row["model_version"]
+    assert sum(e["event"] == "result" for e in events) == 4
+    assert client.get("/api/v1/audit?event=review").json()["events"] == events[:2]
+    # 404 for an unknown id, 422 for a bad verdict, a bad note or a body that is not JSON.
+    r = client.post("/api/v1/worklist/999999/review", json={"verdict": "agree"})
+    assert r.status_code == 404 and "999999" in r.json()["detail"]
+    assert client.get("/api/v1/worklist/999999").status_code == 404
+    for body in ({"verdict": "maybe"}, {"note": "no verdict"}, {"verdict": "agree", "note": 5},
+                 {"verdict": "agree", "note": "x" * 2001}, ["agree"]):
+        r = client.post(f"/api/v1/worklist/{rid}/review", json=body)
+        assert r.status_code == 422, body
+    r = client.post(f"/api/v1/worklist/{rid}/review", content=b"agree", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["detail"]
+    r = client.post(f"/api/v1/worklist/{rid}/review", content=b"{" + b" " * 70_000 + b"}",
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert client.post("/api/v1/worklist/abc/review", json={"verdict": "agree"}).status_code == 422
+    assert client.get(f"/api/v1/worklist/{rid}").json()["n_reviews"] == 2
+
+
+def test_retention_runs_at_start_up(predictor, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from pneumoscan.store import WorklistStore
+
+    db = tmp_path / "w.db"
+    with WorklistStore(db) as store:
+        for days in (400, 10):
+            store.add_result(input_sha256="ab" * 32, source="upload", filename_hash="", probability=0.5,
+                             decision="PNEUMONIA", threshold=0.4, in_scope=True, scope_reason="", error="",
+                             model_name="m", model_version="v", client="local",
+                             created=datetime.now(timezone.utc) - timedelta(days=days))
+    keep = TestClient(create_app(predictor, ServeSettings(db=str(db), retention_days=None)))
+    assert keep.get("/api/v1/worklist").json()["total"] == 2
+    client = TestClient(create_app(predictor, ServeSettings(db=str(db), retention_days=365)))
+    assert client.get("/api/v1/worklist").json()["total"] == 1
+    assert client.get("/api/v1/audit?event=purge").json()["events"][0]["client"] == "retention"
+    with pytest.raises(ValueError, match="retention_days"):
+        ServeSettings(retention_days=0)
+
+
+def test_a_database_failure_never_costs_the_result(predictor, caplog):
+    from pneumoscan.store import StoreError
+
+    app = create_app(predictor)
+    store = app.state.pneumoscan.store
+
+    def broken(**_kwargs):
+        raise StoreError("worklist database x: OperationalError: disk I/O error")
+
+    store.add_result = broken
+    client = TestClient(app)
+    with caplog.at_level("ERROR", logger="pneumoscan.serve"):
+        r = _post(client, [("Doe_Jane.jpeg", _jpeg())])
+    assert r.status_code == 200
+    entry = r.json()["results"][0]
+    assert entry["ok"] and entry["worklist_id"] is None and "not saved" in entry["worklist_error"]
+    assert "not recorded in the worklist database" in caplog.text and "Doe_Jane" not in caplog.text
+
+
+def test_the_stored_context_comes_from_the_entry():
+    from types import SimpleNamespace
+
+    from pneumoscan.serve.record import record
+    from pneumoscan.store import WorklistStore
+
+    store = WorklistStore(":memory:")
+    state = SimpleNamespace(store=store, predictor=SimpleNamespace(model_name="m", version="v"),
+                            auth=SimpleNamespace(client_id="token-0123456789"))
+    nested = {"ok": True, "probability": 0.7, "decision": "PNEUMONIA", "threshold": 0.5, "in_scope": True,
+              "scope_reason": "", "context": {"patient_id": "P1", "accession": "A1", "age": "004Y", "view": "AP",
+                                              "patient_name": "DOE^JANE"}}
+    flat = {"ok": True, "probability": 0.2, "decision": "NORMAL", "threshold": 0.5, "in_scope": True,
+            "scope_reason": "", "patient_id": "P2", "view_position": "PA", "patient_age": "002Y"}
+    for entry in (nested, flat):
+        record(state, "x.dcm", b"bytes", entry)
+    first, second = store.list()
+    assert (first["patient_id"], first["accession"], first["age"], first["view"]) == ("P1", "A1", "004Y", "AP")
+    assert (second["patient_id"], second["age"], second["view"]) == ("P2", "002Y", "PA")
+    assert first["client"] == "token-0123456789" and nested["worklist_id"] == first["id"]
+
+
+def test_a_dicom_upload_is_stored_with_its_context_and_never_the_patient_name(predictor, tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(synthetic_xray(300, 240), bits=8)))
+    ds.PatientID, ds.PatientName, ds.AccessionNumber, ds.ViewPosition = "P-4711", "DOE^JANE", "ACC-42", "PA"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    db = tmp_path / "w.db"
+    client = TestClient(create_app(predictor, ServeSettings(db=str(db))))
+    entry = _post(client, [("film.dcm", buf.getvalue())]).json()["results"][0]
+    row = client.get("/api/v1/worklist").json()["results"][0]
+    assert row["id"] == entry["worklist_id"]
+    context = entry.get("context") or {}  # the decoded DICOM context, as the predict entry carries it
+    for key in ("patient_id", "accession", "view"):
+        assert row[key] == context.get(key, ""), key
+    assert "DOE" not in str(row)
+    app_state = client.app.state.pneumoscan
+    app_state.store.close()
+    assert b"DOE^JANE" not in db.read_bytes() and not any(b"DOE^JANE" in p.read_bytes() for p in tmp_path.iterdir())

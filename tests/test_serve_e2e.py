@@ -139,7 +139,32 @@ def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
             csv_text = Path(dl.value.path()).read_text()
             assert csv_text.splitlines()[0].startswith("rank,file,probability,decision")
             assert good.name in csv_text and "not-an-xray.png" in csv_text
+            # A reader's review: a note, then Agree (keyboard focus stays on the button after the re-render).
+            first = rows.nth(0)
+            first.get_by_label(f"Review note for {good.name}").fill("consolidation, right lower lobe")
+            first.get_by_role("button", name=f"Agree with the result for {good.name}", exact=True).click()
+            expect(rows.nth(0).locator(".verdict")).to_have_text("Agreed: consolidation, right lower lobe")
+            expect(rows.nth(0).get_by_role("button", name=f"Agree with the result for {good.name}", exact=True)).to_have_attribute(
+                "aria-pressed", "true")
+            assert page.evaluate("document.activeElement.dataset.verdict") == "agree"
+            expect(rows.nth(1).get_by_role("button")).to_have_count(0)  # an unreadable file has nothing to review
             page.screenshot(path=str(ARTIFACTS / "serve_e2e.png"), full_page=True)
+            # The worklist is the server's: a reload keeps it, highest risk first, with the review.
+            page.reload()
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            expect(rows).to_have_count(2)
+            expect(rows.nth(0)).to_contain_text(good.name)  # this tab remembers the names of its own uploads
+            expect(rows.nth(0).locator(".verdict")).to_have_text("Agreed: consolidation, right lower lobe")
+            expect(rows.nth(1)).to_contain_text("unreadable")
+            expect(page.locator("article.card")).to_have_count(0)  # the cards (with the images) were this page's
+            # Another browser (no names remembered) sees the same worklist; the server never stored a file name.
+            other = browser.new_page(viewport={"width": 1366, "height": 900})
+            other.goto(server)
+            other_rows = other.locator("#worklist tbody tr")
+            expect(other_rows).to_have_count(2)
+            expect(other_rows.nth(0)).to_contain_text("Agreed")
+            assert good.name not in other.locator("#worklist").inner_text()
+            other.close()
         finally:
             browser.close()
     assert (ARTIFACTS / "serve_e2e.png").stat().st_size > 10_000
@@ -224,8 +249,8 @@ def test_not_assessed_card_and_drift_banner(shifted_server, tmp_path):
     with sync_playwright() as pw:
         browser = _launch(pw)
         try:
-            for name, viewport in (("desktop", {"width": 1440, "height": 900}),
-                                   ("phone", {"width": 390, "height": 844})):
+            for i, (name, viewport) in enumerate((("desktop", {"width": 1440, "height": 900}),
+                                                  ("phone", {"width": 390, "height": 844}))):
                 page = browser.new_page(viewport=viewport)
                 page.goto(shifted_server)
                 page.fill("#token", TOKEN)
@@ -249,18 +274,22 @@ def test_not_assessed_card_and_drift_banner(shifted_server, tmp_path):
                 scored = page.locator("article.card:not(.oos)")
                 expect(scored.locator(".prob")).to_contain_text("%")
                 expect(scored.locator(".decision")).to_contain_text("lag")  # "Flag: ..." or "Not flagged"
+                # The worklist is stored: the second viewport's page also lists the first one's uploads.
                 rows = page.locator("#worklist tbody tr")
-                expect(rows).to_have_count(2)
-                expect(rows.nth(0)).to_contain_text(good.name)  # the scored film first
-                expect(rows.nth(1)).to_contain_text("not assessed")
-                expect(rows.nth(1)).to_contain_text("blank or uniform image")
+                expect(rows).to_have_count(2 * (i + 1))
+                expect(rows.nth(0)).to_contain_text(good.name)  # the scored films first (this newest of equals)
+                expect(rows.nth(i + 1)).to_contain_text("not assessed")
+                expect(rows.nth(i + 1)).to_contain_text("blank or uniform image")
+                expect(rows.nth(i + 1)).to_contain_text(blank.name)
                 expect(page.locator("#status")).to_contain_text("1 not assessed")
                 expect(page.locator("#drift-line")).to_contain_text("SHIFTED")
                 with page.expect_download() as dl:
                     page.click("#download-csv")
                 lines = Path(dl.value.path()).read_text().splitlines()
-                assert lines[0] == "rank,file,probability,decision,in_scope,scope_reason,threshold,model_version,error"
-                assert lines[2].startswith(",blank-page.png,,OUT_OF_SCOPE,false,blank or uniform image,")
+                assert lines[0] == ("rank,file,probability,decision,in_scope,scope_reason,threshold,model_version,error,"
+                                    "patient_id,accession,age,view,received,review,review_note")
+                assert lines[1].startswith(f"1,{good.name},")
+                assert lines[i + 2].startswith(",blank-page.png,,OUT_OF_SCOPE,false,blank or uniform image,")
                 _no_horizontal_overflow(page)
                 page.screenshot(path=str(ARTIFACTS / f"serve_scope_{name}.png"), full_page=True)
                 page.close()
@@ -326,5 +355,38 @@ def test_the_site_state_is_shown_next_to_the_model_name(adapted_server, server):
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto(server)
             expect(page.locator("#site-state")).to_have_text("as shipped")
+        finally:
+            browser.close()
+
+
+def test_the_worklist_survives_a_server_restart(predictor, tmp_path):
+    """Two servers, one after the other, on one database file: the second lists what the first stored."""
+    from playwright.sync_api import expect, sync_playwright
+
+    settings = ServeSettings(db=str(tmp_path / "worklist.db"))
+    good = _sample_image(tmp_path)
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            first = _serve(create_app(predictor, settings), settings)
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            page.goto(next(first))
+            expect(page.locator("#worklist tbody tr.empty")).to_have_count(1)
+            page.set_input_files("#file-input", [str(good)])
+            rows = page.locator("#worklist tbody tr:not(.empty)")
+            expect(rows).to_have_count(1, timeout=30_000)
+            rows.nth(0).get_by_role("button", name=f"Disagree with the result for {good.name}").click()
+            expect(rows.nth(0).locator(".verdict")).to_have_text("Disagreed")
+            percent = rows.nth(0).locator("td.num").nth(1).inner_text()
+            page.close()
+            next(first, None)  # stops the first server
+            second = _serve(create_app(predictor, settings), settings)
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            page.goto(next(second))
+            rows = page.locator("#worklist tbody tr:not(.empty)")
+            expect(rows).to_have_count(1)
+            expect(rows.nth(0).locator("td.num").nth(1)).to_have_text(percent)
+            expect(rows.nth(0).locator(".verdict")).to_have_text("Disagreed")
+            next(second, None)
         finally:
             browser.close()

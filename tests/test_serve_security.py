@@ -3,6 +3,7 @@ owner-only uploads with retention, and no client file names in the logs."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -91,7 +92,9 @@ def test_an_unexpected_error_is_that_files_entry_only(predictor):
 
 def test_token_guards_every_patient_data_route(predictor):
     client = TestClient(create_app(predictor, ServeSettings(token=TOKEN)))
-    for method, url in (("get", "/api/v1/model"), ("post", "/api/v1/predict"), ("get", "/api/v1/drift")):
+    for method, url in (("get", "/api/v1/model"), ("post", "/api/v1/predict"), ("get", "/api/v1/drift"),
+                        ("get", "/api/v1/worklist"), ("get", "/api/v1/worklist/1"),
+                        ("post", "/api/v1/worklist/1/review"), ("get", "/api/v1/audit")):
         r = getattr(client, method)(url)
         assert r.status_code == 401, (url, r.status_code)
         assert r.headers["www-authenticate"].startswith("Bearer")
@@ -103,6 +106,16 @@ def test_token_guards_every_patient_data_route(predictor):
     assert client.get("/api/v1/model", headers=ok).status_code == 200
     r = client.post("/api/v1/predict", files=_files(("a.jpeg", _jpeg())), headers=ok)
     assert r.status_code == 200 and r.json()["results"][0]["ok"]
+    # The stored result names its client by the token's short hash, never by the token.
+    rid = r.json()["results"][0]["worklist_id"]
+    review = client.post(f"/api/v1/worklist/{rid}/review", json={"verdict": "agree"}, headers=ok)
+    assert review.status_code == 200
+    who = "token-" + hashlib.sha256(TOKEN.encode()).hexdigest()[:10]
+    assert review.json()["client"] == who and review.json()["review"]["reviewer"] == who
+    audit = client.get("/api/v1/audit", headers=ok)
+    assert [e["client"] for e in audit.json()["events"]] == [who, who] and TOKEN not in audit.text
+    assert client.post(f"/api/v1/worklist/{rid}/review", json={"verdict": "disagree"}).status_code == 401
+    assert client.get(f"/api/v1/worklist/{rid}", headers=ok).json()["n_reviews"] == 1
     # Open: liveness, the page and its static files (they hold no patient data).
     assert client.get("/healthz").json()["auth"] is True
     assert client.get("/").status_code == 200 and client.get("/static/app.js").status_code == 200

@@ -25,22 +25,32 @@ def serve_cmd(
     body_timeout: Annotated[float, typer.Option(help="Longest pause, in seconds, while a client sends a request body.")] = 30.0,
     save_uploads: Annotated[Optional[Path], typer.Option(help="Keep a copy of each upload in this folder (off by default; owner-only files).")] = None,
     upload_retention_days: Annotated[float, typer.Option(help="With --save-uploads: delete saved uploads older than this many days.")] = 30.0,
+    db: Annotated[Optional[str], typer.Option("--db", metavar="PATH|URL", help="The worklist database: a SQLite file (created owner-only) or a SQLAlchemy URL "
+                                             "such as postgresql+psycopg://user@host/pneumoscan. Default: worklist.db in $PNEUMOSCAN_DATA_DIR, "
+                                             "else ~/.local/share/pneumoscan. Share it with 'pneumoscan dicom-listen --db'.")] = None,
+    retention_days: Annotated[float, typer.Option(help="Delete worklist results, their reviews and audit rows older than this many days "
+                                                  "(at start-up, then daily); 0 keeps them for ever.")] = 365.0,
 ) -> None:
     """Serve the web page and the REST API (FastAPI under uvicorn) with one model loaded at start-up.
     Open http://HOST:PORT/ in a browser; API documentation is at /docs. Decision support, not a diagnosis."""
     from pneumoscan.serve import ServeSettings, run
     from pneumoscan.serve.security import load_token
+    from pneumoscan.store import default_db_path
 
     for name, value in (("--max-request-mb", max_request_mb), ("--memory-budget-mb", memory_budget_mb),
                         ("--header-timeout", header_timeout), ("--body-timeout", body_timeout),
                         ("--upload-retention-days", upload_retention_days)):
         if not value > 0:
             raise typer.BadParameter(f"must be positive, got {value:g}", param_hint=name)
+    if not retention_days >= 0:
+        raise typer.BadParameter(f"must be 0 (keep for ever) or a positive number of days, got {retention_days:g}",
+                                 param_hint="--retention-days")
     settings = ServeSettings(
         max_request_bytes=int(max_request_mb * 1024 * 1024), max_pixels=max_pixels, max_files=max_files,
         workers=workers, memory_budget_bytes=int(memory_budget_mb * 1024 * 1024),
         header_timeout=header_timeout, body_timeout=body_timeout,
         save_uploads=str(save_uploads) if save_uploads else None, upload_retention_days=upload_retention_days,
         token=load_token(token_file),
+        db=db if db else str(default_db_path()), retention_days=retention_days or None,
     )
     run(model, host=host, port=port, settings=settings, insecure_no_auth=insecure_no_auth)

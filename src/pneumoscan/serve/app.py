@@ -14,25 +14,42 @@ Safety rules:
 - every failure while analysing one file, of any kind, is that file's error entry; the others keep theirs
   (:mod:`.batch`);
 - when the client disconnects, the work for it stops;
-- with a token configured, every route that takes or returns patient data needs it (``/healthz`` does not).
+- with a token configured, every route that takes or returns patient data needs it (``/healthz`` does not);
+- every analysed upload is recorded in the worklist database (``settings.db``), whose retention runs at
+  start-up and then daily.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from pneumoscan import __version__
 from pneumoscan.constants import DISCLAIMER, INTENDED_USE
 from pneumoscan.serve.body import BadRequest
-from pneumoscan.serve.routes import api_router, page_router, static_files
+from pneumoscan.serve.routes import (
+    api_router,
+    page_router,
+    static_files,
+    worklist_router,
+)
 from pneumoscan.serve.security import Unauthorized, unauthorized_response
 from pneumoscan.serve.settings import ServeSettings
 from pneumoscan.serve.state import ServerState
+from pneumoscan.store import StoreError, WorklistStore
 
-__all__ = ["DISCLAIMER", "INTENDED_USE", "create_app"]
+__all__ = ["DISCLAIMER", "INTENDED_USE", "RETENTION_EVERY_S", "create_app"]
+
+log = logging.getLogger("pneumoscan.serve")
+
+#: Seconds between two retention purges of the worklist database while the server runs.
+RETENTION_EVERY_S = 24 * 3600.0
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -45,18 +62,52 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _unauthorized(_request: Request, _exc: Unauthorized) -> JSONResponse:
         return unauthorized_response()
 
+    @app.exception_handler(StoreError)
+    async def _store_error(_request: Request, exc: StoreError) -> JSONResponse:
+        log.error("worklist database: %s", exc)
+        return JSONResponse({"detail": "the worklist database is unavailable; see the server log"}, status_code=503)
 
-def create_app(predictor: Any, settings: ServeSettings | None = None) -> FastAPI:
-    """Build the FastAPI app around one loaded Predictor."""
-    state = ServerState(predictor, settings or ServeSettings())
+
+def _lifespan(state: ServerState) -> Any:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async def retention() -> None:  # the start-up purge ran when the state was built
+            while True:
+                await anyio.sleep(RETENTION_EVERY_S)
+                await anyio.to_thread.run_sync(state.purge_expired)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(retention)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+        state.close()
+
+    return lifespan
+
+
+def create_app(predictor: Any, settings: ServeSettings | None = None, *,
+               store: WorklistStore | None = None) -> FastAPI:
+    """Build the FastAPI app around one loaded Predictor.
+
+    Results go to ``store`` when given (the caller closes it), else to a worklist database opened on
+    ``settings.db`` (in memory when that is None).
+
+    Raises:
+        StoreError: the worklist database cannot be opened (or was written by a newer pneumoscan).
+    """
+    state = ServerState(predictor, settings or ServeSettings(), store)
     app = FastAPI(
         title="pneumoscan",
         version=__version__,
         description="Pneumonia risk on pediatric chest X-rays, with Grad-CAM heatmaps. " + DISCLAIMER,
+        lifespan=_lifespan(state),
     )
     app.state.pneumoscan = state
     _add_error_handlers(app)
     app.mount("/static", static_files(), name="static")  # the page's files: no patient data, no token
     app.include_router(page_router(state))
     app.include_router(api_router(state))
+    app.include_router(worklist_router(state))
     return app

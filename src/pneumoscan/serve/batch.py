@@ -1,5 +1,6 @@
 """The files of one request, analysed with bounded parallelism inside the memory budget; the work stops when the
-client disconnects. Every failure while analysing one file, of any kind, is that file's error entry."""
+client disconnects. Every failure while analysing one file, of any kind, is that file's error entry. Every
+analysed file, result or error, is recorded in the worklist database (:mod:`.record`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pneumoscan.io import (
 )
 from pneumoscan.serve.analysis import Cancelled, analyse
 from pneumoscan.serve.budget import BudgetExceeded, estimate_decode_bytes
+from pneumoscan.serve.record import record
 from pneumoscan.serve.security import log_id
 from pneumoscan.serve.state import ServerState
 
@@ -34,7 +36,16 @@ _MIB = 1024 * 1024
 
 async def analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool, want_preview: bool,
                       cancel: threading.Event) -> tuple[dict[str, Any], int]:
-    """``(entry, status)`` for one file; every failure becomes the entry's error, never the request's."""
+    """``(entry, status)`` for one file; every failure becomes the entry's error, never the request's. The entry
+    is recorded in the worklist database (``worklist_id``), unless the client went away first."""
+    entry, status = await _analyse_one(state, name, data, heatmap, want_preview, cancel)
+    if status != 499:
+        await anyio.to_thread.run_sync(record, state, name, data, entry)
+    return entry, status
+
+
+async def _analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool, want_preview: bool,
+                       cancel: threading.Event) -> tuple[dict[str, Any], int]:
     settings, predictor = state.settings, state.predictor
     try:
         fmt = sniff_format(data[:132])

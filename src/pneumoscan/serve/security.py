@@ -101,6 +101,9 @@ class TokenAuth:
 
     def __init__(self, token: str | None) -> None:
         self._token = token.encode("utf-8") if token else None
+        #: Who made a request, for the worklist database and its audit trail: ``token-`` and 10 hex digits of
+        #: the token's SHA-256 (never the token), or ``local`` when the server has no token.
+        self.client_id = "token-" + hashlib.sha256(self._token).hexdigest()[:10] if self._token else "local"
 
     @property
     def enabled(self) -> bool:

@@ -1,5 +1,5 @@
 """Run the app under uvicorn with the server's protections: header deadline, keep-alive and concurrency limits,
-and the refusal to serve patient data off localhost without a token."""
+and the refusal to serve patient data off localhost without a token; results go to the worklist database."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pneumoscan.serve.app import create_app
 from pneumoscan.serve.protocol import guarded_h11
 from pneumoscan.serve.security import check_exposure
 from pneumoscan.serve.settings import ServeSettings
+from pneumoscan.store import WorklistStore
 
 __all__ = ["run", "uvicorn_config"]
 
@@ -32,8 +33,11 @@ def run(model_path: str | os.PathLike[str] | None, host: str = "127.0.0.1", port
         settings: ServeSettings | None = None, *, insecure_no_auth: bool = False) -> None:
     """Load the model once and serve the app with uvicorn until interrupted.
 
+    ``settings.db`` None means the default worklist database (``worklist.db`` in the data folder).
+
     Raises:
         ConfigError: ``host`` is not a loopback address and no token is set (unless ``insecure_no_auth``).
+        StoreError: the worklist database cannot be opened, or was written by a newer pneumoscan.
     """
     import uvicorn
 
@@ -41,8 +45,12 @@ def run(model_path: str | os.PathLike[str] | None, host: str = "127.0.0.1", port
 
     settings = settings or ServeSettings()
     check_exposure(host, settings.token, insecure_no_auth=insecure_no_auth)  # before the slow model load
-    path = Path(model_path) if model_path else default_model_path()
-    predictor = Predictor.from_checkpoint(path)
-    log.info("serving %s (%s, version %s) on http://%s:%d%s", path, predictor.model_name, predictor.version,
-             host, port, " with bearer-token authentication" if settings.token else "")
-    uvicorn.Server(uvicorn_config(create_app(predictor, settings), host, port, settings, log_level="info")).run()
+    with WorklistStore(settings.db) as store:  # a database it cannot use stops it here, before the model loads
+        path = Path(model_path) if model_path else default_model_path()
+        predictor = Predictor.from_checkpoint(path)
+        log.info("serving %s (%s, version %s) on http://%s:%d%s; worklist database %s (retention %s)", path,
+                 predictor.model_name, predictor.version, host, port,
+                 " with bearer-token authentication" if settings.token else "", store.where,
+                 f"{settings.retention_days:g} days" if settings.retention_days else "none: kept for ever")
+        app = create_app(predictor, settings, store=store)
+        uvicorn.Server(uvicorn_config(app, host, port, settings, log_level="info")).run()

@@ -56,6 +56,13 @@ class ServeSettings:
     #: The drift check's rolling window: the most recent in-scope images it compares with the training films
     #: (``GET /api/v1/drift``); at least 50, the fewest the check accepts.
     drift_window: int = 200
+    #: The worklist database: a SQLite file or any SQLAlchemy URL (:class:`pneumoscan.store.WorklistStore`).
+    #: None: a database in memory, lost when the app stops (``pneumoscan serve`` passes the default file,
+    #: ``worklist.db`` in the data folder).
+    db: str | None = field(default=None, repr=False)  # a URL may hold a password
+    #: Results (with their reviews) and audit rows older than this many days are deleted from the worklist
+    #: database, at start-up and then daily; None keeps them for ever.
+    retention_days: float | None = 365.0
 
     def __post_init__(self) -> None:
         for name in ("max_request_bytes", "max_pixels", "max_files", "workers", "request_parallelism",
@@ -68,5 +75,7 @@ class ServeSettings:
         if self.drift_window < MIN_IMAGES:
             raise ValueError(f"ServeSettings.drift_window must be at least {MIN_IMAGES} (the fewest images a drift "
                              f"check accepts), got {self.drift_window}")
-        if self.upload_retention_days is not None and self.upload_retention_days <= 0:
-            raise ValueError(f"upload_retention_days must be positive or None, got {self.upload_retention_days}")
+        for name in ("upload_retention_days", "retention_days"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"ServeSettings.{name} must be positive or None, got {value}")

@@ -1,8 +1,11 @@
 """What the routes share: one Predictor, the settings, the thread pool, the memory budget, the bytes held, the
-token check, the drift window, and the model's description (``/api/v1/model``), built once at start-up."""
+token check, the drift window, the worklist database and the model's description (``/api/v1/model``), built once
+at start-up."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -17,15 +20,19 @@ from pneumoscan.serve.budget import MemoryBudget
 from pneumoscan.serve.monitor import DriftWindow
 from pneumoscan.serve.security import TokenAuth
 from pneumoscan.serve.settings import ServeSettings
+from pneumoscan.store import StoreError, WorklistStore
 
 __all__ = ["ServerState", "model_info"]
 
+log = logging.getLogger("pneumoscan.serve")
+
 
 class ServerState:
-    """What the routes share: the predictor, limits, thread pool, memory budget, buffered-bytes gauge and the
-    rolling drift window (``drift``; its test runs one at a time, under ``drift_limiter``)."""
+    """What the routes share: the predictor, limits, thread pool, memory budget, buffered-bytes gauge, the
+    rolling drift window (``drift``; its test runs one at a time, under ``drift_limiter``) and the worklist
+    database (``store``: ``store`` if given, else one opened on ``settings.db``, closed by :meth:`close`)."""
 
-    def __init__(self, predictor: Any, settings: ServeSettings) -> None:
+    def __init__(self, predictor: Any, settings: ServeSettings, store: WorklistStore | None = None) -> None:
         self.predictor = predictor
         self.settings = settings
         self.limiter = anyio.CapacityLimiter(settings.workers)
@@ -37,6 +44,27 @@ class ServerState:
         self.drift = DriftWindow(getattr(predictor, "drift", None), settings.drift_window)
         self.drift_limiter = anyio.CapacityLimiter(1)
         self.info = model_info(predictor, _read_model_card())
+        self._owns_store = store is None
+        self.store = store if store is not None else WorklistStore(settings.db or ":memory:")
+        self.last_purge = 0.0
+        self.purge_expired()  # retention at start-up; then daily (the app's lifespan)
+
+    def purge_expired(self) -> int:
+        """Delete worklist results and audit rows past ``settings.retention_days``; return how many results went
+        (0 with no retention, or when the database fails: that is logged, and the server carries on)."""
+        self.last_purge = time.monotonic()
+        if self.settings.retention_days is None:
+            return 0
+        try:
+            return self.store.purge(self.settings.retention_days)
+        except StoreError as exc:
+            log.error("retention: could not purge the worklist database: %s", exc)
+            return 0
+
+    def close(self) -> None:
+        """Close the worklist database if this state opened it."""
+        if self._owns_store:
+            self.store.close()
 
     @asynccontextmanager
     async def holding(self, nbytes: int) -> AsyncIterator[None]:

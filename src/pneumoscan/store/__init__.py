@@ -15,11 +15,21 @@ Where things live: :mod:`.models` (the tables), :mod:`.schema` (the schema versi
 
 from __future__ import annotations
 
-from pneumoscan.store.engine import DATA_DIR_ENV_VAR, DB_FILENAME, default_data_dir, default_db_path
+from pneumoscan.store.engine import (
+           DATA_DIR_ENV_VAR,
+           DB_FILENAME,
+           default_data_dir,
+           default_db_path,
+)
 from pneumoscan.store.errors import ResultNotFoundError, SchemaTooNewError, StoreError
 from pneumoscan.store.models import CONTEXT_FIELDS
 from pneumoscan.store.schema import SCHEMA_VERSION
-from pneumoscan.store.worklist_store import MAX_LIMIT, MAX_NOTE_CHARS, VERDICTS, WorklistStore
+from pneumoscan.store.worklist_store import (
+           MAX_LIMIT,
+           MAX_NOTE_CHARS,
+           VERDICTS,
+           WorklistStore,
+)
 
 __all__ = ["CONTEXT_FIELDS", "DATA_DIR_ENV_VAR", "DB_FILENAME", "MAX_LIMIT", "MAX_NOTE_CHARS", "SCHEMA_VERSION",
            "VERDICTS", "ResultNotFoundError", "SchemaTooNewError", "StoreError", "WorklistStore",

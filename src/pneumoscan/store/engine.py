@@ -139,6 +139,7 @@ def make_engine(url: URL, path: Path | None, **kwargs: Any) -> Engine:
     Raises:
         StoreError: the database driver is not installed, or the SQLite file cannot be created.
     """
+    kwargs.setdefault("hide_parameters", True)  # an error message must never carry a patient's identifiers
     try:
         if url.get_backend_name() == "sqlite":
             if path is not None:

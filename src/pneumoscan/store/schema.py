@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, func, inspect, select, text
 
@@ -54,9 +54,10 @@ def database_version(conn: Connection) -> int | None:
     return int(conn.execute(select(func.max(SchemaVersion.version))).scalar() or 0)
 
 
-def ensure_schema(conn: Connection, *, version: int = SCHEMA_VERSION,
-                  migrations: Sequence[Migration] = MIGRATIONS, where: str = "the worklist database") -> int:
-    """Create the tables, or migrate them up to ``version``; return the version the database is now at.
+def ensure_schema(conn: Connection, *, version: int | None = None, migrations: Sequence[Migration] | None = None,
+                  where: str = "the worklist database") -> int:
+    """Create the tables, or migrate them up to ``version`` (default :data:`SCHEMA_VERSION`) with ``migrations``
+    (default :data:`MIGRATIONS`); return the version the database is now at.
 
     Runs in the caller's transaction (``engine.begin()``), so it applies everything or nothing.
 
@@ -64,10 +65,12 @@ def ensure_schema(conn: Connection, *, version: int = SCHEMA_VERSION,
         SchemaTooNewError: the database is at a version above ``version``.
         StoreError: it holds pneumoscan's tables without a ``schema_version`` table, or a migration is missing.
     """
+    version = SCHEMA_VERSION if version is None else version
+    migrations = MIGRATIONS if migrations is None else migrations
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
     current = database_version(conn)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if current is None:
         found = _OUR_TABLES & set(inspect(conn).get_table_names())
         if found:

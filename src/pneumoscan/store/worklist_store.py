@@ -16,9 +16,9 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy import case, delete, exists, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -76,8 +76,8 @@ def _utc(moment: datetime | date | None, *, end_of_day: bool = False) -> datetim
     if moment is None:
         return None
     if not isinstance(moment, datetime):
-        moment = datetime.combine(moment + timedelta(days=1) if end_of_day else moment, time(), timezone.utc)
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+        moment = datetime.combine(moment + timedelta(days=1) if end_of_day else moment, time(), UTC)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _check_limit(limit: int, offset: int) -> None:
@@ -85,6 +85,12 @@ def _check_limit(limit: int, offset: int) -> None:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
     if offset < 0:
         raise ValueError(f"offset must be 0 or more, got {offset}")
+
+
+def _describe_error(exc: SQLAlchemyError) -> str:
+    """The database's own message (never the statement or its parameters, which may name a patient)."""
+    orig = getattr(exc, "orig", None)
+    return f"{type(orig).__name__}: {orig}" if orig is not None else type(exc).__name__
 
 
 def _review_dict(review: Review) -> dict[str, Any]:
@@ -155,8 +161,7 @@ class WorklistStore:
                 self.schema_version = ensure_schema(conn, where=f"the worklist database {self.where}")
         except SQLAlchemyError as exc:
             self._engine.dispose()
-            raise StoreError(f"cannot open the worklist database {self.where}: "
-                             f"{getattr(exc, 'orig', None) or exc}") from None
+            raise StoreError(f"cannot open the worklist database {self.where}: {_describe_error(exc)}") from None
         except BaseException:
             self._engine.dispose()
             raise
@@ -165,7 +170,7 @@ class WorklistStore:
     def __repr__(self) -> str:
         return f"WorklistStore({self.where!r})"
 
-    def __enter__(self) -> WorklistStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -182,8 +187,7 @@ class WorklistStore:
             with self._lock, self._sessions() as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
-            raise StoreError(f"worklist database {self.where}: {type(exc).__name__}: "
-                             f"{getattr(exc, 'orig', None) or exc}") from exc
+            raise StoreError(f"worklist database {self.where}: {_describe_error(exc)}") from exc
 
     # --- writing ------------------------------------------------------------------------------------------------
 
@@ -228,7 +232,7 @@ class WorklistStore:
         strings = {k: _clean(v, _STR_LIMITS[k]) for k, v in (
             ("source", source), ("filename_hash", filename_hash), ("decision", decision),
             ("model_name", model_name), ("model_version", model_version), ("client", client))}
-        row = Result(created=_utc(created) or datetime.now(timezone.utc), category=category, input_sha256=sha,
+        row = Result(created=_utc(created) or datetime.now(UTC), category=category, input_sha256=sha,
                      probability=None if probability is None else float(probability),
                      threshold=None if threshold is None else float(threshold),
                      in_scope=None if in_scope is None else bool(in_scope),
@@ -289,7 +293,7 @@ class WorklistStore:
             if result is None:
                 raise ResultNotFoundError(f"no worklist result has id {result_id}; it may have been purged "
                                           "(retention)")
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             review = Review(result_id=result.id, created=now, verdict=verdict, note=note_text, reviewer=who)
             s.add(review)
             s.add(AuditEvent(created=now, event="review", result_id=result.id, model_name=result.model_name,
@@ -309,7 +313,7 @@ class WorklistStore:
         if not (isinstance(older_than_days, (int, float)) and math.isfinite(older_than_days)
                 and older_than_days > 0):
             raise ValueError(f"older_than_days must be a positive number of days, got {older_than_days!r}")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         cutoff = now - timedelta(days=float(older_than_days))
         old = select(Result.id).where(Result.created < cutoff)
         with self._transaction() as s:

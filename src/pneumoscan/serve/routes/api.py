@@ -1,5 +1,6 @@
-"""``/api/v1``: the model's description, predictions and the site's drift check. Every route here takes or returns
-patient data (or what the site's films look like), so all of it sits behind the token when one is configured."""
+"""``/api/v1``: the model's description, predictions and the site's drift check (the stored worklist is in
+:mod:`.worklist`). Every route here takes or returns patient data (or what the site's films look like), so all of
+it sits behind the token when one is configured."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ _PREDICT_DESCRIPTION = (
     "scope gets `decision` `OUT_OF_SCOPE`, `positive` false, `rank` null and no heatmap; its `probability` is kept "
     "for audit only and must not be shown as a risk. Scored in-scope images are ranked by probability. A mix of "
     "good and bad files returns 200 with an error in each bad file's entry; when every file is bad the status is 4xx "
-    "(413 for an image over the pixel limit or the server's memory budget). With a token configured, send "
+    "(413 for an image over the pixel limit or the server's memory budget). Every file's entry, result or error, "
+    "is stored in the worklist database and carries its `worklist_id` (`GET /api/v1/worklist`; null, with "
+    "`worklist_error`, if the database failed). With a token configured, send "
     "`Authorization: Bearer <token>`. " + DISCLAIMER
 )
 

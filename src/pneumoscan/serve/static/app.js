@@ -1,10 +1,26 @@
 "use strict";
-// pneumoscan web page: upload X-rays, show a card per image, keep a worklist sorted by risk.
+// pneumoscan web page: upload X-rays, show a card per image, and the stored worklist sorted by risk.
 // Everything is served by the same app; nothing is loaded from elsewhere.
+// The worklist comes from the server's database (GET api/v1/worklist), so it survives reloads and restarts; the
+// cards (with the images) are this tab's only. The server never stores file names, so the names of the files
+// uploaded from this tab are remembered here (sessionStorage) to label their rows.
 
-const state = { results: [], model: null, seq: 0 };
-const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "pneumoscan-api-token";
+const NAMES_KEY = "pneumoscan-file-names";
+const MAX_NAMES = 1000;
+const state = { results: [], model: null, seq: 0, worklist: [], total: 0, names: loadNames(), cards: {}, fetchSeq: 0 };
+const $ = (id) => document.getElementById(id);
+
+function loadNames() {
+  try { return JSON.parse(sessionStorage.getItem(NAMES_KEY) || "{}") || {}; } catch (_) { return {}; }
+}
+
+function rememberName(id, name) {
+  state.names[id] = name;
+  const ids = Object.keys(state.names);
+  if (ids.length > MAX_NAMES) for (const old of ids.slice(0, ids.length - MAX_NAMES)) delete state.names[old];
+  try { sessionStorage.setItem(NAMES_KEY, JSON.stringify(state.names)); } catch (_) { /* storage full: names stay in memory */ }
+}
 
 // The API may need a bearer token (servers reachable from other machines). The page asks for it once and keeps
 // it for this browser tab only (sessionStorage), never in a cookie or on disk.
@@ -56,6 +72,7 @@ async function loadModel() {
       ` · operating threshold ${m.threshold.toFixed(3)}`);
     renderModelCard(m);
     checkDrift();
+    refreshWorklist();
   } catch (e) {
     $("model-line").textContent = "Model information unavailable: " + e.message;
   }
@@ -128,10 +145,13 @@ async function handleFiles(fileList) {
     while (queue.length) {
       const f = queue.shift();
       const results = await sendFile(f, wantHeatmap);
-      for (const r of results) { r.id = ++state.seq; state.results.push(r); batch.push(r); addCard(r); }
+      for (const r of results) {
+        r.id = ++state.seq; state.results.push(r); batch.push(r); addCard(r);
+        if (r.worklist_id != null) { rememberName(r.worklist_id, r.filename); state.cards[r.worklist_id] = "card-" + r.id; }
+      }
       done += 1;
       setStatus(`Analysed ${done} of ${files.length} image(s).`);
-      renderWorklist();
+      await refreshWorklist();
     }
   };
   await Promise.all([worker(), worker()]);
@@ -238,41 +258,130 @@ function addCard(r) {
   cards.prepend(card);
 }
 
-// The worklist's order: scored images by risk, then those not assessed (out of scope), then unreadable files.
-function sortedResults() {
-  const ok = state.results.filter(inScope).sort((a, b) => b.probability - a.probability);
-  const oos = state.results.filter((r) => r.ok && !inScope(r));
-  const bad = state.results.filter((r) => !r.ok);
-  return { ok, oos, bad };
+// The stored worklist, as the server orders it: scored images by risk, then those not assessed (out of scope),
+// then unreadable files. A later request's answer never overwrites a newer one's.
+async function refreshWorklist() {
+  const seq = ++state.fetchSeq;
+  let body = null;
+  try {
+    const res = await api("api/v1/worklist?limit=200");
+    if (!res.ok) {
+      if (res.status !== 401 && seq === state.fetchSeq) $("worklist-note").textContent = `Worklist unavailable (HTTP ${res.status}).`;
+      return;
+    }
+    body = await res.json();
+  } catch (e) {
+    if (seq === state.fetchSeq) $("worklist-note").textContent = "Worklist unavailable: " + e.message;
+    return;
+  }
+  if (seq !== state.fetchSeq) return;
+  state.worklist = body.results || [];
+  state.total = body.total || state.worklist.length;
+  renderWorklist();
+}
+
+function isError(r) { return Boolean(r.error); }
+function notAssessed(r) { return !isError(r) && r.in_scope === false; }
+
+// How a row is named: the file's name when it was uploaded from this tab, else its DICOM identifiers, else its id.
+function rowLabel(r) {
+  if (state.names[r.id]) return state.names[r.id];
+  const ids = [r.patient_id && "Patient " + r.patient_id, r.accession && "Acc. " + r.accession].filter(Boolean);
+  return ids.length ? ids.join(" · ") : `Result ${r.id}`;
+}
+
+function rowDetails(r) {
+  const bits = [];
+  if (state.names[r.id] && r.patient_id) bits.push("Patient " + r.patient_id);
+  if (state.names[r.id] && r.accession) bits.push("Acc. " + r.accession);
+  if (r.age) bits.push("age " + r.age);
+  if (r.sex) bits.push(r.sex);
+  if (r.view) bits.push(r.view);
+  const when = new Date(r.created);
+  bits.push(isNaN(when) ? r.created : when.toLocaleString());
+  return bits.join(" · ");
+}
+
+function reviewCell(r) {
+  const td = el("td", { class: "review" });
+  if (isError(r)) { td.textContent = "–"; return td; }
+  const label = rowLabel(r);
+  const current = r.review ? r.review.verdict : "";
+  const group = el("div", { role: "group", "aria-label": `Review of ${label}`, class: "review-box" });
+  if (r.review) {
+    group.append(el("div", { class: "verdict " + current,
+      text: (current === "agree" ? "Agreed" : "Disagreed") + (r.review.note ? ": " + r.review.note : "") }));
+  }
+  const note = el("input", { type: "text", class: "note", maxlength: "2000", placeholder: "Note (optional)",
+                             "aria-label": `Review note for ${label}` });
+  note.value = r.review ? r.review.note : "";
+  const buttons = el("div", { class: "review-buttons" });
+  for (const [verdict, text] of [["agree", "Agree"], ["disagree", "Disagree"]]) {
+    const btn = el("button", { type: "button", class: "verdict-btn " + verdict, text,
+                               "aria-pressed": String(current === verdict), "data-result": String(r.id),
+                               "data-verdict": verdict, "aria-label": `${text} with the result for ${label}` });
+    btn.addEventListener("click", () => sendReview(r, verdict, note.value));
+    buttons.append(btn);
+  }
+  group.append(note, buttons);
+  td.append(group);
+  return td;
+}
+
+async function sendReview(r, verdict, note) {
+  let res;
+  try {
+    res = await api(`api/v1/worklist/${r.id}/review`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ verdict, note }) });
+  } catch (e) {
+    setStatus("The review was not saved: " + e.message);
+    return;
+  }
+  if (!res.ok) {
+    let msg = `HTTP ${res.status}`;
+    try { const b = await res.json(); if (b && b.detail) msg = typeof b.detail === "string" ? b.detail : JSON.stringify(b.detail); } catch (_) { /* not JSON */ }
+    setStatus("The review was not saved: " + msg);
+    return;
+  }
+  setStatus(`Review saved: ${verdict === "agree" ? "agreed" : "disagreed"} with ${rowLabel(r)}.`);
+  await refreshWorklist();
+  const again = document.querySelector(`button[data-result="${r.id}"][data-verdict="${verdict}"]`);
+  if (again) again.focus();  // keyboard users stay where they were
 }
 
 function renderWorklist() {
   const tbody = $("worklist").querySelector("tbody");
   tbody.replaceChildren();
-  const { ok, oos, bad } = sortedResults();
-  if (!ok.length && !oos.length && !bad.length) {
-    tbody.append(el("tr", { class: "empty" }, [el("td", { colspan: "4", text: "No images yet." })]));
+  const rows = state.worklist;
+  if (!rows.length) {
+    tbody.append(el("tr", { class: "empty" }, [el("td", { colspan: "5", text: "No images yet." })]));
   }
-  ok.forEach((r, i) => {
-    const link = el("a", { href: "#card-" + r.id, text: r.filename });
-    tbody.append(el("tr", {}, [
-      el("td", { class: "num", text: String(i + 1) }), el("td", { class: "file" }, [link]),
-      el("td", { class: "num", text: fmtPct(r.probability) }),
-      el("td", {}, [el("span", { class: "decision " + (r.positive ? "pos" : "neg"), text: r.positive ? "flag" : "no flag" })]),
-    ]));
-  });
-  for (const r of oos) {
-    const link = el("a", { href: "#card-" + r.id, text: r.filename });
-    tbody.append(el("tr", { class: "oos" }, [
-      el("td", { text: "–" }), el("td", { class: "file" }, [link]), el("td", { text: "–" }),
-      el("td", {}, [el("span", { class: "decision na", text: "not assessed", title: r.scope_reason || "" }),
-                    el("div", { class: "why", text: r.scope_reason || "" })]),
-    ]));
+  let rank = 0;
+  for (const r of rows) {
+    const label = rowLabel(r);
+    const name = state.cards[r.id] ? el("a", { href: "#" + state.cards[r.id], text: label }) : el("span", { text: label });
+    const file = el("td", { class: "file" }, [name, el("div", { class: "why", text: rowDetails(r) })]);
+    if (isError(r)) {
+      tbody.append(el("tr", { class: "bad" }, [el("td", { text: "–" }), file, el("td", { text: "–" }),
+        el("td", {}, [el("span", { class: "err", text: "unreadable" }), el("div", { class: "why", text: r.error })]),
+        reviewCell(r)]));
+    } else if (notAssessed(r)) {
+      tbody.append(el("tr", { class: "oos" }, [
+        el("td", { text: "–" }), file, el("td", { text: "–" }),
+        el("td", {}, [el("span", { class: "decision na", text: "not assessed", title: r.scope_reason || "" }),
+                      el("div", { class: "why", text: r.scope_reason || "" })]),
+        reviewCell(r)]));
+    } else {
+      rank += 1;
+      tbody.append(el("tr", {}, [
+        el("td", { class: "num", text: String(rank) }), file,
+        el("td", { class: "num", text: fmtPct(r.probability) }),
+        el("td", {}, [el("span", { class: "decision " + (r.flagged ? "pos" : "neg"), text: r.flagged ? "flag" : "no flag" })]),
+        reviewCell(r)]));
+    }
   }
-  for (const r of bad) {
-    tbody.append(el("tr", {}, [el("td", { text: "–" }), el("td", { class: "file", text: r.filename }), el("td", { text: "–" }), el("td", { class: "err", text: "unreadable" })]));
-  }
-  $("download-csv").disabled = !(ok.length || oos.length || bad.length);
+  $("worklist-note").textContent = state.total > rows.length ? `Showing the ${rows.length} highest of ${state.total} results.` : "";
+  $("download-csv").disabled = !rows.length;
 }
 
 function csvCell(v) {
@@ -283,13 +392,17 @@ function csvCell(v) {
 }
 
 function downloadCsv() {
-  const { ok, oos, bad } = sortedResults();
-  const version = state.model ? state.model.version : "";
-  const rows = [["rank", "file", "probability", "decision", "in_scope", "scope_reason", "threshold", "model_version", "error"]];
-  ok.forEach((r, i) => rows.push([i + 1, r.filename, r.probability.toFixed(6), r.positive ? "PNEUMONIA" : "NORMAL", "true", "", r.threshold, r.model_version || version, ""]));
-  // Not assessed: no rank and no probability (the model's output on such an image is not a risk).
-  oos.forEach((r) => rows.push(["", r.filename, "", "OUT_OF_SCOPE", "false", r.scope_reason || "", r.threshold, r.model_version || version, ""]));
-  bad.forEach((r) => rows.push(["", r.filename, "", "", "", "", "", version, r.error]));
+  const rows = [["rank", "file", "probability", "decision", "in_scope", "scope_reason", "threshold", "model_version", "error",
+                 "patient_id", "accession", "age", "view", "received", "review", "review_note"]];
+  let rank = 0;
+  for (const r of state.worklist) {
+    const tail = [r.patient_id, r.accession, r.age, r.view, r.created, r.review ? r.review.verdict : "", r.review ? r.review.note : ""];
+    const file = rowLabel(r);
+    if (isError(r)) rows.push(["", file, "", "", "", "", "", r.model_version, r.error, ...tail]);
+    // Not assessed: no rank and no probability (the model's output on such an image is not a risk).
+    else if (notAssessed(r)) rows.push(["", file, "", "OUT_OF_SCOPE", "false", r.scope_reason || "", r.threshold, r.model_version, "", ...tail]);
+    else rows.push([++rank, file, r.probability.toFixed(6), r.decision, "true", "", r.threshold, r.model_version, "", ...tail]);
+  }
   const blob = new Blob([rows.map((row) => row.map(csvCell).join(",")).join("\n") + "\n"], { type: "text/csv" });
   const a = el("a", { href: URL.createObjectURL(blob), download: "pneumoscan-worklist.csv" });
   document.body.append(a); a.click(); a.remove();
@@ -313,7 +426,8 @@ function setup() {
     $("login").hidden = true;
     loadModel();
   });
-  $("clear").addEventListener("click", () => { state.results = []; $("cards").replaceChildren(); renderWorklist(); setStatus(""); });
+  // The cards are this tab's; the worklist is the server's and stays.
+  $("clear").addEventListener("click", () => { state.results = []; state.cards = {}; $("cards").replaceChildren(); renderWorklist(); setStatus(""); });
   loadModel();
 }
 

@@ -1,0 +1,133 @@
+"""``/api/v1/worklist`` and ``/api/v1/audit``: the stored worklist (highest risk first, with filters), readers'
+reviews and the audit trail, from the worklist database (:class:`pneumoscan.store.WorklistStore`). Patient data,
+so behind the token like the rest of ``/api/v1``."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from pneumoscan.constants import DISCLAIMER
+from pneumoscan.serve.body import BadRequest, read_body
+from pneumoscan.serve.state import ServerState
+from pneumoscan.store import MAX_LIMIT, MAX_NOTE_CHARS, ResultNotFoundError
+
+__all__ = ["worklist_router"]
+
+#: Largest review body accepted, in bytes (a verdict and a note of at most 2,000 characters).
+MAX_REVIEW_BYTES = 64 * 1024
+
+_LIST_DESCRIPTION = (
+    "Every result this server (and the DICOM node sharing its database) has stored, highest risk first: scored "
+    "in-scope images by pneumonia probability, then images not assessed (out of scope; their `probability` is "
+    "kept for audit only and is not a risk), then files that could not be read. Filters: `flagged=true` (flagged "
+    "as possible pneumonia), `unreviewed=true` (no reader's review yet), `in_scope=true|false`, `since` and "
+    "`until` (ISO 8601 dates or times, UTC unless they say otherwise; a date as `until` includes that day); "
+    "`limit` and `offset` page through `total`. Each result carries its DICOM context (patient ID, accession, "
+    "study date, age, sex, view, UIDs; never the patient's name) and its latest `review`. " + DISCLAIMER
+)
+_REVIEW_DESCRIPTION = (
+    'JSON `{"verdict": "agree" | "disagree", "note": "..."}` (note optional, at most '
+    f"{MAX_NOTE_CHARS:,} characters). Every review is kept and audited; the latest is the result's current "
+    "review. The reviewer recorded is this client (the token's short hash, or `local`). 404 for an unknown id, "
+    "422 for a bad verdict or note. Returns the result with its new review."
+)
+
+
+def _when(text: str | None, name: str) -> datetime | date | None:
+    """An ISO 8601 date (``2024-05-01``) or time (``2024-05-01T08:00:00Z``) from a query parameter."""
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    try:
+        return date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(422, f"{name}: {text[:40]!r} is not an ISO 8601 date or time; use e.g. 2024-05-01 or "
+                              "2024-05-01T08:00:00Z") from None
+
+
+async def _review_body(request: Request, state: ServerState) -> tuple[Any, Any]:
+    """``(verdict, note)`` from the JSON body, read within the size and time limits."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_REVIEW_BYTES:
+        raise BadRequest(413, f"a review is at most {MAX_REVIEW_BYTES:,} bytes", close=True)
+    raw = await read_body(request, state)
+    if len(raw) > MAX_REVIEW_BYTES:
+        raise BadRequest(413, f"a review is at most {MAX_REVIEW_BYTES:,} bytes", close=True)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(422, 'send JSON: {"verdict": "agree" | "disagree", "note": "..."}') from None
+    if not isinstance(body, dict):
+        raise BadRequest(422, 'send a JSON object: {"verdict": "agree" | "disagree", "note": "..."}')
+    note = body.get("note", "")
+    if note is None:
+        note = ""
+    if not isinstance(note, str):
+        raise BadRequest(422, "note must be text")
+    return body.get("verdict"), note
+
+
+def worklist_router(state: ServerState) -> APIRouter:
+    """``GET /api/v1/worklist``, ``GET /api/v1/worklist/{id}``, ``POST /api/v1/worklist/{id}/review`` and
+    ``GET /api/v1/audit``, behind ``state.auth``."""
+    router = APIRouter(prefix="/api/v1", dependencies=[Depends(state.auth)])
+    store = state.store
+
+    @router.get("/worklist", summary="The stored worklist, highest risk first", description=_LIST_DESCRIPTION)
+    async def worklist(flagged: bool = False, unreviewed: bool = False, in_scope: bool | None = None,
+                       since: str | None = None, until: str | None = None,
+                       limit: int = Query(200, ge=1, le=MAX_LIMIT), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+        filters = {"flagged_only": flagged, "unreviewed_only": unreviewed, "in_scope": in_scope,
+                   "since": _when(since, "since"), "until": _when(until, "until")}
+
+        def read() -> tuple[list[dict[str, Any]], int]:
+            return store.list(**filters, limit=limit, offset=offset), store.count(**filters)
+
+        results, total = await anyio.to_thread.run_sync(read)
+        return {"results": results, "total": total, "limit": limit, "offset": offset, "disclaimer": DISCLAIMER}
+
+    @router.get("/worklist/{result_id}", summary="One stored result, with its reviews")
+    async def one(result_id: int) -> JSONResponse:
+        def read() -> dict[str, Any]:
+            return {**store.get(result_id), "reviews": store.reviews(result_id)}
+
+        try:
+            return JSONResponse(await anyio.to_thread.run_sync(read))
+        except ResultNotFoundError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @router.post("/worklist/{result_id}/review", summary="Record a reader's review of a result",
+                 description=_REVIEW_DESCRIPTION, openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": {"type": "object", "required": ["verdict"], "properties": {
+                         "verdict": {"type": "string", "enum": ["agree", "disagree"]},
+                         "note": {"type": "string", "maxLength": MAX_NOTE_CHARS}}}}}}})
+    async def review(result_id: int, request: Request) -> JSONResponse:
+        try:
+            verdict, note = await _review_body(request, state)
+        except ClientDisconnect:
+            return JSONResponse({"detail": "client disconnected"}, status_code=400)
+        try:
+            out = await anyio.to_thread.run_sync(
+                lambda: store.review(result_id, verdict=verdict, note=note, reviewer=state.auth.client_id))
+        except ResultNotFoundError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=404)
+        except ValueError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse(out)
+
+    @router.get("/audit", summary="The audit trail, newest first",
+                description="One row per stored result, review and retention purge: when, which model and "
+                            "version, which client (token hash, AE title or `local`) and the input's SHA-256.")
+    async def audit(limit: int = Query(200, ge=1, le=MAX_LIMIT), offset: int = Query(0, ge=0),
+                    event: str | None = None) -> dict[str, Any]:
+        events = await anyio.to_thread.run_sync(lambda: store.audit(limit, offset, event=event))
+        return {"events": events, "limit": limit, "offset": offset}
+
+    return router

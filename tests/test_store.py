@@ -1,0 +1,342 @@
+"""The worklist database: new rows never overwrite, ordering, filters, reviews, audit rows, retention, the schema
+version and its migrations, an owner-only SQLite file, and several threads at once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import stat
+import threading
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.io import ImageContext
+from pneumoscan.store import (
+    SCHEMA_VERSION,
+    ResultNotFoundError,
+    SchemaTooNewError,
+    StoreError,
+    WorklistStore,
+    default_db_path,
+)
+from pneumoscan.store import schema as schema_mod
+
+NOW = datetime.now(UTC)
+
+
+def _sha(seed: object) -> str:
+    return hashlib.sha256(str(seed).encode()).hexdigest()
+
+
+def _add(store: WorklistStore, *, p: float | None = 0.3, decision: str = "NORMAL", in_scope: bool | None = True,
+         error: str = "", seed: object = 0, context=None, created=None, client: str = "local") -> int:
+    return store.add_result(input_sha256=_sha(seed), source="upload", filename_hash="upload-0123456789",
+                            probability=p, decision=decision, threshold=0.5, in_scope=in_scope,
+                            scope_reason="" if in_scope is not False else "blank or uniform image", error=error,
+                            model_name="seed-cnn", model_version="v1", client=client, context=context,
+                            created=created)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with WorklistStore(tmp_path / "worklist.db") as s:
+        yield s
+
+
+def test_a_rescored_image_is_a_new_row_never_an_overwrite(store):
+    first = _add(store, p=0.2, seed="same image")
+    second = _add(store, p=0.9, decision="PNEUMONIA", seed="same image")
+    assert first != second
+    rows = {r["id"]: r for r in store.list()}
+    assert rows[first]["probability"] == pytest.approx(0.2) and rows[second]["probability"] == pytest.approx(0.9)
+    assert rows[first]["input_sha256"] == rows[second]["input_sha256"] == _sha("same image")
+    assert store.count() == 2
+
+
+def test_highest_risk_first_then_not_assessed_then_errors(store):
+    low = _add(store, p=0.1)
+    err = _add(store, p=None, decision="ERROR", in_scope=None, error="not an image")
+    oos = _add(store, p=0.99, decision="OUT_OF_SCOPE", in_scope=False)  # its probability is not a risk
+    high = _add(store, p=0.8, decision="PNEUMONIA")
+    mid = _add(store, p=0.5, decision="PNEUMONIA")
+    assert [r["id"] for r in store.list()] == [high, mid, low, oos, err]
+    rows = store.list()
+    assert rows[0]["flagged"] and not rows[2]["flagged"] and not rows[3]["flagged"]
+    assert rows[3]["in_scope"] is False and rows[3]["scope_reason"] == "blank or uniform image"
+    assert rows[4]["error"] == "not an image" and rows[4]["probability"] is None
+    assert [r["id"] for r in store.list(limit=2, offset=1)] == [mid, low]
+
+
+def test_filters(store):
+    old = _add(store, p=0.9, decision="PNEUMONIA", created=NOW - timedelta(days=10))
+    flagged = _add(store, p=0.7, decision="PNEUMONIA")
+    normal = _add(store, p=0.2)
+    oos = _add(store, p=0.4, decision="OUT_OF_SCOPE", in_scope=False)
+    err = _add(store, p=None, decision="ERROR", in_scope=None, error="truncated")
+    ids = lambda **kw: [r["id"] for r in store.list(**kw)]
+    assert ids(flagged_only=True) == [old, flagged]
+    assert ids(in_scope=True) == [old, flagged, normal]
+    assert ids(in_scope=False) == [oos]  # a file not read is neither in nor out of scope
+    assert ids(since=NOW - timedelta(days=1)) == [flagged, normal, oos, err]
+    assert ids(until=NOW - timedelta(days=1)) == [old]
+    assert ids(until=(NOW - timedelta(days=10)).date()) == [old]  # a date as "until" includes that day
+    assert ids(since=date.today() + timedelta(days=2)) == []
+    store.review(flagged, verdict="agree", reviewer="local")
+    assert ids(unreviewed_only=True) == [old, normal, oos, err]
+    assert ids(flagged_only=True, unreviewed_only=True) == [old]
+    assert store.count(flagged_only=True) == 2
+    with pytest.raises(ValueError, match="limit"):
+        store.list(limit=0)
+
+
+def test_context_is_kept_and_the_patient_name_never(store, tmp_path):
+    ctx = ImageContext(format="DICOM", patient_id="P-17", patient_name="DOE^JANE", patient_age="004Y",
+                       patient_sex="F", view_position="AP", accession="ACC9", study_date="20240501",
+                       study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.5")
+    rid = _add(store, context=ctx)
+    _add(store, seed=1, context={"patient_id": "P-18", "patient_name": "ROE^RICHARD", "view": "PA", "age": "3",
+                                 "unknown_key": "x"})
+    row = store.get(rid)
+    assert (row["patient_id"], row["accession"], row["study_date"], row["age"], row["sex"], row["view"],
+            row["study_uid"], row["series_uid"], row["sop_uid"]) == (
+        "P-17", "ACC9", "20240501", "004Y", "F", "AP", "1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert "patient_name" not in row
+    store.close()
+    raw = (tmp_path / "worklist.db").read_bytes()
+    assert b"DOE^JANE" not in raw and b"ROE^RICHARD" not in raw
+
+
+def test_bad_results_are_refused(store):
+    with pytest.raises(ValueError, match="64 hexadecimal"):
+        store.add_result(input_sha256="abc", source="upload", filename_hash="", probability=0.5, decision="NORMAL",
+                         threshold=0.5, in_scope=True, scope_reason="", error="", model_name="m",
+                         model_version="v", client="local")
+    with pytest.raises(ValueError, match="probability"):
+        _add(store, p=float("nan"))
+    with pytest.raises(ValueError, match="needs a probability"):
+        _add(store, p=None)
+    assert store.count() == 0
+
+
+def test_reviews_are_all_kept_the_latest_is_current_and_audited(store):
+    rid = _add(store, p=0.8, decision="PNEUMONIA", seed="film")
+    first = store.review(rid, verdict="disagree", note="  looks like atelectasis\n", reviewer="token-abc")
+    assert first["review"]["verdict"] == "disagree" and first["review"]["note"] == "looks like atelectasis"
+    assert first["n_reviews"] == 1
+    second = store.review(rid, verdict="agree", reviewer="token-def")
+    assert second["review"] == {**second["review"], "verdict": "agree", "note": "", "reviewer": "token-def"}
+    assert store.list()[0]["review"]["verdict"] == "agree" and store.list()[0]["n_reviews"] == 2
+    assert [r["verdict"] for r in store.reviews(rid)] == ["disagree", "agree"]
+    with pytest.raises(ValueError, match="agree"):
+        store.review(rid, verdict="maybe", reviewer="x")
+    with pytest.raises(ValueError, match="note"):
+        store.review(rid, verdict="agree", note="x" * 2001, reviewer="x")
+    with pytest.raises(KeyError, match="no worklist result has id 999") as err:
+        store.review(999, verdict="agree", reviewer="x")
+    assert isinstance(err.value, ResultNotFoundError) and isinstance(err.value, PneumoscanError)
+    events = store.audit()
+    assert [e["event"] for e in events] == ["review", "review", "result"]
+    review_event = events[1]
+    assert review_event["result_id"] == rid and review_event["client"] == "token-abc"
+    assert review_event["input_sha256"] == _sha("film") and review_event["model_version"] == "v1"
+    assert review_event["detail"] == "disagree with a note"
+    assert "atelectasis" not in str(events)  # the note lives with the review, not in the audit trail
+
+
+def test_every_result_has_an_audit_row(store):
+    a = _add(store, client="token-0123456789", seed="a")
+    b = _add(store, p=None, decision="ERROR", in_scope=None, error="bad", client="PACS_AE", seed="b")
+    events = store.audit()
+    assert [(e["event"], e["result_id"], e["client"], e["input_sha256"]) for e in events] == [
+        ("result", b, "PACS_AE", _sha("b")), ("result", a, "token-0123456789", _sha("a"))]
+    assert all(e["model_name"] == "seed-cnn" and e["model_version"] == "v1" and e["created"] for e in events)
+    assert store.audit(event="review") == []
+
+
+def test_retention_purge(store):
+    old = _add(store, created=NOW - timedelta(days=400), seed="old")
+    store.review(old, verdict="agree", reviewer="local")  # the review is new, but goes with its result
+    keep = _add(store, created=NOW - timedelta(days=10), seed="keep")
+    with store._transaction() as s:  # an old audit row (its result is long gone)
+        s.execute(text("UPDATE audit_log SET created = :t WHERE result_id = :r AND event = 'result'"),
+                  {"t": (NOW - timedelta(days=400)).replace(tzinfo=None), "r": old})
+    assert store.purge(365) == 1
+    assert [r["id"] for r in store.list()] == [keep]
+    assert store.reviews(old) == []
+    events = store.audit()
+    assert events[0]["event"] == "purge" and "1 result(s), 1 review(s) and 1 audit row(s)" in events[0]["detail"]
+    assert not any(e["event"] == "result" and e["result_id"] == old for e in events)
+    assert store.purge(365) == 0
+    with pytest.raises(ValueError, match="positive"):
+        store.purge(0)
+
+
+def test_schema_version_table_and_a_newer_database_is_refused(tmp_path):
+    path = tmp_path / "w.db"
+    with WorklistStore(path) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        _add(s)
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    con.execute("INSERT INTO schema_version (version, applied_at, description) VALUES (?, '2030-01-01', 'x')",
+                (SCHEMA_VERSION + 1,))
+    con.commit()
+    con.close()
+    with pytest.raises(SchemaTooNewError, match=f"schema version {SCHEMA_VERSION + 1}.*newer pneumoscan") as err:
+        WorklistStore(path)
+    assert isinstance(err.value, PneumoscanError) and "Upgrade pneumoscan" in str(err.value)
+    con = sqlite3.connect(path)  # left untouched
+    assert con.execute("SELECT count(*) FROM worklist_results").fetchone()[0] == 1
+
+
+def test_migrations_run_in_order_at_open(tmp_path, monkeypatch):
+    path = tmp_path / "w.db"
+    with WorklistStore(path) as s:
+        rid = _add(s)
+    ran = []
+
+    def to_2(conn):
+        ran.append(2)
+        conn.execute(text("CREATE TABLE extra_two (x INTEGER)"))
+
+    def to_3(conn):
+        ran.append(3)
+        conn.execute(text("ALTER TABLE extra_two ADD COLUMN y INTEGER"))
+
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", (schema_mod.Migration(2, "two", to_2),
+                                                   schema_mod.Migration(3, "three", to_3)))
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 3)
+    with WorklistStore(path) as s:  # the migrations run when the store opens
+        assert s.schema_version == 3
+        assert [r["id"] for r in s.list()] == [rid]
+    with WorklistStore(path) as s:  # and only once
+        assert s.schema_version == 3
+    assert ran == [2, 3]
+    con = sqlite3.connect(path)
+    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
+    assert con.execute("SELECT x, y FROM extra_two").fetchall() == []
+    assert con.execute("SELECT id FROM worklist_results").fetchall() == [(rid,)]
+
+
+def test_a_failed_migration_leaves_the_database_as_it_was(tmp_path):
+    path = tmp_path / "w.db"
+    WorklistStore(path).close()
+
+    def broken(conn):
+        conn.execute(text("CREATE TABLE half_done (x INTEGER)"))
+        raise RuntimeError("migration bug")
+
+    from pneumoscan.store import engine as engine_mod
+
+    engine = engine_mod.make_engine(*engine_mod.resolve(path))
+    with pytest.raises(RuntimeError, match="migration bug"), engine.begin() as conn:
+        schema_mod.ensure_schema(conn, version=2, migrations=[schema_mod.Migration(2, "broken", broken)])
+    engine.dispose()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 1
+    assert con.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchall() == []
+
+
+def test_unversioned_tables_are_refused(tmp_path):
+    path = tmp_path / "w.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE worklist_results (id INTEGER PRIMARY KEY)")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="no schema_version"):
+        WorklistStore(path)
+
+
+def test_sqlite_file_and_its_new_folders_are_owner_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCAN_DATA_DIR", str(tmp_path / "data" / "pneumoscan"))
+    old_umask = os.umask(0o022)
+    try:
+        with WorklistStore() as s:  # the default: worklist.db in the data folder
+            _add(s)
+            assert s.path == default_db_path() == tmp_path / "data" / "pneumoscan" / "worklist.db"
+    finally:
+        os.umask(old_umask)
+    for folder in (tmp_path / "data", tmp_path / "data" / "pneumoscan"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for f in (tmp_path / "data" / "pneumoscan").iterdir():  # the database, and SQLite's -wal/-shm beside it
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+
+def test_a_folder_or_a_url_names_the_database(tmp_path):
+    with WorklistStore(str(tmp_path)) as s:
+        assert s.path == tmp_path / "worklist.db"
+    url = f"sqlite:///{tmp_path / 'by-url.db'}"
+    with WorklistStore(url) as s:
+        _add(s)
+        assert s.path == tmp_path / "by-url.db"
+    assert stat.S_IMODE((tmp_path / "by-url.db").stat().st_mode) == 0o600
+    with WorklistStore(":memory:") as s:
+        _add(s)
+        assert s.count() == 1 and s.path is None
+    with pytest.raises(StoreError, match="driver is not installed"):
+        WorklistStore("nosuchdialect+nodriver://user:secret@host/db")
+
+
+def test_a_url_password_never_shows(tmp_path):
+    try:
+        WorklistStore("postgresql+psycopg://nurse:hunter2secret@127.0.0.1:1/pneumoscan")
+    except StoreError as exc:
+        assert "hunter2secret" not in str(exc)
+    else:  # pragma: no cover - nothing listens on port 1
+        pytest.fail("opened a database on port 1")
+
+
+def test_many_threads_at_once(tmp_path):
+    path = tmp_path / "w.db"
+    stores = [WorklistStore(path), WorklistStore(path)]  # two stores on one file: as serve and dicom-listen
+    errors: list[BaseException] = []
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        try:
+            s = stores[i % 2]
+            for j in range(15):
+                rid = _add(s, p=(i * 15 + j) / 100, seed=(i, j), client=f"thread-{i}")
+                s.review(rid, verdict="agree", reviewer=f"thread-{i}")
+                s.list(limit=5)
+                with lock:
+                    ids.append(rid)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(ids)) == 90 and stores[0].count() == 90 and stores[1].count(unreviewed_only=True) == 0
+    assert len(stores[0].audit(limit=1000)) == 180
+    probs = [r["probability"] for r in stores[0].list(limit=1000)]
+    assert probs == sorted(probs, reverse=True)
+    for s in stores:
+        s.close()
+
+
+def test_in_memory_store_is_thread_safe():
+    s = WorklistStore(":memory:")
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(20):
+                s.review(_add(s, seed=(i, j)), verdict="disagree", reviewer="x")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and s.count() == 80
