@@ -7,16 +7,15 @@ from __future__ import annotations
 import io
 import os
 import stat
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from highdicom.sr.utils import find_content_items
+from imagefactory import dicom_bytes, synthetic_xray
 from pydicom.uid import UID, generate_uid
 
-from imagefactory import dicom_bytes, synthetic_xray
 from pneumoscan.constants import DISCLAIMER
 from pneumoscan.dicom_out import (
     CODING_SCHEME,
@@ -230,3 +229,21 @@ def test_pseudonymised_outputs_name_nobody_and_stay_valid_dicom(tmp_path):
     assert pydicom.dcmread(again[0]).StudyInstanceUID == sr.StudyInstanceUID
     copy = pseudonymise_dataset(src, KEY)
     assert src.PatientID == "MRN-12345" and copy.PatientID != src.PatientID and "OtherPatientIDs" not in copy
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # the test's own sloppy header, as pydicom sees it
+def test_sloppy_headers_are_copied_as_they_are_and_no_name_reaches_a_warning_or_log(caplog):
+    import logging
+    import warnings
+
+    src = source_dataset(PatientName="DOE JANE", ReferringPhysicianName="WHO DOCTOR", PatientSex="female",
+                         StudyDate="2024-03-01")
+    overlay = sc_pixels(synthetic_xray(128, 112, seed=3), None)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.DEBUG):
+        warnings.simplefilter("always")
+        made = [_roundtrip(_sr(src)), _roundtrip(make_sc(src, overlay, caption="x"))]
+    said = caplog.text + " ".join(str(w.message) for w in caught)
+    assert "DOE" not in said and "WHO" not in said
+    for ds in made:
+        assert (str(ds.PatientName), str(ds.ReferringPhysicianName), ds.PatientSex, ds.StudyDate) == (
+            "DOE JANE", "WHO DOCTOR", "female", "2024-03-01")

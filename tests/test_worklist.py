@@ -12,8 +12,8 @@ import pytest
 
 from pneumoscan.drift import MIN_IMAGES, DriftResult, NotEnoughImagesError
 from pneumoscan.io import ImageContext
-from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
 from pneumoscan.predict import FileResult
+from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
 from pneumoscan.scope import OUT_OF_SCOPE
 from pneumoscan.worklist import (
     CONTEXT_COLUMNS,

@@ -1,0 +1,46 @@
+"""DICOM results out: a Structured Report and a Secondary Capture per DICOM input, in the input's own study.
+
+Both are made with highdicom (so its checks run while they are built), placed in the source's study (same
+StudyInstanceUID) in a new series each, with the source's patient and study modules copied:
+
+* :func:`make_sr`: a Comprehensive 3D SR, TID 1500 Measurement Report with one measurement group (TID 1501) that
+  holds the pneumonia probability (NUM, unit ``{probability}``), the operating threshold (NUM), the decision as a
+  coded finding (SCT 233604007 Pneumonia, SCT 17621005 Normal, or a local code for "not assessed"), whether the
+  image was in scope (CODE yes/no) and why not (TEXT), the algorithm's identification (TID 4019: name
+  ``pneumoscan <model>`` and the model's version) and the decision-support disclaimer (TEXT). An image out of
+  scope gets no probability in the SR: a PACS viewer would show it as a risk (the worklists keep it, for audit).
+  The report is COMPLETE, UNVERIFIED and PRELIMINARY: a clinician's reading is the final one.
+* :func:`make_sc`: a Secondary Capture (RGB) of the Grad-CAM overlay with a burned-in caption (score, decision,
+  "decision support only"; ``NOT ASSESSED: <reason>`` out of scope) on a band above the film, so the caption hides
+  no anatomy; BurnedInAnnotation YES.
+* :func:`write_dicom_results`: both, from a source file or its bytes, written as ``<SOPInstanceUID>.dcm``
+  atomically, owner-only, never replacing a file; with ``pseudonym_key`` the outputs carry keyed pseudonyms
+  (:func:`pseudonymise_dataset`).
+* :func:`write_dicom_batch`: what ``predict --dicom-out`` does for a batch of scored files (one file's failure is
+  that file's note).
+
+Modules: :mod:`.source` (reading, checking, copying and pseudonymising the source header), :mod:`.sr`, :mod:`.sc`,
+:mod:`.write` (files and batches).
+
+Decision support, not a diagnosis.
+"""
+
+from __future__ import annotations
+
+from pneumoscan.dicom_out.sc import caption_for, make_sc, sc_pixels
+from pneumoscan.dicom_out.source import (
+    CODING_SCHEME,
+    DECISIONS,
+    MANUFACTURER,
+    SC_SERIES_NUMBER,
+    SR_SERIES_NUMBER,
+    DicomOutputError,
+    pseudonymise_dataset,
+    read_source,
+)
+from pneumoscan.dicom_out.sr import make_sr
+from pneumoscan.dicom_out.write import DicomBatch, write_dataset, write_dicom_batch, write_dicom_results
+
+__all__ = ["CODING_SCHEME", "DECISIONS", "MANUFACTURER", "SC_SERIES_NUMBER", "SR_SERIES_NUMBER", "DicomBatch",
+           "DicomOutputError", "caption_for", "make_sc", "make_sr", "pseudonymise_dataset", "read_source",
+           "sc_pixels", "write_dataset", "write_dicom_batch", "write_dicom_results"]

@@ -1,0 +1,113 @@
+"""The Secondary Capture of one image's result: the Grad-CAM overlay with a burned-in caption."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pneumoscan import __version__
+from pneumoscan.dicom_out.source import MANUFACTURER, SC_SERIES_NUMBER, DicomOutputError, checked_source, put_back
+
+if TYPE_CHECKING:
+    import pydicom
+
+__all__ = ["caption_for", "make_sc", "sc_pixels"]
+
+
+def caption_for(*, probability: float, decision: str, threshold: float, in_scope: bool, scope_reason: str) -> str:
+    """The caption burned into a Secondary Capture: ``"Pneumonia score 0.734: PNEUMONIA (threshold 0.410).
+    Decision support only, not a diagnosis."``; out of scope ``"NOT ASSESSED: <reason>. Decision support only,
+    not a diagnosis."`` (no score: it is not a risk)."""
+    tail = "Decision support only, not a diagnosis."
+    if not in_scope:
+        return f"NOT ASSESSED: {scope_reason or 'outside the intended use'}. {tail}"
+    return f"Pneumonia score {probability:.3f}: {decision} (threshold {threshold:.3f}). {tail}"
+
+
+def _burn_caption(rgb: np.ndarray, caption: str) -> np.ndarray:
+    """``rgb`` under a black band holding ``caption`` in white, wrapped to the image's width."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = rgb.shape[:2]
+    px = max(10, round(w / 45))
+    try:
+        font: Any = ImageFont.load_default(size=px)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the fixed bitmap font
+        font = ImageFont.load_default()
+    pad = max(3, px // 3)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in caption.split():  # greedy wrap by measured width; a word wider than the film is cut by the edge
+        if lines and probe.textlength(f"{lines[-1]} {word}", font=font) <= w - 2 * pad:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    lines = lines or [""]
+    line_h = probe.textbbox((0, 0), "Ag", font=font)[3] + pad // 2
+    band = len(lines) * line_h + 2 * pad
+    canvas = Image.new("RGB", (w, h + band), (0, 0, 0))
+    canvas.paste(Image.fromarray(rgb), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((pad, pad + i * line_h), line, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+def make_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray, *, caption: str,
+            series_number: int = SC_SERIES_NUMBER) -> pydicom.Dataset:
+    """A Secondary Capture of ``overlay_rgb`` (``(H, W, 3) uint8``, e.g. :func:`pneumoscan.explain.render_overlay`)
+    with ``caption`` burned in on a band above it, in the source's study (new series, new instance), patient and
+    study modules copied; BurnedInAnnotation YES; the source referenced in SourceImageSequence.
+
+    Raises:
+        DicomOutputError: the source lacks a needed UID, or highdicom refused the image.
+        ValueError: ``overlay_rgb`` is not ``(H, W, 3) uint8``.
+    """
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    arr = np.asarray(overlay_rgb)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or min(arr.shape[:2]) < 1:
+        raise ValueError(f"overlay_rgb must be an (H, W, 3) uint8 array, got {arr.dtype} {arr.shape}")
+    ds, kept = checked_source(source)
+    pixels = np.ascontiguousarray(_burn_caption(arr, caption))
+    try:
+        # highdicom wants a patient orientation for an image in patient coordinates; the overlay keeps the source's
+        # pixel grid, so its orientation is the source's, written below (empty when unknown: it is Type 2C).
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=ds, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
+            coordinate_system="PATIENT", series_instance_uid=generate_uid(), series_number=int(series_number),
+            sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+            patient_orientation=("L", "F"), transfer_syntax_uid=ExplicitVRLittleEndian,
+            series_description="pneumoscan Grad-CAM (decision support only)",
+            software_versions=f"pneumoscan {__version__}")
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise DicomOutputError(f"a secondary capture could not be made for this image: {exc}") from exc
+    sc.copy_patient_and_study_information(ds)  # the whole modules (PatientAge...), as the SR has them
+    put_back(sc, kept)
+    sc.PatientOrientation = ds.get("PatientOrientation", "") or ""
+    sc.BurnedInAnnotation = "YES"
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.DerivationDescription = ("Grad-CAM overlay and result caption by pneumoscan; decision support only, "
+                                "not a diagnosis")
+    sc.ImageComments = caption[:10240]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = ds.SOPClassUID
+    ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    sc.SourceImageSequence = [ref]
+    return sc
+
+
+def sc_pixels(gray: np.ndarray, heatmap: np.ndarray | None, *, max_side: int = 1024) -> np.ndarray:
+    """What a Secondary Capture shows (before its caption): the Grad-CAM overlay of ``heatmap`` on the film, or,
+    with ``heatmap`` None (an image out of scope: a map of "evidence" on it would read as a finding), the film
+    alone. ``gray`` is the decoded ``(H, W) uint8`` film; returns ``(h, w, 3) uint8`` at most ``max_side`` long."""
+    from pneumoscan.explain import render_overlay
+
+    if heatmap is not None:
+        return render_overlay(gray, heatmap, max_side=max_side)
+    return render_overlay(gray, np.zeros((1, 1), np.float32), alpha=0.0, max_side=max_side, legend=False)
+
+
