@@ -247,3 +247,36 @@ def test_sloppy_headers_are_copied_as_they_are_and_no_name_reaches_a_warning_or_
     for ds in made:
         assert (str(ds.PatientName), str(ds.ReferringPhysicianName), ds.PatientSex, ds.StudyDate) == (
             "DOE JANE", "WHO DOCTOR", "female", "2024-03-01")
+
+
+def test_a_batch_without_heatmaps_writes_srs_only_and_one_files_failure_is_its_note(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from pneumoscan.dicom_out import write, write_dicom_batch
+    from pneumoscan.io import ImageContext
+    from pneumoscan.predict import FileResult
+
+    for name, tags in (("a.dcm", {}), ("b.dcm", {"PatientID": "BOOM"}), ("nostudy.dcm", {"StudyInstanceUID": None})):
+        (tmp_path / name).write_bytes(source_bytes(**tags))
+    dicom = ImageContext(format="DICOM")
+    results = [FileResult(str(tmp_path / n), 0.7, in_scope=True, context=dicom) for n in ("a.dcm", "b.dcm",
+                                                                                         "nostudy.dcm")]
+    results += [FileResult("photo.png", 0.2, in_scope=True, context=ImageContext(format="PNG")),
+                FileResult(str(tmp_path / "missing.dcm"), None, error="not found")]
+    onnx = SimpleNamespace(backend="onnxruntime", threshold=0.5, model_name="seed-cnn", version="v1")
+    real = write.make_sr
+
+    def make_sr(source, **kw):  # an unexpected failure for one image only
+        if source.PatientID == "BOOM":
+            raise RuntimeError("boom")
+        return real(source, **kw)
+
+    monkeypatch.setattr(write, "make_sr", make_sr)
+    batch = write_dicom_batch(onnx, results, tmp_path / "out")
+    assert list(batch.written) == [str(tmp_path / "a.dcm")] and len(batch.written[str(tmp_path / "a.dcm")]) == 1
+    assert set(batch.failed) == {str(tmp_path / "b.dcm"), str(tmp_path / "nostudy.dcm")}
+    assert batch.failed[str(tmp_path / "b.dcm")] == "RuntimeError: boom"
+    assert batch.not_dicom == ["photo.png"] and batch.unread == [str(tmp_path / "missing.dcm")]
+    assert "ONNX" in batch.no_sc
+    summary = batch.summary(tmp_path / "out")
+    assert summary.startswith("DICOM results: 1 SR and 0 SC file(s) written") and "2 failed" in summary
