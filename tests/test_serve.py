@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
 import time
 import warnings
@@ -82,7 +83,16 @@ def test_health_model_page_and_docs(client, predictor):
     assert "http://" not in page.text.replace("http://HOST", "") and "https://" not in page.text
     for asset in ("static/app.js", "static/style.css"):
         assert client.get("/" + asset).status_code == 200
-    assert client.get("/docs").status_code == 200
+    # /docs and /redoc: every script, style sheet and favicon from this server (air-gapped hospital networks).
+    for path in ("/docs", "/redoc"):
+        html = client.get(path)
+        assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+        assert "cdn." not in html.text and "fonts.googleapis" not in html.text and "tiangolo" not in html.text
+        refs = re.findall(r'(?:src|href)="([^"]+)"', html.text) + re.findall(r"url: '([^']+)'", html.text)
+        assert refs and all(ref.startswith("/") for ref in refs), refs
+        for ref in refs:
+            assert client.get(ref).status_code == 200, ref
+    assert b"cdn.redoc.ly" not in client.get("/static/docs/redoc.standalone.js").content  # ReDoc's remote logo
     spec = client.get("/openapi.json").json()
     assert {"/api/v1/predict", "/api/v1/model", "/api/v1/drift", "/healthz"} <= set(spec["paths"])
 

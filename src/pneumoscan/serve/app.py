@@ -15,6 +15,7 @@ Safety rules:
   (:mod:`.batch`);
 - when the client disconnects, the work for it stops;
 - with a token configured, every route that takes or returns patient data needs it (``/healthz`` does not);
+- ``/docs`` and ``/redoc`` load nothing from outside the server (:mod:`.routes.docs`);
 - every analysed upload is recorded in the worklist database (``settings.db``), whose retention runs at
   start-up and then daily.
 """
@@ -34,7 +35,10 @@ from pneumoscan import __version__
 from pneumoscan.constants import DISCLAIMER, INTENDED_USE
 from pneumoscan.serve.body import BadRequest
 from pneumoscan.serve.routes import (
+    DOCS_STATIC,
     api_router,
+    docs_router,
+    docs_static_files,
     page_router,
     static_files,
     worklist_router,
@@ -103,9 +107,12 @@ def create_app(predictor: Any, settings: ServeSettings | None = None, *,
         version=__version__,
         description="Pneumonia risk on pediatric chest X-rays, with Grad-CAM heatmaps. " + DISCLAIMER,
         lifespan=_lifespan(state),
+        docs_url=None, redoc_url=None,  # FastAPI's own pages load from CDNs: see routes.docs (offline)
     )
     app.state.pneumoscan = state
     _add_error_handlers(app)
+    app.include_router(docs_router(app.title, app.openapi_url or "/openapi.json"))  # before the mounts: see there
+    app.mount(DOCS_STATIC, docs_static_files(), name="docs-static")  # before /static, which would shadow it
     app.mount("/static", static_files(), name="static")  # the page's files: no patient data, no token
     app.include_router(page_router(state))
     app.include_router(api_router(state))
