@@ -476,3 +476,18 @@ def test_a_dicom_upload_is_stored_with_its_context_and_never_the_patient_name(pr
     app_state = client.app.state.pneumoscan
     app_state.store.close()
     assert b"DOE^JANE" not in db.read_bytes() and not any(b"DOE^JANE" in p.read_bytes() for p in tmp_path.iterdir())
+
+
+def test_the_model_card_is_served_as_html_without_raw_html(client):
+    from pneumoscan.serve.state import render_markdown
+
+    info = client.get("/api/v1/model").json()
+    html = info["model_card_html"]
+    assert info["model_card"].startswith("# Model card")  # the Markdown stays, for other clients
+    assert html.startswith("<h2>Model card") and "<h3>Intended use</h3>" in html  # one level down on the page
+    assert "<table>" in html and "<th>threshold on validation</th>" in html and "<strong>" in html
+    assert "<script" not in html.lower()
+    evil = render_markdown("# T\n\n<script>alert(1)</script>\n\n<img src=x onerror=alert(1)>\n\n"
+                           "[click](javascript:alert(1)) ![remote](https://example.org/x.png)\n")
+    assert "<script" not in evil and "<img" not in evil
+    assert "&lt;script&gt;" in evil and 'href="javascript' not in evil

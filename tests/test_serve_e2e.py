@@ -416,3 +416,29 @@ def test_docs_and_redoc_render_offline(server):
                 page.close()
         finally:
             browser.close()
+
+
+def test_the_full_model_card_is_rendered_html(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(server)
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            details = page.locator("#full-model-card")
+            expect(details).to_be_attached()
+            details.locator("summary").click()
+            doc = details.locator(".markdown")
+            expect(doc.locator("h2").first).to_contain_text("Model card")
+            expect(doc.locator("h3", has_text="Intended use")).to_be_visible()
+            expect(doc.locator("table").first).to_be_visible()
+            expect(doc.locator("table th", has_text="threshold on validation")).to_be_visible()
+            assert doc.locator("script, img, iframe").count() == 0
+            assert "<script" not in doc.inner_html().lower()
+            assert "| --- |" not in doc.inner_text() and "## " not in doc.inner_text()  # no raw Markdown left
+            details.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "serve_e2e_model_card.png"))
+        finally:
+            browser.close()

@@ -22,7 +22,7 @@ from pneumoscan.serve.security import TokenAuth
 from pneumoscan.serve.settings import ServeSettings
 from pneumoscan.store import StoreError, WorklistStore
 
-__all__ = ["ServerState", "model_info"]
+__all__ = ["ServerState", "model_info", "render_markdown"]
 
 log = logging.getLogger("pneumoscan.serve")
 
@@ -78,7 +78,8 @@ class ServerState:
 
 def model_info(predictor: Any, model_card: str | None) -> dict[str, Any]:
     """The model's description for ``/api/v1/model``: name, version, operating point, calibration, validation
-    figures, preprocessing, intended use, the disclaimer, the model card (Markdown, or None) and where the model
+    figures, preprocessing, intended use, the disclaimer, the model card (``model_card``: Markdown, or None;
+    ``model_card_html``: the same rendered by :func:`render_markdown`, or None) and where the model
     was adapted or calibrated at a site (:func:`pneumoscan.site.provenance`: ``site_state`` "shipped" | "adapted"
     | "calibrated" | "adapted and calibrated", ``adaptation``, ``site_calibration``, ``provenance`` in words)."""
     from pneumoscan.site import provenance
@@ -111,7 +112,23 @@ def model_info(predictor: Any, model_card: str | None) -> dict[str, Any]:
         "disclaimer": DISCLAIMER,
         "pneumoscan_version": __version__,
         "model_card": model_card,
+        "model_card_html": render_markdown(model_card) if model_card else None,
     }
+
+
+def render_markdown(text: str) -> str:
+    """Markdown (CommonMark plus tables) as HTML for the page, safe to insert as is: raw HTML in the source is
+    escaped, never passed through; links with a ``javascript:``-like scheme are refused (markdown-it's own link
+    check); images are not rendered (their syntax stays text), so the page fetches nothing from elsewhere; headings
+    move one level down (``#`` becomes ``<h2>``), since the card sits inside the page under its ``<h1>``."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table").disable("image")
+    tokens = md.parse(text)
+    for tok in tokens:
+        if tok.type in ("heading_open", "heading_close"):
+            tok.tag = f"h{min(int(tok.tag[1]) + 1, 6)}"
+    return md.renderer.render(tokens, md.options, {})
 
 
 def _read_model_card() -> str | None:

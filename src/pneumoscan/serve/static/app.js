@@ -108,9 +108,21 @@ function renderModelCard(m) {
   if (vm.specificity !== undefined) add("Validation specificity at threshold", Number(vm.specificity).toFixed(3));
   if (m.preprocessing) add("Input", `${m.preprocessing.image_size}×${m.preprocessing.image_size} grayscale, whole film squeezed to a square`);
   box.append(dl);
-  if (m.model_card) {
-    const det = el("details");
-    det.append(el("summary", { text: "Full model card" }), el("pre", { text: m.model_card }));
+  if (m.model_card_html || m.model_card) {
+    const det = el("details", { id: "full-model-card" });
+    det.append(el("summary", { text: "Full model card" }));
+    if (m.model_card_html) {
+      // Rendered on the server by markdown-it with raw HTML off (escaped) and no images: safe to insert.
+      const doc = el("div", { class: "markdown" });
+      doc.innerHTML = m.model_card_html;
+      for (const t of doc.querySelectorAll("table")) {  // wide tables scroll inside the card, not the page
+        const wrap = el("div", { class: "table-wrap" });
+        t.before(wrap); wrap.append(t);
+      }
+      det.append(doc);
+    } else {
+      det.append(el("pre", { text: m.model_card }));
+    }
     box.append(det);
   }
 }
