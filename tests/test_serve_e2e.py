@@ -442,3 +442,29 @@ def test_the_full_model_card_is_rendered_html(server):
             page.screenshot(path=str(ARTIFACTS / "serve_e2e_model_card.png"))
         finally:
             browser.close()
+
+
+def test_the_status_line_counts_each_batch_on_its_own(server, tmp_path):
+    """4 unreadable files, then 1 good one: the second status counts that batch only."""
+    from playwright.sync_api import expect, sync_playwright
+
+    bad = []
+    for i in range(4):
+        path = tmp_path / f"broken-{i}.png"
+        path.write_text(f"not an image {i}")
+        bad.append(str(path))
+    good = _sample_image(tmp_path)
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(server)
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            status = page.locator("#status")
+            page.set_input_files("#file-input", bad)
+            expect(status).to_have_text("Done: 0 analysed, 4 could not be read (see the cards).", timeout=30_000)
+            page.set_input_files("#file-input", [str(good)])
+            expect(status).to_have_text("Done: 1 analysed.", timeout=30_000)
+            expect(page.locator("article.card")).to_have_count(5)  # the earlier cards stay, uncounted
+        finally:
+            browser.close()

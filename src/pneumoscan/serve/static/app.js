@@ -167,10 +167,12 @@ async function handleFiles(fileList) {
     }
   };
   await Promise.all([worker(), worker()]);
-  // Counts of this batch only (earlier batches' cards stay on the page, but are not recounted).
+  // Counts of this batch only, each result in exactly one of the three (earlier batches' cards stay on the page,
+  // but are not recounted).
+  const analysed = batch.filter((r) => inScope(r)).length;
   const failed = batch.filter((r) => !r.ok).length;
   const notAssessed = batch.filter((r) => r.ok && !inScope(r)).length;
-  setStatus(`Done: ${done} file(s) analysed` +
+  setStatus(`Done: ${analysed} analysed` +
     (notAssessed ? `, ${notAssessed} not assessed (outside what the model was built for; see the cards)` : "") +
     (failed ? `, ${failed} could not be read (see the cards)` : "") + ".");
   checkDrift();
