@@ -8,6 +8,7 @@ artifacts in ``test-artifacts/`` (``serve_e2e*.png``; the scope gate and the dri
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import threading
@@ -466,5 +467,76 @@ def test_the_status_line_counts_each_batch_on_its_own(server, tmp_path):
             page.set_input_files("#file-input", [str(good)])
             expect(status).to_have_text("Done: 1 analysed.", timeout=30_000)
             expect(page.locator("article.card")).to_have_count(5)  # the earlier cards stay, uncounted
+        finally:
+            browser.close()
+
+
+def _card_order(page) -> list[tuple[str, str, float | None]]:
+    return page.evaluate("""[...document.querySelectorAll('#cards article.card')].map((c) =>
+        [c.getAttribute('aria-label'), c.dataset.decision,
+         c.hasAttribute('data-probability') ? Number(c.dataset.probability) : null])""")
+
+
+def test_cards_follow_the_worklist_and_a_row_selects_its_card(server, tmp_path):
+    """Cards in risk order (as the worklist): scored by probability, then not assessed, then unreadable; clicking
+    a worklist row scrolls to its card, outlines it, focuses it and marks it aria-current."""
+    from playwright.sync_api import expect, sync_playwright
+
+    files = []
+    for i, (h, w) in enumerate(((900, 760), (700, 640), (820, 600), (640, 560))):
+        path = tmp_path / f"film-{i}.png"
+        img = synthetic_xray(h, w, seed=i).astype(np.int16)
+        img[: h // (i + 2)] += 25 * i  # make the films differ enough for the model to score them apart
+        path.write_bytes(png_bytes(np.clip(img, 0, 255).astype(np.uint8)))
+        files.append(path)
+    blank = tmp_path / "blank-page.png"
+    blank.write_bytes(png_bytes(np.full((300, 240), 235, np.uint8)))
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    uploads = [bad, files[0], blank, files[1], files[2], files[3]]
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(server)
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            page.set_input_files("#file-input", [str(p) for p in uploads])
+            expect(page.locator("#status")).to_contain_text("Done:", timeout=30_000)
+            cards = _card_order(page)
+            assert len(cards) == 6
+            kinds = ["scored" if p is not None else "oos" if d == "OUT_OF_SCOPE" else "error" for _, d, p in cards]
+            assert kinds == sorted(kinds, key=["scored", "oos", "error"].index), cards  # groups in order
+            assert kinds[-1] == "error" and kinds.count("error") == 1 and "oos" in kinds
+            probs = [p for _, _, p in cards if p is not None]
+            assert len(probs) >= 2 and probs == sorted(probs, reverse=True), cards
+            assert all(0 <= p <= 1 for p in probs)
+            # data-probability on scored result cards only, nothing else on the page.
+            assert page.locator("[data-probability]").count() == len(probs)
+            assert page.locator("[data-decision]").count() == 6
+            assert page.locator("[data-probability]:not(article.card)").count() == 0
+            # The worklist lists this tab's uploads in the same order as the cards.
+            links = page.locator("#worklist a.card-link")
+            expect(links).to_have_count(6)
+            assert links.all_inner_texts() == [name for name, _, _ in cards]
+            # Clicking a row (its name, or the row itself) shows and marks the card it means.
+            page.set_viewport_size({"width": 1440, "height": 500})
+            for target_index in (len(cards) - 1, 1):
+                name = cards[target_index][0]
+                row = page.locator("#worklist tbody tr", has=page.locator("a.card-link", has_text=name))
+                if target_index == 1:
+                    row.locator("td.num").first.click()  # a click on the row, not the link
+                else:
+                    row.locator("a.card-link").click()
+                card = page.locator("#cards article.card").nth(target_index)
+                expect(card).to_have_attribute("aria-label", name)
+                expect(card).to_have_class(re.compile(r"\bselected\b"))
+                expect(card).to_have_attribute("aria-current", "true")
+                expect(card).to_be_in_viewport()
+                assert page.evaluate("document.activeElement.getAttribute('aria-label')") == name
+                outline = card.evaluate("(c) => getComputedStyle(c).outlineStyle + ' ' + getComputedStyle(c).outlineWidth")
+                assert outline.startswith("solid") and not outline.endswith(" 0px"), outline
+                expect(page.locator("article.card.selected")).to_have_count(1)
+                expect(page.locator("article.card[aria-current]")).to_have_count(1)
+            page.screenshot(path=str(ARTIFACTS / "serve_e2e_selected.png"))
         finally:
             browser.close()

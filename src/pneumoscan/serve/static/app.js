@@ -161,6 +161,7 @@ async function handleFiles(fileList) {
         r.id = ++state.seq; state.results.push(r); batch.push(r); addCard(r);
         if (r.worklist_id != null) { rememberName(r.worklist_id, r.filename); state.cards[r.worklist_id] = "card-" + r.id; }
       }
+      orderCards();
       done += 1;
       setStatus(`Analysed ${done} of ${files.length} image(s).`);
       await refreshWorklist();
@@ -225,8 +226,9 @@ function cardContext(r) {
 function addCard(r) {
   const cards = $("cards");
   const kind = !r.ok ? " error" : !inScope(r) ? " oos" : r.positive ? " pos" : "";
-  const card = el("article", { class: "card" + kind, id: "card-" + r.id, "aria-label": r.filename,
+  const card = el("article", { class: "card" + kind, id: "card-" + r.id, "aria-label": r.filename, tabindex: "-1",
                                "data-decision": r.ok ? r.decision : "ERROR" });
+  if (inScope(r)) card.dataset.probability = String(r.probability);  // a risk only where the model applies
   if (r.ok && !inScope(r)) {
     // No risk figure, bar or decision: the model was not built for this image, so its output means nothing here.
     card.append(el("figure", {}, [el("img", { src: r.image_png || "", alt: `Image ${r.filename}` })]));
@@ -269,7 +271,35 @@ function addCard(r) {
     body.append(el("div", { class: "err", role: "alert", text: "Could not analyse this file: " + r.error }));
     card.append(body);
   }
-  cards.prepend(card);
+  cards.append(card);  // orderCards() puts it in its place
+}
+
+// The cards in the worklist's order: scored images by probability, highest first; then those not assessed (out
+// of scope); then unreadable files; the newest first among equals.
+function cardGroup(r) { return !r.ok ? 2 : !inScope(r) ? 1 : 0; }
+
+function orderCards() {
+  const sorted = state.results.slice().sort((a, b) =>
+    cardGroup(a) - cardGroup(b) || (cardGroup(a) === 0 ? b.probability - a.probability : 0) || b.id - a.id);
+  const box = $("cards");
+  sorted.forEach((r, i) => {
+    const card = document.getElementById("card-" + r.id);
+    if (card && box.children[i] !== card) box.insertBefore(card, box.children[i] || null);
+  });
+}
+
+// A worklist row's card: scrolled into view, outlined and focused (keyboard users land on it), aria-current.
+function selectCard(cardId) {
+  const card = document.getElementById(cardId);
+  if (!card) return;
+  for (const other of document.querySelectorAll("article.card.selected")) {
+    other.classList.remove("selected"); other.removeAttribute("aria-current");
+  }
+  card.classList.add("selected");
+  card.setAttribute("aria-current", "true");
+  const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  card.scrollIntoView({ behavior: still ? "auto" : "smooth", block: "center" });
+  card.focus({ preventScroll: true });
 }
 
 // The stored worklist, as the server orders it: scored images by risk, then those not assessed (out of scope),
@@ -373,7 +403,11 @@ function renderWorklist() {
   let rank = 0;
   for (const r of rows) {
     const label = rowLabel(r);
-    const name = state.cards[r.id] ? el("a", { href: "#" + state.cards[r.id], text: label }) : el("span", { text: label });
+    const cardId = state.cards[r.id];
+    const name = cardId && document.getElementById(cardId)
+      ? el("a", { href: "#" + cardId, text: label, class: "card-link", title: "Show this image's card" })
+      : el("span", { text: label });
+    if (name.tagName === "A") name.addEventListener("click", (e) => { e.preventDefault(); selectCard(cardId); });
     const file = el("td", { class: "file" }, [name, el("div", { class: "why", text: rowDetails(r) })]);
     if (isError(r)) {
       tbody.append(el("tr", { class: "bad" }, [el("td", { text: "–" }), file, el("td", { text: "–" }),
@@ -393,6 +427,11 @@ function renderWorklist() {
         el("td", {}, [el("span", { class: "decision " + (r.flagged ? "pos" : "neg"), text: r.flagged ? "flag" : "no flag" })]),
         reviewCell(r)]));
     }
+  }
+  for (const a of tbody.querySelectorAll("a.card-link")) {  // the whole row leads to its card, not only the name
+    const tr = a.closest("tr");
+    tr.dataset.card = a.getAttribute("href").slice(1);
+    tr.classList.add("has-card");
   }
   $("worklist-note").textContent = state.total > rows.length ? `Showing the ${rows.length} highest of ${state.total} results.` : "";
   $("download-csv").disabled = !rows.length;
@@ -431,6 +470,10 @@ function setup() {
   dz.addEventListener("dragleave", () => dz.classList.remove("drag"));
   dz.addEventListener("drop", (e) => { e.preventDefault(); dz.classList.remove("drag"); handleFiles(e.dataTransfer.files); });
   $("download-csv").addEventListener("click", downloadCsv);
+  $("worklist").addEventListener("click", (e) => {  // a click on a row (not on its controls) shows its card
+    const tr = e.target.closest("tr.has-card");
+    if (tr && !e.target.closest("a, button, input, textarea, select, label")) selectCard(tr.dataset.card);
+  });
   $("login").addEventListener("submit", (e) => {
     e.preventDefault();
     const token = $("token").value.trim();
