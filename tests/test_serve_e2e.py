@@ -540,3 +540,45 @@ def test_cards_follow_the_worklist_and_a_row_selects_its_card(server, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "serve_e2e_selected.png"))
         finally:
             browser.close()
+
+
+def test_no_horizontal_overflow_on_a_phone(adapted_server, tmp_path):
+    """At 390 x 844 the page fits the screen: empty, with results, and with the full model card open; Clear,
+    Download CSV and the worklist's Probability and Decision columns stay on screen. 1440 x 900 for comparison.
+    The adapted model's card has the longest labels ("Estimated pneumonia prevalence at this site"), which a
+    ``max-content`` label column once pushed off a phone's screen."""
+    server = adapted_server
+    from playwright.sync_api import expect, sync_playwright
+
+    good = _sample_image(tmp_path)
+    bad = tmp_path / "a-rather-long-file-name-that-is-not-an-image-at-all.png"
+    bad.write_text("not an image")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            for name, viewport in (("phone", {"width": 390, "height": 844}), ("desktop", {"width": 1440, "height": 900})):
+                page = browser.new_page(viewport=viewport)
+                page.goto(server)
+                expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+                expect(page.locator("#model-card dl")).to_be_visible()
+                _no_horizontal_overflow(page)  # empty
+                page.screenshot(path=str(ARTIFACTS / f"serve_e2e_empty_{name}.png"), full_page=True)
+                page.set_input_files("#file-input", [str(good), str(bad)])
+                expect(page.locator("#status")).to_contain_text("Done:", timeout=30_000)
+                expect(page.locator("#worklist a.card-link")).to_have_count(2)
+                _no_horizontal_overflow(page)  # with results
+                for locator in (page.locator("#clear"), page.locator("#download-csv"),
+                                page.locator("#worklist thead th", has_text="Probability"),
+                                page.locator("#worklist thead th", has_text="Decision")):
+                    box = locator.bounding_box()
+                    assert box and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (locator, box)
+                page.locator("#full-model-card summary").click()
+                expect(page.locator("#full-model-card table").first).to_be_visible()
+                _no_horizontal_overflow(page)  # the model card's wide tables scroll inside it
+                page.locator("#full-model-card summary").click()
+                page.screenshot(path=str(ARTIFACTS / f"serve_e2e_results_{name}.png"), full_page=True)
+                page.close()
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "serve_e2e_results_phone.png").stat().st_size > 10_000
