@@ -405,14 +405,14 @@ def test_docs_and_redoc_render_offline(server):
             for path, ready in (("docs", ".swagger-ui .opblock-summary-path"), ("redoc", "[role=menuitem], .menu-content")):
                 page = browser.new_page(viewport={"width": 1440, "height": 900})
                 requests: list[str] = []
-                page.on("request", lambda req: requests.append(req.url))
+                page.on("request", lambda req, seen=requests: seen.append(req.url))
                 page.goto(server + path)
                 expect(page.locator(ready).first).to_be_visible(timeout=20_000)
                 expect(page.get_by_text("/api/v1/predict").first).to_be_attached()
                 page.wait_for_load_state("networkidle")
-                outside = [u for u in requests if not (u.startswith(origin + "/") or u.startswith(("data:", "blob:")))]
+                outside = [u for u in requests if not u.startswith((origin + "/", "data:", "blob:"))]
                 assert not outside, f"{path} fetched from outside the server: {outside}"
-                assert any(u.endswith((".js")) for u in requests)
+                assert any(u.endswith(".js") for u in requests)
                 page.screenshot(path=str(ARTIFACTS / f"serve_e2e_{path}.png"))
                 page.close()
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -27,7 +28,7 @@ DOCS_STATIC = "/static/docs"
 _REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
-def _assets():  # noqa: ANN202 (a Traversable)
+def _assets() -> Traversable:
     return resources.files("fastapi_offline").joinpath("static")
 
 
