@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = [
     "NAME_MAX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "csv_restore_text", "csv_safe_text",
-    "file_sha256", "fit_name", "remove_stale_temps", "seed_everything"]
+    "file_sha256", "fit_name", "is_loopback", "remove_stale_temps", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,19 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # pragma: no cover - torch is a hard dependency, but keep utils importable
         return
     torch.manual_seed(seed)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); False for anything else, hostnames too
+    (a server that binds to one of those is reachable from other machines)."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

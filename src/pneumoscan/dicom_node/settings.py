@@ -3,13 +3,13 @@ syntaxes it accepts, and the statuses it answers with."""
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pneumoscan.errors import ConfigError
+from pneumoscan.utils import is_loopback
 
 __all__ = ["ACCEPTED_SOP_CLASSES", "VERIFICATION", "ForwardTarget", "NodeSettings", "NodeStats", "Status",
            "decodable_transfer_syntaxes", "is_loopback", "parse_allow", "validate_ae_title"]
@@ -152,15 +152,6 @@ class NodeStats:
         return (f"{self.received} received, {self.scored} scored, {self.failed} refused as unreadable or failed, "
                 f"{self.ignored} own results ignored, {self.forwarded} results forwarded, "
                 f"{self.forward_failed} not forwarded")
-
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def decodable_transfer_syntaxes() -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 import stat
@@ -22,6 +21,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from pneumoscan.config import ConfigError
+from pneumoscan.utils import is_loopback
 
 __all__ = ["MIN_TOKEN_LENGTH", "TOKEN_ENV_VAR", "TokenAuth", "check_exposure", "is_loopback", "load_token",
            "log_id"]
@@ -36,16 +36,6 @@ MIN_TOKEN_LENGTH = 16
 def log_id(name: str | None) -> str:
     """A stable pseudonym for a client's file name in logs: ``upload-`` and 10 hex digits of its SHA-256."""
     return "upload-" + hashlib.sha256((name or "").encode("utf-8", "surrogatepass")).hexdigest()[:10]
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); False for anything else, hostnames too."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def load_token(token_file: str | os.PathLike[str] | None = None, *, environ: dict[str, str] | None = None) -> str | None:
