@@ -83,6 +83,10 @@ def test_health_model_page_and_docs(client, predictor):
     assert "http://" not in page.text.replace("http://HOST", "") and "https://" not in page.text
     for asset in ("static/app.js", "static/style.css"):
         assert client.get("/" + asset).status_code == 200
+    # The favicon: a small SVG from this server, linked from the page (no request for /favicon.ico elsewhere).
+    assert '<link rel="icon" href="static/favicon.svg" type="image/svg+xml">' in page.text
+    icon = client.get("/static/favicon.svg")
+    assert icon.status_code == 200 and "image/svg+xml" in icon.headers["content-type"] and len(icon.content) < 2000
     # /docs and /redoc: every script, style sheet and favicon from this server (air-gapped hospital networks).
     for path in ("/docs", "/redoc"):
         html = client.get(path)
