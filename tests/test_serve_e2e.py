@@ -582,3 +582,64 @@ def test_no_horizontal_overflow_on_a_phone(adapted_server, tmp_path):
         finally:
             browser.close()
     assert (ARTIFACTS / "serve_e2e_results_phone.png").stat().st_size > 10_000
+
+
+def _background(page) -> str:
+    return page.evaluate("getComputedStyle(document.body).backgroundColor")
+
+
+def _luminance(css_rgb: str) -> float:
+    r, g, b = (int(v) for v in re.findall(r"\d+", css_rgb)[:3])
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+def test_dark_theme_follows_the_system_and_the_toggle_is_remembered(server, tmp_path):
+    """With the system in dark mode the page is dark; the header's toggle overrides it, and a reload keeps the
+    choice (localStorage). Screenshots in dark at 1440 x 900 (with a result card and an error card) and 390 x 844."""
+    from playwright.sync_api import expect, sync_playwright
+
+    good = _sample_image(tmp_path)
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            light = browser.new_page(viewport={"width": 1440, "height": 900}, color_scheme="light")
+            light.goto(server)
+            expect(light.locator("#model-line")).to_contain_text("seed-cnn")
+            light_bg = _background(light)
+            assert _luminance(light_bg) > 0.8
+            light.close()
+
+            context = browser.new_context(viewport={"width": 1440, "height": 900}, color_scheme="dark")
+            page = context.new_page()
+            page.goto(server)
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            dark_bg = _background(page)
+            assert dark_bg != light_bg and _luminance(dark_bg) < 0.2
+            toggle = page.get_by_role("button", name="Dark theme")
+            expect(toggle).to_have_attribute("aria-pressed", "true")
+            # Readable: the text is light on the dark background.
+            assert _luminance(page.evaluate("getComputedStyle(document.body).color")) > 0.7
+            page.set_input_files("#file-input", [str(good), str(bad)])
+            expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "serve_e2e_dark_desktop.png"), full_page=True)
+            page.set_viewport_size({"width": 390, "height": 844})
+            _no_horizontal_overflow(page)
+            page.screenshot(path=str(ARTIFACTS / "serve_e2e_dark_phone.png"), full_page=True)
+            page.set_viewport_size({"width": 1440, "height": 900})
+            # The toggle: light despite the system, remembered across a reload.
+            toggle.click()
+            expect(toggle).to_have_attribute("aria-pressed", "false")
+            assert _background(page) == light_bg
+            page.reload()
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            assert _background(page) == light_bg
+            expect(page.get_by_role("button", name="Dark theme")).to_have_attribute("aria-pressed", "false")
+            page.get_by_role("button", name="Dark theme").click()
+            assert _background(page) == dark_bg
+            context.close()
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "serve_e2e_dark_desktop.png").stat().st_size > 10_000

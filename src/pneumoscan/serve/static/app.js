@@ -11,6 +11,35 @@ const MAX_NAMES = 1000;
 const state = { results: [], model: null, seq: 0, worklist: [], total: 0, names: loadNames(), cards: {}, fetchSeq: 0 };
 const $ = (id) => document.getElementById(id);
 
+// The theme: the reader's choice (the header's toggle, kept in localStorage) or else the system's
+// (prefers-color-scheme). Applied as soon as the script runs; the style sheet does the rest.
+const THEME_KEY = "pneumoscan-theme";
+const darkQuery = window.matchMedia("(prefers-color-scheme: dark)");
+
+function storedTheme() {
+  try { const t = localStorage.getItem(THEME_KEY); return t === "dark" || t === "light" ? t : null; } catch (_) { return null; }
+}
+
+function applyTheme() {
+  const chosen = storedTheme();
+  if (chosen) document.documentElement.dataset.theme = chosen;
+  else delete document.documentElement.dataset.theme;
+  const dark = chosen ? chosen === "dark" : darkQuery.matches;
+  const btn = document.getElementById("theme-toggle");
+  if (btn) btn.setAttribute("aria-pressed", String(dark));
+}
+
+function toggleTheme() {
+  const dark = $("theme-toggle").getAttribute("aria-pressed") === "true";
+  try { localStorage.setItem(THEME_KEY, dark ? "light" : "dark"); } catch (_) { /* storage off: this page only */ }
+  if (!storedTheme()) document.documentElement.dataset.theme = dark ? "light" : "dark";
+  else applyTheme();
+  $("theme-toggle").setAttribute("aria-pressed", String(!dark));
+}
+
+applyTheme();
+darkQuery.addEventListener("change", applyTheme);
+
 function loadNames() {
   try { return JSON.parse(sessionStorage.getItem(NAMES_KEY) || "{}") || {}; } catch (_) { return {}; }
 }
@@ -469,6 +498,8 @@ function setup() {
   dz.addEventListener("dragover", (e) => { e.preventDefault(); dz.classList.add("drag"); });
   dz.addEventListener("dragleave", () => dz.classList.remove("drag"));
   dz.addEventListener("drop", (e) => { e.preventDefault(); dz.classList.remove("drag"); handleFiles(e.dataTransfer.files); });
+  applyTheme();
+  $("theme-toggle").addEventListener("click", toggleTheme);
   $("download-csv").addEventListener("click", downloadCsv);
   $("worklist").addEventListener("click", (e) => {  // a click on a row (not on its controls) shows its card
     const tr = e.target.closest("tr.has-card");
