@@ -124,6 +124,12 @@ def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
             ok_card = page.locator("article.card:not(.error)")
             expect(ok_card.locator(".prob")).to_contain_text("%")
             expect(ok_card.locator(".decision")).to_have_count(1)
+            # One line on what the result does not say and where the model is weakest (MODEL_CARD.md).
+            limits = ok_card.locator("p.limits")
+            expect(limits).to_have_count(1)
+            expect(limits).to_contain_text("says nothing about other findings (effusion, masses, tuberculosis)")
+            expect(limits).to_contain_text("subtle viral pneumonia")
+            expect(page.locator("article.card.error p.limits")).to_have_count(0)
             expect(page.locator("article.card.error")).to_contain_text("not-an-xray.png")
             img = ok_card.locator("img")
             before = img.get_attribute("src")
@@ -268,6 +274,7 @@ def test_not_assessed_card_and_drift_banner(shifted_server, tmp_path):
                 oos = page.locator("article.card.oos")
                 expect(oos).to_have_count(1)
                 expect(oos).to_have_attribute("data-decision", "OUT_OF_SCOPE")
+                expect(oos.locator("p.limits")).to_have_count(0)  # not assessed: no result to qualify
                 expect(oos.locator(".not-assessed")).to_have_text("Not assessed")
                 expect(oos.locator(".reason")).to_contain_text("blank or uniform image")
                 assert "%" not in oos.inner_text()  # no risk figure, no bar, no decision

@@ -252,6 +252,9 @@ function cardContext(r) {
   return bits.length ? [el("div", { class: "context help", text: bits.join(" · ") })] : [];
 }
 
+const LIMITS_NOTE = "“Not flagged” says nothing about other findings (effusion, masses, tuberculosis); the model is " +
+  "weakest on subtle viral pneumonia and on rotated or underexposed films.";
+
 function addCard(r) {
   const cards = $("cards");
   const kind = !r.ok ? " error" : !inScope(r) ? " oos" : r.positive ? " pos" : "";
@@ -282,6 +285,8 @@ function addCard(r) {
       el("span", { class: "decision " + (r.positive ? "pos" : "neg"), text: r.positive ? "Flag: possible pneumonia" : "Not flagged" }),
       el("span", { class: "help", text: ` at threshold ${r.threshold.toFixed(3)}` }),
     ]));
+    // What the result does not say, and where the model is weakest (MODEL_CARD.md, "Known failure modes").
+    body.append(el("p", { class: "help limits", text: LIMITS_NOTE }));
     if (r.heatmap_png) {
       const btn = el("button", { type: "button", "aria-pressed": "false", class: "toggle" , text: "Show heatmap" });
       btn.addEventListener("click", () => {
