@@ -650,3 +650,53 @@ def test_dark_theme_follows_the_system_and_the_toggle_is_remembered(server, tmp_
         finally:
             browser.close()
     assert (ARTIFACTS / "serve_e2e_dark_desktop.png").stat().st_size > 10_000
+
+
+def test_clear_cards_asks_for_confirmation(server, tmp_path):
+    """"Clear cards" only arms: the cards stay until "Really clear?" is pressed; Cancel and Escape keep them, and
+    the worklist is kept either way."""
+    from playwright.sync_api import expect, sync_playwright
+
+    good = _sample_image(tmp_path)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(server)
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            page.set_input_files("#file-input", [str(good)])
+            cards = page.locator("article.card")
+            expect(cards).to_have_count(1, timeout=30_000)
+            rows = page.locator("#worklist tbody tr:not(.empty)")
+            expect(rows.first).to_be_visible()
+            n_rows = rows.count()
+            clear = page.locator("#clear")
+            cancel = page.get_by_role("button", name="Cancel")
+            expect(cancel).to_be_hidden()
+            clear.click()
+            expect(clear).to_have_text("Really clear?")
+            expect(page.get_by_role("button", name="Really clear 1 card(s)? The worklist is kept")).to_be_visible()
+            expect(page.locator("#status")).to_contain_text("Really clear?")
+            expect(cards).to_have_count(1)
+            page.screenshot(path=str(ARTIFACTS / "serve_e2e_clear_confirm.png"))
+            cancel.click()
+            expect(clear).to_have_text("Clear cards")
+            expect(cancel).to_be_hidden()
+            expect(cards).to_have_count(1)
+            # Escape (keyboard) also keeps them.
+            clear.focus()
+            page.keyboard.press("Enter")
+            expect(clear).to_have_text("Really clear?")
+            page.keyboard.press("Escape")
+            expect(clear).to_have_text("Clear cards")
+            expect(cards).to_have_count(1)
+            # Confirmed: the cards go, the worklist stays.
+            clear.click()
+            clear.click()
+            expect(cards).to_have_count(0)
+            expect(clear).to_have_text("Clear cards")
+            expect(page.locator("#status")).to_contain_text("Cleared 1 card(s)")
+            expect(rows).to_have_count(n_rows)
+        finally:
+            browser.close()

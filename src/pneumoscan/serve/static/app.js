@@ -495,6 +495,30 @@ function downloadCsv() {
   document.body.append(a); a.click(); a.remove();
 }
 
+let clearArmed = false, clearTimer = 0;
+
+function armClear(n) {
+  clearArmed = true;
+  const btn = $("clear");
+  btn.textContent = "Really clear?";
+  btn.classList.add("armed");
+  btn.setAttribute("aria-label", `Really clear ${n} card(s)? The worklist is kept`);
+  $("clear-cancel").hidden = false;
+  setStatus(`Press “Really clear?” to remove ${n} card(s) from this page, or Cancel. The worklist is kept.`);
+  clearTimeout(clearTimer);
+  clearTimer = setTimeout(disarmClear, 10_000);
+}
+
+function disarmClear() {
+  clearArmed = false;
+  clearTimeout(clearTimer);
+  const btn = $("clear");
+  btn.textContent = "Clear cards";
+  btn.classList.remove("armed");
+  btn.removeAttribute("aria-label");
+  $("clear-cancel").hidden = true;
+}
+
 function setup() {
   const dz = $("dropzone"), input = $("file-input");
   dz.addEventListener("click", () => input.click());
@@ -519,8 +543,21 @@ function setup() {
     $("login").hidden = true;
     loadModel();
   });
-  // The cards are this tab's; the worklist is the server's and stays.
-  $("clear").addEventListener("click", () => { state.results = []; state.cards = {}; $("cards").replaceChildren(); renderWorklist(); setStatus(""); });
+  // The cards are this tab's; the worklist is the server's and stays. Two steps: "Clear cards", then
+  // "Really clear?" (or Cancel, Escape, or 10 seconds, which leave the cards as they are).
+  $("clear").addEventListener("click", () => {
+    const n = $("cards").children.length;
+    if (n && !clearArmed) { armClear(n); return; }
+    disarmClear();
+    state.results = []; state.cards = {}; $("cards").replaceChildren(); renderWorklist();
+    setStatus(n ? `Cleared ${n} card(s); the worklist is kept.` : "");
+  });
+  $("clear-cancel").addEventListener("click", () => { disarmClear(); setStatus("The cards were kept."); $("clear").focus(); });
+  for (const id of ["clear", "clear-cancel"]) {
+    $(id).addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && clearArmed) { disarmClear(); setStatus("The cards were kept."); $("clear").focus(); }
+    });
+  }
   loadModel();
 }
 
