@@ -7,6 +7,7 @@ artifacts in ``test-artifacts/`` (``serve_e2e*.png``; the scope gate and the dri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -19,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
-
 from conftest import fullres_samples_path
 from imagefactory import jpeg_bytes, png_bytes, synthetic_xray
-from pneumoscan.drift import MIN_IMAGES, DriftResult
+
 from pneumoscan.checkpoint import save_checkpoint
 from pneumoscan.config import Config
+from pneumoscan.drift import MIN_IMAGES, DriftResult
 from pneumoscan.models import create_model, default_preprocessing
 from pneumoscan.predict import Predictor
 from pneumoscan.serve import ServeSettings, create_app, uvicorn_config
@@ -99,115 +100,120 @@ def _launch(pw):
     )
 
 
+@contextlib.contextmanager
+def _browser():
+    """Debian's Chromium under Playwright, closed however the test ends."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     good = _sample_image(tmp_path)
     bad = tmp_path / "not-an-xray.png"
     bad.write_text("this is not an image")
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 900})
-            page.goto(server)
-            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
-            expect(page.locator(".disclaimer")).to_contain_text("not a diagnosis")
-            # Keyboard: the drop zone is focusable and opens the file chooser with Enter.
-            page.focus("#dropzone")
-            assert page.evaluate("document.activeElement.id") == "dropzone"
-            # The file chooser opened by Enter did not always fire in a fresh CI run; set the files on the
-            # input the drop zone drives (its change handler is what uploads).
-            page.set_input_files("#file-input", [str(good), str(bad)])
-            cards = page.locator("article.card")
-            expect(cards).to_have_count(2, timeout=30_000)
-            ok_card = page.locator("article.card:not(.error)")
-            expect(ok_card.locator(".prob")).to_contain_text("%")
-            expect(ok_card.locator(".decision")).to_have_count(1)
-            # One line on what the result does not say and where the model is weakest (MODEL_CARD.md).
-            limits = ok_card.locator("p.limits")
-            expect(limits).to_have_count(1)
-            expect(limits).to_contain_text("says nothing about other findings (effusion, masses, tuberculosis)")
-            expect(limits).to_contain_text("subtle viral pneumonia")
-            expect(page.locator("article.card.error p.limits")).to_have_count(0)
-            expect(page.locator("article.card.error")).to_contain_text("not-an-xray.png")
-            img = ok_card.locator("img")
-            before = img.get_attribute("src")
-            toggle = ok_card.locator("button.toggle")
-            toggle.click()
-            expect(toggle).to_have_attribute("aria-pressed", "true")
-            after = img.get_attribute("src")
-            assert before.startswith("data:image/png") and after.startswith("data:image/png") and before != after
-            rows = page.locator("#worklist tbody tr")
-            expect(rows).to_have_count(2)
-            expect(rows.nth(0)).to_contain_text(good.name)
-            with page.expect_download() as dl:
-                page.click("#download-csv")
-            csv_text = Path(dl.value.path()).read_text()
-            assert csv_text.splitlines()[0].startswith("rank,file,probability,decision")
-            assert good.name in csv_text and "not-an-xray.png" in csv_text
-            # A reader's review: a note, then Agree (keyboard focus stays on the button after the re-render).
-            first = rows.nth(0)
-            first.get_by_label(f"Review note for {good.name}").fill("consolidation, right lower lobe")
-            first.get_by_role("button", name=f"Agree with the result for {good.name}", exact=True).click()
-            expect(rows.nth(0).locator(".verdict")).to_have_text("Agreed: consolidation, right lower lobe")
-            expect(rows.nth(0).get_by_role("button", name=f"Agree with the result for {good.name}", exact=True)).to_have_attribute(
-                "aria-pressed", "true")
-            assert page.evaluate("document.activeElement.dataset.verdict") == "agree"
-            expect(rows.nth(1).get_by_role("button")).to_have_count(0)  # an unreadable file has nothing to review
-            page.screenshot(path=str(ARTIFACTS / "serve_e2e.png"), full_page=True)
-            # The worklist is the server's: a reload keeps it, highest risk first, with the review.
-            page.reload()
-            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
-            expect(rows).to_have_count(2)
-            expect(rows.nth(0)).to_contain_text(good.name)  # this tab remembers the names of its own uploads
-            expect(rows.nth(0).locator(".verdict")).to_have_text("Agreed: consolidation, right lower lobe")
-            expect(rows.nth(1)).to_contain_text("unreadable")
-            expect(page.locator("article.card")).to_have_count(0)  # the cards (with the images) were this page's
-            # Another browser (no names remembered) sees the same worklist; the server never stored a file name.
-            other = browser.new_page(viewport={"width": 1366, "height": 900})
-            other.goto(server)
-            other_rows = other.locator("#worklist tbody tr")
-            expect(other_rows).to_have_count(2)
-            expect(other_rows.nth(0)).to_contain_text("Agreed")
-            assert good.name not in other.locator("#worklist").inner_text()
-            other.close()
-        finally:
-            browser.close()
+    with _browser() as browser:
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.goto(server)
+        expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+        expect(page.locator(".disclaimer")).to_contain_text("not a diagnosis")
+        # Keyboard: the drop zone is focusable and opens the file chooser with Enter.
+        page.focus("#dropzone")
+        assert page.evaluate("document.activeElement.id") == "dropzone"
+        # The file chooser opened by Enter did not always fire in a fresh CI run; set the files on the
+        # input the drop zone drives (its change handler is what uploads).
+        page.set_input_files("#file-input", [str(good), str(bad)])
+        cards = page.locator("article.card")
+        expect(cards).to_have_count(2, timeout=30_000)
+        ok_card = page.locator("article.card:not(.error)")
+        expect(ok_card.locator(".prob")).to_contain_text("%")
+        expect(ok_card.locator(".decision")).to_have_count(1)
+        # One line on what the result does not say and where the model is weakest (MODEL_CARD.md).
+        limits = ok_card.locator("p.limits")
+        expect(limits).to_have_count(1)
+        expect(limits).to_contain_text("says nothing about other findings (effusion, masses, tuberculosis)")
+        expect(limits).to_contain_text("subtle viral pneumonia")
+        expect(page.locator("article.card.error p.limits")).to_have_count(0)
+        expect(page.locator("article.card.error")).to_contain_text("not-an-xray.png")
+        img = ok_card.locator("img")
+        before = img.get_attribute("src")
+        toggle = ok_card.locator("button.toggle")
+        toggle.click()
+        expect(toggle).to_have_attribute("aria-pressed", "true")
+        after = img.get_attribute("src")
+        assert before.startswith("data:image/png") and after.startswith("data:image/png") and before != after
+        rows = page.locator("#worklist tbody tr")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(0)).to_contain_text(good.name)
+        with page.expect_download() as dl:
+            page.click("#download-csv")
+        csv_text = Path(dl.value.path()).read_text()
+        assert csv_text.splitlines()[0].startswith("rank,file,probability,decision")
+        assert good.name in csv_text and "not-an-xray.png" in csv_text
+        # A reader's review: a note, then Agree (keyboard focus stays on the button after the re-render).
+        first = rows.nth(0)
+        first.get_by_label(f"Review note for {good.name}").fill("consolidation, right lower lobe")
+        first.get_by_role("button", name=f"Agree with the result for {good.name}", exact=True).click()
+        expect(rows.nth(0).locator(".verdict")).to_have_text("Agreed: consolidation, right lower lobe")
+        expect(rows.nth(0).get_by_role("button", name=f"Agree with the result for {good.name}", exact=True)).to_have_attribute(
+            "aria-pressed", "true")
+        assert page.evaluate("document.activeElement.dataset.verdict") == "agree"
+        expect(rows.nth(1).get_by_role("button")).to_have_count(0)  # an unreadable file has nothing to review
+        page.screenshot(path=str(ARTIFACTS / "serve_e2e.png"), full_page=True)
+        # The worklist is the server's: a reload keeps it, highest risk first, with the review.
+        page.reload()
+        expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(0)).to_contain_text(good.name)  # this tab remembers the names of its own uploads
+        expect(rows.nth(0).locator(".verdict")).to_have_text("Agreed: consolidation, right lower lobe")
+        expect(rows.nth(1)).to_contain_text("unreadable")
+        expect(page.locator("article.card")).to_have_count(0)  # the cards (with the images) were this page's
+        # Another browser (no names remembered) sees the same worklist; the server never stored a file name.
+        other = browser.new_page(viewport={"width": 1366, "height": 900})
+        other.goto(server)
+        other_rows = other.locator("#worklist tbody tr")
+        expect(other_rows).to_have_count(2)
+        expect(other_rows.nth(0)).to_contain_text("Agreed")
+        assert good.name not in other.locator("#worklist").inner_text()
+        other.close()
     assert (ARTIFACTS / "serve_e2e.png").stat().st_size > 10_000
 
 
 def test_page_asks_for_the_token_and_csv_neutralises_formulas(token_server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     good = _sample_image(tmp_path)
     evil = tmp_path / "=HYPERLINK(1).png"  # a legal file name that a spreadsheet would run as a formula
     evil.write_text("not an image")
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 900})
-            page.goto(token_server)
-            login = page.locator("#login")
-            expect(login).to_be_visible()
-            expect(page.locator("#login-msg")).to_contain_text("API token")
-            page.fill("#token", "wrong-token-0123456789")
-            page.click("#login button[type=submit]")
-            expect(page.locator("#login-msg")).to_contain_text("not accepted")
-            page.fill("#token", TOKEN)
-            page.click("#login button[type=submit]")
-            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
-            expect(login).to_be_hidden()
-            page.set_input_files("#file-input", [str(good), str(evil)])
-            expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
-            expect(page.locator("article.card:not(.error) .prob")).to_contain_text("%")
-            with page.expect_download() as dl:
-                page.click("#download-csv")
-            lines = Path(dl.value.path()).read_text().splitlines()
-            assert any(line.startswith(",'=HYPERLINK(1).png,") for line in lines), lines
-            page.screenshot(path=str(ARTIFACTS / "serve_e2e_token.png"), full_page=True)
-        finally:
-            browser.close()
+    with _browser() as browser:
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.goto(token_server)
+        login = page.locator("#login")
+        expect(login).to_be_visible()
+        expect(page.locator("#login-msg")).to_contain_text("API token")
+        page.fill("#token", "wrong-token-0123456789")
+        page.click("#login button[type=submit]")
+        expect(page.locator("#login-msg")).to_contain_text("not accepted")
+        page.fill("#token", TOKEN)
+        page.click("#login button[type=submit]")
+        expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+        expect(login).to_be_hidden()
+        page.set_input_files("#file-input", [str(good), str(evil)])
+        expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
+        expect(page.locator("article.card:not(.error) .prob")).to_contain_text("%")
+        with page.expect_download() as dl:
+            page.click("#download-csv")
+        lines = Path(dl.value.path()).read_text().splitlines()
+        assert any(line.startswith(",'=HYPERLINK(1).png,") for line in lines), lines
+        page.screenshot(path=str(ARTIFACTS / "serve_e2e_token.png"), full_page=True)
 
 
 class _ShiftedCheck:
@@ -247,78 +253,70 @@ def _no_horizontal_overflow(page) -> None:
 
 
 def test_not_assessed_card_and_drift_banner(shifted_server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     good = _sample_image(tmp_path)
     blank = tmp_path / "blank-page.png"
     blank.write_bytes(png_bytes(np.full((300, 240), 235, np.uint8)))
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            for i, (name, viewport) in enumerate((("desktop", {"width": 1440, "height": 900}),
-                                                  ("phone", {"width": 390, "height": 844}))):
-                page = browser.new_page(viewport=viewport)
-                page.goto(shifted_server)
-                page.fill("#token", TOKEN)
-                page.click("#login button[type=submit]")
-                expect(page.locator("#model-line")).to_contain_text("seed-cnn")
-                banner = page.locator("#drift-banner")
-                expect(banner).to_be_visible()  # checked on sign-in: the site was shifted before this user came
-                expect(banner).to_have_attribute("role", "alert")
-                expect(banner).to_contain_text("differ from the training data")
-                expect(banner).to_contain_text("may not hold")
-                expect(banner.locator("code")).to_have_text("pneumoscan calibrate")
-                page.set_input_files("#file-input", [str(blank), str(good)])
-                expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
-                oos = page.locator("article.card.oos")
-                expect(oos).to_have_count(1)
-                expect(oos).to_have_attribute("data-decision", "OUT_OF_SCOPE")
-                expect(oos.locator("p.limits")).to_have_count(0)  # not assessed: no result to qualify
-                expect(oos.locator(".not-assessed")).to_have_text("Not assessed")
-                expect(oos.locator(".reason")).to_contain_text("blank or uniform image")
-                assert "%" not in oos.inner_text()  # no risk figure, no bar, no decision
-                assert oos.locator(".prob, .bar, .decision").count() == 0
-                scored = page.locator("article.card:not(.oos)")
-                expect(scored.locator(".prob")).to_contain_text("%")
-                expect(scored.locator(".decision")).to_contain_text("lag")  # "Flag: ..." or "Not flagged"
-                # The worklist is stored: the second viewport's page also lists the first one's uploads.
-                rows = page.locator("#worklist tbody tr")
-                expect(rows).to_have_count(2 * (i + 1))
-                expect(rows.nth(0)).to_contain_text(good.name)  # the scored films first (this newest of equals)
-                expect(rows.nth(i + 1)).to_contain_text("not assessed")
-                expect(rows.nth(i + 1)).to_contain_text("blank or uniform image")
-                expect(rows.nth(i + 1)).to_contain_text(blank.name)
-                expect(page.locator("#status")).to_contain_text("1 not assessed")
-                expect(page.locator("#drift-line")).to_contain_text("SHIFTED")
-                with page.expect_download() as dl:
-                    page.click("#download-csv")
-                lines = Path(dl.value.path()).read_text().splitlines()
-                assert lines[0] == ("rank,file,probability,decision,in_scope,scope_reason,threshold,model_version,error,"
-                                    "patient_id,accession,age,view,received,review,review_note")
-                assert lines[1].startswith(f"1,{good.name},")
-                assert lines[i + 2].startswith(",blank-page.png,,OUT_OF_SCOPE,false,blank or uniform image,")
-                _no_horizontal_overflow(page)
-                page.screenshot(path=str(ARTIFACTS / f"serve_scope_{name}.png"), full_page=True)
-                page.close()
-        finally:
-            browser.close()
+    with _browser() as browser:
+        for i, (name, viewport) in enumerate((("desktop", {"width": 1440, "height": 900}),
+                                              ("phone", {"width": 390, "height": 844}))):
+            page = browser.new_page(viewport=viewport)
+            page.goto(shifted_server)
+            page.fill("#token", TOKEN)
+            page.click("#login button[type=submit]")
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            banner = page.locator("#drift-banner")
+            expect(banner).to_be_visible()  # checked on sign-in: the site was shifted before this user came
+            expect(banner).to_have_attribute("role", "alert")
+            expect(banner).to_contain_text("differ from the training data")
+            expect(banner).to_contain_text("may not hold")
+            expect(banner.locator("code")).to_have_text("pneumoscan calibrate")
+            page.set_input_files("#file-input", [str(blank), str(good)])
+            expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
+            oos = page.locator("article.card.oos")
+            expect(oos).to_have_count(1)
+            expect(oos).to_have_attribute("data-decision", "OUT_OF_SCOPE")
+            expect(oos.locator("p.limits")).to_have_count(0)  # not assessed: no result to qualify
+            expect(oos.locator(".not-assessed")).to_have_text("Not assessed")
+            expect(oos.locator(".reason")).to_contain_text("blank or uniform image")
+            assert "%" not in oos.inner_text()  # no risk figure, no bar, no decision
+            assert oos.locator(".prob, .bar, .decision").count() == 0
+            scored = page.locator("article.card:not(.oos)")
+            expect(scored.locator(".prob")).to_contain_text("%")
+            expect(scored.locator(".decision")).to_contain_text("lag")  # "Flag: ..." or "Not flagged"
+            # The worklist is stored: the second viewport's page also lists the first one's uploads.
+            rows = page.locator("#worklist tbody tr")
+            expect(rows).to_have_count(2 * (i + 1))
+            expect(rows.nth(0)).to_contain_text(good.name)  # the scored films first (this newest of equals)
+            expect(rows.nth(i + 1)).to_contain_text("not assessed")
+            expect(rows.nth(i + 1)).to_contain_text("blank or uniform image")
+            expect(rows.nth(i + 1)).to_contain_text(blank.name)
+            expect(page.locator("#status")).to_contain_text("1 not assessed")
+            expect(page.locator("#drift-line")).to_contain_text("SHIFTED")
+            with page.expect_download() as dl:
+                page.click("#download-csv")
+            lines = Path(dl.value.path()).read_text().splitlines()
+            assert lines[0] == ("rank,file,probability,decision,in_scope,scope_reason,threshold,model_version,error,"
+                                "patient_id,accession,age,view,received,review,review_note")
+            assert lines[1].startswith(f"1,{good.name},")
+            assert lines[i + 2].startswith(",blank-page.png,,OUT_OF_SCOPE,false,blank or uniform image,")
+            _no_horizontal_overflow(page)
+            page.screenshot(path=str(ARTIFACTS / f"serve_scope_{name}.png"), full_page=True)
+            page.close()
     assert (ARTIFACTS / "serve_scope_phone.png").stat().st_size > 10_000
 
 
 def test_no_banner_while_the_drift_check_waits_for_images(server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 390, "height": 844})
-            page.goto(server)
-            expect(page.locator("#drift-line")).to_contain_text("unavailable")  # this model has no reference
-            expect(page.locator("#drift-banner")).to_be_hidden()
-            _no_horizontal_overflow(page)
-        finally:
-            browser.close()
+    with _browser() as browser:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(server)
+        expect(page.locator("#drift-line")).to_contain_text("unavailable")  # this model has no reference
+        expect(page.locator("#drift-banner")).to_be_hidden()
+        _no_horizontal_overflow(page)
 
 
 @pytest.fixture(scope="module")
@@ -338,123 +336,107 @@ def adapted_server(tmp_path_factory):
 
 
 def test_the_site_state_is_shown_next_to_the_model_name(adapted_server, server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            for name, viewport in (("desktop", {"width": 1440, "height": 900}),
-                                   ("phone", {"width": 390, "height": 844})):
-                page = browser.new_page(viewport=viewport)
-                page.goto(adapted_server)
-                line = page.locator("#model-line")
-                expect(line).to_contain_text("seed-cnn")
-                expect(line.locator("#site-state")).to_have_text("adapted and calibrated at this site")
-                expect(line.locator("#site-state")).to_have_attribute(
-                    "title", "Model adapted at this site on 2026-11-26 from 312 films (parent e4d5bf9a2f72); threshold "
-                             "calibrated at this site on 2026-11-27 on 104 labelled films (threshold 0.610)")
-                card = page.locator("#model-card")
-                expect(card).to_contain_text("Model adapted at this site on 2026-11-26 from 312 films")
-                expect(card).to_contain_text("41.0% (EM on the adaptation films")
-                _no_horizontal_overflow(page)
-                page.screenshot(path=str(ARTIFACTS / f"serve_site_state_{name}.png"), full_page=True)
-                page.close()
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.goto(server)
-            expect(page.locator("#site-state")).to_have_text("as shipped")
-        finally:
-            browser.close()
+    with _browser() as browser:
+        for name, viewport in (("desktop", {"width": 1440, "height": 900}),
+                               ("phone", {"width": 390, "height": 844})):
+            page = browser.new_page(viewport=viewport)
+            page.goto(adapted_server)
+            line = page.locator("#model-line")
+            expect(line).to_contain_text("seed-cnn")
+            expect(line.locator("#site-state")).to_have_text("adapted and calibrated at this site")
+            expect(line.locator("#site-state")).to_have_attribute(
+                "title", "Model adapted at this site on 2026-11-26 from 312 films (parent e4d5bf9a2f72); threshold "
+                         "calibrated at this site on 2026-11-27 on 104 labelled films (threshold 0.610)")
+            card = page.locator("#model-card")
+            expect(card).to_contain_text("Model adapted at this site on 2026-11-26 from 312 films")
+            expect(card).to_contain_text("41.0% (EM on the adaptation films")
+            _no_horizontal_overflow(page)
+            page.screenshot(path=str(ARTIFACTS / f"serve_site_state_{name}.png"), full_page=True)
+            page.close()
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(server)
+        expect(page.locator("#site-state")).to_have_text("as shipped")
 
 
 def test_the_worklist_survives_a_server_restart(predictor, tmp_path):
     """Two servers, one after the other, on one database file: the second lists what the first stored."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     settings = ServeSettings(db=str(tmp_path / "worklist.db"))
     good = _sample_image(tmp_path)
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            first = _serve(create_app(predictor, settings), settings)
-            page = browser.new_page(viewport={"width": 1366, "height": 900})
-            page.goto(next(first))
-            expect(page.locator("#worklist tbody tr.empty")).to_have_count(1)
-            page.set_input_files("#file-input", [str(good)])
-            rows = page.locator("#worklist tbody tr:not(.empty)")
-            expect(rows).to_have_count(1, timeout=30_000)
-            rows.nth(0).get_by_role("button", name=f"Disagree with the result for {good.name}").click()
-            expect(rows.nth(0).locator(".verdict")).to_have_text("Disagreed")
-            percent = rows.nth(0).locator("td.num").nth(1).inner_text()
-            page.close()
-            next(first, None)  # stops the first server
-            second = _serve(create_app(predictor, settings), settings)
-            page = browser.new_page(viewport={"width": 1366, "height": 900})
-            page.goto(next(second))
-            rows = page.locator("#worklist tbody tr:not(.empty)")
-            expect(rows).to_have_count(1)
-            expect(rows.nth(0).locator("td.num").nth(1)).to_have_text(percent)
-            expect(rows.nth(0).locator(".verdict")).to_have_text("Disagreed")
-            next(second, None)
-        finally:
-            browser.close()
+    with _browser() as browser:
+        first = _serve(create_app(predictor, settings), settings)
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.goto(next(first))
+        expect(page.locator("#worklist tbody tr.empty")).to_have_count(1)
+        page.set_input_files("#file-input", [str(good)])
+        rows = page.locator("#worklist tbody tr:not(.empty)")
+        expect(rows).to_have_count(1, timeout=30_000)
+        rows.nth(0).get_by_role("button", name=f"Disagree with the result for {good.name}").click()
+        expect(rows.nth(0).locator(".verdict")).to_have_text("Disagreed")
+        percent = rows.nth(0).locator("td.num").nth(1).inner_text()
+        page.close()
+        next(first, None)  # stops the first server
+        second = _serve(create_app(predictor, settings), settings)
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.goto(next(second))
+        rows = page.locator("#worklist tbody tr:not(.empty)")
+        expect(rows).to_have_count(1)
+        expect(rows.nth(0).locator("td.num").nth(1)).to_have_text(percent)
+        expect(rows.nth(0).locator(".verdict")).to_have_text("Disagreed")
+        next(second, None)
 
 
 def test_docs_and_redoc_render_offline(server):
     """/docs (Swagger UI) and /redoc (ReDoc) render with nothing fetched from outside the server."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     origin = server.rstrip("/")
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            for path, ready in (("docs", ".swagger-ui .opblock-summary-path"), ("redoc", "[role=menuitem], .menu-content")):
-                page = browser.new_page(viewport={"width": 1440, "height": 900})
-                requests: list[str] = []
-                page.on("request", lambda req, seen=requests: seen.append(req.url))
-                page.goto(server + path)
-                expect(page.locator(ready).first).to_be_visible(timeout=20_000)
-                expect(page.get_by_text("/api/v1/predict").first).to_be_attached()
-                page.wait_for_load_state("networkidle")
-                outside = [u for u in requests if not u.startswith((origin + "/", "data:", "blob:"))]
-                assert not outside, f"{path} fetched from outside the server: {outside}"
-                assert any(u.endswith(".js") for u in requests)
-                page.screenshot(path=str(ARTIFACTS / f"serve_e2e_{path}.png"))
-                page.close()
-        finally:
-            browser.close()
+    with _browser() as browser:
+        for path, ready in (("docs", ".swagger-ui .opblock-summary-path"), ("redoc", "[role=menuitem], .menu-content")):
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            requests: list[str] = []
+            page.on("request", lambda req, seen=requests: seen.append(req.url))
+            page.goto(server + path)
+            expect(page.locator(ready).first).to_be_visible(timeout=20_000)
+            expect(page.get_by_text("/api/v1/predict").first).to_be_attached()
+            page.wait_for_load_state("networkidle")
+            outside = [u for u in requests if not u.startswith((origin + "/", "data:", "blob:"))]
+            assert not outside, f"{path} fetched from outside the server: {outside}"
+            assert any(u.endswith(".js") for u in requests)
+            page.screenshot(path=str(ARTIFACTS / f"serve_e2e_{path}.png"))
+            page.close()
 
 
 def test_the_full_model_card_is_rendered_html(server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.goto(server)
-            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
-            details = page.locator("#full-model-card")
-            expect(details).to_be_attached()
-            details.locator("summary").click()
-            doc = details.locator(".markdown")
-            expect(doc.locator("h2").first).to_contain_text("Model card")
-            expect(doc.locator("h3", has_text="Intended use")).to_be_visible()
-            expect(doc.locator("table").first).to_be_visible()
-            expect(doc.locator("table th", has_text="threshold on validation")).to_be_visible()
-            assert doc.locator("script, img, iframe").count() == 0
-            assert "<script" not in doc.inner_html().lower()
-            assert "| --- |" not in doc.inner_text() and "## " not in doc.inner_text()  # no raw Markdown left
-            details.scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "serve_e2e_model_card.png"))
-        finally:
-            browser.close()
+    with _browser() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(server)
+        expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+        details = page.locator("#full-model-card")
+        expect(details).to_be_attached()
+        details.locator("summary").click()
+        doc = details.locator(".markdown")
+        expect(doc.locator("h2").first).to_contain_text("Model card")
+        expect(doc.locator("h3", has_text="Intended use")).to_be_visible()
+        expect(doc.locator("table").first).to_be_visible()
+        expect(doc.locator("table th", has_text="threshold on validation")).to_be_visible()
+        assert doc.locator("script, img, iframe").count() == 0
+        assert "<script" not in doc.inner_html().lower()
+        assert "| --- |" not in doc.inner_text() and "## " not in doc.inner_text()  # no raw Markdown left
+        details.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "serve_e2e_model_card.png"))
 
 
 def test_the_status_line_counts_each_batch_on_its_own(server, tmp_path):
     """4 unreadable files, then 1 good one: the second status counts that batch only."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     bad = []
     for i in range(4):
@@ -462,20 +444,16 @@ def test_the_status_line_counts_each_batch_on_its_own(server, tmp_path):
         path.write_text(f"not an image {i}")
         bad.append(str(path))
     good = _sample_image(tmp_path)
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.goto(server)
-            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
-            status = page.locator("#status")
-            page.set_input_files("#file-input", bad)
-            expect(status).to_have_text("Done: 0 analysed, 4 could not be read (see the cards).", timeout=30_000)
-            page.set_input_files("#file-input", [str(good)])
-            expect(status).to_have_text("Done: 1 analysed.", timeout=30_000)
-            expect(page.locator("article.card")).to_have_count(5)  # the earlier cards stay, uncounted
-        finally:
-            browser.close()
+    with _browser() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(server)
+        expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+        status = page.locator("#status")
+        page.set_input_files("#file-input", bad)
+        expect(status).to_have_text("Done: 0 analysed, 4 could not be read (see the cards).", timeout=30_000)
+        page.set_input_files("#file-input", [str(good)])
+        expect(status).to_have_text("Done: 1 analysed.", timeout=30_000)
+        expect(page.locator("article.card")).to_have_count(5)  # the earlier cards stay, uncounted
 
 
 def _card_order(page) -> list[tuple[str, str, float | None]]:
@@ -487,7 +465,7 @@ def _card_order(page) -> list[tuple[str, str, float | None]]:
 def test_cards_follow_the_worklist_and_a_row_selects_its_card(server, tmp_path):
     """Cards in risk order (as the worklist): scored by probability, then not assessed, then unreadable; clicking
     a worklist row scrolls to its card, outlines it, focuses it and marks it aria-current."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     files = []
     for i, (h, w) in enumerate(((900, 760), (700, 640), (820, 600), (640, 560))):
@@ -501,52 +479,48 @@ def test_cards_follow_the_worklist_and_a_row_selects_its_card(server, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_text("not an image")
     uploads = [bad, files[0], blank, files[1], files[2], files[3]]
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.goto(server)
-            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
-            page.set_input_files("#file-input", [str(p) for p in uploads])
-            expect(page.locator("#status")).to_contain_text("Done:", timeout=30_000)
-            cards = _card_order(page)
-            assert len(cards) == 6
-            kinds = ["scored" if p is not None else "oos" if d == "OUT_OF_SCOPE" else "error" for _, d, p in cards]
-            assert kinds == sorted(kinds, key=["scored", "oos", "error"].index), cards  # groups in order
-            assert kinds[-1] == "error" and kinds.count("error") == 1 and "oos" in kinds
-            probs = [p for _, _, p in cards if p is not None]
-            assert len(probs) >= 2 and probs == sorted(probs, reverse=True), cards
-            assert all(0 <= p <= 1 for p in probs)
-            # data-probability on scored result cards only, nothing else on the page.
-            assert page.locator("[data-probability]").count() == len(probs)
-            assert page.locator("[data-decision]").count() == 6
-            assert page.locator("[data-probability]:not(article.card)").count() == 0
-            # The worklist lists this tab's uploads in the same order as the cards.
-            links = page.locator("#worklist a.card-link")
-            expect(links).to_have_count(6)
-            assert links.all_inner_texts() == [name for name, _, _ in cards]
-            # Clicking a row (its name, or the row itself) shows and marks the card it means.
-            page.set_viewport_size({"width": 1440, "height": 500})
-            for target_index in (len(cards) - 1, 1):
-                name = cards[target_index][0]
-                row = page.locator("#worklist tbody tr", has=page.locator("a.card-link", has_text=name))
-                if target_index == 1:
-                    row.locator("td.num").first.click()  # a click on the row, not the link
-                else:
-                    row.locator("a.card-link").click()
-                card = page.locator("#cards article.card").nth(target_index)
-                expect(card).to_have_attribute("aria-label", name)
-                expect(card).to_have_class(re.compile(r"\bselected\b"))
-                expect(card).to_have_attribute("aria-current", "true")
-                expect(card).to_be_in_viewport()
-                assert page.evaluate("document.activeElement.getAttribute('aria-label')") == name
-                outline = card.evaluate("(c) => getComputedStyle(c).outlineStyle + ' ' + getComputedStyle(c).outlineWidth")
-                assert outline.startswith("solid") and not outline.endswith(" 0px"), outline
-                expect(page.locator("article.card.selected")).to_have_count(1)
-                expect(page.locator("article.card[aria-current]")).to_have_count(1)
-            page.screenshot(path=str(ARTIFACTS / "serve_e2e_selected.png"))
-        finally:
-            browser.close()
+    with _browser() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(server)
+        expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+        page.set_input_files("#file-input", [str(p) for p in uploads])
+        expect(page.locator("#status")).to_contain_text("Done:", timeout=30_000)
+        cards = _card_order(page)
+        assert len(cards) == 6
+        kinds = ["scored" if p is not None else "oos" if d == "OUT_OF_SCOPE" else "error" for _, d, p in cards]
+        assert kinds == sorted(kinds, key=["scored", "oos", "error"].index), cards  # groups in order
+        assert kinds[-1] == "error" and kinds.count("error") == 1 and "oos" in kinds
+        probs = [p for _, _, p in cards if p is not None]
+        assert len(probs) >= 2 and probs == sorted(probs, reverse=True), cards
+        assert all(0 <= p <= 1 for p in probs)
+        # data-probability on scored result cards only, nothing else on the page.
+        assert page.locator("[data-probability]").count() == len(probs)
+        assert page.locator("[data-decision]").count() == 6
+        assert page.locator("[data-probability]:not(article.card)").count() == 0
+        # The worklist lists this tab's uploads in the same order as the cards.
+        links = page.locator("#worklist a.card-link")
+        expect(links).to_have_count(6)
+        assert links.all_inner_texts() == [name for name, _, _ in cards]
+        # Clicking a row (its name, or the row itself) shows and marks the card it means.
+        page.set_viewport_size({"width": 1440, "height": 500})
+        for target_index in (len(cards) - 1, 1):
+            name = cards[target_index][0]
+            row = page.locator("#worklist tbody tr", has=page.locator("a.card-link", has_text=name))
+            if target_index == 1:
+                row.locator("td.num").first.click()  # a click on the row, not the link
+            else:
+                row.locator("a.card-link").click()
+            card = page.locator("#cards article.card").nth(target_index)
+            expect(card).to_have_attribute("aria-label", name)
+            expect(card).to_have_class(re.compile(r"\bselected\b"))
+            expect(card).to_have_attribute("aria-current", "true")
+            expect(card).to_be_in_viewport()
+            assert page.evaluate("document.activeElement.getAttribute('aria-label')") == name
+            outline = card.evaluate("(c) => getComputedStyle(c).outlineStyle + ' ' + getComputedStyle(c).outlineWidth")
+            assert outline.startswith("solid") and not outline.endswith(" 0px"), outline
+            expect(page.locator("article.card.selected")).to_have_count(1)
+            expect(page.locator("article.card[aria-current]")).to_have_count(1)
+        page.screenshot(path=str(ARTIFACTS / "serve_e2e_selected.png"))
 
 
 def test_no_horizontal_overflow_on_a_phone(adapted_server, tmp_path):
@@ -555,39 +529,35 @@ def test_no_horizontal_overflow_on_a_phone(adapted_server, tmp_path):
     The adapted model's card has the longest labels ("Estimated pneumonia prevalence at this site"), which a
     ``max-content`` label column once pushed off a phone's screen."""
     server = adapted_server
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     good = _sample_image(tmp_path)
     bad = tmp_path / "a-rather-long-file-name-that-is-not-an-image-at-all.png"
     bad.write_text("not an image")
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            for name, viewport in (("phone", {"width": 390, "height": 844}), ("desktop", {"width": 1440, "height": 900})):
-                page = browser.new_page(viewport=viewport)
-                page.goto(server)
-                expect(page.locator("#model-line")).to_contain_text("seed-cnn")
-                expect(page.locator("#model-card dl")).to_be_visible()
-                _no_horizontal_overflow(page)  # empty
-                page.screenshot(path=str(ARTIFACTS / f"serve_e2e_empty_{name}.png"), full_page=True)
-                page.set_input_files("#file-input", [str(good), str(bad)])
-                expect(page.locator("#status")).to_contain_text("Done:", timeout=30_000)
-                expect(page.locator("#worklist a.card-link")).to_have_count(2)
-                _no_horizontal_overflow(page)  # with results
-                for locator in (page.locator("#clear"), page.locator("#download-csv"),
-                                page.locator("#worklist thead th", has_text="Probability"),
-                                page.locator("#worklist thead th", has_text="Decision")):
-                    box = locator.bounding_box()
-                    assert box and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (locator, box)
-                page.locator("#full-model-card summary").click()
-                expect(page.locator("#full-model-card table").first).to_be_visible()
-                _no_horizontal_overflow(page)  # the model card's wide tables scroll inside it
-                page.locator("#full-model-card summary").click()
-                page.screenshot(path=str(ARTIFACTS / f"serve_e2e_results_{name}.png"), full_page=True)
-                page.close()
-        finally:
-            browser.close()
+    with _browser() as browser:
+        for name, viewport in (("phone", {"width": 390, "height": 844}), ("desktop", {"width": 1440, "height": 900})):
+            page = browser.new_page(viewport=viewport)
+            page.goto(server)
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            expect(page.locator("#model-card dl")).to_be_visible()
+            _no_horizontal_overflow(page)  # empty
+            page.screenshot(path=str(ARTIFACTS / f"serve_e2e_empty_{name}.png"), full_page=True)
+            page.set_input_files("#file-input", [str(good), str(bad)])
+            expect(page.locator("#status")).to_contain_text("Done:", timeout=30_000)
+            expect(page.locator("#worklist a.card-link")).to_have_count(2)
+            _no_horizontal_overflow(page)  # with results
+            for locator in (page.locator("#clear"), page.locator("#download-csv"),
+                            page.locator("#worklist thead th", has_text="Probability"),
+                            page.locator("#worklist thead th", has_text="Decision")):
+                box = locator.bounding_box()
+                assert box and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (locator, box)
+            page.locator("#full-model-card summary").click()
+            expect(page.locator("#full-model-card table").first).to_be_visible()
+            _no_horizontal_overflow(page)  # the model card's wide tables scroll inside it
+            page.locator("#full-model-card summary").click()
+            page.screenshot(path=str(ARTIFACTS / f"serve_e2e_results_{name}.png"), full_page=True)
+            page.close()
     assert (ARTIFACTS / "serve_e2e_results_phone.png").stat().st_size > 10_000
 
 
@@ -603,100 +573,92 @@ def _luminance(css_rgb: str) -> float:
 def test_dark_theme_follows_the_system_and_the_toggle_is_remembered(server, tmp_path):
     """With the system in dark mode the page is dark; the header's toggle overrides it, and a reload keeps the
     choice (localStorage). Screenshots in dark at 1440 x 900 (with a result card and an error card) and 390 x 844."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     good = _sample_image(tmp_path)
     bad = tmp_path / "broken.png"
     bad.write_text("not an image")
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            light = browser.new_page(viewport={"width": 1440, "height": 900}, color_scheme="light")
-            light.goto(server)
-            expect(light.locator("#model-line")).to_contain_text("seed-cnn")
-            light_bg = _background(light)
-            assert _luminance(light_bg) > 0.8
-            light.close()
+    with _browser() as browser:
+        light = browser.new_page(viewport={"width": 1440, "height": 900}, color_scheme="light")
+        light.goto(server)
+        expect(light.locator("#model-line")).to_contain_text("seed-cnn")
+        light_bg = _background(light)
+        assert _luminance(light_bg) > 0.8
+        light.close()
 
-            context = browser.new_context(viewport={"width": 1440, "height": 900}, color_scheme="dark")
-            page = context.new_page()
-            page.goto(server)
-            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
-            dark_bg = _background(page)
-            assert dark_bg != light_bg and _luminance(dark_bg) < 0.2
-            toggle = page.get_by_role("button", name="Dark theme")
-            expect(toggle).to_have_attribute("aria-pressed", "true")
-            # Readable: the text is light on the dark background.
-            assert _luminance(page.evaluate("getComputedStyle(document.body).color")) > 0.7
-            page.set_input_files("#file-input", [str(good), str(bad)])
-            expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "serve_e2e_dark_desktop.png"), full_page=True)
-            page.set_viewport_size({"width": 390, "height": 844})
-            _no_horizontal_overflow(page)
-            page.screenshot(path=str(ARTIFACTS / "serve_e2e_dark_phone.png"), full_page=True)
-            page.set_viewport_size({"width": 1440, "height": 900})
-            # The toggle: light despite the system, remembered across a reload.
-            toggle.click()
-            expect(toggle).to_have_attribute("aria-pressed", "false")
-            assert _background(page) == light_bg
-            page.reload()
-            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
-            assert _background(page) == light_bg
-            expect(page.get_by_role("button", name="Dark theme")).to_have_attribute("aria-pressed", "false")
-            page.get_by_role("button", name="Dark theme").click()
-            assert _background(page) == dark_bg
-            context.close()
-        finally:
-            browser.close()
+        context = browser.new_context(viewport={"width": 1440, "height": 900}, color_scheme="dark")
+        page = context.new_page()
+        page.goto(server)
+        expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+        dark_bg = _background(page)
+        assert dark_bg != light_bg and _luminance(dark_bg) < 0.2
+        toggle = page.get_by_role("button", name="Dark theme")
+        expect(toggle).to_have_attribute("aria-pressed", "true")
+        # Readable: the text is light on the dark background.
+        assert _luminance(page.evaluate("getComputedStyle(document.body).color")) > 0.7
+        page.set_input_files("#file-input", [str(good), str(bad)])
+        expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "serve_e2e_dark_desktop.png"), full_page=True)
+        page.set_viewport_size({"width": 390, "height": 844})
+        _no_horizontal_overflow(page)
+        page.screenshot(path=str(ARTIFACTS / "serve_e2e_dark_phone.png"), full_page=True)
+        page.set_viewport_size({"width": 1440, "height": 900})
+        # The toggle: light despite the system, remembered across a reload.
+        toggle.click()
+        expect(toggle).to_have_attribute("aria-pressed", "false")
+        assert _background(page) == light_bg
+        page.reload()
+        expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+        assert _background(page) == light_bg
+        expect(page.get_by_role("button", name="Dark theme")).to_have_attribute("aria-pressed", "false")
+        page.get_by_role("button", name="Dark theme").click()
+        assert _background(page) == dark_bg
+        context.close()
     assert (ARTIFACTS / "serve_e2e_dark_desktop.png").stat().st_size > 10_000
 
 
 def test_clear_cards_asks_for_confirmation(server, tmp_path):
     """"Clear cards" only arms: the cards stay until "Really clear?" is pressed; Cancel and Escape keep them, and
     the worklist is kept either way."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     good = _sample_image(tmp_path)
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.goto(server)
-            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
-            page.set_input_files("#file-input", [str(good)])
-            cards = page.locator("article.card")
-            expect(cards).to_have_count(1, timeout=30_000)
-            rows = page.locator("#worklist tbody tr:not(.empty)")
-            expect(rows.first).to_be_visible()
-            n_rows = rows.count()
-            clear = page.locator("#clear")
-            cancel = page.get_by_role("button", name="Cancel")
-            expect(cancel).to_be_hidden()
-            clear.click()
-            expect(clear).to_have_text("Really clear?")
-            expect(page.get_by_role("button", name="Really clear 1 card(s)? The worklist is kept")).to_be_visible()
-            expect(page.locator("#status")).to_contain_text("Really clear?")
-            expect(cards).to_have_count(1)
-            page.screenshot(path=str(ARTIFACTS / "serve_e2e_clear_confirm.png"))
-            cancel.click()
-            expect(clear).to_have_text("Clear cards")
-            expect(cancel).to_be_hidden()
-            expect(cards).to_have_count(1)
-            # Escape (keyboard) also keeps them.
-            clear.focus()
-            page.keyboard.press("Enter")
-            expect(clear).to_have_text("Really clear?")
-            page.keyboard.press("Escape")
-            expect(clear).to_have_text("Clear cards")
-            expect(cards).to_have_count(1)
-            # Confirmed: the cards go, the worklist stays.
-            clear.click()
-            clear.click()
-            expect(cards).to_have_count(0)
-            expect(clear).to_have_text("Clear cards")
-            expect(page.locator("#status")).to_contain_text("Cleared 1 card(s)")
-            expect(rows).to_have_count(n_rows)
-        finally:
-            browser.close()
+    with _browser() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(server)
+        expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+        page.set_input_files("#file-input", [str(good)])
+        cards = page.locator("article.card")
+        expect(cards).to_have_count(1, timeout=30_000)
+        rows = page.locator("#worklist tbody tr:not(.empty)")
+        expect(rows.first).to_be_visible()
+        n_rows = rows.count()
+        clear = page.locator("#clear")
+        cancel = page.get_by_role("button", name="Cancel")
+        expect(cancel).to_be_hidden()
+        clear.click()
+        expect(clear).to_have_text("Really clear?")
+        expect(page.get_by_role("button", name="Really clear 1 card(s)? The worklist is kept")).to_be_visible()
+        expect(page.locator("#status")).to_contain_text("Really clear?")
+        expect(cards).to_have_count(1)
+        page.screenshot(path=str(ARTIFACTS / "serve_e2e_clear_confirm.png"))
+        cancel.click()
+        expect(clear).to_have_text("Clear cards")
+        expect(cancel).to_be_hidden()
+        expect(cards).to_have_count(1)
+        # Escape (keyboard) also keeps them.
+        clear.focus()
+        page.keyboard.press("Enter")
+        expect(clear).to_have_text("Really clear?")
+        page.keyboard.press("Escape")
+        expect(clear).to_have_text("Clear cards")
+        expect(cards).to_have_count(1)
+        # Confirmed: the cards go, the worklist stays.
+        clear.click()
+        clear.click()
+        expect(cards).to_have_count(0)
+        expect(clear).to_have_text("Clear cards")
+        expect(page.locator("#status")).to_contain_text("Cleared 1 card(s)")
+        expect(rows).to_have_count(n_rows)
