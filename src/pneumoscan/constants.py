@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-__all__ = ["CLASS_NAMES", "DEFAULT_CACHE_DIR", "DISCLAIMER", "IMAGE_SUFFIXES", "INTENDED_USE", "JUNK_NAMES",
+__all__ = ["CLASS_NAMES", "DECISION_WORDS", "DEFAULT_CACHE_DIR", "DISCLAIMER", "NOT_READ_WORDS", "SCORE_SCALE", "IMAGE_SUFFIXES", "INTENDED_USE", "JUNK_NAMES",
            "OTHER_IMAGE_SUFFIXES", "SUPPORTED_FORMATS"]
 
 #: Class names; the label of a class is its position (0 NORMAL, 1 PNEUMONIA). Also the two decisions.
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+
+#: The one wording of a decision for people, keyed by the machine label (``decision`` in the API, CSV and JSON,
+#: which stays ``PNEUMONIA``/``NORMAL``/``OUT_OF_SCOPE``). The page, the CSVs' ``decision_text`` column, the CLI and
+#: the report all say these words and no others.
+DECISION_WORDS = {
+    "PNEUMONIA": "Flagged: possible pneumonia",
+    "NORMAL": "Not flagged",
+    "OUT_OF_SCOPE": "Not assessed (out of scope)",
+}
+#: The wording for a file that could not be read (it has no decision).
+NOT_READ_WORDS = "Could not be read"
+
+#: People see a score on 0 to 100 (the probability times SCORE_SCALE, one decimal) and the threshold on the same
+#: scale; files and the API keep the probability on 0 to 1. See :func:`pneumoscan.metrics.point.score_100`.
+SCORE_SCALE = 100
 
 #: Shown with every score: in the CLI's summary, the worklists, the web page, the API and the report.
 DISCLAIMER = ("Decision support, not a diagnosis: pneumoscan is a second reader that corroborates a clinician. "

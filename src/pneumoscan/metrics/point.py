@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pneumoscan.constants import DECISION_WORDS, NOT_READ_WORDS, SCORE_SCALE
+
 
 def decide(scores: Any, threshold: float) -> Any:
     """THE decision rule, written once: positive (PNEUMONIA) when ``score >= threshold``.
@@ -15,6 +17,19 @@ def decide(scores: Any, threshold: float) -> Any:
     """
     out = np.asarray(scores) >= threshold
     return bool(out) if out.ndim == 0 else out
+
+
+def score_100(probability: float) -> float:
+    """The score people see: the probability on 0 to 100, one decimal (0.44226 -> 44.2). Thresholds use it too."""
+    return round(float(probability) * SCORE_SCALE, 1)
+
+
+def decision_words(decision: str | None) -> str:
+    """The one wording of a machine decision label (``PNEUMONIA``, ``NORMAL``, ``OUT_OF_SCOPE``) for people;
+    ``None`` or ``""`` (no decision: the file could not be read) gives :data:`NOT_READ_WORDS`."""
+    if not decision:
+        return NOT_READ_WORDS
+    return DECISION_WORDS.get(decision, decision)
 
 
 class Confusion(NamedTuple):
