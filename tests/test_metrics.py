@@ -307,3 +307,56 @@ def test_threshold_min_cost_puts_sensitivity_first():
         M.threshold_min_cost(y, s, miss_cost=-1)
     with pytest.raises(ValueError, match="no positive"):
         M.threshold_min_cost([0, 0], [0.1, 0.2])
+
+
+# --- exact intervals for proportions ------------------------------------------------------------------------
+
+
+def test_exact_proportion_ci_known_values():
+    from pneumoscan.metrics.uncertainty import exact_proportion_ci
+
+    # Clopper-Pearson, textbook closed forms at the ends: k = n gives [(alpha/2)^(1/n), 1], k = 0 its mirror.
+    assert exact_proportion_ci(10, 10) == pytest.approx([0.025 ** (1 / 10), 1.0])
+    assert exact_proportion_ci(0, 20) == pytest.approx([0.0, 1 - 0.025 ** (1 / 20)])
+    # Newcombe (Stat Med 17:857, 1998), example 0 of 20: Clopper-Pearson 0 to 0.1684, Wilson 0 to 0.1611.
+    assert exact_proportion_ci(0, 20) == pytest.approx([0.0, 0.1684], abs=1e-4)
+    assert exact_proportion_ci(0, 20, method="wilson") == pytest.approx([0.0, 0.1611], abs=1e-4)
+    # 7 of 20: the beta-quantile definition of Clopper-Pearson.
+    from scipy.stats import beta
+    lo, hi = exact_proportion_ci(7, 20)
+    assert (lo, hi) == pytest.approx((0.1539, 0.5922), abs=1e-4)
+    assert (lo, hi) == pytest.approx((beta.ppf(0.025, 7, 14), beta.ppf(0.975, 8, 13)), abs=1e-9)
+    # The level changes the width; no trial, no interval; impossible counts are refused.
+    assert exact_proportion_ci(10, 10, level=0.9)[0] == pytest.approx(0.05 ** (1 / 10))
+    assert all(math.isnan(v) for v in exact_proportion_ci(0, 0))
+    with pytest.raises(ValueError):
+        exact_proportion_ci(3, 2)
+
+
+def test_degenerate_bootstrap_interval_becomes_exact():
+    from pneumoscan.metrics.uncertainty import CI_BOOTSTRAP, CI_EXACT, CI_NO_SPREAD
+
+    # Separable scores, two films per patient: every resample is all correct, so the bootstrap gives 100% to 100%.
+    y = np.r_[np.ones(12, int), np.zeros(8, int)]
+    s = np.r_[np.full(12, 0.9), np.full(8, 0.2)]
+    groups = [f"p{i // 2}" for i in range(20)]
+    out = M.summarize_scores(y, s, {"operating": 0.5}, groups=groups, n_resamples=200)
+    m = out["thresholds"]["operating"]["metrics"]
+    for metric, n in (("sensitivity", 12), ("specificity", 8), ("ppv", 12), ("npv", 8), ("accuracy", 20)):
+        assert m[metric]["value"] == 1.0 and m[metric]["ci_method"] == CI_EXACT, metric
+        assert m[metric]["ci"] == pytest.approx([0.025 ** (1 / n), 1.0]), metric
+    # Not proportions: the zero-width bootstrap interval stays, marked as having no spread.
+    for metric in ("balanced_accuracy", "f1"):
+        assert m[metric]["ci"] == [1.0, 1.0] and m[metric]["ci_method"] == CI_NO_SPREAD
+    assert out["roc_auc"]["ci_method"] == CI_NO_SPREAD
+    # A bootstrap interval with spread is kept as it is (it respects the patients).
+    y2, s2 = random_case(3, n=120)
+    out2 = M.summarize_scores(y2, s2, {"operating": 0.5}, groups=[f"p{i // 3}" for i in range(120)], n_resamples=200)
+    boot = M.bootstrap_ci(y2, s2, {"operating": 0.5}, groups=[f"p{i // 3}" for i in range(120)], n_resamples=200)
+    sens = out2["thresholds"]["operating"]["metrics"]["sensitivity"]
+    assert sens["ci_method"] == CI_BOOTSTRAP and sens["ci"] == boot["thresholds"]["operating"]["sensitivity"]
+    # Subgroups follow the same rule.
+    out3 = M.summarize_scores(y, s, {"operating": 0.5}, groups=groups, causes=["virus"] * 12 + [None] * 8,
+                              n_resamples=100)
+    sub = out3["subgroups"]["cause"]["virus"]["sensitivity"]["operating"]
+    assert sub["ci_method"] == CI_EXACT and sub["ci"] == pytest.approx([0.025 ** (1 / 12), 1.0])

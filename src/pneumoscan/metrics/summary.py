@@ -1,4 +1,5 @@
-"""One model's summary on one set of images: every metric with its bootstrap interval."""
+"""One model's summary on one set of images: every metric with its interval (patient bootstrap; Clopper-Pearson
+for a proportion whose bootstrap interval has zero width, see :func:`~pneumoscan.metrics.uncertainty.proportion_ci`)."""
 
 from __future__ import annotations
 
@@ -11,26 +12,50 @@ import numpy as np
 from pneumoscan.metrics.calibration import ece
 from pneumoscan.metrics.point import (
     THRESHOLD_METRICS,
+    Confusion,
     brier,
+    confusion,
     pr_auc,
     roc_auc,
     sensitivity,
     threshold_metrics,
 )
-from pneumoscan.metrics.uncertainty import bootstrap_ci
+from pneumoscan.metrics.uncertainty import (
+    CI_BOOTSTRAP,
+    CI_NO_SPREAD,
+    PROPORTION_COUNTS,
+    bootstrap_ci,
+    is_degenerate,
+    proportion_ci,
+)
 
 #: Names of the thresholds every summary reports, in display order.
 THRESHOLD_NAMES = ("operating", "fixed_0.5", "youden")
 
 
 def _value_ci(value: float, ci: Sequence[float]) -> dict[str, Any]:
-    return {"value": float(value), "ci": [float(ci[0]), float(ci[1])]}
+    """``{"value", "ci", "ci_method"}`` for a bootstrap interval (a metric that is not a binomial proportion)."""
+    method = CI_NO_SPREAD if is_degenerate(ci) else CI_BOOTSTRAP
+    return {"value": float(value), "ci": [float(ci[0]), float(ci[1])], "ci_method": method}
+
+
+def _metric_ci(metric: str, value: float, boot: Sequence[float], c: Confusion, level: float) -> dict[str, Any]:
+    """A threshold metric with its interval: a proportion's degenerate bootstrap interval becomes exact."""
+    if metric not in PROPORTION_COUNTS:
+        return _value_ci(value, boot)
+    ci, method = proportion_ci(boot, *PROPORTION_COUNTS[metric](c), level=level)
+    return {"value": float(value), "ci": ci, "ci_method": method}
 
 
 def summarize_scores(y: np.ndarray, probs: np.ndarray, thresholds: Mapping[str, float | None], *,
                      groups: Sequence[str] | None = None, causes: Sequence[str | None] | None = None,
                      n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
-    """Every metric of one model on one set of images, each with a bootstrap interval.
+    """Every metric of one model on one set of images, each with an interval.
+
+    Intervals come from the patient-level bootstrap, except for a proportion (sensitivity, specificity, PPV,
+    NPV, accuracy) whose bootstrap interval has zero width: it gets the Clopper-Pearson interval of its image
+    counts instead (``ci_method`` says which; :data:`~pneumoscan.metrics.uncertainty.CI_NO_SPREAD` marks a
+    zero-width bootstrap interval of another metric, e.g. an AUC of 1).
 
     Args:
         y: labels (N,), 0/1. probs: calibrated pneumonia probabilities (N,).
@@ -39,8 +64,8 @@ def summarize_scores(y: np.ndarray, probs: np.ndarray, thresholds: Mapping[str, 
             per image: adds the sensitivity per cause (pneumonia images only).
 
     Returns:
-        JSON-safe dict: counts, ``roc_auc``/``pr_auc``/``brier`` as ``{"value", "ci"}``, ``ece``,
-        ``thresholds[name] = {"threshold", "confusion", "metrics": {metric: {"value", "ci"}}}``,
+        JSON-safe dict: counts, ``roc_auc``/``pr_auc``/``brier`` as ``{"value", "ci", "ci_method"}``, ``ece``,
+        ``thresholds[name] = {"threshold", "confusion", "metrics": {metric: {"value", "ci", "ci_method"}}}``,
         ``subgroups["cause"][cause]`` and ``bootstrap`` (how the intervals were made).
     """
     y = np.asarray(y, dtype=np.int64)
@@ -61,9 +86,10 @@ def summarize_scores(y: np.ndarray, probs: np.ndarray, thresholds: Mapping[str, 
     }
     for name, t in ths.items():
         tm = threshold_metrics(y, probs, t)
+        conf = Confusion(*(int(tm[k]) for k in Confusion._fields))
         out["thresholds"][name] = {
             "threshold": t, "confusion": {k: int(tm[k]) for k in ("tp", "fp", "tn", "fn")},
-            "metrics": {m: _value_ci(tm[m], ci["thresholds"][name][m]) for m in THRESHOLD_METRICS},
+            "metrics": {m: _metric_ci(m, tm[m], ci["thresholds"][name][m], conf, level) for m in THRESHOLD_METRICS},
         }
     out["subgroups"] = {"cause": {}}
     if causes is not None:
@@ -76,7 +102,8 @@ def summarize_scores(y: np.ndarray, probs: np.ndarray, thresholds: Mapping[str, 
             sub = bootstrap_ci(y[sel], probs[sel], ths, groups=sub_groups, **kw)
             out["subgroups"]["cause"][cause] = {
                 "n_images": int(sel.size), "n_patients": len(set(sub_groups)) if sub_groups else int(sel.size),
-                "sensitivity": {name: _value_ci(sensitivity(y[sel], probs[sel], t),
-                                                sub["thresholds"][name]["sensitivity"]) for name, t in ths.items()},
+                "sensitivity": {name: _metric_ci("sensitivity", sensitivity(y[sel], probs[sel], t),
+                                                 sub["thresholds"][name]["sensitivity"],
+                                                 confusion(y[sel], probs[sel], t), level) for name, t in ths.items()},
             }
     return out

@@ -1,4 +1,7 @@
-"""Uncertainty: the patient (cluster) bootstrap and DeLong's test."""
+"""Uncertainty: the patient (cluster) bootstrap, exact binomial intervals and DeLong's test.
+
+When the bootstrap is used and when the exact interval replaces it: see :func:`proportion_ci`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm, rankdata
+from scipy.stats import binomtest, norm, rankdata
 
 from pneumoscan.metrics.point import (
     _FROM_CONFUSION,
@@ -22,6 +25,57 @@ from pneumoscan.metrics.point import (
     decide,
     roc_auc,
 )
+
+
+#: ``ci_method`` values: how an interval was made.
+CI_BOOTSTRAP = "bootstrap"
+CI_EXACT = "clopper-pearson"
+CI_NO_SPREAD = "bootstrap-no-spread"
+
+#: The metrics that are binomial proportions, as (successes, trials) of the confusion counts.
+PROPORTION_COUNTS = {
+    "sensitivity": lambda c: (c.tp, c.tp + c.fn),
+    "specificity": lambda c: (c.tn, c.tn + c.fp),
+    "ppv": lambda c: (c.tp, c.tp + c.fp),
+    "npv": lambda c: (c.tn, c.tn + c.fn),
+    "accuracy": lambda c: (c.tp + c.tn, c.tp + c.tn + c.fp + c.fn),
+}
+
+
+def exact_proportion_ci(k: int, n: int, level: float = 0.95, method: str = "exact") -> list[float]:
+    """Interval for a proportion of ``k`` successes in ``n`` trials, from :func:`scipy.stats.binomtest`.
+
+    ``method="exact"`` is Clopper-Pearson (inverting two one-sided binomial tests; never shorter than the
+    nominal coverage requires), ``"wilson"`` the Wilson score interval. ``k == n`` gives an upper end of 1 and a
+    lower end below 1 (Clopper-Pearson: ``((1 - level) / 2) ** (1 / n)``), where a bootstrap gives 100% to 100%.
+    Returns ``[lo, hi]`` in [0, 1]; ``[nan, nan]`` when ``n`` is 0.
+    """
+    k, n = int(k), int(n)
+    if n <= 0:
+        return [math.nan, math.nan]
+    if not 0 <= k <= n:
+        raise ValueError(f"{k} successes out of {n} trials")
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method=method)
+    return [float(ci.low), float(ci.high)]
+
+
+def is_degenerate(ci: Sequence[float], tol: float = 1e-12) -> bool:
+    """True for a finite interval of zero width: every bootstrap resample gave the same value."""
+    lo, hi = float(ci[0]), float(ci[1])
+    return math.isfinite(lo) and math.isfinite(hi) and hi - lo <= tol
+
+
+def proportion_ci(boot_ci: Sequence[float], k: int, n: int, level: float = 0.95) -> tuple[list[float], str]:
+    """The interval the report gives a proportion (sensitivity, specificity, PPV, NPV, accuracy), and its method.
+
+    The patient-level bootstrap interval is kept, because it counts several films of one child as one piece of
+    evidence and a binomial interval on images cannot. Where it has zero width, every resample gave the same
+    value (typically 100%: all correct, or 0%), which is no evidence of certainty; there the Clopper-Pearson
+    interval of ``k`` of ``n`` images replaces it. Returns ``(ci, CI_BOOTSTRAP or CI_EXACT)``.
+    """
+    if is_degenerate(boot_ci) and n > 0:
+        return exact_proportion_ci(k, n, level), CI_EXACT
+    return [float(boot_ci[0]), float(boot_ci[1])], CI_BOOTSTRAP
 
 
 def _resampled_weights(groups: Sequence[Any] | None, n: int, n_resamples: int, seed: int,
