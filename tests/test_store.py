@@ -23,6 +23,7 @@ from pneumoscan.store import (
     WorklistStore,
     default_db_path,
 )
+from pneumoscan.store import engine as engine_mod
 from pneumoscan.store import schema as schema_mod
 
 NOW = datetime.now(UTC)
@@ -91,6 +92,93 @@ def test_filters(store):
     assert store.count(flagged_only=True) == 2
     with pytest.raises(ValueError, match="limit"):
         store.list(limit=0)
+
+
+def test_the_borderline_band_around_each_results_threshold(store):
+    """``borderline`` keeps the scored in-scope results within the band of their own threshold (0.5 here), edges
+    included; never an image not assessed or a file not read, whatever its stored probability."""
+    inside = [_add(store, p=p, decision="PNEUMONIA" if p >= 0.5 else "NORMAL", seed=p) for p in (0.4, 0.47, 0.5, 0.6)]
+    outside = [_add(store, p=p, seed=p) for p in (0.39, 0.05)] + [_add(store, p=0.61, decision="PNEUMONIA", seed=9)]
+    _add(store, p=0.5, decision="OUT_OF_SCOPE", in_scope=False, seed="oos")
+    _add(store, p=None, decision="ERROR", in_scope=None, error="truncated", seed="err")
+    band = [r["id"] for r in store.list(borderline=0.10)]
+    assert sorted(band) == sorted(inside) and not set(band) & set(outside)
+    assert [r["probability"] for r in store.list(borderline=0.10)] == [0.6, 0.5, 0.47, 0.4]  # still by risk
+    assert store.count(borderline=0.10) == 4
+    assert [r["probability"] for r in store.list(borderline=0.05)] == [0.5, 0.47]
+    assert [r["probability"] for r in store.list(borderline=0.10, flagged_only=True)] == [0.6, 0.5]
+    for bad in (0, -0.1, 0.6, float("nan")):
+        with pytest.raises(ValueError, match="borderline"):
+            store.list(borderline=bad)
+
+
+def test_orders_by_time_received(store):
+    first = _add(store, p=0.9, decision="PNEUMONIA", created=NOW - timedelta(hours=2), seed=1)
+    second = _add(store, p=0.1, created=NOW - timedelta(hours=1), seed=2)
+    third = _add(store, p=None, decision="ERROR", in_scope=None, error="truncated", seed=3)
+    assert [r["id"] for r in store.list(order="newest")] == [third, second, first]
+    assert [r["id"] for r in store.list(order="oldest")] == [first, second, third]
+    assert [r["id"] for r in store.list()] == [first, second, third]  # risk
+    with pytest.raises(ValueError, match="order"):
+        store.list(order="alphabetical")
+
+
+JPEG_URI = "data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8U+/="
+
+
+def test_a_thumbnail_is_kept_with_its_result_and_a_bad_one_dropped(store, caplog):
+    rid = store.add_result(input_sha256=_sha("t"), source="upload", filename_hash="", probability=0.3,
+                           decision="NORMAL", threshold=0.5, in_scope=True, scope_reason="", error="",
+                           model_name="m", model_version="v", client="local", thumbnail=JPEG_URI)
+    plain = _add(store, seed="none")
+    assert store.get(rid)["thumbnail"] == JPEG_URI
+    assert store.get(plain)["thumbnail"] is None
+    rows = {r["id"]: r for r in store.list()}
+    assert rows[rid]["thumbnail"] == JPEG_URI and rows[plain]["thumbnail"] is None
+    assert all("thumbnail" not in r for r in store.list(thumbnails=False))
+    for bad in ("javascript:alert(1)", "data:text/html;base64,PGI+", "data:image/jpeg;base64,<svg>",
+                "data:image/jpeg;base64," + "A" * 100_000, 42):
+        bad_id = store.add_result(input_sha256=_sha(bad), source="upload", filename_hash="", probability=0.3,
+                                  decision="NORMAL", threshold=0.5, in_scope=True, scope_reason="", error="",
+                                  model_name="m", model_version="v", client="local", thumbnail=bad)
+        assert store.get(bad_id)["thumbnail"] is None  # the result is kept, the thumbnail is not
+    assert "thumbnail was not stored" in caplog.text
+
+
+def test_a_version_1_database_gains_the_thumbnail_column(tmp_path):
+    """A database written by the first schema (no thumbnail column) is migrated when it opens: its rows are kept
+    (with no thumbnail) and new rows keep theirs."""
+    path = tmp_path / "v1.db"
+    engine = engine_mod.make_engine(*engine_mod.resolve(path))
+    with engine.begin() as conn:  # version 1's tables: today's, less the thumbnail column
+        schema_mod.Base.metadata.create_all(conn)
+        conn.execute(text("ALTER TABLE worklist_results DROP COLUMN thumbnail"))
+        conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
+                          "VALUES (1, '2026-01-01 00:00:00', 'created')"))
+    engine.dispose()
+    con = sqlite3.connect(path)
+    columns = [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
+    assert "thumbnail" not in columns
+    values = {c: "" for c in columns if c != "id"}
+    values.update(created="2026-01-01 00:00:00", category=0, input_sha256=_sha("old"), probability=0.7,
+                  threshold=0.5, in_scope=1, decision="PNEUMONIA")
+    con.execute(f"INSERT INTO worklist_results ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                list(values.values()))
+    con.commit()
+    con.close()
+    with WorklistStore(path) as s:
+        (old,) = s.list()
+        assert old["probability"] == 0.7 and old["thumbnail"] is None
+    con = sqlite3.connect(path)
+    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+    assert "thumbnail" in [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
+    con.close()
+    with WorklistStore(path) as s:
+        assert s.schema_version == 2
+        rid = s.add_result(input_sha256=_sha("new"), source="upload", filename_hash="", probability=0.3,
+                           decision="NORMAL", threshold=0.5, in_scope=True, scope_reason="", error="",
+                           model_name="m", model_version="v", client="local", thumbnail=JPEG_URI)
+        assert s.get(rid)["thumbnail"] == JPEG_URI
 
 
 def test_context_is_kept_and_the_patient_name_never(store, tmp_path):
@@ -199,25 +287,27 @@ def test_migrations_run_in_order_at_open(tmp_path, monkeypatch):
         rid = _add(s)
     ran = []
 
-    def to_2(conn):
-        ran.append(2)
+    v = SCHEMA_VERSION  # two made-up versions after today's
+
+    def to_next(conn):
+        ran.append(v + 1)
         conn.execute(text("CREATE TABLE extra_two (x INTEGER)"))
 
-    def to_3(conn):
-        ran.append(3)
+    def to_after(conn):
+        ran.append(v + 2)
         conn.execute(text("ALTER TABLE extra_two ADD COLUMN y INTEGER"))
 
-    monkeypatch.setattr(schema_mod, "MIGRATIONS", (schema_mod.Migration(2, "two", to_2),
-                                                   schema_mod.Migration(3, "three", to_3)))
-    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", (*schema_mod.MIGRATIONS, schema_mod.Migration(v + 1, "two", to_next),
+                                                   schema_mod.Migration(v + 2, "three", to_after)))
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", v + 2)
     with WorklistStore(path) as s:  # the migrations run when the store opens
-        assert s.schema_version == 3
+        assert s.schema_version == v + 2
         assert [r["id"] for r in s.list()] == [rid]
     with WorklistStore(path) as s:  # and only once
-        assert s.schema_version == 3
-    assert ran == [2, 3]
+        assert s.schema_version == v + 2
+    assert ran == [v + 1, v + 2]
     con = sqlite3.connect(path)
-    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
+    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [v, v + 1, v + 2]
     assert con.execute("SELECT x, y FROM extra_two").fetchall() == []
     assert con.execute("SELECT id FROM worklist_results").fetchall() == [(rid,)]
 
@@ -230,14 +320,13 @@ def test_a_failed_migration_leaves_the_database_as_it_was(tmp_path):
         conn.execute(text("CREATE TABLE half_done (x INTEGER)"))
         raise RuntimeError("migration bug")
 
-    from pneumoscan.store import engine as engine_mod
-
+    v = SCHEMA_VERSION
     engine = engine_mod.make_engine(*engine_mod.resolve(path))
     with pytest.raises(RuntimeError, match="migration bug"), engine.begin() as conn:
-        schema_mod.ensure_schema(conn, version=2, migrations=[schema_mod.Migration(2, "broken", broken)])
+        schema_mod.ensure_schema(conn, version=v + 1, migrations=[schema_mod.Migration(v + 1, "broken", broken)])
     engine.dispose()
     con = sqlite3.connect(path)
-    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 1
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == v
     assert con.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchall() == []
 
 

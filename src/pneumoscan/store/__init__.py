@@ -2,7 +2,8 @@
 audit trail and retention. ``pneumoscan serve`` and ``pneumoscan dicom-listen`` write to it; the page reads it.
 
 Where things live: :mod:`.models` (the tables), :mod:`.schema` (the schema version and migrations),
-:mod:`.engine` (paths, URLs, the default data folder, SQLite settings), :mod:`.worklist_store`
+:mod:`.engine` (paths, URLs, the default data folder, SQLite settings), :mod:`.rows` (filters, orders,
+rows as dicts, the thumbnail check), :mod:`.worklist_store`
 (:class:`WorklistStore`), :mod:`.errors`.
 
     store = WorklistStore()                    # ~/.local/share/pneumoscan/worklist.db (or $PNEUMOSCAN_DATA_DIR)
@@ -10,6 +11,7 @@ Where things live: :mod:`.models` (the tables), :mod:`.schema` (the schema versi
                            decision="PNEUMONIA", threshold=0.42, in_scope=True, scope_reason="", error="",
                            model_name="...", model_version="...", client="local", context={"patient_id": "..."})
     store.list(unreviewed_only=True)           # highest risk first
+    store.list(borderline=0.10)                # within 10 points of the threshold (0-100 score)
     store.review(rid, verdict="agree", note="", reviewer="local")
 """
 
@@ -23,14 +25,10 @@ from pneumoscan.store.engine import (
 )
 from pneumoscan.store.errors import ResultNotFoundError, SchemaTooNewError, StoreError
 from pneumoscan.store.models import CONTEXT_FIELDS
+from pneumoscan.store.rows import MAX_LIMIT, MAX_THUMBNAIL_CHARS, ORDERS
 from pneumoscan.store.schema import SCHEMA_VERSION
-from pneumoscan.store.worklist_store import (
-           MAX_LIMIT,
-           MAX_NOTE_CHARS,
-           VERDICTS,
-           WorklistStore,
-)
+from pneumoscan.store.worklist_store import MAX_NOTE_CHARS, VERDICTS, WorklistStore
 
-__all__ = ["CONTEXT_FIELDS", "DATA_DIR_ENV_VAR", "DB_FILENAME", "MAX_LIMIT", "MAX_NOTE_CHARS", "SCHEMA_VERSION",
-           "VERDICTS", "ResultNotFoundError", "SchemaTooNewError", "StoreError", "WorklistStore",
+__all__ = ["CONTEXT_FIELDS", "DATA_DIR_ENV_VAR", "DB_FILENAME", "MAX_LIMIT", "MAX_NOTE_CHARS", "MAX_THUMBNAIL_CHARS",
+           "ORDERS", "SCHEMA_VERSION", "VERDICTS", "ResultNotFoundError", "SchemaTooNewError", "StoreError", "WorklistStore",
            "default_data_dir", "default_db_path"]

@@ -111,6 +111,10 @@ class Result(Base):
                                            index=True)
     series_uid: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["series_uid"]), nullable=False, default="")
     sop_uid: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["sop_uid"]), nullable=False, default="")
+    #: A small preview of the film (a ``data:image/jpeg;base64,...`` URI, about 128 px on its long side) for the
+    #: worklist's rows and the page's cards; ``""`` when none was made (errors, the DICOM node, older rows).
+    #: Added in schema version 2.
+    thumbnail: Mapped[str] = mapped_column(Text, nullable=False, default="")
 
     __table_args__ = (Index("ix_worklist_results_order", "category", "probability"),)
 

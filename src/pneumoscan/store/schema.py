@@ -28,7 +28,7 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "database_version", "ens
 log = logging.getLogger(__name__)
 
 #: The schema this code reads and writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,15 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
-#: Every migration after version 1 (the first tables), in order of version. None yet.
-MIGRATIONS: tuple[Migration, ...] = ()
+def _add_thumbnail(conn: Connection) -> None:
+    # NOT NULL with a default fills the rows already there with "" (SQLite and PostgreSQL alike).
+    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN thumbnail TEXT NOT NULL DEFAULT ''"))
+
+
+#: Every migration after version 1 (the first tables), in order of version.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "worklist_results.thumbnail: a small preview of each film for the worklist", _add_thumbnail),
+)
 
 _OUR_TABLES = frozenset(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__)
 _PG_LOCK_KEY = 0x706E65756D6F  # "pneumo": serialises two processes opening one PostgreSQL database at once

@@ -16,15 +16,14 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import case, delete, exists, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
-from pneumoscan.constants import CLASS_NAMES
 from pneumoscan.store.engine import describe, make_engine, resolve
 from pneumoscan.store.errors import ResultNotFoundError, StoreError
 from pneumoscan.store.models import (
@@ -36,12 +35,26 @@ from pneumoscan.store.models import (
     Result,
     Review,
 )
+from pneumoscan.store.rows import (
+    MAX_LIMIT,
+    ORDERS,
+    POSITIVE,
+    audit_dict,
+    check_limit,
+    clean,
+    filters,
+    order_by,
+    result_dict,
+    review_dict,
+    thumbnail_or_blank,
+    utc,
+)
 from pneumoscan.store.schema import ensure_schema
 
 if TYPE_CHECKING:
     from pneumoscan.io import ImageContext
 
-__all__ = ["MAX_LIMIT", "MAX_NOTE_CHARS", "VERDICTS", "WorklistStore"]
+__all__ = ["MAX_LIMIT", "MAX_NOTE_CHARS", "ORDERS", "POSITIVE", "VERDICTS", "WorklistStore"]
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +62,6 @@ log = logging.getLogger(__name__)
 VERDICTS = ("agree", "disagree")
 #: Longest review note kept, in characters.
 MAX_NOTE_CHARS = 2000
-#: Most rows one :meth:`WorklistStore.list` or :meth:`WorklistStore.audit` call returns.
-MAX_LIMIT = 1000
-
-_POSITIVE = CLASS_NAMES[1]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: Other spellings of the context fields (:class:`pneumoscan.io.ImageContext`'s names, DICOM-ish names).
 _ALIASES = {"patient_age": "age", "patient_sex": "sex", "view_position": "view", "accession_number": "accession",
@@ -63,68 +72,10 @@ _STR_LIMITS = {"source": 32, "filename_hash": 64, "decision": 32, "model_name": 
                "client": 128}
 
 
-def _clean(value: Any, limit: int | None = None, *, newlines: bool = False) -> str:
-    """Printable text (newlines too when asked), stripped, at most ``limit`` characters."""
-    text = "" if value is None else str(value)
-    text = "".join(ch for ch in text if ch.isprintable() or (newlines and ch == "\n")).strip()
-    return text[:limit] if limit else text
-
-
-def _utc(moment: datetime | date | None, *, end_of_day: bool = False) -> datetime | None:
-    """An aware UTC datetime; a naive one is taken as UTC; a date is its midnight (the next one with
-    ``end_of_day``, so that ``until=<date>`` includes that day)."""
-    if moment is None:
-        return None
-    if not isinstance(moment, datetime):
-        moment = datetime.combine(moment + timedelta(days=1) if end_of_day else moment, time(), UTC)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _check_limit(limit: int, offset: int) -> None:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-    if offset < 0:
-        raise ValueError(f"offset must be 0 or more, got {offset}")
-
-
 def _describe_error(exc: SQLAlchemyError) -> str:
     """The database's own message (never the statement or its parameters, which may name a patient)."""
     orig = getattr(exc, "orig", None)
     return f"{type(orig).__name__}: {orig}" if orig is not None else type(exc).__name__
-
-
-def _review_dict(review: Review) -> dict[str, Any]:
-    return {"verdict": review.verdict, "note": review.note, "reviewer": review.reviewer,
-            "reviewed_at": review.created.isoformat()}
-
-
-def _result_dict(r: Result, latest: Review | None, n_reviews: int) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "created": r.created.isoformat(),
-        "source": r.source,
-        "probability": r.probability,
-        "decision": r.decision,
-        "flagged": r.category == CATEGORY_SCORED and r.decision == _POSITIVE,
-        "threshold": r.threshold,
-        "in_scope": r.in_scope,
-        "scope_reason": r.scope_reason,
-        "error": r.error,
-        "model_name": r.model_name,
-        "model_version": r.model_version,
-        "client": r.client,
-        "input_sha256": r.input_sha256,
-        "filename_hash": r.filename_hash,
-        **{name: getattr(r, name) for name in CONTEXT_FIELDS},
-        "review": _review_dict(latest) if latest is not None else None,
-        "n_reviews": n_reviews,
-    }
-
-
-def _audit_dict(a: AuditEvent) -> dict[str, Any]:
-    return {"id": a.id, "created": a.created.isoformat(), "event": a.event, "result_id": a.result_id,
-            "model_name": a.model_name, "model_version": a.model_version, "client": a.client,
-            "input_sha256": a.input_sha256, "detail": a.detail}
 
 
 class WorklistStore:
@@ -195,7 +146,7 @@ class WorklistStore:
                    decision: str, threshold: float | None, in_scope: bool | None, scope_reason: str, error: str,
                    model_name: str, model_version: str, client: str,
                    context: Mapping[str, Any] | ImageContext | None = None,
-                   created: datetime | None = None) -> int:
+                   created: datetime | None = None, thumbnail: str | None = None) -> int:
         """Store one image's result as a new row (never an update: a re-scored image is a new row) with its audit
         row; return its id.
 
@@ -205,7 +156,9 @@ class WorklistStore:
         ``view_position``, are accepted in a mapping too). A patient's name is never stored; other keys are
         ignored. ``error`` non-empty marks a file that
         could not be analysed; ``in_scope`` False an image the scope gate refused. ``created`` defaults to now
-        (a naive time is taken as UTC).
+        (a naive time is taken as UTC). ``thumbnail``: a small preview of the film as a base64 JPEG, PNG or WebP
+        data URI (at most :data:`~pneumoscan.store.rows.MAX_THUMBNAIL_CHARS` characters; anything else is
+        dropped with a warning, never the result).
 
         Raises:
             ValueError: ``input_sha256`` is not 64 hex digits, or ``probability``/``threshold`` is not a number
@@ -220,7 +173,7 @@ class WorklistStore:
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
                                           and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be a number between 0 and 1 or None, got {value!r}")
-        error_text = _clean(error, newlines=True)
+        error_text = clean(error, newlines=True)
         if error_text:
             category = CATEGORY_ERROR
         elif in_scope is False:
@@ -229,15 +182,15 @@ class WorklistStore:
             raise ValueError("a result without an error needs a probability")
         else:
             category = CATEGORY_SCORED
-        strings = {k: _clean(v, _STR_LIMITS[k]) for k, v in (
+        strings = {k: clean(v, _STR_LIMITS[k]) for k, v in (
             ("source", source), ("filename_hash", filename_hash), ("decision", decision),
             ("model_name", model_name), ("model_version", model_version), ("client", client))}
-        row = Result(created=_utc(created) or datetime.now(UTC), category=category, input_sha256=sha,
+        row = Result(created=utc(created) or datetime.now(UTC), category=category, input_sha256=sha,
                      probability=None if probability is None else float(probability),
                      threshold=None if threshold is None else float(threshold),
                      in_scope=None if in_scope is None else bool(in_scope),
-                     scope_reason=_clean(scope_reason, 2000), error=error_text[:4000],
-                     **strings, **self._context(context))
+                     scope_reason=clean(scope_reason, 2000), error=error_text[:4000],
+                     thumbnail=thumbnail_or_blank(thumbnail), **strings, **self._context(context))
         with self._transaction() as s:
             s.add(row)
             s.flush()
@@ -263,7 +216,7 @@ class WorklistStore:
             if name in _NEVER:
                 continue
             if name in CONTEXT_FIELDS:
-                out[name] = _clean(value, CONTEXT_FIELDS[name])
+                out[name] = clean(value, CONTEXT_FIELDS[name])
             else:
                 ignored.append(str(key))
         if ignored:
@@ -282,10 +235,10 @@ class WorklistStore:
         """
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be 'agree' or 'disagree', got {verdict!r:.40}")
-        note_text = _clean(note, newlines=True)
+        note_text = clean(note, newlines=True)
         if len(note_text) > MAX_NOTE_CHARS:
             raise ValueError(f"the note is {len(note_text):,} characters; at most {MAX_NOTE_CHARS:,} are kept")
-        who = _clean(reviewer, 128)
+        who = clean(reviewer, 128)
         if not who:
             raise ValueError("a review needs a reviewer (the reader's or client's identity)")
         with self._transaction() as s:
@@ -301,7 +254,7 @@ class WorklistStore:
                              detail=verdict + (" with a note" if note_text else "")))
             s.flush()
             n = s.scalar(select(func.count()).select_from(Review).where(Review.result_id == result.id)) or 0
-            return _result_dict(result, review, int(n))
+            return result_dict(result, review, int(n))
 
     def purge(self, older_than_days: float) -> int:
         """Retention: delete the results created more than ``older_than_days`` days ago (with all their
@@ -331,50 +284,40 @@ class WorklistStore:
 
     # --- reading ------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _filters(flagged_only: bool, unreviewed_only: bool, in_scope: bool | None, since: datetime | date | None,
-                 until: datetime | date | None) -> list[Any]:
-        where: list[Any] = []
-        if flagged_only:
-            where += [Result.category == CATEGORY_SCORED, Result.decision == _POSITIVE]
-        if unreviewed_only:
-            where.append(~exists().where(Review.result_id == Result.id))
-        if in_scope is not None:
-            where.append(Result.in_scope.is_(bool(in_scope)))
-        if since is not None:
-            where.append(Result.created >= _utc(since))
-        if until is not None:
-            where.append(Result.created < _utc(until, end_of_day=True))
-        return where
-
     def list(self, *, flagged_only: bool = False, unreviewed_only: bool = False, in_scope: bool | None = None,
-             since: datetime | date | None = None, until: datetime | date | None = None, limit: int = 200,
-             offset: int = 0) -> list[dict[str, Any]]:
-        """The worklist, highest risk first: scored in-scope results by probability (descending), then the
-        images not assessed (out of scope), then the files that could not be read; newest first within a tie.
+             borderline: float | None = None, since: datetime | date | None = None,
+             until: datetime | date | None = None, limit: int = 200, offset: int = 0, order: str = "risk",
+             thumbnails: bool = True) -> builtins.list[dict[str, Any]]:
+        """The worklist, highest risk first (``order="risk"``): scored in-scope results by probability
+        (descending), then the images not assessed (out of scope), then the files that could not be read; newest
+        first within a tie. ``order="newest"`` or ``"oldest"`` lists them by time received instead.
 
-        Filters: ``flagged_only`` (scored in scope and flagged as possible pneumonia), ``unreviewed_only`` (no
-        review yet), ``in_scope`` (True or False; errors are neither), ``since`` (created at or after) and
-        ``until`` (created before; a date includes that whole day, UTC). Naive times are UTC.
+        Filters: ``flagged_only`` (scored in scope and flagged as possible pneumonia), ``borderline`` (scored in
+        scope with the probability within this half-width of the result's own threshold, on the probability
+        scale: 0.10 is the band threshold +/- 10 points on the 0-100 score), ``unreviewed_only`` (no review yet),
+        ``in_scope`` (True or False; errors are neither), ``since`` (created at or after) and ``until`` (created
+        before; a date includes that whole day, UTC). Naive times are UTC.
 
         Returns:
             dicts with ``id``, ``created`` (ISO 8601, UTC), ``source``, ``probability`` (for an image not
             assessed it is kept for audit only and is not a risk), ``decision``, ``flagged``, ``threshold``,
             ``in_scope``, ``scope_reason``, ``error``, ``model_name``, ``model_version``, ``client``,
             ``input_sha256``, ``filename_hash``, the context fields, ``review`` (the latest: ``verdict``,
-            ``note``, ``reviewer``, ``reviewed_at``; None when not reviewed) and ``n_reviews``.
+            ``note``, ``reviewer``, ``reviewed_at``; None when not reviewed), ``n_reviews`` and, with
+            ``thumbnails``, ``thumbnail`` (a data URI, or None when none was stored).
 
         Raises:
-            ValueError: ``limit`` outside 1..:data:`MAX_LIMIT` or a negative ``offset``.
+            ValueError: ``limit`` outside 1..:data:`MAX_LIMIT`, a negative ``offset``, a ``borderline`` outside
+                (0, 0.5], or an unknown ``order``.
         """
-        _check_limit(limit, offset)
-        query = (select(Result).where(*self._filters(flagged_only, unreviewed_only, in_scope, since, until))
-                 .order_by(Result.category.asc(),
-                           case((Result.category == CATEGORY_SCORED, Result.probability), else_=None).desc(),
-                           Result.id.desc())
-                 .limit(limit).offset(offset))
+        check_limit(limit, offset)
+        where = filters(flagged_only=flagged_only, unreviewed_only=unreviewed_only, in_scope=in_scope,
+                        borderline=borderline, since=since, until=until)
+        query = select(Result).where(*where).order_by(*order_by(order)).limit(limit).offset(offset)
+        if not thumbnails:
+            query = query.options(defer(Result.thumbnail))
         with self._transaction() as s:
-            rows = list(s.scalars(query))
+            rows = builtins.list(s.scalars(query))
             latest: dict[int, Review] = {}
             counts: dict[int, int] = {}
             if rows:
@@ -383,13 +326,15 @@ class WorklistStore:
                 for rv in reviews:
                     latest[rv.result_id] = rv
                     counts[rv.result_id] = counts.get(rv.result_id, 0) + 1
-            return [_result_dict(r, latest.get(r.id), counts.get(r.id, 0)) for r in rows]
+            return [result_dict(r, latest.get(r.id), counts.get(r.id, 0), thumbnail=thumbnails) for r in rows]
 
     def count(self, *, flagged_only: bool = False, unreviewed_only: bool = False, in_scope: bool | None = None,
-              since: datetime | date | None = None, until: datetime | date | None = None) -> int:
+              borderline: float | None = None, since: datetime | date | None = None,
+              until: datetime | date | None = None) -> int:
         """How many results :meth:`list` would give with these filters and no limit."""
-        query = select(func.count()).select_from(Result).where(
-            *self._filters(flagged_only, unreviewed_only, in_scope, since, until))
+        query = select(func.count()).select_from(Result).where(*filters(
+            flagged_only=flagged_only, unreviewed_only=unreviewed_only, in_scope=in_scope, borderline=borderline,
+            since=since, until=until))
         with self._transaction() as s:
             return int(s.scalar(query) or 0)
 
@@ -405,12 +350,12 @@ class WorklistStore:
                 raise ResultNotFoundError(f"no worklist result has id {result_id}")
             reviews = list(s.scalars(select(Review).where(Review.result_id == result.id)
                                      .order_by(Review.created, Review.id)))
-            return _result_dict(result, reviews[-1] if reviews else None, len(reviews))
+            return result_dict(result, reviews[-1] if reviews else None, len(reviews))
 
     def reviews(self, result_id: int) -> builtins.list[dict[str, Any]]:
         """Every review of a result, oldest first (the last is the current one)."""
         with self._transaction() as s:
-            return [_review_dict(rv) for rv in s.scalars(
+            return [review_dict(rv) for rv in s.scalars(
                 select(Review).where(Review.result_id == int(result_id)).order_by(Review.created, Review.id))]
 
     def audit(self, limit: int = 200, offset: int = 0, *, event: str | None = None,
@@ -419,14 +364,14 @@ class WorklistStore:
         """The audit trail, newest first: dicts with ``id``, ``created`` (ISO 8601, UTC), ``event`` ("result",
         "review" or "purge"), ``result_id``, ``model_name``, ``model_version``, ``client``, ``input_sha256`` and
         ``detail``; optionally one kind of ``event`` only, and a time range as in :meth:`list`."""
-        _check_limit(limit, offset)
+        check_limit(limit, offset)
         query = select(AuditEvent)
         if event is not None:
             query = query.where(AuditEvent.event == event)
         if since is not None:
-            query = query.where(AuditEvent.created >= _utc(since))
+            query = query.where(AuditEvent.created >= utc(since))
         if until is not None:
-            query = query.where(AuditEvent.created < _utc(until, end_of_day=True))
+            query = query.where(AuditEvent.created < utc(until, end_of_day=True))
         query = query.order_by(AuditEvent.created.desc(), AuditEvent.id.desc()).limit(limit).offset(offset)
         with self._transaction() as s:
-            return [_audit_dict(a) for a in s.scalars(query)]
+            return [audit_dict(a) for a in s.scalars(query)]
