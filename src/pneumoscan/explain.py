@@ -34,7 +34,8 @@ from torch import nn
 
 from pneumoscan.utils import NAME_MAX, atomic_write_bytes, fit_name
 
-__all__ = ["GradCAM", "grad_cam", "render_overlay", "save_overlay", "unique_stems", "upsample_cam", "write_heatmap"]
+__all__ = ["GradCAM", "grad_cam", "render_heat", "render_overlay", "save_overlay", "unique_stems", "upsample_cam",
+           "write_heatmap"]
 
 #: Longest side of an overlay PNG; larger films are scaled down (aspect ratio kept).
 MAX_OVERLAY_SIDE = 1024
@@ -165,6 +166,29 @@ def render_overlay(image: np.ndarray, heatmap: np.ndarray, *, caption: str | Non
     if caption or legend:
         rgb = _annotate(rgb, caption, lut if legend else None)
     return rgb
+
+
+def render_heat(heatmap: np.ndarray, *, max_side: int = 512) -> np.ndarray:
+    """The Grad-CAM map alone, as an 8-bit grayscale image a viewer can colour and blend with any opacity.
+
+    Args:
+        heatmap: ``(H, W)`` float in [0, 1] at the film's size (what :meth:`~pneumoscan.predict.Predictor.assess`
+            returns).
+        max_side: the result is scaled down to this longest side, keeping the film's aspect ratio (the map is
+            smooth: a viewer stretches it back to the film without visible loss).
+
+    Returns:
+        ``(h, w) uint8``: 0 where the model found no evidence for pneumonia, 255 at the map's maximum. To draw it
+        as :func:`render_overlay` does, colour it with the "jet" map and use ``alpha * sqrt(value / 255)`` as
+        the opacity.
+    """
+    heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
+    if heat.ndim != 2:
+        raise ValueError(f"a heatmap must be (H, W), got {heat.shape}")
+    h, w = _fit(*heat.shape, max_side)
+    if (h, w) != heat.shape:
+        heat = np.asarray(Image.fromarray(heat).resize((w, h), Image.Resampling.BILINEAR))
+    return np.rint(np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def _annotate(rgb: np.ndarray, caption: str | None, lut: np.ndarray | None) -> np.ndarray:

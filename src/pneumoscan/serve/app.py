@@ -39,6 +39,7 @@ from pneumoscan.serve.routes import (
     api_router,
     docs_router,
     docs_static_files,
+    explain_router,
     page_router,
     static_files,
     worklist_router,
@@ -117,4 +118,5 @@ def create_app(predictor: Any, settings: ServeSettings | None = None, *,
     app.include_router(page_router(state))
     app.include_router(api_router(state))
     app.include_router(worklist_router(state))
+    app.include_router(explain_router(state))
     return app
