@@ -495,3 +495,47 @@ def test_the_model_card_is_served_as_html_without_raw_html(client):
                            "[click](javascript:alert(1)) ![remote](https://example.org/x.png)\n")
     assert "<script" not in evil and "<img" not in evil
     assert "&lt;script&gt;" in evil and 'href="javascript' not in evil
+
+
+# ----------------------------------------------------------------------------- worklist: borderline band, order,
+# thumbnails (issue 17)
+
+_THUMB = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(synthetic_xray(128, 108))).decode("ascii")
+
+
+def test_every_result_stores_its_thumbnail_and_the_worklist_returns_it(client, monkeypatch):
+    """The analysis's ``thumbnail`` (a small JPEG data URI) is stored with the result and comes back in the
+    worklist's rows; a file that could not be read has none."""
+    import pneumoscan.serve.batch as batch_mod
+
+    real = batch_mod.analyse
+
+    def with_thumbnail(*args, **kwargs):  # as serve/analysis.py makes it: a 128 px JPEG per scored upload
+        return {**real(*args, **kwargs), "thumbnail": _THUMB}
+
+    monkeypatch.setattr(batch_mod, "analyse", with_thumbnail)
+    entries, _ = _upload_mix(client)
+    rows = {r["id"]: r for r in client.get("/api/v1/worklist").json()["results"]}
+    for name in ("Doe_Jane-chest.jpeg", "blank.png"):
+        assert rows[entries[name]["worklist_id"]]["thumbnail"] == _THUMB
+    assert rows[entries["Smith_Ann.png"]["worklist_id"]]["thumbnail"] is None
+    lean = client.get("/api/v1/worklist?thumbnails=false").json()["results"]
+    assert len(lean) == 4 and all("thumbnail" not in r for r in lean)
+
+
+def test_worklist_borderline_band_and_order(client):
+    store = client.app.state.pneumoscan.store
+    ids = {}
+    for n, p in enumerate((0.05, 0.42, 0.5, 0.58, 0.61, 0.97)):
+        ids[p] = store.add_result(input_sha256=f"{n:064x}", source="upload", filename_hash="", probability=p,
+                                  decision="PNEUMONIA" if p >= 0.5 else "NORMAL", threshold=0.5, in_scope=True,
+                                  scope_reason="", error="", model_name="m", model_version="v", client="local")
+    body = client.get("/api/v1/worklist?borderline=10").json()  # points on the 0-100 score: 40 to 60
+    assert [r["id"] for r in body["results"]] == [ids[0.58], ids[0.5], ids[0.42]]
+    assert body["total"] == 3 and body["borderline"] == 10 and body["order"] == "risk"
+    assert [r["probability"] for r in client.get("/api/v1/worklist?borderline=8.5&flagged=true").json()["results"]] \
+        == [0.58, 0.5]
+    newest = client.get("/api/v1/worklist?order=newest").json()["results"]
+    assert [r["id"] for r in newest] == sorted(ids.values(), reverse=True)
+    for bad in ("borderline=0", "borderline=51", "borderline=wide", "order=alphabetical"):
+        assert client.get("/api/v1/worklist?" + bad).status_code == 422, bad

@@ -1,6 +1,7 @@
 """Every analysed upload into the worklist database (:class:`pneumoscan.store.WorklistStore`): its result or its
 error, the SHA-256 of its bytes, its file name only as a hash (:func:`~pneumoscan.serve.security.log_id`), the
-model and the client (the token's short hash, or ``local``).
+model, the client (the token's short hash, or ``local``) and the film's ``thumbnail`` (the small data URI the
+analysis made, for the worklist's rows and the page's cards after a reload).
 
 A database failure never costs the client its result: the entry then says ``worklist_id`` None and
 ``worklist_error``, and the server logs it.
@@ -53,7 +54,7 @@ def record(state: Any, name: str, data: bytes, entry: dict[str, Any]) -> None:
             scope_reason=str(entry.get("scope_reason") or "") if ok else "",
             error="" if ok else _stored_error(name, str(entry.get("error") or "could not be analysed")),
             model_name=predictor.model_name, model_version=predictor.version, client=state.auth.client_id,
-            context=_context(entry))
+            context=_context(entry), thumbnail=entry.get("thumbnail") if ok else None)
     except (StoreError, ValueError, TypeError) as exc:
         log.error("%s: not recorded in the worklist database (%s)", log_id(name), exc)
         entry["worklist_id"] = None

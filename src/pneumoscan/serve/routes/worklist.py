@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from pneumoscan.constants import DISCLAIMER
+from pneumoscan.constants import DISCLAIMER, SCORE_SCALE
 from pneumoscan.serve.body import BadRequest, read_body
 from pneumoscan.serve.state import ServerState
 from pneumoscan.store import MAX_LIMIT, MAX_NOTE_CHARS, ResultNotFoundError
@@ -27,11 +27,16 @@ _LIST_DESCRIPTION = (
     "Every result this server (and the DICOM node sharing its database) has stored, highest risk first: scored "
     "in-scope images by pneumonia probability, then images not assessed (out of scope; their `probability` is "
     "kept for audit only and is not a risk), then files that could not be read. Filters: `flagged=true` (flagged "
-    "as possible pneumonia), `unreviewed=true` (no reader's review yet), `in_scope=true|false`, `since` and "
-    "`until` (ISO 8601 dates or times, UTC unless they say otherwise; a date as `until` includes that day); "
-    "`limit` and `offset` page through `total`. Each result carries its DICOM context (patient ID, accession, "
-    "study date, age, sex, view, UIDs; never the patient's name) and its latest `review`. " + DISCLAIMER
+    "as possible pneumonia), `borderline=10` (scored in scope within 10 points of its threshold on the 0-100 "
+    "score, i.e. a probability within 0.10 of it; any band above 0 and at most 50), `unreviewed=true` (no "
+    "reader's review yet), `in_scope=true|false`, `since` and `until` (ISO 8601 dates or times, UTC unless they "
+    "say otherwise; a date as `until` includes that day); `order=risk` (default), `newest` or `oldest`; `limit` "
+    "and `offset` page through `total`. Each result carries its DICOM context (patient ID, accession, study "
+    "date, age, sex, view, UIDs; never the patient's name), its latest `review` and its `thumbnail` (a small "
+    "JPEG data URI, or null; `thumbnails=false` leaves them out). " + DISCLAIMER
 )
+_BORDERLINE = ("Only scored in-scope results within this many points of their threshold, on the 0-100 score "
+               "(10: threshold - 10 to threshold + 10)")
 _REVIEW_DESCRIPTION = (
     'JSON `{"verdict": "agree" | "disagree", "note": "..."}` (note optional, at most '
     f"{MAX_NOTE_CHARS:,} characters). Every review is kept and audited; the latest is the result's current "
@@ -82,16 +87,21 @@ def worklist_router(state: ServerState) -> APIRouter:
 
     @router.get("/worklist", summary="The stored worklist, highest risk first", description=_LIST_DESCRIPTION)
     async def worklist(flagged: bool = False, unreviewed: bool = False, in_scope: bool | None = None,
+                       borderline: float | None = Query(None, gt=0, le=50, description=_BORDERLINE),
                        since: str | None = None, until: str | None = None,
+                       order: Literal["risk", "newest", "oldest"] = "risk", thumbnails: bool = True,
                        limit: int = Query(200, ge=1, le=MAX_LIMIT), offset: int = Query(0, ge=0)) -> dict[str, Any]:
         filters = {"flagged_only": flagged, "unreviewed_only": unreviewed, "in_scope": in_scope,
+                   "borderline": None if borderline is None else borderline / SCORE_SCALE,
                    "since": _when(since, "since"), "until": _when(until, "until")}
 
         def read() -> tuple[list[dict[str, Any]], int]:
-            return store.list(**filters, limit=limit, offset=offset), store.count(**filters)
+            return (store.list(**filters, limit=limit, offset=offset, order=order, thumbnails=thumbnails),
+                    store.count(**filters))
 
         results, total = await anyio.to_thread.run_sync(read)
-        return {"results": results, "total": total, "limit": limit, "offset": offset, "disclaimer": DISCLAIMER}
+        return {"results": results, "total": total, "limit": limit, "offset": offset, "order": order,
+                "borderline": borderline, "disclaimer": DISCLAIMER}
 
     @router.get("/worklist/{result_id}", summary="One stored result, with its reviews")
     async def one(result_id: int) -> JSONResponse:
