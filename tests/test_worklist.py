@@ -46,8 +46,9 @@ def _results() -> list[FileResult]:
 
 def test_columns_in_order():
     assert RESULT_COLUMNS == ("rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view",
-                              "probability", "decision", "positive", "in_scope", "scope_reason", "threshold", "error",
-                              "study_uid", "sop_uid", "heatmap", "dicom_out")
+                              "score", "score_threshold", "decision_text", "probability", "decision", "positive",
+                              "in_scope", "scope_reason", "threshold", "error", "study_uid", "sop_uid", "heatmap",
+                              "dicom_out", "model", "model_version", "created", "disclaimer")
     assert set(CONTEXT_COLUMNS) <= set(RESULT_COLUMNS)
 
 
@@ -85,7 +86,7 @@ def test_csv_and_json_carry_the_scope_columns(tmp_path):
     out = write_results(rows, tmp_path / "w.csv")
     with open(out, newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == list(RESULT_COLUMNS[:-2])  # no heatmap or dicom_out column without them
+    assert list(table[0]) == [c for c in RESULT_COLUMNS if c not in ("heatmap", "dicom_out")]  # none made
     assert [t["rank"] for t in table] == ["1", "2", "3", "", "", ""]
     assert [t["in_scope"] for t in table] == ["true", "true", "true", "false", "false", ""]
     assert [t["scope_reason"] for t in table] == ["", "", "", BLANK, ADULT, ""]
@@ -195,6 +196,30 @@ def test_dicom_out_column_lists_the_files_in_csv_and_json(tmp_path):
     rows[0]["dicom_out"] = ["out/1.2.dcm", "out/1.3.dcm"]
     with open(write_results(rows, tmp_path / "w.csv"), newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0])[-1] == "dicom_out" and table[0]["dicom_out"] == "out/1.2.dcm;out/1.3.dcm"
+    assert list(table[0])[-5] == "dicom_out" and table[0]["dicom_out"] == "out/1.2.dcm;out/1.3.dcm"
     assert json.loads(write_results(rows, tmp_path / "w.json").read_text())["results"][0]["dicom_out"] == [
         "out/1.2.dcm", "out/1.3.dcm"]
+
+
+def test_csv_speaks_the_pages_language_and_says_what_made_it(tmp_path):
+    """The score and threshold on 0-100, the decision in the one wording (DECISION_WORDS) next to the machine
+    label, and on every row the model, its version, when it was written and the disclaimer."""
+    from datetime import UTC, datetime
+
+    from pneumoscan.constants import DECISION_WORDS, DISCLAIMER, NOT_READ_WORDS
+
+    rows = worklist_rows(_results(), 0.5)
+    rows[0]["path"] = "=cmd|' /C calc'!A0.png"  # still neutralised
+    info = {"model": "efficientnet-lite0", "model_version": "1.2.0+site"}
+    with open(write_results(rows, tmp_path / "w.csv", info=info), newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [t["score"] for t in table] == ["90.0", "50.0", "20.0", "", "", ""]  # no risk when not assessed
+    assert {t["score_threshold"] for t in table} == {"50.0"}
+    assert [t["decision_text"] for t in table] == [DECISION_WORDS["PNEUMONIA"]] * 2 + [DECISION_WORDS["NORMAL"]] + [
+        DECISION_WORDS["OUT_OF_SCOPE"]] * 2 + [NOT_READ_WORDS]
+    assert [t["decision"] for t in table] == ["PNEUMONIA", "PNEUMONIA", "NORMAL", OUT_OF_SCOPE, OUT_OF_SCOPE, ""]
+    assert table[0]["path"].startswith("'=")
+    for t in table:
+        assert (t["model"], t["model_version"], t["disclaimer"]) == ("efficientnet-lite0", "1.2.0+site", DISCLAIMER)
+        written = datetime.strptime(t["created"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert abs((datetime.now(UTC) - written).total_seconds()) < 120

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pneumoscan.constants import DISCLAIMER, IMAGE_SUFFIXES, JUNK_NAMES, OTHER_IMAGE_SUFFIXES
 from pneumoscan.drift import MIN_IMAGES, NotEnoughImagesError
 from pneumoscan.io import ImageContext, sniff_format
+from pneumoscan.metrics import decision_words, score_100
 from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
 from pneumoscan.scope import OUT_OF_SCOPE
 from pneumoscan.scoring import decide, decision_label
@@ -53,10 +54,14 @@ log = logging.getLogger(__name__)
 #: The image's DICOM context in a worklist (:func:`context_columns`); empty for JPEG, PNG, TIFF and BMP.
 CONTEXT_COLUMNS = ("patient_id", "accession", "study_date", "age", "sex", "view", "study_uid", "sop_uid")
 #: Columns of the CSV worklist, in order (``heatmap`` only when heatmaps were made, ``dicom_out`` only with DICOM
-#: results): who and what first, then the result, then the UIDs a PACS finds the image by.
-RESULT_COLUMNS = ("rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view", "probability",
-                  "decision", "positive", "in_scope", "scope_reason", "threshold", "error", "study_uid", "sop_uid",
-                  "heatmap", "dicom_out")
+#: results): who and what first, then the result (the score and threshold on 0-100 and the decision in words, as
+#: people see them; then the machine columns), then the UIDs a PACS finds the image by, then on every row what
+#: made it and when, and the disclaimer (columns, not a comment line, so every spreadsheet and CSV reader keeps
+#: them).
+RESULT_COLUMNS = ("rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view", "score",
+                  "score_threshold", "decision_text", "probability", "decision", "positive", "in_scope",
+                  "scope_reason", "threshold", "error", "study_uid", "sop_uid", "heatmap", "dicom_out", "model",
+                  "model_version", "created", "disclaimer")
 #: Columns a CSV has only when some row has them.
 _OPTIONAL_COLUMNS = ("heatmap", "dicom_out")
 #: ISO-BMFF brands of HEIF/HEIC and AVIF still images (bytes 8..12 after ``ftyp``); video brands are not images.
@@ -345,6 +350,9 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], 
     """Write rows atomically as CSV or JSON, chosen by the suffix of ``path``.
 
     CSV: one row per image with :data:`RESULT_COLUMNS` (``heatmap`` and ``dicom_out`` only when a row has them;
+    ``score`` and ``score_threshold`` on 0-100 with one decimal, ``decision_text`` in the one wording of
+    :data:`pneumoscan.constants.DECISION_WORDS`; on every row the model's name and version from ``info``
+    (``model``, ``model_version``), the time written (``created``, UTC) and the disclaimer;
     probability with 6 decimals, booleans as
     ``true``/``false``, empty cells for missing values; text that a spreadsheet would take for a formula,
     such as a file named ``=1+1.png``, starts with ``'``: :func:`pneumoscan.utils.csv_safe_text`). JSON: ``{"disclaimer", "created", **info,
@@ -356,25 +364,38 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], 
     """
     out = Path(path)
     suffix = out.suffix.lower()
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if suffix == ".csv":
-        atomic_write_text(out, _csv_text(rows))
+        atomic_write_text(out, _csv_text(rows, info or {}, created))
     elif suffix == ".json":
-        doc = {"disclaimer": DISCLAIMER, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               **(info or {}), "results": list(rows)}
+        doc = {"disclaimer": DISCLAIMER, "created": created, **(info or {}), "results": list(rows)}
         atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
     else:
         raise ValueError(f"{out}: results file must end in .csv or .json, not {out.suffix or 'nothing'!r}")
     return out
 
 
-def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+def _csv_text(rows: Sequence[dict[str, Any]], info: dict[str, Any], created: str) -> str:
     columns = [c for c in RESULT_COLUMNS if c not in _OPTIONAL_COLUMNS or any(c in r for r in rows)]
+    every_row = {"model": info.get("model") or "", "model_version": info.get("model_version") or "",
+                 "created": created, "disclaimer": DISCLAIMER}
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: _cell(c, row.get(c)) for c in columns})
+        full = {**row, **_people_columns(row), **every_row}
+        writer.writerow({c: _cell(c, full.get(c)) for c in columns})
     return buf.getvalue()
+
+
+def _people_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """What people read: ``score`` (0-100, one decimal; empty when not assessed or not read: no risk),
+    ``score_threshold`` (0-100) and ``decision_text`` (:func:`pneumoscan.metrics.decision_words`)."""
+    scored = row.get("probability") is not None and row.get("in_scope") is not False
+    threshold = row.get("threshold")
+    return {"score": f"{score_100(row['probability']):.1f}" if scored else None,
+            "score_threshold": None if threshold is None else f"{score_100(threshold):.1f}",
+            "decision_text": decision_words(row.get("decision"))}
 
 
 def _cell(column: str, value: Any) -> str:
