@@ -157,20 +157,26 @@ def _check_predict_outputs(out: Optional[Path], heatmaps: Optional[Path], files:
 
 
 def _print_worklist(rows: list[dict]) -> None:
+    """The worklist as people read it everywhere (the page, the CSV's decision_text, the report): the score and
+    the threshold on 0-100, the decision in the one wording (:func:`pneumoscan.metrics.decision_words`)."""
     from rich.markup import escape
 
-    table = Table(title="Pneumonia triage worklist (highest probability first; images not assessed after them)")
+    from pneumoscan.metrics import decision_words, score_100
+
+    table = Table(title="Pneumonia triage worklist (highest score first; images not assessed after them)")
     who = [c for c in ("patient_id", "accession", "age", "view") if any(r.get(c) for r in rows)]  # DICOM inputs
-    for name, justify in (("rank", "right"), ("path", "left"), *((c, "left") for c in who), ("probability", "right"),
-                          ("decision", "left"), ("threshold", "right"), ("error", "left")):
+    for name, justify in (("rank", "right"), ("path", "left"), *((c, "left") for c in who),
+                          ("score (0-100)", "right"), ("decision", "left"), ("threshold (0-100)", "right"),
+                          ("error", "left")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in rows:
+        words = escape(decision_words(r["decision"]))
         if r.get("in_scope") is False:  # its probability is kept in the files for audit, never shown as a risk
-            probability, decision = "[yellow]Not assessed[/yellow]", f"out of scope: {escape(r['scope_reason'])}"
+            score, decision = "–", f"[yellow]{words}[/yellow]: {escape(r['scope_reason'])}"
         else:
-            probability = "" if r["probability"] is None else f"{r['probability']:.3f}"
-            decision = "[bold red]PNEUMONIA[/bold red]" if r["positive"] else r["decision"]
+            score = "" if r["probability"] is None else f"{score_100(r['probability']):.1f}"
+            decision = f"[bold red]{words}[/bold red]" if r["positive"] else words
         table.add_row("" if r["rank"] is None else str(r["rank"]), escape(r["path"]),
-                      *(escape(r.get(c) or "") for c in who), probability, decision, f"{r['threshold']:.3f}",
+                      *(escape(r.get(c) or "") for c in who), score, decision, f"{score_100(r['threshold']):.1f}",
                       escape(r["error"]))
     console.print(table)
