@@ -24,10 +24,14 @@ from tqdm import tqdm
 from pneumoscan.data.dataset import Record
 from pneumoscan.errors import DatasetError, ImageError
 from pneumoscan.io import DEFAULT_MAX_PIXELS, read_image
-from pneumoscan.preprocessing import Preprocessing, pipeline_fingerprint, resize_for_model
+from pneumoscan.preprocessing import (
+    Preprocessing,
+    pipeline_fingerprint,
+    resize_for_model,
+)
 from pneumoscan.utils import atomic_write_text, remove_stale_temps
 
-__all__ = ["MAX_FAILURES_LOGGED", "ImageCache", "build_cache", "prune_cache"]
+__all__ = ["MAX_FAILURES_LOGGED", "ImageCache", "build_cache", "fits_on_device", "images_on_device", "prune_cache"]
 
 log = logging.getLogger("pneumoscan.data")
 
@@ -270,3 +274,41 @@ def _build(records: list[Record], spec: Any, folder: Path, key: str, fp: dict[st
     meta = {"pipeline": fp["pipeline"], "pixels": fp["pixels"], "key": key, "size": size, "n_records": len(records),
             "n_images": row, "failures": failures, "max_pixels": max_pixels, "inputs": fp["inputs"]}
     atomic_write_text(meta_path, json.dumps(meta) + "\n")
+
+
+def fits_on_device(nbytes: int, free_bytes: int, max_fraction: float) -> bool:
+    """Whether a cache of ``nbytes`` may live on a device with ``free_bytes`` free: at most ``max_fraction`` of it,
+    so that the model, its activations and the optimiser keep the rest."""
+    return max_fraction > 0 and 0 < nbytes <= max_fraction * free_bytes
+
+
+def images_on_device(images: np.ndarray, device: Any, *, max_fraction: float = 0.25,
+                     chunk_rows: int = 1024) -> Any:
+    """The cache's images (uint8 ``(N, S, S)``) as one uint8 tensor on the CUDA ``device``, copied in chunks of
+    ``chunk_rows`` (the memory map is never read whole into host memory), when they fit
+    (:func:`fits_on_device` with the device's free memory now).
+
+    Returns None, and the caller reads batches from the host memory map, when ``device`` is not CUDA (host memory
+    is where the map already is), ``max_fraction`` is 0, the cache does not fit, or the copy runs out of memory.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda" or max_fraction <= 0 or len(images) == 0:
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    mib = images.nbytes / 2**20
+    if not fits_on_device(images.nbytes, free, max_fraction):
+        log.info("decoded cache (%.0f MiB) stays in host memory: more than %.0f%% of the %.0f MiB free on %s",
+                 mib, 100 * max_fraction, free / 2**20, device)
+        return None
+    try:
+        out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+        for lo in range(0, len(images), chunk_rows):
+            out[lo : lo + chunk_rows].copy_(torch.from_numpy(np.ascontiguousarray(images[lo : lo + chunk_rows])))
+    except torch.OutOfMemoryError:
+        log.warning("decoded cache (%.0f MiB) did not fit on %s after all: batches come from host memory", mib, device)
+        torch.cuda.empty_cache()
+        return None
+    log.info("decoded cache on %s: %d images, %.0f MiB of %.0f MiB free", device, len(images), mib, free / 2**20)
+    return out

@@ -20,12 +20,17 @@ Run folder layout (written by rank 0 only)::
 
 :func:`train` runs these steps in order: :func:`_setup_run`, :func:`~.inputs.prepare_data`, :func:`_build`, then
 :func:`_restore` (with ``resume``) or the augmentation preview, then per epoch :func:`_train_epoch`,
-:func:`_validate` and :func:`_end_of_epoch`, and at the end :func:`_finalize`.
+:func:`_validate` and :func:`_end_of_epoch`, and at the end :func:`~.finalize.finalize_run`.
 
 Determinism: every epoch reseeds torch's generator from (seed, epoch, rank),
 and the batch order comes from a sampler seeded with (seed, epoch). An
 interrupted run resumed from its last completed epoch therefore replays
-exactly what an uninterrupted run would have done.
+exactly what an uninterrupted run would have done (on the CPU; cuDNN's kernels
+are not bit-reproducible).
+
+Speed: the step itself (:mod:`.step`) runs channels-last, under bfloat16 autocast on CUDA, with the batch
+augmented on the device (and the decoded cache in GPU memory when it fits); :func:`train` raises glibc's
+allocator thresholds first (:mod:`.allocator`), and ``train.compile`` compiles the model.
 """
 
 from __future__ import annotations
@@ -50,21 +55,21 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from pneumoscan import metrics as M
-from pneumoscan.checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
+from pneumoscan.checkpoint import load_state, save_checkpoint, save_state
 from pneumoscan.config import Config, load_config
-from pneumoscan.data import ImageCache, write_scores_csv
 from pneumoscan.errors import ConfigError, RunExistsError
 from pneumoscan.models import create_model, default_preprocessing, has_pretrained
-from pneumoscan.operating_point import choose_operating_point
-from pneumoscan.preprocessing import Preprocessing, cached_rows_to_unit, normalize
-from pneumoscan.reference import MIN_REFERENCE_VAL, build_reference
+from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.scoring import score_cached
+from pneumoscan.training.allocator import tune_allocator
 from pneumoscan.training.augment import RandAugmentPipeline, build_augmentation, save_augmentation_grid
 from pneumoscan.training.distributed import Dist, gather, setup_distributed
 from pneumoscan.training.ema import build_ema
+from pneumoscan.training.finalize import finalize_run
 from pneumoscan.training.inputs import RunData, epoch_order, prepare_data
 from pneumoscan.training.records import RAW_AUC_COLUMN, checkpoint_meta, plot_curves, write_metrics_csv, write_timing
-from pneumoscan.trainset import hash_files, trainset_tensors
+from pneumoscan.training.step import (BatchSource, EpochTally, StepOptions, batches, compile_model, model_input,
+                                      prepare_model, restore_optimizer_layout, step_options, train_step)
 from pneumoscan.utils import atomic_write_text, remove_stale_temps, seed_everything
 
 log = logging.getLogger(__name__)
@@ -99,6 +104,8 @@ class _Parts:
     scheduler: Any
     ema: AveragedModel | None
     aug: RandAugmentPipeline
+    opts: StepOptions  # device, channels-last, autocast
+    source: BatchSource  # training batches, delivered on the device
 
     @property
     def eval_model(self) -> nn.Module:
@@ -143,14 +150,18 @@ def _setup_run(cfg: Config, run_dir: Path, resume: bool) -> tuple[Config, Dist]:
         atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
+    tune_allocator()  # before the first step allocates: freed activations are reused, not page-faulted in again
     seed_everything(cfg.train.seed)  # train() is an entry point: model initialisation depends on it
     return cfg, d
 
 
 def _build(cfg: Config, data: RunData, d: Dist) -> _Parts:
-    """Model (initialised from torch's generator), weighted loss, AdamW, LR schedule, EMA and augmentation."""
+    """Model (initialised from torch's generator; on the device, channels-last), weighted loss, AdamW, LR schedule,
+    EMA, augmentation and the batch source (the decoded cache, on the GPU when it fits)."""
     spec = default_preprocessing(cfg.model.name, cfg.model.image_size)
-    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, dropout=cfg.model.dropout).to(d.device)
+    opts = step_options(cfg.train, d.device)
+    model = prepare_model(create_model(cfg.model.name, pretrained=cfg.model.pretrained, dropout=cfg.model.dropout),
+                          opts)
     use_pos_weight = cfg.train.pos_weight and not cfg.train.balanced_sampler
     pos_weight = torch.tensor([data.n_neg / data.n_pos if use_pos_weight else 1.0], device=d.device)
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
@@ -162,7 +173,11 @@ def _build(cfg: Config, data: RunData, d: Dist) -> _Parts:
     else:
         raise ConfigError(f"train.scheduler must be 'cosine' or 'none', got {cfg.train.scheduler!r}")
     ema = build_ema(model, cfg.train)
-    return _Parts(spec, model, pos_weight, criterion, optimizer, scheduler, ema, build_augmentation(cfg.augment))
+    source = BatchSource(data.cache.images, data.labels, d.device, device_fraction=cfg.train.device_cache_fraction)
+    log.info("training on %s: %s, autocast %s, batches %s", d.device, "channels-last" if opts.channels_last else
+             "NCHW", opts.amp or "off", "gathered on the device" if source.on_device else "from host memory")
+    return _Parts(spec, model, pos_weight, criterion, optimizer, scheduler, ema, build_augmentation(cfg.augment),
+                  opts, source)
 
 
 def _restore(run_dir: Path, parts: _Parts) -> _Progress:
@@ -170,6 +185,7 @@ def _restore(run_dir: Path, parts: _Parts) -> _Progress:
     st = load_state(run_dir / STATE)
     parts.model.load_state_dict(st["model"])
     parts.optimizer.load_state_dict(st["optimizer"])
+    restore_optimizer_layout(parts.optimizer)
     parts.scheduler.load_state_dict(st["scheduler"])
     if parts.ema is not None and "ema" in st:
         parts.ema.load_state_dict(st["ema"])
@@ -204,38 +220,26 @@ def _train_epoch(cfg: Config, epoch: int, net: nn.Module, parts: _Parts, data: R
     torch.manual_seed(cfg.train.seed * 1_000_003 + epoch * 7919 + d.rank)  # augmentation + dropout draws
     order = data.train_rows[epoch_order(len(data.train_rows), data.train_labels, cfg, epoch, d)]
     net.train()
-    loss_sum, seen = 0.0, 0
-    train_scores: list[np.ndarray] = []
-    train_labels: list[np.ndarray] = []
-    steps = [order[i : i + cfg.train.batch_size] for i in range(0, len(order), cfg.train.batch_size)]
-    steps = [s for s in steps if len(s) >= 2]  # batch norm cannot train on a batch of one
+    tally = EpochTally()
+    steps = batches(order, cfg.train.batch_size)
     bar = tqdm(steps, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch", disable=not (progress and d.main), leave=False)
     for step, rows in enumerate(bar):
-        rows = np.sort(rows)  # sequential reads from the memory map; order within a batch does not matter
-        x = normalize(parts.aug(cached_rows_to_unit(data.cache.images, rows)), parts.spec).to(d.device)
-        y = torch.from_numpy(data.labels[rows]).float().to(d.device)
-        parts.optimizer.zero_grad(set_to_none=True)
-        logits = net(x).reshape(-1)
-        loss = parts.criterion(logits, y)
-        loss.backward()
-        parts.optimizer.step()
-        if parts.ema is not None:
-            parts.ema.update_parameters(parts.model)
-        loss_sum += float(loss.detach()) * len(rows)
+        x = model_input(parts.source.images_u8(rows), parts.aug, parts.spec, parts.opts)
+        loss, logits = train_step(net, parts.model, parts.criterion, parts.optimizer, parts.ema, x,
+                                  parts.source.labels(rows), parts.opts)
         # Train AUC from the augmented training-mode predictions: cheap, and enough to see over-fitting.
-        train_scores.append(torch.sigmoid(logits.detach().float()).cpu().numpy())
-        train_labels.append(data.labels[rows])
-        seen += len(rows)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        tally.add(loss, logits, data.labels[rows])
+        if not bar.disable and (step % 10 == 0 or step == len(steps) - 1):  # a host sync: not every step
+            bar.set_postfix(loss=f"{tally.mean_loss():.4f}")
         for cb in callbacks:
             cb("batch_end", {"epoch": epoch, "step": step, "rank": d.rank})
     bar.close()
+    loss_sum, seen, train_scores, train_labels = tally.totals()
     log.info("rank %d/%d: epoch %d trained on %d images", d.rank, d.world, epoch, seen)
     lr = parts.optimizer.param_groups[0]["lr"]
     parts.scheduler.step()
     # Reduce across ranks: every rank sees the same totals.
-    sums = gather((loss_sum, seen, np.concatenate(train_scores or [np.empty(0)]),
-                   np.concatenate(train_labels or [np.empty(0, dtype=np.int64)])), d)
+    sums = gather((loss_sum, seen, train_scores, train_labels), d)
     train_loss = sum(s[0] for s in sums) / max(sum(s[1] for s in sums), 1)
     train_auc = M.roc_auc(np.concatenate([s[3] for s in sums]), np.concatenate([s[2] for s in sums]))
     return {"lr": float(lr), "train_loss": float(train_loss), "train_auc": train_auc, "n_train": int(sum(s[1] for s in sums))}
@@ -267,7 +271,7 @@ def _validate(cfg: Config, epoch: int, trained: dict[str, Any], parts: _Parts, d
         "val_sensitivity": M.sensitivity(y_val, val_scores, 0.5),
         "val_specificity": M.specificity(y_val, val_scores, 0.5),
         "n_train": trained["n_train"],
-        "n_val": int(len(y_val)),
+        "n_val": len(y_val),
     }
     if parts.ema is not None:  # what weight averaging buys, epoch by epoch (one more pass over validation)
         raw = gather((my_val, score_cached(parts.model, data.cache.images, my_val, parts.spec, batch_size=batch,
@@ -337,6 +341,7 @@ def train(
             save_augmentation_grid(data.cache.images[data.train_rows[:6]], parts.aug, run_dir / "augmentations.png",
                                    seed=cfg.train.seed)
     net: nn.Module = DistributedDataParallel(parts.model) if d.world > 1 else parts.model
+    net = compile_model(net, cfg.train.compile)
     for epoch in range(prog.start_epoch, cfg.train.epochs + 1):
         if prog.stopped:
             break
@@ -348,7 +353,7 @@ def train(
             cb("epoch_end", {"epoch": epoch, "row": row, "rank": d.rank})
         d.barrier()
     if d.main:
-        _finalize(cfg, run_dir, data.cache, data.train_rows, data.val_rows, parts.spec, d.device)
+        finalize_run(cfg, run_dir / BEST, data.cache, data.train_rows, data.val_rows, parts.spec, d.device)
         plot_curves(run_dir, prog.history)
     d.barrier()
     return TrainResult(
@@ -356,59 +361,6 @@ def train(
         best_val_auc=float(prog.best["auc"]), epochs_run=len(prog.history), stopped_early=bool(prog.stopped),
         history=prog.history,
     )
-
-
-def _finalize(cfg: Config, run_dir: Path, cache: ImageCache, tr_rows: np.ndarray, va_rows: np.ndarray,
-              spec: Preprocessing, device: torch.device) -> None:
-    """With the best weights, fit the temperature and choose the operating threshold on VALIDATION, build the
-    scope/drift reference (training-film features, cut-off on validation), hash the training and validation
-    films' decoded pixels (:mod:`pneumoscan.trainset`), then re-save best.safetensors with ``operating_point``,
-    ``calibration``, ``val_summary``, ``reference`` and ``trainset``, and write val_scores.csv."""
-    path = run_dir / BEST
-    ckpt = load_checkpoint(path)
-    model = create_model(cfg.model.name, pretrained=False, dropout=cfg.model.dropout).to(device)
-    model.load_state_dict(ckpt.state_dict)
-    logits = score_cached(model, cache.images, va_rows, spec, batch_size=cfg.train.batch_size * 2, device=device, logits=True)
-    records = [cache.records[i] for i in va_rows]
-    extra, probs = choose_operating_point(records, logits, cfg.eval)
-    tensors: dict[str, torch.Tensor] = {}
-    if len(va_rows) >= MIN_REFERENCE_VAL:
-        source = f"{cfg.data.root} (split {cfg.data.split or '-'})"
-        if cfg.data.val:
-            source += f"; validation {cfg.data.val}" + (f" (split {cfg.data.val_split})" if cfg.data.val_split else "")
-        ref = build_reference(model, cache.images, tr_rows, va_rows, spec, batch_size=cfg.train.batch_size * 2,
-                              device=device, seed=cfg.train.seed, source=source)
-        extra["reference"], tensors = ref.to_meta(), ref.to_tensors()
-    else:
-        log.warning("only %d validation images: no scope/drift reference is stored (it needs %d); predictions "
-                    "will be gated on DICOM metadata and pixel statistics only", len(va_rows), MIN_REFERENCE_VAL)
-    extra["trainset"], hashes = _trainset(cfg, cache, tr_rows, va_rows)
-    save_checkpoint(path, ckpt.state_dict, {**ckpt.meta, **extra}, extra={**tensors, **hashes})
-    write_scores_csv(run_dir / "val_scores.csv", records, probs)
-    op = extra["operating_point"]
-    log.info("operating threshold %.4f (validation sensitivity %.3f, specificity %.3f), temperature %.3f",
-             op["threshold"], op["val_sensitivity"], op["val_specificity"], extra["calibration"]["temperature"])
-
-
-def _trainset(cfg: Config, cache: ImageCache, tr_rows: np.ndarray,
-              va_rows: np.ndarray) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The content hashes of the films the model trained and validated on (the ``trainset.*`` tensors, so that
-    ``calibrate``, ``adapt`` and ``evaluate`` know them under any name) and a summary for the metadata.
-
-    The hash is over the decoded full-size image, not the cached square, so each file is read once more."""
-    t0 = time.perf_counter()
-    train = hash_files([cache.records[i].path for i in tr_rows], workers=cfg.data.num_workers)
-    val = hash_files([cache.records[i].path for i in va_rows], workers=cfg.data.num_workers)
-    tensors = trainset_tensors(train, val)
-    both = set(tensors["trainset.train"].tolist()) & set(tensors["trainset.val"].tolist())
-    if both:
-        log.warning("%d training film(s) have the same pixels as a validation film (copies under other names?): "
-                    "validation overrates this model", len(both))
-    summary = {"n_train": int(tensors["trainset.train"].numel()), "n_val": int(tensors["trainset.val"].numel()),
-               "n_on_both_sides": len(both), "unreadable": sum(h is None for h in train + val)}
-    log.info("hashed %d training and %d validation films in %.1f s", summary["n_train"], summary["n_val"],
-             time.perf_counter() - t0)
-    return summary, tensors
 
 
 def load_run_config(run_dir: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
@@ -429,4 +381,5 @@ def resume(run_dir: str | os.PathLike[str], *, overrides: Sequence[str] = (), pr
 
 
 #: train.* keys added after release 0.1.0, with the behaviour runs had before them.
-_BEFORE_KEY_EXISTED = {"ema_warmup": "false"}
+#: (A run that started NCHW and in float32 resumes so: the same numbers as if it had not stopped.)
+_BEFORE_KEY_EXISTED = {"ema_warmup": "false", "channels_last": "false", "amp": "off"}

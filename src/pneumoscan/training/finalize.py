@@ -1,0 +1,79 @@
+"""The end of a training run: the best checkpoint gains its operating point, calibration, scope/drift reference and
+the content hashes of its training and validation films; the validation scores are written beside it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
+from pneumoscan.config import Config
+from pneumoscan.data import ImageCache, write_scores_csv
+from pneumoscan.models import create_model
+from pneumoscan.operating_point import choose_operating_point
+from pneumoscan.preprocessing import Preprocessing
+from pneumoscan.reference import MIN_REFERENCE_VAL, build_reference
+from pneumoscan.scoring import score_cached
+from pneumoscan.trainset import hash_files, trainset_tensors
+
+log = logging.getLogger(__name__)
+
+__all__ = ["finalize_run"]
+
+
+def finalize_run(cfg: Config, path: Path, cache: ImageCache, tr_rows: np.ndarray, va_rows: np.ndarray,
+                 spec: Preprocessing, device: torch.device) -> None:
+    """With the best weights, fit the temperature and choose the operating threshold on VALIDATION, build the
+    scope/drift reference (training-film features, cut-off on validation), hash the training and validation
+    films' decoded pixels (:mod:`pneumoscan.trainset`), then re-save best.safetensors with ``operating_point``,
+    ``calibration``, ``val_summary``, ``reference`` and ``trainset`` (``path`` is the run's best.safetensors), and
+    write val_scores.csv beside it."""
+    ckpt = load_checkpoint(path)
+    model = create_model(cfg.model.name, pretrained=False, dropout=cfg.model.dropout).to(device)
+    model.load_state_dict(ckpt.state_dict)
+    logits = score_cached(model, cache.images, va_rows, spec, batch_size=cfg.train.batch_size * 2, device=device, logits=True)
+    records = [cache.records[i] for i in va_rows]
+    extra, probs = choose_operating_point(records, logits, cfg.eval)
+    tensors: dict[str, torch.Tensor] = {}
+    if len(va_rows) >= MIN_REFERENCE_VAL:
+        source = f"{cfg.data.root} (split {cfg.data.split or '-'})"
+        if cfg.data.val:
+            source += f"; validation {cfg.data.val}" + (f" (split {cfg.data.val_split})" if cfg.data.val_split else "")
+        ref = build_reference(model, cache.images, tr_rows, va_rows, spec, batch_size=cfg.train.batch_size * 2,
+                              device=device, seed=cfg.train.seed, source=source)
+        extra["reference"], tensors = ref.to_meta(), ref.to_tensors()
+    else:
+        log.warning("only %d validation images: no scope/drift reference is stored (it needs %d); predictions "
+                    "will be gated on DICOM metadata and pixel statistics only", len(va_rows), MIN_REFERENCE_VAL)
+    extra["trainset"], hashes = _trainset(cfg, cache, tr_rows, va_rows)
+    save_checkpoint(path, ckpt.state_dict, {**ckpt.meta, **extra}, extra={**tensors, **hashes})
+    write_scores_csv(path.parent / "val_scores.csv", records, probs)
+    op = extra["operating_point"]
+    log.info("operating threshold %.4f (validation sensitivity %.3f, specificity %.3f), temperature %.3f",
+             op["threshold"], op["val_sensitivity"], op["val_specificity"], extra["calibration"]["temperature"])
+
+
+def _trainset(cfg: Config, cache: ImageCache, tr_rows: np.ndarray,
+              va_rows: np.ndarray) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The content hashes of the films the model trained and validated on (the ``trainset.*`` tensors, so that
+    ``calibrate``, ``adapt`` and ``evaluate`` know them under any name) and a summary for the metadata.
+
+    The hash is over the decoded full-size image, not the cached square, so each file is read once more."""
+    t0 = time.perf_counter()
+    train = hash_files([cache.records[i].path for i in tr_rows], workers=cfg.data.num_workers)
+    val = hash_files([cache.records[i].path for i in va_rows], workers=cfg.data.num_workers)
+    tensors = trainset_tensors(train, val)
+    both = set(tensors["trainset.train"].tolist()) & set(tensors["trainset.val"].tolist())
+    if both:
+        log.warning("%d training film(s) have the same pixels as a validation film (copies under other names?): "
+                    "validation overrates this model", len(both))
+    summary = {"n_train": int(tensors["trainset.train"].numel()), "n_val": int(tensors["trainset.val"].numel()),
+               "n_on_both_sides": len(both), "unreadable": sum(h is None for h in train + val)}
+    log.info("hashed %d training and %d validation films in %.1f s", summary["n_train"], summary["n_val"],
+             time.perf_counter() - t0)
+    return summary, tensors
