@@ -4,7 +4,6 @@ models, and the self-contained HTML report (checked by parsing it)."""
 import base64
 import csv
 import json
-import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -61,13 +60,7 @@ class ReportParser(HTMLParser):
         if tag == "figure" and "gallery-item" in (a.get("class") or ""):
             self.gallery.setdefault(a["data-kind"], 0)
             self.gallery[a["data-kind"]] += 1
-            self._in_caption = a["data-kind"]
-
-    def handle_data(self, data):
-        m = re.search(r"p = ([0-9.]+)", data)
-        if m and self._in_caption:
-            self.captions.append((self._in_caption, float(m.group(1))))
-            self._in_caption = None
+            self.captions.append((a["data-kind"], float(a["data-score"])))  # the score on 0-100
 
 
 def parse(path: Path) -> ReportParser:
@@ -121,7 +114,7 @@ def test_evaluate_cli_single_model_report(world, tmp_path, capsys):
     for name in ("operating", "fixed_0.5", "youden"):
         for metric in M.THRESHOLD_METRICS:
             v = s["thresholds"][name]["metrics"][metric]
-            assert set(v) == {"value", "ci"}
+            assert set(v) == {"value", "ci", "ci_method"}
     assert set(s["subgroups"]["cause"]) == {"bacteria"}  # make_blob_dataset names every pneumonia 'bacteria'
     assert m["calibration"]["temperature"] == pytest.approx(meta["calibration"]["temperature"])
     assert "validation_comparison" in m
@@ -133,10 +126,13 @@ def test_evaluate_cli_single_model_report(world, tmp_path, capsys):
     assert expected <= set(report.ids)
     assert len(report.ids) == len(set(report.ids))  # ids are unique
     assert "comparison" not in report.ids
-    # Self-contained: no script, no external stylesheet, every image inline, only in-page links.
+    # Self-contained: no script, no external stylesheet, every image inline (plots PNG, gallery JPEG), only in-page links.
     assert not report.tags & {"script", "link", "iframe", "object"}
-    assert report.srcs and all(src.startswith("data:image/png;base64,") for src in report.srcs)
-    assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in report.srcs)
+    assert report.srcs and all(src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for src in report.srcs)
+    magic = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}
+    for src in report.srcs:
+        kind = src[len("data:image/"):src.index(";")]
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(magic[kind])
     assert all(h.startswith("#") for h in report.hrefs)
     text = (out / "report.html").read_text()
     assert "http://" not in text and "https://" not in text

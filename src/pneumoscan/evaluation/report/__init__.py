@@ -1,5 +1,8 @@
-"""The evaluation report: one self-contained HTML file (inline CSS, images as base64 PNG data URIs,
-no script, no external reference) rendered from ``template.html`` with Jinja2, plus the plots as PNG files.
+"""The evaluation report: one self-contained HTML file (inline CSS, plots as base64 PNG and gallery images as JPEG
+data URIs, no script, no external reference) rendered from ``template.html`` with Jinja2, plus the plots as PNG
+files. Scores and thresholds are shown on the 0-100 scale and decisions in the one wording
+(:func:`pneumoscan.metrics.score_100`, :func:`pneumoscan.metrics.decision_words`); the gallery is
+:mod:`.gallery`.
 """
 
 from __future__ import annotations
@@ -13,23 +16,17 @@ from typing import Any
 
 import jinja2
 import numpy as np
+from markupsafe import Markup, escape
 
 from pneumoscan.checkpoint import FALLBACK_THRESHOLD
-from pneumoscan.constants import DISCLAIMER
+from pneumoscan.constants import DECISION_WORDS, DISCLAIMER
 from pneumoscan.evaluation.report import plots
-from pneumoscan.scoring import decide
+from pneumoscan.evaluation.report.gallery import GALLERY_SIZES, GALLERY_TITLES, build_gallery
+from pneumoscan.metrics import score_100
+from pneumoscan.metrics.uncertainty import CI_EXACT, CI_NO_SPREAD
 from pneumoscan.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = ["GALLERY_SIZES", "render_html", "write_report"]
-
-#: How many cases each gallery shows: errors 16 each, the most confident correct cases 8 each.
-GALLERY_SIZES = {"fn": 16, "fp": 16, "tp": 8, "tn": 8}
-_GALLERY_TITLES = {
-    "fn": "False negatives: pneumonia the model missed (lowest scores first)",
-    "fp": "False positives: normal images flagged (highest scores first)",
-    "tp": "Most confident true positives, for contrast",
-    "tn": "Most confident true negatives, for contrast",
-}
 KERMANY_CITATION = ("Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images "
                     "for Classification. Mendeley Data, v2, 2018. doi:10.17632/rscbjbr9sj.2. Described in Kermany et al., "
                     "Cell 172(5):1122-1131, 2018. Licence: CC BY 4.0.")
@@ -51,36 +48,35 @@ def _num(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if _finite(v) else "n/a"
 
 
-def _ci(c: Any, kind: str = "pct") -> str:
+def _s100(v: Any) -> str:
+    """A probability or threshold on the 0-100 score scale people see (0.4523 -> "45.2")."""
+    return f"{score_100(v):.1f}" if _finite(v) else "n/a"
+
+
+def _ci(c: Any, kind: str = "pct") -> Markup:
+    """An interval as text. ``c`` is ``[lo, hi]`` or a summary value ``{"value", "ci", "ci_method"}``: a
+    Clopper-Pearson interval is marked "exact", a zero-width bootstrap interval is not shown as one."""
+    method = c.get("ci_method") if isinstance(c, dict) else None
+    c = c.get("ci") if isinstance(c, dict) else c
     if not c or not all(_finite(v) for v in c):
-        return ""
+        return Markup("")
     f = _pct if kind == "pct" else _num
-    return f"{f(c[0])} to {f(c[1])}"
+    if method == CI_NO_SPREAD:
+        return Markup('<span title="every bootstrap resample gave {v}, so the bootstrap cannot say how uncertain '
+                      'it is">no spread in resamples</span>').format(v=f(c[0]))
+    text = escape(f"{f(c[0])} to {f(c[1])}")
+    if method == CI_EXACT:
+        return Markup('{t} <abbr class="exact" title="Clopper-Pearson exact binomial interval: every bootstrap '
+                      'resample gave the same value">exact</abbr>').format(t=text)
+    return Markup(text)
 
 
 def render_html(context: dict[str, Any]) -> str:
     """Render the report template with ``context`` (see :func:`write_report` for its keys)."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=_pct, num=_num, ci=_ci)
+    env.filters.update(pct=_pct, num=_num, ci=_ci, s100=_s100)
     template = env.from_string((files("pneumoscan.evaluation.report") / "template.html").read_text(encoding="utf-8"))
     return template.render(**context)
-
-
-def _gallery(sm: Any, records: Sequence[Any], y: np.ndarray, t: float) -> dict[str, list[dict[str, Any]]]:
-    p = sm.probs
-    pred = np.array([decide(x, t) for x in p], dtype=bool)
-    picks = {
-        "fn": np.flatnonzero((y == 1) & ~pred), "fp": np.flatnonzero((y == 0) & pred),
-        "tp": np.flatnonzero((y == 1) & pred), "tn": np.flatnonzero((y == 0) & ~pred),
-    }
-    out = {}
-    for kind, idx in picks.items():
-        # Most confident first: the errors and correct positives furthest from the threshold.
-        order = idx[np.argsort(p[idx] if kind in ("fn", "tn") else -p[idx], kind="stable")][: GALLERY_SIZES[kind]]
-        out[kind] = [{"uri": data_uri(plots.thumbnail(sm.images[sm.rows[i]])), "name": Path(records[i].path).name,
-                      "score": float(p[i]), "patient": records[i].patient_id, "cause": records[i].cause or ""}
-                     for i in order]
-    return out
 
 
 def write_report(result: dict[str, Any], scored: Sequence[Any], records: Sequence[Any], out_dir: Path,
@@ -106,14 +102,16 @@ def write_report(result: dict[str, Any], scored: Sequence[Any], records: Sequenc
                 y, sm.probs_raw, sm.probs, entry["calibration"]["temperature"])),
             "scores": save(f"{pre}score-histogram.png", plots.score_histogram(y, sm.probs, ths)),
         }
-        views.append({"e": entry, "figs": figs, "gallery": _gallery(sm, records, y, op["threshold"]),
-                      "sid": f"m{entry['index']}"})
+        sid = f"m{entry['index']}"
+        views.append({"e": entry, "figs": figs, "gallery": build_gallery(sm, records, y, op["threshold"], sid),
+                      "sid": sid})
     comparison_fig = None
     if len(scored) > 1:
         comparison_fig = save("comparison-roc.png", plots.comparison_roc(
             y, [s.probs for s in scored], [f"model {e['index']}: {e['model']}" for e in result["models"]],
             [s.checkpoint.threshold for s in scored]))
-    context = {"r": result, "views": views, "comparison_fig": comparison_fig, "gallery_titles": _GALLERY_TITLES,
+    context = {"r": result, "views": views, "comparison_fig": comparison_fig, "gallery_titles": GALLERY_TITLES,
+               "words": DECISION_WORDS, "gallery_sizes": GALLERY_SIZES,
                "threshold_labels": {k: v[0] for k, v in plots.THRESHOLD_STYLE.items()},
                "metric_labels": {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV (precision)",
                                  "npv": "NPV", "accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",

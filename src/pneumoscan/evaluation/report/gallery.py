@@ -1,0 +1,163 @@
+"""The report's gallery: the cases on each side of the operating threshold, each film beside its Grad-CAM heatmap,
+and an enlarged view of both, side by side, that opens without script (an HTML popover: the thumbnail is a button,
+Esc, the Close button or a click outside shuts it).
+
+Images are JPEG data URIs (thumbnails of :data:`THUMB_SIDE` pixels, enlarged views of at most :data:`LARGE_SIDE`),
+and at most :data:`GALLERY_SIZES` cases of each kind are shown, so that the report stays a few megabytes; the
+report says how many were left out (every case is in ``scores.csv``).
+
+Grad-CAM needs the torch network: it is rebuilt from the checkpoint here, on the CPU, only for the cases shown,
+and torch is imported only then, so an evaluation scored by another backend pays for it only in the gallery.
+Where the network cannot be rebuilt, the gallery shows the films alone and says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pneumoscan.constants import CLASS_NAMES
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.io import ImageError, read_image
+from pneumoscan.metrics import decide, decision_words, score_100
+
+__all__ = ["GALLERY_SIZES", "GALLERY_TITLES", "JPEG_QUALITY", "LARGE_SIDE", "THUMB_SIDE", "build_gallery",
+           "gradcam_maps", "jpeg_uri", "pick_cases"]
+
+log = logging.getLogger(__name__)
+
+#: How many cases each gallery shows: errors 16 each, the most confident correct cases 8 each.
+GALLERY_SIZES = {"fn": 16, "fp": 16, "tp": 8, "tn": 8}
+GALLERY_TITLES = {
+    "fn": "False negatives: pneumonia the model missed (lowest scores first)",
+    "fp": "False positives: normal images flagged (highest scores first)",
+    "tp": "Most confident true positives, for contrast",
+    "tn": "Most confident true negatives, for contrast",
+}
+#: Side of a gallery thumbnail and longest side of an enlarged film or heatmap, in pixels.
+THUMB_SIDE = 128
+LARGE_SIDE = 448
+JPEG_QUALITY = 80
+#: Images per Grad-CAM pass (it keeps the activations for the backward pass).
+CAM_BATCH = 8
+
+
+def jpeg_uri(image: np.ndarray, max_side: int, quality: int = JPEG_QUALITY) -> str:
+    """A ``data:image/jpeg`` URI of a grayscale ``(H, W)`` or RGB ``(H, W, 3)`` uint8 image, shrunk (aspect kept)
+    so that its longest side is at most ``max_side``."""
+    im = Image.fromarray(np.ascontiguousarray(_fit(np.asarray(image, dtype=np.uint8), max_side)))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def pick_cases(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, tuple[np.ndarray, int]]:
+    """kind -> (indices shown, how many cases of that kind there are), for ``fn``, ``fp``, ``tp``, ``tn``.
+
+    Most confident first: the errors and the correct cases furthest from the threshold."""
+    pred = np.asarray(decide(np.asarray(p, dtype=np.float64), threshold), dtype=bool)
+    picks = {"fn": np.flatnonzero((y == 1) & ~pred), "fp": np.flatnonzero((y == 0) & pred),
+             "tp": np.flatnonzero((y == 1) & pred), "tn": np.flatnonzero((y == 0) & ~pred)}
+    out = {}
+    for kind, idx in picks.items():
+        order = idx[np.argsort(p[idx] if kind in ("fn", "tn") else -p[idx], kind="stable")]
+        out[kind] = (order[: GALLERY_SIZES[kind]], int(idx.size))
+    return out
+
+
+def gradcam_maps(checkpoint: Any, squares: np.ndarray) -> tuple[list[np.ndarray] | None, str]:
+    """Grad-CAM maps in [0, 1] at the model's input size, one per ``(S, S) uint8`` square of ``squares``
+    (``(N, S, S)``, rows of the decoded-image cache), from the checkpoint's torch network on the CPU.
+
+    Returns ``(maps, "")``, or ``(None, why)`` when the network cannot be rebuilt or run."""
+    if len(squares) == 0:
+        return [], ""
+    try:
+        from pneumoscan.explain import GradCAM, upsample_cam
+        from pneumoscan.preprocessing import preprocess
+        from pneumoscan.scoring import model_from_checkpoint
+
+        cam = GradCAM(model_from_checkpoint(checkpoint))
+        spec = checkpoint.info.preprocessing
+        maps: list[np.ndarray] = []
+        for start in range(0, len(squares), CAM_BATCH):
+            part = np.asarray(squares[start:start + CAM_BATCH])
+            _, low = cam(preprocess(part, spec))
+            maps += [upsample_cam(c, part.shape[-2:]) for c in low]
+        return maps, ""
+    except (PneumoscanError, ImportError, AttributeError, KeyError, RuntimeError, ValueError) as exc:
+        log.warning("gallery: no Grad-CAM heatmaps: %s", exc)
+        return None, f"Grad-CAM heatmaps could not be made from this checkpoint ({exc})."
+
+
+def _fit(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` shrunk (aspect kept, Lanczos) so that its longest side is at most ``side``."""
+    h, w = image.shape[:2]
+    if max(h, w) <= side:
+        return np.asarray(image)
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(np.asarray(image)).resize(size, Image.Resampling.LANCZOS))
+
+
+def _large_film(path: str, square: np.ndarray) -> np.ndarray:
+    """The film as decoded from its file, for the enlarged view; the model's square when the file cannot be read
+    again (moved, or changed since it was cached)."""
+    try:
+        return read_image(path)
+    except (ImageError, OSError) as exc:
+        log.info("gallery: %s: enlarged from the cached square (%s)", Path(path).name, exc)
+        return np.asarray(square)
+
+
+def _item(uid: str, rec: Any, square: np.ndarray, heat: np.ndarray | None, prob: float,
+          threshold: float) -> dict[str, Any]:
+    """One gallery entry: images as JPEG URIs, the score and threshold on 0-100, the decision words, the truth."""
+    film = _fit(_large_film(rec.path, square), LARGE_SIDE)
+    item = {
+        "id": uid, "name": Path(rec.path).name, "patient": rec.patient_id, "cause": rec.cause or "",
+        "probability": float(prob), "score": score_100(prob), "threshold": score_100(threshold),
+        "decision": decision_words(CLASS_NAMES[int(bool(decide(prob, threshold)))]),
+        "truth": CLASS_NAMES[int(rec.label)].capitalize(),
+        "thumb": jpeg_uri(square, THUMB_SIDE), "large": jpeg_uri(film, LARGE_SIDE), "heat": None, "large_heat": None,
+    }
+    if heat is not None:
+        from pneumoscan.explain import render_overlay, upsample_cam
+
+        item["heat"] = jpeg_uri(render_overlay(np.asarray(square), heat, legend=False), THUMB_SIDE)
+        # The square map stretched back to the film's shape lies on the film's geometry (see explain.upsample_cam).
+        big = upsample_cam(heat, film.shape) if film.shape != heat.shape else heat
+        item["large_heat"] = jpeg_uri(render_overlay(film, big, max_side=LARGE_SIDE), LARGE_SIDE)
+    return item
+
+
+def build_gallery(sm: Any, records: Sequence[Any], y: np.ndarray, threshold: float, sid: str) -> dict[str, Any]:
+    """The gallery of one model at its operating ``threshold``.
+
+    Args:
+        sm: the model's :class:`~pneumoscan.scoring.ScoredModel` (``probs``, ``images``, ``rows``, ``checkpoint``).
+        records: the evaluated images, aligned with ``sm``. y: their labels. sid: the model's section id.
+
+    Returns:
+        ``{"kinds": {kind: {"items", "n_total", "n_left_out"}}, "heatmaps": bool, "heatmap_note": str}``; each
+        item has an ``id`` unique in the report (``<sid>-<kind>-<k>``).
+    """
+    p = np.asarray(sm.probs, dtype=np.float64)
+    picks = pick_cases(p, y, threshold)
+    shown = np.concatenate([idx for idx, _ in picks.values()]).astype(np.int64)
+    squares = np.asarray(sm.images[np.asarray(sm.rows)[shown]]) if shown.size else np.empty((0, 1, 1), np.uint8)
+    maps, note = gradcam_maps(sm.checkpoint, squares)
+    heat_of = dict(zip(shown.tolist(), maps)) if maps is not None else {}
+    kinds = {}
+    for kind, (idx, total) in picks.items():
+        items = [_item(f"{sid}-{kind}-{k}", records[i], sm.images[sm.rows[i]], heat_of.get(int(i)), p[i], threshold)
+                 for k, i in enumerate(idx)]
+        kinds[kind] = {"items": items, "n_total": total, "n_left_out": total - len(items)}
+    return {"kinds": kinds, "heatmaps": maps is not None, "heatmap_note": note}
