@@ -58,8 +58,10 @@ def predictor(tmp_path_factory):
     return Predictor.from_checkpoint(path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server(predictor):
+    """A fresh server (and worklist database) per test: the page shows the stored recent results as cards on
+    load, so one test's uploads would otherwise appear in the next one's."""
     yield from _serve(create_app(predictor), ServeSettings())
 
 
@@ -130,11 +132,14 @@ def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
         assert page.evaluate("document.activeElement.id") == "dropzone"
         # The file chooser opened by Enter did not always fire in a fresh CI run; set the files on the
         # input the drop zone drives (its change handler is what uploads).
+        heatmap_box = page.get_by_label(re.compile("Compute Grad-CAM heatmaps"))
+        expect(heatmap_box).not_to_be_checked()  # unticked by default (#18): the viewer computes them on demand
+        heatmap_box.check()
         page.set_input_files("#file-input", [str(good), str(bad)])
         cards = page.locator("article.card")
         expect(cards).to_have_count(2, timeout=30_000)
         ok_card = page.locator("article.card:not(.error)")
-        expect(ok_card.locator(".prob")).to_contain_text("%")
+        expect(ok_card.locator(".prob")).to_contain_text(re.compile(r"^\d{1,3}\.\d / 100$"))
         expect(ok_card.locator(".decision")).to_have_count(1)
         # One line on what the result does not say and where the model is weakest (MODEL_CARD.md).
         limits = ok_card.locator("p.limits")
@@ -174,8 +179,11 @@ def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
         expect(rows).to_have_count(2)
         expect(rows.nth(0)).to_contain_text(good.name)  # this tab remembers the names of its own uploads
         expect(rows.nth(0).locator(".verdict")).to_have_text("Agreed: consolidation, right lower lobe")
-        expect(rows.nth(1)).to_contain_text("unreadable")
-        expect(page.locator("article.card")).to_have_count(0)  # the cards (with the images) were this page's
+        expect(rows.nth(1)).to_contain_text("Could not be read")
+        # The stored results come back as cards, in risk order, with their thumbnails (the films were this tab's).
+        expect(page.locator("article.card.stored")).to_have_count(2)
+        expect(page.locator("article.card.stored").nth(0)).to_have_attribute("aria-label", good.name)
+        assert page.locator("article.card.stored img").first.get_attribute("src").startswith("data:image/jpeg")
         # Another browser (no names remembered) sees the same worklist; the server never stored a file name.
         other = browser.new_page(viewport={"width": 1366, "height": 900})
         other.goto(server)
@@ -208,7 +216,7 @@ def test_page_asks_for_the_token_and_csv_neutralises_formulas(token_server, tmp_
         expect(login).to_be_hidden()
         page.set_input_files("#file-input", [str(good), str(evil)])
         expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
-        expect(page.locator("article.card:not(.error) .prob")).to_contain_text("%")
+        expect(page.locator("article.card:not(.error) .prob")).to_contain_text("/ 100")
         with page.expect_download() as dl:
             page.click("#download-csv")
         lines = Path(dl.value.path()).read_text().splitlines()
@@ -274,8 +282,9 @@ def test_not_assessed_card_and_drift_banner(shifted_server, tmp_path):
             expect(banner).to_contain_text("may not hold")
             expect(banner.locator("code")).to_have_text("pneumoscan calibrate")
             page.set_input_files("#file-input", [str(blank), str(good)])
-            expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
-            oos = page.locator("article.card.oos")
+            # The second page also shows the first one's results, stored, as cards.
+            expect(page.locator("article.card")).to_have_count(2 * (i + 1), timeout=30_000)
+            oos = page.locator("article.card.oos:not(.stored)")
             expect(oos).to_have_count(1)
             expect(oos).to_have_attribute("data-decision", "OUT_OF_SCOPE")
             expect(oos.locator("p.limits")).to_have_count(0)  # not assessed: no result to qualify
@@ -283,14 +292,14 @@ def test_not_assessed_card_and_drift_banner(shifted_server, tmp_path):
             expect(oos.locator(".reason")).to_contain_text("blank or uniform image")
             assert "%" not in oos.inner_text()  # no risk figure, no bar, no decision
             assert oos.locator(".prob, .bar, .decision").count() == 0
-            scored = page.locator("article.card:not(.oos)")
-            expect(scored.locator(".prob")).to_contain_text("%")
+            scored = page.locator("article.card:not(.oos):not(.stored)")
+            expect(scored.locator(".prob")).to_contain_text("/ 100")
             expect(scored.locator(".decision")).to_contain_text("lag")  # "Flag: ..." or "Not flagged"
             # The worklist is stored: the second viewport's page also lists the first one's uploads.
             rows = page.locator("#worklist tbody tr")
             expect(rows).to_have_count(2 * (i + 1))
             expect(rows.nth(0)).to_contain_text(good.name)  # the scored films first (this newest of equals)
-            expect(rows.nth(i + 1)).to_contain_text("not assessed")
+            expect(rows.nth(i + 1)).to_contain_text("Not assessed (out of scope)")
             expect(rows.nth(i + 1)).to_contain_text("blank or uniform image")
             expect(rows.nth(i + 1)).to_contain_text(blank.name)
             expect(page.locator("#status")).to_contain_text("1 not assessed")
@@ -298,10 +307,12 @@ def test_not_assessed_card_and_drift_banner(shifted_server, tmp_path):
             with page.expect_download() as dl:
                 page.click("#download-csv")
             lines = Path(dl.value.path()).read_text().splitlines()
-            assert lines[0] == ("rank,file,probability,decision,in_scope,scope_reason,threshold,model_version,error,"
-                                "patient_id,accession,age,view,received,review,review_note")
+            assert lines[0] == ("rank,file,probability,decision,decision_text,score,score_threshold,in_scope,"
+                                "scope_reason,threshold,model_name,model_version,error,patient_id,accession,age,view,"
+                                "received,review,review_note,exported_at,disclaimer")
             assert lines[1].startswith(f"1,{good.name},")
-            assert lines[i + 2].startswith(",blank-page.png,,OUT_OF_SCOPE,false,blank or uniform image,")
+            assert lines[i + 2].startswith(",blank-page.png,,OUT_OF_SCOPE,Not assessed (out of scope),,50.0,false,"
+                                           "blank or uniform image,0.5,seed-cnn,")
             _no_horizontal_overflow(page)
             page.screenshot(path=str(ARTIFACTS / f"serve_scope_{name}.png"), full_page=True)
             page.close()
@@ -525,7 +536,7 @@ def test_cards_follow_the_worklist_and_a_row_selects_its_card(server, tmp_path):
 
 def test_no_horizontal_overflow_on_a_phone(adapted_server, tmp_path):
     """At 390 x 844 the page fits the screen: empty, with results, and with the full model card open; Clear,
-    Download CSV and the worklist's Probability and Decision columns stay on screen. 1440 x 900 for comparison.
+    Download CSV and the worklist's Score and Decision columns stay on screen. 1440 x 900 for comparison.
     The adapted model's card has the longest labels ("Estimated pneumonia prevalence at this site"), which a
     ``max-content`` label column once pushed off a phone's screen."""
     server = adapted_server
@@ -536,7 +547,8 @@ def test_no_horizontal_overflow_on_a_phone(adapted_server, tmp_path):
     bad.write_text("not an image")
     ARTIFACTS.mkdir(exist_ok=True)
     with _browser() as browser:
-        for name, viewport in (("phone", {"width": 390, "height": 844}), ("desktop", {"width": 1440, "height": 900})):
+        for k, (name, viewport) in enumerate((("phone", {"width": 390, "height": 844}),
+                                              ("desktop", {"width": 1440, "height": 900}))):
             page = browser.new_page(viewport=viewport)
             page.goto(server)
             expect(page.locator("#model-line")).to_contain_text("seed-cnn")
@@ -545,10 +557,10 @@ def test_no_horizontal_overflow_on_a_phone(adapted_server, tmp_path):
             page.screenshot(path=str(ARTIFACTS / f"serve_e2e_empty_{name}.png"), full_page=True)
             page.set_input_files("#file-input", [str(good), str(bad)])
             expect(page.locator("#status")).to_contain_text("Done:", timeout=30_000)
-            expect(page.locator("#worklist a.card-link")).to_have_count(2)
+            expect(page.locator("#worklist a.card-link")).to_have_count(2 * (k + 1))  # and the phone's, stored
             _no_horizontal_overflow(page)  # with results
             for locator in (page.locator("#clear"), page.locator("#download-csv"),
-                            page.locator("#worklist thead th", has_text="Probability"),
+                            page.locator("#worklist thead th", has_text="Score (0–100)"),
                             page.locator("#worklist thead th", has_text="Decision")):
                 box = locator.bounding_box()
                 assert box and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (locator, box)
