@@ -4,9 +4,10 @@ Reads the source with :mod:`ast` (nothing is imported), so it sees imports insid
 the bottom; a module may import its own layer and the ones below it:
 
     0  errors, constants, the package root      4  models, checkpoint, data
-    1  utils, config, pseudonym                 5  scoring
-    2  io, metrics                              6  operating_point, explain, reference, scope, drift
-    3  preprocessing                            7  training, evaluation, predict, export, site, dicom_out
+    1  utils, config, pseudonym, provenance,    5  scoring (torch-free), torch_scoring
+       pipeline                                 6  operating_point, explain, reference, scope, drift
+    2  io, metrics                              7  training, evaluation, predict (+ predict_files, backends),
+    3  preprocessing                               export, onnx_cache, site, dicom_out
                                                 8  worklist, store   9  serve, dicom_node   10  cli, __main__
 
     python scripts/check_imports.py            # exit 1 and a list of problems, or exit 0
@@ -22,13 +23,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "pneumoscan"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "constants", ""),
-    ("utils", "config", "pseudonym"),
+    ("utils", "config", "pseudonym", "provenance", "pipeline"),
     ("io", "metrics"),
     ("preprocessing",),
     ("models", "checkpoint", "data"),
-    ("scoring",),
+    ("scoring", "torch_scoring"),
     ("operating_point", "explain", "reference", "scope", "drift", "trainset"),
-    ("training", "evaluation", "predict", "export", "site", "dicom_out"),
+    ("training", "evaluation", "predict", "predict_files", "backends", "export", "onnx_cache", "site", "dicom_out"),
     ("worklist", "store"),
     ("serve", "dicom_node"),
     ("cli", "__main__"),

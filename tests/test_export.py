@@ -13,6 +13,7 @@ from pneumoscan.checkpoint import CheckpointError, load_checkpoint
 from pneumoscan.cli import main
 from pneumoscan.export import export_onnx, open_onnx_session, read_onnx_metadata
 from pneumoscan.predict import HeatmapUnavailableError, Predictor
+from pneumoscan.utils import file_sha256
 
 SIZE = 64
 
@@ -34,7 +35,7 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("name", ["seed-cnn", "deep-cnn", "efficientnet-lite0"])
 def test_torch_and_onnxruntime_agree(exported, name):
     ckpt, onnx_path = exported[name]
-    eager, ort = Predictor.from_checkpoint(ckpt), Predictor.from_checkpoint(onnx_path)
+    eager, ort = Predictor.from_checkpoint(ckpt, backend="torch"), Predictor.from_checkpoint(onnx_path)
     assert (eager.backend, ort.backend) == ("torch", "onnxruntime")
     rng = np.random.default_rng(7)
     for batch in (1, 5):
@@ -49,6 +50,8 @@ def test_torch_and_onnxruntime_agree(exported, name):
 def test_metadata_round_trip_and_graph(exported, tmp_path):
     ckpt, onnx_path = exported["deep-cnn"]
     assert read_onnx_metadata(onnx_path) == load_checkpoint(ckpt).meta
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert props["pneumoscan_checkpoint_sha256"] == file_sha256(ckpt)  # the export names its checkpoint
     proto = onnx.load(str(onnx_path))
     onnx.checker.check_model(proto)
     assert [i.name for i in proto.graph.input] == ["image"]

@@ -46,10 +46,12 @@ def films() -> list[np.ndarray]:
 
 def test_from_checkpoint_exposes_metadata(tmp_path):
     ckpt = make_checkpoint(tmp_path / "m.safetensors", threshold=0.37, temperature=1.7)
-    p = Predictor.from_checkpoint(ckpt)
-    assert (p.model_name, p.threshold, p.temperature, p.backend) == ("seed-cnn", 0.37, 1.7, "torch")
+    p = Predictor.from_checkpoint(ckpt)  # ONNX Runtime by default, on the checkpoint's export
+    assert (p.model_name, p.threshold, p.temperature, p.backend) == ("seed-cnn", 0.37, 1.7, "onnxruntime")
     assert p.preprocessing.image_size == 64 and p.meta["operating_point"]["threshold"] == 0.37
-    assert len(p.version) == 12 and int(p.version, 16) >= 0 and p.path == str(ckpt)
+    assert len(p.version) == 12 and int(p.version, 16) >= 0 and p.path == str(ckpt) and p.can_explain
+    t = Predictor.from_checkpoint(ckpt, backend="torch")
+    assert (t.backend, t.version, t.meta, t.path) == ("torch", p.version, p.meta, p.path)  # same weights, same id
 
 
 def test_site_provenance_is_exposed_and_a_shipped_model_has_none(tmp_path, predictor, films, capsys):
@@ -275,7 +277,7 @@ def test_cli_predict_outputs_and_exit_codes(tiny_checkpoint, folder, tmp_path, c
     threads = torch.get_num_threads()
     try:
         assert main(["predict", str(folder), "-r", "--model", str(tiny_checkpoint), "--out", str(out_csv),
-                     "--no-progress", "--batch-size", "2", "--threads", "1"]) == 0
+                     "--no-progress", "--batch-size", "2", "--threads", "1", "--backend", "torch"]) == 0
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
@@ -333,14 +335,16 @@ def test_a_heatmap_that_cannot_be_written_fails_only_its_row(predictor, folder, 
 
 
 def test_any_exception_while_decoding_one_item_becomes_its_error(predictor, folder, monkeypatch, caplog):
-    real = predict_mod.read_image_with_context
+    from pneumoscan import predict_files
+
+    real = predict_files.read_image_with_context
 
     def buggy(source, *args, **kwargs):
         if str(source).endswith("b.jpeg"):
             raise KeyError("decoder bug")
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(predict_mod, "read_image_with_context", buggy)
+    monkeypatch.setattr(predict_files, "read_image_with_context", buggy)
     with caplog.at_level("DEBUG", logger="pneumoscan.predict"):
         rows = {Path(r["path"]).name: r for r in triage(predictor, [folder / "a.png", folder / "b.jpeg"])}
     assert rows["a.png"]["error"] == "" and rows["a.png"]["probability"] is not None

@@ -59,6 +59,42 @@ def test_shipped_model_predicts_without_a_model_argument(monkeypatch):
     assert 0.0 <= pred.probability <= 1.0 and pred.threshold == pytest.approx(p.threshold)
 
 
+SHIPPED_ONNX = PACKAGED_MODEL.with_suffix(".onnx")
+
+
+def test_shipped_onnx_is_the_shipped_checkpoint_exported(shipped):
+    """model.onnx beside model.safetensors names the checkpoint's SHA-256, carries the same metadata and
+    reference, and is what the default backend runs (no export is built)."""
+    import onnx
+
+    from pneumoscan.scoring import CHECKPOINT_SHA256_KEY, read_onnx_metadata, read_onnx_reference
+    from pneumoscan.utils import file_sha256
+
+    assert SHIPPED_ONNX.is_file(), f"the shipped ONNX model is missing: {SHIPPED_ONNX} (pneumoscan export)"
+    assert SHIPPED_ONNX.stat().st_size <= 25 * 1024 * 1024
+    props = {p.key: p.value for p in onnx.load(str(SHIPPED_ONNX), load_external_data=False).metadata_props}
+    assert props[CHECKPOINT_SHA256_KEY] == file_sha256(PACKAGED_MODEL), \
+        "model.onnx was not exported from the shipped model.safetensors: run pneumoscan export again"
+    assert read_onnx_metadata(SHIPPED_ONNX) == shipped.meta
+    ref = read_onnx_reference(SHIPPED_ONNX)
+    assert set(ref) == set(shipped.extra)
+    for name, value in shipped.extra.items():
+        np.testing.assert_array_equal(ref[name], value.numpy())
+    p = Predictor.from_checkpoint(PACKAGED_MODEL)
+    assert (p.backend, p.onnx_path, p.can_explain) == ("onnxruntime", str(SHIPPED_ONNX), True)
+
+
+def test_shipped_onnx_agrees_with_the_checkpoint_within_1e_5():
+    rng = np.random.default_rng(3)
+    films = [rng.integers(0, 256, (200 + 37 * k, 180 + 23 * k), dtype=np.uint8) for k in range(6)]
+    onnx_p = Predictor.from_checkpoint(PACKAGED_MODEL)
+    torch_p = Predictor.from_checkpoint(PACKAGED_MODEL, backend="torch")
+    x = onnx_p._input_batch(films)
+    np.testing.assert_allclose(onnx_p._runner(x), torch_p._runner(x), atol=1e-4)  # logits
+    a, b = onnx_p.predict_proba(films), torch_p.predict_proba(films)
+    assert np.max(np.abs(a - b)) <= 1e-5
+
+
 @pytest.mark.shared_data
 def test_shipped_numbers_reproduce_from_the_data(shipped, shared_data_root, tmp_path):
     """Re-score the validation split (same patient-level split) and recover the stored AUC and threshold."""

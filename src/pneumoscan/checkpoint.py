@@ -18,15 +18,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from pneumoscan.errors import CheckpointError
 from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.utils import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:  # reading a checkpoint's metadata and reference needs no torch (load_checkpoint_arrays)
+    import numpy as np
+    import torch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -36,6 +38,7 @@ __all__ = [
     "FALLBACK_THRESHOLD",
     "ModelMeta",
     "load_checkpoint",
+    "load_checkpoint_arrays",
     "save_checkpoint",
     "load_state",
     "save_state",
@@ -108,13 +111,15 @@ class ModelMeta:
 
 @dataclass
 class Checkpoint:
-    """Weights plus metadata. ``meta`` always has at least ``model``, ``config``, ``preprocessing`` and ``classes``."""
+    """Weights plus metadata. ``meta`` always has at least ``model``, ``config``, ``preprocessing`` and ``classes``.
 
-    state_dict: dict[str, torch.Tensor]
+    Tensors are torch tensors from :func:`load_checkpoint`, NumPy arrays from :func:`load_checkpoint_arrays`."""
+
+    state_dict: dict[str, torch.Tensor | np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
     #: Tensors that are not weights (the scope/drift reference: names starting with ``reference.``).
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, torch.Tensor | np.ndarray] = field(default_factory=dict)
 
     @property
     def info(self) -> ModelMeta:
@@ -148,6 +153,8 @@ def save_checkpoint(path: str | os.PathLike[str], state_dict: dict[str, torch.Te
     for name in extra or {}:
         if not name.startswith(EXTRA_PREFIXES):
             raise ValueError(f"extra tensor {name!r} must be named with a prefix in {EXTRA_PREFIXES}")
+    from safetensors.torch import save_file
+
     meta = {"format": CHECKPOINT_FORMAT, **meta}
     text = json.dumps(meta, sort_keys=True, allow_nan=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in {**state_dict, **(extra or {})}.items()}
@@ -158,14 +165,17 @@ def save_checkpoint(path: str | os.PathLike[str], state_dict: dict[str, torch.Te
     return out
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read(path: str | os.PathLike[str], framework: str = "pt",
+          keep: tuple[str, ...] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(tensors, metadata)``; ``framework`` ``"pt"`` (torch tensors) or ``"numpy"``; ``keep``: only tensors
+    whose names start with one of these prefixes (None: all)."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint not found")
     try:
-        with safe_open(str(p), framework="pt", device="cpu") as fh:
+        with safe_open(str(p), framework=framework, device="cpu") as fh:
             header = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys() if keep is None or k.startswith(keep)}
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"{p}: not a readable safetensors checkpoint ({exc})") from exc
     if _META_KEY not in header:
@@ -205,12 +215,26 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(state_dict=weights, meta=meta, path=str(path), extra=extra)
 
 
+def load_checkpoint_arrays(path: str | os.PathLike[str], *, weights: bool = False) -> Checkpoint:
+    """:func:`load_checkpoint` without torch: the tensors come as NumPy arrays (safetensors' NumPy API); without
+    ``weights`` only the metadata and :attr:`Checkpoint.extra` (the reference, the training films' hashes) are
+    read, and ``state_dict`` is empty. What ONNX Runtime prediction needs from a ``.safetensors`` file."""
+    tensors, meta = _read(path, "numpy", None if weights else EXTRA_PREFIXES)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    extra = {k: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIXES)}
+    return Checkpoint(state_dict={k: v for k, v in tensors.items() if k not in extra}, meta=meta, path=str(path),
+                      extra=extra)
+
+
 # --- training state: nested structures with tensors -------------------------------------------------
 
 _TENSOR_REF = "__tensor__"
 
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    import torch
+
     if isinstance(obj, torch.Tensor):
         key = prefix or "root"
         tensors[key] = obj.detach().to("cpu").contiguous().clone()
@@ -247,6 +271,8 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Atomically save a nested training state (tensors, numbers, strings, lists, dicts, numpy arrays)."""
+    from safetensors.torch import save_file
+
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "", tensors)
     out = Path(path)

@@ -7,7 +7,9 @@ compare with the reference (which travels base64-encoded under ``pneumoscan_refe
 the operating threshold are not baked into the graph; like everything
 else needed to reproduce a prediction, they travel in the checkpoint's metadata, which is stored as JSON in
 the ONNX model's ``metadata_props`` under the key ``pneumoscan`` (the same JSON as in the checkpoint header),
-so :class:`pneumoscan.predict.Predictor` treats both files alike.
+so :class:`pneumoscan.predict.Predictor` treats both files alike. An export made from a checkpoint file also
+records that file's SHA-256 under ``pneumoscan_checkpoint_sha256``: ONNX Runtime prediction from a
+``.safetensors`` checkpoint uses an export only when it names that checkpoint (:mod:`pneumoscan.onnx_cache`).
 
 Grad-CAM needs gradients, so heatmaps still need the ``.safetensors`` checkpoint.
 """
@@ -27,16 +29,17 @@ from torch import nn
 from pneumoscan.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
 from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.scoring import (
+    CHECKPOINT_SHA256_KEY,
     FEATURES_NAME,
     INPUT_NAME,
     META_KEY,
     OUTPUT_NAME,
     REFERENCE_KEY,
-    model_from_checkpoint,
     open_onnx_session,
     read_onnx_metadata,
 )
-from pneumoscan.utils import atomic_path
+from pneumoscan.torch_scoring import model_from_checkpoint
+from pneumoscan.utils import atomic_path, file_sha256
 
 __all__ = ["DEFAULT_OPSET", "INPUT_NAME", "META_KEY", "OUTPUT_NAME", "export_onnx", "open_onnx_session",
            "read_onnx_metadata"]
@@ -57,7 +60,9 @@ class _LogitsAndFeatures(nn.Module):
 
 def export_onnx(checkpoint: str | os.PathLike[str] | Checkpoint, out: str | os.PathLike[str], *,
                 opset: int = DEFAULT_OPSET) -> Path:
-    """Write the checkpoint's network as ONNX to ``out`` (atomically) and check it with ``onnx.checker``.
+    """Write the checkpoint's network as ONNX to ``out`` (atomically, owner-only) and check it with
+    ``onnx.checker``. When the checkpoint comes from a file, its SHA-256 goes into the metadata
+    (``pneumoscan_checkpoint_sha256``).
 
     Returns:
         the path written.
@@ -68,6 +73,7 @@ def export_onnx(checkpoint: str | os.PathLike[str] | Checkpoint, out: str | os.P
     import onnx
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    sha256 = file_sha256(ckpt.path) if ckpt.path and Path(ckpt.path).is_file() else None
     model = model_from_checkpoint(ckpt)
     size = Preprocessing.from_dict(ckpt.meta["preprocessing"]).image_size
     # Batch 2 when tracing, so nothing gets specialised to a batch of one.
@@ -85,12 +91,7 @@ def export_onnx(checkpoint: str | os.PathLike[str] | Checkpoint, out: str | os.P
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}, FEATURES_NAME: {0: "batch"}},
                 do_constant_folding=True, dynamo=False)
         proto = onnx.load(str(tmp))
-        meta = {"format": CHECKPOINT_FORMAT, **ckpt.meta}
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True, allow_nan=True)
-        if ckpt.extra:  # the scope/drift reference travels with the export
-            ref = proto.metadata_props.add()
-            ref.key, ref.value = REFERENCE_KEY, base64.b64encode(save_tensors(ckpt.extra)).decode("ascii")
+        _add_metadata(proto, ckpt, sha256)
         proto.producer_name = "pneumoscan"
         proto.doc_string = (f"pneumoscan {ckpt.model_name}: input '{INPUT_NAME}' float32 (N, 1, {size}, {size}) "
                             f"normalised as in metadata 'pneumoscan'.preprocessing; output '{OUTPUT_NAME}' (N, 1) "
@@ -98,3 +99,17 @@ def export_onnx(checkpoint: str | os.PathLike[str] | Checkpoint, out: str | os.P
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
     return target
+
+
+def _add_metadata(proto: object, ckpt: Checkpoint, sha256: str | None) -> None:
+    """The checkpoint's metadata JSON, its reference (base64 safetensors) and its file's SHA-256."""
+    meta = {"format": CHECKPOINT_FORMAT, **ckpt.meta}
+    props = proto.metadata_props  # type: ignore[attr-defined]
+    entry = props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True, allow_nan=True)
+    if ckpt.extra:  # the scope/drift reference travels with the export
+        ref = props.add()
+        ref.key, ref.value = REFERENCE_KEY, base64.b64encode(save_tensors(ckpt.extra)).decode("ascii")
+    if sha256:
+        digest = props.add()
+        digest.key, digest.value = CHECKPOINT_SHA256_KEY, sha256

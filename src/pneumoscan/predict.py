@@ -5,8 +5,13 @@ Decision support, not a diagnosis: every result is a second reading for a clinic
 The model file carries everything needed to reproduce a prediction (model name, preprocessing, operating
 threshold, calibration temperature), so nothing here asks for an image size or a threshold. Every image goes
 through the same path as the training cache: :func:`pneumoscan.io.read_image` (exact decode) ->
-:func:`pneumoscan.preprocessing.to_model_input`. The probability is ``sigmoid(logit / temperature)``; the
+:func:`pneumoscan.preprocessing.to_model_array`. The probability is ``sigmoid(logit / temperature)``; the
 decision is :func:`pneumoscan.scoring.decide`.
+
+Two backends run the model (:data:`pneumoscan.scoring.BACKENDS`): ONNX Runtime, the default, which never imports
+torch (a ``.safetensors`` checkpoint runs through its export: the packaged ``model.onnx``, or one built once and
+cached, see :mod:`pneumoscan.onnx_cache`), and eager torch (``backend="torch"``). Grad-CAM needs torch: with a
+``.safetensors`` checkpoint (:attr:`Predictor.can_explain`) the torch model is loaded on the first heatmap.
 
 Every image also passes the out-of-scope gate (:mod:`pneumoscan.scope`: DICOM metadata, pixel statistics and the
 distance of the model's own features to the training films, from the reference the checkpoint carries); an image
@@ -16,48 +21,51 @@ returns bare probabilities, ungated.
 One :class:`Predictor` may serve many threads at once (a web server): the torch model runs in eval mode under
 ``inference_mode`` (forward passes share no mutable state), onnxruntime's ``InferenceSession.run`` is
 thread-safe, and Grad-CAM (:mod:`pneumoscan.explain`) attaches its hooks per call, only to its own thread.
+Decoding runs on one thread pool per predictor, started on first use and kept until :meth:`Predictor.close`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from pneumoscan.checkpoint import CheckpointError, ModelMeta, load_checkpoint
+from pneumoscan.backends import load_torch_model, open_model_file
+from pneumoscan.checkpoint import ModelMeta
 from pneumoscan.constants import DISCLAIMER
 from pneumoscan.drift import DriftCheck, DriftResult
-from pneumoscan.errors import HeatmapUnavailableError, ImageError, ModelNotFoundError
-from pneumoscan.io import ImageContext, read_image_with_context
-from pneumoscan.preprocessing import resize_for_model, to_model_input
-from pneumoscan.reference import Reference, intensity_descriptors, reference_of
+from pneumoscan.errors import HeatmapUnavailableError, ModelNotFoundError
+from pneumoscan.io import ImageContext
+from pneumoscan.predict_files import FileResult, ImageInput, decode_item, score_files
+from pneumoscan.preprocessing import resize_for_model, to_model_array
+from pneumoscan.reference import Reference, intensity_descriptors
 from pneumoscan.scope import ADULT_AGE_YEARS, OUT_OF_SCOPE, ScopeGate, ScopeResult
-from pneumoscan.scoring import (
-    OnnxRunner,
-    RuntimeOptions,
-    TorchRunner,
-    decide,
-    decision_label,
-    expit,
-    load_model,
-    model_from_checkpoint,
-    open_onnx_session,
-    read_onnx_reference,
-)
-from pneumoscan.utils import file_sha256
+from pneumoscan.scoring import RuntimeOptions, decide, decision_label, expit
+
+if TYPE_CHECKING:  # torch is loaded only for --backend torch, Grad-CAM and in-memory models
+    from torch import nn
 
 __all__ = [
     "DISCLAIMER", "MODEL_ENV_VAR", "PACKAGED_MODEL", "FileResult", "HeatmapUnavailableError", "ModelNotFoundError",
     "Prediction", "Predictor", "RuntimeOptions", "default_model_path", "load_model", "model_from_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("load_model", "model_from_checkpoint"):  # the torch side, re-exported; loaded on first use
+        from pneumoscan import torch_scoring
+
+        return getattr(torch_scoring, name)
+    raise AttributeError(f"module 'pneumoscan.predict' has no attribute {name!r}")
+
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +74,8 @@ MODEL_ENV_VAR = "PNEUMOSCAN_MODEL"
 #: Where the packaged default model lives (shipped by a later release; absent until then).
 PACKAGED_MODEL = Path(__file__).resolve().parent / "assets" / "model.safetensors"
 
-#: An image given as a file path, the file's bytes, or an already-decoded ``(H, W) uint8`` array.
-ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray
 
-
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Prediction:
     """One image's result: ``probability`` of pneumonia in [0, 1], the decision at ``threshold`` and the scope gate.
 
@@ -88,33 +93,6 @@ class Prediction:
     def label(self) -> str:
         """``"PNEUMONIA"``, ``"NORMAL"`` or ``"OUT_OF_SCOPE"``."""
         return decision_label(self.positive) if self.in_scope else OUT_OF_SCOPE
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """One file's outcome in :meth:`Predictor.score_files`.
-
-    Attributes:
-        path: the file as given.
-        probability: of pneumonia in [0, 1] (calibrated); None when the file could not be read.
-        error: ``""`` when all went well; else why the file could not be read or, with a probability, why its
-            heatmap could not be written.
-        heatmap: the overlay PNG written for it; ``""`` when it could not be written; None when no heatmap was
-            asked for or the file was not scored.
-    """
-
-    path: str
-    probability: float | None
-    error: str = ""
-    heatmap: str | None = None
-    #: The scope gate's verdict (None when the file could not be read) and its reason ("" when in scope).
-    in_scope: bool | None = None
-    scope_reason: str = ""
-    #: The image's DICOM context (empty fields for other formats); None when the file could not be read.
-    context: ImageContext | None = None
-    #: Pooled features and intensity descriptors, for the drift check (not part of any output file).
-    features: np.ndarray | None = field(default=None, repr=False, compare=False)
-    descriptor: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def default_model_path() -> Path:
@@ -144,16 +122,19 @@ class Predictor:
     :func:`pneumoscan.export.export_onnx`) or :meth:`from_model`. Attributes: ``model_name``, ``threshold``,
     ``temperature``, ``preprocessing``, ``info`` (the checkpoint's metadata, typed:
     :class:`~pneumoscan.checkpoint.ModelMeta`), ``meta`` (the same, as a plain dict), ``version`` (first 12 hex
-    digits of the model file's SHA-256, identifying the exact weights; ``"in-memory"`` for :meth:`from_model`),
-    ``backend`` (``"torch"`` or ``"onnxruntime"``), ``path``, and the site provenance ``adaptation`` and
-    ``site_calibration`` (the metadata records of ``pneumoscan adapt`` and ``pneumoscan calibrate``; None when
-    absent; :func:`pneumoscan.site.provenance_line` puts them in words).
+    digits of the model file's SHA-256, identifying the exact weights, whichever backend runs them; ``"in-memory"``
+    for :meth:`from_model`), ``backend`` (``"onnxruntime"`` or ``"torch"``), ``path`` (the model file given),
+    ``onnx_path`` (the export ONNX Runtime runs; None with torch), ``can_explain`` (Grad-CAM is available), and the
+    site provenance ``adaptation`` and ``site_calibration`` (the metadata records of ``pneumoscan adapt`` and
+    ``pneumoscan calibrate``; None when absent; :func:`pneumoscan.provenance.provenance_line` puts them in words).
     """
 
-    def __init__(self, runner: Callable[[torch.Tensor], np.ndarray], meta: Mapping[str, Any], *,
-                 model: nn.Module | None = None, path: str | None = None, version: str = "in-memory",
+    def __init__(self, runner: Callable[[Any], np.ndarray], meta: Mapping[str, Any], *,
+                 model: nn.Module | None = None, path: str | os.PathLike[str] | None = None, version: str = "in-memory",
                  options: RuntimeOptions | None = None, reference: Reference | None = None,
-                 adult_age_years: float = ADULT_AGE_YEARS) -> None:
+                 adult_age_years: float = ADULT_AGE_YEARS, checkpoint: str | None = None,
+                 onnx_path: str | None = None) -> None:
+        path = None if path is None else str(path)
         self.info = ModelMeta.from_dict(dict(meta), path)
         self.reference = reference
         self.gate = ScopeGate(reference, adult_age_years=adult_age_years)
@@ -161,6 +142,9 @@ class Predictor:
         self._drift_unavailable = False
         self._runner = runner
         self._model = model
+        self._checkpoint = checkpoint  # the .safetensors Grad-CAM loads the torch model from, on first use
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self.options = options or RuntimeOptions()
         self.meta: dict[str, Any] = dict(meta)
         self.model_name = self.info.model
@@ -168,6 +152,7 @@ class Predictor:
         self.temperature = self.info.temperature
         self.preprocessing = self.info.preprocessing
         self.path = path
+        self.onnx_path = onnx_path
         self.version = version
         self.backend: str = getattr(runner, "backend", "custom")
         #: Where the model was adapted (``pneumoscan adapt``) or calibrated at a site; None for a model as shipped.
@@ -178,27 +163,21 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], *, options: RuntimeOptions | None = None,
-                        adult_age_years: float = ADULT_AGE_YEARS) -> "Predictor":
-        """Load a ``.safetensors`` checkpoint (torch) or an ``.onnx`` export (onnxruntime), judged by suffix, with
-        the scope/drift reference it carries (a model without one is gated on metadata and pixels only, and the
-        log says so).
+                        adult_age_years: float = ADULT_AGE_YEARS, backend: str | None = None) -> "Predictor":
+        """Load a ``.safetensors`` checkpoint or an ``.onnx`` export (judged by suffix), with the scope/drift
+        reference it carries (a model without one is gated on metadata and pixels only, and the log says so).
+
+        ``backend`` (default: ``options.backend``, ``"onnx"``): ``"onnx"`` runs ONNX Runtime without torch, on the
+        export itself or, for a checkpoint, on its export (:func:`pneumoscan.onnx_cache.open_for_checkpoint`: the
+        packaged ``model.onnx``, or one built once and cached); ``"torch"`` runs the checkpoint with torch.
 
         Raises:
-            CheckpointError: missing, unreadable, or not a pneumoscan model file.
+            CheckpointError: missing, unreadable, or not a pneumoscan model file; ``"torch"`` with an ONNX file.
         """
-        p = Path(path)
-        if not p.is_file():
-            raise CheckpointError(f"{p}: model file not found")
         options = options or RuntimeOptions()
-        if p.suffix.lower() == ".onnx":
-            session, meta = open_onnx_session(p, threads=options.threads, inter_op_threads=options.inter_op_threads)
-            reference = Reference.from_checkpoint_parts(read_onnx_reference(p), meta.get("reference"))
-            return cls(OnnxRunner(session), meta, path=str(p), version=file_sha256(p)[:12], options=options,
-                       reference=reference, adult_age_years=adult_age_years)
-        ckpt = load_checkpoint(p)
-        model = model_from_checkpoint(ckpt)
-        return cls(TorchRunner(model, options), ckpt.meta, model=model, path=str(p), version=file_sha256(p)[:12],
-                   options=options, reference=reference_of(ckpt), adult_age_years=adult_age_years)
+        if backend is not None and backend != options.backend:
+            options = dataclasses.replace(options, backend=backend)
+        return cls(**open_model_file(path, options), adult_age_years=adult_age_years)
 
     @classmethod
     def from_model(cls, model: nn.Module, meta: Mapping[str, Any], *, options: RuntimeOptions | None = None,
@@ -207,9 +186,30 @@ class Predictor:
 
         The predictor takes the model over: it is put in eval mode and its parameters stop requiring grad.
         """
-        options = options or RuntimeOptions()
+        from pneumoscan.torch_scoring import TorchRunner
+
+        options = dataclasses.replace(options or RuntimeOptions(), backend="torch")
         return cls(TorchRunner(model, options), meta, model=model, options=options, reference=reference,
                    adult_age_years=adult_age_years)
+
+    @property
+    def can_explain(self) -> bool:
+        """True when Grad-CAM heatmaps are available: a torch model, or a ``.safetensors`` checkpoint to load it
+        from on first use (an ONNX export alone holds no gradients)."""
+        return self._model is not None or self._checkpoint is not None
+
+    def close(self) -> None:
+        """Stop the decoding threads (a predictor is still usable afterwards: they start again when needed)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ inference
 
@@ -255,13 +255,14 @@ class Predictor:
             size (all zeros where the model found no evidence for pneumonia).
 
         Raises:
-            HeatmapUnavailableError: this predictor runs an ONNX export.
+            HeatmapUnavailableError: this predictor runs an ONNX export without its checkpoint.
         """
         probability, heat, _ = self.explain_with_scope(image)
         return probability, heat
 
     def explain_with_scope(self, image: ImageInput) -> tuple[float, np.ndarray, Prediction]:
         """:meth:`explain` plus the image's gated :class:`Prediction` (one Grad-CAM pass gives both)."""
+        self._require_torch()
         (gray, ctx), = self._decode_many([image], raise_errors=True)
         probs, maps, feats = self._explain_batch([gray])
         pred = self._decide(probs[0], self.gate.assess(ctx, resize_for_model(gray, self.preprocessing), feats[0]))
@@ -279,7 +280,7 @@ class Predictor:
             model-input square, for a drift window.
 
         Raises:
-            HeatmapUnavailableError: ``heatmap`` and this predictor runs an ONNX export.
+            HeatmapUnavailableError: ``heatmap`` and this predictor cannot explain (:attr:`can_explain`).
         """
         square = resize_for_model(gray, self.preprocessing)
         if heatmap:
@@ -323,6 +324,8 @@ class Predictor:
                     heatmaps: str | os.PathLike[str] | None = None, save_raw: bool = False) -> list[FileResult]:
         """Score a list of files, ``batch_size`` at a time: one :class:`FileResult` per file, in input order.
 
+        Decoding overlaps with the model (``options.overlap``): the decoding pool works on the next images while
+        a batch is scored, never more than two batches ahead, so memory stays bounded however many files come.
         Unreadable files do not stop the batch: their result carries the error and no probability. Every scored
         file also carries the scope gate's verdict and its DICOM context. With ``heatmaps`` (a folder), each
         scored image's Grad-CAM overlay is written there as ``<stem>_gradcam.png`` (with ``save_raw`` also the
@@ -332,19 +335,10 @@ class Predictor:
         :mod:`pneumoscan.worklist`'s business.
 
         Raises:
-            HeatmapUnavailableError: ``heatmaps`` is given and this predictor runs an ONNX export.
+            HeatmapUnavailableError: ``heatmaps`` is given and this predictor cannot explain (:attr:`can_explain`).
         """
-        from tqdm import tqdm
-
-        stems = self._prepare_heatmaps(paths, heatmaps)
-        step = max(1, batch_size)
-        results: list[FileResult] = []
-        with tqdm(total=len(paths), unit="img", desc="predict", disable=None if progress else True) as bar:
-            for start in range(0, len(paths), step):
-                chunk = [str(p) for p in paths[start:start + step]]
-                results += self._score_chunk(chunk, stems[start:start + step], heatmaps, save_raw)
-                bar.update(len(chunk))
-        return results
+        return score_files(self, paths, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
+                           save_raw=save_raw)
 
     # ------------------------------------------------------------------ internals
 
@@ -354,49 +348,14 @@ class Predictor:
         return Prediction(probability=p, positive=in_scope and decide(p, self.threshold), threshold=self.threshold,
                           in_scope=in_scope, scope_reason="" if scope is None else scope.reason)
 
-    def _prepare_heatmaps(self, paths: Sequence[str | os.PathLike[str]],
-                          folder: str | os.PathLike[str] | None) -> list[str]:
-        """The heatmap file stems of ``paths`` (``[]`` without a folder), after checking that Grad-CAM can run
-        and clearing overlays half-written by a killed run."""
-        if folder is None:
-            return []
-        self._require_torch()
-        from pneumoscan.explain import unique_stems
-        from pneumoscan.utils import remove_stale_temps
-
-        stems = unique_stems(paths)
-        remove_stale_temps(folder)
-        return stems
-
-    def _score_chunk(self, chunk: list[str], stems: list[str], heatmaps: str | os.PathLike[str] | None,
-                     save_raw: bool) -> list[FileResult]:
-        """One batch of :meth:`score_files`: decode, score (and explain), gate, in input order."""
-        decoded = self._decode_many(chunk, raise_errors=False, resize=heatmaps is None)
-        ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-        scored: dict[int, FileResult] = {}
-        if not ok:
-            return [FileResult(path, None, error=str(d)) for path, d in zip(chunk, decoded)]
-        images = [decoded[i][0] for i in ok]
-        if heatmaps is None:
-            squares = images
-            probs, feats = self._forward(images)
-            maps: list[Any] = [None] * len(ok)
-        else:
-            squares = [resize_for_model(g, self.preprocessing) for g in images]
-            probs, maps, feats = self._explain_batch(images)
-        descriptors = intensity_descriptors(np.stack(squares))
-        for n, i in enumerate(ok):
-            ctx = decoded[i][1]
-            scope = self.gate.assess(ctx, squares[n], feats[n])
-            heatmap, why = None, ""
-            if heatmaps is not None:  # a heatmap that could not be written costs that file its heatmap, never its score
-                heatmap, why = self._write_heatmap(heatmaps, stems[i], chunk[i], images[n], probs[n], maps[n],
-                                                   save_raw, scope)
-            scored[i] = FileResult(chunk[i], float(probs[n]), error=why, heatmap=heatmap, in_scope=scope.in_scope,
-                                   scope_reason=scope.reason, context=ctx, features=feats[n],
-                                   descriptor=descriptors[n])
-        return [scored[i] if i in scored else FileResult(path, None, error=str(decoded[i]))
-                for i, path in enumerate(chunk)]
+    def _decode_pool(self) -> ThreadPoolExecutor:
+        """The decoding threads, started on first use and kept for the predictor's life (or until :meth:`close`)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=max(1, self.options.decode_workers),
+                                                thread_name_prefix="pneumoscan-decode")
+                weakref.finalize(self, self._pool.shutdown, wait=False)
+            return self._pool
 
     def _decode_many(self, items: Sequence[ImageInput], *, raise_errors: bool,
                      resize: bool = False) -> list[tuple[np.ndarray, ImageContext] | str]:
@@ -404,35 +363,17 @@ class Predictor:
         model's ``(S, S)``, in the worker, so that a batch never holds all its full-size films at once); with
         ``raise_errors=False`` a failure is its message string in place of the pair."""
         def one(item: ImageInput) -> tuple[np.ndarray, ImageContext] | str:
-            try:
-                gray, ctx = _decode(item)
-                return (resize_for_model(gray, self.preprocessing) if resize else gray), ctx
-            except ImageError as exc:
-                if raise_errors:
-                    raise
-                return exc.reason
-            except MemoryError:
-                if raise_errors:
-                    raise
-                return "not enough memory to decode this image"
-            except Exception as exc:  # noqa: BLE001 - any failure is this item's, never the batch's
-                if raise_errors:
-                    raise
-                log.debug("decoding %s failed", _describe(item), exc_info=True)
-                detail = " ".join(str(exc).split())[:300] or type(exc).__name__
-                return f"the image could not be read ({type(exc).__name__}: {detail})"
+            return decode_item(item, self.preprocessing if resize else None, raise_errors=raise_errors)
 
-        workers = min(self.options.decode_workers, len(items))
-        if workers <= 1 or all(isinstance(i, np.ndarray) for i in items):
+        if min(self.options.decode_workers, len(items)) <= 1 or all(isinstance(i, np.ndarray) for i in items):
             return [one(i) for i in items]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pneumoscan-decode") as pool:
-            return list(pool.map(one, items))
+        return list(self._decode_pool().map(one, items))
 
-    def _input_batch(self, gray: Sequence[np.ndarray]) -> torch.Tensor:
-        """Resize each image to the model's square and normalise: float32 ``(N, 1, S, S)``."""
-        return to_model_input(gray, self.preprocessing)
+    def _input_batch(self, gray: Sequence[np.ndarray]) -> np.ndarray:
+        """Resize each image to the model's square and normalise: float32 ``(N, 1, S, S)`` (a NumPy array)."""
+        return to_model_array(gray, self.preprocessing)
 
-    def _probabilities(self, x: torch.Tensor) -> np.ndarray:
+    def _probabilities(self, x: np.ndarray) -> np.ndarray:
         return expit(self._runner(x) / self.temperature)
 
     def _forward(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray | None]]:
@@ -445,6 +386,12 @@ class Predictor:
         return expit(logits / self.temperature), ([None] * len(squares) if feats is None else list(feats))
 
     def _require_torch(self) -> nn.Module:
+        """The torch model Grad-CAM needs: the one in use, else loaded from the checkpoint on first use (it must
+        still be the file whose export runs: same SHA-256)."""
+        if self._model is None and self._checkpoint is not None:
+            with self._lock:
+                if self._model is None:
+                    self._model = load_torch_model(self._checkpoint, self.version, self.options.threads)
         if self._model is None:
             raise HeatmapUnavailableError(
                 f"{self.path}: Grad-CAM heatmaps need the .safetensors checkpoint (the torch model); an ONNX "
@@ -455,35 +402,19 @@ class Predictor:
                        chunk: int = 8) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """Probabilities, per-image heatmaps at each image's own size and pooled features (Grad-CAM runs ``chunk``
         at a time, because it keeps activations for the backward pass)."""
+        import torch
+
         from pneumoscan.explain import GradCAM, upsample_cam
 
         cam = GradCAM(self._require_torch())
         probs, maps, feats = [], [], []
         for start in range(0, len(gray), chunk):
             part = gray[start:start + chunk]
-            logits, low, pooled = cam.run(self._input_batch(part))
+            logits, low, pooled = cam.run(torch.from_numpy(self._input_batch(part)))
             probs.append(expit(logits.numpy().astype(np.float64) / self.temperature))
             maps += [upsample_cam(low[i], g.shape) for i, g in enumerate(part)]
             feats += list(pooled.numpy())
         return np.concatenate(probs), maps, feats
-
-    def _write_heatmap(self, folder: str | os.PathLike[str], stem: str, path: str, gray: np.ndarray,
-                       prob: float, heat: np.ndarray, save_raw: bool, scope: ScopeResult | None = None) -> tuple[str, str]:
-        """Write one overlay; return ``(its path, "")``, or ``("", why)`` when it could not be written (a full
-        disk, a name the file system refuses, a rendering failure): that image keeps its score."""
-        from pneumoscan.explain import write_heatmap
-
-        pred = self._decide(prob, scope)
-        caption = (f"P(pneumonia) {pred.probability:.2f} - {pred.label} at threshold {pred.threshold:.2f}"
-                   if pred.in_scope else f"NOT ASSESSED: {pred.scope_reason}")
-        try:
-            return str(write_heatmap(folder, stem, gray, heat, caption=caption, save_raw=save_raw)), ""
-        except OSError as exc:
-            log.debug("heatmap for %s not written", path, exc_info=True)
-            return "", f"scored, but its heatmap could not be written ({exc.strerror or exc})"
-        except Exception as exc:  # noqa: BLE001 - one image's overlay must not stop the batch
-            log.debug("heatmap for %s not written", path, exc_info=True)
-            return "", f"scored, but its heatmap could not be made ({type(exc).__name__}: {exc})"
 
 
 def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
@@ -501,25 +432,3 @@ def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
     if isinstance(images, Iterable):
         return list(images)
     raise TypeError(f"images must be paths, bytes or uint8 arrays, got {type(images).__name__}")
-
-
-def _decode(item: ImageInput) -> tuple[np.ndarray, ImageContext]:
-    """Decode one input to ``((H, W) uint8, context)``; arrays are checked, not converted (empty context)."""
-    if isinstance(item, np.ndarray):
-        if item.ndim != 2 or item.dtype != np.uint8:
-            raise ValueError(f"a decoded image must be a 2-D uint8 array (grayscale, 0..255), got {item.dtype} "
-                             f"{item.shape}; decode files with pneumoscan.io.read_image")
-        return item, ImageContext()
-    if isinstance(item, (bytearray, memoryview)):
-        item = bytes(item)
-    return read_image_with_context(item)
-
-
-def _describe(item: ImageInput) -> str:
-    """A short name for an input in log lines (a path, or the kind and size of in-memory data)."""
-    if isinstance(item, (str, os.PathLike)):
-        return os.fspath(item)
-    if isinstance(item, np.ndarray):
-        return f"array {item.dtype} {item.shape}"
-    return f"{type(item).__name__} of {len(item)} bytes"
-

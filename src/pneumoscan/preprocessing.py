@@ -23,15 +23,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
+if TYPE_CHECKING:  # torch is imported only where a tensor is asked for: prediction runs without it
+    import torch
+
 __all__ = [
-    "INTERPOLATIONS", "RESIZE_MODES", "Preprocessing", "cached_rows_to_unit", "check_model_input", "normalize", "pipeline_fingerprint", "preprocess",
-    "resize_for_model", "resize_square", "to_model_input",
+    "INTERPOLATIONS", "RESIZE_MODES", "Preprocessing", "cached_rows_to_unit", "check_model_input", "normalize",
+    "pipeline_fingerprint", "preprocess", "preprocess_array", "resize_for_model", "resize_square", "to_model_array",
+    "to_model_input",
 ]
 
 
@@ -83,8 +86,40 @@ class Preprocessing:
         return cls(**{k: kinds[k](v) for k, v in raw.items()})
 
 
+def _check_uint8_squares(images: Any, spec: Preprocessing, dtype_ok: bool) -> None:
+    """The checks :func:`preprocess` and :func:`preprocess_array` share (uint8, ``(S, S)`` or ``(N, S, S)``)."""
+    if not dtype_ok:
+        raise TypeError(f"preprocess() needs uint8 images with values 0..255, got {images.dtype}; "
+                        "pass the decoded 8-bit image, not a scaled or normalised one")
+    size = spec.image_size
+    if images.ndim not in (2, 3):
+        raise ValueError(f"preprocess() needs shape (S, S) or (N, S, S), got {tuple(images.shape)}")
+    if tuple(images.shape[-2:]) != (size, size):
+        raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]} but the model expects {size}x{size}; "
+                         "resize them first (the checkpoint's preprocessing says how)")
+
+
+def preprocess_array(images: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """:func:`preprocess` in NumPy, without torch: float32 ``(N, 1, S, S)`` C-contiguous, bit for bit the values
+    :func:`preprocess` gives (each step is one float32 operation, rounded the same way; ``tests/test_backend.py``
+    checks all 256 pixel values).
+
+    Raises:
+        TypeError: not a uint8 array. ValueError: wrong number of dimensions or spatial size.
+    """
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f"preprocess_array() needs a uint8 numpy array, got {type(images).__name__}")
+    _check_uint8_squares(images, spec, images.dtype == np.uint8)
+    size = spec.image_size
+    x = images.reshape(-1, 1, size, size).astype(np.float32)  # astype copies: read-only memory maps are fine
+    x /= np.float32(255.0)
+    x -= np.float32(spec.mean)
+    x /= np.float32(spec.std)
+    return x
+
+
 def preprocess(images: np.ndarray | torch.Tensor, spec: Preprocessing) -> torch.Tensor:
-    """Turn already-resized 8-bit grayscale images into model input.
+    """Turn already-resized 8-bit grayscale images into model input, as a torch tensor.
 
     Args:
         images: uint8, ``(S, S)`` or ``(N, S, S)``, values 0..255 (numpy array or tensor), ``S = spec.image_size``.
@@ -99,21 +134,16 @@ def preprocess(images: np.ndarray | torch.Tensor, spec: Preprocessing) -> torch.
             float image can never slip through and give silently wrong predictions.
         ValueError: wrong number of dimensions or spatial size.
     """
+    import torch
+
     if isinstance(images, np.ndarray):
         is_uint8 = images.dtype == np.uint8
     elif isinstance(images, torch.Tensor):
         is_uint8 = images.dtype == torch.uint8
     else:
         raise TypeError(f"preprocess() needs a uint8 numpy array or tensor, got {type(images).__name__}")
-    if not is_uint8:
-        raise TypeError(f"preprocess() needs uint8 images with values 0..255, got {images.dtype}; "
-                        "pass the decoded 8-bit image, not a scaled or normalised one")
+    _check_uint8_squares(images, spec, is_uint8)
     size = spec.image_size
-    if images.ndim not in (2, 3):
-        raise ValueError(f"preprocess() needs shape (S, S) or (N, S, S), got {tuple(images.shape)}")
-    if tuple(images.shape[-2:]) != (size, size):
-        raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]} but the model expects {size}x{size}; "
-                         "resize them first (the checkpoint's preprocessing says how)")
     # astype copies, so read-only memory maps are fine.
     x = torch.from_numpy(images.astype(np.float32)) if isinstance(images, np.ndarray) else images.to(torch.float32)
     return normalize(x.reshape(-1, 1, size, size) / 255.0, spec).contiguous()
@@ -163,21 +193,21 @@ def resize_for_model(gray: np.ndarray, spec: Preprocessing) -> np.ndarray:
     return resize_square(gray, size, INTERPOLATIONS[spec.interpolation])
 
 
-def check_model_input(x: torch.Tensor, spec: Preprocessing) -> None:
+def check_model_input(x: torch.Tensor | np.ndarray, spec: Preprocessing) -> None:
     """Refuse, at the model's entry, input that :func:`preprocess` / :func:`normalize` did not make for ``spec``.
 
     torchxrayvision's FAQ warns that a wrong intensity range gives silently wrong answers; this checks the shape
-    ``(N, 1, S, S)``, the dtype float32 and that every value lies in ``[(0 - mean) / std, (1 - mean) / std]``
+    ``(N, 1, S, S)`` (a tensor or an array), the dtype float32 and that every value lies in ``[(0 - mean) / std, (1 - mean) / std]``
     (pixels in [0, 1] before normalisation), with a small tolerance for rounding.
 
     Raises:
         ValueError: naming what is wrong and how the input should be made.
     """
     size = spec.image_size
-    if x.dtype != torch.float32 or x.ndim != 4 or tuple(x.shape[1:]) != (1, size, size):
+    if str(x.dtype).rpartition(".")[2] != "float32" or x.ndim != 4 or tuple(x.shape[1:]) != (1, size, size):
         raise ValueError(f"model input must be float32 (N, 1, {size}, {size}) made by pneumoscan.preprocessing."
                          f"preprocess, got {x.dtype} {tuple(x.shape)}")
-    if x.numel() == 0:
+    if int(np.prod(x.shape)) == 0:
         return
     lo, hi = (0.0 - spec.mean) / spec.std, (1.0 - spec.mean) / spec.std
     tol = 1e-4 * max(1.0, abs(lo), abs(hi))
@@ -191,16 +221,27 @@ def check_model_input(x: torch.Tensor, spec: Preprocessing) -> None:
 def cached_rows_to_unit(images: np.ndarray, rows: np.ndarray) -> torch.Tensor:
     """Rows of the decoded-image cache (uint8 ``(M, S, S)``, already step 1) as float32 ``(B, 1, S, S)`` in
     [0, 1], for :func:`normalize` (after the training augmentation, which works in [0, 1])."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(images[rows])).unsqueeze(1).float().div_(255.0)
 
 
-def to_model_input(grays: Sequence[np.ndarray], spec: Preprocessing) -> torch.Tensor:
-    """Steps 1 and 2: decoded ``(H, W) uint8`` images of any sizes to float32 ``(N, 1, S, S)`` model input."""
+def _resized_batch(grays: Sequence[np.ndarray], spec: Preprocessing) -> np.ndarray:
     size = spec.image_size
     batch = np.empty((len(grays), size, size), dtype=np.uint8)
     for i, g in enumerate(grays):
         batch[i] = resize_for_model(g, spec)
-    return preprocess(batch, spec)
+    return batch
+
+
+def to_model_input(grays: Sequence[np.ndarray], spec: Preprocessing) -> torch.Tensor:
+    """Steps 1 and 2: decoded ``(H, W) uint8`` images of any sizes to float32 ``(N, 1, S, S)`` model input."""
+    return preprocess(_resized_batch(grays, spec), spec)
+
+
+def to_model_array(grays: Sequence[np.ndarray], spec: Preprocessing) -> np.ndarray:
+    """:func:`to_model_input` as a NumPy array (the same values), without torch."""
+    return preprocess_array(_resized_batch(grays, spec), spec)
 
 
 @lru_cache(maxsize=1)

@@ -17,18 +17,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from pneumoscan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pneumoscan.constants import DEFAULT_CACHE_DIR
 from pneumoscan.data import build_cache, model_split
 from pneumoscan.preprocessing import Preprocessing
-from pneumoscan.scoring import features_cached, model_from_checkpoint, resolve_device
-from pneumoscan.trainset import split_hashes
+
+if TYPE_CHECKING:  # building a reference needs torch; reading one (prediction, the scope gate, drift) does not
+    import torch
+    from torch import nn
 
 __all__ = ["DESCRIPTOR_NAMES", "MIN_REFERENCE_VAL", "TENSOR_PREFIX", "Reference", "attach_reference", "build_reference", "features_cached",
            "intensity_descriptors", "knn_distance", "l2_normalize", "reference_of"]
@@ -40,6 +40,14 @@ DESCRIPTOR_NAMES = ("p05", "p25", "p50", "p75", "p95", "mean", "std")
 #: The fewest validation films a reference is built from (its cut-off and the drift null come from them).
 MIN_REFERENCE_VAL = 20
 _ARRAYS = ("bank", "val_features", "bank_descriptors", "val_descriptors")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "features_cached":  # re-exported for older callers; it loads torch, so only on first use
+        from pneumoscan.torch_scoring import features_cached
+
+        return features_cached
+    raise AttributeError(f"module 'pneumoscan.reference' has no attribute {name!r}")
 
 
 def l2_normalize(features: np.ndarray) -> np.ndarray:
@@ -91,6 +99,8 @@ class Reference:
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The arrays as float16 tensors named ``reference.*`` (for the checkpoint file)."""
+        import torch
+
         return {TENSOR_PREFIX + name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), np.float16))
                 for name in _ARRAYS}
 
@@ -99,11 +109,12 @@ class Reference:
         return {"knn_k": int(self.knn_k), "knn_cut": float(self.knn_cut), **self.info}
 
     @classmethod
-    def from_checkpoint_parts(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None) -> "Reference | None":
-        """Rebuild from a checkpoint's ``reference.*`` tensors and ``reference`` metadata; None when absent."""
+    def from_checkpoint_parts(cls, tensors: dict[str, Any], meta: dict[str, Any] | None) -> "Reference | None":
+        """Rebuild from a checkpoint's ``reference.*`` tensors (torch tensors or NumPy arrays) and ``reference``
+        metadata; None when absent."""
         if not meta or any(TENSOR_PREFIX + name not in tensors for name in _ARRAYS):
             return None
-        arrays = {name: tensors[TENSOR_PREFIX + name].float().numpy() for name in _ARRAYS}
+        arrays = {name: np.asarray(tensors[TENSOR_PREFIX + name], dtype=np.float32) for name in _ARRAYS}
         info = {k: v for k, v in meta.items() if k not in ("knn_k", "knn_cut")}
         return cls(**arrays, knn_k=int(meta["knn_k"]), knn_cut=float(meta["knn_cut"]), info=info)
 
@@ -117,6 +128,8 @@ def build_reference(model: nn.Module, images: np.ndarray, train_rows: np.ndarray
     ``bank_size`` training films (a seeded sample) form the bank; the cut-off is the smallest validation score
     that leaves at most ``max_val_flag_rate`` of the validation films above it.
     """
+    from pneumoscan.torch_scoring import features_cached
+
     if len(val_rows) < MIN_REFERENCE_VAL:
         raise ValueError(f"the reference needs at least {MIN_REFERENCE_VAL} validation films to choose its cut-off, "
                          f"got {len(val_rows)}")
@@ -156,6 +169,9 @@ def attach_reference(checkpoint: str | os.PathLike[str], data: str | os.PathLike
         DatasetError: the data cannot be indexed or split.
         ValueError: ``out`` is the source file (write a new file and swap it in deliberately).
     """
+    from pneumoscan.torch_scoring import model_from_checkpoint, resolve_device
+    from pneumoscan.trainset import split_hashes
+
     src, dst = Path(checkpoint), Path(out)
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: write the checkpoint with its reference to a new file, not over its source")

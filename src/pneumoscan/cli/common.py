@@ -5,6 +5,7 @@ Imports only what the command line needs at start-up (typer, rich); the library 
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -15,9 +16,22 @@ try:  # typer >= 0.22 vendors its own copy of click; older releases use click it
 except ImportError:  # pragma: no cover - depends on the installed typer
     import click.exceptions as click_errors
 
-__all__ = ["ADULT_AGE_DEFAULT", "check_adult_age", "click_errors", "console", "writable_folder"]
+__all__ = ["ADULT_AGE_DEFAULT", "BACKEND_HELP", "Backend", "check_adult_age", "click_errors", "console",
+           "writable_folder"]
 
 console = Console()
+
+
+class Backend(str, Enum):
+    """``--backend``: the values of :data:`pneumoscan.scoring.BACKENDS` (repeated: the command line must not import
+    the library before a command runs; a test keeps them equal)."""
+
+    onnx = "onnx"
+    torch = "torch"
+
+
+BACKEND_HELP = ("Inference backend: onnx (ONNX Runtime, the default: no torch; a .safetensors model runs through "
+                "its export, packaged or built once and cached) or torch (eager PyTorch, needs a .safetensors model).")
 
 #: Default of ``--adult-age`` (years): :data:`pneumoscan.scope.ADULT_AGE_YEARS`, repeated here because importing
 #: the scope gate loads torch, which the command line must not do before a command runs (a test keeps them equal).

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from pneumoscan.cli.common import BACKEND_HELP, Backend
+
 
 def dicom_listen_cmd(
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port to listen on (104 and 11112 are DICOM's; "
@@ -25,6 +27,8 @@ def dicom_listen_cmd(
                                                   "shipped model.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     workers: Annotated[int, typer.Option(min=1, help="Images scored at once, all associations together.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="Model threads per image scored at once.")] = 1,
+    backend: Annotated[Backend, typer.Option("--backend", help=BACKEND_HELP)] = Backend.onnx,
 ) -> int:
     """Listen for DICOM images (C-STORE of CR, DX and Secondary Capture): score each one with the scope gate,
     record it in the worklist database and, with --forward, send the SR and SC back to the PACS.
@@ -37,4 +41,4 @@ def dicom_listen_cmd(
         node_log.setLevel(logging.INFO)
     settings = NodeSettings(ae_title=ae_title, host=host, port=port, allow=tuple((allow or "").split(",")),
                             forward=ForwardTarget.parse(forward) if forward else None, workers=workers)
-    return run(str(model) if model else None, settings=settings, db=db)
+    return run(str(model) if model else None, settings=settings, db=db, backend=backend.value, threads=threads)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from pneumoscan.cli.common import click_errors as _click_errors
-from pneumoscan.cli.common import console
+from pneumoscan.cli.common import BACKEND_HELP, Backend, console
 from pneumoscan.constants import DEFAULT_CACHE_DIR
 
 
@@ -72,6 +72,8 @@ def evaluate_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     progress: Annotated[bool, typer.Option(help="Show a progress bar while caching images.")] = False,
+    backend: Annotated[Backend, typer.Option("--backend", help=BACKEND_HELP + " With torch, --device chooses the device.")] = Backend.onnx,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for the model with ONNX Runtime (default: all cores).")] = None,
 ) -> None:
     """Measure one or more models on labelled images: metrics at the validation-chosen operating threshold, at 0.5
     and at Youden's threshold with patient-bootstrap 95% CIs, calibration, sensitivity per cause, a gallery of
@@ -81,7 +83,8 @@ def evaluate_cmd(
     if bootstrap is not None and bootstrap < 1:
         raise typer.BadParameter(f"--bootstrap must be at least 1, got {bootstrap}")
     result = evaluate(model, data, out, split=split, cache_dir=cache_dir, bootstrap_samples=bootstrap,
-                      bootstrap_seed=seed, device=device, batch_size=batch_size, progress=progress)
+                      bootstrap_seed=seed, device=device, batch_size=batch_size, progress=progress,
+                      backend=backend.value, threads=threads)
     for m in result["models"]:
         op = m["summary"]["thresholds"]["operating"]
         sens, spec = op["metrics"]["sensitivity"], op["metrics"]["specificity"]

@@ -10,7 +10,14 @@ import typer
 from rich.table import Table
 
 from pneumoscan.cli.common import click_errors as _click_errors
-from pneumoscan.cli.common import ADULT_AGE_DEFAULT, check_adult_age, console, writable_folder
+from pneumoscan.cli.common import (
+    ADULT_AGE_DEFAULT,
+    BACKEND_HELP,
+    Backend,
+    check_adult_age,
+    console,
+    writable_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +30,8 @@ def predict_cmd(
     heatmaps: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay <stem>_gradcam.png per image into this folder (needs a .safetensors model).")] = None,
     save_raw: Annotated[bool, typer.Option("--save-raw", help="With --heatmaps, also save each raw map (float32, image size) as <stem>_gradcam.npy.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for the model (default: all cores; 1 is faster on a busy machine).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for the model, with either backend (default: all cores; 1 is faster on a busy machine).")] = None,
+    backend: Annotated[Backend, typer.Option("--backend", help=BACKEND_HELP)] = Backend.onnx,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file and existing heatmap files of the same names (otherwise the command refuses before scoring anything).")] = False,
     adult_age: Annotated[float, typer.Option("--adult-age", metavar="YEARS", help="A DICOM PatientAge at or above this many years puts the image out of scope (adult patient).")] = ADULT_AGE_DEFAULT,
@@ -48,7 +56,7 @@ def predict_cmd(
     could be (or on a bad model file), 2 on a bad invocation. Decision support, not a diagnosis.
     """
     from pneumoscan.predict import DISCLAIMER, Predictor, RuntimeOptions, default_model_path
-    from pneumoscan.site import provenance
+    from pneumoscan.provenance import provenance
     from pneumoscan.worklist import batch_drift, collect, count_results, drift_message, worklist_rows, write_results
 
     if out is not None and out.is_dir():
@@ -65,6 +73,9 @@ def predict_cmd(
     if heatmaps is not None and model_path.suffix.lower() == ".onnx":
         raise _click_errors.UsageError(
             "--heatmaps needs the .safetensors checkpoint: Grad-CAM uses gradients, which an ONNX export lacks")
+    if backend is Backend.torch and model_path.suffix.lower() == ".onnx":
+        raise _click_errors.UsageError("--backend torch needs the .safetensors checkpoint; an ONNX export runs "
+                                       "with ONNX Runtime (the default backend)")
     collected = collect(paths, recursive=recursive)  # names what it skips at INFO (-v)
     files, skipped_note = collected.files, collected.summary()
     if not files:
@@ -74,7 +85,7 @@ def predict_cmd(
     _check_predict_outputs(out, heatmaps, files, save_raw=save_raw, overwrite=overwrite)
     if dicom_out is not None:  # its files are named by new UIDs: none can clash with an existing one
         writable_folder(dicom_out, "--dicom-out")
-    predictor = Predictor.from_checkpoint(model_path, options=RuntimeOptions(threads=threads),
+    predictor = Predictor.from_checkpoint(model_path, options=RuntimeOptions(threads=threads, backend=backend.value),
                                           adult_age_years=adult_age)
     results = predictor.score_files(files, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
                                     save_raw=save_raw)
@@ -138,14 +149,14 @@ def _pseudonym_key(secret_file: Optional[Path]) -> bytes:
 def _check_predict_outputs(out: Optional[Path], heatmaps: Optional[Path], files: list[Path], *, save_raw: bool,
                            overwrite: bool) -> None:
     """Refuse, before any image is scored, outputs that cannot be written or would replace a user's files."""
-    from pneumoscan.explain import unique_stems
-
     if out is not None:
         writable_folder(out.parent, "--out")
         if out.exists() and not overwrite:
             raise typer.BadParameter(f"{out} already exists; pass --overwrite to replace it, or choose another "
                                      "file", param_hint="--out")
     if heatmaps is not None:
+        from pneumoscan.explain import unique_stems  # torch: only with heatmaps, which need it anyway
+
         writable_folder(heatmaps, "--heatmaps")
         suffixes = ("_gradcam.png", "_gradcam.npy") if save_raw else ("_gradcam.png",)
         clash = [heatmaps / f"{stem}{sfx}" for stem in unique_stems(files) for sfx in suffixes

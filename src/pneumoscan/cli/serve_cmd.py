@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from pneumoscan.cli.common import BACKEND_HELP, Backend
+
 
 def serve_cmd(
     model: Annotated[Optional[Path], typer.Option(help="Checkpoint (.safetensors) or ONNX export. Default: the shipped model.")] = None,
@@ -18,7 +20,9 @@ def serve_cmd(
     max_request_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MiB.")] = 64.0,
     max_pixels: Annotated[int, typer.Option(help="Largest image accepted, in pixels (the server's own limit, below the library's 60 million).")] = 25_000_000,
     max_files: Annotated[int, typer.Option(help="Most files in one request.")] = 32,
-    workers: Annotated[int, typer.Option(min=1, help="Threads decoding and scoring, all requests together.")] = 2,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Requests decoded and scored at once, all clients together (default: one per CPU core, at least 2).")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Model threads per request in flight (ONNX Runtime intra-op threads, or torch's). One per request keeps requests from competing for cores.")] = 1,
+    backend: Annotated[Backend, typer.Option("--backend", help=BACKEND_HELP)] = Backend.onnx,
     memory_budget_mb: Annotated[float, typer.Option(help="Estimated decoding memory allowed at once, all images together, in MiB; "
                                                     "a larger image is refused with 413.")] = 1024.0,
     header_timeout: Annotated[float, typer.Option(help="Seconds a client has to send its request headers.")] = 30.0,
@@ -45,9 +49,11 @@ def serve_cmd(
     if not retention_days >= 0:
         raise typer.BadParameter(f"must be 0 (keep for ever) or a positive number of days, got {retention_days:g}",
                                  param_hint="--retention-days")
+    import os
+
     settings = ServeSettings(
         max_request_bytes=int(max_request_mb * 1024 * 1024), max_pixels=max_pixels, max_files=max_files,
-        workers=workers, memory_budget_bytes=int(memory_budget_mb * 1024 * 1024),
+        workers=workers or max(2, os.cpu_count() or 1), threads=threads, backend=backend.value, memory_budget_bytes=int(memory_budget_mb * 1024 * 1024),
         header_timeout=header_timeout, body_timeout=body_timeout,
         save_uploads=str(save_uploads) if save_uploads else None, upload_retention_days=upload_retention_days,
         token=load_token(token_file),

@@ -52,8 +52,12 @@ __all__ = ["ACCEPTED_SOP_CLASSES", "DicomNode", "ForwardTarget", "NodeSettings",
 log = logging.getLogger(__name__)
 
 
-def run(model_path: str | None = None, *, settings: NodeSettings | None = None, db: str | None = None) -> int:
+def run(model_path: str | None = None, *, settings: NodeSettings | None = None, db: str | None = None,
+        backend: str = "onnx", threads: int | None = 1) -> int:
     """Load the model and the worklist database, listen until SIGTERM or SIGINT, then shut down gracefully.
+
+    ``backend`` and ``threads`` (intra-op threads per image scored at once) are the predictor's
+    (:class:`pneumoscan.scoring.RuntimeOptions`): ONNX Runtime with one thread per image by default.
 
     Returns:
         0 after a graceful shutdown.
@@ -64,7 +68,7 @@ def run(model_path: str | None = None, *, settings: NodeSettings | None = None, 
     """
     from pathlib import Path
 
-    from pneumoscan.predict import Predictor, default_model_path
+    from pneumoscan.predict import Predictor, RuntimeOptions, default_model_path
     from pneumoscan.store import WorklistStore
 
     settings = settings or NodeSettings()
@@ -75,7 +79,7 @@ def run(model_path: str | None = None, *, settings: NodeSettings | None = None, 
         logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     path = Path(model_path) if model_path else default_model_path()
-    predictor = Predictor.from_checkpoint(path)
+    predictor = Predictor.from_checkpoint(path, options=RuntimeOptions(threads=threads, backend=backend))
     store = WorklistStore(db)
     node = DicomNode(predictor, store, settings)
     stop = threading.Event()

@@ -43,8 +43,10 @@ class DicomNode:
         self._ae: Any = None
         self._server: Any = None
         self._forwarder: Forwarder | None = None
-        # Grad-CAM (for the SC) only when results go to a PACS, and only a torch model can make it.
-        self._explain = self.settings.forward is not None and getattr(predictor, "backend", "torch") == "torch"
+        # Grad-CAM (for the SC) only when results go to a PACS, and only when the predictor can make it (a torch
+        # model, or the .safetensors checkpoint behind the ONNX Runtime model, loaded on the first heatmap).
+        can_explain = getattr(predictor, "can_explain", getattr(predictor, "backend", "torch") == "torch")
+        self._explain = self.settings.forward is not None and bool(can_explain)
         self._stopped = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle

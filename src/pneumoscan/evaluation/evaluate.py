@@ -34,7 +34,7 @@ from pneumoscan.io import ImageError, read_image_context
 from pneumoscan.operating_point import training_overlap, training_overlap_text
 from pneumoscan.reference import reference_of
 from pneumoscan.scope import ScopeGate
-from pneumoscan.scoring import ScoredModel, resolve_device, score_dataset
+from pneumoscan.torch_scoring import ScoredModel, resolve_device, score_dataset
 from pneumoscan.trainset import TENSOR_PREFIX, hash_files
 from pneumoscan.utils import atomic_write_text
 
@@ -142,7 +142,8 @@ def _looks_like_kermany(source: str, records: Sequence[Record]) -> bool:
 def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
              split: str | None = None, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
              bootstrap_samples: int | None = None, bootstrap_seed: int | None = None, level: float = 0.95,
-             device: str = "auto", batch_size: int = 64, num_workers: int = 2, progress: bool = False) -> dict[str, Any]:
+             device: str = "auto", batch_size: int = 64, num_workers: int = 2, progress: bool = False,
+             backend: str = "onnx", threads: int | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoints`` on the labelled images of ``data`` (folder or CSV manifest, optional ``split``).
 
     Every model uses its own temperature and its own operating threshold from the checkpoint
@@ -150,6 +151,8 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
     the evaluated data. The first checkpoint is the reference of the comparison (DeLong's test and a paired patient
     bootstrap of the AUC difference).
     Bootstrap settings default to the first checkpoint's ``eval`` config (2,000 resamples, seed 0).
+    ``backend``: ``"onnx"`` scores with ONNX Runtime (``threads`` intra-op threads) on each checkpoint's export
+    (:mod:`pneumoscan.onnx_cache`); ``"torch"`` with torch on ``device``.
 
     Returns the dict written to ``out_dir/metrics.json``; ``report.html`` and PNG plots go beside it.
     """
@@ -159,7 +162,8 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
     out = Path(out_dir)
     index = index_dataset(data, split=split, check=False)
     records, scored, failures = score_dataset(checkpoints, list(index.records), Path(cache_dir), resolve_device(device),
-                                           batch_size, num_workers, progress)
+                                              batch_size, num_workers, progress, onnx=_exports(checkpoints, backend),
+                                              threads=threads)
     if not records:
         raise ValueError(f"{data}: no image could be decoded for every model")
     ecfg = scored[0].checkpoint.info.config.get("eval") or {}
@@ -186,6 +190,18 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
     result["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(out / "metrics.json", json.dumps(_json_safe(result), indent=2, sort_keys=False) + "\n")
     return result
+
+
+def _exports(checkpoints: Sequence[str | os.PathLike[str]], backend: str) -> list[Path] | None:
+    """The ONNX export of each checkpoint with ``backend="onnx"`` (shipped, cached or built once); None for torch."""
+    if backend == "torch":
+        return None
+    if backend != "onnx":
+        raise ValueError(f"backend must be 'onnx' or 'torch', got {backend!r}")
+    from pneumoscan.onnx_cache import open_for_checkpoint
+    from pneumoscan.utils import file_sha256
+
+    return [open_for_checkpoint(c, file_sha256(c), threads=1)[2] for c in checkpoints]
 
 
 def _scope_entry(sm: ScoredModel, records: Sequence[Record]) -> dict[str, Any]:

@@ -31,7 +31,8 @@ def uvicorn_config(app: Any, host: str, port: int, settings: ServeSettings, **kw
 
 def run(model_path: str | os.PathLike[str] | None, host: str = "127.0.0.1", port: int = 8000,
         settings: ServeSettings | None = None, *, insecure_no_auth: bool = False) -> None:
-    """Load the model once and serve the app with uvicorn until interrupted.
+    """Load the model once (``settings.backend``, ``settings.threads`` intra-op threads per request) and serve the
+    app with uvicorn until interrupted.
 
     ``settings.db`` None means the default worklist database (``worklist.db`` in the data folder).
 
@@ -41,15 +42,17 @@ def run(model_path: str | os.PathLike[str] | None, host: str = "127.0.0.1", port
     """
     import uvicorn
 
-    from pneumoscan.predict import Predictor, default_model_path
+    from pneumoscan.predict import Predictor, RuntimeOptions, default_model_path
 
     settings = settings or ServeSettings()
     check_exposure(host, settings.token, insecure_no_auth=insecure_no_auth)  # before the slow model load
     with WorklistStore(settings.db) as store:  # a database it cannot use stops it here, before the model loads
         path = Path(model_path) if model_path else default_model_path()
-        predictor = Predictor.from_checkpoint(path)
-        log.info("serving %s (%s, version %s) on http://%s:%d%s; worklist database %s (retention %s)", path,
-                 predictor.model_name, predictor.version, host, port,
+        predictor = Predictor.from_checkpoint(path, options=RuntimeOptions(threads=settings.threads,
+                                                                           backend=settings.backend))
+        log.info("serving %s (%s, version %s, %s, %d worker(s) x %d thread(s)) on http://%s:%d%s; worklist database "
+                 "%s (retention %s)", path, predictor.model_name, predictor.version, predictor.backend,
+                 settings.workers, settings.threads, host, port,
                  " with bearer-token authentication" if settings.token else "", store.where,
                  f"{settings.retention_days:g} days" if settings.retention_days else "none: kept for ever")
         app = create_app(predictor, settings, store=store)

@@ -29,6 +29,12 @@ class ServeSettings:
     max_files: int = 32
     #: Threads running decoding and inference, for all requests together; more work waits its turn.
     workers: int = 2
+    #: Intra-op threads of the model for each request in flight (ONNX Runtime's ``intra_op_num_threads``; with
+    #: torch, ``torch.set_num_threads``). One per request by default: ``workers`` requests then use ``workers``
+    #: cores, and no request's threads wait on another's.
+    threads: int = 1
+    #: The inference backend: ``"onnx"`` (ONNX Runtime, without torch until a heatmap is asked for) or ``"torch"``.
+    backend: str = "onnx"
     #: Files of one request analysed at the same time (bounded parallelism per request).
     request_parallelism: int = 2
     #: Estimated memory that decoding may use at once, all in-flight images together, in bytes. An image whose
@@ -65,13 +71,15 @@ class ServeSettings:
     retention_days: float | None = 365.0
 
     def __post_init__(self) -> None:
-        for name in ("max_request_bytes", "max_pixels", "max_files", "workers", "request_parallelism",
+        for name in ("max_request_bytes", "max_pixels", "max_files", "workers", "threads", "request_parallelism",
                      "memory_budget_bytes", "max_buffered_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServeSettings.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("header_timeout", "body_timeout", "body_deadline", "keep_alive_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ServeSettings.{name} must be positive, got {getattr(self, name)}")
+        if self.backend not in ("onnx", "torch"):
+            raise ValueError(f"ServeSettings.backend must be 'onnx' or 'torch', got {self.backend!r}")
         if self.drift_window < MIN_IMAGES:
             raise ValueError(f"ServeSettings.drift_window must be at least {MIN_IMAGES} (the fewest images a drift "
                              f"check accepts), got {self.drift_window}")

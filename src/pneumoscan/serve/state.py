@@ -80,9 +80,9 @@ def model_info(predictor: Any, model_card: str | None) -> dict[str, Any]:
     """The model's description for ``/api/v1/model``: name, version, operating point, calibration, validation
     figures, preprocessing, intended use, the disclaimer, the model card (``model_card``: Markdown, or None;
     ``model_card_html``: the same rendered by :func:`render_markdown`, or None) and where the model
-    was adapted or calibrated at a site (:func:`pneumoscan.site.provenance`: ``site_state`` "shipped" | "adapted"
+    was adapted or calibrated at a site (:func:`pneumoscan.provenance.provenance`: ``site_state`` "shipped" | "adapted"
     | "calibrated" | "adapted and calibrated", ``adaptation``, ``site_calibration``, ``provenance`` in words)."""
-    from pneumoscan.site import provenance
+    from pneumoscan.provenance import provenance
 
     info = predictor.info
     op, vm = info.operating_point, info.val_metrics

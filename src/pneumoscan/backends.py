@@ -1,0 +1,105 @@
+"""Opening a model file with a backend: ONNX Runtime (the default, without torch) or eager torch.
+
+:func:`open_model_file` is what :meth:`pneumoscan.predict.Predictor.from_checkpoint` does with a path:
+
+* an ``.onnx`` export runs with ONNX Runtime (``backend="torch"`` is refused: it has no torch weights);
+* a ``.safetensors`` checkpoint runs with ONNX Runtime on its export (:func:`pneumoscan.onnx_cache.open_for_checkpoint`:
+  the packaged ``model.onnx``, or one built once and cached), keeping the checkpoint for Grad-CAM, which loads
+  the torch model on first use (:func:`load_torch_model`);
+* with ``backend="torch"``, a checkpoint runs with torch (``torch.set_num_threads(options.threads)`` when given).
+
+The model's ``version`` is the first 12 hex digits of the SHA-256 of the file given, whichever backend runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pneumoscan.checkpoint import CheckpointError
+from pneumoscan.reference import Reference
+from pneumoscan.scoring import (
+    OnnxRunner,
+    RuntimeOptions,
+    open_onnx_session,
+    read_onnx_reference,
+)
+from pneumoscan.utils import file_sha256
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["load_torch_model", "open_model_file"]
+
+log = logging.getLogger("pneumoscan.predict")
+
+
+def open_model_file(path: str | os.PathLike[str], options: RuntimeOptions) -> dict[str, Any]:
+    """The :class:`~pneumoscan.predict.Predictor` arguments for the model file ``path`` run by ``options.backend``:
+    ``runner``, ``meta``, ``model`` (torch only), ``path``, ``version``, ``options``, ``reference``, ``checkpoint``
+    (the ``.safetensors`` Grad-CAM can load; None for an ONNX file) and ``onnx_path`` (None with torch).
+
+    Raises:
+        CheckpointError: missing, unreadable, or not a pneumoscan model file; ``"torch"`` with an ONNX file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: model file not found")
+    sha256 = file_sha256(p)
+    is_onnx = p.suffix.lower() == ".onnx"
+    if options.backend == "torch":
+        if is_onnx:
+            raise CheckpointError(f"{p}: the torch backend needs the .safetensors checkpoint; an ONNX export runs "
+                                  "with ONNX Runtime (--backend onnx)")
+        return _open_torch(p, sha256, options)
+    if is_onnx:
+        session, meta = open_onnx_session(p, threads=options.threads, inter_op_threads=options.inter_op_threads)
+        onnx_file, checkpoint = p, None
+    else:
+        from pneumoscan.onnx_cache import open_for_checkpoint
+
+        session, meta, onnx_file = open_for_checkpoint(p, sha256, threads=options.threads,
+                                                       inter_op_threads=options.inter_op_threads)
+        checkpoint = str(p)
+    props = dict(session.get_modelmeta().custom_metadata_map)
+    reference = Reference.from_checkpoint_parts(read_onnx_reference(onnx_file, props), meta.get("reference"))
+    return {"runner": OnnxRunner(session), "meta": meta, "model": None, "path": str(p), "version": sha256[:12],
+            "options": options, "reference": reference, "checkpoint": checkpoint, "onnx_path": str(onnx_file)}
+
+
+def _open_torch(p: Path, sha256: str, options: RuntimeOptions) -> dict[str, Any]:
+    from pneumoscan.checkpoint import load_checkpoint
+    from pneumoscan.reference import reference_of
+    from pneumoscan.torch_scoring import TorchRunner, model_from_checkpoint
+
+    ckpt = load_checkpoint(p)
+    model = model_from_checkpoint(ckpt)
+    return {"runner": TorchRunner(model, options), "meta": ckpt.meta, "model": model, "path": str(p),
+            "version": sha256[:12], "options": dataclasses.replace(options, backend="torch"),
+            "reference": reference_of(ckpt), "checkpoint": str(p), "onnx_path": None}
+
+
+def load_torch_model(checkpoint: str, version: str, threads: int | None) -> nn.Module:
+    """The torch model of ``checkpoint`` for Grad-CAM, loaded on first use by a predictor that runs its export: the
+    file must still be the one whose SHA-256 starts with ``version``. Its parameters never require grad (Grad-CAM
+    differentiates with respect to activations only).
+
+    Raises:
+        CheckpointError: the file changed since the predictor was built, or cannot be read.
+    """
+    import torch
+
+    from pneumoscan.torch_scoring import load_model
+
+    if version != "in-memory" and file_sha256(checkpoint)[:12] != version:
+        raise CheckpointError(f"{checkpoint}: the file changed since this model was loaded; restart to use it")
+    if threads:
+        torch.set_num_threads(threads)
+    log.info("loading the torch model of %s for Grad-CAM", checkpoint)
+    model = load_model(checkpoint)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
