@@ -237,3 +237,45 @@ def test_gallery_without_a_torch_model_shows_films_and_says_why(tmp_path):
     assert {it["decision"] for it in items} == {DECISION_WORDS["PNEUMONIA"], DECISION_WORDS["NORMAL"]}
     assert [it["score"] for it in gal["kinds"]["fp"]["items"]] == [M.score_100(0.74)] == [74.0]
     assert Path(items[0]["name"]).suffix == ".png"
+
+
+# --- in the browser -----------------------------------------------------------------------------------------------
+
+
+def test_gallery_enlarges_with_the_keyboard_in_chromium(small_report):
+    """Enter on a thumbnail opens the film and heatmap side by side, focus goes to Close, Esc shuts it and gives
+    focus back; no horizontal overflow at 390 px. Screenshots go to test-artifacts/."""
+    import os
+    import shutil
+
+    chromium = os.environ.get("PNEUMOSCAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip(f"Chromium not found at {chromium}; scripts/test.sh installs Debian's chromium")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    _, path = small_report
+    artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            for width, height in ((1440, 900), (390, 844)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                requests: list[str] = []
+                page.on("request", lambda r: requests.append(r.url))
+                page.goto(path.as_uri())
+                assert page.evaluate("document.documentElement.scrollWidth") <= width
+                first = page.locator(".gallery-item .open").first
+                first.focus()
+                page.keyboard.press("Enter")
+                box = page.locator(".lightbox:popover-open")
+                assert box.count() == 1 and box.locator("img").count() == 2
+                assert box.locator("img").nth(1).bounding_box()["width"] > 116  # enlarged
+                assert page.evaluate("document.activeElement.classList.contains('close')")
+                page.screenshot(path=str(artifacts / f"report-gallery-enlarged-{width}x{height}.png"))
+                page.keyboard.press("Escape")
+                assert page.locator(".lightbox:popover-open").count() == 0
+                assert page.evaluate("document.activeElement.classList.contains('open')")
+                assert all(u.startswith(("file:", "data:")) for u in requests)
+                page.close()
+        finally:
+            browser.close()

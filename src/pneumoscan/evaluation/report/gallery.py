@@ -127,6 +127,7 @@ def _item(uid: str, rec: Any, square: np.ndarray, heat: np.ndarray | None, prob:
         "decision": decision_words(CLASS_NAMES[int(bool(decide(prob, threshold)))]),
         "truth": CLASS_NAMES[int(rec.label)].capitalize(),
         "thumb": jpeg_uri(square, THUMB_SIDE), "large": jpeg_uri(film, LARGE_SIDE), "heat": None, "large_heat": None,
+        "heat_empty": heat is not None and not float(np.max(heat)) > 0,  # "no positive evidence" (explain.py)
     }
     if heat is not None:
         from pneumoscan.explain import render_overlay, upsample_cam
