@@ -24,7 +24,7 @@ VOID = {"img", "br", "meta", "input", "hr", "link", "source", "wbr"}
 
 
 class Node:
-    def __init__(self, tag: str, attrs: dict, parent: "Node | None"):
+    def __init__(self, tag: str, attrs: dict, parent: Node | None):
         self.tag, self.attrs, self.parent, self.children = tag, attrs, parent, []  # children: nodes and strings
 
     def iter(self):
@@ -261,7 +261,7 @@ def test_gallery_enlarges_with_the_keyboard_in_chromium(small_report):
             for width, height in ((1440, 900), (390, 844)):
                 page = browser.new_page(viewport={"width": width, "height": height})
                 requests: list[str] = []
-                page.on("request", lambda r: requests.append(r.url))
+                page.on("request", lambda r, seen=requests: seen.append(r.url))
                 page.goto(path.as_uri())
                 assert page.evaluate("document.documentElement.scrollWidth") <= width
                 first = page.locator(".gallery-item .open").first

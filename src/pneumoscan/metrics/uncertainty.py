@@ -26,7 +26,6 @@ from pneumoscan.metrics.point import (
     roc_auc,
 )
 
-
 #: ``ci_method`` values: how an interval was made.
 CI_BOOTSTRAP = "bootstrap"
 CI_EXACT = "clopper-pearson"

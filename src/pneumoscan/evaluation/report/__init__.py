@@ -21,7 +21,11 @@ from markupsafe import Markup, escape
 from pneumoscan.checkpoint import FALLBACK_THRESHOLD
 from pneumoscan.constants import DECISION_WORDS, DISCLAIMER
 from pneumoscan.evaluation.report import plots
-from pneumoscan.evaluation.report.gallery import GALLERY_SIZES, GALLERY_TITLES, build_gallery
+from pneumoscan.evaluation.report.gallery import (
+    GALLERY_SIZES,
+    GALLERY_TITLES,
+    build_gallery,
+)
 from pneumoscan.metrics import score_100
 from pneumoscan.metrics.uncertainty import CI_EXACT, CI_NO_SPREAD
 from pneumoscan.utils import atomic_write_bytes, atomic_write_text

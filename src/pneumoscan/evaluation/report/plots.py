@@ -16,8 +16,17 @@ from matplotlib.figure import Figure
 
 from pneumoscan import metrics as M
 
-__all__ = ["INSET_LABEL", "THRESHOLD_STYLE", "roc_axes", "roc_figure", "pr_figure", "confusion_figure",
-           "calibration_figure", "score_histogram", "comparison_roc"]
+__all__ = [
+    "INSET_LABEL",
+    "THRESHOLD_STYLE",
+    "calibration_figure",
+    "comparison_roc",
+    "confusion_figure",
+    "pr_figure",
+    "roc_axes",
+    "roc_figure",
+    "score_histogram",
+]
 
 #: name -> (label, colour, marker) for the thresholds drawn on every plot.
 THRESHOLD_STYLE = {
@@ -193,7 +202,7 @@ def score_histogram(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, float
     for label, name, col in ((0, "Normal", "#2e86c1"), (1, "Pneumonia", "#e67e22")):
         ax.hist(100 * p[y == label], bins=bins, alpha=0.6, color=col, label=f"{name} (n = {int(np.sum(y == label))})")
     for name, t in thresholds.items():
-        lab, col, _ = THRESHOLD_STYLE.get(name, (name, "black", "x"))
+        _, col, _ = THRESHOLD_STYLE.get(name, (name, "black", "x"))
         ax.axvline(M.score_100(t), color=col, lw=2 if name == "operating" else 1,
                    ls="-" if name == "operating" else "--", label=_label(name, t))
     ax.set(xlabel="score (probability of pneumonia x 100)", ylabel="images", xlim=(0, 100),
