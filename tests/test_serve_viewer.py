@@ -226,6 +226,16 @@ def _navigate_and_heatmap(page, names: list[str]) -> None:
     expect(dialog).to_have_attribute("data-case-index", "0")
 
 
+def _axe(page) -> list[str]:
+    """axe-core (bundled with axe-playwright-python; nothing downloaded) on the open viewer: serious and critical
+    violations, as lines."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    response = Axe().run(page, context=".pv-root").response
+    return [f"{v['id']} ({v['impact']}) {v['help']}: {[n['target'] for n in v['nodes']][:4]}"
+            for v in response["violations"] if v["impact"] in ("serious", "critical")]
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_viewer_screenshots(server, tmp_path, scheme):  # noqa: F811
     """The open viewer with the heatmap overlay, at 1440 x 900 and 390 x 844: nothing overflows, the toolbar and the
@@ -243,6 +253,7 @@ def test_viewer_screenshots(server, tmp_path, scheme):  # noqa: F811
         _ready(page)
         page.keyboard.press("h")
         expect(page.locator(".pv-pane").first.locator("canvas.pv-heatmap")).to_be_visible(timeout=20_000)
+        assert _axe(page) == []
         for width, height in ((1440, 900), (390, 844)):
             page.set_viewport_size({"width": width, "height": height})
             page.keyboard.press("0")
