@@ -3,6 +3,7 @@ stored results as cards on load, the printed per-patient report (print media and
 a card's film, strings in one place, axe-core accessibility checks over the page's states, and every screen at
 1440 x 900 and 390 x 844 in light and dark (screenshots in ``test-artifacts/serve_page_*.png``)."""
 
+# ruff: noqa: F811  (pytest fixtures imported from test_serve_e2e are parameters by name)
 from __future__ import annotations
 
 import re
