@@ -145,7 +145,7 @@
       store.pending = explain(c, "film=true" + (wantHeat ? "&heatmap=true" : ""));  // ensureHeat waits for it
       const entry = await store.pending.finally(() => { store.pending = null; });
       store.film = entry;
-      if (entry.heatmap_map) store.map = entry.heatmap_map;
+      if (entry.heatmap_map) store.map = c.heatmap_map = entry.heatmap_map;  // the page keeps it (onClose)
       else if (entry.heatmap_error && wantHeat) store.heatError = entry.heatmap_error;
     }
     const e = store.film;
@@ -312,7 +312,7 @@
         setStatus(S("heatComputing"));
         const entry = await explain(c, "film=false&heatmap=true");
         if (!entry.heatmap_map) throw new Error(store.heatError = entry.heatmap_error || "none");  // kept: it will not change
-        url = store.map = entry.heatmap_map;
+        url = store.map = c.heatmap_map = entry.heatmap_map;  // the page keeps it (onClose)
       }
       const img = await Film().loadImage(url);
       if (!v || seq !== v.seq) return;
