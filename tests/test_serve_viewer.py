@@ -58,7 +58,8 @@ def _files(tmp_path: Path) -> list[dict]:
     sample = _sample_image(tmp_path)
     dcm = dicom_bytes((synthetic_xray(420, 360, seed=7).astype(np.uint16) * 16), bits_stored=12)
     items = [(sample.name, sample.read_bytes(), "image/jpeg", True),
-             ("phantom.png", png_bytes(synthetic_xray(480, 400, seed=8)), "image/png", True),
+             # 16-bit, 12 bits used: the browser would show it black; the server stretches it as for scoring.
+             ("phantom.png", png_bytes(synthetic_xray(480, 400, seed=8).astype(np.uint16) * 16), "image/png", True),
              ("scan.dcm", dcm, "application/dicom", True),
              ("restored.png", png_bytes(synthetic_xray(300, 260, seed=9)), "image/png", False)]
     return [{"name": n, "b64": base64.b64encode(d).decode("ascii"), "type": t, "keep": k} for n, d, t, k in items]
@@ -141,6 +142,19 @@ def _zoom_changes_the_transform(page) -> None:
     page.mouse.up()
     assert _transform(page) != moved  # dragged: panned
     page.keyboard.press("0")
+    # Pinch (two touch pointers moving apart) zooms in.
+    fitted = _zoom(page)
+    page.evaluate("""() => {
+      const pane = document.querySelector(".pv-pane"), r = pane.getBoundingClientRect();
+      const cx = r.left + r.width / 2, cy = r.top + r.height / 2;
+      const fire = (type, id, x) => pane.dispatchEvent(new PointerEvent(type, { pointerId: id, pointerType: "touch",
+        clientX: x, clientY: cy, bubbles: true, cancelable: true, isPrimary: id === 1 }));
+      fire("pointerdown", 1, cx - 50); fire("pointerdown", 2, cx + 50);
+      fire("pointermove", 1, cx - 100); fire("pointermove", 2, cx + 100);
+      fire("pointerup", 1, cx - 100); fire("pointerup", 2, cx + 100);
+    }""")
+    assert _zoom(page) == pytest.approx(fitted * 2, rel=0.02)
+    page.keyboard.press("0")
 
 
 def _presets_change_the_pixels(page) -> None:
@@ -214,7 +228,11 @@ def _navigate_and_heatmap(page, names: list[str]) -> None:
     page.keyboard.press("k")
     expect(dialog).to_have_attribute("data-case-index", "0")
     # The DICOM film comes from the server (the browser cannot decode it); its heatmap too.
-    _go(page, names, 0, "scan.dcm")
+    _go(page, names, 0, "phantom.png")
+    _ready(page)
+    w, h, total = page.evaluate(_PIXELS)
+    assert (w, h) == (400, 480) and total / (w * h / 97) > 40  # not black
+    _go(page, names, names.index("phantom.png"), "scan.dcm")
     _ready(page)
     assert page.evaluate(_PIXELS)[:2] == [360, 420]
     expect(page.locator(".pv-pane").nth(1).locator("canvas.pv-heatmap")).to_be_visible(timeout=20_000)

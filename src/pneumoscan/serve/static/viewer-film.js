@@ -119,7 +119,7 @@ window.PneumoscanFilm = (function () {
 
     down(e, pane) {
       if (!this.w) return;
-      pane.setPointerCapture(e.pointerId);
+      try { pane.setPointerCapture(e.pointerId); } catch (_) { /* a synthetic pointer */ }
       this.pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
       if (this.pointers.size === 2) {
         const [p, q] = [...this.pointers.values()];
@@ -178,10 +178,18 @@ window.PneumoscanFilm = (function () {
     });
   }
 
-  // A JPEG or PNG File decoded by the browser: { img, url } (revoke the url when done), else null (DICOM).
+  // A 16-bit PNG: the browser keeps its top 8 bits (a film that uses 12 of 16 bits looks black); the server
+  // stretches its own range, as for scoring. The bit depth is byte 24 of a PNG (in its IHDR chunk).
+  async function deepPng(file) {
+    const head = new Uint8Array(await file.slice(0, 26).arrayBuffer());
+    return head.length === 26 && head[1] === 0x50 && head[2] === 0x4e && head[3] === 0x47 && head[24] === 16;
+  }
+
+  // A JPEG or 8-bit PNG File decoded by the browser: { img, url } (revoke the url when done), else null (DICOM,
+  // 16-bit PNG: the server decodes those).
   async function fileImage(file) {
     const readable = /^image\/(jpeg|png)$/.test(file.type) || (!file.type && /\.(jpe?g|png)$/i.test(file.name || ""));
-    if (!readable) return null;
+    if (!readable || await deepPng(file)) return null;
     const url = URL.createObjectURL(file);
     try {
       return { img: await loadImage(url), url };
