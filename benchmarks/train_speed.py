@@ -82,8 +82,10 @@ def _setup(args: argparse.Namespace, variant: str) -> tuple[Any, Any, Any, Any]:
     return cfg, data, _build(cfg, data, d), d
 
 
-def _steps(cfg: Any, data: Any, parts: Any, net: Any, n: int, epoch: int = 1) -> list[tuple[float, int]]:
-    """(seconds, minor page faults) of each of the first ``n`` steps of ``epoch``, synchronised on CUDA."""
+def _steps(cfg: Any, data: Any, parts: Any, net: Any, n: int, epoch: int = 1,
+           sync: bool = True) -> list[tuple[float, int]]:
+    """(seconds, minor page faults) of each of the first ``n`` steps of ``epoch``, each synchronised on CUDA when
+    ``sync`` (off for whole epochs: a plain loop does not wait for the device between steps)."""
     import torch
 
     from pneumoscan.training.distributed import Dist
@@ -100,7 +102,7 @@ def _steps(cfg: Any, data: Any, parts: Any, net: Any, n: int, epoch: int = 1) ->
         loss, logits = train_step(net, parts.model, parts.criterion, parts.optimizer, parts.ema, x,
                                   parts.source.labels(rows), parts.opts)
         tally.add(loss, logits, data.labels[rows])
-        if parts.opts.device.type == "cuda":
+        if sync and parts.opts.device.type == "cuda":
             torch.cuda.synchronize()
         out.append((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0))
     tally.totals()
@@ -143,7 +145,7 @@ def gpu_epochs(args: argparse.Namespace) -> dict[str, Any]:
     per_epoch = []
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        _steps(cfg, data, parts, parts.model, n_steps + 1, epoch=epoch)
+        _steps(cfg, data, parts, parts.model, n_steps + 1, epoch=epoch, sync=False)
         torch.cuda.synchronize()
         per_epoch.append(time.perf_counter() - t0)
     return {"device": torch.cuda.get_device_name(), "epochs": args.epochs, "epoch_s": per_epoch,
