@@ -56,13 +56,14 @@ def open_model_file(path: str | os.PathLike[str], options: RuntimeOptions) -> di
                                   "with ONNX Runtime (--backend onnx)")
         return _open_torch(p, sha256, options)
     if is_onnx:
-        session, meta = open_onnx_session(p, threads=options.threads, inter_op_threads=options.inter_op_threads)
+        session, meta = open_onnx_session(p, threads=options.threads, inter_op_threads=options.inter_op_threads,
+                                          spin=options.spin)
         onnx_file, checkpoint = p, None
     else:
         from pneumoscan.onnx_cache import open_for_checkpoint
 
         session, meta, onnx_file = open_for_checkpoint(p, sha256, threads=options.threads,
-                                                       inter_op_threads=options.inter_op_threads)
+                                                       inter_op_threads=options.inter_op_threads, spin=options.spin)
         checkpoint = str(p)
     props = dict(session.get_modelmeta().custom_metadata_map)
     reference = Reference.from_checkpoint_parts(read_onnx_reference(onnx_file, props), meta.get("reference"))

@@ -46,13 +46,13 @@ def _checkpoint_sha(session: Any) -> str:
     return str(dict(session.get_modelmeta().custom_metadata_map).get(CHECKPOINT_SHA256_KEY, ""))
 
 
-def _try_open(path: Path, sha256: str, threads: int | None,
-              inter_op_threads: int | None) -> tuple[Any, dict[str, Any]] | None:
+def _try_open(path: Path, sha256: str, threads: int | None, inter_op_threads: int | None,
+              spin: bool) -> tuple[Any, dict[str, Any]] | None:
     """The session and metadata of ``path`` when it is an export of the checkpoint ``sha256``; else None."""
     if not path.is_file():
         return None
     try:
-        session, meta = open_onnx_session(path, threads=threads, inter_op_threads=inter_op_threads)
+        session, meta = open_onnx_session(path, threads=threads, inter_op_threads=inter_op_threads, spin=spin)
     except CheckpointError as exc:
         log.info("not using %s: %s", path, exc)
         return None
@@ -121,7 +121,7 @@ def build(checkpoint: str | os.PathLike[str], sha256: str) -> Path:
 
 
 def open_for_checkpoint(checkpoint: str | os.PathLike[str], sha256: str, *, threads: int | None = None,
-                        inter_op_threads: int | None = 1) -> tuple[Any, dict[str, Any], Path]:
+                        inter_op_threads: int | None = 1, spin: bool = False) -> tuple[Any, dict[str, Any], Path]:
     """An ONNX Runtime session of the checkpoint whose file has SHA-256 ``sha256``: ``(session, metadata, the
     .onnx used)``, from the export beside it, the cache, or a new export into the cache (see the module doc).
 
@@ -130,11 +130,11 @@ def open_for_checkpoint(checkpoint: str | os.PathLike[str], sha256: str, *, thre
     """
     ckpt = Path(checkpoint)
     for candidate in (ckpt.with_suffix(".onnx"), cache_dir() / f"{sha256}.onnx"):
-        found = _try_open(candidate, sha256, threads, inter_op_threads)
+        found = _try_open(candidate, sha256, threads, inter_op_threads, spin)
         if found is not None:
             return (*found, candidate)
     built = build(ckpt, sha256)
-    found = _try_open(built, sha256, threads, inter_op_threads)
+    found = _try_open(built, sha256, threads, inter_op_threads, spin)
     if found is None:
         raise CheckpointError(f"{built}: the ONNX export just made of {ckpt} cannot be opened")
     return (*found, built)

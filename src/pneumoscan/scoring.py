@@ -87,6 +87,9 @@ class RuntimeOptions:
         backend: ``"onnx"`` (ONNX Runtime) or ``"torch"``; see :data:`BACKENDS`.
         overlap: in :meth:`Predictor.score_files`, decode the next images while the model runs (a bounded
             producer/consumer pipeline); off: decode a batch, then score it.
+        spin: let ONNX Runtime's intra-op threads spin while waiting for work (its own default). Off here: on a
+            busy machine, and while decoding threads share the cores, spinning threads take the CPU the others need
+            (measured 1.6x slower batches under load, ``benchmarks/inference.py``).
     """
 
     threads: int | None = None
@@ -97,6 +100,7 @@ class RuntimeOptions:
     batch_size: int = 32
     backend: str = DEFAULT_BACKEND
     overlap: bool = True
+    spin: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -163,12 +167,13 @@ def _parse_meta(path: str | os.PathLike[str], props: dict[str, str]) -> dict[str
     return parse_meta(props[META_KEY], path, kind="ONNX pneumoscan", check_format=True, required=("model", "preprocessing"))
 
 
-def open_onnx_session(path: str | os.PathLike[str], *, threads: int | None = None,
-                      inter_op_threads: int | None = 1) -> tuple[Any, dict[str, Any]]:
+def open_onnx_session(path: str | os.PathLike[str], *, threads: int | None = None, inter_op_threads: int | None = 1,
+                      spin: bool = False) -> tuple[Any, dict[str, Any]]:
     """Open an export on the CPU with onnxruntime; return ``(InferenceSession, metadata)``.
 
     ``threads``: intra-op threads (None: one per CPU core; 0: onnxruntime's default); ``inter_op_threads``:
-    None keeps onnxruntime's default. ``InferenceSession.run`` is thread-safe, so one session can serve many threads.
+    None keeps onnxruntime's default; ``spin``: whether idle intra-op threads spin (see :class:`RuntimeOptions`).
+    ``InferenceSession.run`` is thread-safe, so one session can serve many threads.
     With one intra-op thread a run computes on its calling thread only (what a server with one thread per
     request wants).
 
@@ -182,6 +187,8 @@ def open_onnx_session(path: str | os.PathLike[str], *, threads: int | None = Non
         opts.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
     if inter_op_threads:
         opts.inter_op_num_threads = int(inter_op_threads)
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        opts.add_session_config_entry(key, "1" if spin else "0")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
