@@ -92,8 +92,8 @@ def test_an_unexpected_error_is_that_files_entry_only(predictor):
 
 def test_token_guards_every_patient_data_route(predictor):
     client = TestClient(create_app(predictor, ServeSettings(token=TOKEN)))
-    for method, url in (("get", "/api/v1/model"), ("post", "/api/v1/predict"), ("get", "/api/v1/drift"),
-                        ("get", "/api/v1/worklist"), ("get", "/api/v1/worklist/1"),
+    for method, url in (("get", "/api/v1/model"), ("post", "/api/v1/predict"), ("post", "/api/v1/explain"),
+                        ("get", "/api/v1/drift"), ("get", "/api/v1/worklist"), ("get", "/api/v1/worklist/1"),
                         ("post", "/api/v1/worklist/1/review"), ("get", "/api/v1/audit")):
         r = getattr(client, method)(url)
         assert r.status_code == 401, (url, r.status_code)

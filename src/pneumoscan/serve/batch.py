@@ -20,7 +20,7 @@ from pneumoscan.io import (
     read_image_info,
     sniff_format,
 )
-from pneumoscan.serve.analysis import Cancelled, analyse
+from pneumoscan.serve.analysis import Cancelled, analyse, can_explain
 from pneumoscan.serve.budget import BudgetExceeded, estimate_decode_bytes
 from pneumoscan.serve.record import record
 from pneumoscan.serve.security import log_id
@@ -53,7 +53,7 @@ async def _analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool
             await anyio.to_thread.run_sync(state.uploads.save, data, fmt)
         info = await anyio.to_thread.run_sync(
             lambda: read_image_info(data, name=name, max_pixels=settings.max_pixels))
-        need = estimate_decode_bytes(info, heatmap=heatmap and predictor.backend == "torch")
+        need = estimate_decode_bytes(info, heatmap=heatmap and can_explain(predictor))
         async with state.budget.reserve(need):
             entry = await anyio.to_thread.run_sync(
                 lambda: analyse(predictor, name, data, heatmap=heatmap, want_preview=want_preview,
@@ -73,7 +73,7 @@ async def _analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool
                          f"{settings.memory_budget_bytes / _MIB:,.0f} MiB. Downscale it and send it again"}, 413
     except Cancelled:
         return {"filename": name, "ok": False, "error": f"{name}: cancelled, the client disconnected"}, 499
-    except Exception as exc:  # noqa: BLE001 - one file's failure must never cost the others their results
+    except Exception as exc:  # one file's failure must never cost the others their results
         log.error("%s: internal error while analysing (%s)", log_id(name), type(exc).__name__,
                   exc_info=log.isEnabledFor(logging.DEBUG))
         return {"filename": name, "ok": False,
