@@ -190,7 +190,7 @@ class Server:
     """``python -m pneumoscan serve`` in a subprocess; a context manager that always stops it."""
 
     def __init__(self, model: str, workers: int | None, threads: int | None, log_path: Path,
-                 startup_timeout: float) -> None:
+                 startup_timeout: float, backend: str | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -199,9 +199,11 @@ class Server:
                     "--port", str(self.port)]
         if workers is not None:
             self.cmd += ["--workers", str(workers)]
+        if threads is not None:  # the model's intra-op threads per request, for either backend
+            self.cmd += ["--threads", str(threads)]
+        if backend is not None:
+            self.cmd += ["--backend", backend]
         self.env = dict(os.environ)
-        if threads is not None:  # torch's intra-op thread count (the CLI has no option for it)
-            self.env["OMP_NUM_THREADS"] = self.env["MKL_NUM_THREADS"] = str(threads)
         self.proc: subprocess.Popen[bytes] | None = None
         self.health: dict[str, Any] = {}
 
@@ -326,10 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="untimed requests before each level")
     parser.add_argument("--model", help="checkpoint (.safetensors) or ONNX export (default: $PNEUMOSCAN_MODEL, "
                         "else the shipped model)")
-    parser.add_argument("--workers", type=int, help="the server's inference threads (`pneumoscan serve --workers`; "
-                        "default: the CLI's default, 2)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads in the server, via OMP_NUM_THREADS "
-                        "(the CLI has no option for it; default: inherited, i.e. one per core)")
+    parser.add_argument("--workers", type=int, help="requests the server scores at once (`pneumoscan serve "
+                        "--workers`; default: the CLI's, one per core, at least 2)")
+    parser.add_argument("--backend", choices=("onnx", "torch"), help="the server's inference backend "
+                        "(`pneumoscan serve --backend`; default: the CLI's, onnx)")
+    parser.add_argument("--threads", type=int, help="the model's intra-op threads per request in the server "
+                        "(`pneumoscan serve --threads`, ONNX Runtime's or torch's; default: the CLI's, 1)")
     parser.add_argument("--heatmap", action="store_true", help="ask for Grad-CAM heatmaps (?heatmap=true)")
     parser.add_argument("--preview", action="store_true", help="ask for previews (?preview=true)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request before it is an error")
@@ -356,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pneumoscan-bench-") as tmpdir:
         tmp = Path(tmpdir)
         images, source = load_samples(tmp)
-        with Server(model, args.workers, args.threads, tmp / "server.log", args.startup_timeout) as server:
+        with Server(model, args.workers, args.threads, tmp / "server.log", args.startup_timeout,
+                    args.backend) as server:
             pid = server.proc.pid if server.proc else 0
             rss_loaded = _proc_status(pid, "VmRSS")
             print(f"server pid {pid} at {server.url}: {server.health}; rss after start {rss_loaded} MiB; "
@@ -380,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                     "httpx": httpx.__version__, "loadavg_1_5_15_before": load_before,
                     "loadavg_1_5_15_after": os.getloadavg()},
         "settings": {"requests": args.requests, "concurrency": args.concurrency, "warmup": args.warmup,
-                     "model": model, "workers": args.workers, "threads": args.threads,
+                     "model": model, "workers": args.workers, "threads": args.threads, "backend": args.backend,
                      "endpoint": "POST /api/v1/predict" + query, "files_per_request": 1,
                      "timeout_s": args.timeout, "samples": source, "n_samples": len(images),
                      "sample_bytes_mean": round(sum(sizes) / len(sizes)), "server_cmd": server.cmd[1:]},
