@@ -1,8 +1,9 @@
 """Inference speed of ``pneumoscan predict``'s path: ONNX Runtime (the default) against ``--backend torch``, with
 decoding overlapped with the model and without, as ratios measured in one process (issue 18's targets).
 
-Measured, each configuration a :class:`~pneumoscan.predict.Predictor` built once from the shipped model, timed in
-interleaved rounds (every configuration once per round, so that a change in the background load hits all alike):
+Measured, each configuration a :class:`~pneumoscan.predict.Predictor` of the shipped model in a fresh process
+(so that no backend's idle threads disturb another's), every configuration once per round, rounds interleaved (a
+change in the background load hits all alike):
 
 * ``small``: ``Predictor.score_files`` over N small images (the 224 x 224 training JPEGs; default 500), batch 32:
   images per second; target: the default >= 2x ``--backend torch``;
@@ -62,56 +63,64 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def _predictors(threads: int | None) -> dict[str, Any]:
-    from pneumoscan.predict import PACKAGED_MODEL, Predictor, RuntimeOptions
-
-    return {name: Predictor.from_checkpoint(PACKAGED_MODEL, options=RuntimeOptions(threads=threads, **cfg))
-            for name, cfg in CONFIGS.items()}
-
-
-def _throughput(preds: dict[str, Any], files: list[str], rounds: int, batch: int) -> dict[str, Any]:
-    """Images per second of ``score_files`` per configuration, interleaved by round; medians and every round."""
-    for p in preds.values():  # warm-up: sessions, pools, first allocations
-        p.score_files(files[: min(len(files), batch)], batch_size=batch)
-    per: dict[str, list[float]] = {name: [] for name in preds}
-    for _ in range(rounds):
-        for name, p in preds.items():
-            t0 = time.perf_counter()
-            results = p.score_files(files, batch_size=batch)
-            per[name].append(len(files) / (time.perf_counter() - t0))
-            assert all(r.probability is not None for r in results), "a benchmark image could not be read"
-    return {"images": len(files), "batch_size": batch,
-            "images_per_s": {k: round(statistics.median(v), 1) for k, v in per.items()},
-            "rounds_images_per_s": {k: [round(x, 1) for x in v] for k, v in per.items()}}
-
-
-def _single(preds: dict[str, Any], films: list[str], reps: int) -> dict[str, Any]:
-    """One film end to end (``score_files([path])``) and the model call alone, p50/p95 in ms, interleaved."""
+def _child(config: str, threads: int | None, small: list[str], films: list[str], batch: int,
+           single_reps: int) -> dict[str, Any]:
+    """One configuration in this (fresh) process: warm up, then small-image and full-resolution throughput
+    (``score_files``, images per second), one film end to end and the model call alone (ms per call)."""
     import numpy as np
 
-    names = [n for n in preds if n in ("onnx", "onnx-spin", "torch")]
-    e2e: dict[str, list[float]] = {n: [] for n in names}
-    model: dict[str, list[float]] = {n: [] for n in names}
-    x = None
-    for n in names:
-        p = preds[n]
-        x = p._input_batch([np.full((p.preprocessing.image_size,) * 2, 128, np.uint8)])
-        p.score_files(films[:2], batch_size=1)
+    from pneumoscan.predict import PACKAGED_MODEL, Predictor, RuntimeOptions
+
+    p = Predictor.from_checkpoint(PACKAGED_MODEL, options=RuntimeOptions(threads=threads, **CONFIGS[config]))
+    p.score_files(films[:batch], batch_size=batch)  # warm-up: session, pool, first allocations
+    p.score_files(small[:batch], batch_size=batch)
+    out: dict[str, Any] = {}
+    for name, files in (("small", small), ("fullres", films)):
+        t0 = time.perf_counter()
+        results = p.score_files(files, batch_size=batch)
+        out[name] = len(files) / (time.perf_counter() - t0)
+        assert all(r.probability is not None for r in results), "a benchmark image could not be read"
+    x = p._input_batch([np.full((p.preprocessing.image_size,) * 2, 128, np.uint8)])
+    e2e, model = [], []
+    for i in range(single_reps):
+        t0 = time.perf_counter()
+        p.score_files([films[i % len(films)]], batch_size=1)
+        t1 = time.perf_counter()
         p._runner(x)
-    for i in range(reps):
-        for n in names:
-            p, film = preds[n], films[i % len(films)]
-            t0 = time.perf_counter()
-            p.score_files([film], batch_size=1)
-            t1 = time.perf_counter()
-            p._runner(x)
-            t2 = time.perf_counter()
-            e2e[n].append(1e3 * (t1 - t0))
-            model[n].append(1e3 * (t2 - t1))
-    return {"reps": reps,
-            "e2e_ms": {n: {"p50": round(statistics.median(v), 2), "p95": round(_pct(v, 0.95), 2)} for n, v in e2e.items()},
-            "model_ms": {n: {"p50": round(statistics.median(v), 2), "p95": round(_pct(v, 0.95), 2)}
-                         for n, v in model.items()}}
+        model.append(1e3 * (time.perf_counter() - t1))
+        e2e.append(1e3 * (t1 - t0))
+    out["single_e2e_ms"] = statistics.median(e2e)
+    out["single_e2e_p95_ms"] = _pct(e2e, 0.95)
+    out["model_single_ms"] = statistics.median(model)
+    return out
+
+
+def _rounds(args: argparse.Namespace, small: list[str], films: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every configuration once per round, each in a fresh process (so that no backend's idle threads or
+    allocations disturb another's), rounds interleaved."""
+    job = {"threads": args.threads, "small": small, "films": films, "batch": args.batch_size,
+           "single_reps": args.single_reps}
+    per: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
+    for r in range(args.rounds):
+        for name in CONFIGS:
+            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({**job, "config": name})],
+                                  capture_output=True, text=True, cwd=REPO, check=True)
+            per[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"round {r + 1}/{args.rounds} {name}: {per[name][-1]}", flush=True)
+    return per
+
+
+def _summaries(per: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    med = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in per.items()}
+    return {
+        "small": {"images_per_s": {n: round(m["small"], 1) for n, m in med.items()},
+                  "rounds_images_per_s": {n: [round(r["small"], 1) for r in runs] for n, runs in per.items()}},
+        "fullres": {"images_per_s": {n: round(m["fullres"], 1) for n, m in med.items()},
+                    "rounds_images_per_s": {n: [round(r["fullres"], 1) for r in runs] for n, runs in per.items()}},
+        "single": {"e2e_ms": {n: {"p50": round(m["single_e2e_ms"], 2), "p95": round(m["single_e2e_p95_ms"], 2)}
+                              for n, m in med.items()},
+                   "model_ms": {n: {"p50": round(m["model_single_ms"], 2)} for n, m in med.items()}},
+    }
 
 
 def _cli(film: str, reps: int) -> dict[str, Any]:
@@ -182,7 +191,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads, both backends")
     parser.add_argument("--quick", action="store_true", help="a short run: 2 rounds, 20 single reps, 1 CLI rep")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        job = json.loads(args.child)
+        print(json.dumps(_child(job["config"], job["threads"], job["small"], job["films"], job["batch"],
+                                job["single_reps"])))
+        return {}
     if args.quick:
         args.rounds, args.single_reps, args.cli_reps = 2, 20, 1
     for folder in (args.small, args.fullres):
@@ -196,11 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     small, films = _files(args.small, args.small_n), _files(args.fullres, None)
     started, load_before = time.time(), os.getloadavg()
-    preds = _predictors(args.threads)
     doc: dict[str, Any] = {"benchmark": "inference", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    doc["small"] = _throughput(preds, small, args.rounds, args.batch_size)
-    doc["fullres"] = _throughput(preds, films, args.rounds, args.batch_size)
-    doc["single"] = _single(preds, films, args.single_reps)
+    doc.update(_summaries(_rounds(args, small, films)))
     doc["cli"] = _cli(films[0], args.cli_reps)
     doc["ratios"] = _ratios(doc)
     doc["targets"] = _targets(doc)
@@ -209,10 +221,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       "torch_threads": torch.get_num_threads(), "loadavg_1_5_15_before": load_before,
                       "loadavg_1_5_15_after": os.getloadavg()}
     doc["settings"] = {"configs": CONFIGS, "rounds": args.rounds, "threads": args.threads,
+                       "single_reps": args.single_reps, "batch_size": args.batch_size,
                        "small": f"{len(small)} images from {args.small}", "fullres": f"{len(films)} films from "
                        f"{args.fullres}", "seconds": round(time.time() - started, 1)}
-    doc["note"] = ("Every configuration is the shipped model in one process, timed in interleaved rounds; medians. "
-                   "Quote ratios from one run: this machine is shared (see the load average).")
+    doc["note"] = ("Every configuration is the shipped model in a fresh process per round, rounds interleaved; "
+                   "medians over rounds. Quote ratios from one run: this machine is shared (see the load average).")
     atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n")
     print(json.dumps({k: doc[k] for k in ("ratios", "targets")}, indent=1))
     print(f"small img/s {doc['small']['images_per_s']}; fullres img/s {doc['fullres']['images_per_s']}; single "

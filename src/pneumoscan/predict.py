@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,13 @@ from pneumoscan.constants import DISCLAIMER
 from pneumoscan.drift import DriftCheck, DriftResult
 from pneumoscan.errors import HeatmapUnavailableError, ModelNotFoundError
 from pneumoscan.io import ImageContext
-from pneumoscan.predict_files import FileResult, ImageInput, decode_item, score_files
+from pneumoscan.predict_files import (
+    FileResult,
+    ImageInput,
+    as_list,
+    decode_item,
+    score_files,
+)
 from pneumoscan.preprocessing import resize_for_model, to_model_array
 from pneumoscan.reference import Reference, intensity_descriptors
 from pneumoscan.scope import ADULT_AGE_YEARS, OUT_OF_SCOPE, ScopeGate, ScopeResult
@@ -53,9 +59,10 @@ from pneumoscan.scoring import RuntimeOptions, decide, decision_label, expit
 if TYPE_CHECKING:  # torch is loaded only for --backend torch, Grad-CAM and in-memory models
     from torch import nn
 
+#: (``load_model`` and ``model_from_checkpoint`` are importable from here too, loading torch on first use.)
 __all__ = [
     "DISCLAIMER", "MODEL_ENV_VAR", "PACKAGED_MODEL", "FileResult", "HeatmapUnavailableError", "ModelNotFoundError",
-    "Prediction", "Predictor", "RuntimeOptions", "default_model_path", "load_model", "model_from_checkpoint",
+    "Prediction", "Predictor", "RuntimeOptions", "default_model_path",
 ]
 
 
@@ -223,7 +230,7 @@ class Predictor:
         Raises:
             ImageError: an image cannot be decoded (use :meth:`score_files` to skip bad files instead).
         """
-        items = _as_list(images)
+        items = as_list(images)
         out = np.empty(len(items), dtype=np.float64)
         step = max(1, self.options.batch_size)
         for start in range(0, len(items), step):
@@ -237,7 +244,7 @@ class Predictor:
         Raises:
             ImageError: an image cannot be decoded.
         """
-        items = _as_list(images)
+        items = as_list(images)
         out: list[Prediction] = []
         step = max(1, self.options.batch_size)
         for start in range(0, len(items), step):
@@ -415,20 +422,3 @@ class Predictor:
             maps += [upsample_cam(low[i], g.shape) for i, g in enumerate(part)]
             feats += list(pooled.numpy())
         return np.concatenate(probs), maps, feats
-
-
-def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
-    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)):
-        return [images]
-    if isinstance(images, np.ndarray):
-        if images.ndim == 2:
-            return [images]
-        if images.ndim == 3 and images.shape[-1] in (3, 4):
-            raise ValueError(f"array of shape {images.shape} looks like a colour image (H, W, C); pass grayscale "
-                             "(H, W) uint8, e.g. from pneumoscan.io.read_image, or a batch (N, H, W)")
-        if images.ndim == 3:
-            return list(images)
-        raise ValueError(f"an image array must be (H, W) or a batch (N, H, W), got shape {images.shape}")
-    if isinstance(images, Iterable):
-        return list(images)
-    raise TypeError(f"images must be paths, bytes or uint8 arrays, got {type(images).__name__}")

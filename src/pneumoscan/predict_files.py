@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from pneumoscan.preprocessing import Preprocessing, resize_for_model
 from pneumoscan.reference import intensity_descriptors
 from pneumoscan.scope import ScopeResult
 
-__all__ = ["Decoded", "FileResult", "ImageInput", "decode_item", "score_files"]
+__all__ = ["Decoded", "FileResult", "ImageInput", "as_list", "decode_item", "score_files"]
 
 log = logging.getLogger("pneumoscan.predict")
 
@@ -95,6 +95,24 @@ def _decoded_batches(pred: Any, items: list[str], step: int, *, resize: bool) ->
             yield n * step, batch
     finally:
         stream.close()
+
+
+def as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """One image or a sequence of them (a ``(N, H, W)`` array is N images) as a list of inputs."""
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 2:
+            return [images]
+        if images.ndim == 3 and images.shape[-1] in (3, 4):
+            raise ValueError(f"array of shape {images.shape} looks like a colour image (H, W, C); pass grayscale "
+                             "(H, W) uint8, e.g. from pneumoscan.io.read_image, or a batch (N, H, W)")
+        if images.ndim == 3:
+            return list(images)
+        raise ValueError(f"an image array must be (H, W) or a batch (N, H, W), got shape {images.shape}")
+    if isinstance(images, Iterable):
+        return list(images)
+    raise TypeError(f"images must be paths, bytes or uint8 arrays, got {type(images).__name__}")
 
 
 def decode_item(item: ImageInput, spec: Preprocessing | None, *, raise_errors: bool) -> Decoded:
