@@ -160,9 +160,10 @@ def _ratios(doc: dict[str, Any]) -> dict[str, Any]:
         "small_no_spin_over_spin": round(small["onnx"] / small["onnx-spin"], 2),
         "single_e2e_torch_over_default": round(single["torch"]["p50"] / single["onnx"]["p50"], 2),
     }
-    per_round = [a / b for a, b in zip(doc["small"]["rounds_images_per_s"]["onnx"],
-                                       doc["small"]["rounds_images_per_s"]["torch"])]
-    out["small_default_over_torch_per_round"] = [round(r, 2) for r in per_round]
+    for task, a, b in (("small", "onnx", "torch"), ("fullres", "onnx", "torch"), ("small", "onnx", "onnx-no-overlap"),
+                       ("fullres", "onnx", "onnx-no-overlap"), ("fullres", "onnx", "onnx-spin")):
+        rounds = doc[task]["rounds_images_per_s"]
+        out[f"{task}_{a}_over_{b}_per_round"] = [round(x / y, 2) for x, y in zip(rounds[a], rounds[b])]
     return out
 
 
