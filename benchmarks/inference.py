@@ -5,7 +5,7 @@ Measured, each configuration a :class:`~pneumoscan.predict.Predictor` of the shi
 (so that no backend's idle threads disturb another's), every configuration once per round, rounds interleaved (a
 change in the background load hits all alike):
 
-* ``small``: ``Predictor.score_files`` over N small images (the 224 x 224 training JPEGs; default 500), batch 32:
+* ``small``: ``Predictor.score_files`` over N small images (the 224 x 224 training JPEGs; default 500), batch 64:
   images per second; target: the default >= 2x ``--backend torch``;
 * ``fullres``: the same over the full-resolution films (``../shared/data/fullres_samples``, 40): images per second;
   target: >= 150 img/s batched;
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every configuration")
     parser.add_argument("--single-reps", type=int, default=60)
     parser.add_argument("--cli-reps", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (predict's default)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads, both backends")
     parser.add_argument("--quick", action="store_true", help="a short run: 2 rounds, 20 single reps, 1 CLI rep")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json")

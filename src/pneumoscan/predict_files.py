@@ -22,9 +22,12 @@ from pneumoscan.preprocessing import Preprocessing, resize_for_model
 from pneumoscan.reference import intensity_descriptors
 from pneumoscan.scope import ScopeResult
 
-__all__ = ["Decoded", "FileResult", "ImageInput", "as_list", "decode_item", "score_files"]
+__all__ = ["HEATMAP_BATCH", "Decoded", "FileResult", "ImageInput", "as_list", "decode_item", "score_files"]
 
 log = logging.getLogger("pneumoscan.predict")
+
+#: The most full-size films a heatmap batch holds at once (Grad-CAM overlays need each film at its own size).
+HEATMAP_BATCH = 16
 
 #: An image given as a file path, the file's bytes, or an already-decoded ``(H, W) uint8`` array.
 ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray
@@ -61,14 +64,14 @@ class FileResult:
 
 
 
-def score_files(pred: Any, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 16, progress: bool = False,
+def score_files(pred: Any, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 64, progress: bool = False,
                 heatmaps: str | os.PathLike[str] | None = None, save_raw: bool = False) -> list[FileResult]:
     """:meth:`pneumoscan.predict.Predictor.score_files` (see there) for the predictor ``pred``."""
     from tqdm import tqdm
 
     stems = _prepare_heatmaps(pred, paths, heatmaps)
     items = [str(p) for p in paths]
-    step = max(1, batch_size)
+    step = max(1, batch_size if heatmaps is None else min(batch_size, HEATMAP_BATCH))
     results: list[FileResult] = []
     with tqdm(total=len(items), unit="img", desc="predict", disable=None if progress else True) as bar:
         for start, decoded in _decoded_batches(pred, items, step, resize=heatmaps is None):

@@ -97,7 +97,7 @@ class RuntimeOptions:
     channels_last: bool = True
     inference_mode: bool = True
     decode_workers: int = 2
-    batch_size: int = 32
+    batch_size: int = 64
     backend: str = DEFAULT_BACKEND
     overlap: bool = True
     spin: bool = False

@@ -29,7 +29,7 @@ def predict_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the worklist to this .csv or .json file (instead of printing it).")] = None,
     heatmaps: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay <stem>_gradcam.png per image into this folder (needs a .safetensors model).")] = None,
     save_raw: Annotated[bool, typer.Option("--save-raw", help="With --heatmaps, also save each raw map (float32, image size) as <stem>_gradcam.npy.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass (with --heatmaps at most 16 full-size films are held at once).")] = 64,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for the model, with either backend (default: all cores; 1 is faster on a busy machine).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help=BACKEND_HELP)] = Backend.onnx,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
