@@ -26,7 +26,7 @@ def shipped_predictions(samples: Path) -> dict[str, str]:
     from pneumoscan.predict import PACKAGED_MODEL, Predictor
 
     files = sorted(p for p in samples.rglob("*") if p.is_file() and not p.name.startswith("."))
-    results = Predictor.from_checkpoint(PACKAGED_MODEL).score_files(files, batch_size=16)
+    results = Predictor.from_checkpoint(PACKAGED_MODEL, backend="torch").score_files(files, batch_size=16)
     return {str(Path(r.path).relative_to(samples)): float(r.probability).hex() for r in results}
 
 

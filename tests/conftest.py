@@ -55,3 +55,17 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from modelfactory import make_checkpoint
 
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", threshold=0.5, temperature=1.0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """The ONNX exports the tests' own checkpoints get (``pneumoscan.onnx_cache``) go to a temporary folder, never
+    the user's ``~/.cache`` (subprocesses inherit it); a cache the caller chose is kept."""
+    if os.environ.get("PNEUMOSCAN_ONNX_CACHE", "").strip():
+        yield
+        return
+    os.environ["PNEUMOSCAN_ONNX_CACHE"] = str(tmp_path_factory.mktemp("onnx-cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("PNEUMOSCAN_ONNX_CACHE", None)

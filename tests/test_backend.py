@@ -305,10 +305,15 @@ def test_backends_agree_within_1e_5_on_the_shared_samples(shared_data_root):
     assert [r.in_scope for r in a] == [r.in_scope for r in b]
 
 
-def test_provenance_without_torch_says_what_site_says():
+def test_provenance_without_torch_is_the_one_site_reexports():
     from pneumoscan import provenance, site
 
+    assert site.provenance is provenance.provenance and site.site_state is provenance.site_state
     meta = {"adaptation": {"date": "2026-01-02T00:00:00Z", "n_images": 3, "parent_model_sha256": "ab" * 32},
             "site_calibration": {"n_images": 60, "threshold": 0.31, "date": "2026-02-03"}}
-    for m in ({}, meta, {"site_calibration": {"created": "2026-03-04"}}):
-        assert provenance.provenance(m) == site.provenance(m)
+    out = provenance.provenance(meta)
+    assert out["site_state"] == "adapted and calibrated"
+    assert out["provenance"] == ("Model adapted at this site on 2026-01-02 from 3 films (parent abababababab); "
+                                 "threshold calibrated at this site on 2026-02-03 on 60 labelled films "
+                                 "(threshold 0.310)")
+    assert provenance.provenance({})["site_state"] == "shipped" and provenance.provenance_line({}) == ""

@@ -184,8 +184,10 @@ def test_checkpoint_without_operating_point_falls_back_to_half(world, tmp_path):
 
 def test_evaluating_the_validation_split_warns(world, tmp_path):
     run = world["runs"][0]
+    # torch: the check below compares with training's own validation summary, made with torch; the stored threshold
+    # sits exactly on one validation film's score, so ONNX Runtime's 1e-7 difference could flip that one film.
     result = evaluate([run / "best.safetensors"], run / "split.csv", tmp_path / "out", split="val",
-                      cache_dir=world["cache"], bootstrap_samples=200)
+                      cache_dir=world["cache"], bootstrap_samples=200, backend="torch")
     m = result["models"][0]
     ov = m["training_overlap"]
     # Both the content hashes training stores and the run's split.csv find them.

@@ -24,7 +24,8 @@ from pneumoscan.io import ImageError
 from pneumoscan.predict import (
     DISCLAIMER, ModelNotFoundError, Prediction, Predictor, RuntimeOptions, default_model_path,
 )
-from pneumoscan.worklist import CONTEXT_COLUMNS, collect_images, rank, triage, write_results
+from pneumoscan.constants import DISCLAIMER
+from pneumoscan.worklist import CONTEXT_COLUMNS, RESULT_COLUMNS, collect_images, rank, triage, write_results
 
 
 def _film(seed: int, h: int = 150, w: int = 120) -> np.ndarray:
@@ -237,12 +238,13 @@ def test_rank_numbers_scored_rows_ties_in_input_order_failures_last():
 
 def test_write_results_csv_and_json(predictor, folder, tmp_path):
     rows = triage(predictor, collect_images([folder]))
-    csv_path = write_results(rows, tmp_path / "out" / "r.csv")
+    csv_path = write_results(rows, tmp_path / "out" / "r.csv",
+                             info={"model": predictor.model_name, "model_version": predictor.version})
     with open(csv_path, newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == ["rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view",
-                              "probability", "decision", "positive", "in_scope", "scope_reason", "threshold", "error",
-                              "study_uid", "sop_uid"]
+    assert list(table[0]) == [c for c in RESULT_COLUMNS if c not in ("heatmap", "dicom_out")]
+    assert table[0]["disclaimer"] == DISCLAIMER and table[0]["model_version"] == predictor.version
+    assert table[0]["score"] == f"{100 * float(table[0]['probability']):.1f}"
     assert all(t[c] == "" for t in table for c in CONTEXT_COLUMNS)  # PNG and JPEG have no DICOM context
     assert [t["rank"] for t in table] == ["1", "2", "", "", ""]
     assert [t["in_scope"] for t in table] == ["true", "true", "", "", ""]
@@ -544,19 +546,19 @@ def test_cli_predict_lists_an_out_of_scope_image_as_not_assessed_after_the_score
     from pneumoscan.scope import pixel_reason
 
     assert pixel_reason(np.full((64, 64), 128, np.uint8)) == "blank or uniform image"
-    monkeypatch.setenv("COLUMNS", "250")  # one table row per line
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
     assert main(["predict", str(with_blank), "--model", str(tiny_checkpoint), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     blank_line = next(line for line in printed.splitlines() if "blank.png" in line)
     cells = [c.strip() for c in blank_line.split("\u2502")[1:-1]]  # rank, path, probability, decision, threshold, error
-    assert cells[0] == "" and cells[2] == "Not assessed"  # no rank, no probability shown as a risk
-    assert cells[3] == "out of scope: blank or uniform image" and cells[4] == "0.500"
+    assert cells[0] == "" and cells[2] == "–"  # no rank, no probability shown as a risk
+    assert cells[3] == "Not assessed (out of scope): blank or uniform image" and cells[4] == "50.0"
     lines = printed.splitlines()
     order = [next(i for i, line in enumerate(lines) if name in line) for name in ("blank.png", "broken.png")]
     assert all(i > max(j for j, line in enumerate(lines) if "a.png" in line or "b.png" in line) for i in order)
     assert order[0] < order[1]
     summary = " ".join(printed.split())
-    assert "2 of 4 image(s) scored" in summary and "1 not assessed (out of scope); 1 unreadable" in summary
+    assert "2 of 4 image(s) scored" in summary and "Not assessed (out of scope): 1; Could not be read: 1" in summary
     assert "Drift check" not in summary  # no reference, fewer than 50 images: nothing said
 
     out = tmp_path / "r.csv"
@@ -584,7 +586,7 @@ def test_cli_predict_lists_an_out_of_scope_image_as_not_assessed_after_the_score
 
 def test_cli_predict_only_out_of_scope_images_still_exits_0(tiny_checkpoint, with_blank, capsys):
     assert main(["predict", str(with_blank / "blank.png"), "--model", str(tiny_checkpoint), "--no-progress"]) == 0
-    assert "0 of 1 image(s) scored, 0 flagged PNEUMONIA" in " ".join(capsys.readouterr().out.split())
+    assert "0 of 1 image(s) scored; Flagged: possible pneumonia: 0" in " ".join(capsys.readouterr().out.split())
 
 
 def test_cli_predict_adult_age_sets_the_cut_off(tiny_checkpoint, tmp_path, capsys):

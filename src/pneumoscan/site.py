@@ -46,7 +46,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,7 @@ from pneumoscan.preprocessing import (
     normalize,
     resize_for_model,
 )
+from pneumoscan.provenance import provenance, provenance_line, site_state
 from pneumoscan.reference import MIN_REFERENCE_VAL, build_reference
 from pneumoscan.scope import ADULT_AGE_YEARS
 from pneumoscan.scoring import (
@@ -111,52 +112,8 @@ class AdaptationError(PneumoscanError, ValueError):
     """The model or the site's films cannot be used for adaptation; the message says why and what to do."""
 
 
-# ----------------------------------------------------------------------------- site state (any model)
-
-
-def site_state(meta: Mapping[str, Any]) -> str:
-    """``"shipped"``, ``"adapted"``, ``"calibrated"`` or ``"adapted and calibrated"``, from a model's metadata
-    (``adaptation`` written by :func:`adapt`, ``site_calibration`` by ``pneumoscan calibrate``)."""
-    adapted, calibrated = bool(meta.get("adaptation")), bool(meta.get("site_calibration"))
-    if adapted and calibrated:
-        return "adapted and calibrated"
-    return "adapted" if adapted else "calibrated" if calibrated else "shipped"
-
-
-def provenance(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"site_state", "adaptation", "site_calibration", "provenance"}``: the state, both records (None when
-    absent) and :func:`provenance_line` (``""`` for a model as shipped)."""
-    return {"site_state": site_state(meta), "adaptation": meta.get("adaptation") or None,
-            "site_calibration": meta.get("site_calibration") or None, "provenance": provenance_line(meta)}
-
-
-def provenance_line(meta: Mapping[str, Any]) -> str:
-    """One sentence for people on where this model was adapted or calibrated; ``""`` for a model as shipped.
-
-    E.g. ``"Model adapted at this site on 2026-11-26 from 312 films (parent e4d5bf9a2f72)"``.
-    """
-    parts = []
-    ad = meta.get("adaptation") or {}
-    if ad:
-        parent = str(ad.get("parent_model_sha256") or "")[:12]
-        parts.append(f"Model adapted at this site on {_day(ad.get('date'))} from {ad.get('n_images', '?')} films"
-                     + (f" (parent {parent})" if parent else ""))
-    cal = meta.get("site_calibration") or {}
-    if cal:
-        n = next((cal[k] for k in ("n_images", "n_films", "n_labelled", "n") if cal.get(k) is not None), None)
-        when = cal.get("date") or cal.get("created")
-        text = "threshold calibrated at this site" + (f" on {_day(when)}" if when else "")
-        text += f" on {n} labelled films" if n is not None else ""
-        threshold = (cal.get("threshold") if cal.get("threshold") is not None
-                     else (meta.get("operating_point") or {}).get("threshold"))
-        if isinstance(threshold, (int, float)):
-            text += f" (threshold {float(threshold):.3f})"
-        parts.append(text[0].upper() + text[1:] if not parts else text)
-    return "; ".join(parts)
-
-
-def _day(stamp: Any) -> str:
-    return str(stamp)[:10] if stamp else "an unknown date"
+# The site state of any model (site_state, provenance, provenance_line) lives in pneumoscan.provenance, which
+# needs no torch; it is re-exported here.
 
 
 # ----------------------------------------------------------------------------- the two methods

@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from pneumoscan.cli.common import click_errors as _click_errors
 from pneumoscan.cli.common import (
     ADULT_AGE_DEFAULT,
     BACKEND_HELP,
@@ -18,6 +17,7 @@ from pneumoscan.cli.common import (
     console,
     writable_folder,
 )
+from pneumoscan.cli.common import click_errors as _click_errors
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +55,27 @@ def predict_cmd(
     without --overwrite. Exit code 0 when at least one image was read (scored or not assessed), 1 when none
     could be (or on a bad model file), 2 on a bad invocation. Decision support, not a diagnosis.
     """
-    from pneumoscan.predict import DISCLAIMER, Predictor, RuntimeOptions, default_model_path
+    from pneumoscan.predict import (
+        DISCLAIMER,
+        Predictor,
+        RuntimeOptions,
+        default_model_path,
+    )
     from pneumoscan.provenance import provenance
-    from pneumoscan.worklist import batch_drift, collect, count_results, drift_message, worklist_rows, write_results
+    from pneumoscan.worklist import (
+        batch_drift,
+        collect,
+        count_results,
+        drift_message,
+        worklist_rows,
+        write_results,
+    )
 
-    if out is not None and out.is_dir():
-        raise typer.BadParameter(f"{out} is a folder; give the .csv or .json file to write", param_hint="--out")
-    if out is not None and out.suffix.lower() not in (".csv", ".json"):
-        raise typer.BadParameter(f"must end in .csv or .json, got {out.name!r}", param_hint="--out")
-    if save_raw and heatmaps is None:
-        raise _click_errors.UsageError("--save-raw needs --heatmaps DIR")
-    check_adult_age(adult_age)
-    if secret_file is not None and not pseudonymise:
-        raise _click_errors.UsageError("--secret-file is the secret for --pseudonymise; pass --pseudonymise too")
+    _check_predict_args(out, heatmaps, save_raw=save_raw, adult_age=adult_age, secret_file=secret_file,
+                        pseudonymise=pseudonymise)
     pseudonym_key = _pseudonym_key(secret_file) if pseudonymise else None
     model_path = model if model is not None else default_model_path()
-    if heatmaps is not None and model_path.suffix.lower() == ".onnx":
-        raise _click_errors.UsageError(
-            "--heatmaps needs the .safetensors checkpoint: Grad-CAM uses gradients, which an ONNX export lacks")
-    if backend is Backend.torch and model_path.suffix.lower() == ".onnx":
-        raise _click_errors.UsageError("--backend torch needs the .safetensors checkpoint; an ONNX export runs "
-                                       "with ONNX Runtime (the default backend)")
+    _check_model_choice(model_path, heatmaps, backend)
     collected = collect(paths, recursive=recursive)  # names what it skips at INFO (-v)
     files, skipped_note = collected.files, collected.summary()
     if not files:
@@ -90,17 +90,7 @@ def predict_cmd(
     results = predictor.score_files(files, batch_size=batch_size, progress=progress, heatmaps=heatmaps,
                                     save_raw=save_raw)
     rows = worklist_rows(results, predictor.threshold, pseudonym_key=pseudonym_key)
-    dicom_note = ""
-    if dicom_out is not None:
-        from pneumoscan.dicom_out import write_dicom_batch
-
-        dicom = write_dicom_batch(predictor, results, dicom_out, pseudonym_key=pseudonym_key)
-        for row in rows:
-            row["dicom_out"] = [str(p) for p in dicom.written.get(row["path"], [])]
-            if row["path"] in dicom.failed:  # like a heatmap that could not be written: the row says why
-                why = f"DICOM results not written: {dicom.failed[row['path']]}"
-                row["error"] = f"{row['error']}; {why}" if row["error"] else why
-        dicom_note = dicom.summary(dicom_out)
+    dicom_note = "" if dicom_out is None else _write_dicom(predictor, results, rows, dicom_out, pseudonym_key)
     counts = count_results(results)
     drift, no_drift_reason = batch_drift(predictor, results)
     if drift is None:
@@ -114,13 +104,10 @@ def predict_cmd(
                 **provenance(predictor.meta), "adult_age_years": adult_age, "pseudonymised": pseudonymise, **counts,
                 "drift": None if drift is None else drift.to_dict(), "drift_reason": no_drift_reason}
         write_results(rows, out, info=info)
-    n_pos = sum(bool(r["positive"]) for r in rows)
     site_line = provenance(predictor.meta)["provenance"]
     if site_line:  # a model adapted or calibrated at a site says so, every time
         console.print(f"{site_line}.", highlight=False, soft_wrap=True)
-    console.print(f"{counts['n_in_scope']} of {len(rows)} image(s) scored, {n_pos} flagged PNEUMONIA at threshold "
-                  f"{predictor.threshold:.3f}; {counts['n_out_of_scope']} not assessed (out of scope); "
-                  f"{counts['n_unreadable']} unreadable"
+    console.print(_summary_line(rows, counts, predictor.threshold)
                   + (f" -> {out}" if out is not None else "") + (f"; heatmaps in {heatmaps}" if heatmaps else "")
                   + (f" ({n_no_heatmap} could not be written, see the error column)" if n_no_heatmap else ""),
                   highlight=False)
@@ -134,6 +121,55 @@ def predict_cmd(
     console.print(f"[bold]{DISCLAIMER}[/bold]", soft_wrap=True)
     if counts["n_in_scope"] + counts["n_out_of_scope"] == 0:
         raise typer.Exit(code=1)
+
+
+def _check_predict_args(out: Optional[Path], heatmaps: Optional[Path], *, save_raw: bool, adult_age: float,
+                        secret_file: Optional[Path], pseudonymise: bool) -> None:
+    """The option combinations ``predict`` refuses before it reads anything."""
+    if out is not None and out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; give the .csv or .json file to write", param_hint="--out")
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise typer.BadParameter(f"must end in .csv or .json, got {out.name!r}", param_hint="--out")
+    if save_raw and heatmaps is None:
+        raise _click_errors.UsageError("--save-raw needs --heatmaps DIR")
+    check_adult_age(adult_age)
+    if secret_file is not None and not pseudonymise:
+        raise _click_errors.UsageError("--secret-file is the secret for --pseudonymise; pass --pseudonymise too")
+
+
+def _check_model_choice(model_path: Path, heatmaps: Optional[Path], backend: Backend) -> None:
+    """Grad-CAM and the torch backend need the ``.safetensors`` checkpoint, not an ONNX export alone."""
+    if heatmaps is not None and model_path.suffix.lower() == ".onnx":
+        raise _click_errors.UsageError(
+            "--heatmaps needs the .safetensors checkpoint: Grad-CAM uses gradients, which an ONNX export lacks")
+    if backend is Backend.torch and model_path.suffix.lower() == ".onnx":
+        raise _click_errors.UsageError("--backend torch needs the .safetensors checkpoint; an ONNX export runs "
+                                       "with ONNX Runtime (the default backend)")
+
+
+def _write_dicom(predictor, results, rows: list[dict], dicom_out: Path, pseudonym_key: Optional[bytes]) -> str:
+    """DICOM SR (and SC with a heatmap) per DICOM input; a row whose files could not be written says why."""
+    from pneumoscan.dicom_out import write_dicom_batch
+
+    dicom = write_dicom_batch(predictor, results, dicom_out, pseudonym_key=pseudonym_key)
+    for row in rows:
+        row["dicom_out"] = [str(p) for p in dicom.written.get(row["path"], [])]
+        if row["path"] in dicom.failed:  # like a heatmap that could not be written: the row says why
+            why = f"DICOM results not written: {dicom.failed[row['path']]}"
+            row["error"] = f"{row['error']}; {why}" if row["error"] else why
+    return dicom.summary(dicom_out)
+
+
+def _summary_line(rows: list[dict], counts: dict, threshold: float) -> str:
+    """How many were scored, flagged, not assessed and not read, in the decision wording of the page and report."""
+    from pneumoscan.constants import DECISION_WORDS, NOT_READ_WORDS
+    from pneumoscan.metrics import score_100
+
+    n_pos = sum(bool(r["positive"]) for r in rows)
+    return (f"{counts['n_in_scope']} of {len(rows)} image(s) scored; {DECISION_WORDS['PNEUMONIA']}: {n_pos} "
+            f"(score at or above the threshold {score_100(threshold):.1f} / 100); "
+            f"{DECISION_WORDS['OUT_OF_SCOPE']}: {counts['n_out_of_scope']}; "
+            f"{NOT_READ_WORDS}: {counts['n_unreadable']}")
 
 
 def _pseudonym_key(secret_file: Optional[Path]) -> bytes:
@@ -155,7 +191,9 @@ def _check_predict_outputs(out: Optional[Path], heatmaps: Optional[Path], files:
             raise typer.BadParameter(f"{out} already exists; pass --overwrite to replace it, or choose another "
                                      "file", param_hint="--out")
     if heatmaps is not None:
-        from pneumoscan.explain import unique_stems  # torch: only with heatmaps, which need it anyway
+        from pneumoscan.explain import (
+            unique_stems,  # torch: only with heatmaps, which need it anyway
+        )
 
         writable_folder(heatmaps, "--heatmaps")
         suffixes = ("_gradcam.png", "_gradcam.npy") if save_raw else ("_gradcam.png",)

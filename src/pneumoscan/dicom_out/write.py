@@ -147,9 +147,9 @@ def write_dicom_batch(predictor: Predictor, results: Sequence[FileResult], out_d
     from pneumoscan.scoring import decide, decision_label
 
     batch = DicomBatch()
-    can_sc = predictor.backend == "torch"
+    can_sc = bool(getattr(predictor, "can_explain", predictor.backend == "torch"))
     if not can_sc:
-        batch.no_sc = "Grad-CAM needs the .safetensors checkpoint; this is an ONNX export"
+        batch.no_sc = "Grad-CAM needs the .safetensors checkpoint; this model was loaded from an ONNX export alone"
     remove_stale_temps(out_dir)
     for r in results:
         if r.probability is None:

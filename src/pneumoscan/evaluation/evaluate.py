@@ -77,7 +77,8 @@ def _model_warnings(entry: dict[str, Any]) -> list[str]:
     if sc.get("n_out_of_scope"):
         reasons = "; ".join(f"{n} {r}" for r, n in sc["by_reason"].items())
         out.append(f"The scope gate would call {sc['n_out_of_scope']} of the {sc['n_images']} evaluated images out of "
-                   f"scope ({reasons}). They are included in the metrics; in use they would be 'not assessed'.")
+                   f"scope ({reasons}). They are included in the metrics; in use they would be "
+                   f"'{M.decision_words('OUT_OF_SCOPE')}'.")
     if not sc.get("feature_check", True):
         out.append("This checkpoint carries no scope/drift reference, so only DICOM metadata and pixel statistics "
                    "gate its inputs; add one with scripts/build_reference.py.")

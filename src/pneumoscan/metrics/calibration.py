@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import expit
 
 from pneumoscan.metrics.point import _check, _ratio
 
 
 def apply_temperature(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Probabilities ``sigmoid(logits / temperature)`` as float64."""
+    from scipy.special import (
+        expit,  # scipy is imported when used: predict's start-up does not need it
+    )
+
     return expit(np.asarray(logits, dtype=np.float64) / float(temperature))
 
 
@@ -38,6 +40,8 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, bounds: tuple[float,
         raise ValueError(f"{z.size} logits but {y.size} labels")
     if y.size == 0 or y.min() == y.max() or not np.isfinite(z).all() or np.all((2 * y - 1) * z > 0):
         return 1.0
+    from scipy.optimize import minimize_scalar
+
     res = minimize_scalar(lambda log_t: binary_nll(y, z, math.exp(log_t)),
                           bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
                           options={"xatol": 1e-6})

@@ -10,7 +10,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest, norm, rankdata
 
 from pneumoscan.metrics.point import (
     _FROM_CONFUSION,
@@ -54,6 +53,10 @@ def exact_proportion_ci(k: int, n: int, level: float = 0.95, method: str = "exac
         return [math.nan, math.nan]
     if not 0 <= k <= n:
         raise ValueError(f"{k} successes out of {n} trials")
+    from scipy.stats import (
+        binomtest,  # scipy is imported when used: predict's start-up does not need it
+    )
+
     ci = binomtest(k, n).proportion_ci(confidence_level=level, method=method)
     return [float(ci.low), float(ci.high)]
 
@@ -182,6 +185,8 @@ def _delong_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
     """
     pos, neg = scores[:, y == 1], scores[:, y == 0]
     m, n = pos.shape[1], neg.shape[1]
+    from scipy.stats import rankdata
+
     r_all = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
     v_pos = (r_all[:, :m] - rankdata(pos, axis=1)) / n
     v_neg = 1.0 - (r_all[:, m:] - rankdata(neg, axis=1)) / m
@@ -216,6 +221,8 @@ def delong_test(y_true: np.ndarray, scores_1: np.ndarray, scores_2: np.ndarray) 
         z, p = (0.0, 1.0) if abs(diff) < 1e-12 else (math.copysign(math.inf, diff), 0.0)
     else:
         z = diff / math.sqrt(var)
+        from scipy.stats import norm
+
         p = float(2.0 * norm.sf(abs(z)))
     return {"auc_1": float(aucs[0]), "auc_2": float(aucs[1]), "diff": diff, "se": math.sqrt(max(var, 0.0)),
             "z": float(z), "p_value": p}
