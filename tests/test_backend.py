@@ -317,3 +317,25 @@ def test_provenance_without_torch_is_the_one_site_reexports():
                                  "threshold calibrated at this site on 2026-02-03 on 60 labelled films "
                                  "(threshold 0.310)")
     assert provenance.provenance({})["site_state"] == "shipped" and provenance.provenance_line({}) == ""
+
+
+def test_the_scope_cut_lies_between_validation_films_never_on_one():
+    from pneumoscan.reference import midpoint_cut
+
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    cut = midpoint_cut(scores, 0.2)  # at most 2 of 10 above (the rank rule leaves 1, as before)
+    assert cut == pytest.approx(0.95) and np.sum(scores > cut) == 1 and not np.any(scores == cut)
+    assert midpoint_cut(scores, 0.0) == 1.0  # nothing above: the largest score itself
+
+
+@pytest.mark.shared_data
+def test_the_shipped_cut_flips_no_validation_film_between_backends():
+    """The shipped reference's cut-off sat on one validation film's score (torch 0.298296); ONNX Runtime's 1e-7
+    difference flipped it out of scope. The cut now lies halfway to the next film (0.298630)."""
+    from pneumoscan.checkpoint import load_checkpoint_arrays
+    from pneumoscan.predict import PACKAGED_MODEL
+    from pneumoscan.reference import reference_of
+
+    ref = reference_of(load_checkpoint_arrays(PACKAGED_MODEL))
+    assert ref.knn_cut == pytest.approx(0.29862958, abs=1e-7)
+    assert ref.info["cut_previous"] == pytest.approx(0.29829609, abs=1e-7)

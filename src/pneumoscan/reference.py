@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # building a reference needs torch; reading one (prediction, 
     import torch
     from torch import nn
 
-__all__ = ["DESCRIPTOR_NAMES", "MIN_REFERENCE_VAL", "TENSOR_PREFIX", "Reference", "attach_reference", "build_reference", "features_cached",
+__all__ = ["DESCRIPTOR_NAMES", "MIN_REFERENCE_VAL", "TENSOR_PREFIX", "Reference", "attach_reference", "build_reference",
+           "features_cached", "midpoint_cut",
            "intensity_descriptors", "knn_distance", "l2_normalize", "reference_of"]
 
 #: Prefix of the reference's tensors inside a checkpoint.
@@ -119,14 +120,23 @@ class Reference:
         return cls(**arrays, knn_k=int(meta["knn_k"]), knn_cut=float(meta["knn_cut"]), info=info)
 
 
+def midpoint_cut(val_scores: np.ndarray, max_val_flag_rate: float) -> float:
+    """The out-of-scope cut-off: halfway between the validation score at the ``1 - max_val_flag_rate`` rank and
+    the next one above it, so that at most that share of the validation films lies above it and none lies on it
+    (a cut-off equal to a film's score would flip that film on a 1e-7 difference between backends)."""
+    ordered = np.sort(np.asarray(val_scores, dtype=np.float64))
+    i = min(len(ordered) - 1, int(np.floor((1.0 - max_val_flag_rate) * len(ordered))))
+    return float(ordered[i] if i + 1 >= len(ordered) else (ordered[i] + ordered[i + 1]) / 2.0)
+
+
 def build_reference(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
                     spec: Preprocessing, *, bank_size: int = 2048, knn_k: int = 5, max_val_flag_rate: float = 0.01,
                     seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu",
                     source: str = "") -> Reference:
     """Build the reference from the decoded-image cache (``images``) and the split's row indices.
 
-    ``bank_size`` training films (a seeded sample) form the bank; the cut-off is the smallest validation score
-    that leaves at most ``max_val_flag_rate`` of the validation films above it.
+    ``bank_size`` training films (a seeded sample) form the bank; the cut-off (:func:`midpoint_cut`) leaves at
+    most ``max_val_flag_rate`` of the validation films above it.
     """
     from pneumoscan.torch_scoring import features_cached
 
@@ -139,8 +149,7 @@ def build_reference(model: nn.Module, images: np.ndarray, train_rows: np.ndarray
     _, val_f = features_cached(model, images, np.asarray(val_rows), spec, batch_size=batch_size, device=device)
     bank = l2_normalize(bank_f).astype(np.float16).astype(np.float32)  # as stored
     val_scores = knn_distance(val_f, bank, knn_k)
-    ordered = np.sort(val_scores)
-    cut = float(ordered[min(len(ordered) - 1, int(np.floor((1.0 - max_val_flag_rate) * len(ordered))))])
+    cut = midpoint_cut(val_scores, max_val_flag_rate)
     info = {"n_bank": int(len(bank_rows)), "n_val": int(len(val_rows)), "n_train_images": int(len(train_rows)),
             "val_flag_rate": float(np.mean(val_scores > cut)), "max_val_flag_rate": float(max_val_flag_rate),
             "method": f"cosine distance to the {knn_k}th nearest training film in the model's pooled features",
