@@ -51,8 +51,9 @@ def test_entries_carry_the_dicom_context_and_never_the_name(client):
 
 
 def test_the_page_shows_patient_id_accession_age_and_view_on_cards(client):
-    js = client.get("/static/app.js").text
+    js = client.get("/static/cards.js").text  # the cards' script (app.js was split)
     assert "function cardContext(r)" in js and js.count("...cardContext(r)") == 2  # scored and not-assessed cards
     for shown in ("c.patient_id", "c.accession", "c.age", "c.view"):
         assert shown in js
-    assert "patient_name" not in js
+    assert all("patient_name" not in client.get(f"/static/{f}").text
+               for f in ("app.js", "cards.js", "worklist.js", "report.js", "viewer.js"))

@@ -139,6 +139,7 @@ def test_worklist_filters_sort_thumbnails_and_stored_cards(server, tmp_path):
         expect(rows).to_have_count(1)
         expect(rows.first).to_contain_text("blank-page.png")
         page.get_by_role("combobox", name="Scope").select_option("")
+        expect(rows).to_have_count(7)  # the full list is back before its first row is read
         first = rows.nth(0)
         first_name = first.locator("td.file a").inner_text()
         first.get_by_role("button", name=f"Agree with the result for {first_name}", exact=True).click()
