@@ -552,3 +552,20 @@ def test_a_pipe_is_refused_without_blocking(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ImageError, match="not a regular file"):
         read_image(fifo)  # opening it would block for ever
+
+
+def test_reduce_to_decodes_large_jpegs_at_reduced_scale_and_nothing_else_differently(tmp_path):
+    big = synthetic_xray(1000, 820, seed=7)
+    # A large grey JPEG: 1/4 scale keeps both sides >= 200 (1/8 would not); a colour one turned by EXIF likewise.
+    assert read_image(jpeg_bytes(big), reduce_to=200).shape == (250, 205)
+    rgb = jpeg_bytes(np.repeat(big[..., None], 3, axis=2), exif_orientation=6)
+    assert read_image(rgb, reduce_to=200).shape == (205, 250)
+    assert read_image(jpeg_bytes(big), reduce_to=2000).shape == (1000, 820)
+    # Under twice ``reduce_to`` on a side, PNG and DICOM: bit for bit the full decode (colour JPEGs included).
+    small = synthetic_xray(399, 1000, seed=8)
+    for data in (jpeg_bytes(small), jpeg_bytes(np.repeat(small[..., None], 3, axis=2)), png_bytes(big),
+                 dicom_bytes(big.astype(np.uint16) * 16, bits_stored=12)):
+        assert np.array_equal(read_image(data, reduce_to=200), read_image(data))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="reduce_to"):
+            read_image(jpeg_bytes(big), reduce_to=bad)

@@ -17,9 +17,11 @@ from pneumoscan.checkpoint import load_checkpoint
 from pneumoscan.data import Record, build_cache
 from pneumoscan.io import read_image
 from pneumoscan.predict import Predictor
+from pneumoscan.predict_files import decode_item
 from pneumoscan.preprocessing import (
     Preprocessing,
     check_model_input,
+    decode_side,
     pipeline_fingerprint,
     preprocess,
     resize_for_model,
@@ -36,6 +38,10 @@ def _odd_files(folder: Path) -> list[Path]:
         "b.png": png_bytes(synthetic_xray(190, 333, seed=2).astype(np.uint16) * 257),
         "c.dcm": dicom_bytes(synthetic_xray(222, 181, seed=3).astype(np.uint16) * 16, bits_stored=12,
                              photometric="MONOCHROME1", window=(2000, 3500)),
+        # Large enough for a reduced-scale JPEG decode (>= 4x the 96-px square on both sides): grey, and colour
+        # turned by EXIF.
+        "d.jpeg": jpeg_bytes(synthetic_xray(901, 777, seed=4)),
+        "e.jpeg": jpeg_bytes(np.repeat(synthetic_xray(803, 1021, seed=5)[..., None], 3, axis=2), exif_orientation=6),
     }
     out = []
     for name, data in files.items():
@@ -55,12 +61,17 @@ def test_cache_and_predictor_make_the_same_input_and_probabilities(ckpt, tmp_pat
     c = load_checkpoint(ckpt)
     spec = c.info.preprocessing
     cache = build_cache([Record(str(p), 0, p.stem, None) for p in files], spec, tmp_path / "cache", progress=False)
-    assert len(cache) == 3
+    assert len(cache) == len(files)
     for row, path in enumerate(files):
         # The cached square is exactly what the predictor feeds the model.
-        assert np.array_equal(cache.images[row], resize_for_model(read_image(path), spec))
+        square, _ = decode_item(str(path), spec, raise_errors=True)
+        assert np.array_equal(cache.images[row], square)
+        assert np.array_equal(square, resize_for_model(read_image(path, reduce_to=decode_side(spec)), spec))
+    # The large JPEGs were decoded at reduced scale (1/4: both sides still >= 2 x 96; e.jpeg turned upright).
+    assert [read_image(p, reduce_to=decode_side(spec)).shape for p in files[3:]] == [(226, 195), (256, 201)]
+    assert not np.array_equal(cache.images[3], resize_for_model(read_image(files[3]), spec))
     model = model_from_checkpoint(c)
-    via_cache = score_cached(model, cache.images, np.arange(3), spec, temperature=c.info.temperature)
+    via_cache = score_cached(model, cache.images, np.arange(len(files)), spec, temperature=c.info.temperature)
     via_predictor = Predictor.from_checkpoint(ckpt).predict_proba(files)
     np.testing.assert_allclose(via_predictor, via_cache, rtol=0, atol=1e-6)
 
@@ -77,7 +88,7 @@ def test_evaluate_and_predict_give_the_same_probabilities(ckpt, tmp_path):
     with open(tmp_path / "eval" / "scores.csv", newline="") as fh:
         evaluated = {Path(r["path"]).name: float(r["score"]) for r in csv.DictReader(fh)}
     predicted = dict(zip((p.name for p in paths), Predictor.from_checkpoint(ckpt).predict_proba(paths)))
-    assert set(evaluated) == set(predicted) and len(predicted) == 6
+    assert set(evaluated) == set(predicted) and len(predicted) == 10
     for name, p in predicted.items():
         assert math.isclose(evaluated[name], p, abs_tol=1e-6), (name, evaluated[name], p)  # scores.csv keeps 6 decimals
 

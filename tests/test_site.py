@@ -346,3 +346,24 @@ def test_adapting_the_shipped_model_on_contrast_shifted_validation_films(shared_
     assert 0.0 < a["prevalence_em"] < 1.0
     p = Predictor.from_checkpoint(result.out)
     assert p.reference.info["kind"] == "site" and len(p.predict(sorted(folder.iterdir())[:4])) == 4
+
+
+def test_site_squares_are_the_predictors_and_hashes_are_of_the_full_film(tmp_path):
+    from imagefactory import jpeg_bytes
+
+    from pneumoscan.io import read_image
+    from pneumoscan.predict_files import decode_item
+    from pneumoscan.preprocessing import Preprocessing
+    from pneumoscan.site import _decode_squares
+    from pneumoscan.trainset import pixel_hash
+
+    spec = Preprocessing(image_size=64)
+    paths = []
+    for i, (h, w) in enumerate([(700, 540), (200, 180)]):  # the first decodes at reduced scale, the second not
+        path = tmp_path / f"{i}.jpeg"
+        path.write_bytes(jpeg_bytes(synthetic_xray(h, w, seed=i)))
+        paths.append(str(path))
+    for path, (digest, square) in zip(paths, _decode_squares(paths, spec, workers=1)):
+        assert digest == pixel_hash(read_image(path))
+        assert np.array_equal(square, decode_item(path, spec, raise_errors=True)[0])
+    assert not np.array_equal(resize_for_model(read_image(paths[0]), spec), _decode_squares(paths, spec, 1)[0][1])

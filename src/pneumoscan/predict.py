@@ -4,8 +4,11 @@ Decision support, not a diagnosis: every result is a second reading for a clinic
 
 The model file carries everything needed to reproduce a prediction (model name, preprocessing, operating
 threshold, calibration temperature), so nothing here asks for an image size or a threshold. Every image goes
-through the same path as the training cache: :func:`pneumoscan.io.read_image` (exact decode) ->
-:func:`pneumoscan.preprocessing.to_model_array`. The probability is ``sigmoid(logit / temperature)``; the
+through the same path as the training cache: :func:`pneumoscan.io.read_image` (a large JPEG at reduced scale,
+``reduce_to=``:func:`pneumoscan.preprocessing.decode_side`) -> :func:`pneumoscan.preprocessing.to_model_array`.
+Paths that need the film at its own size (heatmaps, :meth:`Predictor.assess` on a film the server decoded) score
+the full decode, which for a large JPEG can differ slightly (up to 0.02 in probability on the full-resolution
+samples). The probability is ``sigmoid(logit / temperature)``; the
 decision is :func:`pneumoscan.scoring.decide`.
 
 Two backends run the model (:data:`pneumoscan.scoring.BACKENDS`): ONNX Runtime, the default, which never imports

@@ -18,7 +18,7 @@ import numpy as np
 from pneumoscan.errors import ImageError
 from pneumoscan.io import ImageContext, read_image_with_context
 from pneumoscan.pipeline import batched, ordered_map
-from pneumoscan.preprocessing import Preprocessing, resize_for_model
+from pneumoscan.preprocessing import Preprocessing, decode_side, resize_for_model
 from pneumoscan.reference import intensity_descriptors
 from pneumoscan.scope import ScopeResult
 
@@ -120,9 +120,10 @@ def as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
 
 def decode_item(item: ImageInput, spec: Preprocessing | None, *, raise_errors: bool) -> Decoded:
     """Decode one input to ``((H, W) uint8, context)`` (with ``spec``: straight to the model's ``(S, S)`` square,
-    so that full-size films never pile up); with ``raise_errors=False`` any failure becomes its message."""
+    so that full-size films never pile up, from a JPEG decoded at reduced scale as the training cache decodes it:
+    :func:`~pneumoscan.preprocessing.decode_side`); with ``raise_errors=False`` any failure becomes its message."""
     try:
-        gray, ctx = _decode(item)
+        gray, ctx = _decode(item, None if spec is None else decode_side(spec))
         return (resize_for_model(gray, spec) if spec is not None else gray), ctx
     except ImageError as exc:
         if raise_errors:
@@ -204,8 +205,9 @@ def _write_heatmap(pred: Any, folder: str | os.PathLike[str], stem: str, path: s
         return "", f"scored, but its heatmap could not be made ({type(exc).__name__}: {exc})"
 
 
-def _decode(item: ImageInput) -> tuple[np.ndarray, ImageContext]:
-    """Decode one input to ``((H, W) uint8, context)``; arrays are checked, not converted (empty context)."""
+def _decode(item: ImageInput, reduce_to: int | None = None) -> tuple[np.ndarray, ImageContext]:
+    """Decode one input to ``((H, W) uint8, context)``; arrays are checked, not converted (empty context).
+    ``reduce_to``: as :func:`pneumoscan.io.read_image` takes it (a large JPEG decoded at reduced scale)."""
     if isinstance(item, np.ndarray):
         if item.ndim != 2 or item.dtype != np.uint8:
             raise ValueError(f"a decoded image must be a 2-D uint8 array (grayscale, 0..255), got {item.dtype} "
@@ -213,7 +215,7 @@ def _decode(item: ImageInput) -> tuple[np.ndarray, ImageContext]:
         return item, ImageContext()
     if isinstance(item, (bytearray, memoryview)):
         item = bytes(item)
-    return read_image_with_context(item)
+    return read_image_with_context(item, reduce_to=reduce_to)
 
 
 def _describe(item: ImageInput) -> str:

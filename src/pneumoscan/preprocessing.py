@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # torch is imported only where a tensor is asked for: predict
     import torch
 
 __all__ = [
-    "INTERPOLATIONS", "RESIZE_MODES", "Preprocessing", "cached_rows_to_unit", "check_model_input", "normalize",
+    "DECODE_MARGIN", "INTERPOLATIONS", "RESIZE_MODES", "Preprocessing", "cached_rows_to_unit", "check_model_input",
+    "decode_side", "normalize",
     "pipeline_fingerprint", "preprocess", "preprocess_array", "resize_for_model", "resize_square", "to_model_array",
     "to_model_input",
 ]
@@ -42,6 +43,9 @@ __all__ = [
 RESIZE_MODES = ("squash",)
 #: Resampling filters, by name, for :func:`resize_for_model`.
 INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR}
+#: A file decoded only to be squeezed to the model's square is decoded no smaller than this many times the
+#: square's side on each side (:func:`decode_side`).
+DECODE_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,17 @@ def resize_square(image: np.ndarray, size: int, resample: Image.Resampling = Ima
         raise ValueError(f"resize_square size must be a positive integer, got {size!r}")
     im = Image.fromarray(np.ascontiguousarray(image))
     return np.array(im.resize((int(size), int(size)), resample), dtype=np.uint8)
+
+
+def decode_side(spec: Any) -> int:
+    """The ``reduce_to`` that every path turning files into model squares passes to :func:`pneumoscan.io.read_image`
+    (the predictor, the decoded-image cache, site adaptation), so that they all see the same pixels: a large JPEG
+    is decoded in the DCT domain at 1/2, 1/4 or 1/8 scale, still at least :data:`DECODE_MARGIN` times the square
+    on each side (the square is squeezed from the whole film, so both sides count). Paths that need the film
+    itself (heatmaps, previews, pixel hashes of training films) decode at full size; where they also score that
+    decode (Grad-CAM, the server's upload analysis), a large JPEG's square differs slightly. ``spec``: anything
+    with an ``image_size``."""
+    return DECODE_MARGIN * int(spec.image_size)
 
 
 def resize_for_model(gray: np.ndarray, spec: Preprocessing) -> np.ndarray:

@@ -66,6 +66,7 @@ from pneumoscan.preprocessing import (
     Preprocessing,
     cached_rows_to_unit,
     check_model_input,
+    decode_side,
     normalize,
     resize_for_model,
 )
@@ -225,13 +226,20 @@ class AdaptResult:
 
 def _decode_squares(paths: Sequence[str], spec: Preprocessing, workers: int
                     ) -> list[tuple[int, np.ndarray] | None]:
-    """``(pixel hash, model-size square)`` per file (None when it cannot be decoded), in input order."""
+    """``(pixel hash, model-size square)`` per file (None when it cannot be decoded), in input order.
+
+    The hash is of the full decode (as the training films' hashes are); the square is made as the predictor makes
+    it, from a large JPEG decoded again at reduced scale (:func:`~pneumoscan.preprocessing.decode_side`)."""
+    side = decode_side(spec)
+
     def one(path: str) -> tuple[int, np.ndarray] | None:
         try:
             gray = read_image(path)
+            # Only a film at least twice ``side`` on both sides can decode differently with ``reduce_to``.
+            small = read_image(path, reduce_to=side) if min(gray.shape) >= 2 * side else gray
         except (ImageError, OSError, MemoryError):
             return None
-        return pixel_hash(gray), resize_for_model(gray, spec)
+        return pixel_hash(gray), resize_for_model(small, spec)
 
     if workers <= 1:
         return [one(p) for p in paths]

@@ -26,6 +26,7 @@ from pneumoscan.errors import DatasetError, ImageError
 from pneumoscan.io import DEFAULT_MAX_PIXELS, read_image
 from pneumoscan.preprocessing import (
     Preprocessing,
+    decode_side,
     pipeline_fingerprint,
     resize_for_model,
 )
@@ -186,8 +187,8 @@ class _PixelSpec(NamedTuple):
 def build_cache(records: Sequence[Record], spec: Preprocessing | int, cache_dir: str | os.PathLike[str], *,
                 max_pixels: int = DEFAULT_MAX_PIXELS, num_workers: int = 2, progress: bool = True,
                 log_failures: bool = True) -> ImageCache:
-    """Decode each image once (``read_image`` + ``preprocessing.resize_for_model``) into ``<cache_dir>/<key>.npy``,
-    or reuse it.
+    """Decode each image once (``read_image`` with ``reduce_to=preprocessing.decode_side(spec)``, as the predictor
+    decodes files, + ``preprocessing.resize_for_model``) into ``<cache_dir>/<key>.npy``, or reuse it.
 
     ``spec`` is the model's :class:`Preprocessing` (an ``int`` means the default spec at that size); only its
     pixel fields (size, resize mode, interpolation) matter here: the normalisation happens per batch. The key
@@ -243,7 +244,7 @@ def _build(records: list[Record], spec: Any, folder: Path, key: str, fp: dict[st
 
     def decode(path: str) -> np.ndarray | ImageError | OSError:
         try:
-            return resize_for_model(read_image(path, max_pixels=max_pixels), spec)
+            return resize_for_model(read_image(path, max_pixels=max_pixels, reduce_to=decode_side(spec)), spec)
         except (ImageError, OSError) as exc:
             return exc
 

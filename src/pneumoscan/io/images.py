@@ -63,7 +63,7 @@ Source = str | os.PathLike[str] | bytes
 
 def read_image_with_context(
     source: Source, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE,
-    log_name: str | None = None,
+    log_name: str | None = None, reduce_to: int | None = None,
 ) -> tuple[np.ndarray, ImageContext]:
     """Decode one image file (path or bytes) to a grayscale array, and read who and what it is.
 
@@ -75,6 +75,10 @@ def read_image_with_context(
         min_side: refuse images whose smaller side is under this many pixels.
         log_name: how log lines name the file (default: the same as error messages); pass a pseudonym when
             file names may identify a patient.
+        reduce_to: for a consumer that only needs a downscaled image (the model's square): a JPEG at least twice
+            this size on both sides is decoded in the DCT domain at 1/2, 1/4 or 1/8 scale (the largest whose
+            result keeps both sides >= ``reduce_to``; Pillow's ``draft``, which then also reads a colour JPEG's
+            luma directly). Smaller JPEGs, PNG and DICOM decode as without it, bit for bit. None: full size.
 
     Returns:
         ``(gray, context)``: ``(H, W) uint8`` array, 0 = black .. 255 = white, display orientation, MONOCHROME2
@@ -84,6 +88,8 @@ def read_image_with_context(
         ImageError: or a subclass, naming the file and the problem; never anything else for a bad file.
         TypeError: ``source`` is neither a path nor bytes (a programming error, not a bad file).
     """
+    if reduce_to is not None and (isinstance(reduce_to, bool) or not isinstance(reduce_to, int) or reduce_to < 1):
+        raise ValueError(f"reduce_to must be a positive integer or None, got {reduce_to!r}")
     label = _label(source, name)
     with _file_guard(label):
         context = ImageContext()
@@ -101,8 +107,11 @@ def read_image_with_context(
                 with _decoder_errors(label, f"the {fmt} data"):
                     if getattr(im, "n_frames", 1) > 1:
                         logger.warning("%s: file holds %d images; using the first", log_name or label, im.n_frames)
+                    if reduce_to is not None and fmt == "JPEG":
+                        _draft(im, reduce_to)
                     im.load()  # raises on truncation because LOAD_TRUNCATED_IMAGES is False
-                    gray = _pil_to_gray(ImageOps.exif_transpose(im))
+                    ImageOps.exif_transpose(im, in_place=True)  # no copy of the film when it needs no turn
+                    gray = _pil_to_gray(im)
         logger.debug("decoded %s: %s, %d x %d", log_name or label, fmt, gray.shape[1], gray.shape[0])
         return np.ascontiguousarray(gray, dtype=np.uint8), context
 
@@ -122,12 +131,12 @@ def read_image_context(source: Source, *, name: str | None = None) -> ImageConte
 
 def read_image(
     source: Source, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE,
-    log_name: str | None = None,
+    log_name: str | None = None, reduce_to: int | None = None,
 ) -> np.ndarray:
     """Decode one image file (path or bytes) to a grayscale ``(H, W) uint8`` array: :func:`read_image_with_context`
     without the context. Raises what it raises."""
     return read_image_with_context(source, name=name, max_pixels=max_pixels, min_side=min_side,
-                                   log_name=log_name)[0]
+                                   log_name=log_name, reduce_to=reduce_to)[0]
 
 
 def read_image_info(
@@ -249,6 +258,13 @@ def _open_pil(fp: IO[bytes], label: str, fmt: str) -> Image.Image:
     """Parse the header with Pillow, trying only the sniffed format."""
     with _decoder_errors(label, f"the {fmt} header"):
         return Image.open(fp, formats=[fmt])
+
+
+def _draft(im: Image.Image, side: int) -> None:
+    """Ask the JPEG decoder for a 1/2, 1/4 or 1/8 scale decode keeping both sides >= ``side``; nothing at all
+    (not even the luma shortcut for colour) when no such scale exists, so such files decode exactly as before."""
+    if min(im.size[0] // side, im.size[1] // side) >= 2:
+        im.draft("L", (side, side))
 
 
 def _pil_to_gray(im: Image.Image) -> np.ndarray:
