@@ -143,3 +143,33 @@ def test_pipeline_fingerprint_is_stable_and_keys_the_cache(tmp_path):
             cache_mod.pipeline_fingerprint = original
     finally:
         pipeline_fingerprint.cache_clear()
+
+
+def test_one_film_has_one_score_on_every_path(ckpt, tmp_path):
+    """A large JPEG is scored from a reduced-scale decode; paths that also need the full film (Grad-CAM, the
+    server's analysis with previews and heatmaps, the viewer's re-render) must score that same square."""
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.io import read_image_with_context
+    from pneumoscan.serve import ServeSettings, create_app
+
+    files = _odd_files(tmp_path / "img")[3:]  # d.jpeg and e.jpeg: reduced-scale decodes
+    p = Predictor.from_checkpoint(ckpt, backend="torch")
+    plain = [r.probability for r in p.score_files(files)]
+    with_maps = [r.probability for r in p.score_files(files, heatmaps=tmp_path / "maps")]
+    explained = [p.explain(f)[0] for f in files]
+    np.testing.assert_allclose(with_maps, plain, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(explained, plain, rtol=0, atol=1e-6)
+    for f, prob in zip(files, plain):
+        gray, ctx = read_image_with_context(f)
+        square = p.model_square(str(f), gray, ctx)
+        assert np.array_equal(square, decode_item(str(f), p.preprocessing, raise_errors=True)[0])
+        assert not np.array_equal(square, resize_for_model(gray, p.preprocessing))  # the case this test is about
+        assert math.isclose(p.assess(gray, ctx, square=square)[0].probability, prob, abs_tol=1e-6)
+    client = TestClient(create_app(p, ServeSettings()))
+    for f, prob in zip(files, plain):
+        body = {"files": (f.name, f.read_bytes(), "image/jpeg")}
+        page = client.post("/api/v1/predict?heatmap=true&preview=true", files=body).json()["results"][0]
+        assert math.isclose(page["probability"], prob, abs_tol=1e-6), (f.name, page["probability"], prob)
+        viewer = client.post("/api/v1/explain?heatmap=true", files=body).json()["results"][0]
+        assert math.isclose(viewer["probability"], prob, abs_tol=1e-6), (f.name, viewer, prob)

@@ -6,8 +6,9 @@ The model file carries everything needed to reproduce a prediction (model name, 
 threshold, calibration temperature), so nothing here asks for an image size or a threshold. Every image goes
 through the same path as the training cache: :func:`pneumoscan.io.read_image` (a large JPEG at reduced scale,
 ``reduce_to=``:func:`pneumoscan.preprocessing.decode_side`) -> :func:`pneumoscan.preprocessing.to_model_array`.
-Paths that need the film at its own size (heatmaps, :meth:`Predictor.assess` on a film the server decoded) score
-the full decode, which for a large JPEG can differ slightly (up to 0.02 in probability on the full-resolution
+Paths that also need the film at its own size (heatmaps, the server's previews) decode it in full for that and
+score the square :meth:`Predictor.model_square` makes from the same file, so one film has one score on every path
+(a square resized from the full decode of a large JPEG differs by up to 0.02 in probability on the full-resolution
 samples). The probability is ``sigmoid(logit / temperature)``; the
 decision is :func:`pneumoscan.scoring.decide`.
 
@@ -54,7 +55,7 @@ from pneumoscan.predict_files import (
     decode_item,
     score_files,
 )
-from pneumoscan.preprocessing import resize_for_model, to_model_array
+from pneumoscan.preprocessing import decode_side, resize_for_model, to_model_array
 from pneumoscan.reference import Reference, intensity_descriptors
 from pneumoscan.scope import ADULT_AGE_YEARS, OUT_OF_SCOPE, ScopeGate, ScopeResult
 from pneumoscan.scoring import RuntimeOptions, decide, decision_label, expit
@@ -274,11 +275,25 @@ class Predictor:
         """:meth:`explain` plus the image's gated :class:`Prediction` (one Grad-CAM pass gives both)."""
         self._require_torch()
         (gray, ctx), = self._decode_many([image], raise_errors=True)
-        probs, maps, feats = self._explain_batch([gray])
-        pred = self._decide(probs[0], self.gate.assess(ctx, resize_for_model(gray, self.preprocessing), feats[0]))
+        square = self.model_square(image, gray, ctx)
+        probs, maps, feats = self._explain_batch([square], [gray.shape])
+        pred = self._decide(probs[0], self.gate.assess(ctx, square, feats[0]))
         return float(probs[0]), maps[0], pred
 
-    def assess(self, gray: np.ndarray, context: ImageContext | None = None, *, heatmap: bool = False
+    def model_square(self, source: Any, gray: np.ndarray, context: ImageContext | None = None) -> np.ndarray:
+        """The model's input square for a film decoded at full size (``gray``, e.g. for a heatmap or a preview),
+        made exactly as :meth:`score_files` and the training cache make it: a large JPEG file (``source``: its
+        path or bytes) is decoded again at reduced scale (:func:`~pneumoscan.preprocessing.decode_side`), so the
+        page, ``predict --heatmaps`` and ``predict`` give one film one score; anything else is resized from
+        ``gray``."""
+        side = decode_side(self.preprocessing)
+        if (context is not None and context.format == "JPEG" and min(gray.shape) >= 2 * side
+                and isinstance(source, (str, bytes, bytearray, os.PathLike))):
+            return decode_item(source, self.preprocessing, raise_errors=True)[0]
+        return resize_for_model(gray, self.preprocessing)
+
+    def assess(self, gray: np.ndarray, context: ImageContext | None = None, *, heatmap: bool = False,
+               square: np.ndarray | None = None
                ) -> tuple[Prediction, np.ndarray | None, np.ndarray | None, np.ndarray]:
         """One decoded image through the gated path, with its DICOM context (a web server decodes uploads itself,
         within its own limits): one forward pass (with ``heatmap``, one Grad-CAM pass) gives everything.
@@ -289,12 +304,16 @@ class Predictor:
             when the runner gives none) and the :func:`~pneumoscan.reference.intensity_descriptors` ``(7,)`` of the
             model-input square, for a drift window.
 
+        ``square``: the model's input square when the caller made it (:meth:`model_square`: a large JPEG's square
+        comes from a reduced-scale decode, as in :meth:`score_files`); else it is resized from ``gray``.
+
         Raises:
             HeatmapUnavailableError: ``heatmap`` and this predictor cannot explain (:attr:`can_explain`).
         """
-        square = resize_for_model(gray, self.preprocessing)
+        if square is None:
+            square = resize_for_model(gray, self.preprocessing)
         if heatmap:
-            probs, maps, feats = self._explain_batch([gray])
+            probs, maps, feats = self._explain_batch([square], [gray.shape])
             heat: np.ndarray | None = maps[0]
         else:
             probs, feats = self._forward([square])
@@ -410,20 +429,21 @@ class Predictor:
                 "export holds no gradients to explain with. Pass the checkpoint the ONNX file was exported from")
         return self._model
 
-    def _explain_batch(self, gray: Sequence[np.ndarray],
+    def _explain_batch(self, squares: Sequence[np.ndarray], sizes: Sequence[tuple[int, ...]],
                        chunk: int = 8) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-        """Probabilities, per-image heatmaps at each image's own size and pooled features (Grad-CAM runs ``chunk``
-        at a time, because it keeps activations for the backward pass)."""
+        """Probabilities, per-image heatmaps at each film's own size (``sizes``, ``(H, W)``) and pooled features
+        of model-input ``squares`` (Grad-CAM runs ``chunk`` at a time: it keeps activations for the backward
+        pass)."""
         import torch
 
         from pneumoscan.explain import GradCAM, upsample_cam
 
         cam = GradCAM(self._require_torch())
         probs, maps, feats = [], [], []
-        for start in range(0, len(gray), chunk):
-            part = gray[start:start + chunk]
+        for start in range(0, len(squares), chunk):
+            part = squares[start:start + chunk]
             logits, low, pooled = cam.run(torch.from_numpy(self._input_batch(part)))
             probs.append(expit(logits.numpy().astype(np.float64) / self.temperature))
-            maps += [upsample_cam(low[i], g.shape) for i, g in enumerate(part)]
+            maps += [upsample_cam(low[i], tuple(sizes[start + i])[:2]) for i in range(len(part))]
             feats += list(pooled.numpy())
         return np.concatenate(probs), maps, feats

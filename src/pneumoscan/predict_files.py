@@ -169,8 +169,8 @@ def _score_chunk(pred: Any, chunk: list[str], decoded: list[Decoded], stems: lis
         probs, feats = pred._forward(images)
         maps: list[Any] = [None] * len(ok)
     else:
-        squares = [resize_for_model(g, pred.preprocessing) for g in images]
-        probs, maps, feats = pred._explain_batch(images)
+        squares = [pred.model_square(chunk[i], g, decoded[i][1]) for i, g in zip(ok, images)]
+        probs, maps, feats = pred._explain_batch(squares, [g.shape for g in images])
     descriptors = intensity_descriptors(np.stack(squares))
     for n, i in enumerate(ok):
         ctx = decoded[i][1]

@@ -189,8 +189,8 @@ def decode_side(spec: Any) -> int:
     (the predictor, the decoded-image cache, site adaptation), so that they all see the same pixels: a large JPEG
     is decoded in the DCT domain at 1/2, 1/4 or 1/8 scale, still at least :data:`DECODE_MARGIN` times the square
     on each side (the square is squeezed from the whole film, so both sides count). Paths that need the film
-    itself (heatmaps, previews, pixel hashes of training films) decode at full size; where they also score that
-    decode (Grad-CAM, the server's upload analysis), a large JPEG's square differs slightly. ``spec``: anything
+    itself (heatmaps, previews, pixel hashes of training films) decode at full size too, and score the square
+    :meth:`pneumoscan.predict.Predictor.model_square` makes from the same file. ``spec``: anything
     with an ``image_size``."""
     return DECODE_MARGIN * int(spec.image_size)
 

@@ -142,7 +142,8 @@ def analyse(predictor: Any, name: str, data: bytes, *, heatmap: bool, want_previ
     gray, context = read_image_with_context(data, name=name, max_pixels=max_pixels, log_name=log_id(name))
     _check(cancel)
     explain = heatmap and can_explain(predictor)
-    pred, heat, features, descriptor = predictor.assess(gray, context, heatmap=explain)
+    pred, heat, features, descriptor = predictor.assess(gray, context, heatmap=explain,
+                                                        **_square(predictor, data, gray, context))
     if window is not None:
         window.record(pred.in_scope, features, descriptor, pred.positive)
     out: dict[str, Any] = {
@@ -183,16 +184,24 @@ def render_film(predictor: Any, name: str, data: bytes, *, heatmap: bool, film: 
         out.update(film_png=png_data_uri(shown), film_width=int(shown.shape[1]), film_height=int(shown.shape[0]),
                    film_scaled=shown.shape != gray.shape, film_max_side=FILM_MAX_SIDE)
     if heatmap:
-        out.update(_heat_only(predictor, gray, context))
+        out.update(_heat_only(predictor, gray, context, data))
     return out
 
 
-def _heat_only(predictor: Any, gray: np.ndarray, context: Any) -> dict[str, Any]:
+def _square(predictor: Any, data: bytes, gray: np.ndarray, context: Any) -> dict[str, Any]:
+    """``{"square": ...}``: the model's input square made as ``pneumoscan predict`` makes it (a large JPEG from a
+    reduced-scale decode: :meth:`pneumoscan.predict.Predictor.model_square`), so the page and the CLI give a film
+    one score; ``{}`` for a predictor without that method."""
+    make = getattr(predictor, "model_square", None)
+    return {} if make is None else {"square": make(data, gray, context)}
+
+
+def _heat_only(predictor: Any, gray: np.ndarray, context: Any, data: bytes) -> dict[str, Any]:
     if not can_explain(predictor):
         return {"heatmap_error": ONNX_NO_HEATMAP}
     from pneumoscan.explain import render_heat
 
-    pred, heat, _, _ = predictor.assess(gray, context, heatmap=True)
+    pred, heat, _, _ = predictor.assess(gray, context, heatmap=True, **_square(predictor, data, gray, context))
     out = _decision(pred)
     if not pred.in_scope or heat is None:
         out["heatmap_error"] = f"no heatmap for an image out of scope ({pred.scope_reason})"
