@@ -50,26 +50,31 @@ def _images(folder: Path, limit: int) -> list[str]:
 
 
 def densenet_pipeline(threads: int, decode_workers: int, batch_size: int, spec: Any) -> Contender:
-    """DenseNet-121 (MONAI, random weights) fed like pneumoscan: same decoder, resize and normalisation (``spec``,
+    """DenseNet-121 (MONAI, random weights) fed like pneumoscan: same decoder (a large JPEG at reduced scale, at
+    least twice the 224-px input), resize and normalisation (``spec``,
     the packaged model's, at 224 px), the same number of decode threads, channels-last, inference mode, sigmoid of
     one logit."""
     import torch
     from monai.networks.nets import DenseNet121
 
     from pneumoscan.io import read_image
-    from pneumoscan.preprocessing import to_model_input
+    from pneumoscan.preprocessing import decode_side, to_model_input
 
     torch.manual_seed(0)
     model = DenseNet121(spatial_dims=2, in_channels=1, out_channels=1).eval()
     model = model.to(memory_format=torch.channels_last)
     spec = dataclasses.replace(spec, image_size=PEER_SIZE)
     pool = ThreadPoolExecutor(max_workers=max(1, decode_workers))
+    side = decode_side(spec)  # a large JPEG decoded at reduced scale, as pneumoscan decodes for its own square
+
+    def decode(path: str) -> np.ndarray:
+        return read_image(path, reduce_to=side)
 
     def run(paths: Sequence[str]) -> np.ndarray:
         torch.set_num_threads(threads)  # the Predictor sets it too: each contender runs with the same count
         out = []
         for lo in range(0, len(paths), batch_size):
-            grays = list(pool.map(read_image, paths[lo:lo + batch_size]))
+            grays = list(pool.map(decode, paths[lo:lo + batch_size]))
             x = to_model_input(grays, spec).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 out.append(torch.sigmoid(model(x).float().reshape(-1)).numpy())
