@@ -189,7 +189,7 @@ def test_print_report_holds_one_case(server, tmp_path):
         score = float(card.get_attribute("data-probability")) * 100
         text = report.inner_text()
         for needle in (f"{score:.1f} / 100", "50.0 / 100", "seed-cnn (version", "As shipped", "MRN-4711", "ACC-0815",
-                       "004Y", "PA", "20261126", "chest.dcm", "Decision support, not a diagnosis.",
+                       "004Y", "PA", "2026-11-26", "chest.dcm", "Decision support, not a diagnosis.",
                        "Every result must be reviewed by a qualified clinician", "Scored", "Printed", "Read by:"):
             assert needle in text, needle
         decision = card.get_attribute("data-decision")

@@ -13,10 +13,15 @@ function reportRows(pairs) {
   return dl;
 }
 
+// A DICOM date (DA, "YYYYMMDD") as ISO 8601 ("YYYY-MM-DD"), unambiguous on paper; anything else as written.
+function dicomDate(da) {
+  return /^\d{8}$/.test(da || "") ? `${da.slice(0, 4)}-${da.slice(4, 6)}-${da.slice(6, 8)}` : da;
+}
+
 function reportPatient(r) {
   const c = r.context || {};
   const pairs = [["reportFile", r.filename], ["reportPatientId", c.patient_id], ["reportAccession", c.accession],
-                 ["reportStudyDate", c.study_date], ["reportAge", c.age], ["reportSex", c.sex], ["reportView", c.view],
+                 ["reportStudyDate", dicomDate(c.study_date)], ["reportAge", c.age], ["reportSex", c.sex], ["reportView", c.view],
                  ["reportStudyUid", c.study_uid]];
   const section = el("section", { class: "report-patient" }, [el("h2", { text: T("reportPatient") }), reportRows(pairs)]);
   if (!c.patient_id && !c.accession && !c.study_uid) section.append(el("p", { class: "help", text: T("reportNoContext") }));
