@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -26,7 +27,7 @@ from pneumoscan.serve.record import record
 from pneumoscan.serve.security import log_id
 from pneumoscan.serve.state import ServerState
 
-__all__ = ["analyse_all", "analyse_one"]
+__all__ = ["OverBudget", "analyse_all", "analyse_one", "refused", "run_budgeted"]
 
 log = logging.getLogger("pneumoscan.serve")
 
@@ -44,6 +45,37 @@ async def analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool,
     return entry, status
 
 
+class OverBudget(Exception):
+    """One file's decoding would not fit the server's memory budget (413); the message says so and what to do."""
+
+
+async def run_budgeted(state: ServerState, name: str, data: bytes, *, heatmap: bool,
+                       work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work`` (one file's decoding and scoring) in a worker thread under the server's limiter, after its
+    header has been read and the memory its decoding needs reserved from the budget.
+
+    Raises:
+        ImageError: the header cannot be read or the image is over the pixel limit.
+        OverBudget: the estimate does not fit the memory budget.
+    """
+    settings = state.settings
+    info = await anyio.to_thread.run_sync(lambda: read_image_info(data, name=name, max_pixels=settings.max_pixels))
+    need = estimate_decode_bytes(info, heatmap=heatmap and can_explain(state.predictor))
+    try:
+        async with state.budget.reserve(need):
+            return await anyio.to_thread.run_sync(work, limiter=state.limiter)
+    except BudgetExceeded:
+        raise OverBudget(f"{name}: image is {info.width} x {info.height} pixels and would need about "
+                         f"{need / _MIB:,.0f} MiB to analyse; this server's memory budget is "
+                         f"{settings.memory_budget_bytes / _MIB:,.0f} MiB. Downscale it and send it again") from None
+
+
+def refused(name: str, exc: ImageError | OverBudget) -> tuple[dict[str, Any], int]:
+    """``(entry, status)`` for a file refused as bad input (415, 413 or 422) or over the memory budget (413)."""
+    status = 413 if isinstance(exc, OverBudget) else _STATUS_FOR.get(type(exc), 422)
+    return {"filename": name, "ok": False, "error": str(exc)}, status
+
+
 async def _analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool, want_preview: bool,
                        cancel: threading.Event) -> tuple[dict[str, Any], int]:
     settings, predictor = state.settings, state.predictor
@@ -51,26 +83,15 @@ async def _analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool
         fmt = sniff_format(data[:132])
         if state.uploads is not None and fmt is not None:
             await anyio.to_thread.run_sync(state.uploads.save, data, fmt)
-        info = await anyio.to_thread.run_sync(
-            lambda: read_image_info(data, name=name, max_pixels=settings.max_pixels))
-        need = estimate_decode_bytes(info, heatmap=heatmap and can_explain(predictor))
-        async with state.budget.reserve(need):
-            entry = await anyio.to_thread.run_sync(
-                lambda: analyse(predictor, name, data, heatmap=heatmap, want_preview=want_preview,
-                                max_pixels=settings.max_pixels, cancel=cancel, window=state.drift),
-                limiter=state.limiter)
+        entry = await run_budgeted(state, name, data, heatmap=heatmap, work=lambda: analyse(
+            predictor, name, data, heatmap=heatmap, want_preview=want_preview, max_pixels=settings.max_pixels,
+            cancel=cancel, window=state.drift))
         log.info("%s: %s, p=%.3f%s", log_id(name), entry["decision"], entry["probability"],
                  "" if entry["in_scope"] else f" (not assessed: {entry['scope_reason']})")
         return entry, 200
-    except ImageError as exc:
+    except (ImageError, OverBudget) as exc:
         log.info("%s: refused (%s)", log_id(name), type(exc).__name__)
-        return {"filename": name, "ok": False, "error": str(exc)}, _STATUS_FOR.get(type(exc), 422)
-    except BudgetExceeded:
-        log.info("%s: refused (over the memory budget)", log_id(name))
-        return {"filename": name, "ok": False,
-                "error": f"{name}: image is {info.width} x {info.height} pixels and would need about "
-                         f"{need / _MIB:,.0f} MiB to analyse; this server's memory budget is "
-                         f"{settings.memory_budget_bytes / _MIB:,.0f} MiB. Downscale it and send it again"}, 413
+        return refused(name, exc)
     except Cancelled:
         return {"filename": name, "ok": False, "error": f"{name}: cancelled, the client disconnected"}, 499
     except Exception as exc:  # one file's failure must never cost the others their results

@@ -8,31 +8,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from pneumoscan.constants import DISCLAIMER
-from pneumoscan.io import (
-    ImageError,
-    ImageMemoryError,
-    ImageTooLargeError,
-    NotAnImageError,
-    UnsupportedDicomError,
-    read_image_info,
-)
-from pneumoscan.serve.analysis import FILM_MAX_SIDE, can_explain, render_film
+from pneumoscan.io import ImageError
+from pneumoscan.serve.analysis import FILM_MAX_SIDE, render_film
+from pneumoscan.serve.batch import OverBudget, refused, run_budgeted
 from pneumoscan.serve.body import parse_files
-from pneumoscan.serve.budget import BudgetExceeded, estimate_decode_bytes
 from pneumoscan.serve.security import log_id
 from pneumoscan.serve.state import ServerState
 
 __all__ = ["explain_router"]
 
 log = logging.getLogger("pneumoscan.serve")
-
-_STATUS_FOR = {ImageTooLargeError: 413, ImageMemoryError: 413, NotAnImageError: 415, UnsupportedDicomError: 415}
 
 _DESCRIPTION = (
     "multipart/form-data with exactly one `files` part (JPEG, PNG or DICOM), a file the client has already scored "
@@ -73,25 +63,14 @@ def explain_router(state: ServerState) -> APIRouter:
 async def _render(state: ServerState, name: str, data: bytes, *, heatmap: bool, film: bool
                   ) -> tuple[dict[str, Any], int]:
     """``(entry, status)``: every failure is the entry's error with a 4xx status (500 only for a bug, named)."""
-    settings, predictor = state.settings, state.predictor
     try:
-        info = await anyio.to_thread.run_sync(
-            lambda: read_image_info(data, name=name, max_pixels=settings.max_pixels))
-        need = estimate_decode_bytes(info, heatmap=heatmap and can_explain(predictor))
-        async with state.budget.reserve(need):
-            entry = await anyio.to_thread.run_sync(
-                lambda: render_film(predictor, name, data, heatmap=heatmap, film=film,
-                                    max_pixels=settings.max_pixels),
-                limiter=state.limiter)
+        entry = await run_budgeted(state, name, data, heatmap=heatmap, work=lambda: render_film(
+            state.predictor, name, data, heatmap=heatmap, film=film, max_pixels=state.settings.max_pixels))
         log.info("explain: %s re-rendered (heatmap=%s, film=%s)", log_id(name), heatmap, film)
         return entry, 200
-    except ImageError as exc:
+    except (ImageError, OverBudget) as exc:
         log.info("explain: %s refused (%s)", log_id(name), type(exc).__name__)
-        return {"filename": name, "ok": False, "error": str(exc)}, _STATUS_FOR.get(type(exc), 422)
-    except BudgetExceeded:
-        return {"filename": name, "ok": False,
-                "error": f"{name}: image is {info.width} x {info.height} pixels, too large for this server's memory "
-                         "budget; downscale it and send it again"}, 413
+        return refused(name, exc)
     except Exception as exc:  # a clear entry, never a bare 500 page
         log.error("explain: %s: internal error (%s)", log_id(name), type(exc).__name__,
                   exc_info=log.isEnabledFor(logging.DEBUG))
