@@ -21,7 +21,7 @@ import pytest
 import torch
 import uvicorn
 from conftest import fullres_samples_path
-from imagefactory import jpeg_bytes, png_bytes, synthetic_xray
+from imagefactory import dicom_bytes, jpeg_bytes, png_bytes, synthetic_xray
 
 from pneumoscan.checkpoint import save_checkpoint
 from pneumoscan.config import Config
@@ -113,6 +113,31 @@ def _browser():
             yield browser
         finally:
             browser.close()
+
+
+def _films(tmp_path: Path, n: int = 4) -> list[Path]:
+    """Films that the tiny model scores apart, a blank page (not assessed), an unreadable file and a DICOM film
+    with its patient's context."""
+    import pydicom
+
+    files = []
+    for i, (h, w) in enumerate(((900, 760), (700, 640), (820, 600), (640, 560))[:n]):
+        img = synthetic_xray(h, w, seed=i).astype(np.int16)
+        img[: h // (i + 2)] += 25 * i
+        path = tmp_path / f"film-{i}.png"
+        path.write_bytes(png_bytes(np.clip(img, 0, 255).astype(np.uint8)))
+        files.append(path)
+    blank = tmp_path / "blank-page.png"
+    blank.write_bytes(png_bytes(np.full((300, 240), 235, np.uint8)))
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    dcm = tmp_path / "chest.dcm"
+    dcm.write_bytes(dicom_bytes(synthetic_xray(512, 448, seed=7)))
+    ds = pydicom.dcmread(dcm)
+    ds.PatientID, ds.AccessionNumber, ds.PatientAge, ds.ViewPosition = "MRN-4711", "ACC-0815", "004Y", "PA"
+    ds.PatientSex, ds.StudyDate = "F", "20261126"
+    ds.save_as(dcm)
+    return [*files, blank, bad, dcm]
 
 
 def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
@@ -478,17 +503,7 @@ def test_cards_follow_the_worklist_and_a_row_selects_its_card(server, tmp_path):
     a worklist row scrolls to its card, outlines it, focuses it and marks it aria-current."""
     from playwright.sync_api import expect
 
-    files = []
-    for i, (h, w) in enumerate(((900, 760), (700, 640), (820, 600), (640, 560))):
-        path = tmp_path / f"film-{i}.png"
-        img = synthetic_xray(h, w, seed=i).astype(np.int16)
-        img[: h // (i + 2)] += 25 * i  # make the films differ enough for the model to score them apart
-        path.write_bytes(png_bytes(np.clip(img, 0, 255).astype(np.uint8)))
-        files.append(path)
-    blank = tmp_path / "blank-page.png"
-    blank.write_bytes(png_bytes(np.full((300, 240), 235, np.uint8)))
-    bad = tmp_path / "broken.png"
-    bad.write_text("not an image")
+    *files, blank, bad, _ = _films(tmp_path)
     uploads = [bad, files[0], blank, files[1], files[2], files[3]]
     with _browser() as browser:
         page = browser.new_page(viewport={"width": 1440, "height": 900})

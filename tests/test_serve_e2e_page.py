@@ -9,13 +9,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-from imagefactory import dicom_bytes, png_bytes, synthetic_xray
 from test_serve_e2e import (  # noqa: F401  (fixtures)
     ARTIFACTS,
     CHROMIUM,
     _browser,
+    _films,
     _no_horizontal_overflow,
     _sample_image,
     predictor,
@@ -28,31 +27,6 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Chromium n
 
 DESKTOP = {"width": 1440, "height": 900}
 PHONE = {"width": 390, "height": 844}
-
-
-def _films(tmp_path: Path, n: int = 4) -> list[Path]:
-    """Films that the tiny model scores apart, a blank page (not assessed), an unreadable file and a DICOM film
-    with its patient's context."""
-    import pydicom
-
-    files = []
-    for i, (h, w) in enumerate(((900, 760), (700, 640), (820, 600), (640, 560))[:n]):
-        img = synthetic_xray(h, w, seed=i).astype(np.int16)
-        img[: h // (i + 2)] += 25 * i
-        path = tmp_path / f"film-{i}.png"
-        path.write_bytes(png_bytes(np.clip(img, 0, 255).astype(np.uint8)))
-        files.append(path)
-    blank = tmp_path / "blank-page.png"
-    blank.write_bytes(png_bytes(np.full((300, 240), 235, np.uint8)))
-    bad = tmp_path / "broken.png"
-    bad.write_text("not an image")
-    dcm = tmp_path / "chest.dcm"
-    dcm.write_bytes(dicom_bytes(synthetic_xray(512, 448, seed=7)))
-    ds = pydicom.dcmread(dcm)
-    ds.PatientID, ds.AccessionNumber, ds.PatientAge, ds.ViewPosition = "MRN-4711", "ACC-0815", "004Y", "PA"
-    ds.PatientSex, ds.StudyDate = "F", "20261126"
-    ds.save_as(dcm)
-    return [*files, blank, bad, dcm]
 
 
 def _open(browser, url, viewport=DESKTOP, scheme="light"):
