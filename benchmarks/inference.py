@@ -1,7 +1,7 @@
 """Inference speed of ``pneumoscan predict``'s path: ONNX Runtime (the default) against ``--backend torch``, with
 decoding overlapped with the model and without, as ratios measured in one process (issue 18's targets).
 
-Measured, each configuration a :class:`~pneumoscan.predict.Predictor` of the shipped model in a fresh process
+Measured, each configuration a :class:`~pneumoscan.inference.predictor.Predictor` of the shipped model in a fresh process
 (so that no backend's idle threads disturb another's), every configuration once per round, rounds interleaved (a
 change in the background load hits all alike):
 
@@ -69,7 +69,7 @@ def _child(config: str, threads: int | None, small: list[str], films: list[str],
     (``score_files``, images per second), one film end to end and the model call alone (ms per call)."""
     import numpy as np
 
-    from pneumoscan.predict import PACKAGED_MODEL, Predictor, RuntimeOptions
+    from pneumoscan.inference.predictor import PACKAGED_MODEL, Predictor, RuntimeOptions
 
     p = Predictor.from_checkpoint(PACKAGED_MODEL, options=RuntimeOptions(threads=threads, **CONFIGS[config]))
     p.score_files(films[:batch], batch_size=batch)  # warm-up: session, pool, first allocations

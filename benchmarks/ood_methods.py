@@ -39,11 +39,12 @@ from oodfactory import out_of_scope_images, part10_bytes, sample_dicom  # noqa: 
 from pneumoscan.checkpoint import load_checkpoint  # noqa: E402
 from pneumoscan.data import build_cache, index_dataset, split_index  # noqa: E402
 from pneumoscan.io import read_image  # noqa: E402
-from pneumoscan.predict import PACKAGED_MODEL  # noqa: E402
+from pneumoscan.inference.predictor import PACKAGED_MODEL  # noqa: E402
 from pneumoscan.preprocessing import resize_for_model, to_model_input  # noqa: E402
-from pneumoscan.reference import features_cached, knn_distance, l2_normalize, reference_of  # noqa: E402
-from pneumoscan.scope import pixel_reason  # noqa: E402
-from pneumoscan.scoring import model_from_checkpoint  # noqa: E402
+from pneumoscan.gate.reference import knn_distance, l2_normalize, reference_of  # noqa: E402
+from pneumoscan.inference.torch_scoring import features_cached  # noqa: E402
+from pneumoscan.gate.scope import pixel_reason  # noqa: E402
+from pneumoscan.inference.scoring import model_from_checkpoint  # noqa: E402
 
 
 def _features(model, images, spec):

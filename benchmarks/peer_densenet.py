@@ -86,12 +86,12 @@ def densenet_pipeline(threads: int, decode_workers: int, batch_size: int, spec: 
 def pneumoscan_pipelines(threads: int, decode_workers: int, batch_size: int) -> tuple[dict[str, Contender], Any]:
     """``{"pneumoscan-<backend>": predict_proba}`` for the default backend and torch, through the public API;
     and the packaged model's preprocessing (its mean and std feed the peer)."""
-    from pneumoscan.predict import Predictor, default_model_path
+    from pneumoscan.inference.predictor import Predictor, default_model_path
 
     try:
-        from pneumoscan.scoring import RuntimeOptions
+        from pneumoscan.inference.scoring import RuntimeOptions
     except ImportError:  # older layouts
-        from pneumoscan.predict import RuntimeOptions  # type: ignore[no-redef]
+        from pneumoscan.inference.predictor import RuntimeOptions  # type: ignore[no-redef]
 
     fields = inspect.signature(RuntimeOptions).parameters
     opts = {k: v for k, v in {"threads": threads, "decode_workers": decode_workers, "batch_size": batch_size}.items()

@@ -315,7 +315,7 @@ async def run_level(server: Server, images: list[tuple[str, bytes]], concurrency
 
 
 def _default_model() -> str:
-    from pneumoscan.predict import default_model_path
+    from pneumoscan.inference.predictor import default_model_path
 
     return str(default_model_path())
 

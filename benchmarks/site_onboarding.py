@@ -32,7 +32,7 @@ from sitefactory import SITE, build_site, labelled_subset  # noqa: E402
 
 from pneumoscan import metrics as M  # noqa: E402
 from pneumoscan.data import write_manifest  # noqa: E402
-from pneumoscan.predict import PACKAGED_MODEL, Predictor  # noqa: E402
+from pneumoscan.inference.predictor import PACKAGED_MODEL, Predictor  # noqa: E402
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
@@ -73,8 +73,8 @@ def measure(model: Path, test, *, n_boot: int = 1000) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pneumoscan.operating_point import rechoose_operating_point
-    from pneumoscan.site import adapt
+    from pneumoscan.onboarding.operating_point import rechoose_operating_point
+    from pneumoscan.onboarding.site import adapt
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_data = os.environ.get("PNEUMOSCAN_DATA") or str(HERE.parents[1] / "shared" / "data" / "chest_xray_224")

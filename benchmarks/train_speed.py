@@ -111,7 +111,7 @@ def _steps(cfg: Any, data: Any, parts: Any, net: Any, n: int, epoch: int = 1,
 
 def child(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """One variant's warm-up and timed steps (and, for ``before`` and ``after``, one validation pass)."""
-    from pneumoscan.scoring import score_cached
+    from pneumoscan.inference.scoring import score_cached
     from pneumoscan.training.step import compile_model
 
     cfg, data, parts, d = _setup(args, variant)

@@ -20,7 +20,7 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pneumoscan.reference import attach_reference
+    from pneumoscan.onboarding.reference_builder import attach_reference
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)

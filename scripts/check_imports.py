@@ -3,12 +3,11 @@
 Reads the source with :mod:`ast` (nothing is imported), so it sees imports inside functions too. Layers, from
 the bottom; a module may import its own layer and the ones below it:
 
-    0  errors, constants, the package root      4  models, checkpoint, data
-    1  utils, config, pseudonym, provenance,    5  scoring (torch-free), torch_scoring
-       pipeline                                 6  operating_point, explain, reference, scope, drift
-    2  io, metrics                              7  training, evaluation, predict (+ predict_files, backends),
-    3  preprocessing                               export, onnx_cache, site, dicom_out
-                                                8  worklist, store   9  serve, dicom_node   10  cli, __main__
+    0  errors, constants, the package root      5  gate (scope, drift, the reference at run time)
+    1  utils, config, pseudonym                 6  inference (no torch in its __init__)
+    2  io, metrics                              7  onboarding, dicom_out
+    3  preprocessing, result                    8  training, evaluation, worklist, store
+    4  models, checkpoint, data                 9  serve, dicom_node     10  cli, __main__
 
     python scripts/check_imports.py            # exit 1 and a list of problems, or exit 0
 """
@@ -23,17 +22,21 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "pneumoscan"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "constants", ""),
-    ("utils", "config", "pseudonym", "provenance", "pipeline"),
+    ("utils", "config", "pseudonym"),
     ("io", "metrics"),
-    ("preprocessing",),
+    ("preprocessing", "result"),
     ("models", "checkpoint", "data"),
-    ("scoring", "torch_scoring"),
-    ("operating_point", "explain", "reference", "scope", "drift", "trainset"),
-    ("training", "evaluation", "predict", "predict_files", "backends", "export", "onnx_cache", "site", "dicom_out"),
-    ("worklist", "store"),
+    ("gate",),
+    ("inference",),
+    ("onboarding", "dicom_out"),
+    ("training", "evaluation", "worklist", "store"),
     ("serve", "dicom_node"),
     ("cli", "__main__"),
 ]
+
+
+#: The most ``.py`` files allowed directly in the package root (``__init__`` and ``__main__`` included).
+MAX_ROOT_MODULES = 10
 
 
 def modules(src: Path = SRC) -> dict[str, Path]:
@@ -108,10 +111,20 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def root_modules(src: Path = SRC) -> list[Path]:
+    """The ``.py`` files directly in ``src/pneumoscan`` (the package root and its ground floor)."""
+    return sorted((src / PACKAGE).glob("*.py"))
+
+
 def problems(src: Path = SRC) -> list[str]:
-    """Human-readable problems: circles and upward imports."""
+    """Human-readable problems: circles, upward imports, and more than :data:`MAX_ROOT_MODULES` modules in the
+    package root (a purpose gets a package, not another file beside 24 others)."""
     graph = imports(modules(src))
     out = [f"import circle: {' -> '.join(c)}" for c in cycles(graph)]
+    roots = root_modules(src)
+    if len(roots) > MAX_ROOT_MODULES:
+        out.append(f"{len(roots)} modules directly in {src / PACKAGE} (at most {MAX_ROOT_MODULES}): "
+                   f"{', '.join(p.name for p in roots)}; group them into packages named by purpose")
     for mod in sorted(graph):
         for dep in sorted(graph[mod]):
             if mod.split(".")[:2] == dep.split(".")[:2]:

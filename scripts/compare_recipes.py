@@ -47,11 +47,11 @@ from pneumoscan.checkpoint import load_checkpoint, load_state
 from pneumoscan.config import EvalConfig
 from pneumoscan.data import build_cache, index_dataset
 from pneumoscan.models import create_model
-from pneumoscan.operating_point import choose_operating_point as validation_summary
-from pneumoscan.operating_point import cross_fitted_operating_point
+from pneumoscan.onboarding.operating_point import choose_operating_point as validation_summary
+from pneumoscan.onboarding.operating_point import cross_fitted_operating_point
 from pneumoscan.preprocessing import Preprocessing
-from pneumoscan.predict import model_from_checkpoint
-from pneumoscan.scoring import score_cached as score_images
+from pneumoscan.inference.predictor import model_from_checkpoint
+from pneumoscan.inference.scoring import score_cached as score_images
 from pneumoscan.training import load_run_config
 from pneumoscan.utils import atomic_write_text
 
@@ -179,7 +179,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
     lines.append(f"Operating threshold: among the thresholds whose validation sensitivity reaches {target:.2f}, the one "
                  "with the lowest cost (a missed pneumonia weighs 3 false alarms), on temperature-calibrated "
                  "probabilities, chosen per candidate on the same images, so the two columns before it are optimistic. "
-                 "Cross-fitted (pneumoscan.operating_point.cross_fitted_operating_point, as `pneumoscan calibrate`): "
+                 "Cross-fitted (pneumoscan.onboarding.operating_point.cross_fitted_operating_point, as `pneumoscan calibrate`): "
                  "the same rule chosen on a random half of the validation patients, stratified by label, and measured "
                  "on the other half, 200 times (median and 2.5–97.5 percentiles of the repeats).")
     if result["seed_spread"]:

@@ -23,11 +23,11 @@ def shipped_predictions(samples: Path) -> dict[str, str]:
     import torch
 
     torch.set_num_threads(1)
-    from pneumoscan.predict import PACKAGED_MODEL, Predictor
+    from pneumoscan.inference.predictor import PACKAGED_MODEL, Predictor
 
     files = sorted(p for p in samples.rglob("*") if p.is_file() and not p.name.startswith("."))
     results = Predictor.from_checkpoint(PACKAGED_MODEL, backend="torch").score_files(files, batch_size=16)
-    return {str(Path(r.path).relative_to(samples)): float(r.probability).hex() for r in results}
+    return {str(Path(r.source).relative_to(samples)): float(r.probability).hex() for r in results}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 def _version() -> str:
     import hashlib
 
-    from pneumoscan.predict import PACKAGED_MODEL
+    from pneumoscan.inference.predictor import PACKAGED_MODEL
 
     return hashlib.sha256(PACKAGED_MODEL.read_bytes()).hexdigest()[:12]
 

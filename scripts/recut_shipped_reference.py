@@ -1,7 +1,7 @@
 """Move the shipped model's out-of-scope cut-off off the validation film it sat on, and re-export model.onnx.
 
 The reference's cut-off used to be one validation film's own score, so a 1e-7 difference between torch and ONNX
-Runtime flipped that film (person929_virus_1589.jpeg) in or out of scope. :func:`pneumoscan.reference.midpoint_cut`
+Runtime flipped that film (person929_virus_1589.jpeg) in or out of scope. :func:`pneumoscan.gate.reference.midpoint_cut`
 now puts the cut-off halfway to the next validation score; this script applies it to the shipped checkpoint from
 the validation films' scores under torch (the backend that built the reference), keeps the weights and every other
 tensor, records the change in the reference's metadata, and re-exports the ONNX model (whose metadata names the
@@ -19,9 +19,9 @@ import numpy as np
 
 from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
 from pneumoscan.data import index_dataset, split_index
-from pneumoscan.export import export_onnx
-from pneumoscan.predict import PACKAGED_MODEL, Predictor
-from pneumoscan.reference import midpoint_cut
+from pneumoscan.inference.export import export_onnx
+from pneumoscan.inference.predictor import PACKAGED_MODEL, Predictor
+from pneumoscan.gate.reference import midpoint_cut
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray_224"
 

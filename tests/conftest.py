@@ -59,7 +59,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _onnx_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
-    """The ONNX exports the tests' own checkpoints get (``pneumoscan.onnx_cache``) go to a temporary folder, never
+    """The ONNX exports the tests' own checkpoints get (``pneumoscan.inference.onnx_cache``) go to a temporary folder, never
     the user's ``~/.cache`` (subprocesses inherit it); a cache the caller chose is kept."""
     if os.environ.get("PNEUMOSCAN_ONNX_CACHE", "").strip():
         yield

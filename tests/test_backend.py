@@ -18,11 +18,11 @@ import pytest
 
 from imagefactory import make_jpeg, make_png, synthetic_xray
 from modelfactory import make_checkpoint
-from pneumoscan import onnx_cache
+from pneumoscan.inference import onnx_cache
 from pneumoscan.checkpoint import CheckpointError
 from pneumoscan.cli import main
-from pneumoscan.pipeline import batched, ordered_map
-from pneumoscan.predict import PACKAGED_MODEL, HeatmapUnavailableError, Predictor, RuntimeOptions
+from pneumoscan.inference.pipeline import batched, ordered_map
+from pneumoscan.inference.predictor import PACKAGED_MODEL, HeatmapUnavailableError, Predictor, RuntimeOptions
 from pneumoscan.utils import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_version_is_fast_and_loads_no_library():
 
 def test_cli_backend_choices_are_the_librarys():
     from pneumoscan.cli.common import Backend
-    from pneumoscan.scoring import BACKENDS, DEFAULT_BACKEND
+    from pneumoscan.inference.scoring import BACKENDS, DEFAULT_BACKEND
 
     assert tuple(b.value for b in Backend) == BACKENDS and DEFAULT_BACKEND == "onnx"
 
@@ -100,18 +100,18 @@ def test_cli_backend_choices_are_the_librarys():
 
 def test_the_export_is_built_once_and_reused(tmp_path, onnx_cache_dir, caplog):
     ckpt = make_checkpoint(tmp_path / "m.safetensors", threshold=0.4)
-    with caplog.at_level(logging.INFO, logger="pneumoscan.onnx_cache"):
+    with caplog.at_level(logging.INFO, logger="pneumoscan.inference.onnx_cache"):
         first = Predictor.from_checkpoint(ckpt)
     assert "imports torch" in caplog.text
     assert first.onnx_path == str(onnx_cache_dir / f"{file_sha256(ckpt)}.onnx") and first.path == str(ckpt)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pneumoscan.onnx_cache"):
+    with caplog.at_level(logging.INFO, logger="pneumoscan.inference.onnx_cache"):
         again = Predictor.from_checkpoint(ckpt)
     assert "building" not in caplog.text and again.onnx_path == first.onnx_path
 
 
 def test_a_stale_or_foreign_export_is_never_used(tmp_path, onnx_cache_dir):
-    from pneumoscan.export import export_onnx
+    from pneumoscan.inference.export import export_onnx
 
     old = make_checkpoint(tmp_path / "old.safetensors", seed=1)
     new = make_checkpoint(tmp_path / "m.safetensors", seed=2)
@@ -145,25 +145,27 @@ def test_grad_cam_loads_the_torch_model_on_first_use(tmp_path, onnx_cache_dir, f
     p = Predictor.from_checkpoint(ckpt)
     assert p.backend == "onnxruntime" and p.can_explain and p._model is None
     film = synthetic_xray(120, 100, seed=3)
-    pred, heat, feats, _ = p.assess(film, heatmap=True)
-    assert p._model is not None and heat.shape == film.shape and feats is not None
-    plain, _, _, _ = p.assess(film)
+    pred = p.assess(p.read(film, full=True), explain=True)
+    heat = pred.heatmap(film.shape)
+    assert p._model is not None and heat.shape == film.shape and pred.features is not None
+    plain = p.assess(p.read(film))
+    assert plain.explanation is None
     assert abs(pred.probability - plain.probability) <= 1e-5  # Grad-CAM's torch pass agrees with ONNX Runtime
     prob, heat2 = p.explain(film)
     np.testing.assert_allclose(heat2, heat, atol=1e-6)
     results = p.score_files(films, heatmaps=tmp_path / "heat")
-    assert [bool(r.heatmap) for r in results] == [r.probability is not None for r in results]
+    assert [bool(r.heatmap_path) for r in results] == [r.read for r in results]
     assert "not an image" in results[3].error or results[3].error
 
 
 def test_an_onnx_file_alone_cannot_explain_or_run_with_torch(tmp_path, onnx_cache_dir):
-    from pneumoscan.export import export_onnx
+    from pneumoscan.inference.export import export_onnx
 
     onnx_file = export_onnx(make_checkpoint(tmp_path / "m.safetensors"), tmp_path / "only.onnx")
     p = Predictor.from_checkpoint(onnx_file)
     assert not p.can_explain
     with pytest.raises(HeatmapUnavailableError):
-        p.assess(synthetic_xray(80, 80), heatmap=True)
+        p.assess(p.read(synthetic_xray(80, 80)), explain=True)
     with pytest.raises(CheckpointError, match="torch backend needs the .safetensors"):
         Predictor.from_checkpoint(onnx_file, backend="torch")
     assert main(["predict", str(tmp_path), "--model", str(onnx_file), "--backend", "torch"]) == 2
@@ -268,9 +270,8 @@ def test_overlap_on_and_off_give_the_same_results_and_errors(tmp_path, onnx_cach
     ckpt = make_checkpoint(tmp_path / "m.safetensors", threshold=0.5)
     on = Predictor.from_checkpoint(ckpt, options=RuntimeOptions(overlap=True)).score_files(films, batch_size=3)
     off = Predictor.from_checkpoint(ckpt, options=RuntimeOptions(overlap=False)).score_files(films, batch_size=3)
-    assert [r.path for r in on] == [str(f) for f in films]
-    assert [(r.path, r.probability, r.error, r.in_scope) for r in on] == \
-        [(r.path, r.probability, r.error, r.in_scope) for r in off]
+    assert [r.source for r in on] == [str(f) for f in films]
+    assert on == off  # every field that compares: source, probability, scope verdict, decision, error...
     assert on[3].probability is None and on[3].error
 
 
@@ -306,7 +307,7 @@ def test_backends_agree_within_1e_5_on_the_shared_samples(shared_data_root):
 
 
 def test_provenance_without_torch_is_the_one_site_reexports():
-    from pneumoscan import provenance, site
+    from pneumoscan.onboarding import provenance, site
 
     assert site.provenance is provenance.provenance and site.site_state is provenance.site_state
     meta = {"adaptation": {"date": "2026-01-02T00:00:00Z", "n_images": 3, "parent_model_sha256": "ab" * 32},
@@ -320,7 +321,7 @@ def test_provenance_without_torch_is_the_one_site_reexports():
 
 
 def test_the_scope_cut_lies_between_validation_films_never_on_one():
-    from pneumoscan.reference import midpoint_cut
+    from pneumoscan.gate.reference import midpoint_cut
 
     scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     cut = midpoint_cut(scores, 0.2)  # at most 2 of 10 above (the rank rule leaves 1, as before)
@@ -333,8 +334,8 @@ def test_the_shipped_cut_flips_no_validation_film_between_backends():
     """The shipped reference's cut-off sat on one validation film's score (torch 0.298296); ONNX Runtime's 1e-7
     difference flipped it out of scope. The cut now lies halfway to the next film (0.298630)."""
     from pneumoscan.checkpoint import load_checkpoint_arrays
-    from pneumoscan.predict import PACKAGED_MODEL
-    from pneumoscan.reference import reference_of
+    from pneumoscan.inference.predictor import PACKAGED_MODEL
+    from pneumoscan.gate.reference import reference_of
 
     ref = reference_of(load_checkpoint_arrays(PACKAGED_MODEL))
     assert ref.knn_cut == pytest.approx(0.29862958, abs=1e-7)

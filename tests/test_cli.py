@@ -120,7 +120,7 @@ def test_package_exports_the_public_api_lazily():
 
     code = ("import sys, pneumoscan; assert 'torch' not in sys.modules; "
             "from pneumoscan import Predictor, default_model_path, load_config, read_image, rechoose_operating_point; "
-            "assert Predictor.__module__ == 'pneumoscan.predict'; "
+            "assert Predictor.__module__ == 'pneumoscan.inference.predictor'; "
             "import pneumoscan.training.loop as t; assert callable(t.train) and t.__name__ == 'pneumoscan.training.loop'; "
             "assert sorted(dir(pneumoscan)) == sorted(pneumoscan.__all__)")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -128,7 +128,7 @@ def test_package_exports_the_public_api_lazily():
 
 def test_adult_age_default_is_the_scope_gates():
     from pneumoscan.cli.common import ADULT_AGE_DEFAULT
-    from pneumoscan.scope import ADULT_AGE_YEARS
+    from pneumoscan.gate.scope import ADULT_AGE_YEARS
 
     assert ADULT_AGE_DEFAULT == ADULT_AGE_YEARS
 

@@ -56,7 +56,7 @@ def test_compares_candidates_seeds_and_pairs(two_seeds):
     import numpy as np
 
     from pneumoscan.data import index_dataset
-    from pneumoscan.operating_point import CROSS_FIT_METHOD
+    from pneumoscan.onboarding.operating_point import CROSS_FIT_METHOD
 
     cf = by_name["seed3"]["cross_fitted"]
     assert cf["method"] == CROSS_FIT_METHOD and cf["n_repeats"] + cf["n_skipped"] == 200 and cf["seed"] == 0

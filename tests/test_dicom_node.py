@@ -105,7 +105,7 @@ def echo(port: int, calling: str = SCU_AET) -> bool:
 
 def rows(store) -> list[SimpleNamespace]:
     """The worklist's results (highest risk first), with attribute access."""
-    return [SimpleNamespace(**r) for r in store.list()]
+    return [SimpleNamespace(**{**r, **r["context"]}) for r in store.list()]  # the context's keys at the top too
 
 
 def wait_for(predicate, timeout: float = 15.0, step: float = 0.1):
@@ -159,7 +159,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(checkpoint):
-    from pneumoscan.predict import Predictor
+    from pneumoscan.inference.predictor import Predictor
 
     return Predictor.from_checkpoint(checkpoint)
 
@@ -323,7 +323,10 @@ def _fake_event(node, ds: pydicom.Dataset, request_class: str):
 
     request = SimpleNamespace(AffectedSOPClassUID=request_class, AffectedSOPInstanceUID=ds.SOPInstanceUID)
     assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title=SCU_AET, address="127.0.0.1"))
-    return SimpleNamespace(request=request, assoc=assoc, encoded_dataset=encoded)
+    decoded = pydicom.dcmread(io.BytesIO(buf.getvalue()))  # what event.dataset gives: the data set, decoded once
+    meta = decoded.file_meta
+    del decoded.file_meta
+    return SimpleNamespace(request=request, assoc=assoc, encoded_dataset=encoded, dataset=decoded, file_meta=meta)
 
 
 def test_an_unexpected_sop_class_gets_its_failure_status(node, store):

@@ -20,7 +20,6 @@ from pneumoscan.constants import DISCLAIMER
 from pneumoscan.dicom_out import (
     CODING_SCHEME,
     DicomOutputError,
-    caption_for,
     make_sc,
     make_sr,
     pseudonymise_dataset,
@@ -29,6 +28,7 @@ from pneumoscan.dicom_out import (
     write_dicom_results,
 )
 from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
+from pneumoscan.result import Explanation, ModelIdentity, Result
 
 KEY = b"a test site secret, not for use"
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "MRN-12345", "PatientBirthDate": "20200102", "PatientSex": "F",
@@ -61,10 +61,20 @@ def _roundtrip(ds: pydicom.Dataset) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(buf.getvalue()))
 
 
+def _result(probability: float = 0.734, *, threshold: float = 0.41, in_scope: bool = True, scope_reason: str = "",
+            film: np.ndarray | None = None, cam: np.ndarray | None = None, version: str = "0123456789ab") -> Result:
+    """A result as the predictor makes it (the decision is the result's own)."""
+    return Result.scored("film.dcm", probability, ModelIdentity("seed-cnn", version, threshold), in_scope=in_scope,
+                         scope_reason=scope_reason, film=film,
+                         explanation=None if cam is None else Explanation(cam))
+
+
+def _with_film(**kw: object) -> Result:
+    return _result(film=synthetic_xray(128, 112, seed=3), **kw)  # type: ignore[arg-type]
+
+
 def _sr(source: pydicom.Dataset, **kw: object) -> pydicom.Dataset:
-    args = dict(probability=0.734, decision="PNEUMONIA", threshold=0.41, in_scope=True, scope_reason="",
-                model_name="seed-cnn", model_version="0123456789ab")
-    return make_sr(source, **{**args, **kw})
+    return make_sr(source, _result(**kw))  # type: ignore[arg-type]
 
 
 def _texts(ds: pydicom.Dataset) -> dict[str, str]:
@@ -117,11 +127,10 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
 
 def test_sr_normal_and_out_of_scope():
     src = source_dataset()
-    normal = hd.sr.srread(io.BytesIO(_bytes(_sr(src, probability=0.1, decision="NORMAL"))))
+    normal = hd.sr.srread(io.BytesIO(_bytes(_sr(src, probability=0.1))))
     group, = normal.content.get_image_measurement_groups()
     assert group.finding_type.value == "17621005"  # SCT Normal
-    out = _roundtrip(_sr(src, probability=0.97, decision="OUT_OF_SCOPE", in_scope=False,
-                         scope_reason="adult patient (DICOM PatientAge 045Y)"))
+    out = _roundtrip(_sr(src, probability=0.97, in_scope=False, scope_reason="adult patient (DICOM PatientAge 045Y)"))
     group, = hd.sr.srread(io.BytesIO(_bytes(out))).content.get_image_measurement_groups()
     # no probability out of scope: a viewer would show it as a risk
     assert [m.name.meaning for m in group.get_measurements()] == ["Operating threshold"]
@@ -132,16 +141,16 @@ def test_sr_normal_and_out_of_scope():
     assert texts["Triage decision"] == "OUT_OF_SCOPE" and texts["Decision support disclaimer"] == DISCLAIMER
 
 
-def test_make_sr_refuses_contradictions_and_sources_without_a_study():
+def test_make_sr_reports_the_results_decision_and_refuses_what_has_none():
     src = source_dataset()
-    with pytest.raises(ValueError, match="contradicts"):
-        _sr(src, decision="PNEUMONIA", in_scope=False)
-    with pytest.raises(ValueError, match="contradicts"):
-        _sr(src, decision="OUT_OF_SCOPE", in_scope=True)
-    with pytest.raises(ValueError, match="one of"):
-        _sr(src, decision="MAYBE")
+    # nothing to contradict: the decision is the result's, made from its probability, threshold and scope verdict
+    for probability, in_scope, decision in ((0.5, True, "PNEUMONIA"), (0.3, True, "NORMAL"), (0.9, False, "OUT_OF_SCOPE")):
+        texts = _texts(_roundtrip(_sr(src, probability=probability, in_scope=in_scope, scope_reason="blank")))
+        assert texts["Triage decision"] == decision
     with pytest.raises(ValueError, match="probability"):
-        _sr(src, probability=float("nan"))
+        _result(float("nan"))
+    with pytest.raises(DicomOutputError, match="could not be read"):
+        make_sr(src, Result.unread("film.dcm", "damaged", ModelIdentity("seed-cnn", "v", 0.41)))
     with pytest.raises(DicomOutputError, match="StudyInstanceUID"):
         _sr(source_dataset(StudyInstanceUID=None))
     # a source without the optional patient tags still gets a report (empty Type 2 values)
@@ -152,10 +161,12 @@ def test_make_sr_refuses_contradictions_and_sources_without_a_study():
 
 def test_sc_holds_the_overlay_and_a_burned_in_caption():
     src = source_dataset()
-    overlay = sc_pixels(synthetic_xray(128, 112, seed=3), np.random.default_rng(0).random((128, 112)))
-    caption = caption_for(probability=0.734, decision="PNEUMONIA", threshold=0.41, in_scope=True, scope_reason="")
-    assert caption == ("Pneumonia score 0.734: PNEUMONIA (threshold 0.410). Decision support only, not a diagnosis.")
-    back = _roundtrip(make_sc(src, overlay, caption=caption))
+    result = _with_film(cam=np.random.default_rng(0).random((5, 5)).astype(np.float32))
+    overlay = sc_pixels(result)
+    caption = result.caption()
+    assert caption == ("Flagged: possible pneumonia. Score 73.4 / 100 (threshold 41.0). Decision support, not a "
+                       "diagnosis.")
+    back = _roundtrip(make_sc(src, result))
     _same_patient_and_study(back, src)
     assert back.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage and back.SeriesNumber == 991
     assert back.BurnedInAnnotation == "YES" and back.ImageComments == caption
@@ -168,11 +179,16 @@ def test_sc_holds_the_overlay_and_a_burned_in_caption():
     assert pixels[:band].max() > 200  # white text on the black band
     assert hd.Image.from_dataset(back).get_frame(1).shape == pixels.shape  # highdicom reads it back too
 
-    out_of_scope = caption_for(probability=0.9, decision="OUT_OF_SCOPE", threshold=0.41, in_scope=False,
-                               scope_reason="lateral view (DICOM ViewPosition LL)")
-    assert out_of_scope.startswith("NOT ASSESSED: lateral view (DICOM ViewPosition LL).") and "0.9" not in out_of_scope
+    out_of_scope = _with_film(probability=0.9, in_scope=False, scope_reason="lateral view (DICOM ViewPosition LL)",
+                              cam=np.ones((5, 5), np.float32))
+    assert out_of_scope.caption() == ("Not assessed (out of scope): lateral view (DICOM ViewPosition LL). Decision "
+                                      "support, not a diagnosis.")  # no score: it is not a risk
+    assert out_of_scope.explanation is not None and np.array_equal(  # an SC never shows a map out of scope...
+        sc_pixels(out_of_scope), sc_pixels(out_of_scope.replace(explanation=None)))  # ...when a caller gives one
     with pytest.raises(ValueError, match="overlay_rgb"):
-        make_sc(src, np.zeros((10, 10), np.uint8), caption="x")
+        make_sc(src, result, np.zeros((10, 10), np.uint8))
+    with pytest.raises(DicomOutputError, match="keeps no film"):
+        make_sc(src, _result())
 
 
 def test_write_dicom_results_from_path_or_bytes_atomically_never_overwriting(tmp_path):
@@ -180,10 +196,7 @@ def test_write_dicom_results_from_path_or_bytes_atomically_never_overwriting(tmp
     path.write_bytes(source_bytes())
     src = pydicom.dcmread(path)
     out = tmp_path / "out"
-    overlay = sc_pixels(synthetic_xray(128, 112, seed=3), None)
-    written = write_dicom_results(path, probability=0.2, decision="NORMAL", threshold=0.41, in_scope=True,
-                                  scope_reason="", model_name="seed-cnn", model_version="v1", out_dir=out,
-                                  overlay_rgb=overlay)
+    written = write_dicom_results(path, _with_film(probability=0.2, version="v1"), out_dir=out)
     assert len(written) == 2 and sorted(os.listdir(out)) == sorted(p.name for p in written)  # no temporary left
     sr, sc = (pydicom.dcmread(p) for p in written)
     assert (sr.Modality, sc.Modality) == ("SR", "OT")
@@ -191,26 +204,22 @@ def test_write_dicom_results_from_path_or_bytes_atomically_never_overwriting(tmp
         assert p.name == f"{ds.SOPInstanceUID}.dcm" and stat.S_IMODE(p.stat().st_mode) == 0o600
         assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
     assert sr.SeriesInstanceUID != sc.SeriesInstanceUID
-    only_sr = write_dicom_results(source_bytes(), probability=0.2, decision="NORMAL", threshold=0.41, in_scope=True,
-                                  scope_reason="", model_name="seed-cnn", model_version="v1", out_dir=out)
+    only_sr = write_dicom_results(source_bytes(), _result(0.2, version="v1"), out_dir=out)  # no film kept: no SC
     assert len(only_sr) == 1
     before = written[0].read_bytes()
     with pytest.raises(FileExistsError):
         write_dataset(sr, out)
     assert written[0].read_bytes() == before and len(os.listdir(out)) == 3
     with pytest.raises(DicomOutputError, match="not a DICOM file"):
-        write_dicom_results(b"not dicom at all" * 20, probability=0.2, decision="NORMAL", threshold=0.41,
-                            in_scope=True, scope_reason="", model_name="m", model_version="v", out_dir=out)
+        write_dicom_results(b"not dicom at all" * 20, _result(0.2), out_dir=out)
 
 
 def test_pseudonymised_outputs_name_nobody_and_stay_valid_dicom(tmp_path):
     data = source_bytes()
     src = pydicom.dcmread(io.BytesIO(data))
-    overlay = sc_pixels(synthetic_xray(128, 112, seed=3), None)
-    kw = dict(probability=0.9, decision="PNEUMONIA", threshold=0.41, in_scope=True, scope_reason="",
-              model_name="seed-cnn", model_version="v1", overlay_rgb=overlay, pseudonym_key=KEY)
-    first = write_dicom_results(data, out_dir=tmp_path / "a", **kw)
-    again = write_dicom_results(data, out_dir=tmp_path / "b", **kw)
+    result = _with_film(probability=0.9, version="v1")
+    first = write_dicom_results(data, result, out_dir=tmp_path / "a", pseudonym_key=KEY)
+    again = write_dicom_results(data, result, out_dir=tmp_path / "b", pseudonym_key=KEY)
     for path in first + again:
         raw = path.read_bytes()
         for secret in (b"Doe", b"MRN-12345", b"ACC-777", b"20200102", b"OLD-999", b"Who", src.StudyInstanceUID.encode(),
@@ -238,10 +247,9 @@ def test_sloppy_headers_are_copied_as_they_are_and_no_name_reaches_a_warning_or_
 
     src = source_dataset(PatientName="DOE JANE", ReferringPhysicianName="WHO DOCTOR", PatientSex="female",
                          StudyDate="2024-03-01")
-    overlay = sc_pixels(synthetic_xray(128, 112, seed=3), None)
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.DEBUG):
         warnings.simplefilter("always")
-        made = [_roundtrip(_sr(src)), _roundtrip(make_sc(src, overlay, caption="x"))]
+        made = [_roundtrip(_sr(src)), _roundtrip(make_sc(src, _with_film()))]
     said = caplog.text + " ".join(str(w.message) for w in caught)
     assert "DOE" not in said and "WHO" not in said
     for ds in made:
@@ -250,29 +258,26 @@ def test_sloppy_headers_are_copied_as_they_are_and_no_name_reaches_a_warning_or_
 
 
 def test_a_batch_without_heatmaps_writes_srs_only_and_one_files_failure_is_its_note(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     from pneumoscan.dicom_out import write, write_dicom_batch
     from pneumoscan.io import ImageContext
-    from pneumoscan.predict import FileResult
+    from resultfactory import scored, unread
 
     for name, tags in (("a.dcm", {}), ("b.dcm", {"PatientID": "BOOM"}), ("nostudy.dcm", {"StudyInstanceUID": None})):
         (tmp_path / name).write_bytes(source_bytes(**tags))
     dicom = ImageContext(format="DICOM")
-    results = [FileResult(str(tmp_path / n), 0.7, in_scope=True, context=dicom) for n in ("a.dcm", "b.dcm",
+    results = [scored(str(tmp_path / n), 0.7, in_scope=True, context=dicom) for n in ("a.dcm", "b.dcm",
                                                                                          "nostudy.dcm")]
-    results += [FileResult("photo.png", 0.2, in_scope=True, context=ImageContext(format="PNG")),
-                FileResult(str(tmp_path / "missing.dcm"), None, error="not found")]
-    onnx = SimpleNamespace(backend="onnxruntime", threshold=0.5, model_name="seed-cnn", version="v1")
+    results += [scored("photo.png", 0.2, in_scope=True, context=ImageContext(format="PNG")),
+                unread(str(tmp_path / "missing.dcm"), "not found")]
     real = write.make_sr
 
-    def make_sr(source, **kw):  # an unexpected failure for one image only
+    def make_sr(source, result):  # an unexpected failure for one image only
         if source.PatientID == "BOOM":
             raise RuntimeError("boom")
-        return real(source, **kw)
+        return real(source, result)
 
     monkeypatch.setattr(write, "make_sr", make_sr)
-    batch = write_dicom_batch(onnx, results, tmp_path / "out")
+    batch = write_dicom_batch(results, tmp_path / "out", no_sc="an ONNX export alone keeps no film for an SC")
     assert list(batch.written) == [str(tmp_path / "a.dcm")] and len(batch.written[str(tmp_path / "a.dcm")]) == 1
     assert set(batch.failed) == {str(tmp_path / "b.dcm"), str(tmp_path / "nostudy.dcm")}
     assert batch.failed[str(tmp_path / "b.dcm")] == "RuntimeError: boom"

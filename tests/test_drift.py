@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumoscan.drift import MIN_IMAGES, DriftCheck, NotEnoughImagesError
-from pneumoscan.reference import Reference, l2_normalize
+from pneumoscan.gate.drift import MIN_IMAGES, DriftCheck, NotEnoughImagesError
+from pneumoscan.gate.reference import Reference, l2_normalize
 
 
 def _world(seed: int = 0, c: int = 24, n: int = 3000):

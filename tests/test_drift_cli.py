@@ -17,11 +17,11 @@ from imagefactory import make_png, synthetic_xray
 from modelfactory import checkpoint_meta, randomize_batchnorm
 from pneumoscan.checkpoint import save_checkpoint
 from pneumoscan.cli import main
-from pneumoscan.drift import MIN_IMAGES
+from pneumoscan.gate.drift import MIN_IMAGES
 from pneumoscan.models import create_model, default_preprocessing
-from pneumoscan.predict import Predictor
+from pneumoscan.inference.predictor import Predictor
 from pneumoscan.preprocessing import resize_for_model
-from pneumoscan.reference import build_reference
+from pneumoscan.onboarding.reference_builder import build_reference
 
 N_SITE = 60
 

@@ -223,7 +223,7 @@ def test_calibrate_chooses_a_new_operating_point_and_keeps_the_weights(world, tm
     assert new.meta["site_calibration"]["previous_operating_point"] == src.meta["operating_point"]
     assert new.meta["site_state"] == "calibrated"
     # The stored threshold is what the rule gives on these images' calibrated scores.
-    from pneumoscan.scoring import score_dataset
+    from pneumoscan.inference.scoring import score_dataset
     records, scored, _ = score_dataset([out], list(index_dataset(world["site"]).records), world["cache"],
                                     torch.device("cpu"), 64, 1, False)
     y = np.array([r.label for r in records])
@@ -245,16 +245,20 @@ def test_calibrate_refuses_training_images_and_its_own_file(world, tmp_path, cap
 
 
 def test_scores_csv_text_cells_never_start_like_a_formula(tmp_path):
+    from resultfactory import scored
+
     from pneumoscan.data import Record
-    from pneumoscan.evaluation.evaluate import write_scores_csv
+    from pneumoscan.evaluation.evaluate import SCORES_COLUMNS, write_scores
 
     records = [Record("=HYPERLINK(1).png", 1, "-12", "virus"), Record("/data/a.png", 0, "@p", None)]
-    write_scores_csv(tmp_path / "s.csv", records, np.array([0.25, 1e-9]))
+    write_scores(tmp_path / "s.csv", records, [scored(r.path, p) for r, p in zip(records, (0.25, 1e-9))])
     with open(tmp_path / "s.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == list(SCORES_COLUMNS)
     assert [r["path"] for r in rows] == ["'=HYPERLINK(1).png", "/data/a.png"]
     assert [r["patient_id"] for r in rows] == ["'-12", "'@p"]
-    assert [r["score"] for r in rows] == ["0.250000", "0.000000"] and rows[0]["label"] == "PNEUMONIA"
+    assert [r["probability"] for r in rows] == ["0.250000", "0.000000"] and rows[0]["label"] == "PNEUMONIA"
+    assert [r["score"] for r in rows] == ["25.0", "0.0"] and [r["decision"] for r in rows] == ["NORMAL", "NORMAL"]
 
 
 def test_evaluation_reports_what_the_scope_gate_would_refuse(tmp_path):

@@ -14,10 +14,11 @@ from PIL import Image
 
 from imagefactory import make_png, synthetic_xray
 from modelfactory import checkpoint_meta
-from pneumoscan.explain import GradCAM, grad_cam, render_overlay, save_overlay, unique_stems, upsample_cam
+from pneumoscan.inference.explain import GradCAM, grad_cam, upsample_cam
+from pneumoscan.inference.render import render_overlay, save_overlay, unique_stems
 from pneumoscan.models import SeedCNN, create_model, default_preprocessing
 from pneumoscan.preprocessing import preprocess
-from pneumoscan.predict import Predictor
+from pneumoscan.inference.predictor import Predictor
 
 SIZE = 64
 SIGMA = SIZE / 10  # blob width, as in test_train.make_blob_dataset
@@ -173,7 +174,7 @@ def test_cli_heatmaps_for_every_readable_image(tiny_checkpoint, tmp_path):
 def test_unique_stems_fit_the_file_name_limit_and_stay_unique():
     import os
 
-    from pneumoscan.explain import STEM_MAX_BYTES
+    from pneumoscan.inference.render import STEM_MAX_BYTES
     from pneumoscan.utils import NAME_MAX
 
     long_a, long_b, wide = "a" * 300, "a" * 299 + "b", "é" * 200  # the first two differ only past the cut

@@ -11,8 +11,8 @@ import pytest
 from modelfactory import make_checkpoint
 from pneumoscan.checkpoint import CheckpointError, load_checkpoint
 from pneumoscan.cli import main
-from pneumoscan.export import export_onnx, open_onnx_session, read_onnx_metadata
-from pneumoscan.predict import HeatmapUnavailableError, Predictor
+from pneumoscan.inference.export import export_onnx, open_onnx_session, read_onnx_metadata
+from pneumoscan.inference.predictor import HeatmapUnavailableError, Predictor
 from pneumoscan.utils import file_sha256
 
 SIZE = 64

@@ -42,10 +42,19 @@ def test_the_checker_finds_a_circle_and_an_upward_import(checker, tmp_path):
         "__init__.py": "",
         "io/__init__.py": "def f():\n    from pneumoscan import cli  # a lazy import counts too\n",
         "cli.py": "import pneumoscan.io\n",
-        "scoring.py": "from pneumoscan.predict import x\n",
-        "predict.py": "from pneumoscan.scoring import y\n",
+        "gate/__init__.py": "",
+        "gate/scope.py": "from pneumoscan.inference.predictor import x\n",
+        "inference/__init__.py": "",
+        "inference/predictor.py": "from pneumoscan.gate.scope import y\n",
     })
     found = checker.problems(src)
     assert any(p.startswith("import circle") and "pneumoscan.cli" in p and "pneumoscan.io" in p for p in found)
     assert any("upward import: pneumoscan.io" in p and "pneumoscan.cli" in p for p in found)
-    assert any("upward import: pneumoscan.scoring" in p for p in found)
+    assert any("upward import: pneumoscan.gate.scope" in p and "pneumoscan.inference.predictor" in p for p in found)
+    assert not any("upward import: pneumoscan.inference.predictor" in p for p in found)  # gate is below inference
+
+
+def test_the_package_root_holds_at_most_ten_modules(checker, tmp_path):
+    assert len(checker.root_modules()) <= checker.MAX_ROOT_MODULES == 10
+    src = _tree(tmp_path, {f"m{i}.py": "" for i in range(11)} | {"__init__.py": ""})
+    assert any(p.startswith("12 modules directly in") for p in checker.problems(src))

@@ -14,7 +14,7 @@ from pneumoscan import metrics as M
 from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
 from pneumoscan.cli import main
 from pneumoscan.data import DatasetError, index_dataset
-from pneumoscan.operating_point import (
+from pneumoscan.onboarding.operating_point import (
     CALIBRATION_TENSOR,
     CROSS_FIT_METHOD,
     _patient_halves,
@@ -23,9 +23,9 @@ from pneumoscan.operating_point import (
     cross_fitted_operating_point,
     rechoose_operating_point,
 )
-from pneumoscan.scoring import score_dataset
+from pneumoscan.inference.scoring import score_dataset
 from pneumoscan.training import train
-from pneumoscan.trainset import hash_files, overlap
+from pneumoscan.onboarding.trainset import hash_files, overlap
 from pneumoscan.utils import file_sha256
 
 # --- pure functions -----------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def test_evaluate_warns_loudly_on_renamed_training_films(world, tmp_path, capsys
 
 @pytest.mark.shared_data
 def test_shipped_model_refuses_and_flags_20_renamed_training_films(shared_data_root, tmp_path, capsys):
-    from pneumoscan.predict import default_model_path
+    from pneumoscan.inference.predictor import default_model_path
 
     model = default_model_path()
     ckpt = load_checkpoint(model)

@@ -17,12 +17,12 @@ import torch
 
 from imagefactory import dicom_bytes, jpeg_bytes, make_dicom, make_jpeg, make_png, png_bytes, synthetic_xray
 from modelfactory import make_checkpoint
-from pneumoscan import predict as predict_mod
+from pneumoscan.inference import predictor as predict_mod
 from pneumoscan.checkpoint import CheckpointError
 from pneumoscan.cli import main
 from pneumoscan.io import ImageError
-from pneumoscan.predict import (
-    DISCLAIMER, ModelNotFoundError, Prediction, Predictor, RuntimeOptions, default_model_path,
+from pneumoscan.inference.predictor import (
+    DISCLAIMER, ModelNotFoundError, Predictor, Result, RuntimeOptions, default_model_path,
 )
 from pneumoscan.constants import DISCLAIMER
 from pneumoscan.worklist import CONTEXT_COLUMNS, RESULT_COLUMNS, collect_images, rank, triage, write_results
@@ -99,7 +99,7 @@ def test_predict_consistent_with_proba_and_threshold(tiny_checkpoint, films):
     p = Predictor.from_checkpoint(tiny_checkpoint)
     p.threshold = threshold
     preds = p.predict(films)
-    assert all(isinstance(r, Prediction) for r in preds)
+    assert all(isinstance(r, Result) for r in preds)
     assert [r.probability for r in preds] == pytest.approx(list(probs), abs=1e-12)
     assert [r.positive for r in preds] == [bool(x >= threshold) for x in probs]
     assert {r.label for r in preds} == {"NORMAL", "PNEUMONIA"}
@@ -220,11 +220,11 @@ def test_triage_reports_bad_files_and_ranks_the_rest(predictor, folder):
 def test_score_files_keeps_input_order_and_leaves_ranking_to_the_worklist(predictor, folder):
     files = [folder / "broken.png", folder / "a.png", folder / "b.jpeg"]
     results = predictor.score_files(files, batch_size=2)
-    assert [r.path for r in results] == [str(f) for f in files]
-    assert results[0].probability is None and "not an image" in results[0].error and results[0].heatmap is None
-    assert all(r.probability is not None and r.error == "" and r.heatmap is None for r in results[1:])
+    assert [r.source for r in results] == [str(f) for f in files]
+    assert results[0].probability is None and "not an image" in results[0].error and results[0].heatmap_path is None
+    assert all(r.probability is not None and r.error == "" and r.heatmap_path is None for r in results[1:])
     rows = triage(predictor, files, batch_size=2)
-    assert [r["path"] for r in rows[:2]] == [r.path for r in sorted(results[1:], key=lambda r: -r.probability)]
+    assert [r["path"] for r in rows[:2]] == [r.source for r in sorted(results[1:], key=lambda r: -r.probability)]
     assert [r["probability"] for r in rows[:2]] == sorted((r.probability for r in results[1:]), reverse=True)
 
 
@@ -317,7 +317,7 @@ def test_prediction_label_and_probabilities_are_finite(predictor, films):
 
 
 def test_a_heatmap_that_cannot_be_written_fails_only_its_row(predictor, folder, tmp_path, monkeypatch):
-    import pneumoscan.explain as explain_mod
+    import pneumoscan.inference.render as explain_mod
 
     real = explain_mod.write_heatmap
 
@@ -337,24 +337,27 @@ def test_a_heatmap_that_cannot_be_written_fails_only_its_row(predictor, folder, 
 
 
 def test_any_exception_while_decoding_one_item_becomes_its_error(predictor, folder, monkeypatch, caplog):
-    from pneumoscan import predict_files
+    from pneumoscan.inference import files as predict_files
 
-    real = predict_files.read_image_with_context
+    real = predict_files.read_film
 
     def buggy(source, *args, **kwargs):
         if str(source).endswith("b.jpeg"):
             raise KeyError("decoder bug")
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(predict_files, "read_image_with_context", buggy)
-    with caplog.at_level("DEBUG", logger="pneumoscan.predict"):
+    monkeypatch.setattr(predict_files, "read_film", buggy)
+    with caplog.at_level("DEBUG", logger="pneumoscan.inference"):
         rows = {Path(r["path"]).name: r for r in triage(predictor, [folder / "a.png", folder / "b.jpeg"])}
     assert rows["a.png"]["error"] == "" and rows["a.png"]["probability"] is not None
     assert rows["b.jpeg"]["probability"] is None and "KeyError" in rows["b.jpeg"]["error"]
     assert any(r.levelname == "DEBUG" and r.exc_info for r in caplog.records)  # the traceback, at DEBUG only
     # arrays go through the same guard: a wrong array is that item's error, not the batch's
-    out = predictor._decode_many([np.zeros((70, 70), np.uint8), np.zeros((70, 70), np.float32)], raise_errors=False)
-    assert isinstance(out[0][0], np.ndarray) and "2-D uint8" in out[1]
+    out = [predict_files.decode_item(a, predictor.preprocessing, raise_errors=False)
+           for a in (np.zeros((70, 70), np.uint8), np.zeros((70, 70), np.float32))]
+    assert isinstance(out[0].square, np.ndarray) and "2-D uint8" in out[1]
+    results = predictor.score_files([np.zeros((70, 70), np.uint8), np.zeros((70, 70), np.float32)])
+    assert results[0].read and not results[1].read and "2-D uint8" in results[1].error
     with pytest.raises(KeyError):
         predictor.predict_proba([folder / "b.jpeg"])
 
@@ -543,7 +546,7 @@ def with_blank(tmp_path) -> Path:
 
 def test_cli_predict_lists_an_out_of_scope_image_as_not_assessed_after_the_scored_ones(tiny_checkpoint, with_blank,
                                                                                       tmp_path, capsys, monkeypatch):
-    from pneumoscan.scope import pixel_reason
+    from pneumoscan.gate.scope import pixel_reason
 
     assert pixel_reason(np.full((64, 64), 128, np.uint8)) == "blank or uniform image"
     monkeypatch.setenv("COLUMNS", "400")  # one table row per line
@@ -683,10 +686,11 @@ def test_cli_predict_dicom_out_writes_sr_and_sc_for_each_dicom_input(tiny_checkp
     group, = hd.sr.srread(sr_path).content.get_image_measurement_groups()
     probability = next(m for m in group.get_measurements() if m.name.meaning == "Pneumonia probability")
     assert probability.value == pytest.approx(float(film["probability"]), abs=1e-6)
-    assert sc.BurnedInAnnotation == "YES" and sc.ImageComments.startswith(
-        f"Pneumonia score {float(film['probability']):.3f}: {film['decision']}")
+    assert sc.BurnedInAnnotation == "YES" and sc.ImageComments == (  # the result's one wording
+        f"{film['decision_text']}. Score {film['score']} / 100 (threshold {film['score_threshold']}). Decision support, "
+        "not a diagnosis.")
     adult_sc = pydicom.dcmread(adult["dicom_out"].split(";")[1])
-    assert adult_sc.ImageComments.startswith("NOT ASSESSED: adult patient (DICOM PatientAge 045Y)")
+    assert adult_sc.ImageComments.startswith("Not assessed (out of scope): adult patient (DICOM PatientAge 045Y)")
 
 
 def test_cli_predict_pseudonymise_needs_a_secret_and_hides_identifiers(tiny_checkpoint, pacs_folder, tmp_path, capsys,

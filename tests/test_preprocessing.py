@@ -16,8 +16,8 @@ from modelfactory import make_checkpoint
 from pneumoscan.checkpoint import load_checkpoint
 from pneumoscan.data import Record, build_cache
 from pneumoscan.io import read_image
-from pneumoscan.predict import Predictor
-from pneumoscan.predict_files import decode_item
+from pneumoscan.inference.predictor import Predictor
+from pneumoscan.inference.files import decode_item
 from pneumoscan.preprocessing import (
     Preprocessing,
     check_model_input,
@@ -27,7 +27,7 @@ from pneumoscan.preprocessing import (
     resize_for_model,
     to_model_input,
 )
-from pneumoscan.scoring import model_from_checkpoint, score_cached
+from pneumoscan.inference.scoring import model_from_checkpoint, score_cached
 
 
 def _odd_files(folder: Path) -> list[Path]:
@@ -64,7 +64,7 @@ def test_cache_and_predictor_make_the_same_input_and_probabilities(ckpt, tmp_pat
     assert len(cache) == len(files)
     for row, path in enumerate(files):
         # The cached square is exactly what the predictor feeds the model.
-        square, _ = decode_item(str(path), spec, raise_errors=True)
+        square = decode_item(str(path), spec, raise_errors=True).square
         assert np.array_equal(cache.images[row], square)
         assert np.array_equal(square, resize_for_model(read_image(path, reduce_to=decode_side(spec)), spec))
     # The large JPEGs were decoded at reduced scale (1/4: both sides still >= 2 x 96; e.jpeg turned upright).
@@ -86,7 +86,7 @@ def test_evaluate_and_predict_give_the_same_probabilities(ckpt, tmp_path):
     paths = sorted(root.rglob("x*"))
     evaluate([ckpt], root, tmp_path / "eval", cache_dir=tmp_path / "cache", bootstrap_samples=10)
     with open(tmp_path / "eval" / "scores.csv", newline="") as fh:
-        evaluated = {Path(r["path"]).name: float(r["score"]) for r in csv.DictReader(fh)}
+        evaluated = {Path(r["path"]).name: float(r["probability"]) for r in csv.DictReader(fh)}
     predicted = dict(zip((p.name for p in paths), Predictor.from_checkpoint(ckpt).predict_proba(paths)))
     assert set(evaluated) == set(predicted) and len(predicted) == 10
     for name, p in predicted.items():
@@ -161,11 +161,13 @@ def test_one_film_has_one_score_on_every_path(ckpt, tmp_path):
     np.testing.assert_allclose(with_maps, plain, rtol=0, atol=1e-6)
     np.testing.assert_allclose(explained, plain, rtol=0, atol=1e-6)
     for f, prob in zip(files, plain):
-        gray, ctx = read_image_with_context(f)
-        square = p.model_square(str(f), gray, ctx)
-        assert np.array_equal(square, decode_item(str(f), p.preprocessing, raise_errors=True)[0])
-        assert not np.array_equal(square, resize_for_model(gray, p.preprocessing))  # the case this test is about
-        assert math.isclose(p.assess(gray, ctx, square=square)[0].probability, prob, abs_tol=1e-6)
+        gray, _ = read_image_with_context(f)
+        film = p.read(str(f), full=True)  # the film at its own size, and the square every path scores
+        assert np.array_equal(film.gray, gray)
+        assert np.array_equal(film.square, decode_item(str(f), p.preprocessing, raise_errors=True).square)
+        assert not np.array_equal(film.square, resize_for_model(gray, p.preprocessing))  # the case of this test
+        assert math.isclose(p.assess(film).probability, prob, abs_tol=1e-6)
+        assert math.isclose(p.assess(film, explain=True).probability, prob, abs_tol=1e-6)
     client = TestClient(create_app(p, ServeSettings()))
     for f, prob in zip(files, plain):
         body = {"files": (f.name, f.read_bytes(), "image/jpeg")}

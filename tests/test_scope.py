@@ -10,8 +10,8 @@ from imagefactory import synthetic_xray
 from oodfactory import generated
 from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
 from pneumoscan.io import ImageContext
-from pneumoscan.reference import Reference, knn_distance, l2_normalize, reference_of
-from pneumoscan.scope import OUT_OF_SCOPE, ScopeGate, metadata_reason, pixel_reason, pixel_stats
+from pneumoscan.gate.reference import Reference, knn_distance, l2_normalize, reference_of
+from pneumoscan.gate.scope import OUT_OF_SCOPE, ScopeGate, metadata_reason, pixel_reason, pixel_stats
 
 
 def _dicom(**tags: str) -> ImageContext:
@@ -23,10 +23,10 @@ def _dicom(**tags: str) -> ImageContext:
     (_dicom(modality="MR"), "not a chest radiograph"),
     (_dicom(modality="US"), "Modality US"),
     (_dicom(modality="DX", body_part="HAND"), "not the chest (DICOM BodyPartExamined HAND)"),
-    (_dicom(modality="CR", view_position="LL"), "lateral view (DICOM ViewPosition LL)"),
-    (_dicom(view_position="RAO"), "oblique view"),
-    (_dicom(patient_age="081Y"), "adult patient (DICOM PatientAge 081Y)"),
-    (_dicom(patient_age="018Y"), "adult patient"),
+    (_dicom(modality="CR", view="LL"), "lateral view (DICOM ViewPosition LL)"),
+    (_dicom(view="RAO"), "oblique view"),
+    (_dicom(age="081Y"), "adult patient (DICOM PatientAge 081Y)"),
+    (_dicom(age="018Y"), "adult patient"),
 ])
 def test_metadata_refuses_what_the_header_rules_out(ctx, fragment):
     assert fragment in metadata_reason(ctx)
@@ -34,18 +34,18 @@ def test_metadata_refuses_what_the_header_rules_out(ctx, fragment):
 
 @pytest.mark.parametrize("ctx", [
     None, ImageContext(), ImageContext(format="PNG", modality="CT"),  # only DICOM headers count
-    _dicom(), _dicom(modality="DX", body_part="CHEST", view_position="PA", patient_age="004Y"),
-    _dicom(modality="CR", body_part="Thorax", view_position="AP", patient_age="017Y"),
-    _dicom(patient_age="030M"), _dicom(patient_age="garbage"),  # an unreadable age is no reason to refuse
+    _dicom(), _dicom(modality="DX", body_part="CHEST", view="PA", age="004Y"),
+    _dicom(modality="CR", body_part="Thorax", view="AP", age="017Y"),
+    _dicom(age="030M"), _dicom(age="garbage"),  # an unreadable age is no reason to refuse
 ])
 def test_metadata_passes_pediatric_frontal_chest_films_and_missing_tags(ctx):
     assert metadata_reason(ctx) == ""
 
 
 def test_adult_cut_off_is_configurable():
-    assert metadata_reason(_dicom(patient_age="016Y"), adult_age_years=16) != ""
-    assert metadata_reason(_dicom(patient_age="016Y")) == ""
-    assert ImageContext(patient_age="006M").age_years() == pytest.approx(0.5)
+    assert metadata_reason(_dicom(age="016Y"), adult_age_years=16) != ""
+    assert metadata_reason(_dicom(age="016Y")) == ""
+    assert ImageContext(age="006M").age_years() == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("name, fragment", [
@@ -108,7 +108,7 @@ def test_feature_check_refuses_what_lies_far_from_the_training_films():
 def test_reference_travels_in_the_checkpoint(tmp_path):
     from modelfactory import checkpoint_meta
     from pneumoscan.models import create_model
-    from pneumoscan.scoring import model_from_checkpoint
+    from pneumoscan.inference.scoring import model_from_checkpoint
 
     ref = _random_reference()
     model = create_model("seed-cnn")
@@ -126,7 +126,7 @@ def test_reference_travels_in_the_checkpoint(tmp_path):
 
 def test_predictor_gives_out_of_scope_never_a_risk(tmp_path):
     from modelfactory import make_checkpoint
-    from pneumoscan.predict import Predictor
+    from pneumoscan.inference.predictor import Predictor
 
     p = Predictor.from_checkpoint(make_checkpoint(tmp_path / "m.safetensors", threshold=0.0))  # everything flags
     blank, film = np.full((200, 200), 128, np.uint8), synthetic_xray(200, 180)

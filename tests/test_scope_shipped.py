@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter
 from oodfactory import dicom_samples, generated, part10_bytes, photographs, sample_dicom
 from pneumoscan.data import index_dataset, split_index
 from pneumoscan.io import read_image
-from pneumoscan.predict import PACKAGED_MODEL, Predictor
+from pneumoscan.inference.predictor import PACKAGED_MODEL, Predictor
 
 pytestmark = pytest.mark.shared_data
 
@@ -142,7 +142,7 @@ def test_drift_flags_synthetic_shifts_and_not_a_validation_like_batch(shipped, v
     rng = np.random.default_rng(0)
     images = [read_image(val_paths[i]) for i in rng.choice(len(val_paths), 60, replace=False)]
     feats, descs = [], []
-    from pneumoscan.reference import intensity_descriptors
+    from pneumoscan.gate.reference import intensity_descriptors
     from pneumoscan.preprocessing import resize_for_model
 
     for g in _shifted(images, how):

@@ -8,17 +8,24 @@ import re
 import threading
 import time
 import warnings
+from datetime import UTC
 
 import numpy as np
 import pytest
 import torch
+from imagefactory import (
+    dicom_bytes,
+    jpeg_bytes,
+    png_bytes,
+    png_header_bytes,
+    synthetic_xray,
+)
 from PIL import Image
 
-from imagefactory import dicom_bytes, jpeg_bytes, png_bytes, png_header_bytes, synthetic_xray
 from pneumoscan.checkpoint import save_checkpoint
 from pneumoscan.config import Config
+from pneumoscan.inference.predictor import Predictor
 from pneumoscan.models import create_model, default_preprocessing
-from pneumoscan.predict import Predictor
 from pneumoscan.serve import ServeSettings, create_app
 
 with warnings.catch_warnings():
@@ -181,6 +188,19 @@ def test_mixed_good_and_bad_keeps_good_results(client):
     res = r.json()["results"]
     assert [x["ok"] for x in res] == [True, False, True]
     assert "bad.png" in res[1]["error"]
+    # Every entry, result or error, carries the one result shape (Result.to_dict()) under its file name.
+    from pneumoscan.result import RESULT_KEYS
+
+    for x in res:
+        assert set(RESULT_KEYS) | {"filename", "worklist_id"} <= set(x), sorted(x)
+        assert set(x["context"]) == {"patient_id", "accession", "study_date", "age", "sex", "view", "study_uid",
+                                     "series_uid", "sop_uid"}
+    good = res[0]
+    assert {"format", "width", "height", "thumbnail", "rank"} <= set(good) and good["format"] == "JPEG"
+    assert good["model_name"] == "seed-cnn" and good["score"] == pytest.approx(100 * good["probability"], abs=0.05)
+    bad = res[1]
+    assert bad["decision"] == "" and bad["probability"] is None and bad["score"] is None and bad["in_scope"] is None
+    assert bad["model_name"] == "seed-cnn" and bad["threshold"] == pytest.approx(0.42)
 
 
 def test_request_level_errors(client):
@@ -247,9 +267,9 @@ class _SlowPredictor:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def assess(self, gray, context=None, **kwargs):
+    def assess(self, film, **kwargs):
         time.sleep(self._delay)
-        return self._inner.assess(gray, context, **kwargs)
+        return self._inner.assess(film, **kwargs)
 
 
 def test_healthz_answers_while_predicting(predictor):
@@ -272,7 +292,7 @@ def test_healthz_answers_while_predicting(predictor):
 
 def test_model_info_reads_the_validation_summary_of_the_shipped_model():
     """The shipped model stores its validation AUC as {"value", "ci"}: the card must show numbers, not NaN."""
-    from pneumoscan.predict import PACKAGED_MODEL
+    from pneumoscan.inference.predictor import PACKAGED_MODEL
     from pneumoscan.serve import create_app
 
     p = Predictor.from_checkpoint(PACKAGED_MODEL)
@@ -325,11 +345,12 @@ def test_every_upload_is_stored_highest_risk_first_and_survives_a_restart(predic
     film = by_id[entries[films[0]]["worklist_id"]]
     assert film["probability"] == pytest.approx(entries[films[0]]["probability"])
     assert film["decision"] == entries[films[0]]["decision"] and film["in_scope"] is True
-    assert film["flagged"] == entries[films[0]]["positive"]
+    assert film["positive"] == entries[films[0]]["positive"]
     blank = by_id[entries["blank.png"]["worklist_id"]]
     assert blank["in_scope"] is False and blank["decision"] == "OUT_OF_SCOPE" and blank["scope_reason"]
     bad = by_id[entries["Smith_Ann.png"]["worklist_id"]]
     assert bad["error"] and bad["probability"] is None and bad["in_scope"] is None
+    assert bad["ok"] is False and bad["decision"] == "" and bad["positive"] is None  # unread: no decision
     # File names (here: patients' names) are never stored, not even inside an error message.
     text = client.get("/api/v1/worklist").text + client.get("/api/v1/audit").text
     assert not any(word in text for word in ("Doe_Jane", "Roe_Rick", "Smith_Ann"))
@@ -400,17 +421,19 @@ def test_review_is_recorded_audited_and_checked(client):
 
 
 def test_retention_runs_at_start_up(predictor, tmp_path):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
+
+    from resultfactory import scored
 
     from pneumoscan.store import WorklistStore
 
     db = tmp_path / "w.db"
     with WorklistStore(db) as store:
         for days in (400, 10):
-            store.add_result(input_sha256="ab" * 32, source="upload", filename_hash="", probability=0.5,
-                             decision="PNEUMONIA", threshold=0.4, in_scope=True, scope_reason="", error="",
-                             model_name="m", model_version="v", client="local",
-                             created=datetime.now(timezone.utc) - timedelta(days=days))
+            result = scored("x.jpeg", 0.5, threshold=0.4)
+            assert result.decision == "PNEUMONIA"
+            store.add(result, input_sha256="ab" * 32, source="upload", filename_hash="", client="local",
+                      created=datetime.now(UTC) - timedelta(days=days))
     keep = TestClient(create_app(predictor, ServeSettings(db=str(db), retention_days=None)))
     assert keep.get("/api/v1/worklist").json()["total"] == 2
     client = TestClient(create_app(predictor, ServeSettings(db=str(db), retention_days=365)))
@@ -426,10 +449,10 @@ def test_a_database_failure_never_costs_the_result(predictor, caplog):
     app = create_app(predictor)
     store = app.state.pneumoscan.store
 
-    def broken(**_kwargs):
+    def broken(*_args, **_kwargs):
         raise StoreError("worklist database x: OperationalError: disk I/O error")
 
-    store.add_result = broken
+    store.add = broken
     client = TestClient(app)
     with caplog.at_level("ERROR", logger="pneumoscan.serve"):
         r = _post(client, [("Doe_Jane.jpeg", _jpeg())])
@@ -439,26 +462,41 @@ def test_a_database_failure_never_costs_the_result(predictor, caplog):
     assert "not recorded in the worklist database" in caplog.text and "Doe_Jane" not in caplog.text
 
 
-def test_the_stored_context_comes_from_the_entry():
+def test_the_stored_context_comes_from_the_result_and_never_the_patient_name(tmp_path):
     from types import SimpleNamespace
 
+    from resultfactory import scored, unread
+
+    from pneumoscan.io import ImageContext
     from pneumoscan.serve.record import record
     from pneumoscan.store import WorklistStore
 
-    store = WorklistStore(":memory:")
-    state = SimpleNamespace(store=store, predictor=SimpleNamespace(model_name="m", version="v"),
-                            auth=SimpleNamespace(client_id="token-0123456789"))
-    nested = {"ok": True, "probability": 0.7, "decision": "PNEUMONIA", "threshold": 0.5, "in_scope": True,
-              "scope_reason": "", "context": {"patient_id": "P1", "accession": "A1", "age": "004Y", "view": "AP",
-                                              "patient_name": "DOE^JANE"}}
-    flat = {"ok": True, "probability": 0.2, "decision": "NORMAL", "threshold": 0.5, "in_scope": True,
-            "scope_reason": "", "patient_id": "P2", "view_position": "PA", "patient_age": "002Y"}
-    for entry in (nested, flat):
-        record(state, "x.dcm", b"bytes", entry)
-    first, second = store.list()
-    assert (first["patient_id"], first["accession"], first["age"], first["view"]) == ("P1", "A1", "004Y", "AP")
-    assert (second["patient_id"], second["age"], second["view"]) == ("P2", "002Y", "PA")
-    assert first["client"] == "token-0123456789" and nested["worklist_id"] == first["id"]
+    db = tmp_path / "w.db"
+    store = WorklistStore(db)
+    state = SimpleNamespace(store=store, auth=SimpleNamespace(client_id="token-0123456789"))
+    context = ImageContext(patient_id="P1", accession="A1", age="004Y", sex="F", view="AP", study_date="20240301",
+                           study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.5", patient_name="DOE^JANE")
+    result = scored("x.dcm", 0.7, context=context)
+    entry = {"filename": "x.dcm", **result.to_dict(), "thumbnail": _THUMB}
+    record(state, "x.dcm", b"bytes", result, entry)
+    bad = unread("Doe_Jane.dcm", "Doe_Jane.dcm: not an image", context=ImageContext(patient_id="P2",
+                                                                                 patient_name="DOE^JANE"))
+    bad_entry = {"filename": "Doe_Jane.dcm", **bad.to_dict()}
+    record(state, "Doe_Jane.dcm", b"other bytes", bad, bad_entry)
+    rows = {row["id"]: row for row in store.list()}
+    first, second = rows[entry["worklist_id"]], rows[bad_entry["worklist_id"]]
+    assert first["context"] == {"patient_id": "P1", "accession": "A1", "study_date": "20240301", "age": "004Y",
+                                "sex": "F", "view": "AP", "study_uid": "1.2.3", "series_uid": "1.2.3.4",
+                                "sop_uid": "1.2.3.4.5"}
+    assert first["context"] == result.to_dict()["context"] == entry["context"]
+    assert first["probability"] == pytest.approx(0.7) and first["decision"] == "PNEUMONIA" and first["positive"]
+    assert first["client"] == "token-0123456789" and first["thumbnail"] == _THUMB
+    assert second["context"]["patient_id"] == "P2" and second["decision"] == "" and second["thumbnail"] is None
+    assert "Doe_Jane" not in second["error"] and "not an image" in second["error"]
+    stored = str(store.list(thumbnails=False))  # (a thumbnail's base64 could spell anything)
+    assert "DOE" not in stored and "JANE" not in stored and "patient_name" not in stored
+    store.close()
+    assert not any(b"DOE^JANE" in f.read_bytes() for f in tmp_path.iterdir())
 
 
 def test_a_dicom_upload_is_stored_with_its_context_and_never_the_patient_name(predictor, tmp_path):
@@ -474,8 +512,10 @@ def test_a_dicom_upload_is_stored_with_its_context_and_never_the_patient_name(pr
     row = client.get("/api/v1/worklist").json()["results"][0]
     assert row["id"] == entry["worklist_id"]
     context = entry.get("context") or {}  # the decoded DICOM context, as the predict entry carries it
+    assert context["patient_id"] == "P-4711" and context["accession"] == "ACC-42" and context["view"] == "PA"
     for key in ("patient_id", "accession", "view"):
-        assert row[key] == context.get(key, ""), key
+        assert row["context"][key] == context.get(key, ""), key
+    assert row["context"] == context
     assert "DOE" not in str(row)
     app_state = client.app.state.pneumoscan
     app_state.store.close()
@@ -506,12 +546,16 @@ _THUMB = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(synthetic_xray(
 def test_every_result_stores_its_thumbnail_and_the_worklist_returns_it(client, monkeypatch):
     """The analysis's ``thumbnail`` (a small JPEG data URI) is stored with the result and comes back in the
     worklist's rows; a file that could not be read has none."""
+    import dataclasses
+
     import pneumoscan.serve.batch as batch_mod
 
     real = batch_mod.analyse
 
     def with_thumbnail(*args, **kwargs):  # as serve/analysis.py makes it: a 128 px JPEG per scored upload
-        return {**real(*args, **kwargs), "thumbnail": _THUMB}
+        done = real(*args, **kwargs)
+        assert done.pictures["thumbnail"].startswith("data:image/jpeg;base64,")
+        return dataclasses.replace(done, pictures={**done.pictures, "thumbnail": _THUMB})
 
     monkeypatch.setattr(batch_mod, "analyse", with_thumbnail)
     entries, _ = _upload_mix(client)
@@ -524,12 +568,14 @@ def test_every_result_stores_its_thumbnail_and_the_worklist_returns_it(client, m
 
 
 def test_worklist_borderline_band_and_order(client):
+    from resultfactory import scored
+
     store = client.app.state.pneumoscan.store
     ids = {}
     for n, p in enumerate((0.05, 0.42, 0.5, 0.58, 0.61, 0.97)):
-        ids[p] = store.add_result(input_sha256=f"{n:064x}", source="upload", filename_hash="", probability=p,
-                                  decision="PNEUMONIA" if p >= 0.5 else "NORMAL", threshold=0.5, in_scope=True,
-                                  scope_reason="", error="", model_name="m", model_version="v", client="local")
+        result = scored(f"f{n}.jpeg", p, threshold=0.5)
+        assert result.decision == ("PNEUMONIA" if p >= 0.5 else "NORMAL")
+        ids[p] = store.add(result, input_sha256=f"{n:064x}", source="upload", filename_hash="", client="local")
     body = client.get("/api/v1/worklist?borderline=10").json()  # points on the 0-100 score: 40 to 60
     assert [r["id"] for r in body["results"]] == [ids[0.58], ids[0.5], ids[0.42]]
     assert body["total"] == 3 and body["borderline"] == 10 and body["order"] == "risk"

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from imagefactory import dicom_bytes, jpeg_bytes, synthetic_xray
 
-from pneumoscan.predict import Predictor
+from pneumoscan.inference.predictor import Predictor
 from pneumoscan.serve import ServeSettings, create_app
 from pneumoscan.worklist import CONTEXT_COLUMNS
 

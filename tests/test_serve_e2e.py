@@ -25,9 +25,9 @@ from imagefactory import dicom_bytes, jpeg_bytes, png_bytes, synthetic_xray
 
 from pneumoscan.checkpoint import save_checkpoint
 from pneumoscan.config import Config
-from pneumoscan.drift import MIN_IMAGES, DriftResult
+from pneumoscan.gate.drift import MIN_IMAGES, DriftResult
 from pneumoscan.models import create_model, default_preprocessing
-from pneumoscan.predict import Predictor
+from pneumoscan.inference.predictor import Predictor
 from pneumoscan.serve import ServeSettings, create_app, uvicorn_config
 
 CHROMIUM = os.environ.get("PNEUMOSCAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

@@ -15,13 +15,12 @@ from imagefactory import dicom_bytes, jpeg_bytes, png_bytes, synthetic_xray
 from PIL import Image
 
 from pneumoscan.constants import DECISION_WORDS
-from pneumoscan.explain import render_heat
-from pneumoscan.predict import Predictor
+from pneumoscan.inference.predictor import Predictor
+from pneumoscan.inference.render import render_heat
 from pneumoscan.serve import ServeSettings, create_app
 from pneumoscan.serve.analysis import (
     FILM_MAX_SIDE,
     THUMBNAIL_SIDE,
-    can_explain,
     downscale,
 )
 
@@ -150,7 +149,7 @@ def test_without_grad_cam_the_entry_says_why(predictor, client, monkeypatch):
         monkeypatch.setattr(type(predictor), "can_explain", property(lambda self: False))
     else:
         monkeypatch.setattr(predictor, "can_explain", False, raising=False)
-    assert can_explain(predictor) is False
+    assert predictor.can_explain is False
     x = _explain(client, "a.jpeg", jpeg_bytes(synthetic_xray(120, 100)), heatmap=True).json()["results"][0]
     assert "heatmap_map" not in x and "ONNX" in x["heatmap_error"] and x["film_png"]
 

@@ -19,12 +19,13 @@ import torch
 
 from imagefactory import dicom_bytes, png_bytes
 from modelfactory import checkpoint_meta, randomize_batchnorm
-from pneumoscan.drift import MIN_IMAGES, DriftResult
+from pneumoscan.gate.drift import MIN_IMAGES, DriftResult
+from pneumoscan.inference.predictor import Predictor
 from pneumoscan.models import create_model
-from pneumoscan.predict import Predictor
-from pneumoscan.reference import build_reference
+from pneumoscan.onboarding.reference_builder import build_reference
 from pneumoscan.serve import ServeSettings, create_app
 from pneumoscan.serve.monitor import DriftWindow
+from resultfactory import scored, unread
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -217,26 +218,29 @@ class _CountingCheck:
 def test_window_tests_in_steps_while_filling_and_caches():
     check = _CountingCheck()
     window = DriftWindow(check, size=120)
-    feats, desc = np.ones(8, np.float32), np.zeros(7, np.float32)
+    film = scored("x.png", 0.3, features=np.ones(8, np.float32), descriptor=np.zeros(7, np.float32))
     for _ in range(75):
-        window.record(True, feats, desc)
+        window.record(film)
     first = window.report()
     assert first["n_images"] == 75 and first["n_tested"] == 50 and window.report() is first
     assert check.sizes == [50]
     for _ in range(100):
-        window.record(True, feats, desc)
-    window.record(False, None, None)
-    assert window.report()["n_tested"] == 120 and len(window) == 120
+        window.record(film)
+    window.record(scored("blank.png", 0.3, in_scope=False, scope_reason="blank"))
+    report = window.report()
+    assert report["n_tested"] == 120 and len(window) == 120 and report["recent"]["out_of_scope"] == 1
     assert check.sizes == [50, 120]
+    window.record(unread("bad.png"))  # a file not read is not an analysed image: nothing changes
+    assert window.report() is report and check.sizes == [50, 120]
 
 
 def test_window_is_thread_safe():
     window = DriftWindow(_CountingCheck(), size=MIN_IMAGES)
-    feats, desc = np.ones(4, np.float32), np.zeros(7, np.float32)
+    film = scored("x.png", 0.7, features=np.ones(4, np.float32), descriptor=np.zeros(7, np.float32))
 
     def add():
         for _ in range(500):
-            window.record(True, feats, desc)
+            window.record(film)
             window.report()
 
     threads = [threading.Thread(target=add) for _ in range(4)]
@@ -250,5 +254,5 @@ def test_window_is_thread_safe():
 
 def test_window_without_a_check_keeps_nothing():
     window = DriftWindow(None, size=MIN_IMAGES)
-    window.record(True, np.ones(4), np.zeros(7))
+    window.record(scored("x.png", 0.7, features=np.ones(4), descriptor=np.zeros(7)))
     assert len(window) == 0 and window.report()["available"] is False

@@ -16,12 +16,19 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-
 from imagefactory import dicom_bytes, jpeg_bytes, png_bytes, synthetic_xray
+
 from pneumoscan.config import ConfigError
-from pneumoscan.predict import Predictor
+from pneumoscan.inference.predictor import Predictor
 from pneumoscan.serve import ServeSettings, create_app, uvicorn_config
-from pneumoscan.serve.security import MIN_TOKEN_LENGTH, TOKEN_ENV_VAR, check_exposure, is_loopback, load_token, log_id
+from pneumoscan.serve.security import (
+    MIN_TOKEN_LENGTH,
+    TOKEN_ENV_VAR,
+    check_exposure,
+    is_loopback,
+    load_token,
+    log_id,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -72,10 +79,10 @@ class _Exploding:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def assess(self, gray, context=None, **kwargs):
-        if gray.shape == (301, 241):
+    def assess(self, film, **kwargs):
+        if film.gray.shape == (301, 241):
             raise RuntimeError("model blew up")
-        return self._inner.assess(gray, context, **kwargs)
+        return self._inner.assess(film, **kwargs)
 
 
 def test_an_unexpected_error_is_that_files_entry_only(predictor):
@@ -302,10 +309,10 @@ class _CountingSlowPredictor:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def assess(self, gray, context=None, **kwargs):
+    def assess(self, film, **kwargs):
         self.calls += 1
         time.sleep(self._delay)
-        return self._inner.assess(gray, context, **kwargs)
+        return self._inner.assess(film, **kwargs)
 
 
 def test_work_stops_when_the_client_disconnects(predictor):

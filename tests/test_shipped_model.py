@@ -10,7 +10,7 @@ import pytest
 
 from pneumoscan import metrics as M
 from pneumoscan.checkpoint import load_checkpoint
-from pneumoscan.predict import PACKAGED_MODEL, Predictor, default_model_path
+from pneumoscan.inference.predictor import PACKAGED_MODEL, Predictor, default_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_shipped_onnx_is_the_shipped_checkpoint_exported(shipped):
     reference, and is what the default backend runs (no export is built)."""
     import onnx
 
-    from pneumoscan.scoring import CHECKPOINT_SHA256_KEY, read_onnx_metadata, read_onnx_reference
+    from pneumoscan.inference.scoring import CHECKPOINT_SHA256_KEY, read_onnx_metadata, read_onnx_reference
     from pneumoscan.utils import file_sha256
 
     assert SHIPPED_ONNX.is_file(), f"the shipped ONNX model is missing: {SHIPPED_ONNX} (pneumoscan export)"
@@ -100,10 +100,10 @@ def test_shipped_numbers_reproduce_from_the_data(shipped, shared_data_root, tmp_
     """Re-score the validation split (same patient-level split) and recover the stored AUC and threshold."""
     from pneumoscan.config import EvalConfig
     from pneumoscan.data import build_cache, index_dataset, split_index
-    from pneumoscan.operating_point import choose_operating_point as validation_summary
+    from pneumoscan.onboarding.operating_point import choose_operating_point as validation_summary
     from pneumoscan.preprocessing import Preprocessing
-    from pneumoscan.predict import model_from_checkpoint
-    from pneumoscan.scoring import score_cached as score_images
+    from pneumoscan.inference.predictor import model_from_checkpoint
+    from pneumoscan.inference.scoring import score_cached as score_images
 
     cfg = shipped.meta["config"]
     _, val = split_index(index_dataset(shared_data_root, split="train"), cfg["data"]["val_fraction"], cfg["data"]["split_seed"])

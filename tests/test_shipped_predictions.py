@@ -25,7 +25,7 @@ PARITY = 1e-5
 _CODE = """
 import json, sys
 from pathlib import Path
-from pneumoscan.predict import PACKAGED_MODEL, Predictor, RuntimeOptions
+from pneumoscan.inference.predictor import PACKAGED_MODEL, Predictor, RuntimeOptions
 samples, backend = Path(sys.argv[1]), sys.argv[2]
 if backend == "torch":
     import torch
@@ -34,7 +34,7 @@ files = sorted(p for p in samples.rglob("*") if p.is_file() and not p.name.start
 p = Predictor.from_checkpoint(PACKAGED_MODEL, options=RuntimeOptions(threads=1, backend=backend))
 results = p.score_files(files, batch_size=16)
 print(json.dumps({"threshold": p.threshold, "backend": p.backend, "torch_loaded": "torch" in sys.modules,
-                  "probabilities": {str(Path(r.path).relative_to(samples)): float(r.probability).hex()
+                  "probabilities": {str(Path(r.source).relative_to(samples)): float(r.probability).hex()
                                     for r in results}}))
 """
 

@@ -1,4 +1,4 @@
-"""Site onboarding without labels (``pneumoscan.site``, ``pneumoscan adapt``): AdaBN, EM prevalence, the site
+"""Site onboarding without labels (``pneumoscan.onboarding.site``, ``pneumoscan adapt``): AdaBN, EM prevalence, the site
 reference, the refusals, and the provenance that predict shows.
 
 A tiny deep-cnn (it has BatchNorm) at 64 px with randomised BatchNorm statistics, a reference built from synthetic
@@ -22,10 +22,10 @@ from modelfactory import checkpoint_meta, make_checkpoint, randomize_batchnorm
 from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
 from pneumoscan.cli import main
 from pneumoscan.models import create_model, default_preprocessing
-from pneumoscan.predict import Predictor
+from pneumoscan.inference.predictor import Predictor
 from pneumoscan.preprocessing import cached_rows_to_unit, normalize, resize_for_model
-from pneumoscan.reference import build_reference
-from pneumoscan.site import (
+from pneumoscan.onboarding.reference_builder import build_reference
+from pneumoscan.onboarding.site import (
     ADAPT_TENSOR,
     MIN_SITE_IMAGES,
     AdaptationError,
@@ -37,7 +37,7 @@ from pneumoscan.site import (
     provenance_line,
     site_state,
 )
-from pneumoscan.trainset import hash_files, trainset_tensors
+from pneumoscan.onboarding.trainset import hash_files, trainset_tensors
 from pneumoscan.utils import file_sha256
 
 N_SITE = 200  # two halves of 100: the adapted model gets a drift check
@@ -325,7 +325,7 @@ def test_the_command_line_default_matches_the_library():
 def test_adapting_the_shipped_model_on_contrast_shifted_validation_films(shared_data_root, tmp_path):
     from pneumoscan.data import index_dataset, split_index
     from pneumoscan.io import read_image
-    from pneumoscan.predict import PACKAGED_MODEL
+    from pneumoscan.inference.predictor import PACKAGED_MODEL
 
     shipped = load_checkpoint(PACKAGED_MODEL)
     cfg = shipped.info.config["data"]
@@ -352,10 +352,10 @@ def test_site_squares_are_the_predictors_and_hashes_are_of_the_full_film(tmp_pat
     from imagefactory import jpeg_bytes
 
     from pneumoscan.io import read_image
-    from pneumoscan.predict_files import decode_item
+    from pneumoscan.inference.files import decode_item
     from pneumoscan.preprocessing import Preprocessing
-    from pneumoscan.site import _decode_squares
-    from pneumoscan.trainset import pixel_hash
+    from pneumoscan.onboarding.site import _read_films
+    from pneumoscan.onboarding.trainset import pixel_hash
 
     spec = Preprocessing(image_size=64)
     paths = []
@@ -363,7 +363,8 @@ def test_site_squares_are_the_predictors_and_hashes_are_of_the_full_film(tmp_pat
         path = tmp_path / f"{i}.jpeg"
         path.write_bytes(jpeg_bytes(synthetic_xray(h, w, seed=i)))
         paths.append(str(path))
-    for path, (digest, square) in zip(paths, _decode_squares(paths, spec, workers=1)):
+    for path, (digest, film) in zip(paths, _read_films(paths, spec, workers=1)):
         assert digest == pixel_hash(read_image(path))
-        assert np.array_equal(square, decode_item(path, spec, raise_errors=True)[0])
-    assert not np.array_equal(resize_for_model(read_image(paths[0]), spec), _decode_squares(paths, spec, 1)[0][1])
+        assert np.array_equal(film.square, decode_item(path, spec, raise_errors=True).square)
+        assert film.gray is None  # only the square is kept
+    assert not np.array_equal(resize_for_model(read_image(paths[0]), spec), _read_films(paths, spec, 1)[0][1].square)

@@ -3,6 +3,7 @@ version and its migrations, an owner-only SQLite file, and several threads at on
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import sqlite3
@@ -15,6 +16,7 @@ from sqlalchemy import text
 
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.io import ImageContext
+from pneumoscan.result import ModelIdentity, Result
 from pneumoscan.store import (
     SCHEMA_VERSION,
     ResultNotFoundError,
@@ -25,21 +27,37 @@ from pneumoscan.store import (
 )
 from pneumoscan.store import engine as engine_mod
 from pneumoscan.store import schema as schema_mod
+from resultfactory import scored
 
 NOW = datetime.now(UTC)
+#: The model every result of these tests names unless told otherwise.
+MODEL = ModelIdentity("seed-cnn", "v1", 0.5)
 
 
 def _sha(seed: object) -> str:
     return hashlib.sha256(str(seed).encode()).hexdigest()
 
 
-def _add(store: WorklistStore, *, p: float | None = 0.3, decision: str = "NORMAL", in_scope: bool | None = True,
-         error: str = "", seed: object = 0, context=None, created=None, client: str = "local") -> int:
-    return store.add_result(input_sha256=_sha(seed), source="upload", filename_hash="upload-0123456789",
-                            probability=p, decision=decision, threshold=0.5, in_scope=in_scope,
-                            scope_reason="" if in_scope is not False else "blank or uniform image", error=error,
-                            model_name="seed-cnn", model_version="v1", client=client, context=context,
-                            created=created)
+def _result(*, p: float | None = 0.3, in_scope: bool = True, error: str = "", seed: object = 0,
+            context: ImageContext | None = None) -> Result:
+    """A file not read (``error``), else a film scored by :data:`MODEL` (refused by the gate: ``in_scope=False``)."""
+    source = f"film-{seed}.png"
+    if error:
+        assert p is None, "a file that was not read has no probability"
+        return Result.unread(source, error, MODEL, context=context)
+    return Result.scored(source, p, MODEL, in_scope=in_scope,
+                         scope_reason="" if in_scope else "blank or uniform image", context=context or ImageContext())
+
+
+def _add(store: WorklistStore, *, p: float | None = 0.3, decision: str | None = None, in_scope: bool = True,
+         error: str = "", seed: object = 0, context: ImageContext | None = None, created=None,
+         client: str = "local") -> int:
+    """Store one result (see :func:`_result`); ``decision``, when given, is the decision the result must have."""
+    result = _result(p=p, in_scope=in_scope, error=error, seed=seed, context=context)
+    if decision is not None:
+        assert result.decision == decision, (result.decision, decision)
+    return store.add(result, input_sha256=_sha(seed), source="upload", filename_hash="upload-0123456789",
+                     client=client, created=created)
 
 
 @pytest.fixture
@@ -60,15 +78,17 @@ def test_a_rescored_image_is_a_new_row_never_an_overwrite(store):
 
 def test_highest_risk_first_then_not_assessed_then_errors(store):
     low = _add(store, p=0.1)
-    err = _add(store, p=None, decision="ERROR", in_scope=None, error="not an image")
+    err = _add(store, p=None, decision="", error="not an image")
     oos = _add(store, p=0.99, decision="OUT_OF_SCOPE", in_scope=False)  # its probability is not a risk
     high = _add(store, p=0.8, decision="PNEUMONIA")
     mid = _add(store, p=0.5, decision="PNEUMONIA")
     assert [r["id"] for r in store.list()] == [high, mid, low, oos, err]
     rows = store.list()
-    assert rows[0]["flagged"] and not rows[2]["flagged"] and not rows[3]["flagged"]
+    assert rows[0]["positive"] and not rows[2]["positive"] and not rows[3]["positive"]
     assert rows[3]["in_scope"] is False and rows[3]["scope_reason"] == "blank or uniform image"
+    assert rows[3]["decision"] == "OUT_OF_SCOPE" and rows[3]["score"] is None  # its probability is not a risk
     assert rows[4]["error"] == "not an image" and rows[4]["probability"] is None
+    assert rows[4]["decision"] == "" and rows[4]["ok"] is False and rows[4]["in_scope"] is None
     assert [r["id"] for r in store.list(limit=2, offset=1)] == [mid, low]
 
 
@@ -77,7 +97,7 @@ def test_filters(store):
     flagged = _add(store, p=0.7, decision="PNEUMONIA")
     normal = _add(store, p=0.2)
     oos = _add(store, p=0.4, decision="OUT_OF_SCOPE", in_scope=False)
-    err = _add(store, p=None, decision="ERROR", in_scope=None, error="truncated")
+    err = _add(store, p=None, decision="", error="truncated")
     ids = lambda **kw: [r["id"] for r in store.list(**kw)]
     assert ids(flagged_only=True) == [old, flagged]
     assert ids(in_scope=True) == [old, flagged, normal]
@@ -100,7 +120,7 @@ def test_the_borderline_band_around_each_results_threshold(store):
     inside = [_add(store, p=p, decision="PNEUMONIA" if p >= 0.5 else "NORMAL", seed=p) for p in (0.4, 0.47, 0.5, 0.6)]
     outside = [_add(store, p=p, seed=p) for p in (0.39, 0.05)] + [_add(store, p=0.61, decision="PNEUMONIA", seed=9)]
     _add(store, p=0.5, decision="OUT_OF_SCOPE", in_scope=False, seed="oos")
-    _add(store, p=None, decision="ERROR", in_scope=None, error="truncated", seed="err")
+    _add(store, p=None, decision="", error="truncated", seed="err")
     band = [r["id"] for r in store.list(borderline=0.10)]
     assert sorted(band) == sorted(inside) and not set(band) & set(outside)
     assert [r["probability"] for r in store.list(borderline=0.10)] == [0.6, 0.5, 0.47, 0.4]  # still by risk
@@ -115,7 +135,7 @@ def test_the_borderline_band_around_each_results_threshold(store):
 def test_orders_by_time_received(store):
     first = _add(store, p=0.9, decision="PNEUMONIA", created=NOW - timedelta(hours=2), seed=1)
     second = _add(store, p=0.1, created=NOW - timedelta(hours=1), seed=2)
-    third = _add(store, p=None, decision="ERROR", in_scope=None, error="truncated", seed=3)
+    third = _add(store, p=None, decision="", error="truncated", seed=3)
     assert [r["id"] for r in store.list(order="newest")] == [third, second, first]
     assert [r["id"] for r in store.list(order="oldest")] == [first, second, third]
     assert [r["id"] for r in store.list()] == [first, second, third]  # risk
@@ -127,9 +147,8 @@ JPEG_URI = "data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHB
 
 
 def test_a_thumbnail_is_kept_with_its_result_and_a_bad_one_dropped(store, caplog):
-    rid = store.add_result(input_sha256=_sha("t"), source="upload", filename_hash="", probability=0.3,
-                           decision="NORMAL", threshold=0.5, in_scope=True, scope_reason="", error="",
-                           model_name="m", model_version="v", client="local", thumbnail=JPEG_URI)
+    rid = store.add(scored("t.png", 0.3), input_sha256=_sha("t"), source="upload", client="local",
+                    thumbnail=JPEG_URI)
     plain = _add(store, seed="none")
     assert store.get(rid)["thumbnail"] == JPEG_URI
     assert store.get(plain)["thumbnail"] is None
@@ -138,9 +157,8 @@ def test_a_thumbnail_is_kept_with_its_result_and_a_bad_one_dropped(store, caplog
     assert all("thumbnail" not in r for r in store.list(thumbnails=False))
     for bad in ("javascript:alert(1)", "data:text/html;base64,PGI+", "data:image/jpeg;base64,<svg>",
                 "data:image/jpeg;base64," + "A" * 100_000, 42):
-        bad_id = store.add_result(input_sha256=_sha(bad), source="upload", filename_hash="", probability=0.3,
-                                  decision="NORMAL", threshold=0.5, in_scope=True, scope_reason="", error="",
-                                  model_name="m", model_version="v", client="local", thumbnail=bad)
+        bad_id = store.add(scored("bad.png", 0.3), input_sha256=_sha(bad), source="upload", client="local",
+                           thumbnail=bad)
         assert store.get(bad_id)["thumbnail"] is None  # the result is kept, the thumbnail is not
     assert "thumbnail was not stored" in caplog.text
 
@@ -175,39 +193,55 @@ def test_a_version_1_database_gains_the_thumbnail_column(tmp_path):
     con.close()
     with WorklistStore(path) as s:
         assert s.schema_version == 2
-        rid = s.add_result(input_sha256=_sha("new"), source="upload", filename_hash="", probability=0.3,
-                           decision="NORMAL", threshold=0.5, in_scope=True, scope_reason="", error="",
-                           model_name="m", model_version="v", client="local", thumbnail=JPEG_URI)
+        rid = s.add(scored("new.png", 0.3), input_sha256=_sha("new"), source="upload", client="local",
+                    thumbnail=JPEG_URI)
         assert s.get(rid)["thumbnail"] == JPEG_URI
 
 
 def test_context_is_kept_and_the_patient_name_never(store, tmp_path):
-    ctx = ImageContext(format="DICOM", patient_id="P-17", patient_name="DOE^JANE", patient_age="004Y",
-                       patient_sex="F", view_position="AP", accession="ACC9", study_date="20240501",
+    ctx = ImageContext(format="DICOM", patient_id="P-17", patient_name="DOE^JANE", age="004Y",
+                       sex="F", view="AP", accession="ACC9", study_date="20240501",
                        study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.5")
     rid = _add(store, context=ctx)
-    _add(store, seed=1, context={"patient_id": "P-18", "patient_name": "ROE^RICHARD", "view": "PA", "age": "3",
-                                 "unknown_key": "x"})
+    other = ImageContext.from_dict({"patient_id": "P-18", "view": "PA", "age": "3", "unknown_key": "x"},
+                                   patient_name="ROE^RICHARD")
+    unread_id = _add(store, p=None, error="truncated", seed=1, context=other)  # a file not read keeps its context
     row = store.get(rid)
-    assert (row["patient_id"], row["accession"], row["study_date"], row["age"], row["sex"], row["view"],
-            row["study_uid"], row["series_uid"], row["sop_uid"]) == (
-        "P-17", "ACC9", "20240501", "004Y", "F", "AP", "1.2.3", "1.2.3.4", "1.2.3.4.5")
-    assert "patient_name" not in row
+    assert row["context"] == {"patient_id": "P-17", "accession": "ACC9", "study_date": "20240501", "age": "004Y",
+                              "sex": "F", "view": "AP", "study_uid": "1.2.3", "series_uid": "1.2.3.4",
+                              "sop_uid": "1.2.3.4.5"}
+    # The context round-trips: the stored row's is the result's own, by the same names.
+    assert row["context"] == ctx.to_dict() == _result(context=ctx).to_dict()["context"]
+    assert ImageContext.from_dict(row["context"]) == dataclasses.replace(ctx, format="", patient_name="")
+    assert store.get(unread_id)["context"] == other.to_dict() == {
+        "patient_id": "P-18", "accession": "", "study_date": "", "age": "3", "sex": "", "view": "PA",
+        "study_uid": "", "series_uid": "", "sop_uid": ""}
+    for r in (row, store.get(unread_id)):
+        assert "patient_name" not in r and "patient_name" not in r["context"]
+        assert "DOE^JANE" not in str(r) and "ROE^RICHARD" not in str(r)
     store.close()
     raw = (tmp_path / "worklist.db").read_bytes()
-    assert b"DOE^JANE" not in raw and b"ROE^RICHARD" not in raw
+    assert b"P-17" in raw and b"P-18" in raw  # what is kept is in the file...
+    assert b"DOE^JANE" not in raw and b"ROE^RICHARD" not in raw  # ...and the patient's name never
 
 
 def test_bad_results_are_refused(store):
-    with pytest.raises(ValueError, match="64 hexadecimal"):
-        store.add_result(input_sha256="abc", source="upload", filename_hash="", probability=0.5, decision="NORMAL",
-                         threshold=0.5, in_scope=True, scope_reason="", error="", model_name="m",
-                         model_version="v", client="local")
-    with pytest.raises(ValueError, match="probability"):
-        _add(store, p=float("nan"))
-    with pytest.raises(ValueError, match="needs a probability"):
-        _add(store, p=None)
+    """The store refuses an input hash that is not a SHA-256; a result with impossible values cannot be made at
+    all (:class:`~pneumoscan.result.Result` refuses them), so it never reaches the store."""
+    for bad_sha in ("abc", "g" * 64, _sha(0) + "0", ""):
+        with pytest.raises(ValueError, match="64 hexadecimal"):
+            store.add(scored("x.png", 0.5), input_sha256=bad_sha, source="upload", client="local")
+    for bad_p in (float("nan"), float("inf"), -0.1, 1.5, "0.5"):
+        with pytest.raises(ValueError, match="probability"):
+            Result.scored("x.png", bad_p, MODEL)
+    with pytest.raises(ValueError, match="without a probability needs the error"):
+        Result(source="x.png", model=MODEL)
+    with pytest.raises(ValueError, match="threshold"):
+        ModelIdentity("m", "v", 1.5)
+    with pytest.raises(ValueError, match="threshold"):
+        ModelIdentity("m", "v", float("nan"))
     assert store.count() == 0
+    assert store.audit() == []
 
 
 def test_reviews_are_all_kept_the_latest_is_current_and_audited(store):
@@ -237,7 +271,7 @@ def test_reviews_are_all_kept_the_latest_is_current_and_audited(store):
 
 def test_every_result_has_an_audit_row(store):
     a = _add(store, client="token-0123456789", seed="a")
-    b = _add(store, p=None, decision="ERROR", in_scope=None, error="bad", client="PACS_AE", seed="b")
+    b = _add(store, p=None, decision="", error="bad", client="PACS_AE", seed="b")
     events = store.audit()
     assert [(e["event"], e["result_id"], e["client"], e["input_sha256"]) for e in events] == [
         ("result", b, "PACS_AE", _sha("b")), ("result", a, "token-0123456789", _sha("a"))]

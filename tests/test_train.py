@@ -207,7 +207,7 @@ def test_ema_run_also_reports_the_raw_weights(blob_data, tmp_path):
     from pneumoscan import metrics as M
     from pneumoscan.data import build_cache, index_dataset
     from pneumoscan.models import default_preprocessing
-    from pneumoscan.scoring import score_cached as score_images
+    from pneumoscan.inference.scoring import score_cached as score_images
 
     state = load_state(tmp_path / "run" / "state.safetensors")
     model = create_model("seed-cnn", pretrained=False)
@@ -376,7 +376,7 @@ def val_folder(tmp_path_factory):
 def test_seeded_split_is_recorded_and_hashes_are_written(blob_data, tmp_path):
     """Without --val: the checkpoint says the validation set is the seeded patient split, and carries the content
     hashes of the training and validation films."""
-    from pneumoscan.trainset import hash_files, overlap
+    from pneumoscan.onboarding.trainset import hash_files, overlap
 
     result = train(small_config(blob_data, tmp_path / "cache", **{"train.epochs": 1}), tmp_path / "run", progress=False)
     ckpt = load_checkpoint(result.best_checkpoint)

@@ -10,7 +10,7 @@ from modelfactory import make_checkpoint
 
 from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
 from pneumoscan.io import read_image
-from pneumoscan.trainset import attach_trainset, hash_files, overlap, pixel_hash, trainset_tensors
+from pneumoscan.onboarding.trainset import attach_trainset, hash_files, overlap, pixel_hash, trainset_tensors
 
 
 def test_pixel_hash_is_an_int64_of_shape_and_pixels():
@@ -84,7 +84,7 @@ def test_attach_trainset_adds_the_split_hashes_and_keeps_the_weights(tmp_path):
 
 @pytest.mark.shared_data
 def test_shipped_model_knows_its_training_films(shared_data_root):
-    from pneumoscan.predict import default_model_path
+    from pneumoscan.inference.predictor import default_model_path
 
     ckpt = load_checkpoint(default_model_path())
     assert ckpt.extra["trainset.train"].numel() == 4617 and ckpt.extra["trainset.val"].numel() == 573

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pneumoscan.drift import MIN_IMAGES, DriftResult, NotEnoughImagesError
+from pneumoscan.gate.drift import MIN_IMAGES, DriftResult, NotEnoughImagesError
 from pneumoscan.io import ImageContext
-from pneumoscan.predict import FileResult
+from resultfactory import scored, unread
 from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
-from pneumoscan.scope import OUT_OF_SCOPE
+from pneumoscan.gate.scope import OUT_OF_SCOPE
 from pneumoscan.worklist import (
     CONTEXT_COLUMNS,
     RESULT_COLUMNS,
@@ -35,37 +35,37 @@ ADULT = "adult patient (DICOM PatientAge 045Y)"
 def _results() -> list[FileResult]:
     """A batch in input order: in scope, out of scope (with the highest probability of all), unreadable, ..."""
     return [
-        FileResult("low.png", 0.20, in_scope=True),
-        FileResult("blank.png", 0.99, in_scope=False, scope_reason=BLANK),
-        FileResult("broken.png", None, error="not an image"),
-        FileResult("high.png", 0.90, in_scope=True),
-        FileResult("adult.dcm", 0.95, in_scope=False, scope_reason=ADULT),
-        FileResult("mid.png", 0.50, in_scope=True),
+        scored("low.png", 0.20, in_scope=True),
+        scored("blank.png", 0.99, in_scope=False, scope_reason=BLANK),
+        unread("broken.png", "not an image"),
+        scored("high.png", 0.90, in_scope=True),
+        scored("adult.dcm", 0.95, in_scope=False, scope_reason=ADULT),
+        scored("mid.png", 0.50, in_scope=True),
     ]
 
 
 def test_columns_in_order():
     assert RESULT_COLUMNS == ("rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view",
                               "score", "score_threshold", "decision_text", "probability", "decision", "positive",
-                              "in_scope", "scope_reason", "threshold", "error", "study_uid", "sop_uid", "heatmap",
-                              "dicom_out", "model", "model_version", "created", "disclaimer")
+                              "in_scope", "scope_reason", "threshold", "error", "study_uid", "series_uid", "sop_uid",
+                              "heatmap", "dicom_out", "model_name", "model_version", "created", "disclaimer")
     assert set(CONTEXT_COLUMNS) <= set(RESULT_COLUMNS)
 
 
 def test_an_out_of_scope_row_is_not_assessed_but_keeps_its_probability_for_audit():
-    row = worklist_row(FileResult("blank.png", 0.99, in_scope=False, scope_reason=BLANK), 0.5)
+    row = worklist_row(scored("blank.png", 0.99, in_scope=False, scope_reason=BLANK))
     assert row["decision"] == OUT_OF_SCOPE and row["positive"] is False
     assert row["probability"] == 0.99 and row["rank"] is None
     assert row["in_scope"] is False and row["scope_reason"] == BLANK
-    ok = worklist_row(FileResult("a.png", 0.7, in_scope=True), 0.5)
+    ok = worklist_row(scored("a.png", 0.7, in_scope=True))
     assert (ok["decision"], ok["positive"], ok["in_scope"], ok["scope_reason"]) == ("PNEUMONIA", True, True, "")
-    assert worklist_row(FileResult("b.png", 0.3, in_scope=True), 0.5)["decision"] == "NORMAL"
-    bad = worklist_row(FileResult("c.png", None, error="not an image"), 0.5)
+    assert worklist_row(scored("b.png", 0.3, in_scope=True))["decision"] == "NORMAL"
+    bad = worklist_row(unread("c.png", "not an image"))
     assert (bad["decision"], bad["positive"], bad["in_scope"], bad["probability"]) == ("", None, None, None)
 
 
 def test_rank_puts_out_of_scope_after_every_scored_image_and_never_ranks_it():
-    rows = worklist_rows(_results(), 0.5)
+    rows = worklist_rows(_results())
     assert [r["path"] for r in rows] == ["high.png", "mid.png", "low.png", "blank.png", "adult.dcm", "broken.png"]
     assert [r["rank"] for r in rows] == [1, 2, 3, None, None, None]
     assert [r["decision"] for r in rows] == ["PNEUMONIA", "PNEUMONIA", "NORMAL", OUT_OF_SCOPE, OUT_OF_SCOPE, ""]
@@ -82,7 +82,7 @@ def test_rank_clears_a_stale_rank_of_an_out_of_scope_row_and_keeps_input_order_a
 
 
 def test_csv_and_json_carry_the_scope_columns(tmp_path):
-    rows = worklist_rows(_results(), 0.5)
+    rows = worklist_rows(_results())
     out = write_results(rows, tmp_path / "w.csv")
     with open(out, newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -95,9 +95,10 @@ def test_csv_and_json_carry_the_scope_columns(tmp_path):
     doc = json.loads(write_results(rows, tmp_path / "w.json", info={"drift": None, "drift_reason": "x"}).read_text())
     assert doc["drift"] is None and doc["drift_reason"] == "x"
     blank = doc["results"][3]
-    assert blank == {"rank": None, "path": "blank.png", "probability": 0.99, "decision": OUT_OF_SCOPE,
+    assert blank == {"rank": None, "path": "blank.png", "score": None, "score_threshold": 50.0,
+                     "decision_text": "Not assessed (out of scope)", "probability": 0.99, "decision": OUT_OF_SCOPE,
                      "positive": False, "in_scope": False, "scope_reason": BLANK, "threshold": 0.5, "error": "",
-                     **{c: "" for c in CONTEXT_COLUMNS}}
+                     "model_name": "seed-cnn", "model_version": "0123456789ab", **{c: "" for c in CONTEXT_COLUMNS}}
 
 
 def test_count_results():
@@ -118,7 +119,7 @@ def test_drift_message_says_what_to_do_only_when_shifted():
 
 
 def _in_scope(n: int) -> list[FileResult]:
-    return [FileResult(f"{i}.png", 0.5, in_scope=True, features=np.ones(4), descriptor=np.ones(7)) for i in range(n)]
+    return [scored(f"{i}.png", 0.5, in_scope=True, features=np.ones(4), descriptor=np.ones(7)) for i in range(n)]
 
 
 def test_batch_drift_gives_the_result_or_why_not():
@@ -147,24 +148,24 @@ def test_batch_drift_gives_the_result_or_why_not():
 
 @pytest.mark.parametrize("n_out", [0, 3])
 def test_out_of_scope_and_unreadable_files_do_not_count_towards_the_drift_minimum(n_out):
-    batch = _in_scope(MIN_IMAGES - 1) + [FileResult("x.png", 0.9, in_scope=False, scope_reason=BLANK)] * n_out
+    batch = _in_scope(MIN_IMAGES - 1) + [scored("x.png", 0.9, in_scope=False, scope_reason=BLANK)] * n_out
     _, why = batch_drift(SimpleNamespace(reference=object(), check_drift=lambda r: _drift(True)), batch)
     assert why.startswith(f"only {MIN_IMAGES - 1} in-scope")
 
 
-CONTEXT = ImageContext(format="DICOM", modality="DX", body_part="CHEST", view_position="PA", patient_age="004Y",
-                       patient_sex="F", patient_id="MRN-12345", patient_name="Doe^Jane", accession="ACC-777",
+CONTEXT = ImageContext(format="DICOM", modality="DX", body_part="CHEST", view="PA", age="004Y",
+                       sex="F", patient_id="MRN-12345", patient_name="Doe^Jane", accession="ACC-777",
                        study_date="20240301", study_uid="1.2.3.4", series_uid="1.2.3.4.5", sop_uid="1.2.3.4.5.6")
 
 
 def test_rows_carry_the_dicom_context_and_never_the_patients_name(tmp_path):
-    rows = worklist_rows([FileResult("film.dcm", 0.8, in_scope=True, context=CONTEXT),
-                          FileResult("photo.png", 0.3, in_scope=True, context=ImageContext(format="PNG")),
-                          FileResult("broken.dcm", None, error="damaged")], 0.5)
+    rows = worklist_rows([scored("film.dcm", 0.8, in_scope=True, context=CONTEXT),
+                          scored("photo.png", 0.3, in_scope=True, context=ImageContext(format="PNG")),
+                          unread("broken.dcm", "damaged")])
     film, photo, broken = rows
     assert {c: film[c] for c in CONTEXT_COLUMNS} == {
         "patient_id": "MRN-12345", "accession": "ACC-777", "study_date": "20240301", "age": "004Y", "sex": "F",
-        "view": "PA", "study_uid": "1.2.3.4", "sop_uid": "1.2.3.4.5.6"}
+        "view": "PA", "study_uid": "1.2.3.4", "series_uid": "1.2.3.4.5", "sop_uid": "1.2.3.4.5.6"}
     assert all(photo[c] == "" and broken[c] == "" for c in CONTEXT_COLUMNS)
     for path in (write_results(rows, tmp_path / "w.csv"), write_results(rows, tmp_path / "w.json")):
         text = path.read_text()
@@ -178,7 +179,7 @@ def test_rows_carry_the_dicom_context_and_never_the_patients_name(tmp_path):
 
 def test_pseudonymised_rows_hide_the_identifiers_and_keep_the_rest(tmp_path):
     key = b"a test site secret, not for use"
-    row = worklist_row(FileResult("film.dcm", 0.8, in_scope=True, context=CONTEXT), 0.5, pseudonym_key=key)
+    row = worklist_row(scored("film.dcm", 0.8, in_scope=True, context=CONTEXT), pseudonym_key=key)
     assert row["patient_id"] == pseudonymise("MRN-12345", key) and row["patient_id"].startswith("anon-")
     assert row["accession"] == pseudonymise("ACC-777", key)
     assert row["study_uid"] == pseudonymise_uid("1.2.3.4", key) and row["sop_uid"].startswith("2.25.")
@@ -192,7 +193,7 @@ def test_pseudonymised_rows_hide_the_identifiers_and_keep_the_rest(tmp_path):
 
 
 def test_dicom_out_column_lists_the_files_in_csv_and_json(tmp_path):
-    rows = worklist_rows([FileResult("film.dcm", 0.8, in_scope=True, context=CONTEXT)], 0.5)
+    rows = worklist_rows([scored("film.dcm", 0.8, in_scope=True, context=CONTEXT)])
     rows[0]["dicom_out"] = ["out/1.2.dcm", "out/1.3.dcm"]
     with open(write_results(rows, tmp_path / "w.csv"), newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -208,7 +209,7 @@ def test_csv_speaks_the_pages_language_and_says_what_made_it(tmp_path):
 
     from pneumoscan.constants import DECISION_WORDS, DISCLAIMER, NOT_READ_WORDS
 
-    rows = worklist_rows(_results(), 0.5)
+    rows = worklist_rows(_results())
     rows[0]["path"] = "=cmd|' /C calc'!A0.png"  # still neutralised
     info = {"model": "efficientnet-lite0", "model_version": "1.2.0+site"}
     with open(write_results(rows, tmp_path / "w.csv", info=info), newline="") as fh:
@@ -219,7 +220,7 @@ def test_csv_speaks_the_pages_language_and_says_what_made_it(tmp_path):
         DECISION_WORDS["OUT_OF_SCOPE"]] * 2 + [NOT_READ_WORDS]
     assert [t["decision"] for t in table] == ["PNEUMONIA", "PNEUMONIA", "NORMAL", OUT_OF_SCOPE, OUT_OF_SCOPE, ""]
     assert table[0]["path"].startswith("'=")
-    for t in table:
-        assert (t["model"], t["model_version"], t["disclaimer"]) == ("efficientnet-lite0", "1.2.0+site", DISCLAIMER)
+    for t in table:  # each row names the model that made its result; info only fills rows that name none
+        assert (t["model_name"], t["model_version"], t["disclaimer"]) == ("seed-cnn", "0123456789ab", DISCLAIMER)
         written = datetime.strptime(t["created"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         assert abs((datetime.now(UTC) - written).total_seconds()) < 120

@@ -20,14 +20,14 @@ __version__ = "0.1.0"
 
 #: name -> module that defines it
 _LAZY = {
-    "Predictor": "pneumoscan.predict", "Prediction": "pneumoscan.predict", "RuntimeOptions": "pneumoscan.predict",
-    "default_model_path": "pneumoscan.predict", "load_model": "pneumoscan.predict",
+    "Predictor": "pneumoscan.inference.predictor", "Prediction": "pneumoscan.inference.predictor", "RuntimeOptions": "pneumoscan.inference.predictor",
+    "default_model_path": "pneumoscan.inference.predictor", "load_model": "pneumoscan.inference.predictor",
     "Config": "pneumoscan.config", "load_config": "pneumoscan.config",
     "train": "pneumoscan.training", "evaluate": "pneumoscan.evaluation",
-    "rechoose_operating_point": "pneumoscan.operating_point", "PneumoscanError": "pneumoscan.errors",
+    "rechoose_operating_point": "pneumoscan.onboarding.operating_point", "PneumoscanError": "pneumoscan.errors",
     "read_image": "pneumoscan.io", "ImageError": "pneumoscan.errors", "Preprocessing": "pneumoscan.preprocessing",
     "index_dataset": "pneumoscan.data", "split_index": "pneumoscan.data",
-    "load_checkpoint": "pneumoscan.checkpoint", "export_onnx": "pneumoscan.export",
+    "load_checkpoint": "pneumoscan.checkpoint", "export_onnx": "pneumoscan.inference.export",
 }
 
 __all__ = ["__version__", *_LAZY]

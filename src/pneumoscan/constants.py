@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["CLASS_NAMES", "DECISION_WORDS", "DEFAULT_CACHE_DIR", "DISCLAIMER", "NOT_READ_WORDS", "SCORE_SCALE", "IMAGE_SUFFIXES", "INTENDED_USE", "JUNK_NAMES",
-           "OTHER_IMAGE_SUFFIXES", "SUPPORTED_FORMATS"]
+__all__ = ["CLASS_NAMES", "DECISION_WORDS", "DEFAULT_CACHE_DIR", "DISCLAIMER", "DISCLAIMER_SHORT", "IMAGE_SUFFIXES",
+           "INTENDED_USE", "JUNK_NAMES", "NOT_READ_WORDS", "OTHER_IMAGE_SUFFIXES", "OUT_OF_SCOPE", "SCORE_SCALE",
+           "SUPPORTED_FORMATS"]
 
 #: Class names; the label of a class is its position (0 NORMAL, 1 PNEUMONIA). Also the two decisions.
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+
+#: The decision of an image the scope gate refused (not assessed): never PNEUMONIA or NORMAL.
+OUT_OF_SCOPE = "OUT_OF_SCOPE"
 
 #: The one wording of a decision for people, keyed by the machine label (``decision`` in the API, CSV and JSON,
 #: which stays ``PNEUMONIA``/``NORMAL``/``OUT_OF_SCOPE``). The page, the CSVs' ``decision_text`` column, the CLI and
@@ -26,6 +30,9 @@ SCORE_SCALE = 100
 #: Shown with every score: in the CLI's summary, the worklists, the web page, the API and the report.
 DISCLAIMER = ("Decision support, not a diagnosis: pneumoscan is a second reader that corroborates a clinician. "
               "Every result must be reviewed by a qualified clinician.")
+
+#: The disclaimer's short form, for captions burned into pictures (the Secondary Capture, heatmap overlays).
+DISCLAIMER_SHORT = "Decision support, not a diagnosis."
 
 #: What the shipped model is for, and what it was never tested on.
 INTENDED_USE = (

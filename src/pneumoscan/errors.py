@@ -13,7 +13,7 @@ from typing import Any
 __all__ = [
     "CheckpointError", "ConfigError", "CorruptImageError", "DatasetError", "EmptyFileError", "HeatmapUnavailableError",
     "ImageError", "ImageMemoryError", "ImageTooLargeError", "ImageTooSmallError", "ModelNotFoundError",
-    "NotAnImageError", "PneumoscanError", "RunExistsError", "UnknownModelError", "UnsupportedDicomError",
+    "NotAnImageError", "PneumoscanError", "RunExistsError", "UnknownModelError", "UnsupportedDicomError", "UsageError",
 ]
 
 
@@ -23,6 +23,15 @@ class PneumoscanError(Exception):
 
 class ConfigError(PneumoscanError, ValueError):
     """A configuration value, key or file is invalid."""
+
+
+class UsageError(PneumoscanError, ValueError):
+    """Options that cannot work together, or an output that cannot (or must not) be written; ``option`` names the
+    option at fault (``--out``), or is ``""``. The command line reports it as a bad invocation (exit code 2)."""
+
+    def __init__(self, message: str, option: str = "") -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class DatasetError(PneumoscanError, ValueError):

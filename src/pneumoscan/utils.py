@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "NAME_MAX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "csv_restore_text", "csv_safe_text",
+    "NAME_MAX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable_folder", "csv_restore_text",
+    "csv_safe_text",
     "file_sha256", "fit_name", "is_loopback", "remove_stale_temps", "seed_everything"]
 
 log = logging.getLogger(__name__)
@@ -205,3 +206,25 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_writable_folder(folder: str | os.PathLike[str], option: str) -> Path:
+    """Create ``folder`` if needed and prove that a file can be made in it; return it.
+
+    Raises:
+        UsageError: ``folder`` is a file, or cannot be created or written (``option`` names the option at fault).
+    """
+    import tempfile
+
+    from pneumoscan.errors import UsageError
+
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is a file, not a folder", option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write into {path}: {exc.strerror or exc}", option) from exc
+    return path

@@ -1,6 +1,6 @@
 """``pneumoscan adapt``: adapt a model to a site from its unlabelled films (registered on the app by the package).
 
-The method (AdaBN, EM prevalence, the site reference) is :mod:`pneumoscan.site`'s; this command finds the files,
+The method (AdaBN, EM prevalence, the site reference) is :mod:`pneumoscan.onboarding.site`'s; this command finds the files,
 makes the one library call and reports what it did.
 """
 
@@ -14,7 +14,7 @@ import typer
 from pneumoscan.cli.common import ADULT_AGE_DEFAULT, check_adult_age, console, writable_folder
 from pneumoscan.cli.common import click_errors as _click_errors
 
-#: :data:`pneumoscan.site.MIN_SITE_IMAGES`, repeated so that ``--help`` does not load torch (a test keeps them equal).
+#: :data:`pneumoscan.onboarding.site.MIN_SITE_IMAGES`, repeated so that ``--help`` does not load torch (a test keeps them equal).
 MIN_SITE_IMAGES_DEFAULT = 100
 
 
@@ -50,8 +50,8 @@ def adapt_cmd(
     labelled films of this site (pneumoscan calibrate), then evaluate on a separate labelled set. Exit code 0 when the checkpoint was written, 1 when it was refused (the message says
     why), 2 on a bad invocation.
     """
-    from pneumoscan.predict import default_model_path
-    from pneumoscan.site import adapt, provenance_line
+    from pneumoscan.inference.predictor import default_model_path
+    from pneumoscan.onboarding.site import adapt, provenance_line
     from pneumoscan.worklist import collect
 
     check_adult_age(adult_age)

@@ -5,6 +5,8 @@ Imports only what the command line needs at start-up (typer, rich); the library 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
@@ -17,13 +19,13 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     import click.exceptions as click_errors
 
 __all__ = ["ADULT_AGE_DEFAULT", "BACKEND_HELP", "Backend", "check_adult_age", "click_errors", "console",
-           "writable_folder"]
+           "usage_errors", "writable_folder"]
 
 console = Console()
 
 
 class Backend(str, Enum):
-    """``--backend``: the values of :data:`pneumoscan.scoring.BACKENDS` (repeated: the command line must not import
+    """``--backend``: the values of :data:`pneumoscan.inference.scoring.BACKENDS` (repeated: the command line must not import
     the library before a command runs; a test keeps them equal)."""
 
     onnx = "onnx"
@@ -33,23 +35,31 @@ class Backend(str, Enum):
 BACKEND_HELP = ("Inference backend: onnx (ONNX Runtime, the default: no torch; a .safetensors model runs through "
                 "its export, packaged or built once and cached) or torch (eager PyTorch, needs a .safetensors model).")
 
-#: Default of ``--adult-age`` (years): :data:`pneumoscan.scope.ADULT_AGE_YEARS`, repeated here because importing
+#: Default of ``--adult-age`` (years): :data:`pneumoscan.gate.scope.ADULT_AGE_YEARS`, repeated here because importing
 #: the scope gate loads torch, which the command line must not do before a command runs (a test keeps them equal).
 ADULT_AGE_DEFAULT = 18.0
 
 
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """A library's :class:`~pneumoscan.errors.UsageError` as the command line's bad invocation (exit code 2),
+    naming the option at fault."""
+    from pneumoscan.errors import UsageError
+
+    try:
+        yield
+    except UsageError as exc:
+        if exc.option:
+            raise typer.BadParameter(str(exc), param_hint=exc.option) from exc
+        raise click_errors.UsageError(str(exc)) from exc
+
+
 def writable_folder(folder: Path, option: str) -> None:
     """Create ``folder`` if needed and prove that a file can be made in it, or raise a usage error."""
-    import tempfile
+    from pneumoscan.utils import check_writable_folder
 
-    if folder.exists() and not folder.is_dir():
-        raise typer.BadParameter(f"{folder} is a file, not a folder", param_hint=option)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise typer.BadParameter(f"cannot write into {folder}: {exc.strerror or exc}", param_hint=option) from exc
+    with usage_errors():
+        check_writable_folder(folder, option)
 
 
 def check_adult_age(years: float) -> float:

@@ -122,7 +122,7 @@ def calibrate_cmd(
     new films, and write a new checkpoint with the same weights that records all of it. Refuses the model's own
     training films (found by image content) and fewer than 50 films or 15 of a class. Do not report performance on
     these films: evaluate on a separate labelled set."""
-    from pneumoscan.operating_point import rechoose_operating_point
+    from pneumoscan.onboarding.operating_point import rechoose_operating_point
 
     if target_sensitivity is not None and not 0.0 < target_sensitivity <= 1.0:
         raise typer.BadParameter(f"--target-sensitivity must be in (0, 1], got {target_sensitivity}")
@@ -174,8 +174,8 @@ def export_cmd(
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch, input 'image', output 'logit'), with its metadata embedded."""
-    from pneumoscan.export import export_onnx
-    from pneumoscan.predict import default_model_path
+    from pneumoscan.inference.export import export_onnx
+    from pneumoscan.inference.predictor import default_model_path
 
     source = model if model is not None else default_model_path()
     if source.suffix.lower() == ".onnx":

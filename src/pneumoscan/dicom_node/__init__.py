@@ -9,7 +9,7 @@
   (a Structured Report, a CT slice...) is refused as a presentation context, and a C-STORE whose data set does not
   match its SOP class gets 0xA900;
 * decodes each image with :func:`pneumoscan.io.read_image_with_context` from the bytes as received, scores it
-  through :meth:`pneumoscan.predict.Predictor.assess` (the scope gate included) and records the result in the
+  through :meth:`pneumoscan.inference.predictor.Predictor.assess` (the scope gate included) and records the result in the
   worklist database (:class:`pneumoscan.store.WorklistStore`; ``client`` is the calling AE title,
   ``input_sha256`` the SHA-256 of the data set as encoded on the wire, file meta excluded);
 * with a forward target, C-STOREs a Structured Report and a Secondary Capture (:mod:`pneumoscan.dicom_out`: the
@@ -57,7 +57,7 @@ def run(model_path: str | None = None, *, settings: NodeSettings | None = None, 
     """Load the model and the worklist database, listen until SIGTERM or SIGINT, then shut down gracefully.
 
     ``backend`` and ``threads`` (intra-op threads per image scored at once) are the predictor's
-    (:class:`pneumoscan.scoring.RuntimeOptions`): ONNX Runtime with one thread per image by default.
+    (:class:`pneumoscan.inference.scoring.RuntimeOptions`): ONNX Runtime with one thread per image by default.
 
     Returns:
         0 after a graceful shutdown.
@@ -68,7 +68,7 @@ def run(model_path: str | None = None, *, settings: NodeSettings | None = None, 
     """
     from pathlib import Path
 
-    from pneumoscan.predict import Predictor, RuntimeOptions, default_model_path
+    from pneumoscan.inference.predictor import Predictor, RuntimeOptions, default_model_path
     from pneumoscan.store import WorklistStore
 
     settings = settings or NodeSettings()

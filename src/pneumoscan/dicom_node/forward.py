@@ -9,9 +9,12 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pneumoscan.dicom_node.settings import ForwardTarget, NodeStats
+
+if TYPE_CHECKING:
+    from pneumoscan.result import Result
 
 __all__ = ["Forwarder"]
 
@@ -35,13 +38,10 @@ class Forwarder:
     images' results; :meth:`submit` waits for room beyond that, slowing the sender rather than growing memory.
     """
 
-    def __init__(self, target: ForwardTarget, *, ae_title: str, model_name: str, model_version: str,
-                 with_sc: bool, stats: NodeStats, attempts: int = 3, retry_seconds: float = 2.0,
-                 max_queued: int = 64) -> None:
+    def __init__(self, target: ForwardTarget, *, ae_title: str, with_sc: bool, stats: NodeStats, attempts: int = 3,
+                 retry_seconds: float = 2.0, max_queued: int = 64) -> None:
         self.target = target
         self.ae_title = ae_title
-        self.model_name = model_name
-        self.model_version = model_version
         self.with_sc = with_sc
         self.stats = stats
         self.attempts = attempts
@@ -59,21 +59,19 @@ class Forwarder:
         if self._thread.is_alive():
             log.warning("%d image(s)' results not forwarded to %s before shutdown", self._queue.qsize(), self.target)
 
-    def submit(self, ref: str, header: Any, gray: Any, heat: Any, pred: Any) -> None:
-        """Make the SR and (``with_sc``) the SC of one image now, in the caller's thread, and queue them: the queue
-        then holds two small data sets, not the film. As ``predict --dicom-out`` does, the SC shows the Grad-CAM
-        overlay in scope, and the film alone, captioned NOT ASSESSED, out of scope. A result that cannot be made
-        (e.g. a source without its study UIDs) is logged and counted; it never raises."""
-        from pneumoscan.dicom_out import caption_for, make_sc, make_sr, sc_pixels
+    def submit(self, ref: str, header: Any, result: Result) -> None:
+        """Make the SR and, when the result kept its film (the model could explain it), the SC of one image's
+        :class:`~pneumoscan.result.Result` now, in the caller's thread, and queue them: the queue then holds two
+        small data sets, not the film. As ``predict --dicom-out`` does, the SC shows the heatmap overlay in scope,
+        and the film alone, captioned "Not assessed", out of scope. A result that cannot be made (e.g. a source
+        without its study UIDs) is logged and counted; it never raises."""
+        from pneumoscan.dicom_out import make_sc, make_sr
         from pneumoscan.errors import PneumoscanError
 
-        result = {"probability": pred.probability, "decision": pred.label, "threshold": pred.threshold,
-                  "in_scope": pred.in_scope, "scope_reason": pred.scope_reason}
         try:
-            datasets = [make_sr(header, **result, model_name=self.model_name, model_version=self.model_version)]
-            if self.with_sc:
-                overlay = sc_pixels(gray, heat if pred.in_scope else None)
-                datasets.append(make_sc(header, overlay, caption=caption_for(**result)))
+            datasets = [make_sr(header, result)]
+            if self.with_sc and result.film is not None:
+                datasets.append(make_sc(header, result))
         except (PneumoscanError, ValueError) as exc:
             self.stats.add("forward_failed")
             log.warning("sop %s: no SR/SC made, nothing forwarded for it: %s", ref, " ".join(str(exc).split())[:300])

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import threading
 import time
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pneumoscan.dicom_node.forward import Forwarder
 from pneumoscan.dicom_node.settings import (
@@ -20,6 +19,10 @@ from pneumoscan.dicom_node.settings import (
 )
 from pneumoscan.errors import ConfigError, ImageError
 
+if TYPE_CHECKING:
+    from pneumoscan.inference.protocols import ResultMaker
+    from pneumoscan.store import WorklistStore
+
 __all__ = ["DicomNode"]
 
 log = logging.getLogger("pneumoscan.dicom_node")
@@ -28,13 +31,14 @@ _TAG = "pneumoscan"  # in the Manufacturer / software tags of what dicom_out wri
 
 
 class DicomNode:
-    """The Storage SCP over one :class:`~pneumoscan.predict.Predictor` and one worklist store.
+    """The Storage SCP over one predictor (:class:`~pneumoscan.inference.protocols.ResultMaker`: a
+    :class:`~pneumoscan.inference.predictor.Predictor`) and one :class:`~pneumoscan.store.WorklistStore` (safe to
+    call from many threads).
 
-    ``start()`` listens in background threads and returns; ``stop()`` shuts down gracefully. ``store`` needs
-    ``add_result(**fields) -> int`` (:class:`pneumoscan.store.WorklistStore`, safe to call from many threads).
+    ``start()`` listens in background threads and returns; ``stop()`` shuts down gracefully.
     """
 
-    def __init__(self, predictor: Any, store: Any, settings: NodeSettings | None = None) -> None:
+    def __init__(self, predictor: ResultMaker, store: WorklistStore, settings: NodeSettings | None = None) -> None:
         self.predictor = predictor
         self.store = store
         self.settings = settings or NodeSettings()
@@ -45,8 +49,7 @@ class DicomNode:
         self._forwarder: Forwarder | None = None
         # Grad-CAM (for the SC) only when results go to a PACS, and only when the predictor can make it (a torch
         # model, or the .safetensors checkpoint behind the ONNX Runtime model, loaded on the first heatmap).
-        can_explain = getattr(predictor, "can_explain", getattr(predictor, "backend", "torch") == "torch")
-        self._explain = self.settings.forward is not None and bool(can_explain)
+        self._explain = self.settings.forward is not None and predictor.can_explain
         self._stopped = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -86,8 +89,7 @@ class DicomNode:
                               "using that port? choose another with --port") from exc
         self._ae = ae
         if s.forward is not None:
-            self._forwarder = Forwarder(s.forward, ae_title=s.ae_title, model_name=self.predictor.model_name,
-                                        model_version=self.predictor.version, with_sc=self._explain,
+            self._forwarder = Forwarder(s.forward, ae_title=s.ae_title, with_sc=self._explain,
                                         stats=self.stats, attempts=s.forward_attempts,
                                         retry_seconds=s.forward_retry_seconds)
             self._forwarder.start()
@@ -159,9 +161,8 @@ class DicomNode:
 
     def handle_store(self, event: Any) -> Any:
         """Score one received image and record it; returns the C-STORE status (an int, or a status data set with
-        an Error Comment)."""
-        import pydicom
-
+        an Error Comment). The data set is decoded once (``event.dataset``, pynetdicom's cached decode) and handed
+        on: to the own-output check, the decoder, the store and the forwarder; its bytes are only hashed."""
         t0 = time.perf_counter()
         n = self.stats.add("received")
         calling = _calling(event.assoc)
@@ -172,66 +173,63 @@ class DicomNode:
             log.warning("image %d from %s (sop %s): SOP class %s is not supported", n, calling, ref, sop_class)
             return Status.SOP_CLASS_NOT_SUPPORTED
         try:
-            data = event.encoded_dataset(include_meta=True)
-            body = event.encoded_dataset(include_meta=False)
-            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            body = event.encoded_dataset(include_meta=False)  # the bytes as received: hashed, never parsed
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            received_class = str(ds.get("SOPClassUID", ""))
         except Exception as exc:  # noqa: BLE001 - a data set pydicom cannot parse
             return self._refuse(n, calling, ref, f"the DICOM data set could not be parsed ({type(exc).__name__})")
-        if str(header.get("SOPClassUID", "")) != sop_class:
+        if received_class != sop_class:
             self.stats.add("failed")
             log.warning("image %d from %s (sop %s): its SOP Class UID does not match the C-STORE's; answered "
                         "0xA900", n, calling, ref)
             return _status(Status.DATASET_MISMATCH, "SOP Class UID differs from the C-STORE request")
-        if _is_own_output(header):
+        if _is_own_output(ds):
             self.stats.add("ignored")
             log.info("image %d from %s (sop %s): pneumoscan's own result, not scored", n, calling, ref)
             return Status.SUCCESS
         digest = hashlib.sha256(body).hexdigest()
+        source = f"sop {ref}"
         try:
-            gray, context = _decode_received(data, ref, self.settings.max_pixels)
+            film = self.predictor.read(ds, full=self._explain, name=source, max_pixels=self.settings.max_pixels)
         except ImageError as exc:
-            self._record_error(data, digest, ref, calling, exc.reason)
+            self._record_error(ds, digest, ref, calling, exc.reason)
             return self._refuse(n, calling, ref, exc.reason, exc)
         except MemoryError:
             self.stats.add("failed")
             log.warning("image %d from %s (sop %s): not enough memory to decode it; answered 0xA700", n, calling, ref)
             return _status(Status.OUT_OF_RESOURCES, "not enough memory to decode the image")
         with self._slots:
-            pred, heat, _, _ = self.predictor.assess(gray, context, heatmap=self._explain)
+            result = self.predictor.assess(film, source=source, explain=self._explain, keep_film=self._explain)
         try:
-            row = self.store.add_result(
-                input_sha256=digest, source="dicom", filename_hash=ref, probability=pred.probability,
-                decision=pred.label, threshold=pred.threshold, in_scope=pred.in_scope,
-                scope_reason=pred.scope_reason, error="", model_name=self.predictor.model_name,
-                model_version=self.predictor.version, client=calling, context=context)
+            row = self.store.add(result, input_sha256=digest, source="dicom", filename_hash=ref, client=calling)
         except Exception:
             self.stats.add("failed")
             log.exception("image %d from %s (sop %s): scored but the worklist database refused it; answered 0xA700",
                           n, calling, ref)
             return _status(Status.OUT_OF_RESOURCES, "pneumoscan: the worklist database is unavailable")
         self.stats.add("scored")
-        outcome = (f"{pred.label} p={pred.probability:.3f} (threshold {pred.threshold:.3f})" if pred.in_scope
-                   else f"OUT_OF_SCOPE ({pred.scope_reason})")
+        outcome = (f"{result.decision} p={result.probability:.3f} (threshold {result.threshold:.3f})"
+                   if result.assessed else f"OUT_OF_SCOPE ({result.scope_reason})")
         log.info("image %d from %s (sop %s, %s): %s, row %s, %.2f s", n, calling, ref,
                  ACCEPTED_SOP_CLASSES[sop_class], outcome, row, time.perf_counter() - t0)
         if self._forwarder is not None:
-            self._forwarder.submit(ref, header, gray, heat, pred)
+            self._forwarder.submit(ref, ds, result)
         return Status.SUCCESS
 
-    def _record_error(self, data: bytes, digest: str, ref: str, calling: str, reason: str) -> None:
+    def _record_error(self, ds: Any, digest: str, ref: str, calling: str, reason: str) -> None:
         """Record a refused image in the worklist database (its header's context when readable), so the worklist
         and the audit show what a PACS sent and why it was not scored; a database failure here is only logged."""
         from pneumoscan.io import read_image_context
+        from pneumoscan.result import Result
 
         try:
-            context = read_image_context(data)
+            context = read_image_context(ds)
         except Exception:  # noqa: BLE001 - a header too damaged to read: the row keeps the hash only
             context = None
         try:
-            self.store.add_result(
-                input_sha256=digest, source="dicom", filename_hash=ref, probability=None, decision="",
-                threshold=None, in_scope=None, scope_reason="", error=reason, model_name=self.predictor.model_name,
-                model_version=self.predictor.version, client=calling, context=context)
+            self.store.add(Result.unread(f"sop {ref}", reason, self.predictor.identity, context=context),
+                           input_sha256=digest, source="dicom", filename_hash=ref, client=calling)
         except Exception:
             log.exception("sop %s: the refusal could not be recorded in the worklist database", ref)
 
@@ -271,13 +269,6 @@ def _status(code: int, comment: str = "") -> Any:
     ds.Status = code
     ds.ErrorComment = "".join(ch for ch in comment if 32 <= ord(ch) < 127 and ch != "\\")[:64]
     return ds
-
-
-def _decode_received(data: bytes, ref: str, max_pixels: int) -> tuple[Any, Any]:
-    """Decode a received data set (DICOM Part 10 bytes) to ``((H, W) uint8, ImageContext)``, naming it by ``ref``."""
-    from pneumoscan.io import read_image_with_context
-
-    return read_image_with_context(data, name=f"sop {ref}", max_pixels=max_pixels)
 
 
 def _calling(assoc: Any) -> str:

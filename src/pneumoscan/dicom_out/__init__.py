@@ -1,4 +1,6 @@
-"""DICOM results out: a Structured Report and a Secondary Capture per DICOM input, in the input's own study.
+"""DICOM results out: a Structured Report and a Secondary Capture per DICOM input, in the input's own study, made
+from the input's :class:`~pneumoscan.result.Result` alone (nothing here runs a model, decodes a film again or
+decides: the decision, the caption and the heatmap are the result's).
 
 Both are made with highdicom (so its checks run while they are built), placed in the source's study (same
 StudyInstanceUID) in a new series each, with the source's patient and study modules copied:
@@ -10,14 +12,15 @@ StudyInstanceUID) in a new series each, with the source's patient and study modu
   ``pneumoscan <model>`` and the model's version) and the decision-support disclaimer (TEXT). An image out of
   scope gets no probability in the SR: a PACS viewer would show it as a risk (the worklists keep it, for audit).
   The report is COMPLETE, UNVERIFIED and PRELIMINARY: a clinician's reading is the final one.
-* :func:`make_sc`: a Secondary Capture (RGB) of the Grad-CAM overlay with a burned-in caption (score, decision,
-  "decision support only"; ``NOT ASSESSED: <reason>`` out of scope) on a band above the film, so the caption hides
-  no anatomy; BurnedInAnnotation YES.
-* :func:`write_dicom_results`: both, from a source file or its bytes, written as ``<SOPInstanceUID>.dcm``
+* :func:`make_sc`: a Secondary Capture (RGB) of the heatmap overlay on the film the result kept, with the result's
+  caption (:meth:`~pneumoscan.result.Result.caption`: the decision words, the score and threshold on 0-100,
+  "Decision support, not a diagnosis"; out of scope "Not assessed (out of scope): <reason>" over the film alone)
+  burned in on a band above the film, so the caption hides no anatomy; BurnedInAnnotation YES.
+* :func:`write_dicom_results`: both, for a source file or its bytes (its header), written as ``<SOPInstanceUID>.dcm``
   atomically, owner-only, never replacing a file; with ``pseudonym_key`` the outputs carry keyed pseudonyms
   (:func:`pseudonymise_dataset`).
-* :func:`write_dicom_batch`: what ``predict --dicom-out`` does for a batch of scored files (one file's failure is
-  that file's note).
+* :class:`DicomBatch` / :func:`write_dicom_batch`: what ``predict --dicom-out`` does for each result as it is made
+  (one file's failure is that file's note).
 
 Modules: :mod:`.source` (reading, checking, copying and pseudonymising the source header), :mod:`.sr`, :mod:`.sc`,
 :mod:`.write` (files and batches).
@@ -27,10 +30,9 @@ Decision support, not a diagnosis.
 
 from __future__ import annotations
 
-from pneumoscan.dicom_out.sc import caption_for, make_sc, sc_pixels
+from pneumoscan.dicom_out.sc import make_sc, sc_pixels
 from pneumoscan.dicom_out.source import (
     CODING_SCHEME,
-    DECISIONS,
     MANUFACTURER,
     SC_SERIES_NUMBER,
     SR_SERIES_NUMBER,
@@ -39,8 +41,8 @@ from pneumoscan.dicom_out.source import (
     read_source,
 )
 from pneumoscan.dicom_out.sr import make_sr
-from pneumoscan.dicom_out.write import DicomBatch, write_dataset, write_dicom_batch, write_dicom_results
+from pneumoscan.dicom_out.write import DicomBatch, is_dicom_file, write_dataset, write_dicom_batch, write_dicom_results
 
-__all__ = ["CODING_SCHEME", "DECISIONS", "MANUFACTURER", "SC_SERIES_NUMBER", "SR_SERIES_NUMBER", "DicomBatch",
-           "DicomOutputError", "caption_for", "make_sc", "make_sr", "pseudonymise_dataset", "read_source",
+__all__ = ["CODING_SCHEME", "MANUFACTURER", "SC_SERIES_NUMBER", "SR_SERIES_NUMBER", "DicomBatch",
+           "DicomOutputError", "is_dicom_file", "make_sc", "make_sr", "pseudonymise_dataset", "read_source",
            "sc_pixels", "write_dataset", "write_dicom_batch", "write_dicom_results"]

@@ -12,17 +12,9 @@ from pneumoscan.dicom_out.source import MANUFACTURER, SC_SERIES_NUMBER, DicomOut
 if TYPE_CHECKING:
     import pydicom
 
-__all__ = ["caption_for", "make_sc", "sc_pixels"]
+    from pneumoscan.result import Result
 
-
-def caption_for(*, probability: float, decision: str, threshold: float, in_scope: bool, scope_reason: str) -> str:
-    """The caption burned into a Secondary Capture: ``"Pneumonia score 0.734: PNEUMONIA (threshold 0.410).
-    Decision support only, not a diagnosis."``; out of scope ``"NOT ASSESSED: <reason>. Decision support only,
-    not a diagnosis."`` (no score: it is not a risk)."""
-    tail = "Decision support only, not a diagnosis."
-    if not in_scope:
-        return f"NOT ASSESSED: {scope_reason or 'outside the intended use'}. {tail}"
-    return f"Pneumonia score {probability:.3f}: {decision} (threshold {threshold:.3f}). {tail}"
+__all__ = ["make_sc", "sc_pixels"]
 
 
 def _burn_caption(rgb: np.ndarray, caption: str) -> np.ndarray:
@@ -54,21 +46,24 @@ def _burn_caption(rgb: np.ndarray, caption: str) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def make_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray, *, caption: str,
+def make_sc(source: pydicom.Dataset, result: Result, overlay_rgb: np.ndarray | None = None, *,
             series_number: int = SC_SERIES_NUMBER) -> pydicom.Dataset:
-    """A Secondary Capture of ``overlay_rgb`` (``(H, W, 3) uint8``, e.g. :func:`pneumoscan.explain.render_overlay`)
-    with ``caption`` burned in on a band above it, in the source's study (new series, new instance), patient and
-    study modules copied; BurnedInAnnotation YES; the source referenced in SourceImageSequence.
+    """A Secondary Capture of one image's :class:`~pneumoscan.result.Result`: ``overlay_rgb`` (``(H, W, 3) uint8``;
+    default :func:`sc_pixels` of the result, from the film it kept) with its :meth:`~pneumoscan.result.Result.caption`
+    burned in on a band above it, in the source's study (new series, new instance), patient and study modules
+    copied; BurnedInAnnotation YES; the source referenced in SourceImageSequence.
 
     Raises:
-        DicomOutputError: the source lacks a needed UID, or highdicom refused the image.
+        DicomOutputError: the source lacks a needed UID, highdicom refused the image, or the result kept no film
+            (score it with ``keep_film``/``explain`` so that nothing decodes the file again).
         ValueError: ``overlay_rgb`` is not ``(H, W, 3) uint8``.
     """
     import highdicom as hd
     from pydicom.dataset import Dataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    arr = np.asarray(overlay_rgb)
+    caption = result.caption()
+    arr = np.asarray(sc_pixels(result) if overlay_rgb is None else overlay_rgb)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or min(arr.shape[:2]) < 1:
         raise ValueError(f"overlay_rgb must be an (H, W, 3) uint8 array, got {arr.dtype} {arr.shape}")
     ds, kept = checked_source(source)
@@ -100,14 +95,20 @@ def make_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray, *, caption: str,
     return sc
 
 
-def sc_pixels(gray: np.ndarray, heatmap: np.ndarray | None, *, max_side: int = 1024) -> np.ndarray:
-    """What a Secondary Capture shows (before its caption): the Grad-CAM overlay of ``heatmap`` on the film, or,
-    with ``heatmap`` None (an image out of scope: a map of "evidence" on it would read as a finding), the film
-    alone. ``gray`` is the decoded ``(H, W) uint8`` film; returns ``(h, w, 3) uint8`` at most ``max_side`` long."""
-    from pneumoscan.explain import render_overlay
+def sc_pixels(result: Result, *, max_side: int = 1024) -> np.ndarray:
+    """What a Secondary Capture shows (before its caption): the heatmap overlay on the film the result kept, or, for a
+    result without an explanation (an image out of scope: a map of "evidence" on it would read as a finding), the
+    film alone. Returns ``(h, w, 3) uint8`` at most ``max_side`` long.
 
-    if heatmap is not None:
-        return render_overlay(gray, heatmap, max_side=max_side)
-    return render_overlay(gray, np.zeros((1, 1), np.float32), alpha=0.0, max_side=max_side, legend=False)
+    Raises:
+        DicomOutputError: the result kept no film.
+    """
+    from pneumoscan.inference.render import render_overlay
 
-
+    if result.film is None:
+        raise DicomOutputError(f"{result.source}: the result keeps no film for a secondary capture; score it with "
+                               "its film kept (explain=...) so that nothing decodes the file again")
+    heat = result.heatmap(result.film.shape)
+    if heat is not None:
+        return render_overlay(result.film, heat, max_side=max_side)
+    return render_overlay(result.film, np.zeros((1, 1), np.float32), alpha=0.0, max_side=max_side, legend=False)

@@ -14,7 +14,7 @@ from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
 if TYPE_CHECKING:
     import pydicom
 
-__all__ = ["CODING_SCHEME", "DECISIONS", "MANUFACTURER", "SC_SERIES_NUMBER", "SR_SERIES_NUMBER", "DicomOutputError",
+__all__ = ["CODING_SCHEME", "MANUFACTURER", "SC_SERIES_NUMBER", "SR_SERIES_NUMBER", "DicomOutputError",
            "checked_source", "pseudonymise_dataset", "put_back", "read_source"]
 
 #: The local coding scheme of the concepts no standard terminology has (PS3.3: local designators start with 99).
@@ -22,8 +22,6 @@ CODING_SCHEME = "99PNEUMOSCAN"
 MANUFACTURER = "pneumoscan"
 SR_SERIES_NUMBER = 990
 SC_SERIES_NUMBER = 991
-#: The decisions an SR can carry (:func:`pneumoscan.scoring.decision_label` and the scope gate's).
-DECISIONS = ("PNEUMONIA", "NORMAL", "OUT_OF_SCOPE")
 #: UIDs a pydicom Dataset needs before highdicom can place a result in its study.
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 from pneumoscan import __version__
 from pneumoscan.constants import DISCLAIMER
 from pneumoscan.dicom_out.source import (
     CODING_SCHEME,
-    DECISIONS,
     MANUFACTURER,
     SR_SERIES_NUMBER,
     DicomOutputError,
@@ -19,6 +17,8 @@ from pneumoscan.dicom_out.source import (
 
 if TYPE_CHECKING:
     import pydicom
+
+    from pneumoscan.result import Result
 
 __all__ = ["make_sr"]
 
@@ -49,44 +49,33 @@ def _codes() -> dict[str, Any]:
 
 
 
-def _check_result(probability: float, decision: str, threshold: float, in_scope: bool) -> None:
-    if decision not in DECISIONS:
-        raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
-    if (decision == "OUT_OF_SCOPE") == bool(in_scope):
-        raise ValueError(f"decision {decision} contradicts in_scope={in_scope}: an image out of scope is decided "
-                         "OUT_OF_SCOPE, and only such an image")
-    for name, value in (("probability", probability), ("threshold", threshold)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-
-
-def make_sr(source: pydicom.Dataset, *, probability: float, decision: str, threshold: float, in_scope: bool,
-            scope_reason: str, model_name: str, model_version: str,
-            series_number: int = SR_SERIES_NUMBER) -> pydicom.Dataset:
-    """A Comprehensive 3D SR of one image's result, in the source's study (new series, new instance).
+def make_sr(source: pydicom.Dataset, result: Result, *, series_number: int = SR_SERIES_NUMBER) -> pydicom.Dataset:
+    """A Comprehensive 3D SR of one image's :class:`~pneumoscan.result.Result`, in the source's study (new series,
+    new instance).
 
     Args:
         source: the scored image's data set (its header is enough); needs its SOP Class/Instance, Study and Series
             Instance UIDs.
-        probability: of pneumonia in [0, 1] (left out of the SR when ``in_scope`` is False).
-        decision: ``"PNEUMONIA"``, ``"NORMAL"`` or ``"OUT_OF_SCOPE"`` (the latter exactly when not ``in_scope``).
-        threshold: the operating threshold the decision used, in [0, 1].
-        scope_reason: why the image is out of scope (``""`` in scope).
-        model_name, model_version: the algorithm identification (``pneumoscan <model_name>``, ``model_version``).
+        result: the image's result, read as it is (the decision is the result's: nothing here decides). Its
+            probability is left out when the image was not assessed (out of scope); the algorithm identification is
+            its model's (``pneumoscan <name>``, the model's version).
 
     Returns:
         a :class:`highdicom.sr.Comprehensive3DSR` (a pydicom Dataset, ready to save).
 
     Raises:
-        DicomOutputError: the source lacks a needed UID, or highdicom refused the content.
-        ValueError: an unknown decision, one that contradicts ``in_scope``, or a value outside [0, 1].
+        DicomOutputError: the source lacks a needed UID, highdicom refused the content, or the result is of a file
+            that could not be read (it has no decision to report).
     """
     import highdicom as hd
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
     from pydicom.sr.codedict import codes as dcm_codes
     from pydicom.uid import generate_uid
 
-    _check_result(probability, decision, threshold, in_scope)
+    if not result.read:
+        raise DicomOutputError(f"{result.source}: the file could not be read, so there is no result to report")
+    probability, threshold, in_scope = result.probability, result.threshold, bool(result.in_scope)
+    model_name, model_version, decision = result.model.name, result.model.version, result.decision
     ds, kept = checked_source(source)
     c = _codes()
     try:
@@ -111,7 +100,7 @@ def make_sr(source: pydicom.Dataset, *, probability: float, decision: str, thres
         )
         texts = [(c["decision_text"], decision), (c["disclaimer"], DISCLAIMER)]
         if not in_scope:
-            texts.insert(1, (c["scope_reason"], scope_reason or "outside the intended use"))
+            texts.insert(1, (c["scope_reason"], result.scope_reason or "outside the intended use"))
         for name, value in texts:  # TEXT items of the group (CONTAINS), after its measurements and evaluations
             group[0].ContentSequence.append(hd.sr.TextContentItem(name=name, value=value, relationship_type="CONTAINS"))
         report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=c["chest_xray"],

@@ -1,4 +1,6 @@
-"""DICOM results on disk: one file atomically, never replacing another; one image's SR and SC; a batch."""
+"""DICOM results on disk: one file atomically, never replacing another; one result's SR and SC; a batch of results.
+
+Everything here reads :class:`~pneumoscan.result.Result` objects: nothing runs a model or decodes a film again."""
 
 from __future__ import annotations
 
@@ -9,11 +11,9 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from pneumoscan.dicom_out.sc import caption_for, make_sc, sc_pixels
+from pneumoscan.dicom_out.sc import make_sc
 from pneumoscan.dicom_out.source import pseudonymise_dataset, read_source
 from pneumoscan.dicom_out.sr import make_sr
 from pneumoscan.errors import PneumoscanError
@@ -22,9 +22,9 @@ from pneumoscan.utils import remove_stale_temps
 if TYPE_CHECKING:
     import pydicom
 
-    from pneumoscan.predict import FileResult, Predictor
+    from pneumoscan.result import Result
 
-__all__ = ["DicomBatch", "write_dataset", "write_dicom_batch", "write_dicom_results"]
+__all__ = ["DicomBatch", "is_dicom_file", "write_dataset", "write_dicom_batch", "write_dicom_results"]
 
 log = logging.getLogger("pneumoscan.dicom_out")
 
@@ -64,36 +64,30 @@ def write_dataset(ds: pydicom.Dataset, out_dir: str | os.PathLike[str]) -> Path:
     return target
 
 
-def write_dicom_results(source_path_or_bytes: str | os.PathLike[str] | bytes | pydicom.Dataset, *,
-                        probability: float, decision: str, threshold: float, in_scope: bool, scope_reason: str,
-                        model_name: str, model_version: str, out_dir: str | os.PathLike[str],
-                        overlay_rgb: np.ndarray | None = None,
+def write_dicom_results(source: str | os.PathLike[str] | bytes | pydicom.Dataset, result: Result, *,
+                        out_dir: str | os.PathLike[str], with_sc: bool | None = None,
                         pseudonym_key: bytes | str | None = None) -> list[Path]:
-    """Make the SR (:func:`make_sr`) and, with ``overlay_rgb``, the SC (:func:`make_sc`, captioned by
-    :func:`caption_for`) of one source image and write them with :func:`write_dataset`.
+    """Make the SR (:func:`make_sr`) and, with ``with_sc`` (default: when the result kept its film), the SC
+    (:func:`make_sc`) of one result and write them with :func:`write_dataset`.
 
-    ``source_path_or_bytes``: the scored DICOM file, its bytes, or its Dataset. With ``pseudonym_key`` both carry
-    keyed pseudonyms instead of the source's identifiers (:func:`pseudonymise_dataset`).
+    ``source``: the scored DICOM file, its bytes, or its Dataset (only its header is read). With ``pseudonym_key``
+    both carry keyed pseudonyms instead of the source's identifiers (:func:`pseudonymise_dataset`).
 
     Returns:
         the written paths: ``[sr]`` or ``[sr, sc]``. Both are made before either is written.
 
     Raises:
-        DicomOutputError: the source is not readable DICOM, lacks a needed UID, or highdicom refused the content.
-        ValueError: an invalid result (see :func:`make_sr`) or overlay.
+        DicomOutputError: the source is not readable DICOM, lacks a needed UID, highdicom refused the content, or an
+            SC was asked for a result that kept no film.
         OSError: the folder cannot be written.
     """
-    source = read_source(source_path_or_bytes)
+    header = read_source(source)
     if pseudonym_key is not None:
-        source = pseudonymise_dataset(source, pseudonym_key)
-    result: dict[str, Any] = {"probability": probability, "decision": decision, "threshold": threshold,
-                              "in_scope": in_scope, "scope_reason": scope_reason}
-    made = [make_sr(source, **result, model_name=model_name, model_version=model_version)]
-    if overlay_rgb is not None:
-        made.append(make_sc(source, overlay_rgb, caption=caption_for(**result)))
+        header = pseudonymise_dataset(header, pseudonym_key)
+    made = [make_sr(header, result)]
+    if result.film is not None if with_sc is None else with_sc:
+        made.append(make_sc(header, result))
     return [write_dataset(ds, out_dir) for ds in made]
-
-
 
 
 @dataclass
@@ -125,54 +119,46 @@ class DicomBatch:
             parts.append(f"{len(self.failed)} failed (e.g. {Path(path).name}: {why})")
         return "; ".join(parts)
 
+    def add(self, result: Result, out_dir: str | os.PathLike[str], *, looks_dicom: bool,
+            pseudonym_key: bytes | str | None = None) -> None:
+        """One result of ``predict --dicom-out``: a scored DICOM input gets its SR and, when the result kept its
+        film (the predictor could explain it), its SC (the heatmap overlay in scope; the film alone, captioned
+        "Not assessed", out of scope). Inputs that are not DICOM are listed as skipped; an input whose output
+        fails is listed with why (and logged), and the others go on."""
+        if not result.read:
+            (self.unread if looks_dicom else self.not_dicom).append(result.source)
+            return
+        if result.context.format != "DICOM":
+            self.not_dicom.append(result.source)
+            return
+        try:
+            self.written[result.source] = write_dicom_results(result.source, result, out_dir=out_dir,
+                                                              pseudonym_key=pseudonym_key)
+        except Exception as exc:  # one file's failure is that file's note, never the batch's
+            why = str(exc) if isinstance(exc, PneumoscanError) else f"{type(exc).__name__}: {exc}"
+            self.failed[result.source] = why
+            log.warning("no DICOM result for %s: %s", result.source, why)
+            log.debug("the failure in full", exc_info=True)
 
-def _looks_dicom(path: str) -> bool:
+
+def write_dicom_batch(results: Sequence[Result], out_dir: str | os.PathLike[str], *, no_sc: str = "",
+                      pseudonym_key: bytes | str | None = None) -> DicomBatch:
+    """``predict --dicom-out`` for results already made (:meth:`DicomBatch.add` each; ``no_sc`` says why the
+    results kept no films, e.g. an ONNX export without its checkpoint)."""
+    batch = DicomBatch(no_sc=no_sc)
+    remove_stale_temps(out_dir)
+    for r in results:
+        batch.add(r, out_dir, looks_dicom=not r.read and is_dicom_file(r.source), pseudonym_key=pseudonym_key)
+    return batch
+
+
+def is_dicom_file(path: str | os.PathLike[str]) -> bool:
+    """True when the file's first bytes are a DICOM Part 10 header (or, when it cannot be opened, its name ends in
+    ``.dcm``/``.dicom``): the inputs ``predict --dicom-out`` makes DICOM results for, told apart before scoring."""
     from pneumoscan.io import sniff_format
 
     try:
         with open(path, "rb") as fh:
             return sniff_format(fh.read(132)) == "DICOM"
     except OSError:
-        return path.lower().endswith((".dcm", ".dicom"))
-
-
-def write_dicom_batch(predictor: Predictor, results: Sequence[FileResult], out_dir: str | os.PathLike[str], *,
-                      pseudonym_key: bytes | str | None = None) -> DicomBatch:
-    """``predict --dicom-out``: for every scored DICOM input among ``results``, its SR and, when the predictor can
-    make a heatmap (the torch backend), its SC (the Grad-CAM overlay in scope; the film alone, captioned NOT
-    ASSESSED, out of scope). Inputs that are not DICOM are listed as skipped; a file whose output fails is listed
-    with why (and logged), and the others go on."""
-    from pneumoscan.errors import ImageError
-    from pneumoscan.io import read_image_with_context
-    from pneumoscan.scoring import decide, decision_label
-
-    batch = DicomBatch()
-    can_sc = bool(getattr(predictor, "can_explain", predictor.backend == "torch"))
-    if not can_sc:
-        batch.no_sc = "Grad-CAM needs the .safetensors checkpoint; this model was loaded from an ONNX export alone"
-    remove_stale_temps(out_dir)
-    for r in results:
-        if r.probability is None:
-            (batch.unread if _looks_dicom(r.path) else batch.not_dicom).append(r.path)
-            continue
-        if r.context is None or r.context.format != "DICOM":
-            batch.not_dicom.append(r.path)
-            continue
-        in_scope = r.in_scope is not False
-        decision = decision_label(decide(r.probability, predictor.threshold)) if in_scope else "OUT_OF_SCOPE"
-        try:
-            overlay = None
-            if can_sc:
-                gray, context = read_image_with_context(r.path)
-                heat = predictor.assess(gray, context, heatmap=True)[1] if in_scope else None
-                overlay = sc_pixels(gray, heat)
-            batch.written[r.path] = write_dicom_results(
-                r.path, probability=r.probability, decision=decision, threshold=predictor.threshold,
-                in_scope=in_scope, scope_reason=r.scope_reason, model_name=predictor.model_name,
-                model_version=predictor.version, out_dir=out_dir, overlay_rgb=overlay, pseudonym_key=pseudonym_key)
-        except Exception as exc:  # one file's failure is that file's note, never the batch's
-            why = str(exc) if isinstance(exc, (PneumoscanError, ImageError)) else f"{type(exc).__name__}: {exc}"
-            batch.failed[r.path] = why
-            log.warning("no DICOM result for %s: %s", r.path, why)
-            log.debug("the failure in full", exc_info=True)
-    return batch
+        return os.fspath(path).lower().endswith((".dcm", ".dicom"))

@@ -2,7 +2,7 @@
 confidence intervals, calibration, subgroups, a paired comparison, and one self-contained HTML report.
 
 The same :func:`pneumoscan.metrics.summarize_scores` produces the validation summary stored in every checkpoint
-at the end of training (:func:`pneumoscan.operating_point.choose_operating_point`) and the summary of an
+at the end of training (:func:`pneumoscan.onboarding.operating_point.choose_operating_point`) and the summary of an
 evaluation, so the two are comparable number for number.
 
 Outputs of :func:`evaluate` in ``out_dir`` (written atomically): ``metrics.json``, ``report.html``,
@@ -27,18 +27,20 @@ import numpy as np
 from pneumoscan import __version__
 from pneumoscan import metrics as M
 from pneumoscan.checkpoint import FALLBACK_THRESHOLD
-from pneumoscan.constants import DEFAULT_CACHE_DIR
-from pneumoscan.data import Record, index_dataset, write_scores_csv
+from pneumoscan.constants import CLASS_NAMES, DEFAULT_CACHE_DIR
+from pneumoscan.data import Record, index_dataset
 from pneumoscan.evaluation.report import write_report
-from pneumoscan.io import ImageError, read_image_context
-from pneumoscan.operating_point import training_overlap, training_overlap_text
-from pneumoscan.reference import reference_of
-from pneumoscan.scope import ScopeGate
-from pneumoscan.torch_scoring import ScoredModel, resolve_device, score_dataset
-from pneumoscan.trainset import TENSOR_PREFIX, hash_files
-from pneumoscan.utils import atomic_write_text
+from pneumoscan.io import ImageContext, ImageError, read_image_context
+from pneumoscan.onboarding.operating_point import training_overlap, training_overlap_text
+from pneumoscan.gate.reference import reference_of
+from pneumoscan.gate.scope import ScopeGate
+from pneumoscan.inference.torch_scoring import ScoredModel, resolve_device, score_dataset
+from pneumoscan.onboarding.trainset import TENSOR_PREFIX, hash_files
+from pneumoscan.result import ModelIdentity, Result
+from pneumoscan.utils import atomic_write_text, file_sha256
+from pneumoscan.worklist import csv_text, worklist_row
 
-__all__ = ["evaluate"]
+__all__ = ["SCORES_COLUMNS", "evaluate", "model_results", "write_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +155,14 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
     bootstrap of the AUC difference).
     Bootstrap settings default to the first checkpoint's ``eval`` config (2,000 resamples, seed 0).
     ``backend``: ``"onnx"`` scores with ONNX Runtime (``threads`` intra-op threads) on each checkpoint's export
-    (:mod:`pneumoscan.onnx_cache`); ``"torch"`` with torch on ``device``.
+    (:mod:`pneumoscan.inference.onnx_cache`); ``"torch"`` with torch on ``device``.
 
     Returns the dict written to ``out_dir/metrics.json``; ``report.html`` and PNG plots go beside it.
     """
-    if not checkpoints:
-        raise ValueError("evaluate needs at least one checkpoint")
+    if not checkpoints:  # as predict and serve do: $PNEUMOSCAN_MODEL, else the shipped model
+        from pneumoscan.inference.predictor import default_model_path
+
+        checkpoints = [default_model_path()]
     t0 = time.perf_counter()
     out = Path(out_dir)
     index = index_dataset(data, split=split, check=False)
@@ -174,6 +178,7 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
     groups = [r.patient_id for r in records]
     boot = {"n_resamples": n_boot, "seed": seed, "level": level}
     hashes = _image_hashes(scored, records, num_workers)
+    results = [model_results(sm, records) for sm in scored]
     result: dict[str, Any] = {
         "pneumoscan_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -183,11 +188,12 @@ def evaluate(checkpoints: Sequence[str | os.PathLike[str]], data: str | os.PathL
                  "kermany": _looks_like_kermany(str(data), records)},
         "bootstrap": {**boot,
                       "method": "Percentile interval; patients resampled with replacement (cluster bootstrap)"},
-        "models": [_model_entry(i + 1, sm, records, y, hashes=hashes, **boot) for i, sm in enumerate(scored)],
+        "models": [_model_entry(i + 1, sm, records, res, y, hashes=hashes, **boot)
+                   for i, (sm, res) in enumerate(zip(scored, results))],
         "comparison": _comparisons(scored, y, groups, **boot),
         "warnings": [f"{len(failures)} image(s) could not be decoded and were left out."] if failures else [],
     }
-    _write_outputs(result, scored, records, out)
+    _write_outputs(result, scored, records, results, out)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(out / "metrics.json", json.dumps(_json_safe(result), indent=2, sort_keys=False) + "\n")
     return result
@@ -199,34 +205,48 @@ def _exports(checkpoints: Sequence[str | os.PathLike[str]], backend: str) -> lis
         return None
     if backend != "onnx":
         raise ValueError(f"backend must be 'onnx' or 'torch', got {backend!r}")
-    from pneumoscan.onnx_cache import open_for_checkpoint
+    from pneumoscan.inference.onnx_cache import open_for_checkpoint
     from pneumoscan.utils import file_sha256
 
     return [open_for_checkpoint(c, file_sha256(c), threads=1)[2] for c in checkpoints]
 
 
-def _scope_entry(sm: ScoredModel, records: Sequence[Record]) -> dict[str, Any]:
-    """What the out-of-scope gate would say of each evaluated image (DICOM header, pixels, the model's features).
-
-    The metrics above include every image; in use, the images counted here would be "not assessed"."""
-    reference = reference_of(sm.checkpoint)
-    gate = ScopeGate(reference)
-    out: list[dict[str, str]] = []
+def model_results(sm: ScoredModel, records: Sequence[Record]) -> list[Result]:
+    """One :class:`~pneumoscan.result.Result` per evaluated image, made as ``predict`` makes it: the model's
+    probability, the scope gate's verdict (DICOM header, pixels, the model's features against the reference the
+    checkpoint carries) and the decision at the stored operating threshold, made once, by the result. The metrics
+    include every image; in use, the images out of scope would be "not assessed"."""
+    gate = ScopeGate(reference_of(sm.checkpoint))
+    identity = ModelIdentity(sm.checkpoint.info.model, file_sha256(sm.checkpoint.path)[:12] if sm.checkpoint.path
+                             else "in-memory", float(sm.checkpoint.info.threshold))
+    out = []
     for i, rec in enumerate(records):
+        ctx = ImageContext()
         try:
-            ctx = read_image_context(rec.path) if rec.path.lower().endswith((".dcm", ".dicom")) else None
+            if rec.path.lower().endswith((".dcm", ".dicom")):
+                ctx = read_image_context(rec.path)
         except ImageError:
-            ctx = None  # it was decoded for the cache; a header read that fails now is no reason to refuse
+            pass  # it was decoded for the cache; a header read that fails now is no reason to refuse
+        square = np.asarray(sm.images[sm.rows[i]])
         feats = None if sm.features is None else sm.features[i]
-        verdict = gate.assess(ctx, np.asarray(sm.images[sm.rows[i]]), feats)
-        if not verdict.in_scope:
-            out.append({"path": rec.path, "reason": verdict.reason, "evidence": verdict.evidence})
-    return {"n_images": len(records), "n_out_of_scope": len(out), "feature_check": reference is not None,
+        verdict = gate.assess(ctx, square, feats)
+        out.append(Result.scored(rec.path, float(sm.probs[i]), identity, in_scope=verdict.in_scope,
+                                 scope_reason=verdict.reason, scope_evidence=verdict.evidence,
+                                 ood_score=verdict.ood_score, context=ctx))
+    return out
+
+
+def _scope_entry(results: Sequence[Result], feature_check: bool) -> dict[str, Any]:
+    """What the out-of-scope gate says of the evaluated images (counted from their results)."""
+    out = [{"path": r.source, "reason": r.scope_reason, "evidence": r.scope_evidence}
+           for r in results if not r.in_scope]
+    return {"n_images": len(results), "n_out_of_scope": len(out), "feature_check": feature_check,
             "by_reason": dict(Counter(o["reason"] for o in out).most_common()), "out_of_scope": out[:200]}
 
 
-def _model_entry(index: int, sm: ScoredModel, records: Sequence[Record], y: np.ndarray, *, n_resamples: int,
-                 seed: int, level: float, hashes: Sequence[int | None] | None = None) -> dict[str, Any]:
+def _model_entry(index: int, sm: ScoredModel, records: Sequence[Record], results: Sequence[Result], y: np.ndarray, *,
+                 n_resamples: int, seed: int, level: float, hashes: Sequence[int | None] | None = None
+                 ) -> dict[str, Any]:
     """One model's part of the result: its operating point, calibration, metric summary at its operating, the
     fixed reference and its Youden thresholds, the comparison with its validation figures, and its warnings."""
     ck, info = sm.checkpoint, sm.checkpoint.info
@@ -246,7 +266,7 @@ def _model_entry(index: int, sm: ScoredModel, records: Sequence[Record], y: np.n
                         "nll_calibrated": M.binary_nll(y, sm.logits, info.temperature)},
         "summary": summary, "training_overlap": overlap,
         "training_alerts": _training_alerts(overlap, info.threshold_source == "checkpoint"),
-        "scope": _scope_entry(sm, records),
+        "scope": _scope_entry(results, reference_of(ck) is not None),
     }
     val = info.val_summary
     v, e = (_metric(val, "operating", "sensitivity") if val else None), _metric(summary, "operating", "sensitivity")
@@ -279,14 +299,29 @@ def _comparisons(scored: Sequence[ScoredModel], y: np.ndarray, groups: list[str]
 
 
 def _write_outputs(result: dict[str, Any], scored: Sequence[ScoredModel], records: Sequence[Record],
-                   out: Path) -> None:
+                   results: Sequence[Sequence[Result]], out: Path) -> None:
     """The report, its plots and each model's ``scores.csv`` into ``out``; their names into ``result["outputs"]``."""
     out.mkdir(parents=True, exist_ok=True)
     prefixes = [""] if len(scored) == 1 else [f"model{i}-" for i in range(1, len(scored) + 1)]
-    result["outputs"] = write_report(result, scored, records, out, prefixes)
-    for pre, sm in zip(prefixes, scored):
-        write_scores_csv(out / f"{pre}scores.csv", records, sm.probs)
+    result["outputs"] = write_report(result, scored, records, results, out, prefixes)
+    for pre, res in zip(prefixes, results):
+        write_scores(out / f"{pre}scores.csv", records, res)
         result["outputs"][f"{pre}scores"] = f"{pre}scores.csv"
+
+
+#: Columns of ``scores.csv``: the image and its label, then the columns of ``predict``'s worklist with the same names
+#: and values (the probability, the score and threshold on 0-100, the decision, the scope verdict, the model).
+SCORES_COLUMNS = ("path", "label", "patient_id", "cause", "probability", "score", "score_threshold", "decision",
+                  "decision_text", "positive", "in_scope", "scope_reason", "threshold", "model_name",
+                  "model_version", "disclaimer")
+
+
+def write_scores(path: Path, records: Sequence[Record], results: Sequence[Result]) -> None:
+    """One row per evaluated image, atomically: :data:`SCORES_COLUMNS`, each result's row as ``predict`` writes it
+    (:func:`pneumoscan.worklist.worklist_row`) beside the image's label, patient (the data set's) and cause."""
+    rows = [{**worklist_row(r), "label": CLASS_NAMES[rec.label], "patient_id": rec.patient_id,
+             "cause": rec.cause or ""} for rec, r in zip(records, results)]
+    atomic_write_text(path, csv_text(rows, {}, columns=SCORES_COLUMNS))
 
 
 def _json_safe(obj: Any) -> Any:

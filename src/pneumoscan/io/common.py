@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -36,30 +37,45 @@ class ImageContext:
     """Who and what an image is, from its DICOM header; every field is ``""`` for JPEG, PNG, TIFF and BMP, and
     for a tag the header lacks or holds an unreadable value in.
 
-    ``patient_age`` is the DICOM Age String as written (``"081Y"``, ``"018M"``); :meth:`age_years` parses it.
-    ``patient_name`` must never be logged.
+    The field names are the one vocabulary of every output (Python, CSV, JSON, the store, the page):
+    :data:`OUTPUT_KEYS` by :meth:`to_dict`. ``age`` is the DICOM Age String as written (``"081Y"``, ``"018M"``);
+    :meth:`age_years` parses it. ``view`` is the ViewPosition, ``sex`` the PatientSex. ``patient_name`` must
+    never be logged, and is in no output.
     """
 
     format: str = ""
     modality: str = ""
     body_part: str = ""
-    view_position: str = ""
-    patient_age: str = ""
-    patient_sex: str = ""
+    view: str = ""
+    age: str = ""
+    sex: str = ""
     patient_id: str = ""
-    patient_name: str = field(default="", repr=False)  # never in logs or reprs
+    patient_name: str = field(default="", repr=False)  # never in logs, reprs or outputs
     accession: str = ""
     study_date: str = ""
     study_uid: str = ""
     series_uid: str = ""
     sop_uid: str = ""
 
+    #: The fields every output carries, in this order (never the patient's name).
+    OUTPUT_KEYS: ClassVar[tuple[str, ...]] = ("patient_id", "accession", "study_date", "age", "sex", "view",
+                                               "study_uid", "series_uid", "sop_uid")
+
     def age_years(self) -> float | None:
-        """The patient's age in years from ``patient_age`` (``nnnD``, ``nnnW``, ``nnnM`` or ``nnnY``), or None."""
-        text = self.patient_age.strip().upper()
+        """The patient's age in years from ``age`` (``nnnD``, ``nnnW``, ``nnnM`` or ``nnnY``), or None."""
+        text = self.age.strip().upper()
         if len(text) < 2 or not text[:-1].isdigit() or text[-1] not in "DWMY":
             return None
         return int(text[:-1]) / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[text[-1]]
+
+    def to_dict(self) -> dict[str, str]:
+        """The :data:`OUTPUT_KEYS` and their values (``""`` when unknown); never the patient's name."""
+        return {k: getattr(self, k) for k in self.OUTPUT_KEYS}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], **extra: str) -> ImageContext:
+        """A context from a mapping of :data:`OUTPUT_KEYS` (other keys, the patient's name among them, ignored)."""
+        return cls(**{k: "" if values.get(k) is None else str(values[k]) for k in cls.OUTPUT_KEYS}, **extra)
 
 
 @dataclass(frozen=True)

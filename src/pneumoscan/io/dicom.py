@@ -117,8 +117,8 @@ def _dicom_to_gray(arr: np.ndarray, ds: Any, log_name: str) -> np.ndarray:
 
 #: ImageContext field -> DICOM keyword.
 _CONTEXT_TAGS = {
-    "modality": "Modality", "body_part": "BodyPartExamined", "view_position": "ViewPosition",
-    "patient_age": "PatientAge", "patient_sex": "PatientSex", "patient_id": "PatientID", "patient_name": "PatientName",
+    "modality": "Modality", "body_part": "BodyPartExamined", "view": "ViewPosition",
+    "age": "PatientAge", "sex": "PatientSex", "patient_id": "PatientID", "patient_name": "PatientName",
     "accession": "AccessionNumber", "study_date": "StudyDate", "study_uid": "StudyInstanceUID",
     "series_uid": "SeriesInstanceUID", "sop_uid": "SOPInstanceUID",
 }

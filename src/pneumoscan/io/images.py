@@ -23,6 +23,7 @@ import io
 import logging
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
@@ -68,7 +69,8 @@ def read_image_with_context(
     """Decode one image file (path or bytes) to a grayscale array, and read who and what it is.
 
     Args:
-        source: a file path, or the file's bytes (e.g. a web upload).
+        source: a file path, the file's bytes (e.g. a web upload), or a parsed ``pydicom.Dataset`` (decoded from
+            its pixel data; nothing is parsed again).
         name: label for error messages instead of the path (default: the path, or ``"<image bytes>"``).
         max_pixels: refuse images with more than ``width * height`` pixels, checked from the header
             (Pillow's own hard limit, twice ``Image.MAX_IMAGE_PIXELS``, still applies to Pillow formats).
@@ -90,6 +92,8 @@ def read_image_with_context(
     """
     if reduce_to is not None and (isinstance(reduce_to, bool) or not isinstance(reduce_to, int) or reduce_to < 1):
         raise ValueError(f"reduce_to must be a positive integer or None, got {reduce_to!r}")
+    if _is_dataset(source):  # parsed already (the DICOM node's C-STORE): its pixels, never its bytes again
+        return _read_dataset(source, name or _DATASET_LABEL, max_pixels, min_side, log_name)
     label = _label(source, name)
     with _file_guard(label):
         context = ImageContext()
@@ -122,6 +126,9 @@ def read_image_context(source: Source, *, name: str | None = None) -> ImageConte
     Raises:
         ImageError: the file cannot be read or is not an image.
     """
+    if _is_dataset(source):
+        with _file_guard(name or _DATASET_LABEL):
+            return _dicom_context(source)
     label = _label(source, name)
     with _file_guard(label), _open_source(source, label) as (fp, fmt):
         if fmt == "DICOM":
@@ -168,6 +175,28 @@ def read_image_info(
             width, height = height, width
         bits = 16 if (fmt == "PNG" and im.mode == "I") else _MODE_BITS.get(im.mode, 8)
         return ImageInfo(width, height, im.mode, fmt, bits)
+
+
+#: How messages name a DICOM data set given without a name.
+_DATASET_LABEL = "<DICOM data set>"
+
+
+def _is_dataset(source: Any) -> bool:
+    """True for a ``pydicom.Dataset`` (judged without importing pydicom: a caller holding one has imported it)."""
+    pydicom = sys.modules.get("pydicom")
+    return pydicom is not None and isinstance(source, pydicom.Dataset)
+
+
+def _read_dataset(ds: Any, label: str, max_pixels: int, min_side: int,
+                  log_name: str | None) -> tuple[np.ndarray, ImageContext]:
+    """:func:`read_image_with_context` of a DICOM data set already parsed (no bytes read, no parse again)."""
+    with _file_guard(label):
+        context = _dicom_context(ds)
+        _check_dicom(ds, label, max_pixels, min_side)
+        with _decoder_errors(label, f"the DICOM pixel data ({_syntax_name(ds)})"):
+            gray = _dicom_to_gray(ds.pixel_array, ds, log_name or label)
+        logger.debug("decoded %s: DICOM data set, %d x %d", log_name or label, gray.shape[1], gray.shape[0])
+        return np.ascontiguousarray(gray, dtype=np.uint8), context
 
 
 def _label(source: Source, name: str | None) -> str:

@@ -13,7 +13,7 @@ from pneumoscan.constants import DECISION_WORDS, NOT_READ_WORDS, SCORE_SCALE
 def decide(scores: Any, threshold: float) -> Any:
     """THE decision rule, written once: positive (PNEUMONIA) when ``score >= threshold``.
 
-    A number gives a ``bool``; an array gives a boolean array. :func:`pneumoscan.scoring.decide` is this function.
+    A number gives a ``bool``; an array gives a boolean array. :func:`pneumoscan.inference.scoring.decide` is this function.
     """
     out = np.asarray(scores) >= threshold
     return bool(out) if out.ndim == 0 else out

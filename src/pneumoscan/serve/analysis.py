@@ -1,5 +1,6 @@
-"""One uploaded file in, one result entry out: decode (with its DICOM context), one gated pass (probability, scope
-gate, features for the drift window), preview and heatmap, inside the server's limits.
+"""One uploaded file in, one :class:`~pneumoscan.result.Result` and its pictures out: read the one way
+(:func:`pneumoscan.preprocessing.read_film`, with its DICOM context), one gated pass (the result, with the features
+for the drift window), preview and heatmap, inside the server's limits.
 
 Runs in a worker thread. Every failure is the file's own: :func:`analyse` raises :class:`~pneumoscan.io.ImageError`
 for bad input and :class:`Cancelled` when the client has gone; the app turns anything else into that file's
@@ -15,20 +16,24 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from pneumoscan.io import read_image_with_context, sniff_format
-from pneumoscan.metrics import score_100
+from pneumoscan.io import sniff_format
 from pneumoscan.serve.monitor import DriftWindow
 from pneumoscan.serve.security import log_id
-from pneumoscan.worklist import context_columns
 
-__all__ = ["FILM_MAX_SIDE", "PREVIEW_SIDE", "THUMBNAIL_SIDE", "Cancelled", "UploadStore", "analyse", "can_explain",
-           "render_film"]
+if TYPE_CHECKING:
+    from pneumoscan.inference.protocols import ResultMaker
+    from pneumoscan.preprocessing import Film
+    from pneumoscan.result import Result
+
+__all__ = ["FILM_MAX_SIDE", "PREVIEW_SIDE", "THUMBNAIL_SIDE", "Analysis", "Cancelled", "UploadStore", "analyse",
+           "error_entry", "render_film"]
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +60,6 @@ class Cancelled(Exception):
 def _check(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled()
-
-
-def can_explain(predictor: Any) -> bool:
-    """Whether ``predictor`` can compute Grad-CAM heatmaps (its ``can_explain``; older ones: the torch backend)."""
-    return bool(getattr(predictor, "can_explain", predictor.backend == "torch"))
 
 
 def png_data_uri(rgb_or_gray: np.ndarray) -> str:
@@ -97,86 +97,97 @@ def preview(gray: np.ndarray) -> np.ndarray:
     return downscale(gray, PREVIEW_SIDE)
 
 
-def _pictures(gray: np.ndarray, heat: np.ndarray | None, probability: float, want_preview: bool) -> dict[str, str]:
+def _pictures(gray: np.ndarray, result: Result, want_preview: bool) -> dict[str, str]:
     """The entry's pictures, all from one downscaled preview: ``thumbnail`` always; ``image_png`` with
-    ``want_preview``; ``heatmap_png`` (overlay) and ``heatmap_map`` (the map alone) when ``heat`` is given."""
-    from pneumoscan.explain import render_heat, render_overlay
+    ``want_preview``; ``heatmap_png`` (overlay, captioned with the result's one wording) and ``heatmap_map`` (the
+    map alone) when the result carries an explanation (only an assessed film does)."""
+    from pneumoscan.inference.render import render_heat, render_overlay
 
     small = preview(gray)
     out = {"thumbnail": jpeg_data_uri(downscale(small, THUMBNAIL_SIDE), quality=85)}
     if want_preview:
         out["image_png"] = png_data_uri(small)
+    heat = result.heatmap(small.shape)
     if heat is not None:
-        heat_small = render_heat(heat, max_side=PREVIEW_SIDE)
-        out["heatmap_png"] = png_data_uri(render_overlay(small, heat_small.astype(np.float32) / 255.0,
-                                                         max_side=PREVIEW_SIDE,
-                                                         caption=f"score {score_100(probability):.1f} / 100"))
-        out["heatmap_map"] = jpeg_data_uri(heat_small)
+        out["heatmap_png"] = png_data_uri(render_overlay(small, heat, max_side=PREVIEW_SIDE,
+                                                         caption=result.caption()))
+        out["heatmap_map"] = jpeg_data_uri(render_heat(heat, max_side=PREVIEW_SIDE))
     return out
 
 
-def _decision(pred: Any) -> dict[str, Any]:
-    return {"probability": pred.probability, "positive": pred.positive, "decision": pred.label,
-            "threshold": pred.threshold, "in_scope": pred.in_scope, "scope_reason": pred.scope_reason}
+@dataclass(frozen=True)
+class Analysis:
+    """One upload's :class:`~pneumoscan.result.Result` and what the page shows of it: the file's ``format`` and
+    size, and its pictures (data URIs: ``thumbnail``, ``image_png``, ``heatmap_png``, ``heatmap_map``) and
+    ``heatmap_error`` (why a heatmap asked for was not made)."""
+
+    result: Result
+    format: str
+    width: int
+    height: int
+    pictures: dict[str, str] = field(default_factory=dict)
+
+    def entry(self) -> dict[str, Any]:
+        """The API's result entry: ``filename``, the result (:meth:`~pneumoscan.result.Result.to_dict`), the file's
+        ``format``, ``width`` and ``height``, and the pictures."""
+        return {"filename": self.result.source, **self.result.to_dict(), "format": self.format,
+                "width": self.width, "height": self.height, **self.pictures}
 
 
-def analyse(predictor: Any, name: str, data: bytes, *, heatmap: bool, want_preview: bool, max_pixels: int,
-            cancel: threading.Event | None = None, window: DriftWindow | None = None) -> dict[str, Any]:
-    """Score one upload through the scope gate (its DICOM header included); return its result entry (``ok: True``).
+def error_entry(result: Result) -> dict[str, Any]:
+    """The API's entry for a file that could not be analysed (``ok`` false; ``error`` names the file and why)."""
+    return {"filename": result.source, **result.to_dict()}
 
-    ``context`` holds the image's DICOM context (:func:`pneumoscan.worklist.context_columns`: ``patient_id``,
-    ``accession``, ``study_date``, ``age``, ``sex``, ``view``, ``study_uid``, ``sop_uid``, plus ``series_uid``;
-    all ``""`` for JPEG and PNG), never the patient's name.
-    An image out of scope gets ``decision`` ``OUT_OF_SCOPE``, ``positive`` False and ``scope_reason``; it keeps
-    its ``probability`` for audit only, and gets no heatmap (a map of "evidence" on a blank page or a lateral film
-    would read as a finding). An in-scope image's features go into ``window`` (the server's drift check).
-    Every entry carries a ``thumbnail`` (JPEG data URI, THUMBNAIL_SIDE px); with ``want_preview`` an ``image_png``;
-    with a heatmap a ``heatmap_png`` (overlay) and a ``heatmap_map`` (the map alone:
-    :func:`pneumoscan.explain.render_heat`, as a JPEG data URI).
+
+def analyse(predictor: ResultMaker, name: str, data: bytes, *, heatmap: bool, want_preview: bool, max_pixels: int,
+            cancel: threading.Event | None = None, window: DriftWindow | None = None) -> Analysis:
+    """Score one upload through the scope gate (its DICOM header included): its :class:`Analysis`.
+
+    The result's context holds the image's DICOM context (:data:`pneumoscan.result.CONTEXT_KEYS`; all ``""`` for
+    JPEG and PNG), never the patient's name. An image out of scope gets ``decision`` ``OUT_OF_SCOPE`` and its
+    reason; it keeps its ``probability`` for audit only, and gets no heatmap (a map of "evidence" on a blank page or
+    a lateral film would read as a finding). The result goes into ``window`` (the server's drift check keeps an
+    in-scope film's features). Every entry carries a ``thumbnail`` (JPEG data URI, THUMBNAIL_SIDE px); with
+    ``want_preview`` an ``image_png``; with a heatmap a ``heatmap_png`` (overlay) and a ``heatmap_map`` (the map
+    alone: :func:`pneumoscan.inference.render.render_heat`, as a JPEG data URI).
 
     Raises:
         ImageError: the file cannot be used (message names it; logs name it by :func:`log_id` only).
         Cancelled: ``cancel`` was set between two steps.
     """
     _check(cancel)
-    gray, context = read_image_with_context(data, name=name, max_pixels=max_pixels, log_name=log_id(name))
+    film = predictor.read(data, full=True, name=name, max_pixels=max_pixels, log_name=log_id(name))
+    gray = film.gray
+    assert gray is not None
     _check(cancel)
-    explain = heatmap and can_explain(predictor)
-    pred, heat, features, descriptor = predictor.assess(gray, context, heatmap=explain,
-                                                        **_square(predictor, data, gray, context))
+    explain = heatmap and predictor.can_explain
+    result = predictor.assess(film, source=name, explain=explain)
     if window is not None:
-        window.record(pred.in_scope, features, descriptor, pred.positive)
-    out: dict[str, Any] = {
-        "filename": name,
-        "ok": True,
-        "format": sniff_format(data[:132]),
-        "width": int(gray.shape[1]),
-        "height": int(gray.shape[0]),
-        **_decision(pred),
-        "model_version": predictor.version,
-        "context": {**context_columns(context), "series_uid": context.series_uid if context else ""},
-    }
+        window.record(result)
     _check(cancel)
-    out.update(_pictures(gray, heat if pred.in_scope else None, pred.probability, want_preview))
+    pictures = _pictures(gray, result, want_preview)
     if heatmap and not explain:
-        out["heatmap_error"] = ONNX_NO_HEATMAP
-    return out
+        pictures["heatmap_error"] = ONNX_NO_HEATMAP
+    return Analysis(result.without_film(), sniff_format(data[:132]) or "", int(gray.shape[1]), int(gray.shape[0]),
+                    pictures)
 
 
-def render_film(predictor: Any, name: str, data: bytes, *, heatmap: bool, film: bool, max_pixels: int
+def render_film(predictor: ResultMaker, name: str, data: bytes, *, heatmap: bool, film: bool, max_pixels: int
                 ) -> dict[str, Any]:
     """Re-render one upload for a viewer (``POST /api/v1/explain``): nothing is recorded, nothing enters the drift
     window.
 
     With ``film``: ``film_png``, the decoded film (DICOM windowed and inverted as for scoring) as an 8-bit PNG
     data URI at full resolution, scaled down to FILM_MAX_SIDE on its long side when larger (``film_scaled``).
-    With ``heatmap``: the gated decision and ``heatmap_map`` (the Grad-CAM map alone, at the film's aspect), or
-    ``heatmap_error`` (out of scope, or a predictor that cannot explain).
+    With ``heatmap``: the result (:meth:`~pneumoscan.result.Result.to_dict`) and ``heatmap_map`` (the Grad-CAM map
+    alone, at the film's aspect), or ``heatmap_error`` (out of scope, or a predictor that cannot explain).
 
     Raises:
         ImageError: the file cannot be used.
     """
-    gray, context = read_image_with_context(data, name=name, max_pixels=max_pixels, log_name=log_id(name))
+    decoded = predictor.read(data, full=True, name=name, max_pixels=max_pixels, log_name=log_id(name))
+    gray = decoded.gray
+    assert gray is not None
     out: dict[str, Any] = {"filename": name, "ok": True, "format": sniff_format(data[:132]),
                            "width": int(gray.shape[1]), "height": int(gray.shape[0])}
     if film:
@@ -184,27 +195,21 @@ def render_film(predictor: Any, name: str, data: bytes, *, heatmap: bool, film: 
         out.update(film_png=png_data_uri(shown), film_width=int(shown.shape[1]), film_height=int(shown.shape[0]),
                    film_scaled=shown.shape != gray.shape, film_max_side=FILM_MAX_SIDE)
     if heatmap:
-        out.update(_heat_only(predictor, gray, context, data))
+        out.update(_heat_only(predictor, decoded, name))
     return out
 
 
-def _square(predictor: Any, data: bytes, gray: np.ndarray, context: Any) -> dict[str, Any]:
-    """``{"square": ...}``: the model's input square made as ``pneumoscan predict`` makes it (a large JPEG from a
-    reduced-scale decode: :meth:`pneumoscan.predict.Predictor.model_square`), so the page and the CLI give a film
-    one score; ``{}`` for a predictor without that method."""
-    make = getattr(predictor, "model_square", None)
-    return {} if make is None else {"square": make(data, gray, context)}
-
-
-def _heat_only(predictor: Any, gray: np.ndarray, context: Any, data: bytes) -> dict[str, Any]:
-    if not can_explain(predictor):
+def _heat_only(predictor: ResultMaker, decoded: Film, name: str) -> dict[str, Any]:
+    if not predictor.can_explain:
         return {"heatmap_error": ONNX_NO_HEATMAP}
-    from pneumoscan.explain import render_heat
+    from pneumoscan.inference.render import render_heat
 
-    pred, heat, _, _ = predictor.assess(gray, context, heatmap=True, **_square(predictor, data, gray, context))
-    out = _decision(pred)
-    if not pred.in_scope or heat is None:
-        out["heatmap_error"] = f"no heatmap for an image out of scope ({pred.scope_reason})"
+    result = predictor.assess(decoded, source=name, explain=True)
+    out = result.to_dict()
+    assert decoded.gray is not None
+    heat = result.heatmap(decoded.gray.shape)
+    if heat is None:
+        out["heatmap_error"] = f"no heatmap for an image out of scope ({result.scope_reason})"
     else:
         out["heatmap_map"] = jpeg_data_uri(render_heat(heat, max_side=PREVIEW_SIDE))
     return out

@@ -1,6 +1,6 @@
 """The FastAPI app factory: :func:`create_app` builds the shared state, the error handlers and the routes.
 
-One :class:`~pneumoscan.predict.Predictor` is built at start-up. Routes (:mod:`.routes`) only check the input and
+One :class:`~pneumoscan.inference.predictor.Predictor` is built at start-up. Routes (:mod:`.routes`) only check the input and
 call it, in a bounded thread pool, so the event loop (and ``/healthz``) stays responsive while predictions run.
 
 Safety rules:
@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import FastAPI, Request
@@ -48,6 +48,9 @@ from pneumoscan.serve.security import Unauthorized, unauthorized_response
 from pneumoscan.serve.settings import ServeSettings
 from pneumoscan.serve.state import ServerState
 from pneumoscan.store import StoreError, WorklistStore
+
+if TYPE_CHECKING:
+    from pneumoscan.inference.protocols import ResultMaker
 
 __all__ = ["DISCLAIMER", "INTENDED_USE", "RETENTION_EVERY_S", "create_app"]
 
@@ -92,7 +95,7 @@ def _lifespan(state: ServerState) -> Any:
     return lifespan
 
 
-def create_app(predictor: Any, settings: ServeSettings | None = None, *,
+def create_app(predictor: ResultMaker, settings: ServeSettings | None = None, *,
                store: WorklistStore | None = None) -> FastAPI:
     """Build the FastAPI app around one loaded Predictor.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
@@ -21,15 +21,18 @@ from pneumoscan.io import (
     read_image_info,
     sniff_format,
 )
-from pneumoscan.serve.analysis import Cancelled, analyse, can_explain
+from pneumoscan.result import Result
+from pneumoscan.serve.analysis import Cancelled, analyse, error_entry
 from pneumoscan.serve.budget import BudgetExceeded, estimate_decode_bytes
 from pneumoscan.serve.record import record
 from pneumoscan.serve.security import log_id
 from pneumoscan.serve.state import ServerState
 
-__all__ = ["OverBudget", "analyse_all", "analyse_one", "refused", "run_budgeted"]
+__all__ = ["OverBudget", "analyse_all", "analyse_one", "failed", "refused", "run_budgeted"]
 
 log = logging.getLogger("pneumoscan.serve")
+
+T = TypeVar("T")
 
 _STATUS_FOR = {ImageTooLargeError: 413, ImageMemoryError: 413, NotAnImageError: 415, UnsupportedDicomError: 415}
 _MIB = 1024 * 1024
@@ -39,9 +42,9 @@ async def analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool,
                       cancel: threading.Event) -> tuple[dict[str, Any], int]:
     """``(entry, status)`` for one file; every failure becomes the entry's error, never the request's. The entry
     is recorded in the worklist database (``worklist_id``), unless the client went away first."""
-    entry, status = await _analyse_one(state, name, data, heatmap, want_preview, cancel)
+    result, entry, status = await _analyse_one(state, name, data, heatmap, want_preview, cancel)
     if status != 499:
-        await anyio.to_thread.run_sync(record, state, name, data, entry)
+        await anyio.to_thread.run_sync(record, state, name, data, result, entry)
     return entry, status
 
 
@@ -49,8 +52,7 @@ class OverBudget(Exception):
     """One file's decoding would not fit the server's memory budget (413); the message says so and what to do."""
 
 
-async def run_budgeted(state: ServerState, name: str, data: bytes, *, heatmap: bool,
-                       work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+async def run_budgeted(state: ServerState, name: str, data: bytes, *, heatmap: bool, work: Callable[[], T]) -> T:
     """Run ``work`` (one file's decoding and scoring) in a worker thread under the server's limiter, after its
     header has been read and the memory its decoding needs reserved from the budget.
 
@@ -60,7 +62,7 @@ async def run_budgeted(state: ServerState, name: str, data: bytes, *, heatmap: b
     """
     settings = state.settings
     info = await anyio.to_thread.run_sync(lambda: read_image_info(data, name=name, max_pixels=settings.max_pixels))
-    need = estimate_decode_bytes(info, heatmap=heatmap and can_explain(state.predictor))
+    need = estimate_decode_bytes(info, heatmap=heatmap and state.predictor.can_explain)
     try:
         async with state.budget.reserve(need):
             return await anyio.to_thread.run_sync(work, limiter=state.limiter)
@@ -70,36 +72,42 @@ async def run_budgeted(state: ServerState, name: str, data: bytes, *, heatmap: b
                          f"{settings.memory_budget_bytes / _MIB:,.0f} MiB. Downscale it and send it again") from None
 
 
-def refused(name: str, exc: ImageError | OverBudget) -> tuple[dict[str, Any], int]:
-    """``(entry, status)`` for a file refused as bad input (415, 413 or 422) or over the memory budget (413)."""
+def refused(state: ServerState, name: str, exc: ImageError | OverBudget) -> tuple[Result, int]:
+    """``(result, status)`` for a file refused as bad input (415, 413 or 422) or over the memory budget (413)."""
     status = 413 if isinstance(exc, OverBudget) else _STATUS_FOR.get(type(exc), 422)
-    return {"filename": name, "ok": False, "error": str(exc)}, status
+    return Result.unread(name, str(exc), state.predictor.identity), status
+
+
+def failed(state: ServerState, name: str, message: str) -> Result:
+    """The result of a file whose analysis failed for another reason (cancelled, an internal error)."""
+    return Result.unread(name, message, state.predictor.identity)
 
 
 async def _analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool, want_preview: bool,
-                       cancel: threading.Event) -> tuple[dict[str, Any], int]:
+                       cancel: threading.Event) -> tuple[Result, dict[str, Any], int]:
     settings, predictor = state.settings, state.predictor
     try:
         fmt = sniff_format(data[:132])
         if state.uploads is not None and fmt is not None:
             await anyio.to_thread.run_sync(state.uploads.save, data, fmt)
-        entry = await run_budgeted(state, name, data, heatmap=heatmap, work=lambda: analyse(
+        done = await run_budgeted(state, name, data, heatmap=heatmap, work=lambda: analyse(
             predictor, name, data, heatmap=heatmap, want_preview=want_preview, max_pixels=settings.max_pixels,
             cancel=cancel, window=state.drift))
-        log.info("%s: %s, p=%.3f%s", log_id(name), entry["decision"], entry["probability"],
-                 "" if entry["in_scope"] else f" (not assessed: {entry['scope_reason']})")
-        return entry, 200
+        r = done.result
+        log.info("%s: %s, p=%.3f%s", log_id(name), r.decision, r.probability,
+                 "" if r.assessed else f" (not assessed: {r.scope_reason})")
+        return r, done.entry(), 200
     except (ImageError, OverBudget) as exc:
         log.info("%s: refused (%s)", log_id(name), type(exc).__name__)
-        return refused(name, exc)
+        result, status = refused(state, name, exc)
     except Cancelled:
-        return {"filename": name, "ok": False, "error": f"{name}: cancelled, the client disconnected"}, 499
+        result, status = failed(state, name, f"{name}: cancelled, the client disconnected"), 499
     except Exception as exc:  # one file's failure must never cost the others their results
         log.error("%s: internal error while analysing (%s)", log_id(name), type(exc).__name__,
                   exc_info=log.isEnabledFor(logging.DEBUG))
-        return {"filename": name, "ok": False,
-                "error": f"{name}: internal error while analysing this file ({type(exc).__name__}); "
-                         "the other files are not affected"}, 500
+        result, status = failed(state, name, f"{name}: internal error while analysing this file "
+                                             f"({type(exc).__name__}); the other files are not affected"), 500
+    return result, error_entry(result), status
 
 
 async def _watch_disconnect(request: Request, cancel: threading.Event, scope: anyio.CancelScope) -> None:

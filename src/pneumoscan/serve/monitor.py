@@ -1,5 +1,5 @@
 """The running server's drift check: a rolling window of its recent in-scope images, tested against the model's
-reference (:class:`pneumoscan.drift.DriftCheck`) on request (``GET /api/v1/drift``).
+reference (:class:`pneumoscan.gate.drift.DriftCheck`) on request (``GET /api/v1/drift``).
 
 The window keeps, for each of the last ``size`` images the scope gate let through, the model's pooled features and
 the intensity descriptors of its input square; nothing that identifies the image or the patient. Out-of-scope
@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pneumoscan.drift import MIN_IMAGES
+from pneumoscan.gate.drift import MIN_IMAGES
+
+if TYPE_CHECKING:
+    from pneumoscan.result import Result
 
 __all__ = ["STEP", "DriftWindow"]
 
@@ -38,7 +41,7 @@ _WHAT = ("the last {n} in-scope images this server analysed, against the model's
 class DriftWindow:
     """A thread-safe rolling window of ``(features, descriptor)`` of recent in-scope images, and its drift report.
 
-    ``check`` is the model's :class:`~pneumoscan.drift.DriftCheck` (anything with ``test(features (N, C),
+    ``check`` is the model's :class:`~pneumoscan.gate.drift.DriftCheck` (anything with ``test(features (N, C),
     descriptors (N, 7))`` returning a result with ``to_dict()`` and ``shifted``), or None when the model carries
     no reference: then nothing is kept and the report says why.
     """
@@ -59,15 +62,17 @@ class DriftWindow:
         with self._lock:
             return len(self._items)
 
-    def record(self, in_scope: bool, features: np.ndarray | None, descriptor: np.ndarray | None,
-               positive: bool = False) -> None:
-        """Count one analysed image; remember an in-scope one's features, descriptor and decision (not without a
-        drift check or without features)."""
-        keep = in_scope and self.check is not None and features is not None and descriptor is not None
-        item = (np.asarray(features, dtype=np.float32).copy(), np.asarray(descriptor, dtype=np.float32).copy(),
-                bool(positive)) if keep else None
+    def record(self, result: Result) -> None:
+        """Count one analysed image's :class:`~pneumoscan.result.Result`; remember an in-scope one's features,
+        descriptor and decision (not without a drift check or without features)."""
+        if not result.read:
+            return
+        keep = (result.assessed and self.check is not None and result.features is not None
+                and result.descriptor is not None)
+        item = (np.asarray(result.features, dtype=np.float32).copy(),
+                np.asarray(result.descriptor, dtype=np.float32).copy(), result.positive) if keep else None
         with self._lock:
-            self._scope.append(bool(in_scope))
+            self._scope.append(bool(result.in_scope))
             if item is not None:
                 self._items.append(item)
             self._version += 1

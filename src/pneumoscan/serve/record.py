@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pneumoscan.serve.security import log_id
-from pneumoscan.store import CONTEXT_FIELDS, StoreError
+from pneumoscan.store import StoreError
 
-__all__ = ["CONTEXT_KEYS", "record"]
+if TYPE_CHECKING:
+    from pneumoscan.result import Result
+    from pneumoscan.serve.state import ServerState
+
+__all__ = ["record"]
 
 log = logging.getLogger("pneumoscan.serve")
-
-#: Context keys looked for in a result entry (under ``context``, or at its top level).
-CONTEXT_KEYS = (*CONTEXT_FIELDS, "patient_age", "patient_sex", "view_position")
-
-
-def _context(entry: dict[str, Any]) -> dict[str, Any]:
-    nested = entry.get("context")
-    source = nested if isinstance(nested, dict) else entry
-    return {k: source[k] for k in CONTEXT_KEYS if source.get(k) not in (None, "")}
 
 
 def _stored_error(name: str, message: str) -> str:
@@ -37,24 +32,18 @@ def _stored_error(name: str, message: str) -> str:
     return message.replace(name, log_id(name)) if len(name) >= 3 else message
 
 
-def record(state: Any, name: str, data: bytes, entry: dict[str, Any]) -> None:
-    """Store one upload's entry (a result, or ``ok`` False with its ``error``) and set ``entry["worklist_id"]``.
+def record(state: ServerState, name: str, data: bytes, result: Result, entry: dict[str, Any]) -> None:
+    """Store one upload's :class:`~pneumoscan.result.Result` (with the entry's ``thumbnail``) and set
+    ``entry["worklist_id"]``; the stored row names the file only by its hash, and a stored error never names it.
 
     Blocking (a database write): call it in a worker thread.
     """
-    predictor = state.predictor
-    ok = bool(entry.get("ok"))
+    if result.error:
+        result = result.replace(error=_stored_error(name, result.error))
     try:
-        entry["worklist_id"] = state.store.add_result(
-            input_sha256=hashlib.sha256(data).hexdigest(), source="upload", filename_hash=log_id(name),
-            probability=entry.get("probability") if ok else None,
-            decision=str(entry.get("decision") or "") if ok else "ERROR",
-            threshold=entry.get("threshold") if ok else None,
-            in_scope=entry.get("in_scope") if ok else None,
-            scope_reason=str(entry.get("scope_reason") or "") if ok else "",
-            error="" if ok else _stored_error(name, str(entry.get("error") or "could not be analysed")),
-            model_name=predictor.model_name, model_version=predictor.version, client=state.auth.client_id,
-            context=_context(entry), thumbnail=entry.get("thumbnail") if ok else None)
+        entry["worklist_id"] = state.store.add(
+            result, input_sha256=hashlib.sha256(data).hexdigest(), source="upload", filename_hash=log_id(name),
+            client=state.auth.client_id, thumbnail=entry.get("thumbnail") if result.read else None)
     except (StoreError, ValueError, TypeError) as exc:
         log.error("%s: not recorded in the worklist database (%s)", log_id(name), exc)
         entry["worklist_id"] = None

@@ -42,7 +42,7 @@ def run(model_path: str | os.PathLike[str] | None, host: str = "127.0.0.1", port
     """
     import uvicorn
 
-    from pneumoscan.predict import Predictor, RuntimeOptions, default_model_path
+    from pneumoscan.inference.predictor import Predictor, RuntimeOptions, default_model_path
 
     settings = settings or ServeSettings()
     check_exposure(host, settings.token, insecure_no_auth=insecure_no_auth)  # before the slow model load

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pneumoscan.drift import MIN_IMAGES
+from pneumoscan.gate.drift import MIN_IMAGES
 
 __all__ = ["SERVER_MAX_PIXELS", "ServeSettings"]
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -22,6 +22,9 @@ from pneumoscan.serve.security import TokenAuth
 from pneumoscan.serve.settings import ServeSettings
 from pneumoscan.store import StoreError, WorklistStore
 
+if TYPE_CHECKING:
+    from pneumoscan.inference.protocols import ResultMaker
+
 __all__ = ["ServerState", "model_info", "render_markdown"]
 
 log = logging.getLogger("pneumoscan.serve")
@@ -32,7 +35,7 @@ class ServerState:
     rolling drift window (``drift``; its test runs one at a time, under ``drift_limiter``) and the worklist
     database (``store``: ``store`` if given, else one opened on ``settings.db``, closed by :meth:`close`)."""
 
-    def __init__(self, predictor: Any, settings: ServeSettings, store: WorklistStore | None = None) -> None:
+    def __init__(self, predictor: ResultMaker, settings: ServeSettings, store: WorklistStore | None = None) -> None:
         self.predictor = predictor
         self.settings = settings
         self.limiter = anyio.CapacityLimiter(settings.workers)
@@ -41,7 +44,7 @@ class ServerState:
         self.uploads = (UploadStore(settings.save_uploads, settings.upload_retention_days)
                         if settings.save_uploads else None)
         self.auth = TokenAuth(settings.token)
-        self.drift = DriftWindow(getattr(predictor, "drift", None), settings.drift_window)
+        self.drift = DriftWindow(predictor.drift, settings.drift_window)
         self.drift_limiter = anyio.CapacityLimiter(1)
         self.info = model_info(predictor, _read_model_card())
         self._owns_store = store is None
@@ -76,13 +79,13 @@ class ServerState:
             self.buffered -= nbytes
 
 
-def model_info(predictor: Any, model_card: str | None) -> dict[str, Any]:
+def model_info(predictor: ResultMaker, model_card: str | None) -> dict[str, Any]:
     """The model's description for ``/api/v1/model``: name, version, operating point, calibration, validation
     figures, preprocessing, intended use, the disclaimer, the model card (``model_card``: Markdown, or None;
     ``model_card_html``: the same rendered by :func:`render_markdown`, or None) and where the model
-    was adapted or calibrated at a site (:func:`pneumoscan.provenance.provenance`: ``site_state`` "shipped" | "adapted"
+    was adapted or calibrated at a site (:func:`pneumoscan.onboarding.provenance.provenance`: ``site_state`` "shipped" | "adapted"
     | "calibrated" | "adapted and calibrated", ``adaptation``, ``site_calibration``, ``provenance`` in words)."""
-    from pneumoscan.provenance import provenance
+    from pneumoscan.onboarding.provenance import provenance
 
     info = predictor.info
     op, vm = info.operating_point, info.val_metrics

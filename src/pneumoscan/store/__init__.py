@@ -7,9 +7,7 @@ rows as dicts, the thumbnail check), :mod:`.worklist_store`
 (:class:`WorklistStore`), :mod:`.errors`.
 
     store = WorklistStore()                    # ~/.local/share/pneumoscan/worklist.db (or $PNEUMOSCAN_DATA_DIR)
-    rid = store.add_result(input_sha256=..., source="upload", filename_hash=..., probability=0.91,
-                           decision="PNEUMONIA", threshold=0.42, in_scope=True, scope_reason="", error="",
-                           model_name="...", model_version="...", client="local", context={"patient_id": "..."})
+    rid = store.add(result, input_sha256=..., source="upload", filename_hash=..., client="local")  # a Result
     store.list(unreviewed_only=True)           # highest risk first
     store.list(borderline=0.10)                # within 10 points of the threshold (0-100 score)
     store.review(rid, verdict="agree", note="", reviewer="local")

@@ -30,12 +30,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = ["CATEGORY_ERROR", "CATEGORY_OUT_OF_SCOPE", "CATEGORY_SCORED", "CONTEXT_FIELDS", "AuditEvent", "Base",
-           "Result", "Review", "SchemaVersion", "UTCDateTime"]
+           "ResultRow", "Review", "SchemaVersion", "UTCDateTime"]
 
 #: Worklist order: scored in-scope images (by probability), then images not assessed, then files not read.
 CATEGORY_SCORED, CATEGORY_OUT_OF_SCOPE, CATEGORY_ERROR = 0, 1, 2
 
-#: The DICOM context kept with a result, and the longest value kept of each (DICOM's own limits, or near them).
+#: The DICOM context kept with a result (:data:`pneumoscan.result.CONTEXT_KEYS`, the same names everywhere), and the
+#: longest value kept of each (DICOM's own limits, or near them).
 CONTEXT_FIELDS: dict[str, int] = {
     "patient_id": 64, "accession": 64, "study_date": 16, "age": 16, "sex": 16, "view": 16,
     "study_uid": 64, "series_uid": 64, "sop_uid": 64,
@@ -76,7 +77,7 @@ class SchemaVersion(Base):
     description: Mapped[str] = mapped_column(String(200), nullable=False, default="")
 
 
-class Result(Base):
+class ResultRow(Base):
     """One image's result: score, decision, scope, error, model, client, input hash and DICOM context."""
 
     __tablename__ = "worklist_results"

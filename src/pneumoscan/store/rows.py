@@ -12,11 +12,13 @@ from typing import Any
 from sqlalchemy import case, exists, func
 
 from pneumoscan.constants import CLASS_NAMES
+from pneumoscan.metrics import decision_words, score_100
 from pneumoscan.store.models import (
+    CATEGORY_ERROR,
     CATEGORY_SCORED,
     CONTEXT_FIELDS,
     AuditEvent,
-    Result,
+    ResultRow,
     Review,
 )
 
@@ -91,18 +93,18 @@ def filters(*, flagged_only: bool = False, unreviewed_only: bool = False, in_sco
     check_borderline(borderline)
     where: list[Any] = []
     if flagged_only:
-        where += [Result.category == CATEGORY_SCORED, Result.decision == POSITIVE]
+        where += [ResultRow.category == CATEGORY_SCORED, ResultRow.decision == POSITIVE]
     if borderline is not None:
-        where += [Result.category == CATEGORY_SCORED, Result.threshold.is_not(None),
-                  func.abs(Result.probability - Result.threshold) <= float(borderline) + _BAND_SLACK]
+        where += [ResultRow.category == CATEGORY_SCORED, ResultRow.threshold.is_not(None),
+                  func.abs(ResultRow.probability - ResultRow.threshold) <= float(borderline) + _BAND_SLACK]
     if unreviewed_only:
-        where.append(~exists().where(Review.result_id == Result.id))
+        where.append(~exists().where(Review.result_id == ResultRow.id))
     if in_scope is not None:
-        where.append(Result.in_scope.is_(bool(in_scope)))
+        where.append(ResultRow.in_scope.is_(bool(in_scope)))
     if since is not None:
-        where.append(Result.created >= utc(since))
+        where.append(ResultRow.created >= utc(since))
     if until is not None:
-        where.append(Result.created < utc(until, end_of_day=True))
+        where.append(ResultRow.created < utc(until, end_of_day=True))
     return where
 
 
@@ -110,13 +112,13 @@ def order_by(order: str) -> tuple[Any, ...]:
     """The ORDER BY of a worklist query: ``"risk"`` (scored by probability, then not assessed, then not read;
     newest first among equals), ``"newest"`` or ``"oldest"`` (by time received)."""
     if order == "risk":
-        return (Result.category.asc(),
-                case((Result.category == CATEGORY_SCORED, Result.probability), else_=None).desc(),
-                Result.id.desc())
+        return (ResultRow.category.asc(),
+                case((ResultRow.category == CATEGORY_SCORED, ResultRow.probability), else_=None).desc(),
+                ResultRow.id.desc())
     if order == "newest":
-        return (Result.created.desc(), Result.id.desc())
+        return (ResultRow.created.desc(), ResultRow.id.desc())
     if order == "oldest":
-        return (Result.created.asc(), Result.id.asc())
+        return (ResultRow.created.asc(), ResultRow.id.asc())
     raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r:.40}")
 
 
@@ -125,24 +127,36 @@ def review_dict(review: Review) -> dict[str, Any]:
             "reviewed_at": review.created.isoformat()}
 
 
-def result_dict(r: Result, latest: Review | None, n_reviews: int, *, thumbnail: bool = True) -> dict[str, Any]:
+def result_dict(r: ResultRow, latest: Review | None, n_reviews: int, *, thumbnail: bool = True) -> dict[str, Any]:
+    """A stored row as the API gives it: the keys of :meth:`pneumoscan.result.Result.to_dict` (the same names and
+    shape as ``POST /api/v1/predict``'s results: ``context`` nested), plus what the store knows: ``id``,
+    ``created``, ``source`` (``upload``, ``dicom``, ``cli``), ``client``, ``input_sha256``, ``filename_hash``,
+    ``review``, ``n_reviews`` and, with ``thumbnail``, ``thumbnail``."""
+    read = r.category != CATEGORY_ERROR
+    assessed = r.category == CATEGORY_SCORED and r.probability is not None
+    decision = r.decision if read and r.decision != "ERROR" else ""  # rows written by earlier versions said ERROR
     out = {
         "id": r.id,
         "created": r.created.isoformat(),
         "source": r.source,
+        "ok": read,
         "probability": r.probability,
-        "decision": r.decision,
-        "flagged": r.category == CATEGORY_SCORED and r.decision == POSITIVE,
+        "score": score_100(r.probability) if assessed else None,
         "threshold": r.threshold,
+        "score_threshold": None if r.threshold is None else score_100(r.threshold),
+        "decision": decision,
+        "decision_text": decision_words(decision),
+        "positive": (r.category == CATEGORY_SCORED and decision == POSITIVE) if read else None,
         "in_scope": r.in_scope,
         "scope_reason": r.scope_reason,
         "error": r.error,
+        "note": "",
         "model_name": r.model_name,
         "model_version": r.model_version,
+        "context": {name: getattr(r, name) for name in CONTEXT_FIELDS},
         "client": r.client,
         "input_sha256": r.input_sha256,
         "filename_hash": r.filename_hash,
-        **{name: getattr(r, name) for name in CONTEXT_FIELDS},
         "review": review_dict(latest) if latest is not None else None,
         "n_reviews": n_reviews,
     }

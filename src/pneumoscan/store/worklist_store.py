@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import dataclasses
 import logging
 import math
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -32,9 +31,9 @@ from pneumoscan.store.models import (
     CATEGORY_SCORED,
     CONTEXT_FIELDS,
     AuditEvent,
-    Result,
     Review,
 )
+from pneumoscan.store.models import ResultRow
 from pneumoscan.store.rows import (
     MAX_LIMIT,
     ORDERS,
@@ -52,7 +51,7 @@ from pneumoscan.store.rows import (
 from pneumoscan.store.schema import ensure_schema
 
 if TYPE_CHECKING:
-    from pneumoscan.io import ImageContext
+    from pneumoscan.result import Result
 
 __all__ = ["MAX_LIMIT", "MAX_NOTE_CHARS", "ORDERS", "POSITIVE", "VERDICTS", "WorklistStore"]
 
@@ -63,11 +62,6 @@ VERDICTS = ("agree", "disagree")
 #: Longest review note kept, in characters.
 MAX_NOTE_CHARS = 2000
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-#: Other spellings of the context fields (:class:`pneumoscan.io.ImageContext`'s names, DICOM-ish names).
-_ALIASES = {"patient_age": "age", "patient_sex": "sex", "view_position": "view", "accession_number": "accession",
-            "study_instance_uid": "study_uid", "series_instance_uid": "series_uid", "sop_instance_uid": "sop_uid"}
-#: Never stored, whoever passes them.
-_NEVER = frozenset({"patient_name", "name", "patientname"})
 _STR_LIMITS = {"source": 32, "filename_hash": 64, "decision": 32, "model_name": 128, "model_version": 128,
                "client": 128}
 
@@ -142,86 +136,49 @@ class WorklistStore:
 
     # --- writing ------------------------------------------------------------------------------------------------
 
-    def add_result(self, *, input_sha256: str, source: str, filename_hash: str, probability: float | None,
-                   decision: str, threshold: float | None, in_scope: bool | None, scope_reason: str, error: str,
-                   model_name: str, model_version: str, client: str,
-                   context: Mapping[str, Any] | ImageContext | None = None,
-                   created: datetime | None = None, thumbnail: str | None = None) -> int:
-        """Store one image's result as a new row (never an update: a re-scored image is a new row) with its audit
-        row; return its id.
+    def add(self, result: Result, *, input_sha256: str, source: str, filename_hash: str = "", client: str = "",
+            created: datetime | None = None, thumbnail: str | None = None) -> int:
+        """Store one :class:`~pneumoscan.result.Result` as a new row (never an update: a re-scored image is a new row)
+        with its audit row; return its id. The row keeps what the result says, as it says it: its probability,
+        decision, threshold, scope verdict, error, model and DICOM context (:data:`CONTEXT_FIELDS`, the result's own
+        names; a patient's name is never stored).
 
-        ``context`` holds the DICOM fields (:data:`~pneumoscan.store.models.CONTEXT_FIELDS`: ``patient_id``,
-        ``accession``, ``study_date``, ``age``, ``sex``, ``view``, ``study_uid``, ``series_uid``, ``sop_uid``), as
-        a mapping or a :class:`~pneumoscan.io.ImageContext` (whose names, such as ``patient_age`` and
-        ``view_position``, are accepted in a mapping too). A patient's name is never stored; other keys are
-        ignored. ``error`` non-empty marks a file that
-        could not be analysed; ``in_scope`` False an image the scope gate refused. ``created`` defaults to now
-        (a naive time is taken as UTC). ``thumbnail``: a small preview of the film as a base64 JPEG, PNG or WebP
-        data URI (at most :data:`~pneumoscan.store.rows.MAX_THUMBNAIL_CHARS` characters; anything else is
+        ``input_sha256``: the SHA-256 of the input's bytes; ``source``: where it came from (``"upload"``, ``"dicom"``,
+        ``"cli"``); ``filename_hash``: the client's file name only as a hash; ``client``: who sent it. ``created``
+        defaults to now (a naive time is taken as UTC). ``thumbnail``: a small preview of the film as a base64 JPEG,
+        PNG or WebP data URI (at most :data:`~pneumoscan.store.rows.MAX_THUMBNAIL_CHARS` characters; anything else is
         dropped with a warning, never the result).
 
         Raises:
-            ValueError: ``input_sha256`` is not 64 hex digits, or ``probability``/``threshold`` is not a number
-                in [0, 1], or a result without an error has no probability.
+            ValueError: ``input_sha256`` is not 64 hex digits.
             StoreError: the database refused the write.
         """
         sha = str(input_sha256).strip().lower()
         if not _SHA256.match(sha):
             raise ValueError(f"input_sha256 must be 64 hexadecimal digits (SHA-256 of the input's bytes), "
                              f"got {input_sha256!r:.80}")
-        for name, value in (("probability", probability), ("threshold", threshold)):
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
-                                          and 0.0 <= value <= 1.0):
-                raise ValueError(f"{name} must be a number between 0 and 1 or None, got {value!r}")
-        error_text = clean(error, newlines=True)
-        if error_text:
+        if not result.read:
             category = CATEGORY_ERROR
-        elif in_scope is False:
+        elif not result.in_scope:
             category = CATEGORY_OUT_OF_SCOPE
-        elif probability is None:
-            raise ValueError("a result without an error needs a probability")
         else:
             category = CATEGORY_SCORED
         strings = {k: clean(v, _STR_LIMITS[k]) for k, v in (
-            ("source", source), ("filename_hash", filename_hash), ("decision", decision),
-            ("model_name", model_name), ("model_version", model_version), ("client", client))}
-        row = Result(created=utc(created) or datetime.now(UTC), category=category, input_sha256=sha,
-                     probability=None if probability is None else float(probability),
-                     threshold=None if threshold is None else float(threshold),
-                     in_scope=None if in_scope is None else bool(in_scope),
-                     scope_reason=clean(scope_reason, 2000), error=error_text[:4000],
-                     thumbnail=thumbnail_or_blank(thumbnail), **strings, **self._context(context))
+            ("source", source), ("filename_hash", filename_hash), ("decision", result.decision),
+            ("model_name", result.model.name), ("model_version", result.model.version), ("client", client))}
+        context = {k: clean(v, CONTEXT_FIELDS[k]) for k, v in result.context.to_dict().items() if k in CONTEXT_FIELDS}
+        row = ResultRow(created=utc(created) or datetime.now(UTC), category=category, input_sha256=sha,
+                      probability=result.probability, threshold=result.threshold,
+                      in_scope=result.in_scope, scope_reason=clean(result.scope_reason, 2000),
+                      error=clean(result.error, newlines=True)[:4000], thumbnail=thumbnail_or_blank(thumbnail),
+                      **strings, **context)
         with self._transaction() as s:
             s.add(row)
             s.flush()
             s.add(AuditEvent(created=row.created, event="result", result_id=row.id, model_name=row.model_name,
                              model_version=row.model_version, client=row.client, input_sha256=sha,
-                             detail=f"{row.source or 'unknown source'}: {row.decision or 'ERROR'}"))
+                             detail=f"{row.source or 'unknown source'}: {row.decision or 'not read'}"))
             return int(row.id)
-
-    @staticmethod
-    def _context(context: Mapping[str, Any] | Any | None) -> dict[str, str]:
-        out = dict.fromkeys(CONTEXT_FIELDS, "")
-        if context is None:
-            return out
-        if dataclasses.is_dataclass(context) and not isinstance(context, type):
-            items = {f.name: getattr(context, f.name) for f in dataclasses.fields(context)}
-        elif isinstance(context, Mapping):
-            items = dict(context)
-        else:
-            raise TypeError(f"context must be a mapping or an ImageContext, got {type(context).__name__}")
-        ignored = []
-        for key, value in items.items():
-            name = _ALIASES.get(str(key).lower(), str(key).lower())
-            if name in _NEVER:
-                continue
-            if name in CONTEXT_FIELDS:
-                out[name] = clean(value, CONTEXT_FIELDS[name])
-            else:
-                ignored.append(str(key))
-        if ignored:
-            log.debug("context keys not stored: %s", ", ".join(sorted(ignored)))  # names only, never values
-        return out
 
     def review(self, result_id: int, *, verdict: str, note: str = "", reviewer: str) -> dict[str, Any]:
         """Record a reader's review of a result (every review is kept; the latest is the current one) and its
@@ -242,7 +199,7 @@ class WorklistStore:
         if not who:
             raise ValueError("a review needs a reviewer (the reader's or client's identity)")
         with self._transaction() as s:
-            result = s.get(Result, int(result_id))
+            result = s.get(ResultRow, int(result_id))
             if result is None:
                 raise ResultNotFoundError(f"no worklist result has id {result_id}; it may have been purged "
                                           "(retention)")
@@ -268,10 +225,10 @@ class WorklistStore:
             raise ValueError(f"older_than_days must be a positive number of days, got {older_than_days!r}")
         now = datetime.now(UTC)
         cutoff = now - timedelta(days=float(older_than_days))
-        old = select(Result.id).where(Result.created < cutoff)
+        old = select(ResultRow.id).where(ResultRow.created < cutoff)
         with self._transaction() as s:
             n_reviews = s.execute(delete(Review).where(Review.result_id.in_(old))).rowcount or 0
-            n_results = s.execute(delete(Result).where(Result.created < cutoff)).rowcount or 0
+            n_results = s.execute(delete(ResultRow).where(ResultRow.created < cutoff)).rowcount or 0
             n_audit = s.execute(delete(AuditEvent).where(AuditEvent.created < cutoff)).rowcount or 0
             if n_results or n_reviews or n_audit:
                 s.add(AuditEvent(created=now, event="purge", client="retention",
@@ -313,9 +270,9 @@ class WorklistStore:
         check_limit(limit, offset)
         where = filters(flagged_only=flagged_only, unreviewed_only=unreviewed_only, in_scope=in_scope,
                         borderline=borderline, since=since, until=until)
-        query = select(Result).where(*where).order_by(*order_by(order)).limit(limit).offset(offset)
+        query = select(ResultRow).where(*where).order_by(*order_by(order)).limit(limit).offset(offset)
         if not thumbnails:
-            query = query.options(defer(Result.thumbnail))
+            query = query.options(defer(ResultRow.thumbnail))
         with self._transaction() as s:
             rows = builtins.list(s.scalars(query))
             latest: dict[int, Review] = {}
@@ -332,7 +289,7 @@ class WorklistStore:
               borderline: float | None = None, since: datetime | date | None = None,
               until: datetime | date | None = None) -> int:
         """How many results :meth:`list` would give with these filters and no limit."""
-        query = select(func.count()).select_from(Result).where(*filters(
+        query = select(func.count()).select_from(ResultRow).where(*filters(
             flagged_only=flagged_only, unreviewed_only=unreviewed_only, in_scope=in_scope, borderline=borderline,
             since=since, until=until))
         with self._transaction() as s:
@@ -345,7 +302,7 @@ class WorklistStore:
             ResultNotFoundError (a KeyError): no result has this id.
         """
         with self._transaction() as s:
-            result = s.get(Result, int(result_id))
+            result = s.get(ResultRow, int(result_id))
             if result is None:
                 raise ResultNotFoundError(f"no worklist result has id {result_id}")
             reviews = list(s.scalars(select(Review).where(Review.result_id == result.id)

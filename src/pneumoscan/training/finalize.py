@@ -15,11 +15,12 @@ from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
 from pneumoscan.config import Config
 from pneumoscan.data import ImageCache, write_scores_csv
 from pneumoscan.models import create_model
-from pneumoscan.operating_point import choose_operating_point
+from pneumoscan.onboarding.operating_point import choose_operating_point
 from pneumoscan.preprocessing import Preprocessing
-from pneumoscan.reference import MIN_REFERENCE_VAL, build_reference
-from pneumoscan.scoring import score_cached
-from pneumoscan.trainset import hash_files, trainset_tensors
+from pneumoscan.gate.reference import MIN_REFERENCE_VAL
+from pneumoscan.onboarding.reference_builder import build_reference
+from pneumoscan.inference.scoring import score_cached
+from pneumoscan.onboarding.trainset import hash_files, trainset_tensors
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def finalize_run(cfg: Config, path: Path, cache: ImageCache, tr_rows: np.ndarray
                  spec: Preprocessing, device: torch.device) -> None:
     """With the best weights, fit the temperature and choose the operating threshold on VALIDATION, build the
     scope/drift reference (training-film features, cut-off on validation), hash the training and validation
-    films' decoded pixels (:mod:`pneumoscan.trainset`), then re-save best.safetensors with ``operating_point``,
+    films' decoded pixels (:mod:`pneumoscan.onboarding.trainset`), then re-save best.safetensors with ``operating_point``,
     ``calibration``, ``val_summary``, ``reference`` and ``trainset`` (``path`` is the run's best.safetensors), and
     write val_scores.csv beside it."""
     ckpt = load_checkpoint(path)

@@ -11,7 +11,7 @@ Run folder layout (written by rank 0 only)::
     best.safetensors     the best checkpoint by validation AUC (+ best.json, a readable copy of its metadata; its
                          ``validation`` says how the validation images were chosen); after the last epoch it gains
                          the operating threshold, temperature, validation summary, scope/drift reference and the
-                         content hashes of its training and validation films (``trainset.*``, :mod:`pneumoscan.trainset`)
+                         content hashes of its training and validation films (``trainset.*``, :mod:`pneumoscan.onboarding.trainset`)
     val_scores.csv       calibrated validation scores of the best checkpoint (path,label,patient_id,cause,score)
     augmentations.png    originals and augmented draws, for a person to check
     loss.png, auc.png    curves, train against validation
@@ -60,7 +60,7 @@ from pneumoscan.config import Config, load_config
 from pneumoscan.errors import ConfigError, RunExistsError
 from pneumoscan.models import create_model, default_preprocessing, has_pretrained
 from pneumoscan.preprocessing import Preprocessing
-from pneumoscan.scoring import score_cached
+from pneumoscan.inference.scoring import score_cached
 from pneumoscan.training.allocator import tune_allocator
 from pneumoscan.training.augment import RandAugmentPipeline, build_augmentation, save_augmentation_grid
 from pneumoscan.training.distributed import Dist, gather, setup_distributed

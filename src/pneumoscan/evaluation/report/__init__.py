@@ -28,6 +28,7 @@ from pneumoscan.evaluation.report.gallery import (
 )
 from pneumoscan.metrics import score_100
 from pneumoscan.metrics.uncertainty import CI_EXACT, CI_NO_SPREAD
+from pneumoscan.result import Result
 from pneumoscan.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = ["GALLERY_SIZES", "render_html", "write_report"]
@@ -83,8 +84,8 @@ def render_html(context: dict[str, Any]) -> str:
     return template.render(**context)
 
 
-def write_report(result: dict[str, Any], scored: Sequence[Any], records: Sequence[Any], out_dir: Path,
-                 prefixes: Sequence[str]) -> dict[str, str]:
+def write_report(result: dict[str, Any], scored: Sequence[Any], records: Sequence[Any],
+                 results: Sequence[Sequence[Result]], out_dir: Path, prefixes: Sequence[str]) -> dict[str, str]:
     """Draw the plots (PNG files in ``out_dir``) and write ``out_dir/report.html``; returns name -> file name."""
     y = np.array([r.label for r in records], dtype=np.int64)
     outputs: dict[str, str] = {}
@@ -95,7 +96,7 @@ def write_report(result: dict[str, Any], scored: Sequence[Any], records: Sequenc
         return data_uri(png)
 
     views = []
-    for entry, sm, pre in zip(result["models"], scored, prefixes):
+    for entry, sm, res, pre in zip(result["models"], scored, results, prefixes):
         ths = {k: v["threshold"] for k, v in entry["summary"]["thresholds"].items()}
         op = entry["summary"]["thresholds"]["operating"]
         figs = {
@@ -107,7 +108,7 @@ def write_report(result: dict[str, Any], scored: Sequence[Any], records: Sequenc
             "scores": save(f"{pre}score-histogram.png", plots.score_histogram(y, sm.probs, ths)),
         }
         sid = f"m{entry['index']}"
-        views.append({"e": entry, "figs": figs, "gallery": build_gallery(sm, records, y, op["threshold"], sid),
+        views.append({"e": entry, "figs": figs, "gallery": build_gallery(sm, records, res, y, op["threshold"], sid),
                       "sid": sid})
     comparison_fig = None
     if len(scored) > 1:

@@ -26,7 +26,8 @@ from PIL import Image
 from pneumoscan.constants import CLASS_NAMES
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.io import ImageError, read_image
-from pneumoscan.metrics import decide, decision_words, score_100
+from pneumoscan.metrics import decide, score_100
+from pneumoscan.result import Result
 
 __all__ = ["GALLERY_SIZES", "GALLERY_TITLES", "JPEG_QUALITY", "LARGE_SIDE", "THUMB_SIDE", "build_gallery",
            "gradcam_maps", "jpeg_uri", "pick_cases"]
@@ -80,9 +81,9 @@ def gradcam_maps(checkpoint: Any, squares: np.ndarray) -> tuple[list[np.ndarray]
     if len(squares) == 0:
         return [], ""
     try:
-        from pneumoscan.explain import GradCAM, upsample_cam
+        from pneumoscan.inference.explain import GradCAM, upsample_cam
         from pneumoscan.preprocessing import preprocess
-        from pneumoscan.scoring import model_from_checkpoint
+        from pneumoscan.inference.scoring import model_from_checkpoint
 
         cam = GradCAM(model_from_checkpoint(checkpoint))
         spec = checkpoint.info.preprocessing
@@ -117,34 +118,38 @@ def _large_film(path: str, square: np.ndarray) -> np.ndarray:
         return np.asarray(square)
 
 
-def _item(uid: str, rec: Any, square: np.ndarray, heat: np.ndarray | None, prob: float,
-          threshold: float) -> dict[str, Any]:
-    """One gallery entry: images as JPEG URIs, the score and threshold on 0-100, the decision words, the truth."""
+def _item(uid: str, rec: Any, result: Result, square: np.ndarray, heat: np.ndarray | None) -> dict[str, Any]:
+    """One gallery entry: images as JPEG URIs, the score and threshold on 0-100, the result's decision words (as
+    ``predict`` would say them: an image out of scope is "not assessed"), the truth."""
     film = _fit(_large_film(rec.path, square), LARGE_SIDE)
     item = {
         "id": uid, "name": Path(rec.path).name, "patient": rec.patient_id, "cause": rec.cause or "",
-        "probability": float(prob), "score": score_100(prob), "threshold": score_100(threshold),
-        "decision": decision_words(CLASS_NAMES[int(bool(decide(prob, threshold)))]),
+        "probability": float(result.probability), "score": score_100(result.probability),
+        "threshold": result.score_threshold, "decision": result.decision_text,
         "truth": CLASS_NAMES[int(rec.label)].capitalize(),
         "thumb": jpeg_uri(square, THUMB_SIDE), "large": jpeg_uri(film, LARGE_SIDE), "heat": None, "large_heat": None,
         "heat_empty": heat is not None and not float(np.max(heat)) > 0,  # "no positive evidence" (explain.py)
     }
     if heat is not None:
-        from pneumoscan.explain import render_overlay, upsample_cam
+        from pneumoscan.inference.render import render_overlay
+        from pneumoscan.result import upsample_map
 
         item["heat"] = jpeg_uri(render_overlay(np.asarray(square), heat, legend=False), THUMB_SIDE)
-        # The square map stretched back to the film's shape lies on the film's geometry (see explain.upsample_cam).
-        big = upsample_cam(heat, film.shape) if film.shape != heat.shape else heat
+        # The square map stretched back to the film's shape lies on the film's geometry (Explanation.heatmap).
+        big = upsample_map(heat, film.shape) if film.shape != heat.shape else heat
         item["large_heat"] = jpeg_uri(render_overlay(film, big, max_side=LARGE_SIDE), LARGE_SIDE)
     return item
 
 
-def build_gallery(sm: Any, records: Sequence[Any], y: np.ndarray, threshold: float, sid: str) -> dict[str, Any]:
+def build_gallery(sm: Any, records: Sequence[Any], results: Sequence[Result], y: np.ndarray, threshold: float,
+                  sid: str) -> dict[str, Any]:
     """The gallery of one model at its operating ``threshold``.
 
     Args:
-        sm: the model's :class:`~pneumoscan.scoring.ScoredModel` (``probs``, ``images``, ``rows``, ``checkpoint``).
-        records: the evaluated images, aligned with ``sm``. y: their labels. sid: the model's section id.
+        sm: the model's :class:`~pneumoscan.inference.torch_scoring.ScoredModel` (``probs``, ``images``, ``rows``,
+            ``checkpoint``).
+        records: the evaluated images, aligned with ``sm``; results: their :class:`~pneumoscan.result.Result`
+            (each item shows its decision). y: their labels. sid: the model's section id.
 
     Returns:
         ``{"kinds": {kind: {"items", "n_total", "n_left_out"}}, "heatmaps": bool, "heatmap_note": str}``; each
@@ -158,7 +163,7 @@ def build_gallery(sm: Any, records: Sequence[Any], y: np.ndarray, threshold: flo
     heat_of = dict(zip(shown.tolist(), maps)) if maps is not None else {}
     kinds = {}
     for kind, (idx, total) in picks.items():
-        items = [_item(f"{sid}-{kind}-{k}", records[i], sm.images[sm.rows[i]], heat_of.get(int(i)), p[i], threshold)
+        items = [_item(f"{sid}-{kind}-{k}", records[i], results[i], sm.images[sm.rows[i]], heat_of.get(int(i)))
                  for k, i in enumerate(idx)]
         kinds[kind] = {"items": items, "n_total": total, "n_left_out": total - len(items)}
     return {"kinds": kinds, "heatmaps": maps is not None, "heatmap_note": note}

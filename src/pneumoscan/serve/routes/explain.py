@@ -14,8 +14,8 @@ from starlette.requests import ClientDisconnect
 
 from pneumoscan.constants import DISCLAIMER
 from pneumoscan.io import ImageError
-from pneumoscan.serve.analysis import FILM_MAX_SIDE, render_film
-from pneumoscan.serve.batch import OverBudget, refused, run_budgeted
+from pneumoscan.serve.analysis import FILM_MAX_SIDE, error_entry, render_film
+from pneumoscan.serve.batch import OverBudget, failed, refused, run_budgeted
 from pneumoscan.serve.body import parse_files
 from pneumoscan.serve.security import log_id
 from pneumoscan.serve.state import ServerState
@@ -70,12 +70,13 @@ async def _render(state: ServerState, name: str, data: bytes, *, heatmap: bool, 
         return entry, 200
     except (ImageError, OverBudget) as exc:
         log.info("explain: %s refused (%s)", log_id(name), type(exc).__name__)
-        return refused(name, exc)
+        result, status = refused(state, name, exc)
+        return error_entry(result), status
     except Exception as exc:  # a clear entry, never a bare 500 page
         log.error("explain: %s: internal error (%s)", log_id(name), type(exc).__name__,
                   exc_info=log.isEnabledFor(logging.DEBUG))
-        return {"filename": name, "ok": False,
-                "error": f"{name}: internal error while rendering this file ({type(exc).__name__})"}, 500
+        return error_entry(failed(state, name, f"{name}: internal error while rendering this file "
+                                               f"({type(exc).__name__})")), 500
 
 
 def _one_file_schema() -> dict[str, Any]:

@@ -9,7 +9,7 @@ Three kinds of evidence, checked in this order, the first that refuses giving th
    radiograph. Their cut-offs lie well outside the range of all 5,216 training films (measured with
    ``benchmarks/ood_methods.py``; see ``docs/scope_gate.md``).
 3. **The model's own features**: the cosine distance from the image's pooled features to its k-th nearest
-   training film (:class:`~pneumoscan.reference.Reference`), refused above a cut-off chosen so that at most 1%
+   training film (:class:`~pneumoscan.gate.reference.Reference`), refused above a cut-off chosen so that at most 1%
    of held-out training films are.
 
 An out-of-scope image gets the decision ``OUT_OF_SCOPE``, never PNEUMONIA or NORMAL.
@@ -21,14 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pneumoscan.constants import OUT_OF_SCOPE  # the decision of an image the gate refuses
 from pneumoscan.io import ImageContext
-from pneumoscan.reference import Reference
+from pneumoscan.gate.reference import Reference
 
 __all__ = ["ADULT_AGE_YEARS", "OUT_OF_SCOPE", "PixelStats", "ScopeGate", "ScopeResult", "metadata_reason",
            "pixel_reason", "pixel_stats"]
 
-#: The decision of an image the model does not assess.
-OUT_OF_SCOPE = "OUT_OF_SCOPE"
 #: Patients this old or older are adults (configurable per gate).
 ADULT_AGE_YEARS = 18.0
 
@@ -102,14 +101,14 @@ def metadata_reason(ctx: ImageContext | None, adult_age_years: float = ADULT_AGE
     body = ctx.body_part.upper().replace(" ", "_")
     if body and body not in _CHEST:
         return f"not the chest (DICOM BodyPartExamined {ctx.body_part})"
-    view = ctx.view_position.upper()
+    view = ctx.view.upper()
     if view in _LATERAL:
-        return f"lateral view (DICOM ViewPosition {ctx.view_position})"
+        return f"lateral view (DICOM ViewPosition {ctx.view})"
     if view in _OBLIQUE:
-        return f"oblique view (DICOM ViewPosition {ctx.view_position})"
+        return f"oblique view (DICOM ViewPosition {ctx.view})"
     age = ctx.age_years()
     if age is not None and age >= adult_age_years:
-        return f"adult patient (DICOM PatientAge {ctx.patient_age})"
+        return f"adult patient (DICOM PatientAge {ctx.age})"
     return ""
 
 

@@ -1,4 +1,4 @@
-"""Export a checkpoint to ONNX (opening an export is :func:`pneumoscan.scoring.open_onnx_session`).
+"""Export a checkpoint to ONNX (opening an export is :func:`pneumoscan.inference.scoring.open_onnx_session`).
 
 The ONNX graph takes ``image``: float32 ``(N, 1, S, S)``, already made by
 :func:`pneumoscan.preprocessing.preprocess` (``N`` is dynamic) and returns ``logit``: float32 ``(N, 1)``, the raw
@@ -7,9 +7,9 @@ compare with the reference (which travels base64-encoded under ``pneumoscan_refe
 the operating threshold are not baked into the graph; like everything
 else needed to reproduce a prediction, they travel in the checkpoint's metadata, which is stored as JSON in
 the ONNX model's ``metadata_props`` under the key ``pneumoscan`` (the same JSON as in the checkpoint header),
-so :class:`pneumoscan.predict.Predictor` treats both files alike. An export made from a checkpoint file also
+so :class:`pneumoscan.inference.predictor.Predictor` treats both files alike. An export made from a checkpoint file also
 records that file's SHA-256 under ``pneumoscan_checkpoint_sha256``: ONNX Runtime prediction from a
-``.safetensors`` checkpoint uses an export only when it names that checkpoint (:mod:`pneumoscan.onnx_cache`).
+``.safetensors`` checkpoint uses an export only when it names that checkpoint (:mod:`pneumoscan.inference.onnx_cache`).
 
 Grad-CAM needs gradients, so heatmaps still need the ``.safetensors`` checkpoint.
 """
@@ -28,7 +28,7 @@ from torch import nn
 
 from pneumoscan.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
 from pneumoscan.preprocessing import Preprocessing
-from pneumoscan.scoring import (
+from pneumoscan.inference.scoring import (
     CHECKPOINT_SHA256_KEY,
     FEATURES_NAME,
     INPUT_NAME,
@@ -38,7 +38,7 @@ from pneumoscan.scoring import (
     open_onnx_session,
     read_onnx_metadata,
 )
-from pneumoscan.torch_scoring import model_from_checkpoint
+from pneumoscan.inference.torch_scoring import model_from_checkpoint
 from pneumoscan.utils import atomic_path, file_sha256
 
 __all__ = ["DEFAULT_OPSET", "INPUT_NAME", "META_KEY", "OUTPUT_NAME", "export_onnx", "open_onnx_session",

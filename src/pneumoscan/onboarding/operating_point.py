@@ -43,9 +43,9 @@ from pneumoscan.metrics import (
     threshold_min_cost,
     youden_threshold,
 )
-from pneumoscan.scoring import resolve_device, score_dataset
-from pneumoscan.trainset import TENSOR_PREFIX, hash_files
-from pneumoscan.trainset import overlap as content_overlap
+from pneumoscan.inference.scoring import resolve_device, score_dataset
+from pneumoscan.onboarding.trainset import TENSOR_PREFIX, hash_files
+from pneumoscan.onboarding.trainset import overlap as content_overlap
 from pneumoscan.utils import file_sha256
 
 __all__ = ["CALIBRATION_TENSOR", "MIN_IMAGES", "MIN_PER_CLASS", "TEMPERATURE_BOUNDS", "check_enough_films", "choose_operating_point",
@@ -94,8 +94,8 @@ def training_overlap(ckpt: Checkpoint, records: Sequence[Record], *, hashes: Seq
     """Which of ``records`` the model trained on, or chose its epoch, threshold and temperature on.
 
     Two sources, both used when present: the content hashes of its training and validation films stored in the
-    checkpoint (:mod:`pneumoscan.trainset`; renamed or copied files are caught), and the ``split.csv`` of its
-    run folder (paths). ``hashes`` (:func:`pneumoscan.trainset.hash_files` of the records, in order) are computed
+    checkpoint (:mod:`pneumoscan.onboarding.trainset`; renamed or copied files are caught), and the ``split.csv`` of its
+    run folder (paths). ``hashes`` (:func:`pneumoscan.onboarding.trainset.hash_files` of the records, in order) are computed
     here when not given and the checkpoint carries hashes.
 
     A model written by ``pneumoscan calibrate`` also carries the hashes of the site films its threshold was chosen

@@ -1,20 +1,9 @@
-"""Grad-CAM (Selvaraju et al., 2017) heatmaps and overlays a clinician can read.
+"""Heatmaps and overlays a clinician can read, drawn without torch: the map over the film (:func:`render_overlay`),
+the map alone for a viewer (:func:`render_heat`), overlay PNGs on disk (:func:`write_heatmap`) and their file names
+(:func:`unique_stems`).
 
-For the pneumonia logit ``y`` and the activations ``A`` (``K`` channels) of the model's ``gradcam_layer``
-(its last convolutional stage)::
-
-    w_k = mean over (i, j) of dy / dA_k[i, j]
-    cam = ReLU(sum_k w_k A_k)
-
-then upsampled (bilinear) to the image and divided by its maximum, giving values in [0, 1]. Where no region
-raises the logit, the map is all zeros: "no positive evidence", not an error.
-
-A heatmap shows where the network looked, not where the disease is. It is a check on the model (does it look
-at the lungs, or at a marker in the corner?), shown beside the probability; it is not a segmentation.
-
-Thread safety: hooks are attached for one call and only record the calling thread's forward pass, and the
-gradient is taken with ``torch.autograd.grad`` with respect to the activations only, so no ``.grad`` builds up
-on the shared weights. One model can serve predictions on other threads while a heatmap is computed.
+A heatmap shows where the network looked, not where the disease is. It is a check on the model (does it look at
+the lungs, or at a marker in the corner?), shown beside the score; it is not a segmentation.
 """
 
 from __future__ import annotations
@@ -22,19 +11,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
-from torch import nn
 
 from pneumoscan.utils import NAME_MAX, atomic_write_bytes, fit_name
 
-__all__ = ["GradCAM", "grad_cam", "render_heat", "render_overlay", "save_overlay", "unique_stems", "upsample_cam",
+__all__ = ["MAX_OVERLAY_SIDE", "STEM_MAX_BYTES", "render_heat", "render_overlay", "save_overlay", "unique_stems",
            "write_heatmap"]
 
 #: Longest side of an overlay PNG; larger films are scaled down (aspect ratio kept).
@@ -42,81 +27,6 @@ MAX_OVERLAY_SIDE = 1024
 #: Longest heatmap stem in bytes: ``<stem>_gradcam.png`` (or ``.npy``) must fit one file name.
 STEM_MAX_BYTES = NAME_MAX - len("_gradcam.png")
 
-
-class GradCAM:
-    """Grad-CAM on ``layer`` (default: ``model.gradcam_layer``) for output column ``target`` (0: pneumonia).
-
-    Call it with a model input ``(N, C, S, S)``; it returns ``(logits (N,), cams (N, h, w))``, both float32
-    CPU tensors, the cams non-negative and unnormalised at the layer's resolution ``h x w``. The model must
-    be in eval mode (BatchNorm with running statistics), so every image's map depends on that image only.
-    """
-
-    def __init__(self, model: nn.Module, layer: nn.Module | None = None, target: int = 0) -> None:
-        self.model = model
-        self.layer = layer if layer is not None else model.gradcam_layer  # type: ignore[attr-defined]
-        self.target = target
-        self._lock = threading.Lock()
-
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, cams, _ = self.run(x)
-        return logits, cams
-
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(logits (N,), cams (N, h, w), pooled features (N, C))``: the features are the Grad-CAM layer's
-        activations averaged over space, which for every registered model is the feature map its head pools
-        (what :meth:`~pneumoscan.models.layers.Classifier.forward_with_features` returns)."""
-        owner = threading.get_ident()
-        captured: list[torch.Tensor] = []
-
-        def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            if threading.get_ident() == owner:  # another thread's forward pass through the shared model
-                captured.append(output)
-
-        # The lock serialises heatmaps from one GradCAM; the thread check keeps other forward passes out.
-        with self._lock, torch.inference_mode(False), torch.enable_grad():
-            handle = self.layer.register_forward_hook(keep)
-            try:
-                inp = x.detach().clone().requires_grad_(True)  # the graph must exist even with frozen weights
-                out = self.model(inp)
-            finally:
-                handle.remove()
-            if len(captured) != 1:
-                raise RuntimeError(f"Grad-CAM layer ran {len(captured)} times in one forward pass; expected once")
-            acts = captured[0]
-            logits = out.reshape(len(x), -1)[:, self.target]
-            # Images are independent in eval mode, so the sum's gradient is each image's own gradient.
-            (grads,) = torch.autograd.grad(logits.sum(), acts)
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-        cams = F.relu((weights * acts).sum(dim=1)).detach()
-        return logits.detach().float(), cams.float(), acts.detach().mean(dim=(2, 3)).float()
-
-
-def upsample_cam(cam: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear-upsample one ``(h, w)`` cam to ``size = (H, W)`` and scale it to [0, 1] by its maximum.
-
-    The model saw the whole film squeezed to a square, so the square map stretched back to ``(H, W)`` lies on
-    the original geometry. Returns float32 ``(H, W)``; all zeros when the cam has no positive value.
-    """
-    t = torch.as_tensor(np.asarray(cam, dtype=np.float32))
-    if t.ndim != 2:
-        raise ValueError(f"a cam must be (h, w), got {tuple(t.shape)}")
-    up = F.interpolate(t[None, None], size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)[0, 0]
-    up = up.clamp_(min=0)
-    peak = float(up.max())
-    if not peak > 1e-12 or not np.isfinite(peak):
-        return np.zeros(tuple(size), dtype=np.float32)
-    return (up / peak).numpy().astype(np.float32)
-
-
-def grad_cam(model: nn.Module, x: torch.Tensor, *, layer: nn.Module | None = None,
-             size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Logits ``(N,)`` and heatmaps ``(N, H, W)`` float32 in [0, 1] (``size`` default: the input's ``S x S``)."""
-    logits, cams = GradCAM(model, layer)(x)
-    out = size or tuple(x.shape[-2:])
-    return logits.numpy(), np.stack([upsample_cam(c, out) for c in cams])
-
-
-# ----------------------------------------------------------------------------- overlays
 
 
 def _fit(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -138,7 +48,8 @@ def render_overlay(image: np.ndarray, heatmap: np.ndarray, *, caption: str | Non
     Args:
         image: the decoded film, ``(H, W) uint8``.
         heatmap: ``(H, W)`` (or any size: it is stretched to the film) float in [0, 1].
-        caption: one line drawn at the top left (e.g. the probability).
+        caption: drawn at the top left, wrapped to the image's width (a result's
+            :meth:`~pneumoscan.result.Result.caption`).
         alpha: opacity where the heatmap is 1. Opacity grows with the map (``alpha * sqrt(heat)``) so that the
             film stays visible, untinted, where the model found nothing.
         cmap: a matplotlib colour map name.
@@ -172,7 +83,7 @@ def render_heat(heatmap: np.ndarray, *, max_side: int = 512) -> np.ndarray:
     """The Grad-CAM map alone, as an 8-bit grayscale image a viewer can colour and blend with any opacity.
 
     Args:
-        heatmap: ``(H, W)`` float in [0, 1] at the film's size (what :meth:`~pneumoscan.predict.Predictor.assess`
+        heatmap: ``(H, W)`` float in [0, 1] at the film's size (what :meth:`~pneumoscan.inference.predictor.Predictor.assess`
             returns).
         max_side: the result is scaled down to this longest side, keeping the film's aspect ratio (the map is
             smooth: a viewer stretches it back to the film without visible loss).
@@ -203,10 +114,17 @@ def _annotate(rgb: np.ndarray, caption: str | None, lut: np.ndarray | None) -> n
     px = max(9, round(min(h, w) / 40))
     font = _font(px)
     pad = max(2, px // 3)
-    if caption:
-        box = draw.textbbox((pad, pad), caption, font=font)
+    if caption:  # wrapped to the image's width by measured text width, on a dark box at the top left
+        lines: list[str] = []
+        for word in caption.split():
+            if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= w - 2 * pad:
+                lines[-1] += f" {word}"
+            else:
+                lines.append(word)
+        text = "\n".join(lines)
+        box = draw.multiline_textbbox((pad, pad), text, font=font)
         draw.rectangle((0, 0, min(w, box[2] + pad), box[3] + pad), fill=(0, 0, 0, 170))
-        draw.text((pad, pad), caption, fill=(255, 255, 255, 255), font=font)
+        draw.multiline_text((pad, pad), text, fill=(255, 255, 255, 255), font=font)
     if lut is not None and w >= 120 and h >= 80:
         bar_w, bar_h = max(40, w // 6), max(4, px // 2)
         x0, y0 = w - bar_w - 3 * pad, h - bar_h - 2 * pad - px
@@ -221,12 +139,15 @@ def _annotate(rgb: np.ndarray, caption: str | None, lut: np.ndarray | None) -> n
 
 
 def save_overlay(path: str | os.PathLike[str], image: np.ndarray, heatmap: np.ndarray, *,
-                 caption: str | None = None, **kwargs: object) -> Path:
-    """Render :func:`render_overlay` and write it atomically as a PNG (the caption is also stored as text)."""
+                 caption: str | None = None, original_size: tuple[int, ...] | None = None,
+                 **kwargs: object) -> Path:
+    """Render :func:`render_overlay` and write it atomically as a PNG (the caption is also stored as text, and the
+    film's ``original_size`` ``(H, W)``, default ``image``'s own, as ``OriginalSize`` ``WxH``)."""
     rgb = render_overlay(image, heatmap, caption=caption, **kwargs)  # type: ignore[arg-type]
+    h, w = (original_size or image.shape)[:2]
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", "pneumoscan Grad-CAM (decision support, not a diagnosis)")
-    info.add_text("OriginalSize", f"{image.shape[1]}x{image.shape[0]}")
+    info.add_text("OriginalSize", f"{w}x{h}")
     if caption:
         info.add_text("Description", caption)
     buf = io.BytesIO()
@@ -237,13 +158,16 @@ def save_overlay(path: str | os.PathLike[str], image: np.ndarray, heatmap: np.nd
 
 
 def write_heatmap(folder: str | os.PathLike[str], stem: str, image: np.ndarray, heatmap: np.ndarray, *,
-                  caption: str | None = None, save_raw: bool = False) -> Path:
-    """Write ``<folder>/<stem>_gradcam.png`` (overlay) and, with ``save_raw``, ``<stem>_gradcam.npy`` (the
-    float32 map at the image's size); return the PNG's path. Both are written atomically."""
-    out = save_overlay(Path(folder) / f"{stem}_gradcam.png", image, heatmap, caption=caption)
+                  caption: str | None = None, save_raw: bool = False, raw: np.ndarray | None = None,
+                  original_size: tuple[int, ...] | None = None) -> Path:
+    """Write ``<folder>/<stem>_gradcam.png`` (overlay of ``heatmap`` on ``image``, which may be a display copy of a
+    film of ``original_size``) and, with ``save_raw``, ``<stem>_gradcam.npy`` (float32: ``raw``, the map at the
+    film's own size, default ``heatmap``); return the PNG's path. Both are written atomically."""
+    out = save_overlay(Path(folder) / f"{stem}_gradcam.png", image, heatmap, caption=caption,
+                       original_size=original_size)
     if save_raw:
         buf = io.BytesIO()
-        np.save(buf, np.asarray(heatmap, dtype=np.float32))
+        np.save(buf, np.asarray(heatmap if raw is None else raw, dtype=np.float32))
         atomic_write_bytes(Path(folder) / f"{stem}_gradcam.npy", buf.getvalue())
     return out
 

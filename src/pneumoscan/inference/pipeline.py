@@ -2,7 +2,7 @@
 
 :func:`ordered_map` lets a consumer (the model) work on one result while the pool (decoding) prepares the next
 ones, without ever holding more than ``window`` of them: the memory it needs does not grow with the number of
-items. Used by :meth:`pneumoscan.predict.Predictor.score_files`.
+items. Used by :meth:`pneumoscan.inference.predictor.Predictor.score_files`.
 """
 
 from __future__ import annotations

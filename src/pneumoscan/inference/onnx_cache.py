@@ -6,7 +6,7 @@ ONNX Runtime is the default backend, so a checkpoint needs its export. :func:`op
 2. in the cache folder (:func:`cache_dir`), as ``<sha256 of the checkpoint>.onnx``;
 
 and uses a file only when its metadata names the checkpoint's SHA-256 (``pneumoscan_checkpoint_sha256``, written
-by :func:`pneumoscan.export.export_onnx`), so a stale or foreign export is never used. When neither fits, it
+by :func:`pneumoscan.inference.export.export_onnx`), so a stale or foreign export is never used. When neither fits, it
 exports the checkpoint into the cache (owner-only folder and file, written atomically): that one run imports
 torch and says so in a log line; later runs load the cached file without torch. The cache keeps the
 :data:`MAX_CACHED` most recently used exports.
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumoscan.errors import CheckpointError
-from pneumoscan.scoring import CHECKPOINT_SHA256_KEY, open_onnx_session
+from pneumoscan.inference.scoring import CHECKPOINT_SHA256_KEY, open_onnx_session
 
 __all__ = ["CACHE_ENV_VAR", "MAX_CACHED", "cache_dir", "open_for_checkpoint"]
 
@@ -97,7 +97,7 @@ def _prune(folder: Path, keep: Path) -> None:
 
 def build(checkpoint: str | os.PathLike[str], sha256: str) -> Path:
     """Export ``checkpoint`` into the cache as ``<sha256>.onnx`` (this imports torch) and return its path."""
-    from pneumoscan.export import (
+    from pneumoscan.inference.export import (
         export_onnx,  # torch: only in the run that builds the export
     )
 

@@ -1,9 +1,9 @@
 """Opening a model file with a backend: ONNX Runtime (the default, without torch) or eager torch.
 
-:func:`open_model_file` is what :meth:`pneumoscan.predict.Predictor.from_checkpoint` does with a path:
+:func:`open_model_file` is what :meth:`pneumoscan.inference.predictor.Predictor.from_checkpoint` does with a path:
 
 * an ``.onnx`` export runs with ONNX Runtime (``backend="torch"`` is refused: it has no torch weights);
-* a ``.safetensors`` checkpoint runs with ONNX Runtime on its export (:func:`pneumoscan.onnx_cache.open_for_checkpoint`:
+* a ``.safetensors`` checkpoint runs with ONNX Runtime on its export (:func:`pneumoscan.inference.onnx_cache.open_for_checkpoint`:
   the packaged ``model.onnx``, or one built once and cached), keeping the checkpoint for Grad-CAM, which loads
   the torch model on first use (:func:`load_torch_model`);
 * with ``backend="torch"``, a checkpoint runs with torch (``torch.set_num_threads(options.threads)`` when given).
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumoscan.checkpoint import CheckpointError
-from pneumoscan.reference import Reference
-from pneumoscan.scoring import (
+from pneumoscan.gate.reference import Reference
+from pneumoscan.inference.scoring import (
     OnnxRunner,
     RuntimeOptions,
     open_onnx_session,
@@ -34,11 +34,11 @@ if TYPE_CHECKING:
 
 __all__ = ["load_torch_model", "open_model_file"]
 
-log = logging.getLogger("pneumoscan.predict")
+log = logging.getLogger("pneumoscan.inference.predictor")
 
 
 def open_model_file(path: str | os.PathLike[str], options: RuntimeOptions) -> dict[str, Any]:
-    """The :class:`~pneumoscan.predict.Predictor` arguments for the model file ``path`` run by ``options.backend``:
+    """The :class:`~pneumoscan.inference.predictor.Predictor` arguments for the model file ``path`` run by ``options.backend``:
     ``runner``, ``meta``, ``model`` (torch only), ``path``, ``version``, ``options``, ``reference``, ``checkpoint``
     (the ``.safetensors`` Grad-CAM can load; None for an ONNX file) and ``onnx_path`` (None with torch).
 
@@ -60,7 +60,7 @@ def open_model_file(path: str | os.PathLike[str], options: RuntimeOptions) -> di
                                           spin=options.spin)
         onnx_file, checkpoint = p, None
     else:
-        from pneumoscan.onnx_cache import open_for_checkpoint
+        from pneumoscan.inference.onnx_cache import open_for_checkpoint
 
         session, meta, onnx_file = open_for_checkpoint(p, sha256, threads=options.threads,
                                                        inter_op_threads=options.inter_op_threads, spin=options.spin)
@@ -73,8 +73,8 @@ def open_model_file(path: str | os.PathLike[str], options: RuntimeOptions) -> di
 
 def _open_torch(p: Path, sha256: str, options: RuntimeOptions) -> dict[str, Any]:
     from pneumoscan.checkpoint import load_checkpoint
-    from pneumoscan.reference import reference_of
-    from pneumoscan.torch_scoring import TorchRunner, model_from_checkpoint
+    from pneumoscan.gate.reference import reference_of
+    from pneumoscan.inference.torch_scoring import TorchRunner, model_from_checkpoint
 
     ckpt = load_checkpoint(p)
     model = model_from_checkpoint(ckpt)
@@ -93,7 +93,7 @@ def load_torch_model(checkpoint: str, version: str, threads: int | None) -> nn.M
     """
     import torch
 
-    from pneumoscan.torch_scoring import load_model
+    from pneumoscan.inference.torch_scoring import load_model
 
     if version != "in-memory" and file_sha256(checkpoint)[:12] != version:
         raise CheckpointError(f"{checkpoint}: the file changed since this model was loaded; restart to use it")

@@ -1,8 +1,8 @@
 """Where a model was adapted or calibrated at a site, in words, from its metadata alone (no torch, no model).
 
 :func:`site_state`, :func:`provenance` and :func:`provenance_line` read the ``adaptation`` record written by
-``pneumoscan adapt`` (:func:`pneumoscan.site.adapt`) and the ``site_calibration`` record written by
-``pneumoscan calibrate``. They live here, apart from :mod:`pneumoscan.site` (which imports torch for AdaBN), so
+``pneumoscan adapt`` (:func:`pneumoscan.onboarding.site.adapt`) and the ``site_calibration`` record written by
+``pneumoscan calibrate``. They live here, apart from :mod:`pneumoscan.onboarding.site` (which imports torch for AdaBN), so
 that ``pneumoscan predict`` and the server can say where a model comes from without loading torch.
 """
 
@@ -16,7 +16,7 @@ __all__ = ["provenance", "provenance_line", "site_state"]
 
 def site_state(meta: Mapping[str, Any]) -> str:
     """``"shipped"``, ``"adapted"``, ``"calibrated"`` or ``"adapted and calibrated"``, from a model's metadata
-    (``adaptation`` written by :func:`pneumoscan.site.adapt`, ``site_calibration`` by ``pneumoscan calibrate``)."""
+    (``adaptation`` written by :func:`pneumoscan.onboarding.site.adapt`, ``site_calibration`` by ``pneumoscan calibrate``)."""
     adapted, calibrated = bool(meta.get("adaptation")), bool(meta.get("site_calibration"))
     if adapted and calibrated:
         return "adapted and calibrated"

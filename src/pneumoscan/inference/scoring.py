@@ -10,7 +10,7 @@ This module imports no torch, so that prediction with ONNX Runtime never loads i
 * :class:`RuntimeOptions`: threads, batch size, decoding workers, the backend.
 * :func:`decide`: ``probability >= threshold``, the decision rule (written once, in :mod:`pneumoscan.metrics.point`).
 
-The torch side lives in :mod:`pneumoscan.torch_scoring` (:class:`TorchRunner`, :func:`model_from_checkpoint`,
+The torch side lives in :mod:`pneumoscan.inference.torch_scoring` (:class:`TorchRunner`, :func:`model_from_checkpoint`,
 :func:`load_model`, :func:`score_cached`, :func:`features_cached`, :func:`score_dataset`, :class:`ScoredModel`,
 :func:`resolve_device`); those names are importable from here too, and load torch on first use.
 """
@@ -50,7 +50,7 @@ BACKENDS = ("onnx", "torch")
 DEFAULT_BACKEND = "onnx"
 
 #: The torch side, loaded on first use (PEP 562): name -> module.
-_TORCH_NAMES = {name: "pneumoscan.torch_scoring" for name in (
+_TORCH_NAMES = {name: "pneumoscan.inference.torch_scoring" for name in (
     "ScoredModel", "TorchRunner", "features_cached", "load_model", "model_from_checkpoint", "resolve_device",
     "score_cached", "score_dataset")}
 
@@ -58,7 +58,7 @@ _TORCH_NAMES = {name: "pneumoscan.torch_scoring" for name in (
 def __getattr__(name: str) -> Any:
     if name in _TORCH_NAMES:
         return getattr(importlib.import_module(_TORCH_NAMES[name]), name)
-    raise AttributeError(f"module 'pneumoscan.scoring' has no attribute {name!r}")
+    raise AttributeError(f"module 'pneumoscan.inference.scoring' has no attribute {name!r}")
 
 
 def decision_label(positive: bool) -> str:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pneumoscan.reference import Reference, l2_normalize
+from pneumoscan.gate.reference import Reference, l2_normalize
 
 __all__ = ["MIN_IMAGES", "DriftCheck", "DriftResult", "NotEnoughImagesError"]
 

@@ -1,4 +1,4 @@
-"""The torch side of :mod:`pneumoscan.scoring`: rebuilding a network from a checkpoint, the eager torch runner, and
+"""The torch side of :mod:`pneumoscan.inference.scoring`: rebuilding a network from a checkpoint, the eager torch runner, and
 scoring rows of the decoded-image cache (training's validation pass, evaluation, calibration).
 
 Imported only by training, Grad-CAM, export, evaluation and ``--backend torch``: prediction with ONNX Runtime
@@ -36,7 +36,7 @@ from pneumoscan.preprocessing import (
     normalize,
     preprocess_array,
 )
-from pneumoscan.scoring import OnnxRunner, RuntimeOptions, open_onnx_session
+from pneumoscan.inference.scoring import OnnxRunner, RuntimeOptions, open_onnx_session
 
 __all__ = ["ScoredModel", "TorchRunner", "features_cached", "features_cached_onnx", "load_model",
            "model_from_checkpoint", "resolve_device", "score_cached", "score_dataset"]
@@ -181,7 +181,7 @@ def score_dataset(paths: Sequence[str | os.PathLike[str]], records: list[Record]
                   threads: int | None = None) -> tuple[list[Record], list[ScoredModel], list[tuple[str, str]]]:
     """Score labelled images with each checkpoint, through the decoded-image cache.
 
-    ``onnx``: one ONNX export per checkpoint (the same weights, e.g. from :func:`pneumoscan.onnx_cache.onnx_for`):
+    ``onnx``: one ONNX export per checkpoint (the same weights, e.g. from :func:`pneumoscan.inference.onnx_cache.onnx_for`):
     the scores then come from ONNX Runtime (``threads`` intra-op threads), else from torch on ``device``.
 
     Returns ``(records every model could read, one ScoredModel per checkpoint, (path, reason) failures)``.

@@ -16,7 +16,7 @@ no labels at all, :func:`adapt` does two things on a folder of the site's own fi
   decision (a threshold for this site is chosen on labelled films: ``pneumoscan calibrate``).
 
 The scope gate and the drift check compare a film's pooled features with a reference of training-film features
-(:mod:`pneumoscan.reference`). Adaptation moves those features, so the parent's reference no longer describes
+(:mod:`pneumoscan.gate.reference`). Adaptation moves those features, so the parent's reference no longer describes
 what the adapted model sees. **After adaptation, scope and drift compare with the site's own commissioning
 films:** the adapted checkpoint carries a *site* reference built from the in-scope films given to ``adapt`` (a
 seeded half forms the bank, the other half sets the scope cut-off and the drift check's null distribution). The
@@ -32,7 +32,7 @@ the site's threshold on labelled films (``pneumoscan calibrate``); the EM preval
 (0.70-0.72 where the truth was 0.77) inherits the same shift, and :func:`adapt` reports the unadapted model's
 estimate beside it.
 
-Films the model was trained on are refused by content (:mod:`pneumoscan.trainset`): they are not a site. Films of
+Films the model was trained on are refused by content (:mod:`pneumoscan.onboarding.trainset`): they are not a site. Films of
 its validation set are allowed, with a warning. Duplicates (same decoded pixels) count once. The new checkpoint
 records where it came from under the metadata key ``adaptation`` (method, number of films, a hash of the film set,
 date, the parent file's SHA-256...) and ``site_state: "adapted"``; :func:`site_state` and :func:`provenance_line`
@@ -41,6 +41,7 @@ describe any model's state for people (``predict``, ``serve`` and the page show 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -58,29 +59,31 @@ from torch import nn
 
 from pneumoscan import __version__
 from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
-from pneumoscan.drift import MIN_IMAGES as DRIFT_MIN_IMAGES
-from pneumoscan.errors import ImageError, PneumoscanError
-from pneumoscan.io import read_image
-from pneumoscan.predict import Predictor, RuntimeOptions
+from pneumoscan.gate.drift import MIN_IMAGES as DRIFT_MIN_IMAGES
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.inference.files import decode_item
+from pneumoscan.inference.predictor import Predictor, RuntimeOptions
+from pneumoscan.metrics import decide
+from pneumoscan.result import Result
 from pneumoscan.preprocessing import (
+    Film,
     Preprocessing,
     cached_rows_to_unit,
     check_model_input,
-    decode_side,
     normalize,
-    resize_for_model,
 )
-from pneumoscan.provenance import provenance, provenance_line, site_state
-from pneumoscan.reference import MIN_REFERENCE_VAL, build_reference
-from pneumoscan.scope import ADULT_AGE_YEARS
-from pneumoscan.scoring import (
+from pneumoscan.onboarding.provenance import provenance, provenance_line, site_state
+from pneumoscan.gate.reference import MIN_REFERENCE_VAL
+from pneumoscan.onboarding.reference_builder import build_reference
+from pneumoscan.gate.scope import ADULT_AGE_YEARS
+from pneumoscan.inference.scoring import (
     expit,
     features_cached,
     model_from_checkpoint,
     resolve_device,
 )
-from pneumoscan.trainset import TENSOR_PREFIX as TRAINSET_PREFIX
-from pneumoscan.trainset import overlap, pixel_hash
+from pneumoscan.onboarding.trainset import TENSOR_PREFIX as TRAINSET_PREFIX
+from pneumoscan.onboarding.trainset import overlap, pixel_hash
 from pneumoscan.utils import file_sha256
 
 __all__ = [
@@ -106,14 +109,14 @@ MIN_SITE_IMAGES = 100
 #: The checkpoint tensor holding the pixel hashes of the films a model was adapted on (so that a later
 #: ``calibrate`` or ``evaluate`` can tell them apart from fresh labelled films).
 ADAPT_TENSOR = TRAINSET_PREFIX + "adapt"
-_DRIFT_MIN_VAL = 2 * DRIFT_MIN_IMAGES  # what pneumoscan.drift.DriftCheck needs in the reference's second half
+_DRIFT_MIN_VAL = 2 * DRIFT_MIN_IMAGES  # what pneumoscan.gate.drift.DriftCheck needs in the reference's second half
 
 
 class AdaptationError(PneumoscanError, ValueError):
     """The model or the site's films cannot be used for adaptation; the message says why and what to do."""
 
 
-# The site state of any model (site_state, provenance, provenance_line) lives in pneumoscan.provenance, which
+# The site state of any model (site_state, provenance, provenance_line) lives in pneumoscan.onboarding.provenance, which
 # needs no torch; it is re-exported here.
 
 
@@ -203,7 +206,7 @@ def em_prevalence(probabilities: np.ndarray, training_prevalence: float, *, tol:
 
 
 def image_set_sha256(hashes: Sequence[int]) -> str:
-    """SHA-256 (hex) of a film set: over its :func:`~pneumoscan.trainset.pixel_hash` values, sorted, as
+    """SHA-256 (hex) of a film set: over its :func:`~pneumoscan.onboarding.trainset.pixel_hash` values, sorted, as
     little-endian int64 bytes; the same films in any order, under any names, give the same hash."""
     return hashlib.sha256(np.sort(np.asarray(list(hashes), dtype=np.int64)).astype("<i8").tobytes()).hexdigest()
 
@@ -224,22 +227,16 @@ class AdaptResult:
         return bool(self.adaptation["reference"]["drift_available"])
 
 
-def _decode_squares(paths: Sequence[str], spec: Preprocessing, workers: int
-                    ) -> list[tuple[int, np.ndarray] | None]:
-    """``(pixel hash, model-size square)`` per file (None when it cannot be decoded), in input order.
-
-    The hash is of the full decode (as the training films' hashes are); the square is made as the predictor makes
-    it, from a large JPEG decoded again at reduced scale (:func:`~pneumoscan.preprocessing.decode_side`)."""
-    side = decode_side(spec)
-
-    def one(path: str) -> tuple[int, np.ndarray] | None:
-        try:
-            gray = read_image(path)
-            # Only a film at least twice ``side`` on both sides can decode differently with ``reduce_to``.
-            small = read_image(path, reduce_to=side) if min(gray.shape) >= 2 * side else gray
-        except (ImageError, OSError, MemoryError):
-            return None
-        return pixel_hash(gray), resize_for_model(small, spec)
+def _read_films(paths: Sequence[str], spec: Preprocessing, workers: int) -> list[tuple[int, Film] | str]:
+    """``(pixel hash, film)`` per file, or the message saying why it could not be read, in input order: each file is
+    read once, the one way (:func:`~pneumoscan.preprocessing.read_film` with the film kept at its own size: the hash
+    is of the full decode, as the training films' hashes are; the square is the one the predictor scores)."""
+    def one(path: str) -> tuple[int, Film] | str:
+        film = decode_item(path, spec, full=True, raise_errors=False)
+        if isinstance(film, str):
+            return film
+        assert film.gray is not None
+        return pixel_hash(film.gray), dataclasses.replace(film, gray=None)  # the square is all that is kept
 
     if workers <= 1:
         return [one(p) for p in paths]
@@ -270,7 +267,7 @@ def adapt(checkpoint: str | os.PathLike[str], images: Sequence[str | os.PathLike
 
     See the module docstring. Steps: refuse a model without BatchNorm; decode every film once (content hash and
     model-size square); refuse films the model trained on (warn on validation films); gate every film with the
-    parent's :class:`~pneumoscan.predict.Predictor` (only in-scope films count; at least ``min_images``); AdaBN;
+    parent's :class:`~pneumoscan.inference.predictor.Predictor` (only in-scope films count; at least ``min_images``); AdaBN;
     EM prevalence; a site reference (seeded halves, ``seed``); write ``out`` (a new file; the parent's
     ``trainset.*`` tensors and the adaptation films' hashes travel with it).
 
@@ -296,8 +293,8 @@ def adapt(checkpoint: str | os.PathLike[str], images: Sequence[str | os.PathLike
         raise AdaptationError("no image files given")
     spec = info.preprocessing
     t0 = time.perf_counter()
-    decoded = _decode_squares(paths, spec, workers)
-    hashes = [None if d is None else d[0] for d in decoded]
+    decoded = _read_films(paths, spec, workers)
+    hashes = [None if isinstance(d, str) else d[0] for d in decoded]
     warnings: list[str] = []
     seen = overlap(ckpt, hashes)
     if seen.train:
@@ -316,12 +313,16 @@ def adapt(checkpoint: str | os.PathLike[str], images: Sequence[str | os.PathLike
 
     predictor = Predictor.from_checkpoint(src, options=RuntimeOptions(threads=threads),
                                           adult_age_years=adult_age_years)
-    results = predictor.score_files(paths, batch_size=batch_size, progress=progress)
+    results: list[Result] = []
+    for start in range(0, len(paths), max(1, batch_size)):  # the films read above, gated: nothing decoded again
+        part = decoded[start:start + max(1, batch_size)]
+        results += predictor.assess_batch(paths[start:start + len(part)],
+                                          [d if isinstance(d, str) else d[1] for d in part])
     used, first_of = [], {}
     n_duplicates = 0
     reasons: Counter[str] = Counter()
     for i, (r, d) in enumerate(zip(results, decoded)):
-        if d is None or r.probability is None:
+        if isinstance(d, str) or not r.read:
             continue
         if not r.in_scope:
             reasons[r.scope_reason] += 1
@@ -331,7 +332,7 @@ def adapt(checkpoint: str | os.PathLike[str], images: Sequence[str | os.PathLike
             continue
         first_of[d[0]] = i
         used.append(i)
-    n_unreadable = sum(d is None or r.probability is None for r, d in zip(results, decoded))
+    n_unreadable = sum(not r.read for r in results)
     n_out = sum(reasons.values())
     if n_duplicates:
         warnings.append(f"{n_duplicates} file(s) repeat another file's pixels and were counted once")
@@ -342,7 +343,7 @@ def adapt(checkpoint: str | os.PathLike[str], images: Sequence[str | os.PathLike
             "site: add more of its consecutive, unselected films"
             + (f". Out-of-scope reasons: {dict(reasons.most_common(3))}" if n_out else ""))
 
-    squares = np.stack([decoded[i][1] for i in used])  # type: ignore[index]
+    squares = np.stack([decoded[i][1].square for i in used])  # type: ignore[union-attr]
     parent_probs = np.array([results[i].probability for i in used], dtype=np.float64)
     device_ = resolve_device(device)
     model = model.to(device_)
@@ -391,8 +392,8 @@ def adapt(checkpoint: str | os.PathLike[str], images: Sequence[str | os.PathLike
                              "reported only, decisions unchanged",
         "training_prevalence": training_prevalence,
         "threshold": info.threshold, "temperature": info.temperature,
-        "flag_rate_before": float(np.mean(parent_probs >= info.threshold)),
-        "flag_rate_after": float(np.mean(probs >= info.threshold)),
+        "flag_rate_before": float(np.mean([results[i].positive for i in used])),
+        "flag_rate_after": float(np.mean(decide(probs, info.threshold))),
         "mean_probability_before": float(parent_probs.mean()), "mean_probability_after": float(probs.mean()),
         "reference": {"n_bank": len(bank_rows), "n_val": len(val_rows), "knn_cut": ref.knn_cut,
                       "drift_available": drift_available, "drift_needs_val": _DRIFT_MIN_VAL},

@@ -1,0 +1,119 @@
+"""What the training data looked like to the model: the reference the scope gate and the drift check compare with.
+
+Built at the end of training (or afterwards, for a model that predates it, with ``scripts/build_reference.py``)
+from the model's own pooled features and simple intensity descriptors of:
+
+* a seeded sample of the *training* split (the bank the nearest-neighbour distance is measured against), and
+* the *validation* split, held out from training (on which the scope cut-off is chosen, and whose batches give
+  the drift check its null distribution).
+
+Building one is :mod:`pneumoscan.onboarding.reference_builder`'s business; this module is what the scope gate and
+the drift check read at run time. It travels inside the checkpoint: the arrays as tensors named ``reference.*``, the rest as JSON under the
+metadata key ``reference``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pneumoscan.checkpoint import Checkpoint
+
+if TYPE_CHECKING:  # writing a reference into a checkpoint makes tensors; reading one (the gate, drift) does not
+    import torch
+
+__all__ = ["DESCRIPTOR_NAMES", "MIN_REFERENCE_VAL", "TENSOR_PREFIX", "Reference", "intensity_descriptors",
+           "knn_distance", "l2_normalize", "midpoint_cut", "reference_of"]
+
+#: Prefix of the reference's tensors inside a checkpoint.
+TENSOR_PREFIX = "reference."
+#: Per-image intensity descriptors, in order (pixels of the model's input square, scaled to [0, 1]).
+DESCRIPTOR_NAMES = ("p05", "p25", "p50", "p75", "p95", "mean", "std")
+#: The fewest validation films a reference is built from (its cut-off and the drift null come from them).
+MIN_REFERENCE_VAL = 20
+_ARRAYS = ("bank", "val_features", "bank_descriptors", "val_descriptors")
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32); an all-zero row stays zero."""
+    f = np.asarray(features, dtype=np.float32)
+    norms = np.linalg.norm(f, axis=1, keepdims=True)
+    return f / np.where(norms > 0, norms, 1.0)
+
+
+def intensity_descriptors(squares: np.ndarray) -> np.ndarray:
+    """``(N, 7)`` float32 descriptors of ``(N, S, S) uint8`` model-input squares: 5th..95th percentiles, mean, std."""
+    x = np.asarray(squares, dtype=np.float32).reshape(len(squares), -1) / 255.0
+    q = np.quantile(x, [0.05, 0.25, 0.5, 0.75, 0.95], axis=1).T
+    return np.concatenate([q, x.mean(1, keepdims=True), x.std(1, keepdims=True)], axis=1).astype(np.float32)
+
+
+def knn_distance(features: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
+    """Cosine distance of each row of ``features`` to its ``k``-th nearest neighbour in ``bank`` (unit rows)."""
+    sims = l2_normalize(features) @ bank.T
+    k = min(k, bank.shape[0])
+    return (1.0 - np.partition(sims, -k, axis=1)[:, -k]).astype(np.float64)
+
+
+@dataclass
+class Reference:
+    """The reference arrays and the scope cut-off; see the module docstring.
+
+    Attributes:
+        bank: ``(B, C)`` unit-length pooled features of training-split films.
+        val_features: ``(V, C)`` unit-length pooled features of the held-out validation films.
+        bank_descriptors, val_descriptors: their :func:`intensity_descriptors`.
+        knn_k: the neighbour whose distance is the out-of-distribution score.
+        knn_cut: scores above it are out of scope (chosen so that at most ``max_val_flag_rate`` of the
+            validation films are).
+        info: provenance (counts, date, how the cut-off was chosen), JSON-safe.
+    """
+
+    bank: np.ndarray
+    val_features: np.ndarray
+    bank_descriptors: np.ndarray
+    val_descriptors: np.ndarray
+    knn_k: int
+    knn_cut: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def ood_scores(self, features: np.ndarray) -> np.ndarray:
+        """Out-of-distribution score per image (cosine distance to the ``knn_k``-th nearest training film)."""
+        return knn_distance(features, self.bank, self.knn_k)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The arrays as float16 tensors named ``reference.*`` (for the checkpoint file)."""
+        import torch
+
+        return {TENSOR_PREFIX + name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), np.float16))
+                for name in _ARRAYS}
+
+    def to_meta(self) -> dict[str, Any]:
+        """The JSON part: cut-off, k, provenance."""
+        return {"knn_k": int(self.knn_k), "knn_cut": float(self.knn_cut), **self.info}
+
+    @classmethod
+    def from_checkpoint_parts(cls, tensors: dict[str, Any], meta: dict[str, Any] | None) -> "Reference | None":
+        """Rebuild from a checkpoint's ``reference.*`` tensors (torch tensors or NumPy arrays) and ``reference``
+        metadata; None when absent."""
+        if not meta or any(TENSOR_PREFIX + name not in tensors for name in _ARRAYS):
+            return None
+        arrays = {name: np.asarray(tensors[TENSOR_PREFIX + name], dtype=np.float32) for name in _ARRAYS}
+        info = {k: v for k, v in meta.items() if k not in ("knn_k", "knn_cut")}
+        return cls(**arrays, knn_k=int(meta["knn_k"]), knn_cut=float(meta["knn_cut"]), info=info)
+
+
+def midpoint_cut(val_scores: np.ndarray, max_val_flag_rate: float) -> float:
+    """The out-of-scope cut-off: halfway between the validation score at the ``1 - max_val_flag_rate`` rank and
+    the next one above it, so that at most that share of the validation films lies above it and none lies on it
+    (a cut-off equal to a film's score would flip that film on a 1e-7 difference between backends)."""
+    ordered = np.sort(np.asarray(val_scores, dtype=np.float64))
+    i = min(len(ordered) - 1, int(np.floor((1.0 - max_val_flag_rate) * len(ordered))))
+    return float(ordered[i] if i + 1 >= len(ordered) else (ordered[i] + ordered[i + 1]) / 2.0)
+
+
+def reference_of(ckpt: Checkpoint) -> Reference | None:
+    """The checkpoint's reference, or None for a model that carries none."""
+    return Reference.from_checkpoint_parts(ckpt.extra, ckpt.meta.get("reference"))

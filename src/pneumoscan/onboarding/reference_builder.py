@@ -1,0 +1,102 @@
+"""Building the reference the scope gate and the drift check compare with (:mod:`pneumoscan.gate.reference`):
+from the model's own pooled features of a seeded sample of its training films (the bank) and of its held-out
+validation films (the cut-off and the drift null), at the end of training, by ``adapt`` for a site, or afterwards
+for a model that predates references (``scripts/build_reference.py``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
+from pneumoscan.constants import DEFAULT_CACHE_DIR
+from pneumoscan.data import build_cache, model_split
+from pneumoscan.gate.reference import (
+    MIN_REFERENCE_VAL,
+    Reference,
+    intensity_descriptors,
+    knn_distance,
+    l2_normalize,
+    midpoint_cut,
+)
+from pneumoscan.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["attach_reference", "build_reference"]
+
+
+def build_reference(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
+                    spec: Preprocessing, *, bank_size: int = 2048, knn_k: int = 5, max_val_flag_rate: float = 0.01,
+                    seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu",
+                    source: str = "") -> Reference:
+    """Build the reference from the decoded-image cache (``images``) and the split's row indices.
+
+    ``bank_size`` training films (a seeded sample) form the bank; the cut-off (:func:`midpoint_cut`) leaves at
+    most ``max_val_flag_rate`` of the validation films above it.
+    """
+    from pneumoscan.inference.torch_scoring import features_cached
+
+    if len(val_rows) < MIN_REFERENCE_VAL:
+        raise ValueError(f"the reference needs at least {MIN_REFERENCE_VAL} validation films to choose its cut-off, "
+                         f"got {len(val_rows)}")
+    rng = np.random.default_rng(seed)
+    bank_rows = np.sort(rng.choice(train_rows, min(bank_size, len(train_rows)), replace=False))
+    _, bank_f = features_cached(model, images, bank_rows, spec, batch_size=batch_size, device=device)
+    _, val_f = features_cached(model, images, np.asarray(val_rows), spec, batch_size=batch_size, device=device)
+    bank = l2_normalize(bank_f).astype(np.float16).astype(np.float32)  # as stored
+    val_scores = knn_distance(val_f, bank, knn_k)
+    cut = midpoint_cut(val_scores, max_val_flag_rate)
+    info = {"n_bank": int(len(bank_rows)), "n_val": int(len(val_rows)), "n_train_images": int(len(train_rows)),
+            "val_flag_rate": float(np.mean(val_scores > cut)), "max_val_flag_rate": float(max_val_flag_rate),
+            "method": f"cosine distance to the {knn_k}th nearest training film in the model's pooled features",
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source, "seed": int(seed)}
+    return Reference(bank=bank, val_features=l2_normalize(val_f), knn_k=knn_k, knn_cut=cut, info=info,
+                     bank_descriptors=intensity_descriptors(np.asarray(images[bank_rows])),
+                     val_descriptors=intensity_descriptors(np.asarray(images[np.asarray(val_rows)])))
+
+
+def attach_reference(checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                     split: str | None = None, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+                     bank_size: int = 2048, seed: int = 0, device: str = "auto") -> Reference:
+    """Add a reference to a model trained before references existed, without retraining it.
+
+    The model's own patient-level split is rebuilt from its stored config (``data.split``, ``data.val_fraction``,
+    ``data.split_seed``) over ``data`` (the folder it was trained on), so the bank comes from its training films
+    and the cut-off from its validation films. Writes ``out`` with the same weights and metadata plus the reference
+    and the content hashes of its training and validation films (:mod:`pneumoscan.onboarding.trainset`).
+
+    Raises:
+        DatasetError: the data cannot be indexed or split.
+        ValueError: ``out`` is the source file (write a new file and swap it in deliberately).
+    """
+    from pneumoscan.inference.torch_scoring import model_from_checkpoint, resolve_device
+    from pneumoscan.onboarding.trainset import split_hashes
+
+    src, dst = Path(checkpoint), Path(out)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: write the checkpoint with its reference to a new file, not over its source")
+    ckpt = load_checkpoint(src)
+    info = ckpt.info
+    data_cfg = info.config.get("data") or {}
+    train_idx, val_idx = model_split(data, data_cfg, split=split)
+    records = list(train_idx.records) + list(val_idx.records)
+    cache = build_cache(records, info.preprocessing, cache_dir, progress=False)
+    val_paths = {r.path for r in val_idx.records}
+    is_val = np.array([r.path in val_paths for r in cache.records], dtype=bool)
+    device_ = resolve_device(device)
+    model = model_from_checkpoint(ckpt).to(device_)
+    ref = build_reference(model, cache.images, np.flatnonzero(~is_val), np.flatnonzero(is_val), info.preprocessing,
+                          bank_size=bank_size, seed=seed, device=device_,
+                          source=f"{Path(str(data)).name} (split {data_cfg.get('split') or '-'}, seed "
+                                 f"{data_cfg.get('split_seed', 42)})")
+    hashes = split_hashes(ckpt, data, split=split)  # the films it trained on, by content (pneumoscan.onboarding.trainset)
+    save_checkpoint(dst, ckpt.state_dict, {**ckpt.meta, "reference": ref.to_meta()},
+                    extra={**ckpt.extra, **ref.to_tensors(), **hashes})
+    return ref

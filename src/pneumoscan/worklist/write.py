@@ -1,0 +1,98 @@
+"""Worklist rows to a file: CSV (one row per image, the columns people read and the machine columns) or JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pneumoscan.constants import DISCLAIMER
+from pneumoscan.metrics import decision_words, score_100
+from pneumoscan.utils import atomic_write_text, csv_safe_text
+from pneumoscan.worklist.rows import OPTIONAL_COLUMNS, RESULT_COLUMNS
+
+__all__ = ["csv_text", "write_results"]
+
+
+def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
+                  info: dict[str, Any] | None = None) -> Path:
+    """Write rows atomically as CSV or JSON, chosen by the suffix of ``path``.
+
+    CSV: one row per image with :data:`RESULT_COLUMNS` (``heatmap`` and ``dicom_out`` only when a row has them;
+    ``score`` and ``score_threshold`` on 0-100 with one decimal, ``decision_text`` in the one wording of
+    :data:`pneumoscan.constants.DECISION_WORDS`; on every row the model's name and version from ``info``
+    (``model``, ``model_version``), the time written (``created``, UTC) and the disclaimer;
+    probability with 6 decimals, booleans as
+    ``true``/``false``, empty cells for missing values; text that a spreadsheet would take for a formula,
+    such as a file named ``=1+1.png``, starts with ``'``: :func:`pneumoscan.utils.csv_safe_text`). JSON: ``{"disclaimer", "created", **info,
+    "results": [rows]}`` where ``info`` describes the model (name, version, threshold...) and the batch (e.g. its
+    drift verdict).
+
+    Raises:
+        ValueError: the suffix is neither ``.csv`` nor ``.json``.
+    """
+    out = Path(path)
+    suffix = out.suffix.lower()
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if suffix == ".csv":
+        atomic_write_text(out, csv_text(rows, info or {}, created))
+    elif suffix == ".json":
+        doc = {"disclaimer": DISCLAIMER, "created": created, **(info or {}), "results": list(rows)}
+        atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
+    else:
+        raise ValueError(f"{out}: results file must end in .csv or .json, not {out.suffix or 'nothing'!r}")
+    return out
+
+
+def csv_text(rows: Sequence[dict[str, Any]], info: dict[str, Any], created: str | None = None, *,
+             columns: Sequence[str] = RESULT_COLUMNS) -> str:
+    """The CSV of :func:`write_results` as text (also what the server sends as ``GET /api/v1/worklist.csv``):
+    ``columns`` in order, an optional column only when some row has it; on every row the model's name and version
+    from ``info`` unless the row names them, the time written and the disclaimer."""
+    created = created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    names = [c for c in columns if c not in OPTIONAL_COLUMNS or any(c in r for r in rows)]
+    every_row = {"created": created, "disclaimer": DISCLAIMER}
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        full = {"model_name": info.get("model") or "", "model_version": info.get("model_version") or "", **row,
+                **_people_columns(row), **every_row}
+        writer.writerow({c: _cell(c, full.get(c)) for c in names})
+    return buf.getvalue()
+
+
+def _people_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """What people read, for rows that do not carry it already (``score`` 0-100, one decimal, empty when not
+    assessed or not read: no risk; ``score_threshold``; ``decision_text`` in the one wording)."""
+    out: dict[str, Any] = {}
+    if "score" not in row:
+        scored = row.get("probability") is not None and row.get("in_scope") is not False
+        out["score"] = score_100(row["probability"]) if scored else None
+    if "score_threshold" not in row:
+        threshold = row.get("threshold")
+        out["score_threshold"] = None if threshold is None else score_100(threshold)
+    if "decision_text" not in row:
+        out["decision_text"] = decision_words(row.get("decision"))
+    return out
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if column in ("probability", "threshold") and isinstance(value, float):
+        return f"{value:.6f}"
+    if column in ("score", "score_threshold") and isinstance(value, (int, float)):
+        return f"{value:.1f}"
+    if isinstance(value, (list, tuple)):  # dicom_out: the files written for one image
+        value = ";".join(map(str, value))
+    if isinstance(value, str):  # paths, file names, errors: text a spreadsheet must not run as a formula
+        return csv_safe_text(value)
+    return str(value)  # numbers stay numbers
