@@ -80,13 +80,13 @@ def _child(config: str, threads: int | None, small: list[str], films: list[str],
         results = p.score_files(files, batch_size=batch)
         out[name] = len(files) / (time.perf_counter() - t0)
         assert all(r.probability is not None for r in results), "a benchmark image could not be read"
-    x = p._input_batch([np.full((p.preprocessing.image_size,) * 2, 128, np.uint8)])
+    x = p.network.inputs([np.full((p.preprocessing.image_size,) * 2, 128, np.uint8)])
     e2e, model = [], []
     for i in range(single_reps):
         t0 = time.perf_counter()
         p.score_files([films[i % len(films)]], batch_size=1)
         t1 = time.perf_counter()
-        p._runner(x)
+        p.network.runner(x)
         model.append(1e3 * (time.perf_counter() - t1))
         e2e.append(1e3 * (t1 - t0))
     out["single_e2e_ms"] = statistics.median(e2e)

@@ -57,6 +57,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", threshold=0.5, temperature=1.0)
 
 
+@pytest.fixture(scope="session")
+def predictor(tiny_checkpoint):
+    """THE predictor of the tests that need any model: :func:`tiny_checkpoint` on ONNX Runtime (thread-safe, so the
+    servers and the DICOM node of several tests share it). A test that changes a predictor makes its own."""
+    from pneumoscan.inference.predictor import Predictor
+
+    return Predictor.from_checkpoint(tiny_checkpoint)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _onnx_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
     """The ONNX exports the tests' own checkpoints get (``pneumoscan.inference.onnx_cache``) go to a temporary folder, never

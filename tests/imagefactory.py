@@ -34,6 +34,27 @@ def synthetic_xray(height: int = 256, width: int = 200, seed: int = 0) -> np.nda
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def varied_film(seed: int) -> np.ndarray:
+    """A :func:`synthetic_xray` of a random size (from ``seed``), gain and offset: films of one "site" that differ
+    as a site's films do (the reference and the batches of the drift and adaptation tests share this generator)."""
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(120, 200)), int(rng.integers(100, 180))
+    img = synthetic_xray(h, w, seed=seed).astype(np.float64) * rng.uniform(0.85, 1.15) + rng.uniform(-12, 12)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def full_range_film(seed: int, h: int = 150, w: int = 120) -> np.ndarray:
+    """A :func:`synthetic_xray` that spans 0..255, so that DICOM's min-max window leaves it unchanged."""
+    img = synthetic_xray(h, w, seed=seed)
+    img[0, 0], img[-1, -1] = 0, 255
+    return img
+
+
+def xray_jpeg(seed: int = 0, h: int = 300, w: int = 240) -> bytes:
+    """A :func:`synthetic_xray` as JPEG bytes (an upload)."""
+    return jpeg_bytes(synthetic_xray(h, w, seed=seed))
+
+
 def _write(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.write_bytes(data)

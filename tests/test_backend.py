@@ -185,9 +185,9 @@ def test_a_checkpoint_replaced_on_disk_is_not_explained_with_other_weights(tmp_p
 def test_threads_reach_onnx_runtime(tmp_path, onnx_cache_dir):
     ckpt = make_checkpoint(tmp_path / "m.safetensors")
     p = Predictor.from_checkpoint(ckpt, options=RuntimeOptions(threads=1))
-    assert p._runner.session.get_session_options().intra_op_num_threads == 1
+    assert p.network.runner.session.get_session_options().intra_op_num_threads == 1
     q = Predictor.from_checkpoint(ckpt, options=RuntimeOptions(threads=3))
-    assert q._runner.session.get_session_options().intra_op_num_threads == 3
+    assert q.network.runner.session.get_session_options().intra_op_num_threads == 3
     with pytest.raises(ValueError, match="backend"):
         RuntimeOptions(backend="tensorflow")
 

@@ -400,13 +400,13 @@ def test_summary_numbers(dataset):
 @pytest.fixture
 def decode_counter(monkeypatch):
     calls = []
-    real = data_mod.read_image
+    real = data_mod.read_film
 
-    def counting(path, **kwargs):
+    def counting(path, *args, **kwargs):
         calls.append(path)
-        return real(path, **kwargs)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(data_mod, "read_image", counting)
+    monkeypatch.setattr(data_mod, "read_film", counting)
     return calls
 
 
@@ -517,21 +517,21 @@ def test_many_undecodable_files_are_named_up_to_a_limit(tmp_path, caplog):
 
 def test_cache_crash_mid_build_leaves_nothing_valid(dataset, tmp_path, monkeypatch):
     records = index_dataset(dataset, split="train", check=False).records
-    real = data_mod.read_image
+    real = data_mod.read_film
     calls = []
 
-    def flaky(path, **kwargs):
+    def flaky(path, *args, **kwargs):
         calls.append(path)
         if len(calls) == 5:
             raise RuntimeError("simulated crash")
-        return real(path, **kwargs)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(data_mod, "read_image", flaky)
+    monkeypatch.setattr(data_mod, "read_film", flaky)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_cache(records, 32, tmp_path / "c", progress=False, num_workers=2)
     left = [p.name for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")]
     assert not any(n.endswith((".json", ".npy")) for n in left), left
-    monkeypatch.setattr(data_mod, "read_image", real)
+    monkeypatch.setattr(data_mod, "read_film", real)
     (tmp_path / "c" / "0123abcd.npy.partial").write_bytes(b"left by a killed build of another key")
     cache = build_cache(records, 32, tmp_path / "c", progress=False)
     assert len(cache) == len(records)
@@ -562,11 +562,11 @@ def test_cache_survives_sigkill(dataset, tmp_path):
         import time
         from pneumoscan import data
         from pneumoscan.data import cache
-        real = cache.read_image
-        def slow(path, **kw):
+        real = cache.read_film
+        def slow(path, *args, **kw):
             time.sleep(0.2)
-            return real(path, **kw)
-        cache.read_image = slow
+            return real(path, *args, **kw)
+        cache.read_film = slow
         records = data.index_dataset({str(dataset)!r}, split="train", check=False).records
         data.build_cache(records, 32, {str(cache_dir)!r}, progress=False, num_workers=1)
     """)

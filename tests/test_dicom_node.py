@@ -13,13 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pydicom
 import pytest
 from imagefactory import dicom_bytes, synthetic_xray
-from modelfactory import make_checkpoint
 from pydicom import uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
@@ -150,18 +148,6 @@ class RecordingPACS:
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def predictor(checkpoint):
-    from pneumoscan.inference.predictor import Predictor
-
-    return Predictor.from_checkpoint(checkpoint)
 
 
 @pytest.fixture
@@ -424,13 +410,13 @@ def test_every_accepted_sop_class_is_an_image_storage_class():
 # ---------------------------------------------------------------------------------------------- the command
 
 
-def test_dicom_listen_serves_and_stops_on_sigterm(checkpoint, tmp_path):
+def test_dicom_listen_serves_and_stops_on_sigterm(tiny_checkpoint, tmp_path):
     port = free_port()
     db = tmp_path / "worklist.sqlite"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pneumoscan", "dicom-listen", "--port", str(port), "--ae-title", NODE_AET,
-         "--allow", SCU_AET, "--db", str(db), "--model", str(checkpoint)],
+         "--allow", SCU_AET, "--db", str(db), "--model", str(tiny_checkpoint)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         assert wait_for(lambda: proc.poll() is not None or echo(port), 60, 0.5), "the node did not come up"

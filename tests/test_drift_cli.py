@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagefactory import make_png, synthetic_xray
+from imagefactory import make_png, varied_film
 from modelfactory import checkpoint_meta, randomize_batchnorm
 from pneumoscan.checkpoint import save_checkpoint
 from pneumoscan.cli import main
@@ -26,21 +26,13 @@ from pneumoscan.onboarding.reference_builder import build_reference
 N_SITE = 60
 
 
-def _film(seed: int) -> np.ndarray:
-    """A synthetic film of a random size, gain and offset (the reference and the batches share this generator)."""
-    rng = np.random.default_rng(seed)
-    h, w = int(rng.integers(120, 200)), int(rng.integers(100, 180))
-    img = synthetic_xray(h, w, seed=seed).astype(np.float64) * rng.uniform(0.85, 1.15) + rng.uniform(-12, 12)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def ref_model(tmp_path_factory) -> Path:
     """A seed-cnn checkpoint at 64 px carrying a reference: 120 bank films, 120 validation films."""
     spec = default_preprocessing("seed-cnn", 64)
     torch.manual_seed(0)
     model = randomize_batchnorm(create_model("seed-cnn"), 0).eval()
-    squares = np.stack([resize_for_model(_film(1000 + i), spec) for i in range(240)])
+    squares = np.stack([resize_for_model(varied_film(1000 + i), spec) for i in range(240)])
     ref = build_reference(model, squares, np.arange(120), np.arange(120, 240), spec, bank_size=120)
     meta = {**checkpoint_meta("seed-cnn", 64, threshold=0.5, temperature=1.0), "reference": ref.to_meta()}
     return save_checkpoint(tmp_path_factory.mktemp("ref") / "ref.safetensors", model.state_dict(), meta,
@@ -52,7 +44,7 @@ def site(tmp_path_factory) -> Path:
     """60 in-distribution films, one blank image (out of scope) and one broken file."""
     root = tmp_path_factory.mktemp("site")
     for i in range(N_SITE):
-        make_png(root / f"film{i:03d}.png", _film(i))
+        make_png(root / f"film{i:03d}.png", varied_film(i))
     make_png(root / "zz-blank.png", np.full((120, 100), 200, np.uint8))
     (root / "zz-broken.png").write_text("not a picture")
     return root
@@ -63,7 +55,7 @@ def shifted_site(tmp_path_factory) -> Path:
     """The same kind of films with their contrast halved (another site's windowing)."""
     root = tmp_path_factory.mktemp("shifted")
     for i in range(N_SITE):
-        g = _film(i).astype(np.float64)
+        g = varied_film(i).astype(np.float64)
         make_png(root / f"film{i:03d}.png", np.clip((g - 128) * 0.5 + 128, 0, 255).astype(np.uint8))
     return root
 

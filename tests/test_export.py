@@ -42,9 +42,9 @@ def test_torch_and_onnxruntime_agree(exported, name):
         films = [rng.integers(0, 256, (SIZE + 9 * k, SIZE + 5 * k), dtype=np.uint8) for k in range(batch)]
         p_torch, p_onnx = eager.predict_proba(films), ort.predict_proba(films)
         assert np.max(np.abs(p_torch - p_onnx)) < 1e-4
-        x = eager._input_batch(films)
-        np.testing.assert_allclose(ort._runner(x), eager._runner(x), rtol=1e-3, atol=1e-4)  # the logits too
-    assert np.ptp(eager._runner(eager._input_batch(films))) > 1e-4, "inputs must change the output to test parity"
+        x = eager.network.inputs(films)
+        np.testing.assert_allclose(ort.network.runner(x), eager.network.runner(x), rtol=1e-3, atol=1e-4)  # the logits too
+    assert np.ptp(eager.network.runner(eager.network.inputs(films))) > 1e-4, "inputs must change the output to test parity"
 
 
 def test_metadata_round_trip_and_graph(exported, tmp_path):

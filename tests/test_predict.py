@@ -15,34 +15,30 @@ import numpy as np
 import pytest
 import torch
 
-from imagefactory import dicom_bytes, jpeg_bytes, make_dicom, make_jpeg, make_png, png_bytes, synthetic_xray
+from imagefactory import (
+    dicom_bytes,
+    full_range_film,
+    jpeg_bytes,
+    make_dicom,
+    make_jpeg,
+    make_png,
+    png_bytes,
+)
 from modelfactory import make_checkpoint
-from pneumoscan.inference import predictor as predict_mod
+from pneumoscan.inference import backends as backends_mod
 from pneumoscan.checkpoint import CheckpointError
 from pneumoscan.cli import main
 from pneumoscan.io import ImageError
 from pneumoscan.inference.predictor import (
-    DISCLAIMER, ModelNotFoundError, Predictor, Result, RuntimeOptions, default_model_path,
+    ModelNotFoundError, Predictor, Result, RuntimeOptions, default_model_path,
 )
 from pneumoscan.constants import DISCLAIMER
 from pneumoscan.worklist import CONTEXT_COLUMNS, RESULT_COLUMNS, collect_images, rank, triage, write_results
 
 
-def _film(seed: int, h: int = 150, w: int = 120) -> np.ndarray:
-    """A synthetic film that spans 0..255, so DICOM's min-max window leaves it unchanged."""
-    img = synthetic_xray(h, w, seed=seed)
-    img[0, 0], img[-1, -1] = 0, 255
-    return img
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoint) -> Predictor:
-    return Predictor.from_checkpoint(tiny_checkpoint)
-
-
 @pytest.fixture(scope="module")
 def films() -> list[np.ndarray]:
-    return [_film(s, 100 + 7 * s, 90 + 5 * s) for s in range(12)]
+    return [full_range_film(s, 100 + 7 * s, 90 + 5 * s) for s in range(12)]
 
 
 def test_from_checkpoint_exposes_metadata(tmp_path):
@@ -114,7 +110,7 @@ def test_temperature_divides_the_logit(tmp_path, films):
 
 
 def test_same_image_in_every_form_gives_the_same_probability(predictor, tmp_path):
-    film = _film(1, 130, 110)
+    film = full_range_film(1, 130, 110)
     forms = [film, png_bytes(film), make_png(tmp_path / "a.png", film), str(tmp_path / "a.png"),
              dicom_bytes(film, bits=8), make_dicom(tmp_path / "a.dcm", film, bits=8), bytearray(png_bytes(film))]
     probs = predictor.predict_proba(forms)
@@ -175,15 +171,15 @@ def test_concurrent_calls_match_sequential(tiny_checkpoint, films):
 def folder(tmp_path) -> Path:
     root = tmp_path / "films"
     (root / "sub" / "deeper").mkdir(parents=True)
-    make_png(root / "a.png", _film(1))
-    make_jpeg(root / "b.jpeg", _film(2))
-    make_dicom(root / "sub" / "c.dcm", _film(3), bits=8)
-    make_dicom(root / "sub" / "deeper" / "IM000123", _film(4), bits=8)  # PACS export without an extension
+    make_png(root / "a.png", full_range_film(1))
+    make_jpeg(root / "b.jpeg", full_range_film(2))
+    make_dicom(root / "sub" / "c.dcm", full_range_film(3), bits=8)
+    make_dicom(root / "sub" / "deeper" / "IM000123", full_range_film(4), bits=8)  # PACS export without an extension
     (root / "broken.png").write_text("this is not a picture")
     (root / "empty.jpg").write_bytes(b"")
-    (root / "truncated.jpeg").write_bytes(jpeg_bytes(_film(5))[:600])
+    (root / "truncated.jpeg").write_bytes(jpeg_bytes(full_range_film(5))[:600])
     (root / "notes.txt").write_text("not an image, skipped")
-    make_png(root / ".hidden.png", _film(6))
+    make_png(root / ".hidden.png", full_range_film(6))
     return root
 
 
@@ -264,7 +260,7 @@ def test_write_results_csv_and_json(predictor, folder, tmp_path):
 
 def test_default_model_path(monkeypatch, tmp_path):
     monkeypatch.delenv("PNEUMOSCAN_MODEL", raising=False)
-    monkeypatch.setattr(predict_mod, "PACKAGED_MODEL", tmp_path / "assets" / "model.safetensors")
+    monkeypatch.setattr(backends_mod, "PACKAGED_MODEL", tmp_path / "assets" / "model.safetensors")
     with pytest.raises(ModelNotFoundError, match="--model"):
         default_model_path()
     ckpt = make_checkpoint(tmp_path / "assets" / "model.safetensors")
@@ -305,7 +301,7 @@ def test_cli_predict_outputs_and_exit_codes(tiny_checkpoint, folder, tmp_path, c
 
     # no model anywhere -> 1 with a message saying what to do
     monkeypatch.delenv("PNEUMOSCAN_MODEL")
-    monkeypatch.setattr(predict_mod, "PACKAGED_MODEL", tmp_path / "none" / "model.safetensors")
+    monkeypatch.setattr(backends_mod, "PACKAGED_MODEL", tmp_path / "none" / "model.safetensors")
     capsys.readouterr()
     assert main(["predict", str(folder)]) == 1
     assert "pass --model" in capsys.readouterr().err
@@ -391,11 +387,11 @@ def mixed_folder(tmp_path) -> Path:
     root = tmp_path / "mixed"
     (root / "sub").mkdir(parents=True)
     (root / ".thumbnails").mkdir()
-    make_png(root / "a.png", _film(1))
-    make_png(root / "sub" / "deep.png", _film(2))
-    make_png(root / ".thumbnails" / "t.png", _film(3))
-    Image.fromarray(_film(4)).save(root / "anim.gif")
-    Image.fromarray(_film(4)).save(root / "gif-without-extension", format="GIF")
+    make_png(root / "a.png", full_range_film(1))
+    make_png(root / "sub" / "deep.png", full_range_film(2))
+    make_png(root / ".thumbnails" / "t.png", full_range_film(3))
+    Image.fromarray(full_range_film(4)).save(root / "anim.gif")
+    Image.fromarray(full_range_film(4)).save(root / "gif-without-extension", format="GIF")
     (root / "photo.webp").write_bytes(b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(32))
     (root / "scan").write_bytes(b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(32))  # WebP by content only
     (root / "film.jp2").write_bytes(b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(32))
@@ -431,7 +427,7 @@ def test_a_link_back_up_the_tree_is_searched_once(tmp_path):
 
     root = tmp_path / "r"
     (root / "sub").mkdir(parents=True)
-    make_png(root / "sub" / "x.png", _film(1))
+    make_png(root / "sub" / "x.png", full_range_film(1))
     (root / "sub" / "up").symlink_to(root)  # a cycle through a directory link
     assert [p.relative_to(root).as_posix() for p in collect([root], recursive=True).files] == ["sub/x.png"]
 
@@ -537,8 +533,8 @@ def with_blank(tmp_path) -> Path:
     """Two films, a flat gray square (refused by the pixel rules even without a reference) and a broken file."""
     root = tmp_path / "mixed-scope"
     root.mkdir()
-    make_png(root / "a.png", _film(1))
-    make_png(root / "b.png", _film(2))
+    make_png(root / "a.png", full_range_film(1))
+    make_png(root / "b.png", full_range_film(2))
     make_png(root / "blank.png", np.full((120, 100), 128, np.uint8))
     (root / "broken.png").write_text("not a picture")
     return root
@@ -595,7 +591,7 @@ def test_cli_predict_only_out_of_scope_images_still_exits_0(tiny_checkpoint, wit
 def test_cli_predict_adult_age_sets_the_cut_off(tiny_checkpoint, tmp_path, capsys):
     import pydicom
 
-    ds = pydicom.dcmread(make_dicom(tmp_path / "teen.dcm", _film(3), bits=8))
+    ds = pydicom.dcmread(make_dicom(tmp_path / "teen.dcm", full_range_film(3), bits=8))
     ds.PatientAge = "016Y"
     ds.save_as(tmp_path / "teen.dcm")
     base = ["predict", str(tmp_path / "teen.dcm"), "--model", str(tiny_checkpoint), "--no-progress", "--out"]
@@ -621,7 +617,7 @@ def _pacs_dicom(path: Path, seed: int, **tags: object) -> Path:
     import pydicom
     from pydicom.uid import generate_uid
 
-    ds = pydicom.dcmread(make_dicom(path, _film(seed), bits=8))
+    ds = pydicom.dcmread(make_dicom(path, full_range_film(seed), bits=8))
     values = {"PatientName": "Doe^Jane", "PatientID": "MRN-1", "PatientAge": "004Y", "PatientSex": "F",
               "AccessionNumber": "ACC-1", "StudyDate": "20240301", "ViewPosition": "PA", "BodyPartExamined": "CHEST",
               "StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(), **tags}
@@ -636,10 +632,10 @@ def pacs_folder(tmp_path) -> Path:
     """A PNG, an in-scope DICOM, an adult's DICOM (out of scope), a DICOM without study UIDs and a broken .dcm."""
     root = tmp_path / "pacs"
     root.mkdir()
-    make_png(root / "a.png", _film(1))
+    make_png(root / "a.png", full_range_film(1))
     _pacs_dicom(root / "film.dcm", 3)
     _pacs_dicom(root / "adult.dcm", 4, PatientAge="045Y", PatientID="MRN-2", PatientName="Roe^Richard")
-    make_dicom(root / "nostudy.dcm", _film(5), bits=8)  # no StudyInstanceUID: no study to place a result in
+    make_dicom(root / "nostudy.dcm", full_range_film(5), bits=8)  # no StudyInstanceUID: no study to place a result in
     (root / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\1" * 50)
     return root
 

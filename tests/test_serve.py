@@ -12,20 +12,18 @@ from datetime import UTC
 
 import numpy as np
 import pytest
-import torch
 from imagefactory import (
     dicom_bytes,
     jpeg_bytes,
     png_bytes,
     png_header_bytes,
     synthetic_xray,
+    xray_jpeg,
 )
 from PIL import Image
 
 from pneumoscan.checkpoint import save_checkpoint
-from pneumoscan.config import Config
 from pneumoscan.inference.predictor import Predictor
-from pneumoscan.models import create_model, default_preprocessing
 from pneumoscan.serve import ServeSettings, create_app
 
 with warnings.catch_warnings():
@@ -33,36 +31,9 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("seed-cnn")
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    meta = {
-        "model": "seed-cnn",
-        "config": Config().to_dict(),
-        "preprocessing": default_preprocessing("seed-cnn", 64).to_dict(),
-        "classes": ["NORMAL", "PNEUMONIA"],
-        "epoch": 1,
-        "operating_point": {"threshold": 0.42, "method": "target_sensitivity", "target_sensitivity": 0.95},
-        "calibration": {"temperature": 1.0},
-    }
-    save_checkpoint(path, model.state_dict(), meta)
-    return path
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoint):
-    return Predictor.from_checkpoint(tiny_checkpoint)
-
-
 @pytest.fixture
 def client(predictor):
     return TestClient(create_app(predictor, ServeSettings(max_request_bytes=2_000_000, max_pixels=4_000_000)))
-
-
-def _jpeg(seed=0, h=300, w=240):
-    return jpeg_bytes(synthetic_xray(h, w, seed=seed))
 
 
 def _post(client, files, **params):
@@ -80,7 +51,7 @@ def test_health_model_page_and_docs(client, predictor):
     assert client.get("/healthz").json() == {"status": "ok", "model": "seed-cnn", "model_version": predictor.version,
                                              "auth": False}
     info = client.get("/api/v1/model").json()
-    assert info["name"] == "seed-cnn" and info["threshold"] == pytest.approx(0.42)
+    assert info["name"] == "seed-cnn" and info["threshold"] == pytest.approx(0.5)
     assert "not a diagnosis" in info["disclaimer"]
     assert info["preprocessing"]["image_size"] == 64
     page = client.get("/")
@@ -113,7 +84,7 @@ def test_the_site_state_is_shown_next_to_the_model(client, tiny_checkpoint, tmp_
 
     info = client.get("/api/v1/model").json()
     assert info["site_state"] == "shipped" and info["adaptation"] is None and info["provenance"] == ""
-    assert _post(client, [("a.jpeg", _jpeg(1))]).json()["model"]["site_state"] == "shipped"
+    assert _post(client, [("a.jpeg", xray_jpeg(1))]).json()["model"]["site_state"] == "shipped"
     src = load_checkpoint(tiny_checkpoint)
     adaptation = {"method": "AdaBN", "n_images": 312, "date": "2026-11-26T09:00:00Z", "prevalence_em": 0.41,
                   "parent_model_sha256": "e4d5bf9a2f72" + "0" * 52}
@@ -124,14 +95,14 @@ def test_the_site_state_is_shown_next_to_the_model(client, tiny_checkpoint, tmp_
         assert info["site_state"] == "adapted" and info["adaptation"] == adaptation
         assert info["provenance"] == "Model adapted at this site on 2026-11-26 from 312 films (parent e4d5bf9a2f72)"
         assert info["site_calibration"] is None
-        assert _post(c, [("a.jpeg", _jpeg(1))]).json()["model"]["site_state"] == "adapted"
+        assert _post(c, [("a.jpeg", xray_jpeg(1))]).json()["model"]["site_state"] == "adapted"
     page_js = client.get("/static/app.js").text
     assert "site_state" in page_js and "site-state" in page_js
 
 
 def test_predict_many_formats_ranked(client):
     files = [
-        ("a.jpeg", _jpeg(1)),
+        ("a.jpeg", xray_jpeg(1)),
         ("b.png", png_bytes((synthetic_xray(200, 260, seed=2).astype(np.uint16) * 257), mode="I;16")),
         ("c.dcm", dicom_bytes(synthetic_xray(220, 180, seed=3).astype(np.uint16) * 16, photometric="MONOCHROME1")),
     ]
@@ -147,7 +118,7 @@ def test_predict_many_formats_ranked(client):
     assert [x["probability"] for x in by_rank] == sorted((x["probability"] for x in results), reverse=True)
     for x in results:
         assert 0.0 <= x["probability"] <= 1.0
-        assert x["positive"] == (x["probability"] >= 0.42) and x["threshold"] == pytest.approx(0.42)
+        assert x["positive"] == (x["probability"] >= 0.5) and x["threshold"] == pytest.approx(0.5)
         assert x["decision"] in ("PNEUMONIA", "NORMAL") and x["in_scope"] is True and x["scope_reason"] == ""
         preview = _data_uri_png(x["image_png"])
         heat = _data_uri_png(x["heatmap_png"])
@@ -157,7 +128,7 @@ def test_predict_many_formats_ranked(client):
 
 
 def test_without_heatmap_no_image_payload(client):
-    r = _post(client, [("a.jpeg", _jpeg())])
+    r = _post(client, [("a.jpeg", xray_jpeg())])
     x = r.json()["results"][0]
     assert r.status_code == 200 and "heatmap_png" not in x and "image_png" not in x
 
@@ -167,7 +138,7 @@ def test_without_heatmap_no_image_payload(client):
     [
         ("empty.png", b"", 422, "empty"),
         ("notes.png", b"this is a text file, not an X-ray\n" * 10, 415, "text"),
-        ("trunc.jpeg", _jpeg()[:600], 422, "trunc.jpeg"),
+        ("trunc.jpeg", xray_jpeg()[:600], 422, "trunc.jpeg"),
         ("tiny.png", png_bytes(np.zeros((40, 30), np.uint8)), 422, "at least 64"),
         ("huge.png", png_header_bytes(5000, 5000), 413, "huge.png"),
         ("multi.dcm", dicom_bytes(np.zeros((2, 80, 80), np.uint16), frames=2), 415, "frame"),
@@ -183,7 +154,7 @@ def test_bad_files_get_4xx_with_message(client, name, data, status, fragment):
 
 
 def test_mixed_good_and_bad_keeps_good_results(client):
-    r = _post(client, [("good.jpeg", _jpeg()), ("bad.png", b"garbage"), ("good2.jpeg", _jpeg(5))])
+    r = _post(client, [("good.jpeg", xray_jpeg()), ("bad.png", b"garbage"), ("good2.jpeg", xray_jpeg(5))])
     assert r.status_code == 200
     res = r.json()["results"]
     assert [x["ok"] for x in res] == [True, False, True]
@@ -200,7 +171,7 @@ def test_mixed_good_and_bad_keeps_good_results(client):
     assert good["model_name"] == "seed-cnn" and good["score"] == pytest.approx(100 * good["probability"], abs=0.05)
     bad = res[1]
     assert bad["decision"] == "" and bad["probability"] is None and bad["score"] is None and bad["in_scope"] is None
-    assert bad["model_name"] == "seed-cnn" and bad["threshold"] == pytest.approx(0.42)
+    assert bad["model_name"] == "seed-cnn" and bad["threshold"] == pytest.approx(0.5)
 
 
 def test_request_level_errors(client):
@@ -230,7 +201,7 @@ def test_client_names_are_never_paths(predictor, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     saved = tmp_path / "uploads"
     app = create_app(predictor, ServeSettings(save_uploads=str(saved)))
-    r = _post(TestClient(app), [("../../escape.jpeg", _jpeg()), ("..\\..\\evil.png", b"nope")])
+    r = _post(TestClient(app), [("../../escape.jpeg", xray_jpeg()), ("..\\..\\evil.png", b"nope")])
     res = r.json()["results"]
     assert res[0]["filename"] == "escape.jpeg" and res[1]["filename"] == "evil.png"
     written = sorted(p.name for p in saved.iterdir())
@@ -277,7 +248,7 @@ def test_healthz_answers_while_predicting(predictor):
     done = {}
 
     def slow():
-        done["status"] = _post(client, [("a.jpeg", _jpeg())]).status_code
+        done["status"] = _post(client, [("a.jpeg", xray_jpeg())]).status_code
 
     t = threading.Thread(target=slow)
     t.start()
@@ -314,7 +285,7 @@ def _blank_png():
 
 def _upload_mix(client):
     """Two films, a blank page (not assessed) and a file that is no image; returns the predict entries by name."""
-    files = [("Doe_Jane-chest.jpeg", _jpeg(1)), ("Roe_Rick-chest.jpeg", _jpeg(2, 320, 260)),
+    files = [("Doe_Jane-chest.jpeg", xray_jpeg(1)), ("Roe_Rick-chest.jpeg", xray_jpeg(2, 320, 260)),
              ("blank.png", _blank_png()), ("Smith_Ann.png", b"not an image at all")]
     r = _post(client, files)
     assert r.status_code == 200, r.text
@@ -455,7 +426,7 @@ def test_a_database_failure_never_costs_the_result(predictor, caplog):
     store.add = broken
     client = TestClient(app)
     with caplog.at_level("ERROR", logger="pneumoscan.serve"):
-        r = _post(client, [("Doe_Jane.jpeg", _jpeg())])
+        r = _post(client, [("Doe_Jane.jpeg", xray_jpeg())])
     assert r.status_code == 200
     entry = r.json()["results"][0]
     assert entry["ok"] and entry["worklist_id"] is None and "not saved" in entry["worklist_error"]

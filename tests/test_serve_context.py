@@ -9,7 +9,6 @@ import pydicom
 import pytest
 from imagefactory import dicom_bytes, jpeg_bytes, synthetic_xray
 
-from pneumoscan.inference.predictor import Predictor
 from pneumoscan.serve import ServeSettings, create_app
 from pneumoscan.worklist import CONTEXT_COLUMNS
 
@@ -19,8 +18,7 @@ with warnings.catch_warnings():
 
 
 @pytest.fixture(scope="module")
-def client(tiny_checkpoint):
-    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+def client(predictor):
     return TestClient(create_app(predictor, ServeSettings(max_request_bytes=2_000_000, max_pixels=4_000_000)))
 
 

@@ -16,10 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from imagefactory import dicom_bytes, jpeg_bytes, png_bytes, synthetic_xray
+from imagefactory import dicom_bytes, png_bytes, synthetic_xray, xray_jpeg
 
 from pneumoscan.config import ConfigError
-from pneumoscan.inference.predictor import Predictor
 from pneumoscan.serve import ServeSettings, create_app, uvicorn_config
 from pneumoscan.serve.security import (
     MIN_TOKEN_LENGTH,
@@ -35,15 +34,6 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 TOKEN = "s3cret-token-for-tests-0123456789"
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoint):
-    return Predictor.from_checkpoint(tiny_checkpoint)
-
-
-def _jpeg(seed=0, h=300, w=240):
-    return jpeg_bytes(synthetic_xray(h, w, seed=seed))
 
 
 def _files(*pairs):
@@ -63,7 +53,7 @@ def _damaged_dicom() -> bytes:
 
 def test_damaged_dicom_beside_good_jpeg_gives_200_with_one_result_and_one_error(predictor):
     client = TestClient(create_app(predictor))
-    r = client.post("/api/v1/predict", files=_files(("bad.dcm", _damaged_dicom()), ("good.jpeg", _jpeg())))
+    r = client.post("/api/v1/predict", files=_files(("bad.dcm", _damaged_dicom()), ("good.jpeg", xray_jpeg())))
     assert r.status_code == 200, r.text
     bad, good = r.json()["results"]
     assert bad["ok"] is False and bad["error"].startswith("bad.dcm: ") and "Value Representation" in bad["error"]
@@ -87,7 +77,7 @@ class _Exploding:
 
 def test_an_unexpected_error_is_that_files_entry_only(predictor):
     client = TestClient(create_app(_Exploding(predictor)))
-    r = client.post("/api/v1/predict", files=_files(("odd.jpeg", _jpeg(h=301, w=241)), ("fine.jpeg", _jpeg())))
+    r = client.post("/api/v1/predict", files=_files(("odd.jpeg", xray_jpeg(h=301, w=241)), ("fine.jpeg", xray_jpeg())))
     assert r.status_code == 200
     odd, fine = r.json()["results"]
     assert odd["ok"] is False and "internal error" in odd["error"] and "odd.jpeg" in odd["error"]
@@ -107,11 +97,11 @@ def test_token_guards_every_patient_data_route(predictor):
         assert r.headers["www-authenticate"].startswith("Bearer")
         r = getattr(client, method)(url, headers={"Authorization": "Bearer wrong-token-0123456789"})
         assert r.status_code == 401
-    r = client.post("/api/v1/predict", files=_files(("a.jpeg", _jpeg())))
+    r = client.post("/api/v1/predict", files=_files(("a.jpeg", xray_jpeg())))
     assert r.status_code == 401  # an upload without the token is refused before anything is read
     ok = {"Authorization": f"Bearer {TOKEN}"}
     assert client.get("/api/v1/model", headers=ok).status_code == 200
-    r = client.post("/api/v1/predict", files=_files(("a.jpeg", _jpeg())), headers=ok)
+    r = client.post("/api/v1/predict", files=_files(("a.jpeg", xray_jpeg())), headers=ok)
     assert r.status_code == 200 and r.json()["results"][0]["ok"]
     # The stored result names its client by the token's short hash, never by the token.
     rid = r.json()["results"][0]["worklist_id"]
@@ -179,7 +169,7 @@ def test_image_over_the_memory_budget_gets_413_and_others_still_run(predictor):
     settings = ServeSettings(memory_budget_bytes=40 * 1024 * 1024)
     client = TestClient(create_app(predictor, settings))
     big = png_bytes(synthetic_xray(1600, 1600).astype("uint16") * 200)  # 16-bit: 16 B/px estimated -> 55 MiB
-    r = client.post("/api/v1/predict", files=_files(("big.png", big), ("small.jpeg", _jpeg())))
+    r = client.post("/api/v1/predict", files=_files(("big.png", big), ("small.jpeg", xray_jpeg())))
     assert r.status_code == 200
     big_entry, small = r.json()["results"]
     assert big_entry["ok"] is False and "memory budget" in big_entry["error"] and "big.png" in big_entry["error"]
@@ -201,7 +191,7 @@ def test_server_pixel_limit_is_lower_than_the_librarys():
 def test_saved_uploads_are_owner_only_and_expire(predictor, tmp_path):
     folder = tmp_path / "uploads"
     client = TestClient(create_app(predictor, ServeSettings(save_uploads=str(folder), upload_retention_days=7)))
-    assert client.post("/api/v1/predict", files=_files(("a.jpeg", _jpeg()))).status_code == 200
+    assert client.post("/api/v1/predict", files=_files(("a.jpeg", xray_jpeg()))).status_code == 200
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     (saved,) = folder.iterdir()
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
@@ -319,7 +309,7 @@ def test_work_stops_when_the_client_disconnects(predictor):
     slow = _CountingSlowPredictor(predictor, 1.0)
     settings = ServeSettings(request_parallelism=1)
     with _Server(create_app(slow, settings), settings) as srv:
-        files = _files(*[(f"f{i}.jpeg", _jpeg(i)) for i in range(8)])
+        files = _files(*[(f"f{i}.jpeg", xray_jpeg(i)) for i in range(8)])
         with pytest.raises(httpx.TimeoutException):
             httpx.post(f"http://127.0.0.1:{srv.port}/api/v1/predict", files=files, timeout=1.5)
         time.sleep(3.0)

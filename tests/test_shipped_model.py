@@ -89,8 +89,8 @@ def test_shipped_onnx_agrees_with_the_checkpoint_within_1e_5():
     films = [rng.integers(0, 256, (200 + 37 * k, 180 + 23 * k), dtype=np.uint8) for k in range(6)]
     onnx_p = Predictor.from_checkpoint(PACKAGED_MODEL)
     torch_p = Predictor.from_checkpoint(PACKAGED_MODEL, backend="torch")
-    x = onnx_p._input_batch(films)
-    np.testing.assert_allclose(onnx_p._runner(x), torch_p._runner(x), atol=1e-4)  # logits
+    x = onnx_p.network.inputs(films)
+    np.testing.assert_allclose(onnx_p.network.runner(x), torch_p.network.runner(x), atol=1e-4)  # logits
     a, b = onnx_p.predict_proba(films), torch_p.predict_proba(films)
     assert np.max(np.abs(a - b)) <= 1e-5
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from imagefactory import make_png, synthetic_xray
+from imagefactory import make_png, synthetic_xray, varied_film
 from modelfactory import checkpoint_meta, make_checkpoint, randomize_batchnorm
 
 from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
@@ -45,13 +45,6 @@ SIZE = 64
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def _film(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    h, w = int(rng.integers(120, 200)), int(rng.integers(100, 180))
-    img = synthetic_xray(h, w, seed=seed).astype(np.float64) * rng.uniform(0.85, 1.15) + rng.uniform(-12, 12)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 def _deep_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return randomize_batchnorm(create_model("deep-cnn"), 0).eval()
@@ -62,8 +55,8 @@ def site(tmp_path_factory) -> Path:
     """N_SITE films, a copy of one of them, one blank image (out of scope) and one broken file; flat, no labels."""
     root = tmp_path_factory.mktemp("site")
     for i in range(N_SITE):
-        make_png(root / f"film{i:03d}.png", _film(i))
-    make_png(root / "copy-of-film000.png", _film(0))
+        make_png(root / f"film{i:03d}.png", varied_film(i))
+    make_png(root / "copy-of-film000.png", varied_film(0))
     make_png(root / "zz-blank.png", np.full((120, 100), 200, np.uint8))
     (root / "zz-broken.png").write_text("not a picture")
     return root
@@ -73,7 +66,7 @@ def _parent(path: Path, site: Path, *, train_films: list[Path] = (), val_films: 
     """A deep-cnn checkpoint with a reference from other films of the same kind and the given trainset hashes."""
     spec = default_preprocessing("deep-cnn", SIZE)
     model = _deep_model()
-    squares = np.stack([resize_for_model(_film(1000 + i), spec) for i in range(100)])
+    squares = np.stack([resize_for_model(varied_film(1000 + i), spec) for i in range(100)])
     ref = build_reference(model, squares, np.arange(50), np.arange(50, 100), spec, bank_size=50)
     ref.knn_cut *= 2  # every synthetic film in scope, so that the counts below are exact (blank images still out)
     meta = {**checkpoint_meta("deep-cnn", SIZE, threshold=0.5, temperature=1.5), "reference": ref.to_meta(),
@@ -83,7 +76,7 @@ def _parent(path: Path, site: Path, *, train_films: list[Path] = (), val_films: 
 
 
 def _film_png(folder: Path, seed: int) -> Path:
-    return make_png(folder / f"train{seed}.png", _film(seed))
+    return make_png(folder / f"train{seed}.png", varied_film(seed))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +126,7 @@ def test_em_edge_cases():
 def test_adabn_re_estimates_batchnorm_statistics_and_nothing_else():
     spec = default_preprocessing("deep-cnn", SIZE)
     model = _deep_model()
-    squares = np.stack([resize_for_model(_film(i), spec) for i in range(72)])  # 3 batches of 24
+    squares = np.stack([resize_for_model(varied_film(i), spec) for i in range(72)])  # 3 batches of 24
     before = {k: v.clone() for k, v in model.state_dict().items()}
     momentum = model.stem[1].momentum
     assert adabn(model, squares, spec, batch_size=32) == 20
@@ -192,7 +185,7 @@ def test_fewer_than_100_in_scope_films_are_refused_with_the_counts(parent, site,
 def test_films_the_model_trained_on_are_refused_by_content(site, tmp_path, monkeypatch):
     renamed = tmp_path / "renamed"
     renamed.mkdir()
-    trained = [make_png(renamed / f"x{i}.png", _film(i)) for i in (7, 8, 9)]  # the site's films, other names
+    trained = [make_png(renamed / f"x{i}.png", varied_film(i)) for i in (7, 8, 9)]  # the site's films, other names
     ckpt = _parent(tmp_path / "p.safetensors", site, train_films=trained)
     monkeypatch.setattr(Predictor, "score_files", lambda *a, **k: pytest.fail("scored before the content check"))
     with pytest.raises(AdaptationError) as err:

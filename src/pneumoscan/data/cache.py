@@ -23,12 +23,13 @@ from tqdm import tqdm
 
 from pneumoscan.data.dataset import Record
 from pneumoscan.errors import DatasetError, ImageError
-from pneumoscan.io import DEFAULT_MAX_PIXELS, read_image
+from pneumoscan.io import DEFAULT_MAX_PIXELS
 from pneumoscan.preprocessing import (
+    DECODE_MARGIN,
     Preprocessing,
     decode_side,
     pipeline_fingerprint,
-    resize_for_model,
+    read_film,
 )
 from pneumoscan.utils import atomic_write_text, remove_stale_temps
 
@@ -68,7 +69,8 @@ def _fingerprint(records: Sequence[Record], spec: Any, max_pixels: int) -> dict[
             inputs.append([rec.path, st.st_size, st.st_mtime_ns])
         except OSError:
             inputs.append([rec.path, -1, -1])
-    pixels = {"image_size": spec.image_size, "resize": spec.resize, "interpolation": spec.interpolation}
+    pixels = {"image_size": spec.image_size, "resize": spec.resize, "interpolation": spec.interpolation,
+              "decode_margin": decode_side(spec) // spec.image_size}
     return {"pipeline": pipeline_fingerprint(), "pixels": pixels, "max_pixels": max_pixels, "inputs": inputs}
 
 
@@ -182,16 +184,18 @@ class _PixelSpec(NamedTuple):
     image_size: int
     resize: str = "squash"
     interpolation: str = "bilinear"
+    decode_margin: int = DECODE_MARGIN
 
 
 def build_cache(records: Sequence[Record], spec: Preprocessing | int, cache_dir: str | os.PathLike[str], *,
                 max_pixels: int = DEFAULT_MAX_PIXELS, num_workers: int = 2, progress: bool = True,
                 log_failures: bool = True) -> ImageCache:
-    """Decode each image once (``read_image`` with ``reduce_to=preprocessing.decode_side(spec)``, as the predictor
-    decodes files, + ``preprocessing.resize_for_model``) into ``<cache_dir>/<key>.npy``, or reuse it.
+    """Decode each image once, to the square the predictor scores (:func:`pneumoscan.preprocessing.read_film`, the one
+    path from a file to the model's square: a large JPEG at reduced scale), into ``<cache_dir>/<key>.npy``, or reuse
+    it.
 
     ``spec`` is the model's :class:`Preprocessing` (an ``int`` means the default spec at that size); only its
-    pixel fields (size, resize mode, interpolation) matter here: the normalisation happens per batch. The key
+    pixel fields (size, resize mode, interpolation, decode margin) matter here: the normalisation happens per batch. The key
     is the sha256 of the inputs' paths, file sizes and mtimes, those pixel fields, ``max_pixels`` and
     :func:`~pneumoscan.preprocessing.pipeline_fingerprint` (the code that decodes and resizes), so a changed
     file, list, spec or decoder gives a new cache, with nothing to bump by hand. Its files are owner-only (0600), and
@@ -243,8 +247,8 @@ def _build(records: list[Record], spec: Any, folder: Path, key: str, fp: dict[st
             stale.unlink()
 
     def decode(path: str) -> np.ndarray | ImageError | OSError:
-        try:
-            return resize_for_model(read_image(path, max_pixels=max_pixels, reduce_to=decode_side(spec)), spec)
+        try:  # the one path from a file to the model's square: the predictor scores exactly this
+            return read_film(path, spec, max_pixels=max_pixels).square
         except (ImageError, OSError) as exc:
             return exc
 

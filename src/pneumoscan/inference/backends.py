@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumoscan.checkpoint import CheckpointError
+from pneumoscan.errors import ModelNotFoundError
 from pneumoscan.gate.reference import Reference
 from pneumoscan.inference.scoring import (
     OnnxRunner,
@@ -32,9 +33,34 @@ from pneumoscan.utils import file_sha256
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["load_torch_model", "open_model_file"]
+__all__ = ["MODEL_ENV_VAR", "PACKAGED_MODEL", "default_model_path", "load_torch_model", "open_model_file"]
 
 log = logging.getLogger("pneumoscan.inference.predictor")
+
+#: Environment variable naming the model used when none is given.
+MODEL_ENV_VAR = "PNEUMOSCAN_MODEL"
+#: Where the packaged default model lives.
+PACKAGED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "model.safetensors"
+
+
+def default_model_path() -> Path:
+    """Return the model to use when none is given: ``$PNEUMOSCAN_MODEL``, else the packaged model.
+
+    Raises:
+        ModelNotFoundError: the variable names a missing file, or no packaged model is installed.
+    """
+    env = os.environ.get(MODEL_ENV_VAR, "").strip()
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"${MODEL_ENV_VAR} names {path}, which is not a file; fix it or pass --model")
+        return path
+    if PACKAGED_MODEL.is_file():
+        return PACKAGED_MODEL
+    raise ModelNotFoundError(
+        f"no model given and no packaged default model is installed (expected {PACKAGED_MODEL}); pass --model "
+        f"with a .safetensors checkpoint (e.g. runs/NAME/best.safetensors) or an .onnx export, or set ${MODEL_ENV_VAR}"
+    )
 
 
 def open_model_file(path: str | os.PathLike[str], options: RuntimeOptions) -> dict[str, Any]:

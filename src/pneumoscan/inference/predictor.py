@@ -35,18 +35,17 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pneumoscan.checkpoint import ModelMeta
 from pneumoscan.constants import DISCLAIMER
-from pneumoscan.errors import HeatmapUnavailableError, ModelNotFoundError
+from pneumoscan.errors import HeatmapUnavailableError, ModelNotFoundError  # noqa: F401 - re-exported
 from pneumoscan.gate.drift import DriftCheck, DriftResult
 from pneumoscan.gate.reference import Reference, intensity_descriptors
 from pneumoscan.gate.scope import ADULT_AGE_YEARS, ScopeGate
-from pneumoscan.inference.backends import load_torch_model, open_model_file
+from pneumoscan.inference.backends import MODEL_ENV_VAR, PACKAGED_MODEL, default_model_path, open_model_file
 from pneumoscan.inference.files import (
     HEATMAP_BATCH,
     Decoded,
@@ -59,9 +58,10 @@ from pneumoscan.inference.files import (
     prepare_heatmaps,
     write_heatmap_for,
 )
+from pneumoscan.inference.network import Network
 from pneumoscan.inference.protocols import Runner
 from pneumoscan.inference.scoring import RuntimeOptions, expit
-from pneumoscan.preprocessing import Film, read_film, to_model_array
+from pneumoscan.preprocessing import Film, read_film
 from pneumoscan.result import Explanation, ModelIdentity, Result
 
 if TYPE_CHECKING:  # torch is loaded only for --backend torch, Grad-CAM and in-memory models
@@ -85,32 +85,6 @@ def __getattr__(name: str) -> Any:
 
 
 log = logging.getLogger(__name__)
-
-#: Environment variable naming the model used when none is given.
-MODEL_ENV_VAR = "PNEUMOSCAN_MODEL"
-#: Where the packaged default model lives.
-PACKAGED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "model.safetensors"
-
-
-def default_model_path() -> Path:
-    """Return the model to use when none is given: ``$PNEUMOSCAN_MODEL``, else the packaged model.
-
-    Raises:
-        ModelNotFoundError: the variable names a missing file, or no packaged model is installed.
-    """
-    env = os.environ.get(MODEL_ENV_VAR, "").strip()
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise ModelNotFoundError(f"${MODEL_ENV_VAR} names {path}, which is not a file; fix it or pass --model")
-        return path
-    if PACKAGED_MODEL.is_file():
-        return PACKAGED_MODEL
-    raise ModelNotFoundError(
-        f"no model given and no packaged default model is installed (expected {PACKAGED_MODEL}); pass --model "
-        f"with a .safetensors checkpoint (e.g. runs/NAME/best.safetensors) or an .onnx export, or set ${MODEL_ENV_VAR}"
-    )
-
 
 class Predictor:
     """One :class:`~pneumoscan.result.Result` per chest X-ray (probability, scope verdict, decision), from one model
@@ -138,9 +112,6 @@ class Predictor:
         self.gate = ScopeGate(reference, adult_age_years=adult_age_years)
         self._drift: DriftCheck | None = None
         self._drift_unavailable = False
-        self._runner = runner
-        self._model = model
-        self._checkpoint = checkpoint  # the .safetensors Grad-CAM loads the torch model from, on first use
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self.options = options or RuntimeOptions()
@@ -153,6 +124,9 @@ class Predictor:
         self.onnx_path = onnx_path
         self.version = version
         self.backend: str = getattr(runner, "backend", "custom")
+        #: The network on its backend (and the torch model Grad-CAM loads from ``checkpoint`` on first use).
+        self.network = Network(runner, self.preprocessing, model=model, checkpoint=checkpoint, version=version,
+                               path=path, threads=self.options.threads)
         #: Where the model was adapted (``pneumoscan adapt``) or calibrated at a site; None for a model as shipped.
         self.adaptation: dict[str, Any] | None = self.meta.get("adaptation") or None
         self.site_calibration: dict[str, Any] | None = self.meta.get("site_calibration") or None
@@ -199,7 +173,7 @@ class Predictor:
     def can_explain(self) -> bool:
         """True when Grad-CAM heatmaps are available: a torch model, or a ``.safetensors`` checkpoint to load it
         from on first use (an ONNX export alone holds no gradients)."""
-        return self._model is not None or self._checkpoint is not None
+        return self.network.can_explain
 
     def close(self) -> None:
         """Stop the decoding threads (a predictor is still usable afterwards: they start again when needed)."""
@@ -241,7 +215,7 @@ class Predictor:
         step = max(1, self.options.batch_size)
         for start in range(0, len(items), step):
             films = self._decode_many(items[start:start + step])
-            out[start:start + len(films)] = self._probabilities(self._input_batch([f.square for f in films]))
+            out[start:start + len(films)] = self._forward([f.square for f in films])[0]
         return out
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Result]:
@@ -274,7 +248,7 @@ class Predictor:
         Raises:
             HeatmapUnavailableError: this predictor runs an ONNX export without its checkpoint.
         """
-        self._require_torch()
+        self.network.torch_model()
         film = read_film(image, self.preprocessing, full=True)
         assert film.gray is not None
         probs, cams, _ = self._explain_batch([film.square])
@@ -369,7 +343,7 @@ class Predictor:
             explain if callable(explain) else (lambda _: False))
         full = [bool(wanted(n)) for n in names]
         if any(full):
-            self._require_torch()
+            self.network.torch_model()
         stems = prepare_heatmaps(names, heatmaps)
         step = max(1, batch_size if not any(full) else min(batch_size, HEATMAP_BATCH))
         pool = self._decode_pool if self.options.overlap and self.options.decode_workers >= 1 else None
@@ -443,49 +417,17 @@ class Predictor:
             return [one(i) for i in items]
         return list(self._decode_pool().map(one, items))
 
-    def _input_batch(self, squares: Sequence[np.ndarray]) -> np.ndarray:
-        """Model-size squares, normalised: float32 ``(N, 1, S, S)`` (a NumPy array)."""
-        return to_model_array(squares, self.preprocessing)
-
-    def _probabilities(self, x: np.ndarray) -> np.ndarray:
-        return expit(self._runner(x) / self.temperature)
-
     def _forward(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray | None]]:
-        """Probabilities and pooled features (None per image when the runner gives none) of model-size squares."""
-        x = self._input_batch(squares)
-        with_features = getattr(self._runner, "with_features", None)
-        if with_features is None:
-            return self._probabilities(x), [None] * len(squares)
-        logits, feats = with_features(x)
-        return expit(logits / self.temperature), ([None] * len(squares) if feats is None else list(feats))
+        """Probabilities (``sigmoid(logit / temperature)``) and pooled features of model-size squares."""
+        logits, feats = self.network.logits(squares)
+        return expit(logits / self.temperature), feats
 
-    def _require_torch(self) -> nn.Module:
-        """The torch model Grad-CAM needs: the one in use, else loaded from the checkpoint on first use (it must
-        still be the file whose export runs: same SHA-256)."""
-        if self._model is None and self._checkpoint is not None:
-            with self._lock:
-                if self._model is None:
-                    self._model = load_torch_model(self._checkpoint, self.version, self.options.threads)
-        if self._model is None:
-            raise HeatmapUnavailableError(
-                f"{self.path}: Grad-CAM heatmaps need the .safetensors checkpoint (the torch model); an ONNX "
-                "export holds no gradients to explain with. Pass the checkpoint the ONNX file was exported from")
-        return self._model
+    def _explain_batch(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """Probabilities, Grad-CAM maps on the layer's grid and pooled features of model-size squares."""
+        logits, maps, feats = self.network.gradcam(squares)
+        return expit(logits / self.temperature), maps, feats
 
-    def _explain_batch(self, squares: Sequence[np.ndarray], chunk: int = 8
-                       ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-        """Probabilities, Grad-CAM maps on the layer's own grid (float32 ``(h, w)``) and pooled features of
-        model-input ``squares`` (Grad-CAM runs ``chunk`` at a time: it keeps activations for the backward pass)."""
-        import torch
-
-        from pneumoscan.inference.explain import GradCAM
-
-        cam = GradCAM(self._require_torch())
-        probs, maps, feats = [], [], []
-        for start in range(0, len(squares), chunk):
-            part = squares[start:start + chunk]
-            logits, low, pooled = cam.run(torch.from_numpy(self._input_batch(part)))
-            probs.append(expit(logits.numpy().astype(np.float64) / self.temperature))
-            maps += [np.asarray(m, dtype=np.float32) for m in low.numpy()]
-            feats += list(pooled.numpy())
-        return np.concatenate(probs), maps, feats
+    @property
+    def _model(self) -> nn.Module | None:
+        """The torch model, once there is one (given, or loaded for Grad-CAM)."""
+        return self.network.model

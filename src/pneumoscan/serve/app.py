@@ -46,6 +46,7 @@ from pneumoscan.serve.routes import (
 )
 from pneumoscan.serve.security import Unauthorized, unauthorized_response
 from pneumoscan.serve.settings import ServeSettings
+from pneumoscan.serve.schemas import TAGS
 from pneumoscan.serve.state import ServerState
 from pneumoscan.store import StoreError, WorklistStore
 
@@ -111,6 +112,7 @@ def create_app(predictor: ResultMaker, settings: ServeSettings | None = None, *,
         version=__version__,
         description="Pneumonia risk on pediatric chest X-rays, with Grad-CAM heatmaps. " + DISCLAIMER,
         lifespan=_lifespan(state),
+        openapi_tags=TAGS,
         docs_url=None, redoc_url=None,  # FastAPI's own pages load from CDNs: see routes.docs (offline)
     )
     app.state.pneumoscan = state

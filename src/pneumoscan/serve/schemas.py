@@ -151,6 +151,8 @@ class StoredResult(ResultFields):
     review: Review | None
     n_reviews: int
     thumbnail: str | None = None
+    rank: int | None = Field(None, description="In a list: the risk rank among the listed results (1: highest; "
+                                               "null out of scope and for files not read)")
 
 
 class StoredResultWithReviews(StoredResult):

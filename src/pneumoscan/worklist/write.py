@@ -50,13 +50,13 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], 
 
 
 def csv_text(rows: Sequence[dict[str, Any]], info: dict[str, Any], created: str | None = None, *,
-             columns: Sequence[str] = RESULT_COLUMNS) -> str:
+             columns: Sequence[str] = RESULT_COLUMNS, stamp: str = "created") -> str:
     """The CSV of :func:`write_results` as text (also what the server sends as ``GET /api/v1/worklist.csv``):
     ``columns`` in order, an optional column only when some row has it; on every row the model's name and version
-    from ``info`` unless the row names them, the time written and the disclaimer."""
+    from ``info`` unless the row names them, the time written (in the column ``stamp``) and the disclaimer."""
     created = created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     names = [c for c in columns if c not in OPTIONAL_COLUMNS or any(c in r for r in rows)]
-    every_row = {"created": created, "disclaimer": DISCLAIMER}
+    every_row = {stamp: created, "disclaimer": DISCLAIMER}
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

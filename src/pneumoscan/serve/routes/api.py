@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 from pneumoscan.constants import DISCLAIMER
 from pneumoscan.serve.batch import analyse_all
 from pneumoscan.serve.body import parse_files
+from pneumoscan.serve.schemas import DriftReport, ModelInfo, PredictResponse
 from pneumoscan.serve.state import ServerState
 from pneumoscan.worklist import rank
 
@@ -62,12 +63,16 @@ def api_router(state: ServerState) -> APIRouter:
     """``GET /api/v1/model``, ``POST /api/v1/predict`` and ``GET /api/v1/drift``, behind ``state.auth``."""
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(state.auth)])
 
-    @router.get("/model", summary="The model card's metadata")
+    @router.get("/model", summary="The model card's metadata", tags=["model"], response_model=ModelInfo)
     async def model() -> dict[str, Any]:
         return state.info
 
     @router.post("/predict", summary="Pneumonia probability and decision for one or many uploaded images",
-                 description=_PREDICT_DESCRIPTION, openapi_extra=_upload_schema())
+                 description=_PREDICT_DESCRIPTION, openapi_extra=_upload_schema(), tags=["predictions"],
+                 response_model=PredictResponse,
+                 responses={413: {"model": PredictResponse, "description": "Every file too large"},
+                            415: {"model": PredictResponse, "description": "No file is an image this server reads"},
+                            422: {"model": PredictResponse, "description": "No file could be read"}})
     async def predict(request: Request, heatmap: bool = False, preview: bool = False) -> Response:
         t0 = time.perf_counter()
         try:
@@ -85,7 +90,7 @@ def api_router(state: ServerState) -> APIRouter:
         return _predict_response(state, entries, statuses)
 
     @router.get("/drift", summary="Do this site's recent images still look like the training data?",
-                description=_DRIFT_DESCRIPTION)
+                description=_DRIFT_DESCRIPTION, tags=["monitoring"], response_model=DriftReport)
     async def drift() -> dict[str, Any]:
         return await anyio.to_thread.run_sync(state.drift.report, limiter=state.drift_limiter)
 
@@ -100,8 +105,9 @@ def _predict_response(state: ServerState, entries: list[dict[str, Any]], statuse
     body: dict[str, Any] = {"model": {"name": p.model_name, "version": p.version, "threshold": p.threshold,
                                       "site_state": state.info["site_state"]},
                             "disclaimer": DISCLAIMER, "results": entries}
-    if ok:
-        return JSONResponse(body)
-    body["detail"] = entries[0]["error"] if len(entries) == 1 else f"none of the {len(entries)} files could be read"
-    bad = [s for s in statuses if s != 200]
-    return JSONResponse(body, status_code=bad[0] if len(set(bad)) == 1 else 422)
+    status = 200
+    if not ok:
+        body["detail"] = entries[0]["error"] if len(entries) == 1 else f"none of the {len(entries)} files could be read"
+        bad = [s for s in statuses if s != 200]
+        status = bad[0] if len(set(bad)) == 1 else 422
+    return JSONResponse(PredictResponse.model_validate(body).model_dump(mode="json", exclude_unset=True), status_code=status)

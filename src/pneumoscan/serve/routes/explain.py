@@ -17,6 +17,7 @@ from pneumoscan.io import ImageError
 from pneumoscan.serve.analysis import FILM_MAX_SIDE, error_entry, render_film
 from pneumoscan.serve.batch import OverBudget, failed, refused, run_budgeted
 from pneumoscan.serve.body import parse_files
+from pneumoscan.serve.schemas import ExplainResponse, Problem
 from pneumoscan.serve.security import log_id
 from pneumoscan.serve.state import ServerState
 
@@ -41,7 +42,10 @@ def explain_router(state: ServerState) -> APIRouter:
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(state.auth)])
 
     @router.post("/explain", summary="One scored file re-rendered for the viewer: the full film and its heatmap",
-                 description=_DESCRIPTION, openapi_extra=_one_file_schema())
+                 description=_DESCRIPTION, openapi_extra=_one_file_schema(), tags=["predictions"],
+                 response_model=ExplainResponse,
+                 responses={400: {"model": Problem}, 413: {"model": ExplainResponse},
+                            415: {"model": ExplainResponse}, 422: {"model": ExplainResponse}})
     async def explain(request: Request, heatmap: bool = False, film: bool = True) -> Response:
         try:
             files = await parse_files(request, state)
@@ -55,7 +59,8 @@ def explain_router(state: ServerState) -> APIRouter:
         body: dict[str, Any] = {"disclaimer": DISCLAIMER, "results": [entry]}
         if status != 200:
             body["detail"] = entry["error"]
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(ExplainResponse.model_validate(body).model_dump(mode="json", exclude_unset=True),
+                            status_code=status)
 
     return router
 

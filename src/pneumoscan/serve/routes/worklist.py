@@ -5,20 +5,29 @@ so behind the token like the rest of ``/api/v1``."""
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from pneumoscan.constants import DISCLAIMER, SCORE_SCALE
 from pneumoscan.serve.body import BadRequest, read_body
 from pneumoscan.serve.state import ServerState
+from pneumoscan.serve.schemas import (
+    AuditPage,
+    Problem,
+    StoredResult,
+    StoredResultWithReviews,
+    WorklistPage,
+)
 from pneumoscan.store import MAX_LIMIT, MAX_NOTE_CHARS, ResultNotFoundError
+from pneumoscan.worklist import csv_text, rank
 
-__all__ = ["worklist_router"]
+__all__ = ["STORED_COLUMNS", "csv_row", "ranked", "worklist_router"]
 
 #: Largest review body accepted, in bytes (a verdict and a note of at most 2,000 characters).
 MAX_REVIEW_BYTES = 64 * 1024
@@ -32,8 +41,17 @@ _LIST_DESCRIPTION = (
     "reader's review yet), `in_scope=true|false`, `since` and `until` (ISO 8601 dates or times, UTC unless they "
     "say otherwise; a date as `until` includes that day); `order=risk` (default), `newest` or `oldest`; `limit` "
     "and `offset` page through `total`. Each result carries its DICOM context (patient ID, accession, study "
-    "date, age, sex, view, UIDs; never the patient's name), its latest `review` and its `thumbnail` (a small "
-    "JPEG data URI, or null; `thumbnails=false` leaves them out). " + DISCLAIMER
+    "date, age, sex, view, UIDs; never the patient's name), its latest `review`, its `thumbnail` (a small "
+    "JPEG data URI, or null; `thumbnails=false` leaves them out) and its `rank` among the listed results (the one "
+    "risk ranking: scored in-scope results by probability; null out of scope and for files not read). The same "
+    "rows as CSV: `GET /api/v1/worklist.csv`. " + DISCLAIMER
+)
+_CSV_DESCRIPTION = (
+    "The stored worklist as CSV (the same filters and `order` as `GET /api/v1/worklist`; at most `limit` rows, "
+    f"{MAX_LIMIT:,} by default): one row per result with its rank among the listed results, the score and threshold "
+    "on 0-100, the decision in words and as a machine label, the scope verdict, the DICOM context (never the "
+    "patient's name), the latest review, the model, the export time and the disclaimer on every row. Text that a "
+    "spreadsheet would run as a formula starts with `'`. " + DISCLAIMER
 )
 _BORDERLINE = ("Only scored in-scope results within this many points of their threshold, on the 0-100 score "
                "(10: threshold - 10 to threshold + 10)")
@@ -79,42 +97,102 @@ async def _review_body(request: Request, state: ServerState) -> tuple[Any, Any]:
     return body.get("verdict"), note
 
 
+#: The columns of ``GET /api/v1/worklist.csv``: the worklist CSV's vocabulary (``pneumoscan predict --out x.csv``)
+#: for stored results, which have no file name (the server keeps it only as a hash) but an id, a time received, a
+#: source, a client and the readers' latest review.
+STORED_COLUMNS = ("rank", "id", "received", "source", "client", "patient_id", "accession", "study_date", "age", "sex",
+                  "view", "score", "score_threshold", "decision_text", "probability", "decision", "positive",
+                  "in_scope", "scope_reason", "threshold", "error", "study_uid", "series_uid", "sop_uid", "review",
+                  "review_note", "reviewer", "model_name", "model_version", "exported_at", "disclaimer")
+
+
+def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The listed rows, in their order, each with ``rank``: THE ranking (:func:`pneumoscan.worklist.rank`) among
+    them (scored in scope, by probability; None out of scope and for files not read)."""
+    for row in rows:
+        row["rank"] = None
+    rank(rows)  # numbers them in place; the list keeps the order it was asked for
+    return rows
+
+
+def csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row as a CSV row of :data:`STORED_COLUMNS` (the context flat, the latest review spelled out)."""
+    review = row.get("review") or {}
+    return {**row, **row["context"], "received": row["created"], "review": review.get("verdict", ""),
+            "review_note": review.get("note", ""), "reviewer": review.get("reviewer", "")}
+
+
+def _json(model: type[BaseModel], data: dict[str, Any]) -> JSONResponse:
+    """``data`` checked against its response ``model`` (the schema ``/openapi.json`` publishes)."""
+    return JSONResponse(model.model_validate(data).model_dump(mode="json", exclude_unset=True))
+
+
 def worklist_router(state: ServerState) -> APIRouter:
     """``GET /api/v1/worklist``, ``GET /api/v1/worklist/{id}``, ``POST /api/v1/worklist/{id}/review`` and
     ``GET /api/v1/audit``, behind ``state.auth``."""
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(state.auth)])
     store = state.store
 
-    @router.get("/worklist", summary="The stored worklist, highest risk first", description=_LIST_DESCRIPTION)
+    def _filters(flagged: bool, unreviewed: bool, in_scope: bool | None, borderline: float | None,
+                 since: str | None, until: str | None) -> dict[str, Any]:
+        return {"flagged_only": flagged, "unreviewed_only": unreviewed, "in_scope": in_scope,
+                "borderline": None if borderline is None else borderline / SCORE_SCALE,
+                "since": _when(since, "since"), "until": _when(until, "until")}
+
+    @router.get("/worklist", summary="The stored worklist, highest risk first", description=_LIST_DESCRIPTION,
+                tags=["worklist"], response_model=WorklistPage, response_model_exclude_unset=True)
     async def worklist(flagged: bool = False, unreviewed: bool = False, in_scope: bool | None = None,
                        borderline: float | None = Query(None, gt=0, le=50, description=_BORDERLINE),
                        since: str | None = None, until: str | None = None,
                        order: Literal["risk", "newest", "oldest"] = "risk", thumbnails: bool = True,
                        limit: int = Query(200, ge=1, le=MAX_LIMIT), offset: int = Query(0, ge=0)) -> dict[str, Any]:
-        filters = {"flagged_only": flagged, "unreviewed_only": unreviewed, "in_scope": in_scope,
-                   "borderline": None if borderline is None else borderline / SCORE_SCALE,
-                   "since": _when(since, "since"), "until": _when(until, "until")}
+        filters = _filters(flagged, unreviewed, in_scope, borderline, since, until)
 
         def read() -> tuple[list[dict[str, Any]], int]:
-            return (store.list(**filters, limit=limit, offset=offset, order=order, thumbnails=thumbnails),
+            return (ranked(store.list(**filters, limit=limit, offset=offset, order=order, thumbnails=thumbnails)),
                     store.count(**filters))
 
         results, total = await anyio.to_thread.run_sync(read)
         return {"results": results, "total": total, "limit": limit, "offset": offset, "order": order,
                 "borderline": borderline, "disclaimer": DISCLAIMER}
 
-    @router.get("/worklist/{result_id}", summary="One stored result, with its reviews")
+    @router.get("/worklist.csv", summary="The stored worklist as CSV, with the same filters and order",
+                description=_CSV_DESCRIPTION, tags=["worklist"], response_class=Response,
+                responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+                                 "description": "One row per listed result: " + ", ".join(STORED_COLUMNS)}})
+    async def worklist_csv(flagged: bool = False, unreviewed: bool = False, in_scope: bool | None = None,
+                           borderline: float | None = Query(None, gt=0, le=50, description=_BORDERLINE),
+                           since: str | None = None, until: str | None = None,
+                           order: Literal["risk", "newest", "oldest"] = "risk",
+                           limit: int = Query(MAX_LIMIT, ge=1, le=MAX_LIMIT),
+                           offset: int = Query(0, ge=0)) -> Response:
+        filters = _filters(flagged, unreviewed, in_scope, borderline, since, until)
+
+        def read() -> str:
+            rows = ranked(store.list(**filters, limit=limit, offset=offset, order=order, thumbnails=False))
+            return csv_text([csv_row(r) for r in rows], {}, columns=STORED_COLUMNS, stamp="exported_at")
+
+        text = await anyio.to_thread.run_sync(read)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        return Response(text, media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="pneumoscan-worklist-{stamp}.csv"',
+            "Cache-Control": "no-store"})
+
+    @router.get("/worklist/{result_id}", summary="One stored result, with its reviews", tags=["worklist"],
+                response_model=StoredResultWithReviews, responses={404: {"model": Problem}})
     async def one(result_id: int) -> JSONResponse:
         def read() -> dict[str, Any]:
             return {**store.get(result_id), "reviews": store.reviews(result_id)}
 
         try:
-            return JSONResponse(await anyio.to_thread.run_sync(read))
+            return _json(StoredResultWithReviews, await anyio.to_thread.run_sync(read))
         except ResultNotFoundError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @router.post("/worklist/{result_id}/review", summary="Record a reader's review of a result",
-                 description=_REVIEW_DESCRIPTION, openapi_extra={"requestBody": {"required": True, "content": {
+                 description=_REVIEW_DESCRIPTION, tags=["worklist"], response_model=StoredResult,
+                 responses={400: {"model": Problem}, 404: {"model": Problem}, 413: {"model": Problem},
+                            422: {"model": Problem}}, openapi_extra={"requestBody": {"required": True, "content": {
                      "application/json": {"schema": {"type": "object", "required": ["verdict"], "properties": {
                          "verdict": {"type": "string", "enum": ["agree", "disagree"]},
                          "note": {"type": "string", "maxLength": MAX_NOTE_CHARS}}}}}}})
@@ -130,9 +208,9 @@ def worklist_router(state: ServerState) -> APIRouter:
             return JSONResponse({"detail": str(exc)}, status_code=404)
         except ValueError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=422)
-        return JSONResponse(out)
+        return _json(StoredResult, out)
 
-    @router.get("/audit", summary="The audit trail, newest first",
+    @router.get("/audit", summary="The audit trail, newest first", tags=["worklist"], response_model=AuditPage,
                 description="One row per stored result, review and retention purge: when, which model and "
                             "version, which client (token hash, AE title or `local`) and the input's SHA-256.")
     async def audit(limit: int = Query(200, ge=1, le=MAX_LIMIT), offset: int = Query(0, ge=0),

@@ -1,8 +1,8 @@
-"use strict";
 // Every piece of text the page shows, in one place, so that the page can be translated: copy this file, translate
-// the values (keep the keys and the {placeholders}), and serve it instead. app.js and viewer.js read STRINGS only.
-// A value with {name} placeholders is filled by t(key, {name: value}).
-window.STRINGS = {
+// the values (keep the keys and the {placeholders}), and serve it instead. An ES module: the page's modules import
+// t() (and STRINGS) from here and hold no text of their own. A value with {name} placeholders is filled by
+// t(key, {name: value}).
+export const STRINGS = {
   // --- page (app.js) ---
   page: {
     // index.html (filled at load: elements with data-t="key", attributes with data-t-attr="attr:key")
@@ -176,8 +176,8 @@ window.STRINGS = {
     reportFilmThumb: "Film (thumbnail: the server keeps no films)",
     reportSignature: "Read by: ______________________   Date: ____________",
     reportNoContext: "No DICOM context (JPEG or PNG file)",
-    // the CSV download
-    csvExported: "exported_at",
+    // the CSV download (the server writes the file: GET api/v1/worklist.csv)
+    csvFailed: "The CSV could not be downloaded: {error}",
   },
   // --- viewer (viewer.js) ---
   viewer: {
@@ -261,9 +261,9 @@ window.STRINGS = {
 };
 
 // t("page.someKey", {n: 3}): the string with its placeholders filled; an unknown key shows itself (easy to spot).
-window.t = function t(key, values = {}) {
+export function t(key, values = {}) {
   const [section, name] = key.split(".", 2);
-  const raw = (window.STRINGS[section] || {})[name];
+  const raw = (STRINGS[section] || {})[name];
   if (raw === undefined) return key;
   return String(raw).replace(/\{(\w+)\}/g, (m, k) => (k in values ? String(values[k]) : m));
-};
+}
