@@ -451,3 +451,21 @@ def test_dicom_listen_help_names_its_options():
                          text=True, check=True).stdout
     for option in ("--port", "--ae-title", "--forward", "--db", "--allow", "--model", "--host"):
         assert option in out
+
+
+def test_a_received_data_set_is_parsed_once_and_handed_on(node, store, monkeypatch):
+    """The node reads ``event.dataset`` (pynetdicom's one decode) and hands it to the decoder, the store and the
+    forwarder: no file-format parse of the received bytes, no second encode."""
+    import pneumoscan.io.dicom as io_dicom
+
+    ds = dx_dataset(11)
+    event = _fake_event(node, ds, str(ds.SOPClassUID))
+    parses, encodes = [], []
+    real_dcmread, real_encoded = pydicom.dcmread, event.encoded_dataset
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: parses.append(a) or real_dcmread(*a, **k))
+    monkeypatch.setattr(io_dicom, "_read_dicom_header", lambda *a, **k: parses.append(a) or None)
+    event.encoded_dataset = lambda include_meta=True: encodes.append(include_meta) or real_encoded(include_meta)
+    assert node.handle_store(event) == Status.SUCCESS
+    assert parses == [] and encodes == [False]  # the raw bytes are hashed; nothing parses them again
+    (row,) = rows(store)
+    assert row.sop_uid == ds.SOPInstanceUID and row.probability is not None and row.patient_id == ds.PatientID

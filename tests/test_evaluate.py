@@ -280,3 +280,37 @@ def test_evaluation_reports_what_the_scope_gate_would_refuse(tmp_path):
     assert any("scope gate" in w for w in result["models"][0]["warnings"])
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Scope gate" in html and "blank or uniform image" in html
+
+
+def test_evaluate_without_a_model_uses_the_shipped_one_and_speaks_predicts_vocabulary(tmp_path, monkeypatch):
+    """``pneumoscan evaluate --data DIR --out OUT`` needs no --model (as predict and serve), and its scores.csv has
+    predict's columns, with the same values for the same films: one result, one decision, one scope verdict."""
+    from imagefactory import make_png, varied_film
+
+    from pneumoscan.cli import main
+
+    monkeypatch.delenv("PNEUMOSCAN_MODEL", raising=False)
+    root = tmp_path / "labelled"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / label).mkdir(parents=True)
+    for label, seeds in (("NORMAL", range(0, 5)), ("PNEUMONIA", range(5, 10))):
+        for s in seeds:
+            make_png(root / label / f"p{s}_{label.lower()}.png", varied_film(s))
+    make_png(root / "NORMAL" / "p99_blank.png", np.full((150, 130), 200, np.uint8))  # out of scope: blank
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(root), "--out", str(out), "--bootstrap", "20",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    with open(out / "scores.csv", newline="") as fh:
+        evaluated = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert main(["predict", str(root), "-r", "--out", str(tmp_path / "w.csv"), "--no-progress"]) == 0
+    with open(tmp_path / "w.csv", newline="") as fh:
+        predicted = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert set(evaluated) == set(predicted) and len(predicted) == 11
+    for name, row in predicted.items():
+        ev = evaluated[name]
+        for column in ("decision", "in_scope", "scope_reason", "decision_text", "score_threshold", "model_version"):
+            assert ev[column] == row[column], (name, column)
+        assert abs(float(ev["probability"]) - float(row["probability"])) <= 1e-5, name
+    assert evaluated["p99_blank.png"]["decision"] == "OUT_OF_SCOPE" and evaluated["p99_blank.png"]["score"] == ""
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["models"][0]["checkpoint"].endswith("model.safetensors")

@@ -175,3 +175,24 @@ def test_one_film_has_one_score_on_every_path(ckpt, tmp_path):
         assert math.isclose(page["probability"], prob, abs_tol=1e-6), (f.name, page["probability"], prob)
         viewer = client.post("/api/v1/explain?heatmap=true", files=body).json()["results"][0]
         assert math.isclose(viewer["probability"], prob, abs_tol=1e-6), (f.name, viewer, prob)
+
+
+def test_the_decode_margin_is_part_of_the_stored_spec(tmp_path):
+    from imagefactory import jpeg_bytes
+
+    from pneumoscan.preprocessing import DECODE_MARGIN, read_film
+
+    assert Preprocessing().decode_margin == DECODE_MARGIN == 2
+    assert Preprocessing().to_dict()["decode_margin"] == 2  # written into every new checkpoint
+    old = {k: v for k, v in Preprocessing(image_size=96).to_dict().items() if k != "decode_margin"}
+    assert Preprocessing.from_dict(old) == Preprocessing(image_size=96)  # a checkpoint from before: the same margin
+    with pytest.raises(ValueError, match="decode_margin"):
+        Preprocessing(decode_margin=0)
+    assert decode_side(Preprocessing(image_size=64, decode_margin=3)) == 192
+    path = tmp_path / "big.jpeg"
+    path.write_bytes(jpeg_bytes(synthetic_xray(1400, 1200, seed=1)))
+    two, four = Preprocessing(image_size=64), Preprocessing(image_size=64, decode_margin=4)
+    # the margin decides how far a large JPEG is reduced before it is squeezed: it is part of what the model saw
+    assert not np.array_equal(read_film(path, two).square, read_film(path, four).square)
+    full = read_film(path, two, full=True)
+    assert full.gray.shape == (1400, 1200) and np.array_equal(full.square, read_film(path, two).square)

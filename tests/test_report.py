@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
+from resultfactory import scored
 
 from pneumoscan import metrics as M
 from pneumoscan.constants import DECISION_WORDS
@@ -228,7 +229,8 @@ def test_gallery_without_a_torch_model_shows_films_and_says_why(tmp_path):
                for i in range(6)]
     sm = SimpleNamespace(probs=np.linspace(0.1, 0.9, 6), images=images, rows=np.arange(6),
                          checkpoint=SimpleNamespace(info=None))  # an ONNX-only evaluation: no weights to explain
-    gal = build_gallery(sm, records, np.array([r.label for r in records]), 0.5, "m1")
+    results = [scored(r.path, float(p)) for r, p in zip(records, sm.probs, strict=True)]  # threshold 0.5
+    gal = build_gallery(sm, records, results, np.array([r.label for r in records]), 0.5, "m1")
     assert not gal["heatmaps"] and "Grad-CAM" in gal["heatmap_note"]
     items = [it for k in gal["kinds"].values() for it in k["items"]]
     assert len(items) == 6 and all(it["heat"] is None and it["large_heat"] is None for it in items)

@@ -8,6 +8,8 @@ artifacts in ``test-artifacts/`` (``serve_e2e*.png``; the scope gate and the dri
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import re
 import shutil
@@ -26,9 +28,10 @@ from imagefactory import dicom_bytes, jpeg_bytes, png_bytes, synthetic_xray
 from pneumoscan.checkpoint import save_checkpoint
 from pneumoscan.config import Config
 from pneumoscan.gate.drift import MIN_IMAGES, DriftResult
-from pneumoscan.models import create_model, default_preprocessing
 from pneumoscan.inference.predictor import Predictor
+from pneumoscan.models import create_model, default_preprocessing
 from pneumoscan.serve import ServeSettings, create_app, uvicorn_config
+from pneumoscan.serve.routes.worklist import STORED_COLUMNS
 
 CHROMIUM = os.environ.get("PNEUMOSCAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -115,6 +118,19 @@ def _browser():
             browser.close()
 
 
+def _csv(text: str) -> list[dict[str, str]]:
+    """A downloaded worklist CSV: its header must be the server's columns (the page builds no CSV of its own)."""
+    reader = csv.DictReader(io.StringIO(text))
+    assert tuple(reader.fieldnames or ()) == STORED_COLUMNS, reader.fieldnames
+    return list(reader)
+
+
+def _api_rows(page, query: str = "", token: str | None = None) -> list[dict]:
+    """The stored worklist as the server lists it (the page's own origin)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return page.request.get(page.url.split("#")[0] + "api/v1/worklist?" + query, headers=headers).json()["results"]
+
+
 def _films(tmp_path: Path, n: int = 4) -> list[Path]:
     """Films that the tiny model scores apart, a blank page (not assessed), an unreadable file and a DICOM film
     with its patient's context."""
@@ -183,11 +199,16 @@ def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
         rows = page.locator("#worklist tbody tr")
         expect(rows).to_have_count(2)
         expect(rows.nth(0)).to_contain_text(good.name)
+        # The CSV is the server's (GET api/v1/worklist.csv, the filters and order on screen), saved under its name.
         with page.expect_download() as dl:
             page.click("#download-csv")
+        assert re.fullmatch(r"pneumoscan-worklist-\d{8}T\d{6}Z\.csv", dl.value.suggested_filename)
         csv_text = Path(dl.value.path()).read_text()
-        assert csv_text.splitlines()[0].startswith("rank,file,probability,decision")
-        assert good.name in csv_text and "not-an-xray.png" in csv_text
+        stored = _api_rows(page, "order=risk")
+        lines = _csv(csv_text)
+        assert [int(r["id"]) for r in lines] == [r["id"] for r in stored]
+        assert [r["rank"] for r in lines] == ["1", ""] and lines[1]["decision_text"] == "Could not be read"
+        assert good.name not in csv_text and "not-an-xray.png" not in csv_text  # the server never stores names
         # A reader's review: a note, then Agree (keyboard focus stays on the button after the re-render).
         first = rows.nth(0)
         first.get_by_label(f"Review note for {good.name}").fill("consolidation, right lower lobe")
@@ -242,10 +263,17 @@ def test_page_asks_for_the_token_and_csv_neutralises_formulas(token_server, tmp_
         page.set_input_files("#file-input", [str(good), str(evil)])
         expect(page.locator("article.card")).to_have_count(2, timeout=30_000)
         expect(page.locator("article.card:not(.error) .prob")).to_contain_text("/ 100")
+        # A reader's note that a spreadsheet would run as a formula; the CSV (fetched with the token) defuses it.
+        row = page.locator("#worklist tbody tr", has=page.locator("a.card-link", has_text=good.name))
+        row.get_by_label(f"Review note for {good.name}").fill("=HYPERLINK(1)")
+        row.get_by_role("button", name=f"Agree with the result for {good.name}", exact=True).click()
+        expect(row.locator(".verdict")).to_have_text("Agreed: =HYPERLINK(1)")
         with page.expect_download() as dl:
             page.click("#download-csv")
-        lines = Path(dl.value.path()).read_text().splitlines()
-        assert any(line.startswith(",'=HYPERLINK(1).png,") for line in lines), lines
+        text = Path(dl.value.path()).read_text()
+        lines = _csv(text)
+        assert [(r["review"], r["review_note"]) for r in lines if r["review"]] == [("agree", "'=HYPERLINK(1)")], lines
+        assert "=HYPERLINK(1).png" not in text  # the file's name never reaches the server's store
         page.screenshot(path=str(ARTIFACTS / "serve_e2e_token.png"), full_page=True)
 
 
@@ -273,9 +301,10 @@ def shifted_server(predictor):
     settings = ServeSettings(token=TOKEN)
     app = create_app(_ShiftedSite(predictor), settings)
     window = app.state.pneumoscan.drift
-    _, _, features, descriptor = predictor.assess(synthetic_xray(300, 240))
+    result = predictor.assess(predictor.read(synthetic_xray(300, 240)))
+    assert result.assessed and result.features is not None
     for _ in range(MIN_IMAGES):  # as if the site had already sent 50 in-scope films
-        window.record(True, features, descriptor)
+        window.record(result)
     yield from _serve(app, settings)
 
 
@@ -331,13 +360,17 @@ def test_not_assessed_card_and_drift_banner(shifted_server, tmp_path):
             expect(page.locator("#drift-line")).to_contain_text("SHIFTED")
             with page.expect_download() as dl:
                 page.click("#download-csv")
-            lines = Path(dl.value.path()).read_text().splitlines()
-            assert lines[0] == ("rank,file,probability,decision,decision_text,score,score_threshold,in_scope,"
-                                "scope_reason,threshold,model_name,model_version,error,patient_id,accession,age,view,"
-                                "received,review,review_note,exported_at,disclaimer")
-            assert lines[1].startswith(f"1,{good.name},")
-            assert lines[i + 2].startswith(",blank-page.png,,OUT_OF_SCOPE,Not assessed (out of scope),,50.0,false,"
-                                           "blank or uniform image,0.5,seed-cnn,")
+            lines = _csv(Path(dl.value.path()).read_text())
+            assert [int(r["id"]) for r in lines] == [r["id"] for r in _api_rows(page, "order=risk", TOKEN)]
+            assert [r["rank"] for r in lines] == [str(k + 1) for k in range(i + 1)] + [""] * (i + 1)
+            assert lines[0]["decision"] in ("PNEUMONIA", "NORMAL") and float(lines[0]["score"]) >= 0
+            blank_row = lines[i + 1]
+            assert {k: blank_row[k] for k in ("score", "decision", "decision_text", "score_threshold", "in_scope",
+                                              "scope_reason", "threshold", "model_name")} == {
+                "score": "", "decision": "OUT_OF_SCOPE", "decision_text": "Not assessed (out of scope)",
+                "score_threshold": "50.0", "in_scope": "false", "scope_reason": "blank or uniform image",
+                "threshold": "0.500000", "model_name": "seed-cnn"}
+            assert "Decision support, not a diagnosis" in blank_row["disclaimer"] and blank_row["exported_at"]
             _no_horizontal_overflow(page)
             page.screenshot(path=str(ARTIFACTS / f"serve_scope_{name}.png"), full_page=True)
             page.close()

@@ -21,9 +21,6 @@ from test_serve_e2e import (  # noqa: F401 - fixtures, used by name
 )
 
 STATIC = Path(__file__).resolve().parents[1] / "src/pneumoscan/serve/static"
-#: Whether the page's own scripts (not the viewer's) open the viewer: then a card's film click is tested.
-PAGE_OPENS_VIEWER = any("PneumoscanViewer" in f.read_text(encoding="utf-8")
-                        for f in STATIC.glob("*.js") if not f.name.startswith("viewer"))
 
 # Builds the viewer's cases as the page would: one POST api/v1/predict per file (no heatmap: the page's default),
 # each result with its File (uploaded from this tab) unless `keep` is false (a result restored from the worklist).
@@ -45,8 +42,10 @@ _PREDICT = """async (files) => {
   return cases.map((c) => c.filename);
 }"""
 
-_OPEN = """(i) => { window.__closed = 0;
-  window.PneumoscanViewer.open(window.__cases, i, { onClose: () => { window.__closed += 1; } }); }"""
+# The viewer is an ES module (static/viewer.js): the page's own instance, imported, not a global.
+_OPEN = """async (i) => { window.__closed = 0;
+  const { PneumoscanViewer } = await import(new URL("static/viewer.js", location.href).href);
+  PneumoscanViewer.open(window.__cases, i, { onClose: () => { window.__closed += 1; } }); }"""
 
 # A sparse checksum of the visible film canvas (every 97th pixel's red value).
 _PIXELS = """() => { const c = document.querySelector(".pv-pane:not([hidden]) canvas.pv-film");
@@ -293,9 +292,11 @@ def test_viewer_screenshots(server, tmp_path, scheme):  # noqa: F811
         context.close()
 
 
-@pytest.mark.skipif(not PAGE_OPENS_VIEWER, reason="the page does not open the viewer from a card yet")
 def test_clicking_a_card_opens_the_viewer(server, tmp_path):  # noqa: F811
     from playwright.sync_api import expect
+
+    cards_js = (STATIC / "cards.js").read_text(encoding="utf-8")
+    assert 'import { PneumoscanViewer } from "./viewer.js";' in cards_js  # the page's cards import the viewer
 
     sample = _sample_image(tmp_path)
     other = tmp_path / "second.png"

@@ -61,9 +61,10 @@ def train_cmd(
 
 
 def evaluate_cmd(
-    model: Annotated[list[Path], typer.Option("--model", "-m", help="Checkpoint (.safetensors); repeat to compare models "
-                                              "(the first is the reference).")],
     data: Annotated[Path, typer.Option(help="Labelled folder (<root>[/<split>]/<NORMAL|PNEUMONIA>/*) or CSV manifest.")],
+    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Checkpoint (.safetensors); repeat to "
+                                                        "compare models (the first is the reference). Default: "
+                                                        "$PNEUMOSCAN_MODEL, else the packaged model.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Sub-folder of --data, or the manifest's 'split' value, e.g. 'val'.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json, report.html and the plots.")] = Path("evaluation"),
     cache_dir: Annotated[Path, typer.Option(help="Decoded-image cache folder.")] = Path(DEFAULT_CACHE_DIR),
@@ -77,12 +78,13 @@ def evaluate_cmd(
 ) -> None:
     """Measure one or more models on labelled images: metrics at the validation-chosen operating threshold, at 0.5
     and at Youden's threshold with patient-bootstrap 95% CIs, calibration, sensitivity per cause, a gallery of
-    errors, and a model comparison (DeLong). Writes metrics.json and one self-contained report.html."""
+    errors, and a model comparison (DeLong). Writes metrics.json, one self-contained report.html and scores.csv (one
+    row per image in the columns of 'pneumoscan predict': probability, score, decision, in_scope...)."""
     from pneumoscan.evaluation import evaluate
 
     if bootstrap is not None and bootstrap < 1:
         raise typer.BadParameter(f"--bootstrap must be at least 1, got {bootstrap}")
-    result = evaluate(model, data, out, split=split, cache_dir=cache_dir, bootstrap_samples=bootstrap,
+    result = evaluate(model or [], data, out, split=split, cache_dir=cache_dir, bootstrap_samples=bootstrap,
                       bootstrap_seed=seed, device=device, batch_size=batch_size, progress=progress,
                       backend=backend.value, threads=threads)
     for m in result["models"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 from importlib import resources
 from typing import Any
 
@@ -13,8 +14,12 @@ from pneumoscan.serve.state import ServerState
 
 __all__ = ["STATIC_DIR", "page_router", "static_files"]
 
-#: The page's HTML, script and style sheet.
+#: The page's HTML, scripts and style sheets.
 STATIC_DIR = resources.files("pneumoscan").joinpath("serve/static")
+
+# The page's scripts are ES modules, which a browser runs only when they are served as JavaScript (RFC 9239); some
+# systems' MIME tables (the Windows registry) say text/plain for .js.
+mimetypes.add_type("text/javascript", ".js")
 
 
 def static_files() -> StaticFiles:

@@ -1,35 +1,79 @@
-"use strict";
-// pneumoscan web page: upload X-rays, show a card per image, and the stored worklist sorted by risk.
-// Everything is served by the same app; nothing is loaded from elsewhere. Four scripts share this page's globals:
-// app.js (this: helpers, the model, uploads, drift, theme, start-up), cards.js (result cards, the viewer),
-// worklist.js (the stored worklist: filters, reviews, CSV) and report.js (the printed per-patient report).
-// Every text comes from strings.js (STRINGS.page, through T()).
+// pneumoscan web page: upload X-rays, show a card per image, and the stored worklist in the server's risk order.
+// Everything is served by the same app; nothing is loaded from elsewhere, and there is no build step: the page is
+// ES modules, loaded from one <script type="module" src="static/main.js">, each importing what it uses:
+//   strings.js   every text (STRINGS, t)
+//   app.js       this: the page's core (state, DOM and text helpers, the API token, the theme, the model line and
+//                card, the drift check), used by all the others
+//   cards.js     result cards, in the server's risk order, and the film viewer opened from them
+//   worklist.js  the stored worklist: filters, ranks, reviews, the CSV (the server's)
+//   report.js    the printed per-patient report
+//   upload.js    uploads and "Clear cards"
+//   main.js      start-up
+//   viewer.js, viewer-film.js, viewer-ui.js   the film viewer
+// The server owns every rule: the ranking (each row's `rank`, the `order=risk` list), the score and threshold on
+// 0-100 (`score`, `score_threshold`), the decision in words (`decision_text`) and the CSV. The page shows them.
 // The worklist comes from the server's database (GET api/v1/worklist), so it survives reloads and restarts. The
 // server never stores file names, so the names of the files uploaded from this tab are remembered here
 // (sessionStorage) to label their rows.
+import { t } from "./strings.js";
 
 const TOKEN_KEY = "pneumoscan-api-token";
 const NAMES_KEY = "pneumoscan-file-names";
 const MAX_NAMES = 1000;
-const state = { results: [], model: null, seq: 0, worklist: [], total: 0, names: loadNames(), cards: {}, fetchSeq: 0,
-                storedLoaded: false };
-const $ = (id) => document.getElementById(id);
+
+//: Stored results shown as cards when the page loads, and the window the cards' risk order is read from: those
+//: received in the last STORED_HOURS before the page was opened (and everything since).
+export const STORED_HOURS = 24;
+
+// The page's state. results: this page's cards' results (API entries and stored rows, with the page's own `id`);
+// worklist: the rows listed in the table; cards: worklist_id -> card element id; names: worklist_id -> file name.
+export const state = {
+  results: [], model: null, seq: 0, worklist: [], total: 0, names: loadNames(), cards: {}, fetchSeq: 0,
+  storedLoaded: false, disclaimer: "", since: new Date(Date.now() - STORED_HOURS * 3600 * 1000).toISOString(),
+};
+export const $ = (id) => document.getElementById(id);
 
 // A page string: T("key", {n: 3}) is t("page.key", ...) from strings.js.
-function T(key, values) { return window.t("page." + key, values); }
+export function T(key, values) { return t("page." + key, values); }
 
-// The score people see: the probability on 0-100 with one decimal (pneumoscan.metrics.score_100); thresholds too.
-function score100(p) { return (Math.round(Number(p) * 1000) / 10).toFixed(1); }
+// The model's threshold on 0-100 with one decimal, as the server writes its scores (pneumoscan.metrics.score_100).
+export function score100(p) { return (Math.round(Number(p) * 1000) / 10).toFixed(1); }
 
-// The one wording of a decision (pneumoscan.constants.DECISION_WORDS); no decision: the file was not read.
-function decisionWords(decision) {
-  if (!decision || decision === "ERROR") return T("notRead");
+// A score or threshold the server sent on 0-100 (`score`, `score_threshold`), with one decimal.
+export function fmtScore(s) { return s === null || s === undefined || s === "" ? "–" : Number(s).toFixed(1); }
+
+// The wording of a decision in strings.js (the same words as pneumoscan.constants.DECISION_WORDS); no decision:
+// the file was not read.
+export function decisionWords(decision) {
+  if (!decision) return T("notRead");
   const words = T("decision" + decision);
   return words === "page.decision" + decision ? decision : words;
 }
 
+// A result's decision in words: the server's `decision_text`; strings.js's for an entry the page made itself (an
+// upload that never reached the model).
+export function decisionText(r) { return r.decision_text || decisionWords(r.decision); }
+
+// Scored by the model: read and in scope (an image the scope gate refused gets no risk figure at all).
+export function inScope(r) { return Boolean(r.ok) && r.in_scope !== false; }
+
+export function siteState(m) { return (m && m.site_state) || "shipped"; }
+
+export function el(tag, attrs = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+export function setStatus(text) { $("status").textContent = text; }
+
 // index.html's texts: data-t="key" (text) and data-t-attr="attr:key;attr:key" (attributes).
-function fillStaticStrings() {
+export function fillStaticStrings() {
   document.title = T("title");
   for (const node of document.querySelectorAll("[data-t]")) node.textContent = T(node.dataset.t);
   for (const node of document.querySelectorAll("[data-t-attr]")) {
@@ -40,8 +84,10 @@ function fillStaticStrings() {
   }
 }
 
-// The theme: the reader's choice (the header's toggle, kept in localStorage) or else the system's
-// (prefers-color-scheme). Applied as soon as the script runs; the style sheet does the rest.
+// ---------------------------------------------------------------------------------------------- the theme
+
+// The reader's choice (the header's toggle, kept in localStorage) or else the system's (prefers-color-scheme).
+// Applied as soon as this module runs; the style sheet does the rest.
 const THEME_KEY = "pneumoscan-theme";
 const darkQuery = window.matchMedia("(prefers-color-scheme: dark)");
 
@@ -49,7 +95,7 @@ function storedTheme() {
   try { const v = localStorage.getItem(THEME_KEY); return v === "dark" || v === "light" ? v : null; } catch (_) { return null; }
 }
 
-function applyTheme() {
+export function applyTheme() {
   const chosen = storedTheme();
   if (chosen) document.documentElement.dataset.theme = chosen;
   else delete document.documentElement.dataset.theme;
@@ -66,19 +112,37 @@ function toggleTheme() {
   $("theme-toggle").setAttribute("aria-pressed", String(!dark));
 }
 
+export function setupTheme() {
+  applyTheme();
+  $("theme-toggle").addEventListener("click", toggleTheme);
+}
+
 applyTheme();
 darkQuery.addEventListener("change", applyTheme);
+
+// ---------------------------------------------------------------------------------------------- names
 
 function loadNames() {
   try { return JSON.parse(sessionStorage.getItem(NAMES_KEY) || "{}") || {}; } catch (_) { return {}; }
 }
 
-function rememberName(id, name) {
+export function rememberName(id, name) {
   state.names[id] = name;
   const ids = Object.keys(state.names);
   if (ids.length > MAX_NAMES) for (const old of ids.slice(0, ids.length - MAX_NAMES)) delete state.names[old];
   try { sessionStorage.setItem(NAMES_KEY, JSON.stringify(state.names)); } catch (_) { /* storage full: names stay in memory */ }
 }
+
+// How a stored row is named: the file's name when it was uploaded from this tab, else its DICOM identifiers
+// (row.context), else its id.
+export function rowLabel(r) {
+  if (state.names[r.id]) return state.names[r.id];
+  const c = r.context || {};
+  const ids = [c.patient_id && T("contextPatient", { v: c.patient_id }), c.accession && T("contextAcc", { v: c.accession })].filter(Boolean);
+  return ids.length ? ids.join(" · ") : T("resultN", { id: r.id });
+}
+
+// ---------------------------------------------------------------------------------------------- the API token
 
 // The API may need a bearer token (servers reachable from other machines). The page asks for it once and keeps
 // it for this browser tab only (sessionStorage), never in a cookie or on disk.
@@ -87,7 +151,8 @@ function authHeaders() {
   return token ? { Authorization: "Bearer " + token } : {};
 }
 
-async function api(url, options = {}) {
+// Every request of the page goes through here (the token, and the sign-in form on 401).
+export async function api(url, options = {}) {
   const res = await fetch(url, { ...options, headers: { ...(options.headers || {}), ...authHeaders() } });
   if (res.status === 401) showLogin(sessionStorage.getItem(TOKEN_KEY) ? T("tokenRejected") : "");
   return res;
@@ -99,44 +164,44 @@ function showLogin(message) {
   $("token").focus();
 }
 
-function fmtPct(p) { return (100 * p).toFixed(1) + "%"; }
-
-function el(tag, attrs = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else node.setAttribute(k, v);
-  }
-  for (const c of children) node.append(c);
-  return node;
+// The sign-in form: keeps the token for this tab, then onSignedIn() (the page loads again what needs it).
+export function setupLogin(onSignedIn) {
+  $("login").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const token = $("token").value.trim();
+    if (!token) return;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    $("token").value = "";
+    $("login").hidden = true;
+    onSignedIn();
+  });
 }
 
-function siteState(m) { return (m && m.site_state) || "shipped"; }
+// ---------------------------------------------------------------------------------------------- the model
 
-async function loadModel() {
-  try {
-    const res = await api("api/v1/model");
-    if (res.status === 401) { $("model-line").textContent = T("signInToUse"); return; }
-    if (!res.ok) throw new Error("HTTP " + res.status);
-    const m = await res.json();
-    state.model = m;
-    // The site state sits next to the model name: a model adapted or calibrated here is not the shipped one.
-    const site = siteState(m);
-    $("model-line").replaceChildren(
-      T("modelLine", { name: m.name, version: m.version }),
-      el("span", { id: "site-state", class: "site-state" + (site === "shipped" ? "" : " local"),
-                   title: m.provenance || T("siteShippedTitle"),
-                   text: site === "shipped" ? T("siteShipped") : T("siteLocal", { site }) }),
-      T("modelLineThreshold", { threshold: score100(m.threshold) }));
-    renderModelCard(m);
-    updateBandHint();
-    checkDrift();
-    await refreshWorklist();
-    await loadStoredCards();
-  } catch (e) {
-    $("model-line").textContent = T("modelUnavailable", { error: e.message });
-  }
+function fmtPct(p) { return (100 * p).toFixed(1) + "%"; }
+
+// GET api/v1/model: the header's model line and the model card. Returns the model, or null (not signed in).
+export async function loadModelInfo() {
+  const res = await api("api/v1/model");
+  if (res.status === 401) { $("model-line").textContent = T("signInToUse"); return null; }
+  if (!res.ok) throw new Error("HTTP " + res.status);
+  const m = await res.json();
+  state.model = m;
+  // The site state sits next to the model name: a model adapted or calibrated here is not the shipped one.
+  const site = siteState(m);
+  $("model-line").replaceChildren(
+    T("modelLine", { name: m.name, version: m.version }),
+    el("span", { id: "site-state", class: "site-state" + (site === "shipped" ? "" : " local"),
+                 title: m.provenance || T("siteShippedTitle"),
+                 text: site === "shipped" ? T("siteShipped") : T("siteLocal", { site }) }),
+    T("modelLineThreshold", { threshold: score100(m.threshold) }));
+  renderModelCard(m);
+  return m;
+}
+
+export function modelUnavailable(error) {
+  $("model-line").textContent = T("modelUnavailable", { error: error.message });
 }
 
 function thresholdHow(m) {
@@ -192,69 +257,11 @@ function fullModelCard(m) {
   return det;
 }
 
-function setStatus(text) { $("status").textContent = text; }
-
-async function sendFile(file, wantHeatmap) {
-  const form = new FormData();
-  form.append("files", file, file.name);
-  const url = "api/v1/predict" + (wantHeatmap ? "?heatmap=true&preview=true" : "?preview=true");
-  try {
-    const res = await api(url, { method: "POST", body: form });
-    let body = null;
-    try { body = await res.json(); } catch (_) { /* not JSON */ }
-    if (body && Array.isArray(body.results) && body.results.length) return body.results;
-    const msg = (body && (body.detail || body.error)) || `HTTP ${res.status}`;
-    return [{ filename: file.name, ok: false, error: typeof msg === "string" ? msg : JSON.stringify(msg) }];
-  } catch (e) {
-    return [{ filename: file.name, ok: false, error: T("uploadFailed", { error: e.message }) }];
-  }
-}
-
-async function handleFiles(fileList) {
-  const files = Array.from(fileList);
-  if (!files.length) return;
-  const wantHeatmap = $("want-heatmap").checked;
-  let done = 0;
-  const batch = [];
-  setStatus(T("analysing", { n: files.length }));
-  const queue = files.slice();
-  const worker = async () => {
-    while (queue.length) {
-      const f = queue.shift();
-      const results = await sendFile(f, wantHeatmap);
-      for (const r of results) {
-        // The File stays with its result (memory only) so that the viewer can show it at full resolution.
-        r.id = ++state.seq; r.file = f; r.created = new Date().toISOString();
-        state.results.push(r); batch.push(r); addCard(r);
-        if (r.worklist_id != null) { rememberName(r.worklist_id, r.filename); state.cards[r.worklist_id] = "card-" + r.id; }
-      }
-      orderCards();
-      done += 1;
-      setStatus(T("analysedOf", { done, n: files.length }));
-      await refreshWorklist();
-    }
-  };
-  await Promise.all([worker(), worker()]);
-  setStatus(batchSummary(batch));
-  checkDrift();
-}
-
-// Counts of this batch only, each result in exactly one of the three (earlier batches' cards stay on the page,
-// but are not recounted).
-function batchSummary(batch) {
-  const analysed = batch.filter((r) => inScope(r)).length;
-  const failed = batch.filter((r) => !r.ok).length;
-  const notAssessed = batch.filter((r) => r.ok && !inScope(r)).length;
-  return T("done", { n: analysed }) + (notAssessed ? T("doneNotAssessed", { n: notAssessed }) : "") +
-    (failed ? T("doneFailed", { n: failed }) : "") + T("doneEnd");
-}
-
-// An image the scope gate refused (not a pediatric frontal chest radiograph) gets no risk figure at all.
-function inScope(r) { return r.ok && r.in_scope !== false; }
+// ---------------------------------------------------------------------------------------------- drift
 
 // The site's drift check (GET api/v1/drift): a banner when the server's recent images differ from the training
 // data, and one line on how far the check has got.
-async function checkDrift() {
+export async function checkDrift() {
   let d = null;
   try {
     const res = await api("api/v1/drift");
@@ -276,77 +283,3 @@ async function checkDrift() {
   else if (d.n_images < d.min_images && /in-scope images/.test(d.reason || "")) line.textContent = T("driftLineWaiting", { n: d.n_images, min: d.min_images });
   else line.textContent = T("driftLineUnavailable", { reason: d.reason || T("noReason") });
 }
-
-let clearArmed = false, clearTimer = 0;
-
-function armClear(n) {
-  clearArmed = true;
-  const btn = $("clear");
-  btn.textContent = T("reallyClear");
-  btn.classList.add("armed");
-  btn.setAttribute("aria-label", T("reallyClearLabel", { n }));
-  $("clear-cancel").hidden = false;
-  setStatus(T("reallyClearStatus", { n }));
-  clearTimeout(clearTimer);
-  clearTimer = setTimeout(disarmClear, 10_000);
-}
-
-function disarmClear() {
-  clearArmed = false;
-  clearTimeout(clearTimer);
-  const btn = $("clear");
-  btn.textContent = T("clearCards");
-  btn.classList.remove("armed");
-  btn.removeAttribute("aria-label");
-  $("clear-cancel").hidden = true;
-}
-
-// The cards are this tab's; the worklist is the server's and stays. Two steps: "Clear cards", then
-// "Really clear?" (or Cancel, Escape, or 10 seconds, which leave the cards as they are).
-function setupClear() {
-  $("clear").addEventListener("click", () => {
-    const n = $("cards").children.length;
-    if (n && !clearArmed) { armClear(n); return; }
-    disarmClear();
-    state.results = []; state.cards = {}; $("cards").replaceChildren(); $("cards-note").textContent = "";
-    renderWorklist();
-    setStatus(n ? T("cleared", { n }) : "");
-  });
-  const keep = () => { disarmClear(); setStatus(T("keptCards")); $("clear").focus(); };
-  $("clear-cancel").addEventListener("click", keep);
-  for (const id of ["clear", "clear-cancel"]) {
-    $(id).addEventListener("keydown", (e) => { if (e.key === "Escape" && clearArmed) keep(); });
-  }
-}
-
-function setupUpload() {
-  const dz = $("dropzone"), input = $("file-input");
-  dz.addEventListener("click", () => input.click());
-  dz.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); } });
-  input.addEventListener("change", () => { handleFiles(input.files); input.value = ""; });
-  dz.addEventListener("dragover", (e) => { e.preventDefault(); dz.classList.add("drag"); });
-  dz.addEventListener("dragleave", () => dz.classList.remove("drag"));
-  dz.addEventListener("drop", (e) => { e.preventDefault(); dz.classList.remove("drag"); handleFiles(e.dataTransfer.files); });
-}
-
-function setup() {
-  fillStaticStrings();
-  applyTheme();
-  $("theme-toggle").addEventListener("click", toggleTheme);
-  setupUpload();
-  setupClear();
-  setupWorklist();  // worklist.js
-  setupReport();    // report.js
-  $("login").addEventListener("submit", (e) => {
-    e.preventDefault();
-    const token = $("token").value.trim();
-    if (!token) return;
-    sessionStorage.setItem(TOKEN_KEY, token);
-    $("token").value = "";
-    $("login").hidden = true;
-    loadModel();
-  });
-  loadModel();
-}
-
-document.addEventListener("DOMContentLoaded", setup);

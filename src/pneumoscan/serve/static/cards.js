@@ -1,11 +1,19 @@
-"use strict";
-// Result cards (one per image, in the worklist's risk order), the stored recent results shown as cards on load,
-// and the film viewer (viewer.js: window.PneumoscanViewer.open(cases, index, {onClose})) opened from a card's film.
-// Uses app.js's helpers (state, el, T, score100, decisionWords, inScope).
+// Result cards (one per image, in the server's risk order), the stored recent results shown as cards on load, and
+// the film viewer (viewer.js) opened from a card's film. A card's result is an API entry (POST api/v1/predict) or a
+// stored row (GET api/v1/worklist): the same shape (the server's score, score_threshold, decision_text, positive,
+// context, ...), with the page's own `id`.
+import {
+  $, STORED_HOURS, T, api, decisionText, el, fmtScore, inScope, rowLabel, state,
+} from "./app.js";
+import { printReport } from "./report.js";
+import { PneumoscanViewer } from "./viewer.js";
 
-//: Stored results shown as cards when the page loads: those received in the last STORED_HOURS, at most STORED_MAX.
-const STORED_HOURS = 24;
+//: At most this many stored results are shown as cards when the page loads (the riskiest of the last STORED_HOURS).
 const STORED_MAX = 60;
+//: The worklist's largest page (pneumoscan.store.MAX_LIMIT): the risk order is read in pages of this many rows.
+const PAGE_ROWS = 1000;
+const MAX_PAGES = 20;
+let orderSeq = 0;  // the latest orderCards() call: an earlier call's answer never overwrites a later one's
 
 // Who and what a DICOM image is (patient ID, accession, age, view), under its name; nothing for JPEG or PNG.
 // The patient's name is never sent by the server, so it is never shown.
@@ -40,22 +48,23 @@ function storedNote(r) {
 function printButton(r) {
   const btn = el("button", { type: "button", class: "print-report", text: T("printReport"),
                              "aria-label": T("printReportLabel", { name: r.filename }) });
-  btn.addEventListener("click", () => printReport(r));  // report.js
+  btn.addEventListener("click", () => printReport(r));
   return btn;
 }
 
+// The score and threshold are the server's (0-100); the bar shows the score with a mark at the threshold.
 function scoredBody(r, img) {
   const body = el("div", { class: "body" });
   body.append(el("div", { class: "name", text: r.filename }), ...cardContext(r));
   body.append(el("div", { class: "prob", title: T("scoreTitle") }, [
-    T("scoreOf", { score: score100(r.probability) }), el("span", { class: "scale", text: " " + T("scoreScale") })]));
+    T("scoreOf", { score: fmtScore(r.score) }), el("span", { class: "scale", text: " " + T("scoreScale") })]));
   const bar = el("div", { class: "bar", "aria-hidden": "true" });
-  const fill = el("span"); fill.style.width = (100 * r.probability).toFixed(1) + "%";
-  const mark = el("i"); mark.style.left = (100 * r.threshold).toFixed(1) + "%";
+  const fill = el("span"); fill.style.width = fmtScore(r.score) + "%";
+  const mark = el("i"); mark.style.left = fmtScore(r.score_threshold) + "%";
   bar.append(fill, mark);
   body.append(bar, el("div", {}, [
-    el("span", { class: "decision " + (r.positive ? "pos" : "neg"), text: decisionWords(r.decision) }),
-    el("span", { class: "help", text: T("atThreshold", { threshold: score100(r.threshold) }) })]));
+    el("span", { class: "decision " + (r.positive ? "pos" : "neg"), text: decisionText(r) }),
+    el("span", { class: "help", text: T("atThreshold", { threshold: fmtScore(r.score_threshold) }) })]));
   // What the result does not say, and where the model is weakest (MODEL_CARD.md, "Known failure modes").
   body.append(el("p", { class: "help limits", text: T("limits") }), ...storedNote(r));
   const tools = el("div", { class: "card-tools" });
@@ -88,11 +97,15 @@ function notAssessedBody(r) {
   return body;
 }
 
-function addCard(r) {
+// A result's card, appended (orderCards() puts it in its place). data-decision is the server's decision ("" for a
+// file that could not be read); data-probability only where the model applies (a risk).
+export function addCard(r) {
+  state.results.push(r);
+  if (r.worklist_id != null) state.cards[r.worklist_id] = "card-" + r.id;
   const kind = !r.ok ? " error" : !inScope(r) ? " oos" : r.positive ? " pos" : "";
   const card = el("article", { class: "card" + kind + (r.stored ? " stored" : ""), id: "card-" + r.id,
-                               "aria-label": r.filename, tabindex: "-1", "data-decision": r.ok ? r.decision : "ERROR" });
-  if (inScope(r)) card.dataset.probability = String(r.probability);  // a risk only where the model applies
+                               "aria-label": r.filename, tabindex: "-1", "data-decision": r.decision || "" });
+  if (inScope(r)) card.dataset.probability = String(r.probability);
   if (r.ok && !inScope(r)) {
     card.append(cardFigure(r, T("filmAltOos", { name: r.filename }))[0], notAssessedBody(r));
   } else if (r.ok) {
@@ -104,29 +117,65 @@ function addCard(r) {
                 el("div", { class: "err", role: "alert", text: T("couldNotAnalyse", { error: r.error }) }), ...storedNote(r));
     card.append(body);
   }
-  $("cards").append(card);  // orderCards() puts it in its place
+  $("cards").append(card);
 }
 
-// The cards in the worklist's order: scored images by probability, highest first; then those not assessed (out
-// of scope); then unreadable files; the newest first among equals.
-function cardGroup(r) { return !r.ok ? 2 : !inScope(r) ? 1 : 0; }
-
-function riskOrder(results) {
-  return results.slice().sort((a, b) =>
-    cardGroup(a) - cardGroup(b) || (cardGroup(a) === 0 ? b.probability - a.probability : 0) ||
-    String(b.created || "").localeCompare(String(a.created || "")) || b.id - a.id);
+// The cards go; the worklist (the server's) stays. Returns how many there were.
+export function clearCards() {
+  const n = $("cards").children.length;
+  state.results = []; state.cards = {}; $("cards").replaceChildren(); $("cards-note").textContent = "";
+  orderSeq += 1;  // an ordering on its way is for cards that are gone
+  return n;
 }
 
-function orderCards() {
+// The worklist ids in the server's risk order (GET api/v1/worklist?order=risk), from the cards' window on: until
+// every card's row is found or the list ends. null when the server cannot say.
+async function serverOrder(wanted) {
+  const ids = [];
+  const missing = new Set(wanted);
+  for (let page = 0; page < MAX_PAGES && missing.size; page++) {
+    const q = new URLSearchParams({ order: "risk", since: state.since, thumbnails: "false", limit: String(PAGE_ROWS),
+                                    offset: String(page * PAGE_ROWS) });
+    let body;
+    try {
+      const res = await api("api/v1/worklist?" + q.toString());
+      if (!res.ok) return null;
+      body = await res.json();
+    } catch (_) { return null; }
+    const rows = body.results || [];
+    for (const row of rows) { ids.push(row.id); missing.delete(row.id); }
+    if (rows.length < PAGE_ROWS || (page + 1) * PAGE_ROWS >= body.total) break;
+  }
+  return ids;
+}
+
+// The cards in the server's risk order: each stored result at its row's place in the worklist's order=risk (scored
+// images by score, highest first; then those not assessed; then files not read); results the server did not
+// store (no worklist_id) after them, in the order they came.
+
+export async function orderCards() {
+  const seq = ++orderSeq;
+  const wanted = state.results.filter((r) => r.worklist_id != null).map((r) => r.worklist_id);
+  const ids = wanted.length ? await serverOrder(wanted) : [];
+  if (seq !== orderSeq || !ids) return;
+  const place = new Map(ids.map((id, i) => [id, i]));
+  const at = (r) => (r.worklist_id != null && place.has(r.worklist_id) ? place.get(r.worklist_id) : Infinity);
+  const ordered = state.results.map((r, i) => [at(r), i, r]).sort((a, b) => a[0] - b[0] || a[1] - b[1]).map((x) => x[2]);
   const box = $("cards");
-  riskOrder(state.results).forEach((r, i) => {
+  ordered.forEach((r, i) => {
     const card = document.getElementById("card-" + r.id);
     if (card && box.children[i] !== card) box.insertBefore(card, box.children[i] || null);
   });
 }
 
+// The results of the cards, in the cards' order (the server's risk order).
+function shownResults() {
+  const byCard = new Map(state.results.map((r) => ["card-" + r.id, r]));
+  return [...$("cards").children].map((card) => byCard.get(card.id)).filter(Boolean);
+}
+
 // A worklist row's card: scrolled into view, outlined and focused (keyboard users land on it), aria-current.
-function selectCard(cardId) {
+export function selectCard(cardId) {
   const card = document.getElementById(cardId);
   if (!card) return;
   for (const other of document.querySelectorAll("article.card.selected")) {
@@ -139,55 +188,53 @@ function selectCard(cardId) {
   card.focus({ preventScroll: true });
 }
 
-// A stored worklist row as a card's result: the thumbnail stands in for the film (the server keeps no films).
-function storedResult(row) {
-  const context = {};
-  for (const k of ["patient_id", "accession", "study_date", "age", "sex", "view", "study_uid", "series_uid", "sop_uid"]) context[k] = row[k] || "";
-  return { id: ++state.seq, worklist_id: row.id, stored: true, filename: rowLabel(row), ok: !row.error, error: row.error,
-           probability: row.probability, threshold: row.threshold, decision: row.decision, positive: Boolean(row.flagged),
-           in_scope: row.in_scope, scope_reason: row.scope_reason, image_png: row.thumbnail || "", context,
-           created: row.created, model_name: row.model_name, model_version: row.model_version, review: row.review };
+// A stored row as a card's result: the row as the server gives it, with the page's id, a name, and its thumbnail
+// standing in for the film (the server keeps no films).
+function storedCard(row) {
+  return { ...row, id: ++state.seq, worklist_id: row.id, stored: true, filename: rowLabel(row),
+           image_png: row.thumbnail || "" };
 }
 
-// On load: the recent stored results as cards, in risk order (results already on the page are not repeated).
-async function loadStoredCards() {
-  if (state.storedLoaded) return;
-  const since = new Date(Date.now() - STORED_HOURS * 3600 * 1000).toISOString();
+// On load: the riskiest stored results of the last STORED_HOURS as cards (results already on the page are not
+// repeated). Returns how many were added.
+export async function loadStoredCards() {
+  if (state.storedLoaded) return 0;
+  const q = new URLSearchParams({ order: "risk", limit: String(STORED_MAX), since: state.since });
   let body;
   try {
-    const res = await api(`api/v1/worklist?order=risk&limit=${STORED_MAX}&since=${encodeURIComponent(since)}`);
-    if (!res.ok) return;
+    const res = await api("api/v1/worklist?" + q.toString());
+    if (!res.ok) return 0;
     body = await res.json();
-  } catch (_) { return; }
+  } catch (_) { return 0; }
   state.storedLoaded = true;
   let n = 0;
   for (const row of body.results || []) {
     if (state.cards[row.id]) continue;
-    const r = storedResult(row);
-    state.results.push(r); addCard(r); n += 1;
-    state.cards[row.id] = "card-" + r.id;
+    addCard(storedCard(row));
+    n += 1;
   }
-  orderCards();
+  await orderCards();
   if (n) $("cards-note").textContent = T("storedCardsNote", { n, hours: STORED_HOURS });
-  renderWorklist();  // rows now link to their cards
+  return n;
 }
 
-// The viewer gets the page's results with a film, in risk order; what it computes (a heatmap) comes back on close.
+// The viewer gets the page's results with a film, in the cards' order; what it computes (a heatmap) comes back on
+// close.
 function viewerCase(r) {
-  return { id: r.id, filename: r.filename, probability: r.probability, threshold: r.threshold, decision: r.decision,
-           positive: r.positive, in_scope: r.in_scope, scope_reason: r.scope_reason, image_png: r.image_png,
-           heatmap_png: r.heatmap_png, heatmap_map: r.heatmap_map, file: r.file, context: r.context || {},
-           worklist_id: r.worklist_id };
+  return { id: r.id, filename: r.filename, ok: r.ok, error: r.error, probability: r.probability, score: r.score,
+           threshold: r.threshold, score_threshold: r.score_threshold, decision: r.decision,
+           decision_text: r.decision_text, positive: r.positive, in_scope: r.in_scope, scope_reason: r.scope_reason,
+           image_png: r.image_png, heatmap_png: r.heatmap_png, heatmap_map: r.heatmap_map, file: r.file,
+           context: r.context || {}, worklist_id: r.worklist_id };
 }
 
 function openViewer(r) {
-  const viewer = window.PneumoscanViewer;
-  if (!viewer || typeof viewer.open !== "function") return;
-  const shown = riskOrder(state.results).filter((x) => x.image_png);
+  const shown = shownResults().filter((x) => x.image_png);
   const cases = shown.map(viewerCase);
   const index = Math.max(0, shown.indexOf(r));
   const opener = document.activeElement;
-  viewer.open(cases, index, {
+  PneumoscanViewer.open(cases, index, {
+    api,
     onClose: (current) => {
       cases.forEach((c, i) => {  // keep what the viewer computed for the report
         if (c.heatmap_png && !shown[i].heatmap_png) shown[i].heatmap_png = c.heatmap_png;

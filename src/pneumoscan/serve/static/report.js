@@ -1,8 +1,8 @@
-"use strict";
 // The printable per-patient report: a card's "Print report" fills #report with that one case (film, heatmap if
-// computed, score and threshold on 0-100, the decision in words, model and site state, when it was scored and
-// printed, the patient's DICOM context, the full disclaimer) and prints it; the print style sheet shows #report
-// alone while body.printing-report is set. Uses app.js's helpers (state, el, T, score100, decisionWords).
+// computed, the server's score and threshold on 0-100, the decision in words, model and site state, when it was
+// scored and printed, the patient's DICOM context, the full disclaimer) and prints it; the print style sheet shows
+// #report alone while body.printing-report is set.
+import { $, T, decisionText, decisionWords, el, fmtScore, inScope, siteState, state } from "./app.js";
 
 function reportRows(pairs) {
   const dl = el("dl", { class: "report-facts" });
@@ -33,11 +33,11 @@ function reportResult(r) {
   const when = (iso) => { const d = new Date(iso); return isNaN(d) ? iso : d.toLocaleString(); };
   const pairs = [];
   if (inScope(r)) {
-    pairs.push(["reportScore", T("reportScoreValue", { score: score100(r.probability) })],
-               ["reportThreshold", T("reportThresholdValue", { threshold: score100(r.threshold) })],
-               ["reportDecision", decisionWords(r.decision)]);
+    pairs.push(["reportScore", T("reportScoreValue", { score: fmtScore(r.score) })],
+               ["reportThreshold", T("reportThresholdValue", { threshold: fmtScore(r.score_threshold) })],
+               ["reportDecision", decisionText(r)]);
   } else {
-    pairs.push(["reportDecision", decisionWords("OUT_OF_SCOPE")], ["reportReason", r.scope_reason || T("reasonDefault")]);
+    pairs.push(["reportDecision", r.decision_text || decisionWords("OUT_OF_SCOPE")], ["reportReason", r.scope_reason || T("reasonDefault")]);
   }
   const name = r.model_name || m.name, version = r.model_version || m.version;
   pairs.push(["reportModel", name ? T("reportModelValue", { name, version: version || "?" }) : ""],
@@ -78,13 +78,13 @@ function buildReport(r) {
 }
 
 // Print one case: the page hides everything else while printing (print CSS on body.printing-report).
-function printReport(r) {
+export function printReport(r) {
   buildReport(r);
   document.body.classList.add("printing-report");
   window.print();
 }
 
-function setupReport() {
+export function setupReport() {
   // A print started from the browser's menu prints the page as it is; a report's print ends here.
   window.addEventListener("afterprint", () => document.body.classList.remove("printing-report"));
 }

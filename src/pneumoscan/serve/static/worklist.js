@@ -1,10 +1,17 @@
-"use strict";
 // The stored worklist (GET api/v1/worklist): filters and sort (flagged only, a borderline band around the
-// threshold, not yet reviewed, scope; by score or by time), thumbnails, readers' reviews, and the CSV download.
-// Uses app.js's helpers (state, el, T, api, score100, decisionWords, setStatus) and cards.js's selectCard.
+// threshold, not yet reviewed, scope; by risk or by time), thumbnails, readers' reviews, and the CSV download. The
+// rows are the server's, in its order, each with its `rank` (the server's ranking among the listed rows), its score
+// and threshold on 0-100 and its decision in words; the CSV is the server's too (GET api/v1/worklist.csv, the same
+// filters and order).
+import {
+  $, T, api, decisionText, decisionWords, el, fmtScore, rowLabel, score100, setStatus, state,
+} from "./app.js";
+import { selectCard } from "./cards.js";
 
 const FILTERS_KEY = "pneumoscan-worklist-filters";
 const DEFAULT_BAND = 10;
+//: Rows listed in the table (and in the CSV, which holds what the table lists).
+const LIST_ROWS = 200;
 
 function readFilters() {
   const band = Math.round(Number($("f-band").value));
@@ -24,17 +31,19 @@ function restoreFilters() {
   if (["risk", "newest", "oldest"].includes(saved.order)) $("f-order").value = saved.order;
 }
 
+// The query of the filters and order on screen: the same for the table (api/v1/worklist) and the CSV
+// (api/v1/worklist.csv).
 function worklistQuery(f) {
-  const q = new URLSearchParams({ limit: "200", order: f.order });
+  const q = new URLSearchParams({ limit: String(LIST_ROWS), order: f.order });
   if (f.flagged) q.set("flagged", "true");
   if (f.borderline) q.set("borderline", String(f.band));
   if (f.unreviewed) q.set("unreviewed", "true");
   if (f.scope) q.set("in_scope", f.scope);
-  return "api/v1/worklist?" + q.toString();
+  return q.toString();
 }
 
 // The band in words, on the 0-100 score: "within ±10 of the threshold (40.0–60.0)".
-function updateBandHint() {
+export function updateBandHint() {
   const f = readFilters();
   const m = state.model;
   $("f-band-hint").textContent = m && typeof m.threshold === "number"
@@ -52,7 +61,7 @@ function onFiltersChanged() {
   refreshWorklist();
 }
 
-function setupWorklist() {
+export function setupWorklist() {
   restoreFilters();
   updateBandHint();
   for (const id of ["f-flagged", "f-borderline", "f-unreviewed", "f-scope", "f-order", "f-band"]) {
@@ -66,11 +75,11 @@ function setupWorklist() {
 }
 
 // The stored worklist with the chosen filters and order. A later request's answer never overwrites a newer one's.
-async function refreshWorklist() {
+export async function refreshWorklist() {
   const seq = ++state.fetchSeq;
   let body = null;
   try {
-    const res = await api(worklistQuery(readFilters()));
+    const res = await api("api/v1/worklist?" + worklistQuery(readFilters()));
     if (!res.ok) {
       if (res.status !== 401 && seq === state.fetchSeq) $("worklist-note").textContent = T("worklistUnavailable", { status: res.status });
       return;
@@ -87,24 +96,18 @@ async function refreshWorklist() {
   renderWorklist();
 }
 
-function isError(r) { return Boolean(r.error); }
-function notAssessed(r) { return !isError(r) && r.in_scope === false; }
-function scored(r) { return !isError(r) && !notAssessed(r) && r.probability !== null && r.probability !== undefined; }
-
-// How a row is named: the file's name when it was uploaded from this tab, else its DICOM identifiers, else its id.
-function rowLabel(r) {
-  if (state.names[r.id]) return state.names[r.id];
-  const ids = [r.patient_id && T("contextPatient", { v: r.patient_id }), r.accession && T("contextAcc", { v: r.accession })].filter(Boolean);
-  return ids.length ? ids.join(" · ") : T("resultN", { id: r.id });
-}
+// A row's kind, from what the server says: not read (ok false), not assessed (in_scope false), or scored.
+function isError(r) { return !r.ok; }
+function notAssessed(r) { return Boolean(r.ok) && r.in_scope === false; }
 
 function rowDetails(r) {
+  const c = r.context || {};
   const bits = [];
-  if (state.names[r.id] && r.patient_id) bits.push(T("contextPatient", { v: r.patient_id }));
-  if (state.names[r.id] && r.accession) bits.push(T("contextAcc", { v: r.accession }));
-  if (r.age) bits.push(r.age);
-  if (r.sex) bits.push(r.sex);
-  if (r.view) bits.push(r.view);
+  if (state.names[r.id] && c.patient_id) bits.push(T("contextPatient", { v: c.patient_id }));
+  if (state.names[r.id] && c.accession) bits.push(T("contextAcc", { v: c.accession }));
+  if (c.age) bits.push(c.age);
+  if (c.sex) bits.push(c.sex);
+  if (c.view) bits.push(c.view);
   const when = new Date(r.created);
   bits.push(isNaN(when) ? r.created : when.toLocaleString());
   return bits.join(" · ");
@@ -143,6 +146,13 @@ function reviewCell(r) {
   return td;
 }
 
+// The server's message in a failed answer (its `detail`), else the HTTP status.
+async function problem(res) {
+  let msg = `HTTP ${res.status}`;
+  try { const b = await res.json(); if (b && b.detail) msg = typeof b.detail === "string" ? b.detail : JSON.stringify(b.detail); } catch (_) { /* not JSON */ }
+  return msg;
+}
+
 async function sendReview(r, verdict, note) {
   let res;
   try {
@@ -153,9 +163,7 @@ async function sendReview(r, verdict, note) {
     return;
   }
   if (!res.ok) {
-    let msg = `HTTP ${res.status}`;
-    try { const b = await res.json(); if (b && b.detail) msg = typeof b.detail === "string" ? b.detail : JSON.stringify(b.detail); } catch (_) { /* not JSON */ }
-    setStatus(T("reviewNotSaved", { error: msg }));
+    setStatus(T("reviewNotSaved", { error: await problem(res) }));
     return;
   }
   setStatus(T("reviewSaved", { verdict: verdict === "agree" ? T("reviewAgreed") : T("reviewDisagreed"), name: rowLabel(r) }));
@@ -164,14 +172,16 @@ async function sendReview(r, verdict, note) {
   if (again) again.focus();  // keyboard users stay where they were
 }
 
-// The decision cell: the one wording; a tag when the score lies in the borderline band.
+// The decision cell: the server's words; a tag when the score lies in the borderline band.
 function decisionCell(r) {
-  if (isError(r)) return el("td", {}, [el("span", { class: "err", text: T("notRead") }), el("div", { class: "why", text: r.error })]);
+  if (isError(r)) {
+    return el("td", {}, [el("span", { class: "err", text: decisionText(r) }), el("div", { class: "why", text: r.error })]);
+  }
   if (notAssessed(r)) {
-    return el("td", {}, [el("span", { class: "decision na", text: decisionWords("OUT_OF_SCOPE"), title: r.scope_reason || "" }),
+    return el("td", {}, [el("span", { class: "decision na", text: r.decision_text || decisionWords("OUT_OF_SCOPE"), title: r.scope_reason || "" }),
                          el("div", { class: "why", text: r.scope_reason || "" })]);
   }
-  const td = el("td", {}, [el("span", { class: "decision " + (r.flagged ? "pos" : "neg"), text: decisionWords(r.decision) })]);
+  const td = el("td", {}, [el("span", { class: "decision " + (r.positive ? "pos" : "neg"), text: decisionText(r) })]);
   const band = readFilters().band;
   if (typeof r.threshold === "number" && Math.abs(r.probability - r.threshold) <= band / 100 + 1e-9) {
     td.append(" ", el("span", { class: "tag borderline", text: T("borderlineTag"), title: T("borderlineTagTitle", { band }) }));
@@ -179,7 +189,7 @@ function decisionCell(r) {
   return td;
 }
 
-function worklistRow(r, rank) {
+function worklistRow(r) {
   const label = rowLabel(r);
   const cardId = state.cards[r.id];
   const linked = cardId && document.getElementById(cardId);
@@ -188,19 +198,14 @@ function worklistRow(r, rank) {
   const file = el("td", { class: "file" }, [name, el("div", { class: "why", text: rowDetails(r) })]);
   const cls = isError(r) ? "bad" : notAssessed(r) ? "oos" : "";
   const tr = el("tr", cls ? { class: cls } : {}, [
-    el("td", { class: "num", text: rank ? String(rank) : "–" }), thumbCell(r, label), file,
-    el("td", { class: "num", text: scored(r) ? score100(r.probability) : "–" }), decisionCell(r), reviewCell(r)]);
+    el("td", { class: "num", text: r.rank ? String(r.rank) : "–" }), thumbCell(r, label), file,
+    el("td", { class: "num", text: fmtScore(r.score) }), decisionCell(r), reviewCell(r)]);
   if (linked) { tr.dataset.card = cardId; tr.classList.add("has-card"); }
   return tr;
 }
 
-// Rank: the row's place by score among the scored rows listed (whatever the sort).
-function ranks(rows) {
-  const order = rows.filter(scored).sort((a, b) => b.probability - a.probability || b.id - a.id);
-  return new Map(order.map((r, i) => [r.id, i + 1]));
-}
-
-function renderWorklist() {
+// The rows as the server listed them: its order, its ranks.
+export function renderWorklist() {
   const tbody = $("worklist").querySelector("tbody");
   tbody.replaceChildren();
   const rows = state.worklist;
@@ -209,44 +214,35 @@ function renderWorklist() {
     const filtered = f.flagged || f.borderline || f.unreviewed || f.scope;
     tbody.append(el("tr", { class: "empty" }, [el("td", { colspan: "6", text: filtered ? T("noMatch") : T("noImages") })]));
   }
-  const rankOf = ranks(rows);
-  for (const r of rows) tbody.append(worklistRow(r, rankOf.get(r.id)));
+  for (const r of rows) tbody.append(worklistRow(r));
   $("worklist-note").textContent = state.total > rows.length ? T("showingOf", { n: rows.length, total: state.total }) : "";
   $("download-csv").disabled = !rows.length;
 }
 
-function csvCell(v) {
-  let s = v === undefined || v === null ? "" : String(v);
-  // A text cell starting with = + - @ tab or CR would run as a formula in a spreadsheet (CSV injection).
-  if (typeof v === "string" && /^[=+\-@\t\r]/.test(s)) s = "'" + s;
-  return /[",\n\r]/.test(s) ? '"' + s.replaceAll('"', '""') + '"' : s;
+// The file's name as the server gives it (Content-Disposition), else a plain one.
+function attachmentName(res) {
+  const m = /filename="?([^";]+)"?/i.exec(res.headers.get("Content-Disposition") || "");
+  return m ? m[1] : "pneumoscan-worklist.csv";
 }
 
-const CSV_COLUMNS = ["rank", "file", "probability", "decision", "decision_text", "score", "score_threshold", "in_scope",
-  "scope_reason", "threshold", "model_name", "model_version", "error", "patient_id", "accession", "age", "view",
-  "received", "review", "review_note", "exported_at", "disclaimer"];
-
-// One CSV row per listed result (the filters and order on screen); the machine decision beside its words, the
-// score and threshold on 0-100 as on the page, and on every row the model, the export time and the disclaimer.
-function csvRow(r, rank, exportedAt) {
-  const base = { rank: rank || "", file: rowLabel(r), decision: isError(r) ? "" : notAssessed(r) ? "OUT_OF_SCOPE" : r.decision,
-    decision_text: decisionWords(isError(r) ? "" : notAssessed(r) ? "OUT_OF_SCOPE" : r.decision),
-    in_scope: isError(r) ? "" : String(!notAssessed(r)), scope_reason: r.scope_reason || "",
-    threshold: isError(r) ? "" : r.threshold, score_threshold: isError(r) || r.threshold == null ? "" : score100(r.threshold),
-    model_name: r.model_name, model_version: r.model_version, error: r.error || "", patient_id: r.patient_id,
-    accession: r.accession, age: r.age, view: r.view, received: r.created, review: r.review ? r.review.verdict : "",
-    review_note: r.review ? r.review.note : "", exported_at: exportedAt, disclaimer: state.disclaimer || T("disclaimerLead") };
-  // Not assessed: no rank and no probability (the model's output on such an image is not a risk).
-  if (scored(r)) { base.probability = r.probability.toFixed(6); base.score = score100(r.probability); }
-  return CSV_COLUMNS.map((c) => csvCell(base[c]));
-}
-
-function downloadCsv() {
-  const exportedAt = new Date().toISOString();
-  const rankOf = ranks(state.worklist);
-  const lines = [CSV_COLUMNS.join(",")];
-  for (const r of state.worklist) lines.push(csvRow(r, rankOf.get(r.id), exportedAt).join(","));
-  const blob = new Blob([lines.join("\n") + "\n"], { type: "text/csv" });
-  const a = el("a", { href: URL.createObjectURL(blob), download: "pneumoscan-worklist.csv" });
-  document.body.append(a); a.click(); a.remove();
+// The CSV is the server's (GET api/v1/worklist.csv): the rows on screen (the same filters and order), its
+// columns, ranks and formula-safe text; saved as a file.
+async function downloadCsv() {
+  let res;
+  try {
+    res = await api("api/v1/worklist.csv?" + worklistQuery(readFilters()));
+  } catch (e) {
+    setStatus(T("csvFailed", { error: e.message }));
+    return;
+  }
+  if (!res.ok) {
+    if (res.status !== 401) setStatus(T("csvFailed", { error: await problem(res) }));
+    return;
+  }
+  const url = URL.createObjectURL(await res.blob());
+  const a = el("a", { href: url, download: attachmentName(res), hidden: "" });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
