@@ -285,3 +285,22 @@ def test_a_batch_without_heatmaps_writes_srs_only_and_one_files_failure_is_its_n
     assert "ONNX" in batch.no_sc
     summary = batch.summary(tmp_path / "out")
     assert summary.startswith("DICOM results: 1 SR and 0 SC file(s) written") and "2 failed" in summary
+
+
+def test_the_dicom_writer_reads_results_and_runs_nothing():
+    """dicom_out takes Results: it imports no predictor, no decoder and no model (only the overlay drawing)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_imports.py"
+    spec = importlib.util.spec_from_file_location("check_imports_for_dicom_out", script)
+    checker = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = checker
+    spec.loader.exec_module(checker)
+    graph = checker.imports(checker.modules())
+    used = set().union(*(deps for mod, deps in graph.items() if mod.startswith("pneumoscan.dicom_out")))
+    assert not {d for d in used if d.startswith(("pneumoscan.inference.predictor", "pneumoscan.inference.network",
+                                                  "pneumoscan.inference.explain", "pneumoscan.io.images",
+                                                  "pneumoscan.preprocessing", "pneumoscan.models"))}
+    assert "pneumoscan.inference.render" in used and "pneumoscan.result" in used

@@ -556,3 +556,23 @@ def test_worklist_borderline_band_and_order(client):
     assert [r["id"] for r in newest] == sorted(ids.values(), reverse=True)
     for bad in ("borderline=0", "borderline=51", "borderline=wide", "order=alphabetical"):
         assert client.get("/api/v1/worklist?" + bad).status_code == 422, bad
+
+
+def test_openapi_gives_every_api_route_a_typed_200_response_and_a_tag(client):
+    """A hospital's integrator generates a client from /openapi.json: every /api/v1 route says what it returns."""
+    spec = client.get("/openapi.json").json()
+    routes = [(path, method, op) for path, ops in spec["paths"].items() if path.startswith("/api/v1")
+              for method, op in ops.items()]
+    assert len(routes) >= 9
+    for path, method, op in routes:
+        assert op.get("tags"), (method, path)
+        content = op["responses"]["200"]["content"]
+        schema = next(iter(content.values()))["schema"]
+        assert "$ref" in schema or schema.get("type") == "string", (method, path, schema)
+    from pneumoscan.result import RESULT_KEYS
+
+    schemas = spec["components"]["schemas"]
+    result_keys = set(RESULT_KEYS)
+    for name in ("PredictEntry", "StoredResult"):  # uploaded and stored results: the one result's keys
+        assert result_keys <= set(schemas[name]["properties"]), name
+    assert {t["name"] for t in spec["tags"]} == {"model", "predictions", "worklist", "monitoring"}
