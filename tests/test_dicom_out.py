@@ -304,3 +304,22 @@ def test_the_dicom_writer_reads_results_and_runs_nothing():
                                                   "pneumoscan.inference.explain", "pneumoscan.io.images",
                                                   "pneumoscan.preprocessing", "pneumoscan.models"))}
     assert "pneumoscan.inference.render" in used and "pneumoscan.result" in used
+
+
+def test_a_flagged_films_sr_holds_its_cause_as_a_second_coded_finding():
+    src = source_dataset()
+    model = ModelIdentity("efficientnet-lite0", "0123456789ab", 0.41, cause_threshold=0.54)
+    for p_viral, code, meaning in ((0.8, "75570004", "Viral pneumonia"), (0.2, "53084003", "Bacterial pneumonia")):
+        result = Result.scored("film.dcm", 0.9, model, cause_probability=p_viral)
+        back = _roundtrip(make_sr(src, result))
+        report = hd.sr.srread(io.BytesIO(_bytes(back)))
+        main, cause = report.content.get_image_measurement_groups()  # the cause under the main finding
+        assert (main.finding_type.value, main.finding_type.scheme_designator) == ("233604007", "SCT")
+        assert (cause.finding_type.value, cause.finding_type.meaning) == (code, meaning)
+        values = {m.name.meaning: m.value for m in cause.get_measurements()}
+        assert values == {"Viral pattern probability": pytest.approx(p_viral),
+                          "Cause operating threshold": pytest.approx(0.54)}
+        texts = _texts(back)
+        assert texts["Pattern more like"] == result.cause_text and "not a treatment" in texts["Cause caveat"]
+    normal = _roundtrip(make_sr(src, Result.scored("film.dcm", 0.1, model, cause_probability=0.9)))
+    assert len(hd.sr.srread(io.BytesIO(_bytes(normal))).content.get_image_measurement_groups()) == 1

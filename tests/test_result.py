@@ -91,3 +91,23 @@ def test_upsample_map_is_torch_bilinear_with_pixel_centres():
         ref = (ref / ref.max()).numpy() if float(ref.max()) > 1e-12 else np.zeros(size, np.float32)
         np.testing.assert_allclose(upsample_map(cam, size), ref, atol=1e-5)
     assert not upsample_map(-np.ones((3, 3)), (9, 9)).any()  # no positive evidence: all zeros
+
+
+def test_only_a_flagged_film_gets_a_cause():
+    model = ModelIdentity("m", "v", 0.5, cause_threshold=0.4)
+    viral = Result.scored("a", 0.9, model, cause_probability=0.4)  # at the cause threshold: viral
+    assert (viral.cause, viral.cause_text, viral.cause_score, viral.cause_score_threshold) == (
+        "VIRAL", "pattern more like viral", 40.0, 40.0)
+    assert Result.scored("a", 0.9, model, cause_probability=0.39).cause == "BACTERIAL"
+    for r in (Result.scored("a", 0.49, model, cause_probability=0.9),  # not flagged
+              Result.scored("a", 0.9, model, in_scope=False, scope_reason="lateral", cause_probability=0.9),
+              Result.scored("a", 0.9, ModelIdentity("m", "v", 0.5), cause_probability=0.9),  # no cause threshold
+              Result.scored("a", 0.9, model)):  # no cause output
+        assert (r.cause, r.cause_text, r.cause_score) == ("", "", None)
+        assert r.to_dict()["cause_probability"] is None  # never shown without a cause
+    assert "pattern more like viral (viral score 40.0 / 100, threshold 40.0)" in viral.caption()
+    assert "pattern" not in Result.scored("a", 0.2, model, cause_probability=0.9).caption()
+    with pytest.raises(ValueError, match="cause_probability"):
+        Result.scored("a", 0.9, model, cause_probability=1.5)
+    with pytest.raises(ValueError, match="cause_threshold"):
+        ModelIdentity("m", "v", 0.5, cause_threshold=-0.1)

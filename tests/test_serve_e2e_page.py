@@ -25,7 +25,7 @@ from test_serve_e2e import (  # noqa: F401  (fixtures)
     server,
 )
 
-from pneumoscan.constants import DECISION_WORDS, NOT_READ_WORDS
+from pneumoscan.constants import CAUSE_CAVEAT, CAUSE_WORDS, DECISION_WORDS, NOT_READ_WORDS
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Chromium not found at {CHROMIUM}")
 
@@ -282,13 +282,19 @@ def test_a_cards_film_opens_the_viewer_with_the_cases_in_risk_order(server, tmp_
 
 
 def test_every_text_comes_from_strings_js(server):
-    """The page's texts are STRINGS.page's: none left unfilled, the decision words are the constants'."""
+    """The page's texts are STRINGS.page's: none left unfilled, the decision words, the cause phrases and the
+    cause's caveat are the constants'."""
     with _browser() as browser:
         page = _open(browser, server)
         words = _module(page, "strings.js", "({ STRINGS }) => ({p: STRINGS.page.decisionPNEUMONIA, "
                         "n: STRINGS.page.decisionNORMAL, o: STRINGS.page.decisionOUT_OF_SCOPE, x: STRINGS.page.notRead})")
         assert (words["p"], words["n"], words["o"], words["x"]) == (
             DECISION_WORDS["PNEUMONIA"], DECISION_WORDS["NORMAL"], DECISION_WORDS["OUT_OF_SCOPE"], NOT_READ_WORDS)
+        causes = _module(page, "strings.js", "({ STRINGS }) => ({b: STRINGS.page.causeBACTERIAL, v: STRINGS.page.causeVIRAL, "
+                         "c: STRINGS.page.causeCaveat, vb: STRINGS.viewer.cause_BACTERIAL, vv: STRINGS.viewer.cause_VIRAL, "
+                         "vc: STRINGS.viewer.causeCaveat})")
+        assert causes == {"b": CAUSE_WORDS["BACTERIAL"], "v": CAUSE_WORDS["VIRAL"], "c": CAUSE_CAVEAT,
+                          "vb": CAUSE_WORDS["BACTERIAL"], "vv": CAUSE_WORDS["VIRAL"], "vc": CAUSE_CAVEAT}, causes
         empty = page.evaluate("[...document.querySelectorAll('[data-t]')].filter((n) => !n.textContent.trim())"
                               ".map((n) => n.dataset.t)")
         assert not empty, empty

@@ -14,7 +14,7 @@ import pytest
 from imagefactory import dicom_bytes, jpeg_bytes, png_bytes, synthetic_xray
 from PIL import Image
 
-from pneumoscan.constants import DECISION_WORDS
+from pneumoscan.constants import CAUSE_CAVEAT, CAUSE_WORDS, DECISION_WORDS
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.inference.render import render_heat
 from pneumoscan.serve import ServeSettings, create_app
@@ -188,7 +188,17 @@ def test_downscale_and_render_heat():
 
 
 def test_strings_carry_the_one_decision_wording():
+    """strings.js says the decisions, the causes and the cause's caveat in the constants' words, in the page's and
+    the viewer's strings alike."""
     text = STRINGS_JS.read_text(encoding="utf-8")
-    viewer = text[text.index("viewer: {"):]
+    text = re.sub(r'"\s*\+\s*"', "", text)  # a long string written in pieces ("..." +\n "...") is one string
+    page, viewer = text[text.index("page: {"):text.index("viewer: {")], text[text.index("viewer: {"):]
     for label, words in DECISION_WORDS.items():
         assert re.search(rf'decision_{label}: "{re.escape(words)}"', viewer), label
+        assert re.search(rf'decision{label}: "{re.escape(words)}"', page), label
+    assert set(CAUSE_WORDS) == {"BACTERIAL", "VIRAL"}
+    for label, words in CAUSE_WORDS.items():
+        assert re.search(rf'\bcause_{label}: "{re.escape(words)}"', viewer), label
+        assert re.search(rf'\bcause{label}: "{re.escape(words)}"', page), label
+    for section in (page, viewer):
+        assert re.search(rf'\bcauseCaveat: "{re.escape(CAUSE_CAVEAT)}"', section)

@@ -168,9 +168,10 @@ def test_a_version_1_database_gains_the_thumbnail_column(tmp_path):
     (with no thumbnail) and new rows keep theirs."""
     path = tmp_path / "v1.db"
     engine = engine_mod.make_engine(*engine_mod.resolve(path))
-    with engine.begin() as conn:  # version 1's tables: today's, less the thumbnail column
+    with engine.begin() as conn:  # version 1's tables: today's, less the thumbnail and cause columns
         schema_mod.Base.metadata.create_all(conn)
-        conn.execute(text("ALTER TABLE worklist_results DROP COLUMN thumbnail"))
+        for column in ("thumbnail", "cause", "cause_probability", "cause_threshold"):
+            conn.execute(text(f"ALTER TABLE worklist_results DROP COLUMN {column}"))
         conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
                           "VALUES (1, '2026-01-01 00:00:00', 'created')"))
     engine.dispose()
@@ -188,14 +189,51 @@ def test_a_version_1_database_gains_the_thumbnail_column(tmp_path):
         (old,) = s.list()
         assert old["probability"] == 0.7 and old["thumbnail"] is None
     con = sqlite3.connect(path)
-    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
     assert "thumbnail" in [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
     con.close()
     with WorklistStore(path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == 3
         rid = s.add(scored("new.png", 0.3), input_sha256=_sha("new"), source="upload", client="local",
                     thumbnail=JPEG_URI)
         assert s.get(rid)["thumbnail"] == JPEG_URI
+
+
+def test_a_version_2_database_gains_the_cause_columns_and_old_rows_have_no_cause(tmp_path):
+    from pneumoscan.result import ModelIdentity, Result
+
+    path = tmp_path / "v2.db"
+    engine = engine_mod.make_engine(*engine_mod.resolve(path))
+    with engine.begin() as conn:  # version 2's tables: today's, less the cause columns
+        schema_mod.Base.metadata.create_all(conn)
+        for column in ("cause", "cause_probability", "cause_threshold"):
+            conn.execute(text(f"ALTER TABLE worklist_results DROP COLUMN {column}"))
+        conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
+                          "VALUES (2, '2026-01-01 00:00:00', 'created')"))
+    engine.dispose()
+    con = sqlite3.connect(path)
+    columns = [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
+    values = {c: "" for c in columns if c != "id"}
+    values.update(created="2026-01-01 00:00:00", category=0, input_sha256=_sha("old"), probability=0.7,
+                  threshold=0.5, in_scope=1, decision="PNEUMONIA")
+    con.execute(f"INSERT INTO worklist_results ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                list(values.values()))
+    con.commit()
+    con.close()
+    with WorklistStore(path) as s:
+        assert s.schema_version == 3
+        (old,) = s.list()
+        assert (old["cause"], old["cause_score"], old["cause_threshold"]) == ("", None, None)
+        model = ModelIdentity("m", "v", 0.5, cause_threshold=0.4)
+        flagged = Result.scored("a.png", 0.9, model, cause_probability=0.7)
+        rid = s.add(flagged, input_sha256=_sha("new"), source="upload", client="local")
+        new = s.get(rid)
+        assert (new["cause"], new["cause_text"], new["cause_score"], new["cause_threshold"]) == (
+            "VIRAL", "pattern more like viral", 70.0, 0.4)
+        assert [r["id"] for r in s.list(cause="VIRAL")] == [rid] and s.count(cause="BACTERIAL") == 0
+        normal = s.add(Result.scored("b.png", 0.1, model, cause_probability=0.9), input_sha256=_sha("n"),
+                       source="upload", client="local")
+        assert s.get(normal)["cause"] == "" and s.get(normal)["cause_probability"] is None
 
 
 def test_context_is_kept_and_the_patient_name_never(store, tmp_path):

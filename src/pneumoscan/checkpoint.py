@@ -77,6 +77,27 @@ class ModelMeta:
     epoch: int | None
     config: dict[str, Any]
     raw: dict[str, Any]
+    #: The network's outputs, in the order of its head's columns: ``("pneumonia",)`` or ``("pneumonia", "viral")``
+    #: (the second: the logit that a pneumonia is viral rather than bacterial; see
+    #: :mod:`pneumoscan.onboarding.cause`).
+    outputs: tuple[str, ...] = ("pneumonia",)
+    #: The cause output's operating point (``threshold``, ``temperature``, how they were chosen, validation
+    #: figures); None without a cause output, or while training (chosen at the end of the run).
+    cause: dict[str, Any] | None = None
+
+    @property
+    def has_cause(self) -> bool:
+        """True when the network has the cause output (whether or not its operating point is chosen yet)."""
+        return "viral" in self.outputs
+
+    @property
+    def cause_threshold(self) -> float | None:
+        """The cause output's operating threshold on P(viral), or None (no cause output, or none chosen)."""
+        return None if not self.cause else float(self.cause["threshold"])
+
+    @property
+    def cause_temperature(self) -> float:
+        return 1.0 if not self.cause else float(self.cause.get("temperature", 1.0))
 
     @classmethod
     def from_dict(cls, meta: dict[str, Any], source: str | os.PathLike[str] | None = None) -> "ModelMeta":
@@ -98,6 +119,8 @@ class ModelMeta:
                 val_summary=meta.get("val_summary") or None, val_metrics=dict(meta.get("val_metrics") or {}),
                 classes=tuple(meta.get("classes") or ()), epoch=meta.get("epoch"),
                 config=dict(meta.get("config") or {}), raw=dict(meta),
+                outputs=tuple(str(o) for o in (meta.get("outputs") or ("pneumonia",))),
+                cause=dict(meta["cause"]) if meta.get("cause") else None,
             )
         except KeyError as exc:
             raise CheckpointError(f"{where}: model metadata lacks {exc}") from exc
@@ -106,6 +129,13 @@ class ModelMeta:
         if not 0.0 <= threshold <= 1.0 or not temperature > 0:
             raise CheckpointError(f"{where}: invalid operating threshold {threshold} or temperature {temperature} "
                                   "in the model's metadata")
+        if parsed.outputs not in (("pneumonia",), ("pneumonia", "viral")):
+            raise CheckpointError(f"{where}: unknown model outputs {list(parsed.outputs)}; this pneumoscan knows "
+                                  "['pneumonia'] and ['pneumonia', 'viral']")
+        if parsed.cause is not None:
+            ct, cT = parsed.cause.get("threshold"), parsed.cause.get("temperature", 1.0)
+            if not parsed.has_cause or not isinstance(ct, (int, float)) or not 0.0 <= ct <= 1.0 or not cT > 0:
+                raise CheckpointError(f"{where}: invalid cause operating point in the model's metadata ({ct}, {cT})")
         return parsed
 
 

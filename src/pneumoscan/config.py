@@ -74,6 +74,10 @@ class ModelConfig:
     pretrained: bool = True
     #: Dropout before the classifier.
     dropout: float = 0.2
+    #: A second output on the same backbone: the logit that a pneumonia is viral rather than bacterial, learned
+    #: from the films whose cause is known (``personN_virus_M`` / ``personN_bacteria_M``); see
+    #: :mod:`pneumoscan.onboarding.cause`. Off: the pneumonia output alone.
+    cause_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,9 @@ class TrainConfig:
     #: short run (0.998 ** 870 = 18 % after 6 epochs of 145 steps).
     ema_warmup: bool = True
     seed: int = 0
+    #: Weight of the cause output's loss beside the main one (with ``model.cause_head``); the cause loss counts only
+    #: pneumonia films whose cause is known, and weights viral films by n_bacterial / n_viral among them.
+    cause_weight: float = 1.0
     #: Threads used by torch on the CPU (0: torch's default).
     threads: int = 0
     #: Cap on training images per epoch (0: all); for quick experiments.

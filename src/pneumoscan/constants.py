@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CLASS_NAMES", "DECISION_WORDS", "DEFAULT_CACHE_DIR", "DISCLAIMER", "DISCLAIMER_SHORT", "IMAGE_SUFFIXES",
+__all__ = ["CAUSE_CAVEAT", "CAUSE_WORDS", "CLASS_NAMES", "DECISION_WORDS", "DEFAULT_CACHE_DIR", "DISCLAIMER", "DISCLAIMER_SHORT", "IMAGE_SUFFIXES",
            "INTENDED_USE", "JUNK_NAMES", "NOT_READ_WORDS", "OTHER_IMAGE_SUFFIXES", "OUT_OF_SCOPE", "SCORE_SCALE",
            "SUPPORTED_FORMATS"]
 
@@ -20,6 +20,15 @@ DECISION_WORDS = {
     "NORMAL": "Not flagged",
     "OUT_OF_SCOPE": "Not assessed (out of scope)",
 }
+#: The one wording of a flagged film's cause (``cause`` in the API, CSV and JSON: ``BACTERIAL``/``VIRAL``; empty for
+#: every film that is not flagged). Shown with the viral score on 0-100; never a treatment recommendation.
+CAUSE_WORDS = {
+    "BACTERIAL": "pattern more like bacterial",
+    "VIRAL": "pattern more like viral",
+}
+#: What the cause is, said wherever it is shown.
+CAUSE_CAVEAT = ("The cause is weaker evidence than the main finding, learned from the data set's bacterial/viral "
+                "labels (no microbiology), and is not a treatment recommendation.")
 #: The wording for a file that could not be read (it has no decision).
 NOT_READ_WORDS = "Could not be read"
 

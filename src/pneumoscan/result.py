@@ -21,12 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from pneumoscan.constants import CLASS_NAMES, DISCLAIMER_SHORT, NOT_READ_WORDS, OUT_OF_SCOPE
+from pneumoscan.constants import CAUSE_WORDS, CLASS_NAMES, DISCLAIMER_SHORT, NOT_READ_WORDS, OUT_OF_SCOPE
 from pneumoscan.io import ImageContext
 from pneumoscan.metrics import decide, decision_words, score_100
 
-__all__ = ["CONTEXT_KEYS", "DECISIONS", "RESULT_KEYS", "Explanation", "ModelIdentity", "Result", "upsample_map"]
+__all__ = ["CAUSES", "CONTEXT_KEYS", "DECISIONS", "RESULT_KEYS", "Explanation", "ModelIdentity", "Result", "upsample_map"]
 
+#: The causes a flagged film can get (``cause``; ``""`` for every other film), in the cause output's order.
+CAUSES = ("BACTERIAL", "VIRAL")
 #: The machine decisions a read film can get; ``""`` is the decision of a file that could not be read.
 DECISIONS = (CLASS_NAMES[1], CLASS_NAMES[0], OUT_OF_SCOPE)
 #: The DICOM context every output carries, by these names (never the patient's name).
@@ -38,17 +40,23 @@ class ModelIdentity:
     """Which model answered, and at which operating point: enough to reproduce and audit a decision.
 
     ``name`` (registry name, e.g. ``efficientnet-lite0``), ``version`` (12 hex digits of the model file's SHA-256, or
-    ``"in-memory"``), ``threshold`` (the operating threshold on the calibrated probability, in [0, 1]).
+    ``"in-memory"``), ``threshold`` (the operating threshold on the calibrated probability, in [0, 1]),
+    ``cause_threshold`` (the cause output's, on P(viral); None without one).
     """
 
     name: str
     version: str
     threshold: float
+    #: The cause output's operating threshold on P(viral); None for a model without a cause output.
+    cause_threshold: float | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)
-                and 0.0 <= self.threshold <= 1.0):
-            raise ValueError(f"threshold must be a number in [0, 1], got {self.threshold!r}")
+        for name in ("threshold", "cause_threshold"):
+            value = getattr(self, name)
+            if name == "cause_threshold" and value is None:
+                continue
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
 def upsample_map(low: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -116,7 +124,11 @@ class Result:
             needs) when the caller asked to keep it, so outputs never decode the file again; None otherwise.
         features, descriptor: the pooled features ``(C,)`` and intensity descriptors ``(7,)`` of the model's input,
             for the drift check (in no output file).
+        cause_probability: the cause output's calibrated P(viral) for a model that has one (None otherwise); kept for
+            every scored film, shown only for one that has a ``cause``.
         decision: ``"PNEUMONIA"`` (flagged), ``"NORMAL"``, ``"OUT_OF_SCOPE"`` or ``""`` (not read); computed.
+        cause: ``"BACTERIAL"`` or ``"VIRAL"`` for a flagged, in-scope film of a model with a cause output (P(viral)
+            at or above the model's ``cause_threshold``: viral); ``""`` for every other film; computed.
     """
 
     source: str
@@ -130,11 +142,13 @@ class Result:
     error: str = ""
     note: str = ""
     heatmap_path: str | None = None
+    cause_probability: float | None = None
     explanation: Explanation | None = field(default=None, repr=False, compare=False)
     film: np.ndarray | None = field(default=None, repr=False, compare=False)
     features: np.ndarray | None = field(default=None, repr=False, compare=False)
     descriptor: np.ndarray | None = field(default=None, repr=False, compare=False)
     decision: str = field(init=False, default="")
+    cause: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         if self.context is None:  # "no DICOM context" is the empty context, never None
@@ -155,6 +169,14 @@ class Result:
         object.__setattr__(self, "in_scope", in_scope)
         label = CLASS_NAMES[int(decide(float(p), self.model.threshold))] if in_scope else OUT_OF_SCOPE
         object.__setattr__(self, "decision", label)
+        c = self.cause_probability
+        if c is not None:
+            if not (isinstance(c, (int, float, np.floating)) and math.isfinite(c) and 0.0 <= c <= 1.0):
+                raise ValueError(f"{self.source}: cause_probability must be a number in [0, 1], got {c!r}")
+            object.__setattr__(self, "cause_probability", float(c))
+            # Only a flagged, in-scope film gets a cause: the question "what kind?" follows "is it pneumonia?".
+            if label == CLASS_NAMES[1] and self.model.cause_threshold is not None:
+                object.__setattr__(self, "cause", CAUSES[int(decide(float(c), self.model.cause_threshold))])
 
     # ------------------------------------------------------------------ construction
 
@@ -216,6 +238,20 @@ class Result:
         return decision_words(self.decision)
 
     @property
+    def cause_text(self) -> str:
+        """The cause in the one wording (:data:`pneumoscan.constants.CAUSE_WORDS`); ``""`` without one."""
+        return CAUSE_WORDS.get(self.cause, "")
+
+    @property
+    def cause_score(self) -> float | None:
+        """The viral score people see (P(viral) on 0-100), only for a film that has a cause."""
+        return score_100(self.cause_probability) if self.cause and self.cause_probability is not None else None
+
+    @property
+    def cause_score_threshold(self) -> float | None:
+        return None if self.model.cause_threshold is None else score_100(self.model.cause_threshold)
+
+    @property
     def label(self) -> str:
         """The machine decision (``decision``)."""
         return self.decision
@@ -229,7 +265,9 @@ class Result:
             return f"{NOT_READ_WORDS}: {self.error}"
         if not self.assessed:
             return f"{self.decision_text}: {self.scope_reason}. {DISCLAIMER_SHORT}"
-        return (f"{self.decision_text}. Score {self.score:.1f} / 100 (threshold {self.score_threshold:.1f}). "
+        cause = (f" The {self.cause_text} (viral score {self.cause_score:.1f} / 100, threshold "
+                 f"{self.cause_score_threshold:.1f})." if self.cause else "")
+        return (f"{self.decision_text}. Score {self.score:.1f} / 100 (threshold {self.score_threshold:.1f}).{cause} "
                 f"{DISCLAIMER_SHORT}")
 
     def context_dict(self) -> dict[str, str]:
@@ -255,10 +293,14 @@ class Result:
                 "threshold": self.model.threshold, "score_threshold": self.score_threshold,
                 "decision": self.decision, "decision_text": self.decision_text,
                 "positive": self.positive if self.read else None, "in_scope": self.in_scope,
-                "scope_reason": self.scope_reason, "error": self.error, "note": self.note,
+                "scope_reason": self.scope_reason, "cause": self.cause, "cause_text": self.cause_text,
+                "cause_score": self.cause_score,
+                "cause_probability": self.cause_probability if self.cause else None,
+                "cause_threshold": self.model.cause_threshold, "error": self.error, "note": self.note,
                 "model_name": self.model.name, "model_version": self.model.version, "context": self.context_dict()}
 
 
 #: The keys of :meth:`Result.to_dict`, in order: what every JSON result (the API's, the stored worklist's) holds.
 RESULT_KEYS = ("ok", "probability", "score", "threshold", "score_threshold", "decision", "decision_text", "positive",
-               "in_scope", "scope_reason", "error", "note", "model_name", "model_version", "context")
+               "in_scope", "scope_reason", "cause", "cause_text", "cause_score", "cause_probability",
+               "cause_threshold", "error", "note", "model_name", "model_version", "context")

@@ -9,7 +9,9 @@ StudyInstanceUID) in a new series each, with the source's patient and study modu
   holds the pneumonia probability (NUM, unit ``{probability}``), the operating threshold (NUM), the decision as a
   coded finding (SCT 233604007 Pneumonia, SCT 17621005 Normal, or a local code for "not assessed"), whether the
   image was in scope (CODE yes/no) and why not (TEXT), the algorithm's identification (TID 4019: name
-  ``pneumoscan <model>`` and the model's version) and the decision-support disclaimer (TEXT). An image out of
+  ``pneumoscan <model>`` and the model's version) and the decision-support disclaimer (TEXT); a flagged film of a
+  model with a cause output gets a second group whose finding is SCT 53084003 Bacterial pneumonia or 75570004 Viral
+  pneumonia, with P(viral) and the cause threshold (NUM) and the caveat that the cause is weaker evidence (TEXT). An image out of
   scope gets no probability in the SR: a PACS viewer would show it as a risk (the worklists keep it, for audit).
   The report is COMPLETE, UNVERIFIED and PRELIMINARY: a clinician's reading is the final one.
 * :func:`make_sc`: a Secondary Capture (RGB) of the heatmap overlay on the film the result kept, with the result's

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pneumoscan import __version__
-from pneumoscan.constants import DISCLAIMER
+from pneumoscan.constants import CAUSE_CAVEAT, DISCLAIMER
 from pneumoscan.dicom_out.source import (
     CODING_SCHEME,
     MANUFACTURER,
@@ -34,10 +34,16 @@ def _codes() -> dict[str, Any]:
         "decision_text": ("DECISION", "Triage decision"),
         "disclaimer": ("DISCLAIMER", "Decision support disclaimer"),
         "not_assessed": ("NOT-ASSESSED", "Not assessed: outside intended use"),
+        "cause_probability": ("VIRAL-P", "Viral pattern probability"),
+        "cause_threshold": ("CAUSE-THR", "Cause operating threshold"),
+        "cause_text": ("CAUSE", "Pattern more like"),
+        "cause_caveat": ("CAUSE-CAVEAT", "Cause caveat"),
     }
     out = {k: CodedConcept(v, CODING_SCHEME, m) for k, (v, m) in local.items()}
     out.update(
         pneumonia=CodedConcept("233604007", "SCT", "Pneumonia"),
+        bacterial=CodedConcept("53084003", "SCT", "Bacterial pneumonia"),
+        viral=CodedConcept("75570004", "SCT", "Viral pneumonia"),
         normal=CodedConcept("17621005", "SCT", "Normal"),
         yes=CodedConcept("373066001", "SCT", "Yes"),
         no=CodedConcept("373067005", "SCT", "No"),
@@ -103,8 +109,24 @@ def make_sr(source: pydicom.Dataset, result: Result, *, series_number: int = SR_
             texts.insert(1, (c["scope_reason"], result.scope_reason or "outside the intended use"))
         for name, value in texts:  # TEXT items of the group (CONTAINS), after its measurements and evaluations
             group[0].ContentSequence.append(hd.sr.TextContentItem(name=name, value=value, relationship_type="CONTAINS"))
+        groups = [group]
+        if result.cause:  # the second question, only for a flagged film: a coded finding under the main one
+            cause_group = hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="pneumonia cause"),
+                finding_type=c["viral"] if result.cause == "VIRAL" else c["bacterial"],
+                algorithm_id=algorithm,
+                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)],
+                measurements=[hd.sr.Measurement(name=c["cause_probability"], value=float(result.cause_probability),
+                                                unit=c["unit"]),
+                              hd.sr.Measurement(name=c["cause_threshold"], value=float(result.model.cause_threshold),
+                                                unit=c["unit"])],
+            )
+            for name, value in ((c["cause_text"], result.cause_text), (c["cause_caveat"], CAUSE_CAVEAT)):
+                cause_group[0].ContentSequence.append(hd.sr.TextContentItem(name=name, value=value,
+                                                                            relationship_type="CONTAINS"))
+            groups.append(cause_group)
         report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=c["chest_xray"],
-                                         imaging_measurements=[group])
+                                         imaging_measurements=groups)
         sr = hd.sr.Comprehensive3DSR(
             evidence=[ds], content=report, series_instance_uid=generate_uid(), series_number=int(series_number),
             sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,

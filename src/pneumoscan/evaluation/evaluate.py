@@ -29,6 +29,7 @@ from pneumoscan import metrics as M
 from pneumoscan.checkpoint import FALLBACK_THRESHOLD
 from pneumoscan.constants import CLASS_NAMES, DEFAULT_CACHE_DIR
 from pneumoscan.data import Record, index_dataset
+from pneumoscan.evaluation.cause import cause_section
 from pneumoscan.evaluation.report import write_report
 from pneumoscan.io import ImageContext, ImageError, read_image_context
 from pneumoscan.onboarding.operating_point import training_overlap, training_overlap_text
@@ -217,8 +218,10 @@ def model_results(sm: ScoredModel, records: Sequence[Record]) -> list[Result]:
     checkpoint carries) and the decision at the stored operating threshold, made once, by the result. The metrics
     include every image; in use, the images out of scope would be "not assessed"."""
     gate = ScopeGate(reference_of(sm.checkpoint))
-    identity = ModelIdentity(sm.checkpoint.info.model, file_sha256(sm.checkpoint.path)[:12] if sm.checkpoint.path
-                             else "in-memory", float(sm.checkpoint.info.threshold))
+    info = sm.checkpoint.info
+    identity = ModelIdentity(info.model, file_sha256(sm.checkpoint.path)[:12] if sm.checkpoint.path
+                             else "in-memory", float(info.threshold), info.cause_threshold)
+    cause = sm.cause_probs
     out = []
     for i, rec in enumerate(records):
         ctx = ImageContext()
@@ -232,7 +235,8 @@ def model_results(sm: ScoredModel, records: Sequence[Record]) -> list[Result]:
         verdict = gate.assess(ctx, square, feats)
         out.append(Result.scored(rec.path, float(sm.probs[i]), identity, in_scope=verdict.in_scope,
                                  scope_reason=verdict.reason, scope_evidence=verdict.evidence,
-                                 ood_score=verdict.ood_score, context=ctx))
+                                 ood_score=verdict.ood_score, context=ctx,
+                                 cause_probability=None if cause is None else float(cause[i])))
     return out
 
 
@@ -267,6 +271,10 @@ def _model_entry(index: int, sm: ScoredModel, records: Sequence[Record], results
         "summary": summary, "training_overlap": overlap,
         "training_alerts": _training_alerts(overlap, info.threshold_source == "checkpoint"),
         "scope": _scope_entry(results, reference_of(ck) is not None),
+        "cause": cause_section(sm.probs, sm.cause_probs,
+                               None if sm.cause_logits is None else M.apply_temperature(sm.cause_logits, 1.0),
+                               records, threshold=info.threshold, cause_meta=info.cause, n_resamples=n_resamples,
+                               seed=seed, level=level),
     }
     val = info.val_summary
     v, e = (_metric(val, "operating", "sensitivity") if val else None), _metric(summary, "operating", "sensitivity")
@@ -311,16 +319,17 @@ def _write_outputs(result: dict[str, Any], scored: Sequence[ScoredModel], record
 
 #: Columns of ``scores.csv``: the image and its label, then the columns of ``predict``'s worklist with the same names
 #: and values (the probability, the score and threshold on 0-100, the decision, the scope verdict, the model).
-SCORES_COLUMNS = ("path", "label", "patient_id", "cause", "probability", "score", "score_threshold", "decision",
-                  "decision_text", "positive", "in_scope", "scope_reason", "threshold", "model_name",
-                  "model_version", "disclaimer")
+SCORES_COLUMNS = ("path", "label", "patient_id", "true_cause", "probability", "score", "score_threshold", "decision",
+                  "decision_text", "positive", "in_scope", "scope_reason", "threshold", "cause", "cause_text",
+                  "cause_score", "cause_probability", "cause_threshold", "model_name", "model_version", "disclaimer")
 
 
 def write_scores(path: Path, records: Sequence[Record], results: Sequence[Result]) -> None:
     """One row per evaluated image, atomically: :data:`SCORES_COLUMNS`, each result's row as ``predict`` writes it
-    (:func:`pneumoscan.worklist.worklist_row`) beside the image's label, patient (the data set's) and cause."""
+    (:func:`pneumoscan.worklist.worklist_row`) beside the image's label, patient (the data set's) and its known cause
+    (``true_cause``: the data set's ``bacteria``/``virus``; ``cause`` is the model's, as in ``predict``'s worklist)."""
     rows = [{**worklist_row(r), "label": CLASS_NAMES[rec.label], "patient_id": rec.patient_id,
-             "cause": rec.cause or ""} for rec, r in zip(records, results)]
+             "true_cause": rec.cause or ""} for rec, r in zip(records, results)]
     atomic_write_text(path, csv_text(rows, {}, columns=SCORES_COLUMNS))
 
 

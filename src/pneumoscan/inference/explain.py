@@ -47,13 +47,14 @@ class GradCAM:
         self._lock = threading.Lock()
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, cams, _ = self.run(x)
+        logits, cams, _, _ = self.run(x)
         return logits, cams
 
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(logits (N,), cams (N, h, w), pooled features (N, C))``: the features are the Grad-CAM layer's
-        activations averaged over space, which for every registered model is the feature map its head pools
-        (what :meth:`~pneumoscan.models.layers.Classifier.forward_with_features` returns)."""
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits (N,), cams (N, h, w), pooled features (N, C), every output (N, K))``: the features are the
+        Grad-CAM layer's activations averaged over space, which for every registered model is the feature map its
+        head pools (what :meth:`~pneumoscan.models.layers.Classifier.forward_with_features` returns); the last is
+        the whole head (the cause output too, for a model that has one)."""
         owner = threading.get_ident()
         captured: list[torch.Tensor] = []
 
@@ -72,12 +73,14 @@ class GradCAM:
             if len(captured) != 1:
                 raise RuntimeError(f"Grad-CAM layer ran {len(captured)} times in one forward pass; expected once")
             acts = captured[0]
-            logits = out.reshape(len(x), -1)[:, self.target]
+            every = out.reshape(len(x), -1)
+            logits = every[:, self.target]
             # Images are independent in eval mode, so the sum's gradient is each image's own gradient.
             (grads,) = torch.autograd.grad(logits.sum(), acts)
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cams = F.relu((weights * acts).sum(dim=1)).detach()
-        return logits.detach().float(), cams.float(), acts.detach().mean(dim=(2, 3)).float()
+        return (logits.detach().float(), cams.float(), acts.detach().mean(dim=(2, 3)).float(),
+                every.detach().float())
 
 
 def upsample_cam(cam: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 The ONNX graph takes ``image``: float32 ``(N, 1, S, S)``, already made by
 :func:`pneumoscan.preprocessing.preprocess` (``N`` is dynamic) and returns ``logit``: float32 ``(N, 1)``, the raw
-pneumonia logit, and ``features``: float32 ``(N, C)``, the pooled features the scope gate and the drift check
-compare with the reference (which travels base64-encoded under ``pneumoscan_reference``). The temperature and
-the operating threshold are not baked into the graph; like everything
+pneumonia logit, ``features``: float32 ``(N, C)``, the pooled features the scope gate and the drift check
+compare with the reference (which travels base64-encoded under ``pneumoscan_reference``), and, for a model with a
+cause output, ``cause_logit``: float32 ``(N,)``, the logit that a pneumonia is viral rather than bacterial. The
+temperatures and the operating thresholds are not baked into the graph; like everything
 else needed to reproduce a prediction, they travel in the checkpoint's metadata, which is stored as JSON in
 the ONNX model's ``metadata_props`` under the key ``pneumoscan`` (the same JSON as in the checkpoint header),
 so :class:`pneumoscan.inference.predictor.Predictor` treats both files alike. An export made from a checkpoint file also
@@ -29,6 +30,7 @@ from torch import nn
 from pneumoscan.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
 from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.inference.scoring import (
+    CAUSE_NAME,
     CHECKPOINT_SHA256_KEY,
     FEATURES_NAME,
     INPUT_NAME,
@@ -54,8 +56,11 @@ class _LogitsAndFeatures(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_with_features(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, features = self.model.forward_with_features(x)
+        if logits.shape[1] == 1:
+            return logits, features
+        return logits[:, :1], features, logits[:, 1]  # the cause output, a named output of its own
 
 
 def export_onnx(checkpoint: str | os.PathLike[str] | Checkpoint, out: str | os.PathLike[str], *,
@@ -85,17 +90,20 @@ def export_onnx(checkpoint: str | os.PathLike[str] | Checkpoint, out: str | os.P
             # is computed from the spatial size; both are fine here: S is fixed by the checkpoint.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            outputs = [OUTPUT_NAME, FEATURES_NAME] + ([CAUSE_NAME] if ckpt.info.has_cause else [])
             torch.onnx.export(  # dynamo=False: the torch.export-based exporter needs onnxscript (not installed)
                 _LogitsAndFeatures(model), (example,), str(tmp), input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME, FEATURES_NAME], opset_version=opset,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}, FEATURES_NAME: {0: "batch"}},
+                output_names=outputs, opset_version=opset,
+                dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *outputs)},
                 do_constant_folding=True, dynamo=False)
         proto = onnx.load(str(tmp))
         _add_metadata(proto, ckpt, sha256)
         proto.producer_name = "pneumoscan"
         proto.doc_string = (f"pneumoscan {ckpt.model_name}: input '{INPUT_NAME}' float32 (N, 1, {size}, {size}) "
                             f"normalised as in metadata 'pneumoscan'.preprocessing; output '{OUTPUT_NAME}' (N, 1) "
-                            "pneumonia logit. Decision support, not a diagnosis.")
+                            "pneumonia logit" + (f", '{CAUSE_NAME}' (N,) logit that a pneumonia is viral rather "
+                                                 "than bacterial" if ckpt.info.has_cause else "")
+                            + ". Decision support, not a diagnosis.")
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
     return target

@@ -53,11 +53,17 @@ class Network:
         """Model-size ``(S, S) uint8`` squares, normalised: float32 ``(N, 1, S, S)`` (a NumPy array)."""
         return to_model_array(squares, self.spec)
 
-    def logits(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray | None]]:
-        """Logits float64 ``(N,)`` and pooled features (``(C,)`` each; None per image when the runner gives none)."""
+    def logits(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray | None]]:
+        """Logits float64 ``(N,)``, cause logits ``(N,)`` (None for a model without a cause output) and pooled
+        features (``(C,)`` each; None per image when the runner gives none)."""
         x = self.inputs(squares)
-        logits, feats = self.runner.with_features(x)
-        return np.asarray(logits, dtype=np.float64), [None] * len(squares) if feats is None else list(feats)
+        outputs = getattr(self.runner, "outputs", None)
+        if outputs is not None:
+            logits, cause, feats = outputs(x)
+        else:  # a runner with the pneumonia output and features alone
+            (logits, feats), cause = self.runner.with_features(x), None
+        return (np.asarray(logits, dtype=np.float64), None if cause is None else np.asarray(cause, np.float64),
+                [None] * len(squares) if feats is None else list(feats))
 
     def torch_model(self) -> nn.Module:
         """The torch model Grad-CAM needs: the one given, else loaded from the checkpoint on first use.
@@ -76,9 +82,10 @@ class Network:
         return self.model
 
     def gradcam(self, squares: Sequence[np.ndarray]
-                ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-        """Logits float64 ``(N,)``, Grad-CAM maps on the layer's own grid (float32 ``(h, w)``, unnormalised) and
-        pooled features, :data:`GRADCAM_CHUNK` squares at a time.
+                ) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+        """Logits float64 ``(N,)``, cause logits ``(N,)`` (None without a cause output), Grad-CAM maps of the
+        pneumonia output on the layer's own grid (float32 ``(h, w)``, unnormalised) and pooled features,
+        :data:`GRADCAM_CHUNK` squares at a time.
 
         Raises:
             HeatmapUnavailableError: this network cannot explain (:attr:`can_explain`).
@@ -88,11 +95,13 @@ class Network:
         from pneumoscan.inference.explain import GradCAM
 
         cam = GradCAM(self.torch_model())
-        logits, maps, feats = [], [], []
+        logits, causes, maps, feats = [], [], [], []
         for start in range(0, len(squares), GRADCAM_CHUNK):
             part = squares[start:start + GRADCAM_CHUNK]
-            z, low, pooled = cam.run(torch.from_numpy(self.inputs(part)))
+            z, low, pooled, every = cam.run(torch.from_numpy(self.inputs(part)))
             logits.append(z.numpy().astype(np.float64))
+            causes.append(every[:, 1].numpy().astype(np.float64) if every.shape[1] > 1 else None)
             maps += [np.asarray(m, dtype=np.float32) for m in low.numpy()]
             feats += list(pooled.numpy())
-        return np.concatenate(logits), maps, feats
+        cause = None if any(c is None for c in causes) else np.concatenate(causes)
+        return np.concatenate(logits), cause, maps, feats

@@ -35,7 +35,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -85,6 +85,16 @@ def __getattr__(name: str) -> Any:
 
 
 log = logging.getLogger(__name__)
+
+class _Run(NamedTuple):
+    """One batch through the network: probabilities, P(viral) (None without a cause output), pooled features and,
+    when explained, Grad-CAM maps."""
+
+    probs: np.ndarray
+    causes: np.ndarray | None
+    feats: list[np.ndarray | None]
+    cams: list[np.ndarray] | None = None
+
 
 class Predictor:
     """One :class:`~pneumoscan.result.Result` per chest X-ray (probability, scope verdict, decision), from one model
@@ -166,8 +176,8 @@ class Predictor:
 
     @property
     def identity(self) -> ModelIdentity:
-        """Which model answers, at which operating point: every :class:`~pneumoscan.result.Result` names it."""
-        return ModelIdentity(self.model_name, self.version, self.threshold)
+        """Which model answers, at which operating points: every :class:`~pneumoscan.result.Result` names it."""
+        return ModelIdentity(self.model_name, self.version, self.threshold, self.info.cause_threshold)
 
     @property
     def can_explain(self) -> bool:
@@ -215,7 +225,7 @@ class Predictor:
         step = max(1, self.options.batch_size)
         for start in range(0, len(items), step):
             films = self._decode_many(items[start:start + step])
-            out[start:start + len(films)] = self._forward([f.square for f in films])[0]
+            out[start:start + len(films)] = self._forward([f.square for f in films]).probs
         return out
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Result]:
@@ -231,10 +241,10 @@ class Predictor:
         for start in range(0, len(items), step):
             part = items[start:start + step]
             films = self._decode_many(part)
-            probs, feats = self._forward([f.square for f in films])
+            run = self._forward([f.square for f in films])
             descriptors = intensity_descriptors(np.stack([f.square for f in films]))
-            out += [self._result(describe(item), float(p), film, f, d)
-                    for item, film, p, f, d in zip(part, films, probs, feats, descriptors)]
+            out += [self._result(describe(item), run, k, film, d)
+                    for k, (item, film, d) in enumerate(zip(part, films, descriptors))]
         return out
 
     def explain(self, image: ImageInput) -> tuple[float, np.ndarray]:
@@ -251,8 +261,8 @@ class Predictor:
         self.network.torch_model()
         film = read_film(image, self.preprocessing, full=True)
         assert film.gray is not None
-        probs, cams, _ = self._explain_batch([film.square])
-        return float(probs[0]), Explanation(cams[0]).heatmap(film.gray.shape)
+        run = self._explain_batch([film.square])
+        return float(run.probs[0]), Explanation(run.cams[0]).heatmap(film.gray.shape)
 
     def assess(self, film: Film, *, source: str = "", explain: bool = False, keep_film: bool = False) -> Result:
         """One decoded film (:meth:`read`) through the gated path: one forward pass (with ``explain``, one Grad-CAM
@@ -268,14 +278,9 @@ class Predictor:
         """
         if keep_film and film.gray is None:
             raise ValueError("keep_film needs the film at its own size: read it with full=True")
-        if explain:
-            probs, cams, feats = self._explain_batch([film.square])
-        else:
-            probs, feats = self._forward([film.square])
-            cams = [None]
+        run = self._explain_batch([film.square]) if explain else self._forward([film.square])
         descriptor = intensity_descriptors(film.square[None])[0]
-        return self._result(source, float(probs[0]), film, feats[0], descriptor, cam=cams[0],
-                            keep=film.gray if keep_film else None)
+        return self._result(source, run, 0, film, descriptor, keep=film.gray if keep_film else None)
 
     @property
     def drift(self) -> DriftCheck | None:
@@ -372,27 +377,30 @@ class Predictor:
         descriptors = dict(zip(films, intensity_descriptors(np.stack([f.square for f in films.values()])))) \
             if films else {}
         if plain:
-            probs, feats = self._forward([films[i].square for i in plain])
-            for i, p, f in zip(plain, probs, feats):
-                out[i] = self._result(names[i], float(p), films[i], f, descriptors[i])
+            run = self._forward([films[i].square for i in plain])
+            for k, i in enumerate(plain):
+                out[i] = self._result(names[i], run, k, films[i], descriptors[i])
         if explained:
-            probs, cams, feats = self._explain_batch([films[i].square for i in explained])
-            for i, p, cam, f in zip(explained, probs, cams, feats):
-                out[i] = self._result(names[i], float(p), films[i], f, descriptors[i], cam=cam, keep=films[i].gray)
+            run = self._explain_batch([films[i].square for i in explained])
+            for k, i in enumerate(explained):
+                out[i] = self._result(names[i], run, k, films[i], descriptors[i], keep=films[i].gray)
         return [r for r in out if r is not None]
 
     # ------------------------------------------------------------------ internals
 
-    def _result(self, source: str, probability: float, film: Film, features: np.ndarray | None,
-                descriptor: np.ndarray | None, *, cam: np.ndarray | None = None,
+    def _result(self, source: str, run: _Run, k: int, film: Film, descriptor: np.ndarray | None, *,
                 keep: np.ndarray | None = None) -> Result:
-        """THE place a read film becomes its :class:`~pneumoscan.result.Result`: the scope gate's verdict, then the
-        result (which makes the decision). An explanation is kept only in scope: on a film the model does not
-        assess, a map of "evidence" would read as a finding."""
+        """THE place a read film becomes its :class:`~pneumoscan.result.Result` (item ``k`` of a batch ``run``): the
+        scope gate's verdict, then the result (which makes the decision, and the cause of a flagged film). An
+        explanation is kept only in scope: on a film the model does not assess, a map of "evidence" would read as a
+        finding."""
+        features = run.feats[k]
+        cam = None if run.cams is None else run.cams[k]
         verdict = self.gate.assess(film.context, film.square, features)
-        return Result.scored(source, probability, self.identity, in_scope=verdict.in_scope,
+        return Result.scored(source, float(run.probs[k]), self.identity, in_scope=verdict.in_scope,
                              scope_reason=verdict.reason, scope_evidence=verdict.evidence,
                              ood_score=verdict.ood_score, context=film.context,
+                             cause_probability=None if run.causes is None else float(run.causes[k]),
                              explanation=Explanation(cam) if cam is not None and verdict.in_scope else None,
                              film=None if keep is None else display_copy(keep), features=features,
                              descriptor=descriptor)
@@ -417,15 +425,22 @@ class Predictor:
             return [one(i) for i in items]
         return list(self._decode_pool().map(one, items))
 
-    def _forward(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray | None]]:
-        """Probabilities (``sigmoid(logit / temperature)``) and pooled features of model-size squares."""
-        logits, feats = self.network.logits(squares)
-        return expit(logits / self.temperature), feats
+    def _forward(self, squares: Sequence[np.ndarray]) -> _Run:
+        """Probabilities (``sigmoid(logit / temperature)``), the cause output's P(viral) (its own temperature) and
+        pooled features of model-size squares."""
+        logits, cause, feats = self.network.logits(squares)
+        return _Run(expit(logits / self.temperature), self._cause_probs(cause), feats)
 
-    def _explain_batch(self, squares: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-        """Probabilities, Grad-CAM maps on the layer's grid and pooled features of model-size squares."""
-        logits, maps, feats = self.network.gradcam(squares)
-        return expit(logits / self.temperature), maps, feats
+    def _explain_batch(self, squares: Sequence[np.ndarray]) -> _Run:
+        """:meth:`_forward` with Grad-CAM maps on the layer's grid."""
+        logits, cause, maps, feats = self.network.gradcam(squares)
+        return _Run(expit(logits / self.temperature), self._cause_probs(cause), feats, maps)
+
+    def _cause_probs(self, cause_logits: np.ndarray | None) -> np.ndarray | None:
+        """P(viral), calibrated: only for a model whose cause output has an operating point."""
+        if cause_logits is None or self.info.cause is None:
+            return None
+        return expit(cause_logits / self.info.cause_temperature)
 
     @property
     def _model(self) -> nn.Module | None:

@@ -35,6 +35,10 @@ class Runner(Protocol):
         """``(logits (N,), pooled features (N, C))``; features None when the model file gives none."""
         ...
 
+    def outputs(self, x: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(logits (N,), cause logits (N,) or None, pooled features (N, C) or None)``: every output at once."""
+        ...
+
 
 @runtime_checkable
 class ResultMaker(Protocol):

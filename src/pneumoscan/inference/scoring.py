@@ -30,7 +30,7 @@ from pneumoscan.metrics.point import decide
 
 #: (The torch names listed in ``_TORCH_NAMES`` are importable from here too, but not part of ``*``: they load torch.)
 __all__ = [
-    "BACKENDS", "CHECKPOINT_SHA256_KEY", "DEFAULT_BACKEND", "FEATURES_NAME", "INPUT_NAME", "META_KEY", "OUTPUT_NAME",
+    "BACKENDS", "CAUSE_NAME", "CHECKPOINT_SHA256_KEY", "DEFAULT_BACKEND", "FEATURES_NAME", "INPUT_NAME", "META_KEY", "OUTPUT_NAME",
     "REFERENCE_KEY", "OnnxRunner", "RuntimeOptions", "decide", "decision_label", "expit", "open_onnx_session",
     "read_onnx_metadata", "read_onnx_reference",
 ]
@@ -43,6 +43,8 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logit"
 #: Second output of an ONNX export: the pooled features the scope gate and the drift check use.
 FEATURES_NAME = "features"
+#: Third output of an export of a model with a cause output: the logit that a pneumonia is viral, ``(N,)``.
+CAUSE_NAME = "cause_logit"
 #: metadata_props key of an ONNX export holding the checkpoint's metadata JSON.
 META_KEY = "pneumoscan"
 #: Inference backends: ONNX Runtime (the default: no torch, about 2.4x faster on the CPU) and eager torch.
@@ -121,7 +123,9 @@ class OnnxRunner:
 
     def __init__(self, session: Any) -> None:
         self.session = session
-        self.has_features = FEATURES_NAME in {o.name for o in session.get_outputs()}
+        names = {o.name for o in session.get_outputs()}
+        self.has_features = FEATURES_NAME in names
+        self.has_cause = CAUSE_NAME in names
 
     def __call__(self, x: Any) -> np.ndarray:
         x = _as_array(x)
@@ -134,6 +138,17 @@ class OnnxRunner:
             return self(x), None
         logits, feats = self.session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: x})
         return _logits(logits, len(x)), np.asarray(feats, dtype=np.float32)
+
+    def outputs(self, x: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(logits (N,), cause logits (N,) or None, pooled features (N, C) or None)``: every output in one run."""
+        x = _as_array(x)
+        names = [OUTPUT_NAME] + ([FEATURES_NAME] if self.has_features else []) + ([CAUSE_NAME] if self.has_cause else [])
+        got = dict(zip(names, self.session.run(names, {INPUT_NAME: x})))
+        cause = got.get(CAUSE_NAME)
+        feats = got.get(FEATURES_NAME)
+        return (_logits(got[OUTPUT_NAME], len(x)),
+                None if cause is None else np.asarray(cause, dtype=np.float64).reshape(len(x)),
+                None if feats is None else np.asarray(feats, dtype=np.float32))
 
 
 def _as_array(x: Any) -> np.ndarray:

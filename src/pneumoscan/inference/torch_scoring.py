@@ -38,7 +38,7 @@ from pneumoscan.preprocessing import (
 )
 from pneumoscan.inference.scoring import OnnxRunner, RuntimeOptions, open_onnx_session
 
-__all__ = ["ScoredModel", "TorchRunner", "features_cached", "features_cached_onnx", "load_model",
+__all__ = ["ScoredModel", "TorchRunner", "features_cached", "features_cached_onnx", "load_model", "outputs_cached",
            "model_from_checkpoint", "resolve_device", "score_cached", "score_dataset"]
 
 
@@ -55,7 +55,7 @@ def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     Raises:
         CheckpointError: the weights do not fit the named model.
     """
-    model = create_model(ckpt.model_name, pretrained=False)
+    model = create_model(ckpt.model_name, pretrained=False, num_classes=len(ckpt.info.outputs))
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:
@@ -104,17 +104,30 @@ class TorchRunner:
             out, feats = forward(x.contiguous(memory_format=self.memory_format))
         return out.float().reshape(len(x), -1)[:, 0].numpy().astype(np.float64), feats.float().numpy()
 
+    def outputs(self, x: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(logits (N,), cause logits (N,) or None, pooled features (N, C) or None)`` in one forward pass."""
+        x = _as_tensor(x)
+        forward = getattr(self.model, "forward_with_features", None)
+        with self.grad_context():
+            if forward is None:
+                out, feats = self.model(x.contiguous(memory_format=self.memory_format)), None
+            else:
+                out, feats = forward(x.contiguous(memory_format=self.memory_format))
+        out = out.float().reshape(len(x), -1).numpy().astype(np.float64)
+        return out[:, 0], (out[:, 1] if out.shape[1] > 1 else None), (None if feats is None else feats.float().numpy())
+
 
 @torch.no_grad()
 def score_cached(
     model: nn.Module, images: np.ndarray, rows: np.ndarray, spec: Preprocessing, *, batch_size: int = 64,
-    device: torch.device | str = "cpu", temperature: float = 1.0, logits: bool = False,
+    device: torch.device | str = "cpu", temperature: float = 1.0, logits: bool = False, column: int = 0,
 ) -> np.ndarray:
     """Pneumonia probabilities for ``images[rows]`` (uint8 (N, S, S) already at the model's size: the cache).
 
     Returns float64 (len(rows),) in [0, 1]. ``temperature`` divides the logits (calibration).
     With ``logits=True`` it returns the logits divided by ``temperature`` instead (unbounded; what
-    temperature fitting needs, since probabilities saturate in float32).
+    temperature fitting needs, since probabilities saturate in float32). ``column``: the network's output
+    (0 pneumonia; 1 the cause output, P(viral), of a model that has one).
     """
     was_training = model.training
     model.eval()
@@ -124,7 +137,7 @@ def score_cached(
         x = normalize(cached_rows_to_unit(images, sel), spec)
         check_model_input(x, spec)
         x = x.to(device)
-        z = model(x).float().reshape(-1) / temperature
+        z = model(x).float().reshape(len(sel), -1)[:, column] / temperature
         out[start : start + len(sel)] = (z if logits else torch.sigmoid(z)).cpu().numpy()
     model.train(was_training)
     return out
@@ -141,38 +154,61 @@ class ScoredModel:
     images: np.ndarray  # the cache's (M, S, S) uint8 memory map
     rows: np.ndarray  # (N,) row of each record in ``images``
     features: np.ndarray | None = None  # (N, C) pooled features, for the scope gate
+    cause_logits: np.ndarray | None = None  # (N,) raw cause logits (viral), for a model with a cause output
+
+    @property
+    def cause_probs(self) -> np.ndarray | None:
+        """P(viral) at the checkpoint's cause temperature (None without a cause output or operating point)."""
+        if self.cause_logits is None or self.checkpoint.info.cause is None:
+            return None
+        return apply_temperature(self.cause_logits, self.checkpoint.info.cause_temperature)
 
 
 @torch.no_grad()
-def features_cached(model: nn.Module, images: np.ndarray, rows: np.ndarray, spec: Preprocessing, *,
-                    batch_size: int = 64, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """``(logits (N,), pooled features (N, C))`` for rows of the decoded-image cache, in batches."""
+def outputs_cached(model: nn.Module, images: np.ndarray, rows: np.ndarray, spec: Preprocessing, *,
+                   batch_size: int = 64, device: torch.device | str = "cpu"
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """``(logits (N,), cause logits (N,) or None, pooled features (N, C))`` for rows of the decoded-image cache."""
     was_training = model.training
     model.eval()
-    logits, feats = [], []
+    logits, causes, feats = [], [], []
     for start in range(0, len(rows), batch_size):
         x = normalize(cached_rows_to_unit(images, rows[start:start + batch_size]), spec)
         check_model_input(x, spec)
         z, f = model.forward_with_features(x.to(device))
-        logits.append(z.float().reshape(len(x), -1)[:, 0].cpu().numpy())
+        z = z.float().reshape(len(x), -1).cpu().numpy()
+        logits.append(z[:, 0])
+        causes.append(z[:, 1] if z.shape[1] > 1 else None)
         feats.append(f.float().cpu().numpy())
     model.train(was_training)
-    return np.concatenate(logits).astype(np.float64), np.concatenate(feats)
+    if not logits:
+        return np.empty(0, np.float64), None, np.empty((0, 0), np.float32)
+    cause = None if causes[0] is None else np.concatenate(causes).astype(np.float64)
+    return np.concatenate(logits).astype(np.float64), cause, np.concatenate(feats)
+
+
+def features_cached(model: nn.Module, images: np.ndarray, rows: np.ndarray, spec: Preprocessing, *,
+                    batch_size: int = 64, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """``(logits (N,), pooled features (N, C))`` for rows of the decoded-image cache, in batches."""
+    logits, _, feats = outputs_cached(model, images, rows, spec, batch_size=batch_size, device=device)
+    return logits, feats
 
 
 def features_cached_onnx(runner: OnnxRunner, images: np.ndarray, rows: np.ndarray, spec: Preprocessing, *,
-                         batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`features_cached` with an ONNX Runtime session (the same model input, made in NumPy); features None
-    for an export without them."""
-    logits, feats = [], []
+                         batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """:func:`outputs_cached` with an ONNX Runtime session (the same model input, made in NumPy): ``(logits, cause
+    logits or None, features or None)`` (features None for an export without them)."""
+    logits, causes, feats = [], [], []
     for start in range(0, len(rows), batch_size):
         x = preprocess_array(np.asarray(images[rows[start:start + batch_size]]), spec)
-        z, f = runner.with_features(x)
+        z, c, f = runner.outputs(x)
         logits.append(z)
+        causes.append(c)
         feats.append(f)
     if not logits:
-        return np.empty(0, np.float64), None
-    return np.concatenate(logits), (None if feats[0] is None else np.concatenate(feats))
+        return np.empty(0, np.float64), None, None
+    return (np.concatenate(logits), None if causes[0] is None else np.concatenate(causes),
+            None if feats[0] is None else np.concatenate(feats))
 
 
 def score_dataset(paths: Sequence[str | os.PathLike[str]], records: list[Record], cache_dir: Path, device: torch.device,
@@ -201,10 +237,11 @@ def score_dataset(paths: Sequence[str | os.PathLike[str]], records: list[Record]
         spec = ckpt.info.preprocessing
         if onnx is not None:
             runner = OnnxRunner(open_onnx_session(onnx[i], threads=threads)[0])
-            logits, feats = features_cached_onnx(runner, cache.images, rows, spec, batch_size=batch_size)
+            logits, cause, feats = features_cached_onnx(runner, cache.images, rows, spec, batch_size=batch_size)
         else:
             model = model_from_checkpoint(ckpt).to(device)
-            logits, feats = features_cached(model, cache.images, rows, spec, batch_size=batch_size, device=device)
+            logits, cause, feats = outputs_cached(model, cache.images, rows, spec, batch_size=batch_size,
+                                                  device=device)
         scored.append(ScoredModel(ckpt, logits, apply_temperature(logits, ckpt.temperature),
-                                  apply_temperature(logits, 1.0), cache.images, rows, feats))
+                                  apply_temperature(logits, 1.0), cache.images, rows, feats, cause))
     return kept, scored, failures

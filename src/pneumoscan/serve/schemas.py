@@ -63,6 +63,14 @@ class ResultFields(BaseModel):
     positive: bool | None = Field(description="Flagged: possible pneumonia; null when not read")
     in_scope: bool | None = Field(description="The scope gate's verdict; null when not read")
     scope_reason: str = Field(description="Why the image was not assessed; empty in scope")
+    cause: Literal["BACTERIAL", "VIRAL", ""] = Field(
+        "", description="A flagged film's pattern: more like bacterial or viral pneumonia (weaker evidence than the "
+                        "main finding; never a treatment recommendation); empty for every other film")
+    cause_text: str = Field("", description="The cause in the one wording")
+    cause_score: float | None = Field(None, description="The viral score, 0-100, of a film that has a cause")
+    cause_probability: float | None = Field(None, description="P(viral) of a film that has a cause")
+    cause_threshold: float | None = Field(None, description="The cause output's threshold on P(viral); null "
+                                                            "for a model without one")
     error: str = Field(description="Why the file could not be read; empty when it was")
     note: str = Field("", description="A problem with an output of a scored file; the score stands")
     model_name: str

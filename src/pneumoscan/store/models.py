@@ -116,6 +116,11 @@ class ResultRow(Base):
     #: worklist's rows and the page's cards; ``""`` when none was made (errors, the DICOM node, older rows).
     #: Added in schema version 2.
     thumbnail: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    #: A flagged film's cause (``BACTERIAL``/``VIRAL``; ``""`` for every other film, and for rows from before the
+    #: model had a cause output), P(viral) and the cause threshold. Added in schema version 3.
+    cause: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    cause_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cause_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (Index("ix_worklist_results_order", "category", "probability"),)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import case, exists, func
 
-from pneumoscan.constants import CLASS_NAMES
+from pneumoscan.constants import CAUSE_WORDS, CLASS_NAMES
 from pneumoscan.metrics import decision_words, score_100
 from pneumoscan.store.models import (
     CATEGORY_ERROR,
@@ -88,10 +88,14 @@ def thumbnail_or_blank(value: Any) -> str:
 
 def filters(*, flagged_only: bool = False, unreviewed_only: bool = False, in_scope: bool | None = None,
             borderline: float | None = None, since: datetime | date | None = None,
-            until: datetime | date | None = None) -> list[Any]:
+            until: datetime | date | None = None, cause: str | None = None) -> list[Any]:
     """The WHERE clauses of a worklist query (see :meth:`WorklistStore.list`)."""
     check_borderline(borderline)
     where: list[Any] = []
+    if cause is not None:
+        if cause not in CAUSE_WORDS:
+            raise ValueError(f"cause must be one of {', '.join(CAUSE_WORDS)}, got {cause!r:.40}")
+        where.append(ResultRow.cause == cause)
     if flagged_only:
         where += [ResultRow.category == CATEGORY_SCORED, ResultRow.decision == POSITIVE]
     if borderline is not None:
@@ -149,6 +153,11 @@ def result_dict(r: ResultRow, latest: Review | None, n_reviews: int, *, thumbnai
         "positive": (r.category == CATEGORY_SCORED and decision == POSITIVE) if read else None,
         "in_scope": r.in_scope,
         "scope_reason": r.scope_reason,
+        "cause": r.cause or "",
+        "cause_text": CAUSE_WORDS.get(r.cause or "", ""),
+        "cause_score": score_100(r.cause_probability) if r.cause and r.cause_probability is not None else None,
+        "cause_probability": r.cause_probability if r.cause else None,
+        "cause_threshold": r.cause_threshold,
         "error": r.error,
         "note": "",
         "model_name": r.model_name,

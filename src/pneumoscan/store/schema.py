@@ -28,7 +28,7 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "database_version", "ens
 log = logging.getLogger(__name__)
 
 #: The schema this code reads and writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,18 @@ def _add_thumbnail(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE worklist_results ADD COLUMN thumbnail TEXT NOT NULL DEFAULT ''"))
 
 
+def _add_cause(conn: Connection) -> None:
+    # Rows from before have no cause: "" and NULL, which is what a film without one stores.
+    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN cause VARCHAR(16) NOT NULL DEFAULT ''"))
+    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN cause_probability FLOAT"))
+    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN cause_threshold FLOAT"))
+
+
 #: Every migration after version 1 (the first tables), in order of version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "worklist_results.thumbnail: a small preview of each film for the worklist", _add_thumbnail),
+    Migration(3, "worklist_results.cause, cause_probability, cause_threshold: a flagged film's bacterial/viral "
+                 "pattern", _add_cause),
 )
 
 _OUR_TABLES = frozenset(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__)

@@ -170,6 +170,8 @@ class WorklistStore:
         row = ResultRow(created=utc(created) or datetime.now(UTC), category=category, input_sha256=sha,
                       probability=result.probability, threshold=result.threshold,
                       in_scope=result.in_scope, scope_reason=clean(result.scope_reason, 2000),
+                      cause=result.cause, cause_probability=result.cause_probability if result.cause else None,
+                      cause_threshold=result.model.cause_threshold,
                       error=clean(result.error, newlines=True)[:4000], thumbnail=thumbnail_or_blank(thumbnail),
                       **strings, **context)
         with self._transaction() as s:
@@ -244,7 +246,7 @@ class WorklistStore:
     def list(self, *, flagged_only: bool = False, unreviewed_only: bool = False, in_scope: bool | None = None,
              borderline: float | None = None, since: datetime | date | None = None,
              until: datetime | date | None = None, limit: int = 200, offset: int = 0, order: str = "risk",
-             thumbnails: bool = True) -> builtins.list[dict[str, Any]]:
+             thumbnails: bool = True, cause: str | None = None) -> builtins.list[dict[str, Any]]:
         """The worklist, highest risk first (``order="risk"``): scored in-scope results by probability
         (descending), then the images not assessed (out of scope), then the files that could not be read; newest
         first within a tie. ``order="newest"`` or ``"oldest"`` lists them by time received instead.
@@ -252,7 +254,8 @@ class WorklistStore:
         Filters: ``flagged_only`` (scored in scope and flagged as possible pneumonia), ``borderline`` (scored in
         scope with the probability within this half-width of the result's own threshold, on the probability
         scale: 0.10 is the band threshold +/- 10 points on the 0-100 score), ``unreviewed_only`` (no review yet),
-        ``in_scope`` (True or False; errors are neither), ``since`` (created at or after) and ``until`` (created
+        ``in_scope`` (True or False; errors are neither), ``cause`` (``BACTERIAL`` or ``VIRAL``: flagged films with that
+        pattern), ``since`` (created at or after) and ``until`` (created
         before; a date includes that whole day, UTC). Naive times are UTC.
 
         Returns:
@@ -269,7 +272,7 @@ class WorklistStore:
         """
         check_limit(limit, offset)
         where = filters(flagged_only=flagged_only, unreviewed_only=unreviewed_only, in_scope=in_scope,
-                        borderline=borderline, since=since, until=until)
+                        borderline=borderline, since=since, until=until, cause=cause)
         query = select(ResultRow).where(*where).order_by(*order_by(order)).limit(limit).offset(offset)
         if not thumbnails:
             query = query.options(defer(ResultRow.thumbnail))
@@ -287,11 +290,11 @@ class WorklistStore:
 
     def count(self, *, flagged_only: bool = False, unreviewed_only: bool = False, in_scope: bool | None = None,
               borderline: float | None = None, since: datetime | date | None = None,
-              until: datetime | date | None = None) -> int:
+              until: datetime | date | None = None, cause: str | None = None) -> int:
         """How many results :meth:`list` would give with these filters and no limit."""
         query = select(func.count()).select_from(ResultRow).where(*filters(
             flagged_only=flagged_only, unreviewed_only=unreviewed_only, in_scope=in_scope, borderline=borderline,
-            since=since, until=until))
+            since=since, until=until, cause=cause))
         with self._transaction() as s:
             return int(s.scalar(query) or 0)
 

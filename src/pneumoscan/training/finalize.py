@@ -15,6 +15,7 @@ from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
 from pneumoscan.config import Config
 from pneumoscan.data import ImageCache, write_scores_csv
 from pneumoscan.models import create_model
+from pneumoscan.onboarding.cause import cause_targets, choose_cause_operating_point
 from pneumoscan.onboarding.operating_point import choose_operating_point
 from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.gate.reference import MIN_REFERENCE_VAL
@@ -35,11 +36,14 @@ def finalize_run(cfg: Config, path: Path, cache: ImageCache, tr_rows: np.ndarray
     ``calibration``, ``val_summary``, ``reference`` and ``trainset`` (``path`` is the run's best.safetensors), and
     write val_scores.csv beside it."""
     ckpt = load_checkpoint(path)
-    model = create_model(cfg.model.name, pretrained=False, dropout=cfg.model.dropout).to(device)
+    model = create_model(cfg.model.name, pretrained=False, dropout=cfg.model.dropout,
+                         num_classes=len(ckpt.info.outputs)).to(device)
     model.load_state_dict(ckpt.state_dict)
     logits = score_cached(model, cache.images, va_rows, spec, batch_size=cfg.train.batch_size * 2, device=device, logits=True)
     records = [cache.records[i] for i in va_rows]
     extra, probs = choose_operating_point(records, logits, cfg.eval)
+    if ckpt.info.has_cause:
+        extra["cause"] = _cause_point(cfg, model, cache, va_rows, spec, device)
     tensors: dict[str, torch.Tensor] = {}
     if len(va_rows) >= MIN_REFERENCE_VAL:
         source = f"{cfg.data.root} (split {cfg.data.split or '-'})"
@@ -57,6 +61,23 @@ def finalize_run(cfg: Config, path: Path, cache: ImageCache, tr_rows: np.ndarray
     op = extra["operating_point"]
     log.info("operating threshold %.4f (validation sensitivity %.3f, specificity %.3f), temperature %.3f",
              op["threshold"], op["val_sensitivity"], op["val_specificity"], extra["calibration"]["temperature"])
+
+
+def _cause_point(cfg: Config, model: torch.nn.Module, cache: ImageCache, va_rows: np.ndarray, spec: Preprocessing,
+                 device: torch.device) -> dict[str, Any]:
+    """The cause output's operating point and temperature, chosen on the validation films whose cause is known."""
+    targets = cause_targets([cache.records[i] for i in va_rows])
+    rows = va_rows[targets >= 0]
+    z = score_cached(model, cache.images, rows, spec, batch_size=cfg.train.batch_size * 2, device=device,
+                     logits=True, column=1)
+    cause = choose_cause_operating_point(
+        z, targets[targets >= 0], [cache.records[i].patient_id for i in rows], seed=cfg.eval.bootstrap_seed,
+        n_resamples=cfg.eval.bootstrap_samples,
+        method=f"trained jointly with the pneumonia output (cause loss weight {cfg.train.cause_weight:g}, viral "
+               "films weighted n_bacterial / n_viral)")
+    log.info("cause output: validation AUC %.4f, threshold %.4f, temperature %.3f", cause["val"]["auc"]["value"],
+             cause["threshold"], cause["temperature"])
+    return cause
 
 
 def _trainset(cfg: Config, cache: ImageCache, tr_rows: np.ndarray,

@@ -23,6 +23,7 @@ from pneumoscan.data import DatasetIndex, ImageCache, build_cache, index_dataset
 from pneumoscan.data.dataset import split_with_validation
 from pneumoscan.errors import ConfigError
 from pneumoscan.models import default_preprocessing
+from pneumoscan.onboarding.cause import cause_targets
 from pneumoscan.training.distributed import Dist
 from pneumoscan.utils import atomic_write_text, csv_safe_text
 
@@ -46,6 +47,9 @@ class RunData:
     #: ``"seeded patient split"`` (with ``seed``, ``fraction``) or ``"user"`` (with ``path``, ``split``,
     #: ``moved_from_training``); both with ``n_images`` and ``n_patients``.
     validation: dict[str, Any] = field(default_factory=dict)
+    #: int64 cause target of every cache row (:func:`pneumoscan.onboarding.cause.cause_targets`: 1 viral,
+    #: 0 bacterial, -1 unknown or NORMAL).
+    causes: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -90,7 +94,7 @@ def prepare_data(cfg: Config, run_dir: Path, d: Dist) -> RunData:
                     len(cache.failures), run_dir / FAILED_IMAGES)
     validation = {**validation, "n_images": len(va),
                   "n_patients": len({cache.records[i].patient_id for i in va})}
-    data = RunData(cache, tr, va, cache.labels.astype(np.int64), validation)
+    data = RunData(cache, tr, va, cache.labels.astype(np.int64), validation, cause_targets(cache.records))
     if data.n_pos == 0 or data.n_neg == 0:
         raise ConfigError("the training split needs images of both classes")
     if cfg.data.val and len(np.unique(data.labels[va])) < 2:

@@ -67,9 +67,9 @@ from pneumoscan.training.distributed import Dist, gather, setup_distributed
 from pneumoscan.training.ema import build_ema
 from pneumoscan.training.finalize import finalize_run
 from pneumoscan.training.inputs import RunData, epoch_order, prepare_data
-from pneumoscan.training.records import RAW_AUC_COLUMN, checkpoint_meta, plot_curves, write_metrics_csv, write_timing
-from pneumoscan.training.step import (BatchSource, EpochTally, StepOptions, batches, compile_model, model_input,
-                                      prepare_model, restore_optimizer_layout, step_options, train_step)
+from pneumoscan.training.records import CAUSE_AUC_COLUMN, RAW_AUC_COLUMN, checkpoint_meta, plot_curves, write_metrics_csv, write_timing
+from pneumoscan.training.step import (BatchSource, CauseLoss, EpochTally, StepOptions, batches, compile_model,
+                                      model_input, prepare_model, restore_optimizer_layout, step_options, train_step)
 from pneumoscan.utils import atomic_write_text, remove_stale_temps, seed_everything
 
 log = logging.getLogger(__name__)
@@ -155,16 +155,44 @@ def _setup_run(cfg: Config, run_dir: Path, resume: bool) -> tuple[Config, Dist]:
     return cfg, d
 
 
+def _cause_config(cfg: Config, run_dir: Path, data: RunData, d: Dist) -> Config:
+    """``cfg`` as it will run once the data are known: a cause output needs training films of both causes, and
+    validation films of both to choose its operating point; without them the run trains the pneumonia output
+    alone, says why, and records ``model.cause_head = false`` (what happened)."""
+    if not cfg.model.cause_head:
+        return cfg
+    tr, va = data.causes[data.train_rows], data.causes[data.val_rows]
+    missing = [f"{side} films of a known {name} cause" for side, c in (("training", tr), ("validation", va))
+               for code, name in ((0, "bacterial"), (1, "viral")) if not (c == code).any()]
+    if not missing:
+        return cfg
+    log.warning("no %s (a PNEUMONIA film's cause comes from its name: personN_bacteria_M or personN_virus_M, or a "
+                "manifest's cause column): training without the cause output", " and no ".join(missing))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, cause_head=False))
+    if d.main:
+        atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+    return cfg
+
+
 def _build(cfg: Config, data: RunData, d: Dist) -> _Parts:
     """Model (initialised from torch's generator; on the device, channels-last), weighted loss, AdamW, LR schedule,
     EMA, augmentation and the batch source (the decoded cache, on the GPU when it fits)."""
     spec = default_preprocessing(cfg.model.name, cfg.model.image_size)
     opts = step_options(cfg.train, d.device)
-    model = prepare_model(create_model(cfg.model.name, pretrained=cfg.model.pretrained, dropout=cfg.model.dropout),
-                          opts)
+    cause = cfg.model.cause_head
+    model = prepare_model(create_model(cfg.model.name, pretrained=cfg.model.pretrained, dropout=cfg.model.dropout,
+                                       num_classes=2 if cause else 1), opts)
     use_pos_weight = cfg.train.pos_weight and not cfg.train.balanced_sampler
     pos_weight = torch.tensor([data.n_neg / data.n_pos if use_pos_weight else 1.0], device=d.device)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    criterion: nn.Module = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    if cause:  # the cause output: imbalance (about 2:1 bacterial) handled as for the main output
+        known = data.causes[data.train_rows]
+        n_viral, n_bact = int((known == 1).sum()), int((known == 0).sum())
+        cause_pw = torch.tensor([n_bact / n_viral if use_pos_weight else 1.0], device=d.device)
+        criterion = CauseLoss(pos_weight, cause_pw, cfg.train.cause_weight)
+        log.info("cause output: %d bacterial and %d viral training films (viral weighted %.2f); %d pneumonia films "
+                 "of unknown cause count for the main output only", n_bact, n_viral, float(cause_pw),
+                 int(((data.train_labels == 1) & (known < 0)).sum()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if cfg.train.scheduler == "cosine":
         scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.train.epochs, 1))
@@ -173,7 +201,8 @@ def _build(cfg: Config, data: RunData, d: Dist) -> _Parts:
     else:
         raise ConfigError(f"train.scheduler must be 'cosine' or 'none', got {cfg.train.scheduler!r}")
     ema = build_ema(model, cfg.train)
-    source = BatchSource(data.cache.images, data.labels, d.device, device_fraction=cfg.train.device_cache_fraction)
+    source = BatchSource(data.cache.images, data.labels, d.device, device_fraction=cfg.train.device_cache_fraction,
+                         causes=data.causes if cause else None)
     log.info("training on %s: %s, autocast %s, batches %s", d.device, "channels-last" if opts.channels_last else
              "NCHW", opts.amp or "off", "gathered on the device" if source.on_device else "from host memory")
     return _Parts(spec, model, pos_weight, criterion, optimizer, scheduler, ema, build_augmentation(cfg.augment),
@@ -273,6 +302,11 @@ def _validate(cfg: Config, epoch: int, trained: dict[str, Any], parts: _Parts, d
         "n_train": trained["n_train"],
         "n_val": len(y_val),
     }
+    if cfg.model.cause_head:  # the cause output on the validation films whose cause is known
+        known = data.val_rows[data.causes[data.val_rows] >= 0]
+        z = score_cached(parts.eval_model, data.cache.images, known, parts.spec, batch_size=batch, device=d.device,
+                         logits=True, column=1)
+        row[CAUSE_AUC_COLUMN] = M.roc_auc(data.causes[known], z)
     if parts.ema is not None:  # what weight averaging buys, epoch by epoch (one more pass over validation)
         raw = gather((my_val, score_cached(parts.model, data.cache.images, my_val, parts.spec, batch_size=batch,
                                            device=d.device)), d)
@@ -332,6 +366,7 @@ def train(
     run_dir = Path(out_dir)
     cfg, d = _setup_run(cfg, run_dir, resume)
     data = prepare_data(cfg, run_dir, d)
+    cfg = _cause_config(cfg, run_dir, data, d)
     parts = _build(cfg, data, d)
     if resume and (run_dir / STATE).exists():
         prog = _restore(run_dir, parts)

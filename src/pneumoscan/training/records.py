@@ -17,19 +17,22 @@ from pneumoscan.constants import CLASS_NAMES
 from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.utils import atomic_path, atomic_write_text
 
-__all__ = ["METRICS_COLUMNS", "RAW_AUC_COLUMN", "checkpoint_meta", "plot_curves", "write_metrics_csv",
+__all__ = ["CAUSE_AUC_COLUMN", "METRICS_COLUMNS", "RAW_AUC_COLUMN", "checkpoint_meta", "plot_curves", "write_metrics_csv",
            "write_timing"]
 
 METRICS_COLUMNS = ["epoch", "lr", "train_loss", "train_auc", "val_loss", "val_auc", "val_sensitivity", "val_specificity"]
 #: Extra column when weight averaging (EMA) is on: validation AUC of the raw, non-averaged weights.
 RAW_AUC_COLUMN = "val_auc_raw"
+#: Extra column with a cause output: its validation AUC, bacterial vs viral, on the films whose cause is known.
+CAUSE_AUC_COLUMN = "val_cause_auc"
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    """One row per epoch of ``history``, floats with 6 decimals; ``val_auc_raw`` only when some row has it."""
+    """One row per epoch of ``history``, floats with 6 decimals; ``val_auc_raw`` and ``val_cause_auc`` only when
+    some row has them."""
     # Every cell is a number (no text to neutralise for spreadsheets: a negative number must stay a number).
     buf = io.StringIO()
-    columns = METRICS_COLUMNS + ([RAW_AUC_COLUMN] if any(RAW_AUC_COLUMN in row for row in history) else [])
+    columns = METRICS_COLUMNS + [c for c in (RAW_AUC_COLUMN, CAUSE_AUC_COLUMN) if any(c in row for row in history)]
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in history:
@@ -52,8 +55,10 @@ def checkpoint_meta(cfg: Config, spec: Preprocessing, epoch: int, row: dict[str,
         "config": cfg.to_dict(),
         "preprocessing": spec.to_dict(),
         "classes": list(CLASS_NAMES),
+        "outputs": ["pneumonia", "viral"] if cfg.model.cause_head else ["pneumonia"],
         "epoch": epoch,
-        "val_metrics": {k: row[k] for k in ("val_loss", "val_auc", "val_sensitivity", "val_specificity")},
+        "val_metrics": {k: row[k] for k in ("val_loss", "val_auc", "val_sensitivity", "val_specificity",
+                                            CAUSE_AUC_COLUMN) if k in row},
         "n_train_images": n_train,
         "n_val_images": n_val,
         **({"validation": validation} if validation else {}),

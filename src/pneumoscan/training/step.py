@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pneumoscan.config import TrainConfig
@@ -33,7 +34,7 @@ from pneumoscan.preprocessing import Preprocessing, normalize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchSource", "EpochTally", "StepOptions", "amp_dtype", "batches", "compile_model", "model_input",
+__all__ = ["BatchSource", "CauseLoss", "EpochTally", "StepOptions", "amp_dtype", "batches", "compile_model", "model_input",
            "prepare_model", "restore_optimizer_layout", "step_options", "train_step"]
 
 AMP_CHOICES = ("auto", "bf16", "off")
@@ -115,10 +116,13 @@ class BatchSource:
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device, *,
-                 device_fraction: float = 0.0, on_device: torch.Tensor | None = None) -> None:
+                 device_fraction: float = 0.0, on_device: torch.Tensor | None = None,
+                 causes: np.ndarray | None = None) -> None:
         self.images = images
         self.device = device
         self.labels_ = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        #: With a cause output: each row's cause target (1 viral, 0 bacterial, -1 unknown), else None.
+        self.causes_ = None if causes is None else torch.from_numpy(np.asarray(causes, dtype=np.int64)).to(device)
         self.on_device_ = on_device if on_device is not None else images_on_device(images, device,
                                                                                 max_fraction=device_fraction)
 
@@ -138,9 +142,34 @@ class BatchSource:
         return batch.to(self.device)
 
     def labels(self, rows: np.ndarray) -> torch.Tensor:
-        """float32 ``(B,)`` labels of ``rows`` on the device."""
+        """float32 ``(B,)`` labels of ``rows`` on the device; with a cause output ``(B, 2)``: the label and the
+        cause target (-1 where the cause is unknown: :class:`CauseLoss` leaves those out)."""
         index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.labels_.device, non_blocking=True)
-        return self.labels_.index_select(0, index).float()
+        y = self.labels_.index_select(0, index).float()
+        if self.causes_ is None:
+            return y
+        return torch.stack([y, self.causes_.index_select(0, index).float()], dim=1)
+
+
+class CauseLoss(nn.Module):
+    """The loss of a network with a cause output (logits ``(B, 2)``, targets ``(B, 2)``): the pneumonia output's
+    BCE (``pos_weight``, as without it) plus ``cause_weight`` times the cause output's BCE averaged over the films
+    whose cause is known (target >= 0), viral films weighted by ``cause_pos_weight`` (n_bacterial / n_viral among
+    the training films, as the main output is weighted). No host sync: a batch without a known cause adds 0."""
+
+    def __init__(self, pos_weight: torch.Tensor, cause_pos_weight: torch.Tensor, cause_weight: float) -> None:
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight)
+        self.register_buffer("cause_pos_weight", cause_pos_weight)
+        self.cause_weight = float(cause_weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        main = F.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0], pos_weight=self.pos_weight)
+        known = (targets[:, 1] >= 0).float()
+        per_film = F.binary_cross_entropy_with_logits(logits[:, 1], targets[:, 1].clamp(min=0.0),
+                                                      pos_weight=self.cause_pos_weight, reduction="none")
+        cause = (per_film * known).sum() / known.sum().clamp(min=1.0)
+        return main + self.cause_weight * cause
 
 
 def model_input(u8: torch.Tensor, aug: nn.Module, spec: Preprocessing, opts: StepOptions) -> torch.Tensor:
@@ -156,14 +185,17 @@ def train_step(net: nn.Module, model: nn.Module, criterion: nn.Module, optimizer
     optimiser step and EMA update of ``model``. Returns ``(loss, logits)``, detached, on the device (no host sync)."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=opts.device.type, dtype=opts.amp or torch.float32, enabled=opts.amp is not None):
-        logits = net(x).reshape(-1)
+        logits = net(x).reshape(len(x), -1)
     logits = logits.float()
+    if logits.shape[1] == 1:  # the pneumonia output alone
+        logits = logits[:, 0]
     loss = criterion(logits, y)
     loss.backward()
     optimizer.step()
     if ema is not None:
         ema.update_parameters(model)
-    return loss.detach(), logits.detach()
+    main = logits if logits.ndim == 1 else logits[:, 0]  # the tally's training AUC is the main output's
+    return loss.detach(), main.detach()
 
 
 @dataclass

@@ -43,7 +43,8 @@ CONTEXT_COLUMNS = CONTEXT_KEYS
 #: them).
 RESULT_COLUMNS = ("rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view", "score",
                   "score_threshold", "decision_text", "probability", "decision", "positive", "in_scope",
-                  "scope_reason", "threshold", "error", "study_uid", "series_uid", "sop_uid", "heatmap", "dicom_out",
+                  "scope_reason", "threshold", "cause", "cause_text", "cause_score", "cause_probability",
+                  "cause_threshold", "error", "study_uid", "series_uid", "sop_uid", "heatmap", "dicom_out",
                   "model_name", "model_version", "created", "disclaimer")
 #: Columns a CSV has only when some row has them.
 OPTIONAL_COLUMNS = ("heatmap", "dicom_out")
@@ -72,19 +73,24 @@ def worklist_row(result: Result, *, pseudonym_key: bytes | str | None = None) ->
     ``pseudonym_key``), ``score`` and ``score_threshold`` (0-100, one decimal; no score when not assessed),
     ``decision_text`` (the one wording), ``probability``, ``decision`` (the result's: ``PNEUMONIA``, ``NORMAL``,
     ``OUT_OF_SCOPE``, or ``""`` when the file could not be read), ``positive`` (None when not read), ``in_scope``,
-    ``scope_reason``, ``threshold``, ``error`` (why the file could not be read, or what went wrong with an output of
+    ``scope_reason``, ``threshold``, the cause of a flagged film (``cause`` ``BACTERIAL``/``VIRAL``, ``cause_text``,
+    ``cause_score`` the viral score on 0-100, ``cause_probability`` P(viral), ``cause_threshold``; blank for every
+    film that is not flagged, and for a model without a cause output), ``error`` (why the file could not be read, or what went wrong with an output of
     a scored file; ``""`` when all went well), ``model_name``, ``model_version`` and, when a heatmap was asked for and the
     file scored, ``heatmap`` (its path; ``""`` when it could not be written). ``predict --dicom-out`` adds
     ``dicom_out``.
 
     An out-of-scope image keeps its probability, for audit only: it is not a risk and is never ranked."""
     ctx = context_columns(result.context, pseudonym_key)
+    cause = result.to_dict()  # the cause columns as every output gives them (blank unless the film has a cause)
     row: dict[str, Any] = {
         "rank": None, "path": result.source, **{k: ctx[k] for k in CONTEXT_COLUMNS[:6]},
         "score": result.score, "score_threshold": result.score_threshold, "decision_text": result.decision_text,
         "probability": result.probability, "decision": result.decision,
         "positive": result.positive if result.read else None, "in_scope": result.in_scope,
-        "scope_reason": result.scope_reason, "threshold": result.threshold, "error": result.error or result.note,
+        "scope_reason": result.scope_reason, "threshold": result.threshold,
+        **{k: cause[k] for k in ("cause", "cause_text", "cause_score", "cause_probability", "cause_threshold")},
+        "error": result.error or result.note,
         **{k: ctx[k] for k in CONTEXT_COLUMNS[6:]},
         "model_name": result.model.name, "model_version": result.model.version}
     if result.heatmap_path is not None:

@@ -87,9 +87,9 @@ def _cell(column: str, value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if column in ("probability", "threshold") and isinstance(value, float):
+    if column in ("probability", "threshold", "cause_probability", "cause_threshold") and isinstance(value, float):
         return f"{value:.6f}"
-    if column in ("score", "score_threshold") and isinstance(value, (int, float)):
+    if column in ("score", "score_threshold", "cause_score") and isinstance(value, (int, float)):
         return f"{value:.1f}"
     if isinstance(value, (list, tuple)):  # dicom_out: the files written for one image
         value = ";".join(map(str, value))

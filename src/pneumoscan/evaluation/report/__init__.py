@@ -19,15 +19,18 @@ import numpy as np
 from markupsafe import Markup, escape
 
 from pneumoscan.checkpoint import FALLBACK_THRESHOLD
-from pneumoscan.constants import DECISION_WORDS, DISCLAIMER
+from pneumoscan.constants import CAUSE_CAVEAT, DECISION_WORDS, DISCLAIMER
 from pneumoscan.evaluation.report import plots
 from pneumoscan.evaluation.report.gallery import (
+    CAUSE_KINDS,
     GALLERY_SIZES,
     GALLERY_TITLES,
     build_gallery,
 )
+from pneumoscan import metrics as M
 from pneumoscan.metrics import score_100
 from pneumoscan.metrics.uncertainty import CI_EXACT, CI_NO_SPREAD
+from pneumoscan.onboarding.cause import cause_targets
 from pneumoscan.result import Result
 from pneumoscan.utils import atomic_write_bytes, atomic_write_text
 
@@ -107,6 +110,12 @@ def write_report(result: dict[str, Any], scored: Sequence[Any], records: Sequenc
                 y, sm.probs_raw, sm.probs, entry["calibration"]["temperature"])),
             "scores": save(f"{pre}score-histogram.png", plots.score_histogram(y, sm.probs, ths)),
         }
+        if entry.get("cause") and entry["cause"].get("roc_auc") and sm.cause_probs is not None:
+            targets = cause_targets(records)
+            known = targets >= 0
+            raw = None if sm.cause_logits is None else M.apply_temperature(sm.cause_logits, 1.0)[known]
+            figs["cause"] = save(f"{pre}cause.png", plots.cause_figure(
+                targets[known], sm.cause_probs[known], entry["cause"]["threshold"], raw))
         sid = f"m{entry['index']}"
         views.append({"e": entry, "figs": figs, "gallery": build_gallery(sm, records, res, y, op["threshold"], sid),
                       "sid": sid})
@@ -121,7 +130,8 @@ def write_report(result: dict[str, Any], scored: Sequence[Any], records: Sequenc
                "metric_labels": {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV (precision)",
                                  "npv": "NPV", "accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
                                  "f1": "F1"},
-               "kermany_citation": KERMANY_CITATION, "disclaimer": DISCLAIMER,
+               "kermany_citation": KERMANY_CITATION, "disclaimer": DISCLAIMER, "cause_caveat": CAUSE_CAVEAT,
+               "cause_kinds": CAUSE_KINDS,
                "fallback_threshold": FALLBACK_THRESHOLD}
     atomic_write_text(out_dir / "report.html", render_html(context))
     outputs["report"] = "report.html"

@@ -29,19 +29,23 @@ from pneumoscan.io import ImageError, read_image
 from pneumoscan.metrics import decide, score_100
 from pneumoscan.result import Result
 
-__all__ = ["GALLERY_SIZES", "GALLERY_TITLES", "JPEG_QUALITY", "LARGE_SIDE", "THUMB_SIDE", "build_gallery",
+__all__ = ["CAUSE_KINDS", "GALLERY_SIZES", "GALLERY_TITLES", "JPEG_QUALITY", "LARGE_SIDE", "THUMB_SIDE", "build_gallery",
            "gradcam_maps", "jpeg_uri", "pick_cases"]
 
 log = logging.getLogger(__name__)
 
 #: How many cases each gallery shows: errors 16 each, the most confident correct cases 8 each.
-GALLERY_SIZES = {"fn": 16, "fp": 16, "tp": 8, "tn": 8}
+GALLERY_SIZES = {"fn": 16, "fp": 16, "tp": 8, "tn": 8, "viral_as_bacterial": 12, "bacterial_as_viral": 12}
 GALLERY_TITLES = {
     "fn": "False negatives: pneumonia the model missed (lowest scores first)",
     "fp": "False positives: normal images flagged (highest scores first)",
     "tp": "Most confident true positives, for contrast",
     "tn": "Most confident true negatives, for contrast",
+    "viral_as_bacterial": "Cause: viral pneumonia flagged as a bacterial pattern (lowest viral scores first)",
+    "bacterial_as_viral": "Cause: bacterial pneumonia flagged as a viral pattern (highest viral scores first)",
 }
+#: The cause galleries (flagged films of a known cause whose pattern the model gave as the other one).
+CAUSE_KINDS = ("viral_as_bacterial", "bacterial_as_viral")
 #: Side of a gallery thumbnail and longest side of an enlarged film or heatmap, in pixels.
 THUMB_SIDE = 128
 LARGE_SIDE = 448
@@ -69,6 +73,23 @@ def pick_cases(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, tupl
     out = {}
     for kind, idx in picks.items():
         order = idx[np.argsort(p[idx] if kind in ("fn", "tn") else -p[idx], kind="stable")]
+        out[kind] = (order[: GALLERY_SIZES[kind]], int(idx.size))
+    return out
+
+
+def pick_cause_cases(results: Sequence[Result], records: Sequence[Any]) -> dict[str, tuple[np.ndarray, int]]:
+    """kind -> (indices shown, how many there are) for :data:`CAUSE_KINDS`: flagged films of a known cause whose
+    result gives the other cause, most confident first. Empty for a model without a cause output."""
+    truth = np.array([{"virus": 2, "bacteria": 1}.get(r.cause or "", 0) if int(r.label) == 1 else 0
+                      for r in records])
+    said = np.array([{"VIRAL": 2, "BACTERIAL": 1}.get(r.cause, 0) for r in results])
+    viral = np.array([r.cause_probability if r.cause_probability is not None else 0.5 for r in results])
+    if not said.any():
+        return {}
+    out = {}
+    for kind, t, s_, desc in (("viral_as_bacterial", 2, 1, False), ("bacterial_as_viral", 1, 2, True)):
+        idx = np.flatnonzero((truth == t) & (said == s_))
+        order = idx[np.argsort(-viral[idx] if desc else viral[idx], kind="stable")]
         out[kind] = (order[: GALLERY_SIZES[kind]], int(idx.size))
     return out
 
@@ -124,6 +145,7 @@ def _item(uid: str, rec: Any, result: Result, square: np.ndarray, heat: np.ndarr
     film = _fit(_large_film(rec.path, square), LARGE_SIDE)
     item = {
         "id": uid, "name": Path(rec.path).name, "patient": rec.patient_id, "cause": rec.cause or "",
+        "model_cause": result.cause_text, "cause_score": result.cause_score,
         "probability": float(result.probability), "score": score_100(result.probability),
         "threshold": result.score_threshold, "decision": result.decision_text,
         "truth": CLASS_NAMES[int(rec.label)].capitalize(),
@@ -156,7 +178,7 @@ def build_gallery(sm: Any, records: Sequence[Any], results: Sequence[Result], y:
         item has an ``id`` unique in the report (``<sid>-<kind>-<k>``).
     """
     p = np.asarray(sm.probs, dtype=np.float64)
-    picks = pick_cases(p, y, threshold)
+    picks = {**pick_cases(p, y, threshold), **pick_cause_cases(results, records)}
     shown = np.concatenate([idx for idx, _ in picks.values()]).astype(np.int64)
     squares = np.asarray(sm.images[np.asarray(sm.rows)[shown]]) if shown.size else np.empty((0, 1, 1), np.uint8)
     maps, note = gradcam_maps(sm.checkpoint, squares)

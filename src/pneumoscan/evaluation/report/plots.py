@@ -227,3 +227,31 @@ def comparison_roc(y: np.ndarray, probs: Sequence[np.ndarray], labels: Sequence[
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
+
+
+def cause_figure(y: np.ndarray, p: np.ndarray, threshold: float, p_raw: np.ndarray | None = None,
+                 n_bins: int = 10) -> bytes:
+    """The cause output on the films whose cause is known: ROC of viral against bacterial with the stored cause
+    threshold marked (left), and its reliability diagram, before and after its temperature (right)."""
+    fig = Figure(figsize=(9.6, 4.2), layout="constrained")
+    ax, ax_c = fig.subplots(1, 2)
+    fpr, tpr, _ = M.roc_points(y, p)
+    ax.plot(fpr, tpr, color="#8e44ad", lw=2, label=f"AUC {M.roc_auc(y, p):.3f}")
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", ls="--", lw=1)
+    sens, spec = M.sensitivity(y, p, threshold), M.specificity(y, p, threshold)
+    ax.plot([1 - spec], [sens], "o", color="black", label=f"cause threshold {M.score_100(threshold):.1f} / 100")
+    ax.set(xlabel="bacterial films called viral (1 - specificity)", ylabel="viral films called viral (sensitivity)",
+           title="Viral against bacterial", xlim=(0, 1), ylim=(0, 1.01))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax_c.plot([0, 1], [0, 1], color="#bbbbbb", ls="--", lw=1, label="perfect calibration")
+    series = ([("raw (T = 1)", p_raw, "#7f7f7f")] if p_raw is not None else []) + [("as stored", p, "#8e44ad")]
+    for lab, q, col in series:
+        r = M.reliability_curve(y, q, n_bins)
+        ok = r["count"] > 0
+        ax_c.plot(r["mean_score"][ok], r["frac_pos"][ok], "o-", color=col, label=f"{lab}: ECE {M.ece(y, q, n_bins):.3f}")
+    ax_c.set(xlabel="predicted probability of a viral pattern", ylabel="observed fraction viral", xlim=(0, 1),
+             ylim=(-0.02, 1.02), title="Calibration of the cause output")
+    ax_c.grid(alpha=0.3)
+    ax_c.legend(loc="upper left", fontsize=8)
+    return _png(fig)

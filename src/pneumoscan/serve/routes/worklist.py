@@ -53,6 +53,7 @@ _CSV_DESCRIPTION = (
     "patient's name), the latest review, the model, the export time and the disclaimer on every row. Text that a "
     "spreadsheet would run as a formula starts with `'`. " + DISCLAIMER
 )
+_CAUSE = "Only flagged results whose pattern is more like this cause (BACTERIAL or VIRAL)"
 _BORDERLINE = ("Only scored in-scope results within this many points of their threshold, on the 0-100 score "
                "(10: threshold - 10 to threshold + 10)")
 _REVIEW_DESCRIPTION = (
@@ -102,7 +103,8 @@ async def _review_body(request: Request, state: ServerState) -> tuple[Any, Any]:
 #: source, a client and the readers' latest review.
 STORED_COLUMNS = ("rank", "id", "received", "source", "client", "patient_id", "accession", "study_date", "age", "sex",
                   "view", "score", "score_threshold", "decision_text", "probability", "decision", "positive",
-                  "in_scope", "scope_reason", "threshold", "error", "study_uid", "series_uid", "sop_uid", "review",
+                  "in_scope", "scope_reason", "threshold", "cause", "cause_text", "cause_score", "cause_probability",
+                  "cause_threshold", "error", "study_uid", "series_uid", "sop_uid", "review",
                   "review_note", "reviewer", "model_name", "model_version", "exported_at", "disclaimer")
 
 
@@ -134,8 +136,8 @@ def worklist_router(state: ServerState) -> APIRouter:
     store = state.store
 
     def _filters(flagged: bool, unreviewed: bool, in_scope: bool | None, borderline: float | None,
-                 since: str | None, until: str | None) -> dict[str, Any]:
-        return {"flagged_only": flagged, "unreviewed_only": unreviewed, "in_scope": in_scope,
+                 since: str | None, until: str | None, cause: str | None) -> dict[str, Any]:
+        return {"flagged_only": flagged, "unreviewed_only": unreviewed, "in_scope": in_scope, "cause": cause,
                 "borderline": None if borderline is None else borderline / SCORE_SCALE,
                 "since": _when(since, "since"), "until": _when(until, "until")}
 
@@ -145,8 +147,9 @@ def worklist_router(state: ServerState) -> APIRouter:
                        borderline: float | None = Query(None, gt=0, le=50, description=_BORDERLINE),
                        since: str | None = None, until: str | None = None,
                        order: Literal["risk", "newest", "oldest"] = "risk", thumbnails: bool = True,
+                       cause: Literal["BACTERIAL", "VIRAL"] | None = Query(None, description=_CAUSE),
                        limit: int = Query(200, ge=1, le=MAX_LIMIT), offset: int = Query(0, ge=0)) -> dict[str, Any]:
-        filters = _filters(flagged, unreviewed, in_scope, borderline, since, until)
+        filters = _filters(flagged, unreviewed, in_scope, borderline, since, until, cause)
 
         def read() -> tuple[list[dict[str, Any]], int]:
             return (ranked(store.list(**filters, limit=limit, offset=offset, order=order, thumbnails=thumbnails)),
@@ -164,9 +167,10 @@ def worklist_router(state: ServerState) -> APIRouter:
                            borderline: float | None = Query(None, gt=0, le=50, description=_BORDERLINE),
                            since: str | None = None, until: str | None = None,
                            order: Literal["risk", "newest", "oldest"] = "risk",
+                           cause: Literal["BACTERIAL", "VIRAL"] | None = Query(None, description=_CAUSE),
                            limit: int = Query(MAX_LIMIT, ge=1, le=MAX_LIMIT),
                            offset: int = Query(0, ge=0)) -> Response:
-        filters = _filters(flagged, unreviewed, in_scope, borderline, since, until)
+        filters = _filters(flagged, unreviewed, in_scope, borderline, since, until, cause)
 
         def read() -> str:
             rows = ranked(store.list(**filters, limit=limit, offset=offset, order=order, thumbnails=False))

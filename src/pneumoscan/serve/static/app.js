@@ -54,6 +54,29 @@ export function decisionWords(decision) {
 // upload that never reached the model).
 export function decisionText(r) { return r.decision_text || decisionWords(r.decision); }
 
+// The cause of a flagged film in words: the server's `cause_text`, else strings.js's (the same words as
+// pneumoscan.constants.CAUSE_WORDS); "" for a film without a cause (not flagged, not assessed, not read, or a model
+// without a cause output).
+export function causeText(r) {
+  if (!r || !r.cause) return "";
+  if (r.cause_text) return r.cause_text;
+  const words = T("cause" + r.cause);
+  return words === "page.cause" + r.cause ? r.cause : words;
+}
+
+// A sentence's first letter in upper case ("pattern more like viral" -> "Pattern more like viral").
+export function capitalise(s) { return s ? s.charAt(0).toLocaleUpperCase() + s.slice(1) : s; }
+
+// The line under a flagged film's decision: "Pattern more like viral · viral score 81.0 / 100 (threshold 54.1)",
+// the server's viral score (0-100) and the cause threshold on the same scale; "" without a cause. `key`: the
+// template (causeLine; causeRow for the worklist's shorter line).
+export function causeLine(r, key = "causeLine") {
+  const words = causeText(r);
+  if (!words) return "";
+  const threshold = typeof r.cause_threshold === "number" ? score100(r.cause_threshold) : "–";
+  return T(key, { cause: capitalise(words), score: fmtScore(r.cause_score), threshold });
+}
+
 // Scored by the model: read and in scope (an image the scope gate refused gets no risk figure at all).
 export function inScope(r) { return Boolean(r.ok) && r.in_scope !== false; }
 

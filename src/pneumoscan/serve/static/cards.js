@@ -3,7 +3,7 @@
 // stored row (GET api/v1/worklist): the same shape (the server's score, score_threshold, decision_text, positive,
 // context, ...), with the page's own `id`.
 import {
-  $, STORED_HOURS, T, api, decisionText, el, fmtScore, inScope, rowLabel, state,
+  $, STORED_HOURS, T, api, causeLine, decisionText, el, fmtScore, inScope, rowLabel, state,
 } from "./app.js";
 import { printReport } from "./report.js";
 import { PneumoscanViewer } from "./viewer.js";
@@ -52,6 +52,14 @@ function printButton(r) {
   return btn;
 }
 
+// A flagged film's cause (bacterial or viral pattern), under its decision, with what it is worth beside it;
+// nothing for a film without one.
+function cardCause(r) {
+  const line = causeLine(r);
+  if (!line) return [];
+  return [el("div", { class: "cause", text: line }), el("p", { class: "help cause-caveat", text: T("causeCaveat") })];
+}
+
 // The score and threshold are the server's (0-100); the bar shows the score with a mark at the threshold.
 function scoredBody(r, img) {
   const body = el("div", { class: "body" });
@@ -64,7 +72,7 @@ function scoredBody(r, img) {
   bar.append(fill, mark);
   body.append(bar, el("div", {}, [
     el("span", { class: "decision " + (r.positive ? "pos" : "neg"), text: decisionText(r) }),
-    el("span", { class: "help", text: T("atThreshold", { threshold: fmtScore(r.score_threshold) }) })]));
+    el("span", { class: "help", text: T("atThreshold", { threshold: fmtScore(r.score_threshold) }) })]), ...cardCause(r));
   // What the result does not say, and where the model is weakest (MODEL_CARD.md, "Known failure modes").
   body.append(el("p", { class: "help limits", text: T("limits") }), ...storedNote(r));
   const tools = el("div", { class: "card-tools" });
@@ -224,6 +232,7 @@ function viewerCase(r) {
   return { id: r.id, filename: r.filename, ok: r.ok, error: r.error, probability: r.probability, score: r.score,
            threshold: r.threshold, score_threshold: r.score_threshold, decision: r.decision,
            decision_text: r.decision_text, positive: r.positive, in_scope: r.in_scope, scope_reason: r.scope_reason,
+           cause: r.cause, cause_text: r.cause_text, cause_score: r.cause_score, cause_threshold: r.cause_threshold,
            image_png: r.image_png, heatmap_png: r.heatmap_png, heatmap_map: r.heatmap_map, file: r.file,
            context: r.context || {}, worklist_id: r.worklist_id };
 }

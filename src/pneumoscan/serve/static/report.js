@@ -1,8 +1,8 @@
 // The printable per-patient report: a card's "Print report" fills #report with that one case (film, heatmap if
-// computed, the server's score and threshold on 0-100, the decision in words, model and site state, when it was
-// scored and printed, the patient's DICOM context, the full disclaimer) and prints it; the print style sheet shows
-// #report alone while body.printing-report is set.
-import { $, T, decisionText, decisionWords, el, fmtScore, inScope, siteState, state } from "./app.js";
+// computed, the server's score and threshold on 0-100, the decision in words, a flagged film's cause with its
+// caveat, model and site state, when it was scored and printed, the patient's DICOM context, the full disclaimer)
+// and prints it; the print style sheet shows #report alone while body.printing-report is set.
+import { $, T, causeLine, decisionText, decisionWords, el, fmtScore, inScope, siteState, state } from "./app.js";
 
 function reportRows(pairs) {
   const dl = el("dl", { class: "report-facts" });
@@ -35,7 +35,7 @@ function reportResult(r) {
   if (inScope(r)) {
     pairs.push(["reportScore", T("reportScoreValue", { score: fmtScore(r.score) })],
                ["reportThreshold", T("reportThresholdValue", { threshold: fmtScore(r.score_threshold) })],
-               ["reportDecision", decisionText(r)]);
+               ["reportDecision", decisionText(r)], ["reportCause", causeLine(r)]);
   } else {
     pairs.push(["reportDecision", r.decision_text || decisionWords("OUT_OF_SCOPE")], ["reportReason", r.scope_reason || T("reasonDefault")]);
   }
@@ -47,7 +47,9 @@ function reportResult(r) {
     const verdict = r.review.verdict === "agree" ? T("agreed") : T("disagreed");
     pairs.push(["reportReview", T("reportReviewValue", { verdict, note: r.review.note ? ": " + r.review.note : "" })]);
   }
-  return el("section", { class: "report-result" }, [el("h2", { text: T("reportResult") }), reportRows(pairs)]);
+  // A flagged film's cause says what it is worth, next to it.
+  const caveat = inScope(r) && causeLine(r) ? [el("p", { class: "report-cause-caveat", text: T("causeCaveat") })] : [];
+  return el("section", { class: "report-result" }, [el("h2", { text: T("reportResult") }), reportRows(pairs), ...caveat]);
 }
 
 function reportImages(r) {

@@ -49,6 +49,8 @@ export const STRINGS = {
     filterUnreviewed: "Not yet reviewed",
     filterScope: "Scope",
     scopeAll: "All results", scopeIn: "In scope", scopeOut: "Out of scope only",
+    filterCause: "Cause",
+    causeAll: "All", causeOptBACTERIAL: "Bacterial pattern", causeOptVIRAL: "Viral pattern",
     sortLabel: "Sort",
     sortRisk: "Highest score first", sortNewest: "Newest first", sortOldest: "Oldest first",
     resultsTitle: "Results",
@@ -68,6 +70,15 @@ export const STRINGS = {
     scoreTitle: "Pneumonia score, 0–100 (the model's probability × 100); decision support, not a diagnosis",
     atThreshold: " at threshold {threshold} (0–100)",
     notAssessed: "Not assessed",
+    // the cause of a flagged film (the model's second question): the same words as pneumoscan.constants.CAUSE_WORDS
+    // and CAUSE_CAVEAT (a test checks that they match); a line under the decision, with the viral score and the
+    // cause threshold on 0-100 ({cause} is the phrase with a capital letter), and the caveat beside it
+    causeBACTERIAL: "pattern more like bacterial",
+    causeVIRAL: "pattern more like viral",
+    causeCaveat: "The cause is weaker evidence than the main finding, learned from the data set's bacterial/viral " +
+      "labels (no microbiology), and is not a treatment recommendation.",
+    causeLine: "{cause} · viral score {score} / 100 (threshold {threshold})",
+    causeRow: "{cause} · viral score {score}",
     // the header's model line
     modelLine: "Model {name} ({version}) ",
     modelLineThreshold: " · operating threshold {threshold} on the 0–100 score · decision support, not a diagnosis",
@@ -168,7 +179,7 @@ export const STRINGS = {
     reportStudyUid: "Study UID",
     reportResult: "Result", reportScore: "Pneumonia score", reportScoreValue: "{score} / 100",
     reportThreshold: "Operating threshold", reportThresholdValue: "{threshold} / 100",
-    reportDecision: "Decision", reportScope: "Scope", reportReason: "Reason",
+    reportDecision: "Decision", reportScope: "Scope", reportReason: "Reason", reportCause: "Cause",
     reportModel: "Model", reportModelValue: "{name} (version {version})",
     reportSiteState: "Site state", reportScored: "Scored", reportPrinted: "Printed",
     reportReview: "Reader's review", reportReviewValue: "{verdict}{note}",
@@ -192,6 +203,12 @@ export const STRINGS = {
     decision_NORMAL: "Not flagged",
     decision_OUT_OF_SCOPE: "Not assessed (out of scope)",
     notRead: "Could not be read",
+    // the cause of a flagged film: the same words as pneumoscan.constants.CAUSE_WORDS and CAUSE_CAVEAT
+    cause_BACTERIAL: "pattern more like bacterial",
+    cause_VIRAL: "pattern more like viral",
+    causeLine: "{cause} · viral score {score} / 100 (threshold {threshold})",
+    causeCaveat: "The cause is weaker evidence than the main finding, learned from the data set's bacterial/viral " +
+      "labels (no microbiology), and is not a treatment recommendation.",
     reason: "Reason: {reason}",
     prev: "‹ Prev",
     prevLabel: "Previous case (k)",

@@ -28,9 +28,12 @@ function buildHead() {
   const pos = el("span", { class: "pv-pos" });
   const result = el("p", { class: "pv-result" });
   const disclaimer = el("p", { id: "pv-disclaimer", class: "pv-disclaimer", text: S("disclaimer") });
+  // A flagged film's cause (bacterial or viral pattern), under the decision, with its caveat; hidden without one.
+  const cause = el("p", { class: "pv-cause", hidden: "" });
   const close = button("close", "closeLabel", () => act.close(), { class: "pv-close" });
-  head.append(el("div", { class: "pv-titlebar" }, [title, pos, close]), el("div", { class: "pv-meta" }, [result, disclaimer]));
-  return { head, title, pos, result, close };
+  head.append(el("div", { class: "pv-titlebar" }, [title, pos, close]),
+              el("div", { class: "pv-meta" }, [result, disclaimer, cause]));
+  return { head, title, pos, result, cause, close };
 }
 
 function buildToolbar() {

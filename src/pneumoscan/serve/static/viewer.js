@@ -107,6 +107,17 @@ function describe(c) {
           el("span", { class: "pv-decision " + (c.positive ? "pos" : "neg"), text: words })];
 }
 
+// A flagged film's cause in words (the server's `cause_text`, else strings.js's), with the viral score and the
+// cause threshold on 0-100, and the caveat beside it; nothing for a case without a cause.
+function describeCause(c) {
+  const words = c.cause ? c.cause_text || S("cause_" + c.cause) : "";
+  if (!words || c.ok === false || c.in_scope === false) return [];
+  const fmt = (x) => (x === null || x === undefined || x === "" ? "–" : Number(x).toFixed(1));
+  const threshold = typeof c.cause_threshold === "number" ? fmt(Math.round(c.cause_threshold * 1000) / 10) : "–";  // as app.js's score100
+  const line = S("causeLine", { cause: words.charAt(0).toLocaleUpperCase() + words.slice(1), score: fmt(c.cause_score), threshold });
+  return [el("span", { class: "pv-cause-line", text: line }), " ", el("span", { class: "pv-cause-note", text: S("causeCaveat") })];
+}
+
 function showCase(i) {
   v.index = i;
   const c = v.cases[i];
@@ -114,6 +125,9 @@ function showCase(i) {
   ui.title.textContent = c.filename || S("dialogTitle");
   ui.pos.textContent = S("position", { n: i + 1, total: v.cases.length });
   ui.result.replaceChildren(...describe(c));
+  const cause = describeCause(c);
+  ui.cause.replaceChildren(...cause);
+  ui.cause.hidden = !cause.length;
   ui.prev.disabled = i === 0;
   ui.next.disabled = i === v.cases.length - 1;
   keepFocus();

@@ -1,10 +1,10 @@
 // The stored worklist (GET api/v1/worklist): filters and sort (flagged only, a borderline band around the
-// threshold, not yet reviewed, scope; by risk or by time), thumbnails, readers' reviews, and the CSV download. The
+// threshold, not yet reviewed, scope, a flagged film's cause; by risk or by time), thumbnails, readers' reviews, and the CSV download. The
 // rows are the server's, in its order, each with its `rank` (the server's ranking among the listed rows), its score
 // and threshold on 0-100 and its decision in words; the CSV is the server's too (GET api/v1/worklist.csv, the same
 // filters and order).
 import {
-  $, T, api, decisionText, decisionWords, el, fmtScore, rowLabel, score100, setStatus, state,
+  $, T, api, causeLine, decisionText, decisionWords, el, fmtScore, rowLabel, score100, setStatus, state,
 } from "./app.js";
 import { selectCard } from "./cards.js";
 
@@ -17,7 +17,7 @@ function readFilters() {
   const band = Math.round(Number($("f-band").value));
   return { flagged: $("f-flagged").checked, borderline: $("f-borderline").checked,
            band: band >= 1 && band <= 50 ? band : DEFAULT_BAND, unreviewed: $("f-unreviewed").checked,
-           scope: $("f-scope").value, order: $("f-order").value };
+           scope: $("f-scope").value, cause: $("f-cause").value, order: $("f-order").value };
 }
 
 function restoreFilters() {
@@ -28,6 +28,7 @@ function restoreFilters() {
   $("f-band").value = String(saved.band || DEFAULT_BAND);
   $("f-unreviewed").checked = Boolean(saved.unreviewed);
   if (["", "true", "false"].includes(saved.scope)) $("f-scope").value = saved.scope;
+  if (["", "BACTERIAL", "VIRAL"].includes(saved.cause)) $("f-cause").value = saved.cause;
   if (["risk", "newest", "oldest"].includes(saved.order)) $("f-order").value = saved.order;
 }
 
@@ -39,6 +40,7 @@ function worklistQuery(f) {
   if (f.borderline) q.set("borderline", String(f.band));
   if (f.unreviewed) q.set("unreviewed", "true");
   if (f.scope) q.set("in_scope", f.scope);
+  if (f.cause) q.set("cause", f.cause);  // only flagged results with that pattern (the server's filter)
   return q.toString();
 }
 
@@ -50,6 +52,7 @@ export function updateBandHint() {
     ? T("filterBandHint", { band: f.band, low: score100(Math.max(0, m.threshold - f.band / 100)), high: score100(Math.min(1, m.threshold + f.band / 100)) })
     : T("filterBandHintNoModel", { band: f.band });
   $("f-band").disabled = !f.borderline;
+  $("f-cause-note").hidden = !f.cause;  // what a cause is worth, while the list is filtered by it
   const sub = { risk: "worklistSub", newest: "worklistSubNewest", oldest: "worklistSubOldest" }[f.order];
   $("worklist-sub").textContent = T(sub || "worklistSub");
 }
@@ -64,7 +67,7 @@ function onFiltersChanged() {
 export function setupWorklist() {
   restoreFilters();
   updateBandHint();
-  for (const id of ["f-flagged", "f-borderline", "f-unreviewed", "f-scope", "f-order", "f-band"]) {
+  for (const id of ["f-flagged", "f-borderline", "f-unreviewed", "f-scope", "f-cause", "f-order", "f-band"]) {
     $(id).addEventListener("change", onFiltersChanged);
   }
   $("download-csv").addEventListener("click", downloadCsv);
@@ -172,7 +175,8 @@ async function sendReview(r, verdict, note) {
   if (again) again.focus();  // keyboard users stay where they were
 }
 
-// The decision cell: the server's words; a tag when the score lies in the borderline band.
+// The decision cell: the server's words; a tag when the score lies in the borderline band; a flagged film's cause
+// (with its caveat as the line's title: the card and the report show it in full).
 function decisionCell(r) {
   if (isError(r)) {
     return el("td", {}, [el("span", { class: "err", text: decisionText(r) }), el("div", { class: "why", text: r.error })]);
@@ -186,6 +190,8 @@ function decisionCell(r) {
   if (typeof r.threshold === "number" && Math.abs(r.probability - r.threshold) <= band / 100 + 1e-9) {
     td.append(" ", el("span", { class: "tag borderline", text: T("borderlineTag"), title: T("borderlineTagTitle", { band }) }));
   }
+  const cause = causeLine(r, "causeRow");
+  if (cause) td.append(el("div", { class: "cause", text: cause, title: T("causeCaveat") }));
   return td;
 }
 
@@ -211,7 +217,7 @@ export function renderWorklist() {
   const rows = state.worklist;
   if (!rows.length) {
     const f = readFilters();
-    const filtered = f.flagged || f.borderline || f.unreviewed || f.scope;
+    const filtered = f.flagged || f.borderline || f.unreviewed || f.scope || f.cause;
     tbody.append(el("tr", { class: "empty" }, [el("td", { colspan: "6", text: filtered ? T("noMatch") : T("noImages") })]));
   }
   for (const r of rows) tbody.append(worklistRow(r));
