@@ -224,6 +224,9 @@ class ModelInfo(BaseModel):
     threshold: float
     temperature: float
     operating_point: dict[str, Any]
+    outputs: list[str] = Field(default_factory=lambda: ["pneumonia"], description="The network's outputs")
+    cause: dict[str, Any] | None = Field(None, description="The cause output's operating point, temperature and "
+                                                           "validation figures; null without a cause output")
     calibration: dict[str, Any] | None
     validation: dict[str, Any]
     preprocessing: dict[str, Any]

@@ -105,6 +105,8 @@ def model_info(predictor: ResultMaker, model_card: str | None) -> dict[str, Any]
         "threshold": info.threshold,
         "temperature": info.temperature,
         "operating_point": op,
+        "outputs": list(info.outputs),
+        "cause": info.cause,
         "calibration": info.calibration,
         "validation": {k: v for k, v in validation.items() if v is not None},
         "preprocessing": info.preprocessing.to_dict(),

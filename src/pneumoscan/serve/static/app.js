@@ -220,6 +220,9 @@ export async function loadModelInfo() {
                  text: site === "shipped" ? T("siteShipped") : T("siteLocal", { site }) }),
     T("modelLineThreshold", { threshold: score100(m.threshold) }));
   renderModelCard(m);
+  // The cause filter only where there can be a cause: a model with the cause output (or a filter already set).
+  const pick = document.getElementById("f-cause-pick");
+  if (pick) pick.hidden = !m.cause && !$("f-cause").value;
   return m;
 }
 
