@@ -30,13 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(".pneumoscan-cache"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--replace", action="store_true", help="refit the cause head of a model that has one")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.out.exists():
         parser.error(f"{args.out} exists; choose a new file")
     cause = add_cause_head(args.model, args.data, args.out, split=args.split, cache_dir=args.cache_dir,
-                           seed=args.seed)
+                           seed=args.seed, replace=args.replace)
     print(json.dumps(cause, indent=2))
     print(f"wrote {args.out}")
     return 0

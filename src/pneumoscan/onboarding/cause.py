@@ -19,6 +19,7 @@ Only a flagged, in-scope film gets a cause (:class:`pneumoscan.result.Result`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -134,12 +135,13 @@ def fit_cause_head(features: np.ndarray, targets: np.ndarray, *, seed: int = 0) 
 
 def add_cause_head(checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], out: str | os.PathLike[str], *,
                    split: str | None = None, cache_dir: str | os.PathLike[str] | None = None, device: str = "cpu",
-                   batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
+                   batch_size: int = 64, seed: int = 0, replace: bool = False) -> dict[str, Any]:
     """Give a trained model a cause output without retraining it: rebuild its own patient split over ``data`` (the
     folder it trained on), fit :func:`fit_cause_head` on the frozen pooled features of its TRAINING pneumonia films
     with a known cause, choose the operating point on its VALIDATION films, and write ``out``: the same weights with
     a second head row, ``outputs`` ``["pneumonia", "viral"]`` and ``cause`` metadata. The main output is unchanged
-    (same weights, same logits). Returns the ``cause`` metadata.
+    (same weights, same logits). With ``replace`` a model that has a cause output already (e.g. trained jointly)
+    gets its cause row refitted on its frozen features instead. Returns the ``cause`` metadata.
 
     Raises:
         DatasetError: the data cannot be indexed or split; ValueError: ``out`` is the source file, the model has a
@@ -156,8 +158,16 @@ def add_cause_head(checkpoint: str | os.PathLike[str], data: str | os.PathLike[s
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: write the checkpoint with its cause head to a new file, not over its source")
     ckpt = load_checkpoint(src)
-    if ckpt.info.has_cause:
-        raise ValueError(f"{src}: the model has a cause output already")
+    if ckpt.info.has_cause and not replace:
+        raise ValueError(f"{src}: the model has a cause output already (pass replace to refit it)")
+    previous = ckpt.info.cause if ckpt.info.has_cause else None
+    if ckpt.info.has_cause:  # the main output alone, as if it had none: the cause row is refitted below
+        state0 = dict(ckpt.state_dict)
+        for key, value in state0.items():
+            if key.startswith("head.") and value.ndim >= 1 and value.shape[0] == 2:
+                state0[key] = value[:1].clone()
+        meta0 = {k: v for k, v in ckpt.meta.items() if k not in ("outputs", "cause")}
+        ckpt = dataclasses.replace(ckpt, state_dict=state0, meta=meta0)
     info = ckpt.info
     train_idx, val_idx = model_split(data, info.config.get("data") or {}, split=split)
     records = list(train_idx.records) + list(val_idx.records)
@@ -179,6 +189,8 @@ def add_cause_head(checkpoint: str | os.PathLike[str], data: str | os.PathLike[s
         method=f"frozen features: class-balanced logistic regression on the pooled features of {len(tr)} training "
                "pneumonia films with a known cause (L2 by 5-fold cross-validated log-loss)", seed=seed)
     cause["n_train"] = int(len(tr))
+    if previous:
+        cause["replaced"] = {"method": previous.get("method"), "val_auc": (previous.get("val") or {}).get("auc")}
     cause["seconds"] = round(time.perf_counter() - t0, 1)
     state = dict(ckpt.state_dict)
     wk, bk = _last_linear(model, f_tr.shape[1], src)
