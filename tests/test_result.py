@@ -105,7 +105,7 @@ def test_only_a_flagged_film_gets_a_cause():
               Result.scored("a", 0.9, model)):  # no cause output
         assert (r.cause, r.cause_text, r.cause_score) == ("", "", None)
         assert r.to_dict()["cause_probability"] is None  # never shown without a cause
-    assert "pattern more like viral (viral score 40.0 / 100, threshold 40.0)" in viral.caption()
+    assert "Pattern more like viral (viral score 40.0 / 100, threshold 40.0)." in viral.caption()
     assert "pattern" not in Result.scored("a", 0.2, model, cause_probability=0.9).caption()
     with pytest.raises(ValueError, match="cause_probability"):
         Result.scored("a", 0.9, model, cause_probability=1.5)

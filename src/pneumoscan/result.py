@@ -265,8 +265,8 @@ class Result:
             return f"{NOT_READ_WORDS}: {self.error}"
         if not self.assessed:
             return f"{self.decision_text}: {self.scope_reason}. {DISCLAIMER_SHORT}"
-        cause = (f" The {self.cause_text} (viral score {self.cause_score:.1f} / 100, threshold "
-                 f"{self.cause_score_threshold:.1f})." if self.cause else "")
+        cause = (f" {self.cause_text[:1].upper()}{self.cause_text[1:]} (viral score {self.cause_score:.1f} / 100, "
+                 f"threshold {self.cause_score_threshold:.1f})." if self.cause else "")
         return (f"{self.decision_text}. Score {self.score:.1f} / 100 (threshold {self.score_threshold:.1f}).{cause} "
                 f"{DISCLAIMER_SHORT}")
 
