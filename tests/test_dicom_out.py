@@ -277,12 +277,11 @@ def test_a_batch_without_heatmaps_writes_srs_only_and_one_files_failure_is_its_n
         return real(source, result)
 
     monkeypatch.setattr(write, "make_sr", make_sr)
-    batch = write_dicom_batch(results, tmp_path / "out", no_sc="an ONNX export alone keeps no film for an SC")
+    batch = write_dicom_batch(results, tmp_path / "out")
     assert list(batch.written) == [str(tmp_path / "a.dcm")] and len(batch.written[str(tmp_path / "a.dcm")]) == 1
     assert set(batch.failed) == {str(tmp_path / "b.dcm"), str(tmp_path / "nostudy.dcm")}
     assert batch.failed[str(tmp_path / "b.dcm")] == "RuntimeError: boom"
     assert batch.not_dicom == ["photo.png"] and batch.unread == [str(tmp_path / "missing.dcm")]
-    assert "ONNX" in batch.no_sc
     summary = batch.summary(tmp_path / "out")
     assert summary.startswith("DICOM results: 1 SR and 0 SC file(s) written") and "2 failed" in summary
 

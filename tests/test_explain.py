@@ -1,8 +1,10 @@
-"""Grad-CAM: shapes and ranges, overlays, heatmap files, and two sanity checks.
+"""The explanation (occlusion sensitivity): the map's arithmetic, overlays, heatmap files, and three sanity checks.
 
 (a) Model randomisation (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018): an explanation
     that does not change when the weights are randomised explains the image, not the model.
-(b) On synthetic films whose label is a bright blob, a small trained model's heatmap peaks on the blob.
+(b) Data randomisation (the same paper): a model trained on shuffled labels learned nothing about the blob, so its
+    map must not point at the blob as the trained model's does.
+(c) On synthetic films whose label is a bright blob, a small trained model's heatmap peaks on the blob.
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ from PIL import Image
 
 from imagefactory import make_png, synthetic_xray
 from modelfactory import checkpoint_meta
-from pneumoscan.inference.explain import GradCAM, grad_cam, upsample_cam
-from pneumoscan.inference.render import render_overlay, save_overlay, unique_stems
-from pneumoscan.models import SeedCNN, create_model, default_preprocessing
+from pneumoscan.inference.occlusion import GRID, block_side, occlusion_map
+from pneumoscan.inference.render import (
+    EVIDENCE_FLOOR,
+    OUTLINE_LEVEL,
+    heat_table,
+    outline_mask,
+    render_overlay,
+    save_overlay,
+    unique_stems,
+)
+from pneumoscan.models import SeedCNN, default_preprocessing
 from pneumoscan.preprocessing import preprocess
 from pneumoscan.inference.predictor import Predictor
+from pneumoscan.result import upsample_map
 
 SIZE = 64
 SIGMA = SIZE / 10  # blob width, as in test_train.make_blob_dataset
@@ -42,12 +53,13 @@ def blob_films(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[tuple[in
     return np.stack(films), np.array(labels), centres
 
 
-@pytest.fixture(scope="module")
-def blob_model():
-    """A narrow SeedCNN (4 blocks: an 8 x 8 Grad-CAM grid at 64 px) trained 2 epochs on 96 blob films (seconds)."""
+def _train(labels_seed: int | None) -> SeedCNN:
+    """A narrow SeedCNN trained 2 epochs on 96 blob films (seconds); ``labels_seed``: shuffle the labels first."""
     torch.manual_seed(0)
     spec = default_preprocessing("seed-cnn", SIZE)
     films, labels, _ = blob_films(96, seed=0)
+    if labels_seed is not None:
+        labels = np.random.default_rng(labels_seed).permutation(labels)
     x, y = preprocess(films, spec), torch.tensor(labels, dtype=torch.float32)
     model = SeedCNN(dropout=0.0, widths=(16, 32, 64, 64))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -60,7 +72,12 @@ def blob_model():
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return model.eval(), spec
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def blob_model():
+    return _train(None), default_preprocessing("seed-cnn", SIZE)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -72,64 +89,116 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _blob_hits(model, films, centres) -> tuple[float, float]:
+    """Share of blob films whose map peaks within 2 sigma of the blob, and the median share of the map's mass on
+    that disk."""
+    predictor = Predictor.from_model(model, checkpoint_meta("seed-cnn", SIZE))
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    hits, mass = [], []
+    for film, centre in zip(films, centres):
+        if centre is None:
+            continue
+        _, heat = predictor.explain(film)
+        assert heat.shape == film.shape and heat.dtype == np.float32 and heat.min() >= 0
+        if not heat.max() > 0:
+            hits.append(False)
+            mass.append(0.0)
+            continue
+        py, px = np.unravel_index(np.argmax(heat), heat.shape)
+        hits.append(np.hypot(py - centre[0], px - centre[1]) <= 2 * SIGMA)
+        disk = np.hypot(yy - centre[0], xx - centre[1]) <= 2 * SIGMA
+        mass.append(heat[disk].sum() / heat.sum())
+    return float(np.mean(hits)), float(np.median(mass))
+
+
+def test_occlusion_map_is_the_drop_of_the_logit_per_block():
+    square = np.full((64, 64), 100, np.uint8)
+    b = block_side(64)
+    assert b == 6 and GRID == 10
+    square[3 * b:4 * b, 7 * b:8 * b] = 250  # one bright block: the "lesion"
+
+    def logits(squares):  # the score is the brightness of that block: hiding it removes the evidence
+        return np.array([float(np.asarray(sq)[3 * b:4 * b, 7 * b:8 * b].mean()) for sq in squares])
+
+    m = occlusion_map(logits, square)
+    assert m.shape == (GRID, GRID) and m.dtype == np.float32
+    assert np.unravel_index(np.argmax(m), m.shape) == (3, 7)
+    assert m[3, 7] == pytest.approx(250 - np.rint(square.mean()), abs=1e-4)
+    assert np.count_nonzero(m) == 1  # no other block changes the score
+
+    def inverse(squares):  # hiding the block RAISES the score: no evidence for pneumonia there, clipped to 0
+        return -logits(squares)
+
+    assert not occlusion_map(inverse, square).any()
+    # the last row and column take the remainder (64 = 9 x 6 + 10): every pixel belongs to a block
+    edge = square.copy()
+    edge[60:, 60:] = 0
+
+    def corner(squares):
+        return np.array([-float(np.asarray(sq)[60:, 60:].mean()) for sq in squares])
+
+    assert np.unravel_index(np.argmax(occlusion_map(corner, edge)), (GRID, GRID)) == (9, 9)
+
+
 def test_heatmap_peaks_on_the_blob(blob_model):
     model, spec = blob_model
     films, labels, centres = blob_films(40, seed=100)
     predictor = Predictor.from_model(model, checkpoint_meta("seed-cnn", SIZE))
     probs = predictor.predict_proba(films)
     assert np.mean((probs >= 0.5) == labels) >= 0.9, "the model did not learn the blob task"
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    hits, mass = [], []
-    for film, centre in zip(films, centres):
-        if centre is None:
-            continue
-        prob, heat = predictor.explain(film)
-        assert heat.shape == film.shape and heat.dtype == np.float32
-        assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)
-        py, px = np.unravel_index(np.argmax(heat), heat.shape)
-        hits.append(np.hypot(py - centre[0], px - centre[1]) <= 2 * SIGMA)
-        disk = np.hypot(yy - centre[0], xx - centre[1]) <= 2 * SIGMA
-        mass.append(heat[disk].sum() / heat.sum())
-    assert np.mean(hits) >= 0.7, f"heatmap peak on the blob in only {np.mean(hits):.0%} of positive films"
-    # the disk is ~12% of the image; the map puts far more than that of its mass there
-    assert np.median(mass) >= 0.3
+    hit, mass = _blob_hits(model, films, centres)
+    assert hit >= 0.7, f"heatmap peak on the blob in only {hit:.0%} of positive films"
+    assert mass >= 0.3  # the disk is ~12% of the image; the map puts far more than that of its mass there
 
 
 def test_heatmap_changes_when_the_weights_are_randomised(blob_model):
     model, spec = blob_model
     films, labels, _ = blob_films(20, seed=200)
-    x = preprocess(films[labels == 1], spec)
-    _, trained = grad_cam(model, x)
+    trained_p = Predictor.from_model(model, checkpoint_meta("seed-cnn", SIZE))
     torch.manual_seed(1000)
     random_model = SeedCNN(dropout=0.0, widths=(16, 32, 64, 64)).eval()  # same layout, fresh random weights
-    _, randomised = grad_cam(random_model, x)
-    rho = [_spearman(a, b) for a, b in zip(trained, randomised)]
+    random_p = Predictor.from_model(random_model, checkpoint_meta("seed-cnn", SIZE))
+    rho = [_spearman(trained_p.explain(f)[1], random_p.explain(f)[1]) for f in films[labels == 1]]
     assert np.mean(rho) < 0.5, f"maps barely change under weight randomisation (mean Spearman {np.mean(rho):.2f})"
-    assert all(t.max() == pytest.approx(1.0) for t in trained)
 
 
-def test_grad_cam_shapes_and_no_gradient_left_behind():
-    torch.manual_seed(0)
-    for name in ("seed-cnn", "deep-cnn", "efficientnet-lite0"):
-        model = create_model(name).eval()
-        x = preprocess(np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE), dtype=np.uint8),
-                       default_preprocessing(name, SIZE))
-        logits, cams = GradCAM(model)(x)
-        assert logits.shape == (2,) and cams.ndim == 3 and cams.shape[0] == 2 and (cams >= 0).all()
-        with torch.no_grad():
-            np.testing.assert_allclose(logits.numpy(), model(x).reshape(-1).numpy(), rtol=1e-4, atol=1e-5)
-        assert all(p.grad is None for p in model.parameters())
+def test_a_model_trained_on_shuffled_labels_does_not_point_at_the_blob(blob_model):
+    films, _, centres = blob_films(40, seed=100)
+    trained_hit, trained_mass = _blob_hits(blob_model[0], films, centres)
+    shuffled_hit, shuffled_mass = _blob_hits(_train(labels_seed=7), films, centres)
+    assert shuffled_hit < trained_hit - 0.3 or shuffled_mass < trained_mass / 2, (
+        f"shuffled labels: peak on the blob {shuffled_hit:.0%} (trained {trained_hit:.0%}), mass {shuffled_mass:.2f} "
+        f"(trained {trained_mass:.2f})")
 
 
-def test_upsample_cam_geometry_and_zero_map():
+def test_upsample_map_geometry_and_zero_map():
     cam = np.zeros((4, 4), dtype=np.float32)
     cam[0, 3] = 2.0  # top-right cell
-    heat = upsample_cam(cam, (90, 200))  # a wide, non-square film
+    heat = upsample_map(cam, (90, 200))  # a wide, non-square film
     assert heat.shape == (90, 200) and heat.max() == pytest.approx(1.0) and heat.min() >= 0
     py, px = np.unravel_index(np.argmax(heat), heat.shape)
     assert py < 90 / 4 and px > 200 * 3 / 4
-    zero = upsample_cam(np.full((4, 4), -1.0), (30, 40))
+    zero = upsample_map(np.full((4, 4), -1.0), (30, 40))
     assert zero.shape == (30, 40) and not zero.any()
+
+
+def test_colour_only_where_the_evidence_is():
+    table = heat_table(0.55)
+    floor = int(np.ceil(EVIDENCE_FLOOR * 255))
+    assert not table[:floor, 3].any()  # below a quarter of the maximum: nothing drawn
+    assert table[floor, 3] == pytest.approx(0.55 * 0.3, abs=0.01) and table[255, 3] == pytest.approx(0.55)
+    assert list(table[floor, :3]) == [255, 255, 0] and list(table[255, :3]) == [255, 0, 0]  # yellow to red
+    film = np.full((100, 100), 120, np.uint8)
+    heat = np.zeros((100, 100), np.float32)
+    heat[:, 50:] = np.linspace(0, 1, 50, dtype=np.float32)
+    rgb = render_overlay(film, heat, legend=False)
+    weak = heat < EVIDENCE_FLOOR - 0.01
+    assert (rgb[weak] == 120).all(), "the film is tinted where the model found little evidence"
+    assert (rgb[heat > 0.5][:, 2] < 120).all()  # coloured (red-yellow, less blue) where the evidence is
+    ringed = render_overlay(film, heat, legend=False, outline=True)
+    ring = outline_mask(heat)
+    assert ring.any() and (heat[ring] >= OUTLINE_LEVEL).all()
+    assert (ringed[ring] == [0, 255, 255]).all() and (ringed[~ring] == rgb[~ring]).all()
 
 
 def test_overlay_keeps_the_aspect_ratio(tmp_path):
@@ -163,11 +232,11 @@ def test_cli_heatmaps_for_every_readable_image(tiny_checkpoint, tmp_path):
     out = tmp_path / "heat"
     assert main(["predict", str(tmp_path / "in"), "-r", "--model", str(tiny_checkpoint), "--heatmaps", str(out),
                  "--save-raw", "--out", str(tmp_path / "r.json"), "--no-progress"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["film-2_gradcam.npy", "film-2_gradcam.png",
-                                                     "film_gradcam.npy", "film_gradcam.png"]
-    with Image.open(out / "film_gradcam.png") as a, Image.open(out / "film-2_gradcam.png") as b:
+    assert sorted(p.name for p in out.iterdir()) == ["film-2_heatmap.npy", "film-2_heatmap.png",
+                                                     "film_heatmap.npy", "film_heatmap.png"]
+    with Image.open(out / "film_heatmap.png") as a, Image.open(out / "film-2_heatmap.png") as b:
         assert a.size == (200, 120) and b.size == (100, 180)
-    raw = np.load(out / "film_gradcam.npy")
+    raw = np.load(out / "film_heatmap.npy")
     assert raw.shape == (120, 200) and raw.dtype == np.float32 and 0 <= raw.min() and raw.max() <= 1
 
 
@@ -181,7 +250,7 @@ def test_unique_stems_fit_the_file_name_limit_and_stay_unique():
     stems = unique_stems([f"{long_a}.png", f"{long_b}.png", f"{wide}.dcm", f"x/{wide}.png", "short.png"])
     assert len({s.lower() for s in stems}) == len(stems)
     assert all(len(os.fsencode(s)) <= STEM_MAX_BYTES for s in stems)
-    assert all(len(os.fsencode(f"{s}_gradcam.png")) <= NAME_MAX for s in stems)
+    assert all(len(os.fsencode(f"{s}_heatmap.png")) <= NAME_MAX for s in stems)
     assert stems[0].startswith("a" * 200) and stems[1].startswith("a" * 200) and stems[4] == "short"
     assert stems[3].endswith(f"{stems[2][-9:]}-2")  # same stem, same digest, then the counter
     assert unique_stems([f"{long_a}.png"]) == stems[:1]  # deterministic

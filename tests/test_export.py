@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 
+from imagefactory import synthetic_xray
 from modelfactory import make_checkpoint
 from pneumoscan.checkpoint import CheckpointError, load_checkpoint
 from pneumoscan.cli import main
 from pneumoscan.inference.export import export_onnx, open_onnx_session, read_onnx_metadata
-from pneumoscan.inference.predictor import HeatmapUnavailableError, Predictor
+from pneumoscan.inference.predictor import Predictor
 from pneumoscan.utils import file_sha256
 
 SIZE = 64
@@ -65,13 +68,14 @@ def test_metadata_round_trip_and_graph(exported, tmp_path):
     assert out.shape == (3, 1) and meta["model"] == "deep-cnn"
 
 
-def test_onnx_predictor_cannot_explain(exported, tmp_path):
+def test_onnx_predictor_explains(exported, tmp_path):
     p = Predictor.from_checkpoint(exported["seed-cnn"][1])
-    film = np.full((80, 80), 100, np.uint8)
-    with pytest.raises(HeatmapUnavailableError, match="safetensors"):
-        p.explain(film)
-    with pytest.raises(HeatmapUnavailableError, match="safetensors"):
-        p.score_files([tmp_path / "x.png"], heatmaps=tmp_path / "h")
+    film = synthetic_xray(80, 80, seed=2)
+    prob, heat = p.explain(film)
+    assert 0 <= prob <= 1 and heat.shape == film.shape and heat.dtype == np.float32
+    Image.fromarray(film).save(tmp_path / "x.png")
+    (r,) = p.score_files([tmp_path / "x.png"], heatmaps=tmp_path / "h")
+    assert r.read and (r.heatmap_path == "" or Path(r.heatmap_path).is_file())
 
 
 def test_onnx_without_metadata_is_refused(tmp_path, exported):
@@ -91,11 +95,11 @@ def test_cli_export_and_predict_with_onnx(tmp_path, exported, capsys):
     assert main(["export", "--model", str(ckpt), "--onnx", str(out)]) == 0
     assert json.loads(onnx.load(str(out)).metadata_props[0].value)["model"] == "seed-cnn"
     film = tmp_path / "film.png"
-    from imagefactory import make_png, synthetic_xray
+    from imagefactory import make_png
 
     make_png(film, synthetic_xray(100, 90))
     assert main(["predict", str(film), "--model", str(out), "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["predict", str(film), "--model", str(out), "--heatmaps", str(tmp_path / "h")]) == 2
-    assert "safetensors" in capsys.readouterr().err
+    assert main(["predict", str(film), "--model", str(out), "--heatmaps", str(tmp_path / "h"), "--no-progress"]) == 0
+    assert [p.name for p in (tmp_path / "h").iterdir()] == ["film_heatmap.png"]  # the export alone explains
     assert main(["export", "--model", str(out), "--onnx", str(tmp_path / "again.onnx")]) == 2

@@ -46,7 +46,7 @@ def test_from_checkpoint_exposes_metadata(tmp_path):
     p = Predictor.from_checkpoint(ckpt)  # ONNX Runtime by default, on the checkpoint's export
     assert (p.model_name, p.threshold, p.temperature, p.backend) == ("seed-cnn", 0.37, 1.7, "onnxruntime")
     assert p.preprocessing.image_size == 64 and p.meta["operating_point"]["threshold"] == 0.37
-    assert len(p.version) == 12 and int(p.version, 16) >= 0 and p.path == str(ckpt) and p.can_explain
+    assert len(p.version) == 12 and int(p.version, 16) >= 0 and p.path == str(ckpt) 
     t = Predictor.from_checkpoint(ckpt, backend="torch")
     assert (t.backend, t.version, t.meta, t.path) == ("torch", p.version, p.meta, p.path)  # same weights, same id
 
@@ -487,7 +487,7 @@ def test_cli_predict_never_overwrites_results_without_overwrite(tiny_checkpoint,
     assert main(run) == 2
     assert "already exists" in capsys.readouterr().err and out.read_text() == "my own notes\n"
     assert main(run + ["--overwrite", "--heatmaps", str(heat), "--save-raw"]) == 0
-    assert out.read_text().startswith("rank,") and len(list(heat.glob("*_gradcam.*"))) == 4
+    assert out.read_text().startswith("rank,") and len(list(heat.glob("*_heatmap.*"))) == 4
     stamp = {p: p.stat().st_mtime_ns for p in heat.iterdir()}
     capsys.readouterr()
     assert main(run[:-2] + ["--heatmaps", str(heat)]) == 2  # no --out: only the heatmaps would clash
@@ -496,7 +496,7 @@ def test_cli_predict_never_overwrites_results_without_overwrite(tiny_checkpoint,
     assert {p: p.stat().st_mtime_ns for p in heat.iterdir()} == stamp
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)
-    stale = heat / f".a_gradcam.png.{dead}.0badc0de.tmp"  # an overlay write killed half-way
+    stale = heat / f".a_heatmap.png.{dead}.0badc0de.tmp"  # an overlay write killed half-way
     stale.write_bytes(b"half")
     os.utime(stale, (0, 0))
     assert main(run[:-2] + ["--heatmaps", str(heat), "--overwrite"]) == 0
@@ -683,8 +683,9 @@ def test_cli_predict_dicom_out_writes_sr_and_sc_for_each_dicom_input(tiny_checkp
     probability = next(m for m in group.get_measurements() if m.name.meaning == "Pneumonia probability")
     assert probability.value == pytest.approx(float(film["probability"]), abs=1e-6)
     assert sc.BurnedInAnnotation == "YES" and sc.ImageComments == (  # the result's one wording
-        f"{film['decision_text']}. Score {film['score']} / 100 (threshold {film['score_threshold']}). Decision support, "
-        "not a diagnosis.")
+        f"{film['decision_text']}. Score {film['score']} / 100 (threshold {film['score_threshold']}; "
+        f"{film['score_calibration']}). Decision support, not a diagnosis.")
+    assert film["score_calibration"] == "calibrated on the training hospital's validation films"
     adult_sc = pydicom.dcmread(adult["dicom_out"].split(";")[1])
     assert adult_sc.ImageComments.startswith("Not assessed (out of scope): adult patient (DICOM PatientAge 045Y)")
 

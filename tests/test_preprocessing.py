@@ -146,7 +146,7 @@ def test_pipeline_fingerprint_is_stable_and_keys_the_cache(tmp_path):
 
 
 def test_one_film_has_one_score_on_every_path(ckpt, tmp_path):
-    """A large JPEG is scored from a reduced-scale decode; paths that also need the full film (Grad-CAM, the
+    """A large JPEG is scored from a reduced-scale decode; paths that also need the full film (the heatmap, the
     server's analysis with previews and heatmaps, the viewer's re-render) must score that same square."""
     from fastapi.testclient import TestClient
 

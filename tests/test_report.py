@@ -1,4 +1,4 @@
-"""The evaluation report's pieces, quickly, without training: the ROC plot's zoomed inset, the gallery (Grad-CAM
+"""The evaluation report's pieces, quickly, without training: the ROC plot's zoomed inset, the gallery (its
 heatmaps, enlargeable entries, the 0-100 score and the one decision wording, checked by parsing the HTML) and how
 intervals are labelled."""
 
@@ -201,7 +201,7 @@ def test_gallery_entries_have_heatmaps_and_open_enlarged(small_report):
     assert f"({GALLERY_SIZES['fn']} shown of {conf['fn']}; {left} left out" in html
     assert not tree.root.find_all("script") and "http://" not in html and "https://" not in html
     assert path.stat().st_size < 2_000_000
-    assert "Grad-CAM" in html
+    assert "Occlusion sensitivity" in html and "Grad-CAM heatmap" not in html
 
 
 def test_report_speaks_the_one_decision_language(small_report):
@@ -231,7 +231,7 @@ def test_gallery_without_a_torch_model_shows_films_and_says_why(tmp_path):
                          checkpoint=SimpleNamespace(info=None))  # an ONNX-only evaluation: no weights to explain
     results = [scored(r.path, float(p)) for r, p in zip(records, sm.probs, strict=True)]  # threshold 0.5
     gal = build_gallery(sm, records, results, np.array([r.label for r in records]), 0.5, "m1")
-    assert not gal["heatmaps"] and "Grad-CAM" in gal["heatmap_note"]
+    assert not gal["heatmaps"] and "Heatmaps could not be made" in gal["heatmap_note"]
     items = [it for k in gal["kinds"].values() for it in k["items"]]
     assert len(items) == 6 and all(it["heat"] is None and it["large_heat"] is None for it in items)
     # The files are gone: the enlarged film is the cached square.

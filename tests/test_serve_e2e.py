@@ -173,7 +173,7 @@ def test_upload_shows_card_heatmap_and_worklist(server, tmp_path):
         assert page.evaluate("document.activeElement.id") == "dropzone"
         # The file chooser opened by Enter did not always fire in a fresh CI run; set the files on the
         # input the drop zone drives (its change handler is what uploads).
-        heatmap_box = page.get_by_label(re.compile("Compute Grad-CAM heatmaps"))
+        heatmap_box = page.get_by_label(re.compile("Compute heatmaps"))
         expect(heatmap_box).not_to_be_checked()  # unticked by default (#18): the viewer computes them on demand
         heatmap_box.check()
         page.set_input_files("#file-input", [str(good), str(bad)])

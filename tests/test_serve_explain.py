@@ -1,4 +1,4 @@
-"""``POST /api/v1/explain`` (the viewer's full-resolution film and Grad-CAM map) and the pictures every predict
+"""``POST /api/v1/explain`` (the viewer's full-resolution film and heatmap) and the pictures every predict
 entry carries (thumbnail, preview, overlay, the map alone)."""
 
 from __future__ import annotations
@@ -142,16 +142,6 @@ def test_token_required(predictor):
     assert _explain(client, "a.jpeg", data, headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
     r = _explain(client, "a.jpeg", data, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200 and r.json()["results"][0]["film_png"]
-
-
-def test_without_grad_cam_the_entry_says_why(predictor, client, monkeypatch):
-    if isinstance(getattr(type(predictor), "can_explain", None), property):
-        monkeypatch.setattr(type(predictor), "can_explain", property(lambda self: False))
-    else:
-        monkeypatch.setattr(predictor, "can_explain", False, raising=False)
-    assert predictor.can_explain is False
-    x = _explain(client, "a.jpeg", jpeg_bytes(synthetic_xray(120, 100)), heatmap=True).json()["results"][0]
-    assert "heatmap_map" not in x and "ONNX" in x["heatmap_error"] and x["film_png"]
 
 
 def test_out_of_scope_gets_no_heatmap(client):

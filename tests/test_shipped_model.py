@@ -81,7 +81,7 @@ def test_shipped_onnx_is_the_shipped_checkpoint_exported(shipped):
     for name, value in shipped.extra.items():
         np.testing.assert_array_equal(ref[name], value.numpy())
     p = Predictor.from_checkpoint(PACKAGED_MODEL)
-    assert (p.backend, p.onnx_path, p.can_explain) == ("onnxruntime", str(SHIPPED_ONNX), True)
+    assert (p.backend, p.onnx_path) == ("onnxruntime", str(SHIPPED_ONNX))
 
 
 def test_shipped_onnx_agrees_with_the_checkpoint_within_1e_5():

@@ -170,7 +170,7 @@ def test_a_version_1_database_gains_the_thumbnail_column(tmp_path):
     engine = engine_mod.make_engine(*engine_mod.resolve(path))
     with engine.begin() as conn:  # version 1's tables: today's, less the thumbnail and cause columns
         schema_mod.Base.metadata.create_all(conn)
-        for column in ("thumbnail", "cause", "cause_probability", "cause_threshold"):
+        for column in ("thumbnail", "cause", "cause_probability", "cause_threshold", "score_calibration"):
             conn.execute(text(f"ALTER TABLE worklist_results DROP COLUMN {column}"))
         conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
                           "VALUES (1, '2026-01-01 00:00:00', 'created')"))
@@ -189,11 +189,11 @@ def test_a_version_1_database_gains_the_thumbnail_column(tmp_path):
         (old,) = s.list()
         assert old["probability"] == 0.7 and old["thumbnail"] is None
     con = sqlite3.connect(path)
-    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
+    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3, 4]
     assert "thumbnail" in [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
     con.close()
     with WorklistStore(path) as s:
-        assert s.schema_version == 3
+        assert s.schema_version == 4
         rid = s.add(scored("new.png", 0.3), input_sha256=_sha("new"), source="upload", client="local",
                     thumbnail=JPEG_URI)
         assert s.get(rid)["thumbnail"] == JPEG_URI
@@ -206,7 +206,7 @@ def test_a_version_2_database_gains_the_cause_columns_and_old_rows_have_no_cause
     engine = engine_mod.make_engine(*engine_mod.resolve(path))
     with engine.begin() as conn:  # version 2's tables: today's, less the cause columns
         schema_mod.Base.metadata.create_all(conn)
-        for column in ("cause", "cause_probability", "cause_threshold"):
+        for column in ("cause", "cause_probability", "cause_threshold", "score_calibration"):
             conn.execute(text(f"ALTER TABLE worklist_results DROP COLUMN {column}"))
         conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
                           "VALUES (2, '2026-01-01 00:00:00', 'created')"))
@@ -221,15 +221,18 @@ def test_a_version_2_database_gains_the_cause_columns_and_old_rows_have_no_cause
     con.commit()
     con.close()
     with WorklistStore(path) as s:
-        assert s.schema_version == 3
+        assert s.schema_version == 4
         (old,) = s.list()
         assert (old["cause"], old["cause_score"], old["cause_threshold"]) == ("", None, None)
-        model = ModelIdentity("m", "v", 0.5, cause_threshold=0.4)
+        assert old["score_calibration"] == ""  # rows from before do not say where their score was calibrated
+        model = ModelIdentity("m", "v", 0.5, cause_threshold=0.4,
+                              calibration="calibrated on the training hospital's validation films")
         flagged = Result.scored("a.png", 0.9, model, cause_probability=0.7)
         rid = s.add(flagged, input_sha256=_sha("new"), source="upload", client="local")
         new = s.get(rid)
         assert (new["cause"], new["cause_text"], new["cause_score"], new["cause_threshold"]) == (
             "VIRAL", "pattern more like viral", 70.0, 0.4)
+        assert new["score_calibration"] == "calibrated on the training hospital's validation films"
         assert [r["id"] for r in s.list(cause="VIRAL")] == [rid] and s.count(cause="BACTERIAL") == 0
         normal = s.add(Result.scored("b.png", 0.1, model, cause_probability=0.9), input_sha256=_sha("n"),
                        source="upload", client="local")

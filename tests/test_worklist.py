@@ -46,7 +46,8 @@ def _results() -> list[FileResult]:
 
 def test_columns_in_order():
     assert RESULT_COLUMNS == ("rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view",
-                              "score", "score_threshold", "decision_text", "probability", "decision", "positive",
+                              "score", "score_threshold", "score_calibration", "decision_text", "probability",
+                              "decision", "positive",
                               "in_scope", "scope_reason", "threshold", "cause", "cause_text", "cause_score",
                               "cause_probability", "cause_threshold", "error", "study_uid", "series_uid", "sop_uid",
                               "heatmap", "dicom_out", "model_name", "model_version", "created", "disclaimer")
@@ -100,7 +101,7 @@ def test_csv_and_json_carry_the_scope_columns(tmp_path):
                      "decision_text": "Not assessed (out of scope)", "probability": 0.99, "decision": OUT_OF_SCOPE,
                      "positive": False, "in_scope": False, "scope_reason": BLANK, "threshold": 0.5, "error": "",
                      "cause": "", "cause_text": "", "cause_score": None, "cause_probability": None,
-                     "cause_threshold": None,
+                     "cause_threshold": None, "score_calibration": "",
                      "model_name": "seed-cnn", "model_version": "0123456789ab", **{c: "" for c in CONTEXT_COLUMNS}}
 
 

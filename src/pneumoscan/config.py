@@ -164,6 +164,11 @@ class EvalConfig:
     bootstrap_seed: int = 0
     #: Fit temperature scaling on validation at the end of training.
     calibrate: bool = True
+    #: The lowest temperature a fit may set. Validation films the model nearly separates reward confidence: the fit
+    #: there sharpens the scores (the model shipped until 2026-12 had 0.56, and at a simulated site 7 of 135 normal
+    #: films scored 99 or more; ``benchmarks/calibration_shift.py``). A temperature below 1 claims more certainty than
+    #: the network's own logits, which no film from elsewhere supports, so a fit below this floor uses the floor.
+    min_temperature: float = 1.0
 
 
 @dataclass(frozen=True)

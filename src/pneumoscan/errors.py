@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "CheckpointError", "ConfigError", "CorruptImageError", "DatasetError", "EmptyFileError", "HeatmapUnavailableError",
+    "CheckpointError", "ConfigError", "CorruptImageError", "DatasetError", "EmptyFileError",
     "ImageError", "ImageMemoryError", "ImageTooLargeError", "ImageTooSmallError", "ModelNotFoundError",
     "NotAnImageError", "PneumoscanError", "RunExistsError", "UnknownModelError", "UnsupportedDicomError", "UsageError",
 ]
@@ -55,10 +55,6 @@ class UnknownModelError(PneumoscanError, KeyError, ValueError):
 
 class RunExistsError(PneumoscanError, FileExistsError):
     """The output folder already holds a training run."""
-
-
-class HeatmapUnavailableError(PneumoscanError, RuntimeError):
-    """Grad-CAM needs the torch model (a ``.safetensors`` checkpoint); an ONNX predictor cannot explain."""
 
 
 class ImageError(PneumoscanError, ValueError):

@@ -41,7 +41,9 @@ class ModelIdentity:
 
     ``name`` (registry name, e.g. ``efficientnet-lite0``), ``version`` (12 hex digits of the model file's SHA-256, or
     ``"in-memory"``), ``threshold`` (the operating threshold on the calibrated probability, in [0, 1]),
-    ``cause_threshold`` (the cause output's, on P(viral); None without one).
+    ``cause_threshold`` (the cause output's, on P(viral); None without one), ``calibration`` (where the score was
+    calibrated, in words shown beside it: :func:`pneumoscan.onboarding.provenance.calibration_words`; ``""`` when
+    unknown).
     """
 
     name: str
@@ -49,6 +51,8 @@ class ModelIdentity:
     threshold: float
     #: The cause output's operating threshold on P(viral); None for a model without a cause output.
     cause_threshold: float | None = None
+    #: Where the score was calibrated, in words ("calibrated on the training hospital's validation films").
+    calibration: str = ""
 
     def __post_init__(self) -> None:
         for name in ("threshold", "cause_threshold"):
@@ -89,12 +93,13 @@ def upsample_map(low: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 @dataclass(frozen=True)
 class Explanation:
     """Where the model found evidence for pneumonia in one film: ``cam``, the method's map on its own grid
-    (float32 ``(h, w)``, non-negative, unnormalised; ``(5, 5)`` for Grad-CAM on Lite0's last stage at 160 px).
+    (float32 ``(h, w)``, non-negative, unnormalised; ``(10, 10)`` for occlusion sensitivity,
+    :mod:`pneumoscan.inference.occlusion`).
     :meth:`heatmap` stretches it over the film (the model saw the whole film squeezed to a square, so the square
     map stretched back lies on the film's geometry). A map of all zeros means "no positive evidence"."""
 
     cam: np.ndarray = field(repr=False)
-    method: str = "Grad-CAM"
+    method: str = "occlusion"
 
     def heatmap(self, size: tuple[int, ...]) -> np.ndarray:
         """The map at ``size`` (``(H, W)``, e.g. the film's shape), float32 in [0, 1]."""
@@ -258,7 +263,8 @@ class Result:
 
     def caption(self) -> str:
         """The one wording of this result for a caption (Secondary Capture, heatmap overlays, the page's overlay):
-        ``"Flagged: possible pneumonia. Score 73.4 / 100 (threshold 44.2). Decision support, not a diagnosis."``;
+        ``"Flagged: possible pneumonia. Score 73.4 / 100 (threshold 44.2; calibrated on the training hospital's
+        validation films). Decision support, not a diagnosis."`` (the model's :attr:`ModelIdentity.calibration`);
         not assessed ``"Not assessed (out of scope): <reason>. Decision support, not a diagnosis."`` (no score: it is
         not a risk); not read ``"Could not be read: <error>"``."""
         if not self.read:
@@ -267,8 +273,9 @@ class Result:
             return f"{self.decision_text}: {self.scope_reason}. {DISCLAIMER_SHORT}"
         cause = (f" {self.cause_text[:1].upper()}{self.cause_text[1:]} (viral score {self.cause_score:.1f} / 100, "
                  f"threshold {self.cause_score_threshold:.1f})." if self.cause else "")
-        return (f"{self.decision_text}. Score {self.score:.1f} / 100 (threshold {self.score_threshold:.1f}).{cause} "
-                f"{DISCLAIMER_SHORT}")
+        where = f"; {self.model.calibration}" if self.model.calibration else ""
+        return (f"{self.decision_text}. Score {self.score:.1f} / 100 (threshold {self.score_threshold:.1f}{where})."
+                f"{cause} {DISCLAIMER_SHORT}")
 
     def context_dict(self) -> dict[str, str]:
         """The DICOM context by :data:`CONTEXT_KEYS` (never the patient's name)."""
@@ -296,11 +303,12 @@ class Result:
                 "scope_reason": self.scope_reason, "cause": self.cause, "cause_text": self.cause_text,
                 "cause_score": self.cause_score,
                 "cause_probability": self.cause_probability if self.cause else None,
-                "cause_threshold": self.model.cause_threshold, "error": self.error, "note": self.note,
+                "cause_threshold": self.model.cause_threshold, "score_calibration": self.model.calibration,
+                "error": self.error, "note": self.note,
                 "model_name": self.model.name, "model_version": self.model.version, "context": self.context_dict()}
 
 
 #: The keys of :meth:`Result.to_dict`, in order: what every JSON result (the API's, the stored worklist's) holds.
 RESULT_KEYS = ("ok", "probability", "score", "threshold", "score_threshold", "decision", "decision_text", "positive",
                "in_scope", "scope_reason", "cause", "cause_text", "cause_score", "cause_probability",
-               "cause_threshold", "error", "note", "model_name", "model_version", "context")
+               "cause_threshold", "score_calibration", "error", "note", "model_name", "model_version", "context")

@@ -16,7 +16,7 @@ def dicom_listen_cmd(
                                       "0 picks a free one and logs it).")] = 11112,
     ae_title: Annotated[str, typer.Option(help="This node's AE title; associations must address it.")] = "PNEUMOSCAN",
     forward: Annotated[str | None, typer.Option(metavar="AET@HOST:PORT", help="C-STORE a Structured Report and a "
-                                                   "Grad-CAM Secondary Capture of each result into the source "
+                                                   "heatmap Secondary Capture of each result into the source "
                                                    "study on this PACS (e.g. ORTHANC@127.0.0.1:4242).")] = None,
     db: Annotated[str | None, typer.Option(metavar="PATH|URL", help="Worklist database: a SQLite file or a "
                                               "SQLAlchemy URL. Default: the data folder's SQLite file.")] = None,

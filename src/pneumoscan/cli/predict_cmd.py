@@ -19,15 +19,16 @@ def predict_cmd(
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Checkpoint (.safetensors) or ONNX export. Default: $PNEUMOSCAN_MODEL, else the packaged model.")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also scan sub-folders.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the worklist to this .csv or .json file (instead of printing it).")] = None,
-    heatmaps: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay <stem>_gradcam.png per image into this folder (needs a .safetensors model).")] = None,
-    save_raw: Annotated[bool, typer.Option("--save-raw", help="With --heatmaps, also save each raw map (float32, image size) as <stem>_gradcam.npy.")] = False,
+    heatmaps: Annotated[Optional[Path], typer.Option(help="Write a heatmap overlay <stem>_heatmap.png per image into this folder: where hiding the film lowered the score (occlusion sensitivity), coloured only where that evidence is.")] = None,
+    save_raw: Annotated[bool, typer.Option("--save-raw", help="With --heatmaps, also save each raw map (float32, image size) as <stem>_heatmap.npy.")] = False,
+    outline: Annotated[bool, typer.Option("--outline", help="Outline the strongest region (the map at 60% of its maximum or more) in cyan on every heatmap overlay and Secondary Capture.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass (with --heatmaps at most 16 full-size films are held at once).")] = 64,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for the model, with either backend (default: all cores; 1 is faster on a busy machine).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help=BACKEND_HELP)] = Backend.onnx,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file and existing heatmap files of the same names (otherwise the command refuses before scoring anything).")] = False,
     adult_age: Annotated[float, typer.Option("--adult-age", metavar="YEARS", help="A DICOM PatientAge at or above this many years puts the image out of scope (adult patient).")] = ADULT_AGE_DEFAULT,
-    dicom_out: Annotated[Optional[Path], typer.Option("--dicom-out", metavar="DIR", help="For every DICOM input, write a Structured Report of the result and (with a .safetensors model) a Secondary Capture of the Grad-CAM overlay into DIR as <SOPInstanceUID>.dcm, in the input's study, new series. Other inputs are skipped; files are never replaced.")] = None,
+    dicom_out: Annotated[Optional[Path], typer.Option("--dicom-out", metavar="DIR", help="For every DICOM input, write a Structured Report of the result and a Secondary Capture of the heatmap overlay into DIR as <SOPInstanceUID>.dcm, in the input's study, new series. Other inputs are skipped; files are never replaced.")] = None,
     pseudonymise: Annotated[bool, typer.Option("--pseudonymise", help="Replace patient IDs, accession numbers and study/instance UIDs in every output (worklist, DICOM results) with keyed pseudonyms: the same ID and secret always give the same pseudonym. Needs a site secret (--secret-file or $PNEUMOSCAN_PSEUDONYM_KEY). File paths are kept as given.")] = False,
     secret_file: Annotated[Optional[Path], typer.Option("--secret-file", metavar="PATH", help="The site secret for --pseudonymise (default: $PNEUMOSCAN_PSEUDONYM_KEY).")] = None,
 ) -> None:
@@ -53,7 +54,7 @@ def predict_cmd(
 
     with usage_errors():
         report = predict_job(PredictRequest(
-            paths=paths, model=model, recursive=recursive, out=out, heatmaps=heatmaps, save_raw=save_raw,
+            paths=paths, model=model, recursive=recursive, out=out, heatmaps=heatmaps, save_raw=save_raw, outline=outline,
             batch_size=batch_size, threads=threads, backend=backend.value, progress=progress, overwrite=overwrite,
             adult_age=adult_age, dicom_out=dicom_out, pseudonymise=pseudonymise, secret_file=secret_file))
     if out is None:

@@ -13,7 +13,7 @@
   worklist database (:class:`pneumoscan.store.WorklistStore`; ``client`` is the calling AE title,
   ``input_sha256`` the SHA-256 of the data set as encoded on the wire, file meta excluded);
 * with a forward target, C-STOREs a Structured Report and a Secondary Capture (:mod:`pneumoscan.dicom_out`: the
-  Grad-CAM overlay in scope, the film captioned NOT ASSESSED out of scope, as ``predict --dicom-out``) into the
+  heatmap overlay in scope, the film captioned NOT ASSESSED out of scope, as ``predict --dicom-out``) into the
   source study on that PACS, from a background thread, so that the sender never waits for it; a failure there is
   retried, then logged, never fatal;
 * answers a file it cannot read with 0xC000 ("cannot understand", the reason in the Error Comment) and one log

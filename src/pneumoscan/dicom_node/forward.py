@@ -34,7 +34,7 @@ class _Job:
 class Forwarder:
     """Makes and sends the SR and SC of each scored image to ``target``, in the order they were scored.
 
-    ``with_sc`` False (an ONNX model: no Grad-CAM) sends the SR only. The queue holds at most ``max_queued``
+    ``with_sc`` False sends the SR only. The queue holds at most ``max_queued``
     images' results; :meth:`submit` waits for room beyond that, slowing the sender rather than growing memory.
     """
 

@@ -47,9 +47,8 @@ class DicomNode:
         self._ae: Any = None
         self._server: Any = None
         self._forwarder: Forwarder | None = None
-        # Grad-CAM (for the SC) only when results go to a PACS, and only when the predictor can make it (a torch
-        # model, or the .safetensors checkpoint behind the ONNX Runtime model, loaded on the first heatmap).
-        self._explain = self.settings.forward is not None and predictor.can_explain
+        # The heatmap (for the SC) only when results go to a PACS.
+        self._explain = self.settings.forward is not None
         self._stopped = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -93,9 +92,6 @@ class DicomNode:
                                         stats=self.stats, attempts=s.forward_attempts,
                                         retry_seconds=s.forward_retry_seconds)
             self._forwarder.start()
-        if s.forward is not None and not self._explain:
-            log.warning("the model is an ONNX export: results forwarded to %s are Structured Reports only (the "
-                        "Grad-CAM Secondary Capture needs the .safetensors checkpoint)", s.forward)
         host, port = self.address
         who = ", ".join(s.allow) if s.allow else "any calling AE title"
         log.info("DICOM node %s listening on %s:%d (model %s, version %s); accepting CR, DX and SC images from %s; "

@@ -1,4 +1,4 @@
-"""The Secondary Capture of one image's result: the Grad-CAM overlay with a burned-in caption."""
+"""The Secondary Capture of one image's result: the heatmap overlay (occlusion sensitivity) with a burned-in caption."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def make_sc(source: pydicom.Dataset, result: Result, overlay_rgb: np.ndarray | N
             coordinate_system="PATIENT", series_instance_uid=generate_uid(), series_number=int(series_number),
             sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
             patient_orientation=("L", "F"), transfer_syntax_uid=ExplicitVRLittleEndian,
-            series_description="pneumoscan Grad-CAM (decision support only)",
+            series_description="pneumoscan heatmap (decision support only)",
             software_versions=f"pneumoscan {__version__}")
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise DicomOutputError(f"a secondary capture could not be made for this image: {exc}") from exc
@@ -85,7 +85,7 @@ def make_sc(source: pydicom.Dataset, result: Result, overlay_rgb: np.ndarray | N
     sc.PatientOrientation = ds.get("PatientOrientation", "") or ""
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY"]
-    sc.DerivationDescription = ("Grad-CAM overlay and result caption by pneumoscan; decision support only, "
+    sc.DerivationDescription = ("Heatmap (occlusion sensitivity) overlay and result caption by pneumoscan; decision support only, "
                                 "not a diagnosis")
     sc.ImageComments = caption[:10240]
     ref = Dataset()
@@ -95,10 +95,11 @@ def make_sc(source: pydicom.Dataset, result: Result, overlay_rgb: np.ndarray | N
     return sc
 
 
-def sc_pixels(result: Result, *, max_side: int = 1024) -> np.ndarray:
+def sc_pixels(result: Result, *, max_side: int = 1024, outline: bool = False) -> np.ndarray:
     """What a Secondary Capture shows (before its caption): the heatmap overlay on the film the result kept, or, for a
     result without an explanation (an image out of scope: a map of "evidence" on it would read as a finding), the
-    film alone. Returns ``(h, w, 3) uint8`` at most ``max_side`` long.
+    film alone. ``outline``: also outline the strongest region. Returns ``(h, w, 3) uint8`` at most ``max_side``
+    long.
 
     Raises:
         DicomOutputError: the result kept no film.
@@ -110,5 +111,5 @@ def sc_pixels(result: Result, *, max_side: int = 1024) -> np.ndarray:
                                "its film kept (explain=...) so that nothing decodes the file again")
     heat = result.heatmap(result.film.shape)
     if heat is not None:
-        return render_overlay(result.film, heat, max_side=max_side)
+        return render_overlay(result.film, heat, max_side=max_side, outline=outline)
     return render_overlay(result.film, np.zeros((1, 1), np.float32), alpha=0.0, max_side=max_side, legend=False)

@@ -38,6 +38,7 @@ def _codes() -> dict[str, Any]:
         "cause_threshold": ("CAUSE-THR", "Cause operating threshold"),
         "cause_text": ("CAUSE", "Pattern more like"),
         "cause_caveat": ("CAUSE-CAVEAT", "Cause caveat"),
+        "score_calibration": ("SCORE-CALIBRATION", "Where the probability was calibrated"),
     }
     out = {k: CodedConcept(v, CODING_SCHEME, m) for k, (v, m) in local.items()}
     out.update(
@@ -107,6 +108,8 @@ def make_sr(source: pydicom.Dataset, result: Result, *, series_number: int = SR_
         texts = [(c["decision_text"], decision), (c["disclaimer"], DISCLAIMER)]
         if not in_scope:
             texts.insert(1, (c["scope_reason"], result.scope_reason or "outside the intended use"))
+        elif result.model.calibration:  # beside the probability: what its scale rests on
+            texts.insert(1, (c["score_calibration"], result.model.calibration))
         for name, value in texts:  # TEXT items of the group (CONTAINS), after its measurements and evaluations
             group[0].ContentSequence.append(hd.sr.TextContentItem(name=name, value=value, relationship_type="CONTAINS"))
         groups = [group]

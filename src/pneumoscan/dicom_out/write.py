@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pneumoscan.dicom_out.sc import make_sc
+from pneumoscan.dicom_out.sc import make_sc, sc_pixels
 from pneumoscan.dicom_out.source import pseudonymise_dataset, read_source
 from pneumoscan.dicom_out.sr import make_sr
 from pneumoscan.errors import PneumoscanError
@@ -66,12 +66,13 @@ def write_dataset(ds: pydicom.Dataset, out_dir: str | os.PathLike[str]) -> Path:
 
 def write_dicom_results(source: str | os.PathLike[str] | bytes | pydicom.Dataset, result: Result, *,
                         out_dir: str | os.PathLike[str], with_sc: bool | None = None,
-                        pseudonym_key: bytes | str | None = None) -> list[Path]:
+                        pseudonym_key: bytes | str | None = None, outline: bool = False) -> list[Path]:
     """Make the SR (:func:`make_sr`) and, with ``with_sc`` (default: when the result kept its film), the SC
     (:func:`make_sc`) of one result and write them with :func:`write_dataset`.
 
     ``source``: the scored DICOM file, its bytes, or its Dataset (only its header is read). With ``pseudonym_key``
-    both carry keyed pseudonyms instead of the source's identifiers (:func:`pseudonymise_dataset`).
+    both carry keyed pseudonyms instead of the source's identifiers (:func:`pseudonymise_dataset`). ``outline``: the
+    SC's heatmap also outlines the strongest region (:func:`pneumoscan.inference.render.render_overlay`).
 
     Returns:
         the written paths: ``[sr]`` or ``[sr, sc]``. Both are made before either is written.
@@ -86,7 +87,7 @@ def write_dicom_results(source: str | os.PathLike[str] | bytes | pydicom.Dataset
         header = pseudonymise_dataset(header, pseudonym_key)
     made = [make_sr(header, result)]
     if result.film is not None if with_sc is None else with_sc:
-        made.append(make_sc(header, result))
+        made.append(make_sc(header, result, sc_pixels(result, outline=outline)))
     return [write_dataset(ds, out_dir) for ds in made]
 
 
@@ -94,13 +95,13 @@ def write_dicom_results(source: str | os.PathLike[str] | bytes | pydicom.Dataset
 class DicomBatch:
     """What :func:`write_dicom_batch` did: ``written`` (input path -> its DICOM files), ``not_dicom`` (inputs
     skipped: not DICOM), ``unread`` (DICOM inputs not scored: no result to write), ``failed`` (input path -> why)
-    and ``no_sc`` (why no Secondary Captures were made, e.g. an ONNX model; ``""`` when they were)."""
+    and ``outline`` (the setting: the SCs outline the strongest region of their heatmap)."""
 
     written: dict[str, list[Path]] = field(default_factory=dict)
     not_dicom: list[str] = field(default_factory=list)
     unread: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    no_sc: str = ""
+    outline: bool = False
 
     def summary(self, out_dir: str | os.PathLike[str]) -> str:
         """One line for people: counts of SR and SC files written, inputs skipped and failed (with the first
@@ -108,8 +109,6 @@ class DicomBatch:
         files = [p for paths in self.written.values() for p in paths]
         n_sc = sum(len(paths) - 1 for paths in self.written.values())
         parts = [f"DICOM results: {len(files) - n_sc} SR and {n_sc} SC file(s) written to {out_dir}"]
-        if self.no_sc:
-            parts.append(f"no SC: {self.no_sc}")
         if self.not_dicom:
             parts.append(f"{len(self.not_dicom)} non-DICOM input(s) skipped")
         if self.unread:
@@ -122,7 +121,7 @@ class DicomBatch:
     def add(self, result: Result, out_dir: str | os.PathLike[str], *, looks_dicom: bool,
             pseudonym_key: bytes | str | None = None) -> None:
         """One result of ``predict --dicom-out``: a scored DICOM input gets its SR and, when the result kept its
-        film (the predictor could explain it), its SC (the heatmap overlay in scope; the film alone, captioned
+        film (it was explained), its SC (the heatmap overlay in scope; the film alone, captioned
         "Not assessed", out of scope). Inputs that are not DICOM are listed as skipped; an input whose output
         fails is listed with why (and logged), and the others go on."""
         if not result.read:
@@ -133,7 +132,7 @@ class DicomBatch:
             return
         try:
             self.written[result.source] = write_dicom_results(result.source, result, out_dir=out_dir,
-                                                              pseudonym_key=pseudonym_key)
+                                                              pseudonym_key=pseudonym_key, outline=self.outline)
         except Exception as exc:  # one file's failure is that file's note, never the batch's
             why = str(exc) if isinstance(exc, PneumoscanError) else f"{type(exc).__name__}: {exc}"
             self.failed[result.source] = why
@@ -141,11 +140,11 @@ class DicomBatch:
             log.debug("the failure in full", exc_info=True)
 
 
-def write_dicom_batch(results: Sequence[Result], out_dir: str | os.PathLike[str], *, no_sc: str = "",
-                      pseudonym_key: bytes | str | None = None) -> DicomBatch:
-    """``predict --dicom-out`` for results already made (:meth:`DicomBatch.add` each; ``no_sc`` says why the
-    results kept no films, e.g. an ONNX export without its checkpoint)."""
-    batch = DicomBatch(no_sc=no_sc)
+def write_dicom_batch(results: Sequence[Result], out_dir: str | os.PathLike[str], *,
+                      pseudonym_key: bytes | str | None = None, outline: bool = False) -> DicomBatch:
+    """``predict --dicom-out`` for results already made (:meth:`DicomBatch.add` each; a result that kept no film
+    gets its SR alone)."""
+    batch = DicomBatch(outline=outline)
     remove_stale_temps(out_dir)
     for r in results:
         batch.add(r, out_dir, looks_dicom=not r.read and is_dicom_file(r.source), pseudonym_key=pseudonym_key)

@@ -26,6 +26,7 @@ import numpy as np
 
 from pneumoscan import __version__
 from pneumoscan import metrics as M
+from pneumoscan.onboarding.provenance import calibration_details, calibration_words
 from pneumoscan.checkpoint import FALLBACK_THRESHOLD
 from pneumoscan.constants import CLASS_NAMES, DEFAULT_CACHE_DIR
 from pneumoscan.data import Record, index_dataset
@@ -42,6 +43,10 @@ from pneumoscan.utils import atomic_write_text, file_sha256
 from pneumoscan.worklist import csv_text, worklist_row
 
 __all__ = ["SCORES_COLUMNS", "evaluate", "model_results", "write_scores"]
+
+#: Case mixes (share of pneumonia) the calibration error is also given at: most sites see far fewer pneumonias
+#: than the training data (77%), and a probability calibrated at one mix is not calibrated at another.
+CASE_MIXES = (0.3, 0.1)
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +225,8 @@ def model_results(sm: ScoredModel, records: Sequence[Record]) -> list[Result]:
     gate = ScopeGate(reference_of(sm.checkpoint))
     info = sm.checkpoint.info
     identity = ModelIdentity(info.model, file_sha256(sm.checkpoint.path)[:12] if sm.checkpoint.path
-                             else "in-memory", float(info.threshold), info.cause_threshold)
+                             else "in-memory", float(info.threshold), info.cause_threshold,
+                             calibration_words(sm.checkpoint.meta))
     cause = sm.cause_probs
     out = []
     for i, rec in enumerate(records):
@@ -267,7 +273,11 @@ def _model_entry(index: int, sm: ScoredModel, records: Sequence[Record], results
                         "ece_raw": M.ece(y, sm.probs_raw), "ece_calibrated": M.ece(y, sm.probs),
                         "brier_raw": M.brier(y, sm.probs_raw), "brier_calibrated": M.brier(y, sm.probs),
                         "nll_raw": M.binary_nll(y, sm.logits),
-                        "nll_calibrated": M.binary_nll(y, sm.logits, info.temperature)},
+                        "nll_calibrated": M.binary_nll(y, sm.logits, info.temperature),
+                        "where": calibration_words(ck.meta), "details": calibration_details(ck.meta),
+                        "prevalence": float(np.mean(y)) if len(y) else None,
+                        "ece_at_prevalence": {str(mix): v for mix in CASE_MIXES
+                                              if math.isfinite(v := M.ece_at_prevalence(y, sm.probs, mix))}},
         "summary": summary, "training_overlap": overlap,
         "training_alerts": _training_alerts(overlap, info.threshold_source == "checkpoint"),
         "scope": _scope_entry(results, reference_of(ck) is not None),

@@ -8,7 +8,8 @@
 * :mod:`.backends`, :mod:`.onnx_cache`, :mod:`.export`: opening a model file with a backend; the ONNX export of a
   checkpoint, built once and cached; the export itself.
 * :mod:`.pipeline`: the bounded, ordered producer/consumer that overlaps decoding with the model.
-* :mod:`.explain`: Grad-CAM (torch) and :mod:`.render`: heatmaps and overlays for people (no torch).
+* :mod:`.occlusion`: the explanation (occlusion sensitivity, on any backend) and :mod:`.render`: heatmaps and
+  overlays for people.
 * :mod:`.protocols`: the typed seams (a runner, a predictor).
 
 Importing this package loads no torch: the names below are imported on first use (PEP 562), and the ONNX Runtime

@@ -4,8 +4,7 @@
 
 * an ``.onnx`` export runs with ONNX Runtime (``backend="torch"`` is refused: it has no torch weights);
 * a ``.safetensors`` checkpoint runs with ONNX Runtime on its export (:func:`pneumoscan.inference.onnx_cache.open_for_checkpoint`:
-  the packaged ``model.onnx``, or one built once and cached), keeping the checkpoint for Grad-CAM, which loads
-  the torch model on first use (:func:`load_torch_model`);
+  the packaged ``model.onnx``, or one built once and cached);
 * with ``backend="torch"``, a checkpoint runs with torch (``torch.set_num_threads(options.threads)`` when given).
 
 The model's ``version`` is the first 12 hex digits of the SHA-256 of the file given, whichever backend runs it.
@@ -14,10 +13,9 @@ The model's ``version`` is the first 12 hex digits of the SHA-256 of the file gi
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pneumoscan.checkpoint import CheckpointError
 from pneumoscan.errors import ModelNotFoundError
@@ -30,12 +28,7 @@ from pneumoscan.inference.scoring import (
 )
 from pneumoscan.utils import file_sha256
 
-if TYPE_CHECKING:
-    from torch import nn
-
-__all__ = ["MODEL_ENV_VAR", "PACKAGED_MODEL", "default_model_path", "load_torch_model", "open_model_file"]
-
-log = logging.getLogger("pneumoscan.inference.predictor")
+__all__ = ["MODEL_ENV_VAR", "PACKAGED_MODEL", "default_model_path", "open_model_file"]
 
 #: Environment variable naming the model used when none is given.
 MODEL_ENV_VAR = "PNEUMOSCAN_MODEL"
@@ -66,7 +59,7 @@ def default_model_path() -> Path:
 def open_model_file(path: str | os.PathLike[str], options: RuntimeOptions) -> dict[str, Any]:
     """The :class:`~pneumoscan.inference.predictor.Predictor` arguments for the model file ``path`` run by ``options.backend``:
     ``runner``, ``meta``, ``model`` (torch only), ``path``, ``version``, ``options``, ``reference``, ``checkpoint``
-    (the ``.safetensors`` Grad-CAM can load; None for an ONNX file) and ``onnx_path`` (None with torch).
+    (the ``.safetensors`` file; None for an ONNX file) and ``onnx_path`` (None with torch).
 
     Raises:
         CheckpointError: missing, unreadable, or not a pneumoscan model file; ``"torch"`` with an ONNX file.
@@ -107,26 +100,3 @@ def _open_torch(p: Path, sha256: str, options: RuntimeOptions) -> dict[str, Any]
     return {"runner": TorchRunner(model, options), "meta": ckpt.meta, "model": model, "path": str(p),
             "version": sha256[:12], "options": dataclasses.replace(options, backend="torch"),
             "reference": reference_of(ckpt), "checkpoint": str(p), "onnx_path": None}
-
-
-def load_torch_model(checkpoint: str, version: str, threads: int | None) -> nn.Module:
-    """The torch model of ``checkpoint`` for Grad-CAM, loaded on first use by a predictor that runs its export: the
-    file must still be the one whose SHA-256 starts with ``version``. Its parameters never require grad (Grad-CAM
-    differentiates with respect to activations only).
-
-    Raises:
-        CheckpointError: the file changed since the predictor was built, or cannot be read.
-    """
-    import torch
-
-    from pneumoscan.inference.torch_scoring import load_model
-
-    if version != "in-memory" and file_sha256(checkpoint)[:12] != version:
-        raise CheckpointError(f"{checkpoint}: the file changed since this model was loaded; restart to use it")
-    if threads:
-        torch.set_num_threads(threads)
-    log.info("loading the torch model of %s for Grad-CAM", checkpoint)
-    model = load_model(checkpoint)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model

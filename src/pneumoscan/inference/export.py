@@ -12,7 +12,7 @@ so :class:`pneumoscan.inference.predictor.Predictor` treats both files alike. An
 records that file's SHA-256 under ``pneumoscan_checkpoint_sha256``: ONNX Runtime prediction from a
 ``.safetensors`` checkpoint uses an export only when it names that checkpoint (:mod:`pneumoscan.inference.onnx_cache`).
 
-Grad-CAM needs gradients, so heatmaps still need the ``.safetensors`` checkpoint.
+Heatmaps (occlusion sensitivity) need only scores, so an export alone gives them too.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ __all__ = ["HEATMAP_BATCH", "KEPT_FILM_SIDE", "Decoded", "ImageInput", "as_list"
 
 log = logging.getLogger(__name__)
 
-#: The most full-size films a batch holds at once when films are explained (Grad-CAM keeps activations, and each
+#: The most full-size films a batch holds at once when films are explained (each
 #: film is decoded at its own size).
 HEATMAP_BATCH = 16
 #: Longest side of the film a :class:`~pneumoscan.result.Result` keeps (``keep_film``): what a Secondary Capture and
@@ -134,7 +134,7 @@ def prepare_heatmaps(paths: Sequence[str | os.PathLike[str]], folder: str | os.P
 
 
 def write_heatmap_for(folder: str | os.PathLike[str], stem: str, result: Result, gray: np.ndarray, *,
-                      save_raw: bool) -> Result:
+                      save_raw: bool, outline: bool = False) -> Result:
     """Write one film's overlay (its :meth:`~pneumoscan.result.Result.caption`; the map only where the film was
     assessed: on a film out of scope a map of "evidence" would read as a finding) and return the result with
     ``heatmap_path``; a file that cannot be written (a full disk, a name the file system refuses) costs that film
@@ -147,7 +147,7 @@ def write_heatmap_for(folder: str | os.PathLike[str], stem: str, result: Result,
     try:
         path = write_heatmap(folder, stem, film, heat if heat is not None else np.zeros((1, 1), np.float32),
                              caption=result.caption(), raw=raw if save_raw else None, save_raw=save_raw,
-                             original_size=gray.shape)
+                             original_size=gray.shape, outline=outline)
         return result.replace(heatmap_path=str(path))
     except OSError as exc:
         log.debug("heatmap for %s not written", result.source, exc_info=True)

@@ -12,8 +12,8 @@ once, where the :class:`~pneumoscan.result.Result` is made.
 
 Two backends run the model (:data:`pneumoscan.inference.scoring.BACKENDS`): ONNX Runtime, the default, which never
 imports torch (a ``.safetensors`` checkpoint runs through its export: the packaged ``model.onnx``, or one built once
-and cached, see :mod:`pneumoscan.inference.onnx_cache`), and eager torch (``backend="torch"``). Grad-CAM needs torch:
-with a ``.safetensors`` checkpoint (:attr:`Predictor.can_explain`) the torch model is loaded on the first heatmap.
+and cached, see :mod:`pneumoscan.inference.onnx_cache`), and eager torch (``backend="torch"``). The explanation is
+occlusion sensitivity (:mod:`pneumoscan.inference.occlusion`): it needs only scores, so every backend gives it.
 
 Every image also passes the out-of-scope gate (:mod:`pneumoscan.gate.scope`: DICOM metadata, pixel statistics and
 the distance of the model's own features to the training films, from the reference the checkpoint carries); an image
@@ -22,7 +22,7 @@ returns bare probabilities, ungated.
 
 One :class:`Predictor` may serve many threads at once (a web server): the torch model runs in eval mode under
 ``inference_mode`` (forward passes share no mutable state), onnxruntime's ``InferenceSession.run`` is thread-safe,
-and Grad-CAM (:mod:`pneumoscan.inference.explain`) attaches its hooks per call, only to its own thread. Decoding runs
+and an explanation only scores occluded copies of a film. Decoding runs
 on one thread pool per predictor, started on first use and kept until :meth:`Predictor.close`.
 """
 
@@ -41,7 +41,7 @@ import numpy as np
 
 from pneumoscan.checkpoint import ModelMeta
 from pneumoscan.constants import DISCLAIMER
-from pneumoscan.errors import HeatmapUnavailableError, ModelNotFoundError  # noqa: F401 - re-exported
+from pneumoscan.errors import ModelNotFoundError  # noqa: F401 - re-exported
 from pneumoscan.gate.drift import DriftCheck, DriftResult
 from pneumoscan.gate.reference import Reference, intensity_descriptors
 from pneumoscan.gate.scope import ADULT_AGE_YEARS, ScopeGate
@@ -59,19 +59,21 @@ from pneumoscan.inference.files import (
     write_heatmap_for,
 )
 from pneumoscan.inference.network import Network
+from pneumoscan.inference.occlusion import METHOD
+from pneumoscan.onboarding.provenance import calibration_words
 from pneumoscan.inference.protocols import Runner
 from pneumoscan.inference.scoring import RuntimeOptions, expit
 from pneumoscan.preprocessing import Film, read_film
 from pneumoscan.result import Explanation, ModelIdentity, Result
 
-if TYPE_CHECKING:  # torch is loaded only for --backend torch, Grad-CAM and in-memory models
+if TYPE_CHECKING:  # torch is loaded only for --backend torch and in-memory models
     from torch import nn
 
     from pneumoscan.preprocessing import FilmSource
 
 #: (``load_model`` and ``model_from_checkpoint`` are importable from here too, loading torch on first use.)
 __all__ = [
-    "DISCLAIMER", "MODEL_ENV_VAR", "PACKAGED_MODEL", "HeatmapUnavailableError", "ModelNotFoundError", "Predictor",
+    "DISCLAIMER", "MODEL_ENV_VAR", "PACKAGED_MODEL", "ModelNotFoundError", "Predictor",
     "Result", "RuntimeOptions", "default_model_path",
 ]
 
@@ -88,7 +90,7 @@ log = logging.getLogger(__name__)
 
 class _Run(NamedTuple):
     """One batch through the network: probabilities, P(viral) (None without a cause output), pooled features and,
-    when explained, Grad-CAM maps."""
+    when explained, occlusion maps."""
 
     probs: np.ndarray
     causes: np.ndarray | None
@@ -106,7 +108,8 @@ class Predictor:
     :class:`~pneumoscan.checkpoint.ModelMeta`), ``meta`` (the same, as a plain dict), ``version`` (first 12 hex
     digits of the model file's SHA-256, identifying the exact weights, whichever backend runs them; ``"in-memory"``
     for :meth:`from_model`), ``backend`` (``"onnxruntime"`` or ``"torch"``), ``path`` (the model file given),
-    ``onnx_path`` (the export ONNX Runtime runs; None with torch), ``can_explain`` (Grad-CAM is available), ``identity`` (the :class:`~pneumoscan.result.ModelIdentity` every result names), and the
+    ``onnx_path`` (the export ONNX Runtime runs; None with torch), ``checkpoint`` (the ``.safetensors`` file; None
+    for an ONNX export or an in-memory model), ``identity`` (the :class:`~pneumoscan.result.ModelIdentity` every result names), and the
     site provenance ``adaptation`` and ``site_calibration`` (the metadata records of ``pneumoscan adapt`` and
     ``pneumoscan calibrate``; None when absent; :func:`pneumoscan.onboarding.provenance.provenance_line` puts them in words).
     """
@@ -134,9 +137,9 @@ class Predictor:
         self.onnx_path = onnx_path
         self.version = version
         self.backend: str = getattr(runner, "backend", "custom")
-        #: The network on its backend (and the torch model Grad-CAM loads from ``checkpoint`` on first use).
-        self.network = Network(runner, self.preprocessing, model=model, checkpoint=checkpoint, version=version,
-                               path=path, threads=self.options.threads)
+        #: The network on its backend.
+        self.checkpoint = checkpoint
+        self.network = Network(runner, self.preprocessing, model=model, version=version, path=path)
         #: Where the model was adapted (``pneumoscan adapt``) or calibrated at a site; None for a model as shipped.
         self.adaptation: dict[str, Any] | None = self.meta.get("adaptation") or None
         self.site_calibration: dict[str, Any] | None = self.meta.get("site_calibration") or None
@@ -177,13 +180,8 @@ class Predictor:
     @property
     def identity(self) -> ModelIdentity:
         """Which model answers, at which operating points: every :class:`~pneumoscan.result.Result` names it."""
-        return ModelIdentity(self.model_name, self.version, self.threshold, self.info.cause_threshold)
-
-    @property
-    def can_explain(self) -> bool:
-        """True when Grad-CAM heatmaps are available: a torch model, or a ``.safetensors`` checkpoint to load it
-        from on first use (an ONNX export alone holds no gradients)."""
-        return self.network.can_explain
+        return ModelIdentity(self.model_name, self.version, self.threshold, self.info.cause_threshold,
+                             calibration_words(self.meta))
 
     def close(self) -> None:
         """Stop the decoding threads (a predictor is still usable afterwards: they start again when needed)."""
@@ -248,32 +246,28 @@ class Predictor:
         return out
 
     def explain(self, image: ImageInput) -> tuple[float, np.ndarray]:
-        """Probability and Grad-CAM heatmap for one image, WITHOUT the scope gate (as :meth:`predict_proba`; the
+        """Probability and explanation heatmap for one image, WITHOUT the scope gate (as :meth:`predict_proba`; the
         gated path, which keeps no map for a film out of scope, is :meth:`assess` with ``explain``).
 
         Returns:
             ``(probability, heatmap)``; ``heatmap`` is float32 ``(H, W)`` in [0, 1] at the decoded image's own
             size (all zeros where the model found no evidence for pneumonia).
 
-        Raises:
-            HeatmapUnavailableError: this predictor runs an ONNX export without its checkpoint.
         """
-        self.network.torch_model()
         film = read_film(image, self.preprocessing, full=True)
         assert film.gray is not None
         run = self._explain_batch([film.square])
-        return float(run.probs[0]), Explanation(run.cams[0]).heatmap(film.gray.shape)
+        return float(run.probs[0]), Explanation(run.cams[0], METHOD).heatmap(film.gray.shape)
 
     def assess(self, film: Film, *, source: str = "", explain: bool = False, keep_film: bool = False) -> Result:
-        """One decoded film (:meth:`read`) through the gated path: one forward pass (with ``explain``, one Grad-CAM
-        pass) gives its :class:`~pneumoscan.result.Result`, with the pooled features and intensity descriptors a
+        """One decoded film (:meth:`read`) through the gated path: one forward pass (with ``explain``, one forward
+        pass and 100 occluded copies) gives its :class:`~pneumoscan.result.Result`, with the pooled features and intensity descriptors a
         drift window needs. With ``explain`` an in-scope film's result carries its
         :class:`~pneumoscan.result.Explanation`; with ``keep_film`` (``film.gray`` needed) a display copy of the film
         (at most :data:`~pneumoscan.inference.files.KEPT_FILM_SIDE` px), so that its outputs (a Secondary Capture,
         a preview) never decode the file again.
 
         Raises:
-            HeatmapUnavailableError: ``explain`` and this predictor cannot explain (:attr:`can_explain`).
             ValueError: ``keep_film`` without ``film.gray``.
         """
         if keep_film and film.gray is None:
@@ -312,16 +306,16 @@ class Predictor:
 
     def score_files(self, paths: Sequence[ImageInput], *, batch_size: int = 64, progress: bool = False,
                     heatmaps: str | os.PathLike[str] | None = None, save_raw: bool = False,
-                    explain: bool | Callable[[str], bool] = False) -> list[Result]:
+                    explain: bool | Callable[[str], bool] = False, outline: bool = False) -> list[Result]:
         """:meth:`iter_results` as a list (films kept by ``explain`` are dropped: the results keep their scores,
         explanations and features)."""
         return [r.without_film() for r in self.iter_results(paths, batch_size=batch_size, progress=progress,
                                                                heatmaps=heatmaps, save_raw=save_raw,
-                                                               explain=explain)]
+                                                               explain=explain, outline=outline)]
 
     def iter_results(self, paths: Sequence[ImageInput], *, batch_size: int = 64, progress: bool = False,
                      heatmaps: str | os.PathLike[str] | None = None, save_raw: bool = False,
-                     explain: bool | Callable[[str], bool] = False) -> Iterator[Result]:
+                     explain: bool | Callable[[str], bool] = False, outline: bool = False) -> Iterator[Result]:
         """Score inputs ``batch_size`` at a time (64: ONNX Runtime is faster per image in large batches), yielding
         one :class:`~pneumoscan.result.Result` per input, in input order, as each batch is done.
 
@@ -329,16 +323,13 @@ class Predictor:
         batch is scored, never more than two batches ahead, so memory stays bounded however many files come.
         Unreadable files do not stop the run: their result carries the error. ``explain`` (True, or a test of the
         input's name, e.g. "is it DICOM?") picks the inputs decoded at their own size too and explained with
-        Grad-CAM: their results carry the :class:`~pneumoscan.result.Explanation` (in scope) and a display copy of
+        occlusion sensitivity: their results carry the :class:`~pneumoscan.result.Explanation` (in scope) and a display copy of
         the film (``film``), which is all a Secondary Capture needs; at most
         :data:`~pneumoscan.inference.files.HEATMAP_BATCH` such films are held at once. With ``heatmaps`` (a
-        folder) every input is explained and its overlay written there as ``<stem>_gradcam.png`` (with
-        ``save_raw`` also the raw map as ``<stem>_gradcam.npy``; stems from
+        folder) every input is explained and its overlay written there as ``<stem>_heatmap.png`` (``outline``: with
+        the strongest region outlined; with ``save_raw`` also the raw map as ``<stem>_heatmap.npy``; stems from
         :func:`pneumoscan.inference.render.unique_stems`); an overlay that cannot be written costs that film its
         heatmap (its ``note`` says why), never its score.
-
-        Raises:
-            HeatmapUnavailableError: an input is to be explained and this predictor cannot explain.
         """
         from tqdm import tqdm
 
@@ -347,8 +338,6 @@ class Predictor:
         wanted: Callable[[str], bool] = (lambda _: True) if heatmaps is not None or explain is True else (
             explain if callable(explain) else (lambda _: False))
         full = [bool(wanted(n)) for n in names]
-        if any(full):
-            self.network.torch_model()
         stems = prepare_heatmaps(names, heatmaps)
         step = max(1, batch_size if not any(full) else min(batch_size, HEATMAP_BATCH))
         pool = self._decode_pool if self.options.overlap and self.options.decode_workers >= 1 else None
@@ -359,13 +348,14 @@ class Predictor:
                 for i, result in zip(chunk, self.assess_batch([names[i] for i in chunk], decoded)):
                     film = decoded[i - start]
                     if heatmaps is not None and result.read and isinstance(film, Film) and film.gray is not None:
-                        result = write_heatmap_for(heatmaps, stems[i], result, film.gray, save_raw=save_raw)
+                        result = write_heatmap_for(heatmaps, stems[i], result, film.gray, save_raw=save_raw,
+                                                   outline=outline)
                     yield result
                 bar.update(len(decoded))
 
     def assess_batch(self, names: Sequence[str], decoded: Sequence[Decoded]) -> list[Result]:
         """The results of a decoded batch (each a :class:`~pneumoscan.preprocessing.Film`, or the message saying why
-        it could not be read), in order: films kept at their own size (``gray``) are explained with Grad-CAM and
+        it could not be read), in order: films kept at their own size (``gray``) are explained (occlusion) and
         keep a display copy, the others go through the runner; each is gated. ``names``: each result's source."""
         out: list[Result | None] = [None] * len(decoded)
         films = {i: d for i, d in enumerate(decoded) if isinstance(d, Film)}
@@ -401,7 +391,7 @@ class Predictor:
                              scope_reason=verdict.reason, scope_evidence=verdict.evidence,
                              ood_score=verdict.ood_score, context=film.context,
                              cause_probability=None if run.causes is None else float(run.causes[k]),
-                             explanation=Explanation(cam) if cam is not None and verdict.in_scope else None,
+                             explanation=Explanation(cam, METHOD) if cam is not None and verdict.in_scope else None,
                              film=None if keep is None else display_copy(keep), features=features,
                              descriptor=descriptor)
 
@@ -432,8 +422,9 @@ class Predictor:
         return _Run(expit(logits / self.temperature), self._cause_probs(cause), feats)
 
     def _explain_batch(self, squares: Sequence[np.ndarray]) -> _Run:
-        """:meth:`_forward` with Grad-CAM maps on the layer's grid."""
-        logits, cause, maps, feats = self.network.gradcam(squares)
+        """:meth:`_forward` with each square's explanation: its occlusion map
+        (:mod:`pneumoscan.inference.occlusion`, on this predictor's own backend)."""
+        logits, cause, maps, feats = self.network.occlusion(squares)
         return _Run(expit(logits / self.temperature), self._cause_probs(cause), feats, maps)
 
     def _cause_probs(self, cause_logits: np.ndarray | None) -> np.ndarray | None:
@@ -444,5 +435,5 @@ class Predictor:
 
     @property
     def _model(self) -> nn.Module | None:
-        """The torch model, once there is one (given, or loaded for Grad-CAM)."""
+        """The torch model, once there is one (the torch backend, or an in-memory model)."""
         return self.network.model

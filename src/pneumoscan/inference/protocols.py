@@ -58,9 +58,6 @@ class ResultMaker(Protocol):
     def identity(self) -> ModelIdentity: ...
 
     @property
-    def can_explain(self) -> bool: ...
-
-    @property
     def drift(self) -> DriftCheck | None: ...
 
     def read(self, source: FilmSource | os.PathLike[str], *, full: bool = False, name: str | None = None,

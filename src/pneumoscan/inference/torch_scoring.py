@@ -1,7 +1,7 @@
 """The torch side of :mod:`pneumoscan.inference.scoring`: rebuilding a network from a checkpoint, the eager torch runner, and
 scoring rows of the decoded-image cache (training's validation pass, evaluation, calibration).
 
-Imported only by training, Grad-CAM, export, evaluation and ``--backend torch``: prediction with ONNX Runtime
+Imported only by training, export, evaluation and ``--backend torch``: prediction with ONNX Runtime
 never loads this module (nor torch).
 
 * :func:`model_from_checkpoint` / :func:`load_model`: the one way to rebuild a network from a checkpoint.
@@ -81,8 +81,8 @@ class TorchRunner:
         if options.threads:
             torch.set_num_threads(options.threads)
         model.eval()
-        for p in model.parameters():  # no .grad ever accumulates on shared weights (Grad-CAM differentiates
-            p.requires_grad_(False)   # w.r.t. activations only)
+        for p in model.parameters():  # scoring only: no .grad ever accumulates on shared weights
+            p.requires_grad_(False)
         self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.memory_format)
         self.grad_context: Callable[[], Any] = torch.inference_mode if options.inference_mode else torch.no_grad

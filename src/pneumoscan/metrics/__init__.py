@@ -22,6 +22,7 @@ from pneumoscan.metrics.calibration import (
     apply_temperature,
     binary_nll,
     ece,
+    ece_at_prevalence,
     fit_temperature,
     reliability_curve,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "confusion",
     "delong_test",
     "ece",
+    "ece_at_prevalence",
     "f1",
     "fit_temperature",
     "npv",

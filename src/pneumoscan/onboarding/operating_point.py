@@ -156,14 +156,16 @@ def training_overlap_text(ov: dict[str, Any], role: str) -> str:
 
 def choose_temperature(logits: np.ndarray, labels: np.ndarray, *, stored: float, stored_fitted_on: str,
                        enabled: bool = True, min_images: int = MIN_IMAGES, min_per_class: int = MIN_PER_CLASS,
-                       bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> dict[str, Any]:
+                       bounds: tuple[float, float] = TEMPERATURE_BOUNDS, min_temperature: float = 0.0
+                       ) -> dict[str, Any]:
     """Fit the temperature on a site's labelled films when they can tell it; else keep the stored one.
 
     A temperature fitted on a nearly separable validation split sharpens the scores (the shipped model's is
     0.61), and films from another site are rarely that separable, so the site's own films are the better judge,
     provided there are enough of them (``min_images`` with ``min_per_class`` of each class), they are not
     separated at logit 0 (the likelihood then keeps improving as T -> 0 and has no minimum), and the fit does
-    not end at a bound of its search (no interior optimum).
+    not end at a bound of its search (no interior optimum). A fit below ``min_temperature`` (the model's
+    ``eval.min_temperature``) uses that floor instead, and the reason says so.
 
     Returns ``{"temperature", "source": "site" | "stored", "reason", "fitted_on", "fitted", "stored",
     "nll_stored", "nll_used"}`` (``fitted`` is the site fit, or None when none was tried or usable).
@@ -184,6 +186,11 @@ def choose_temperature(logits: np.ndarray, labels: np.ndarray, *, stored: float,
         t = fit_temperature(z, y, bounds=bounds)
         if t <= bounds[0] * 1.01 or t >= bounds[1] / 1.01:
             reason = f"the fit ended at the bound {t:.3g} of its search (no interior optimum): {keep}"
+        elif t < min_temperature:
+            fitted = float(min_temperature)
+            reason = (f"fitted by likelihood on these {n} films at {t:.3f}, below the floor {min_temperature:g} "
+                      "(a temperature that sharpens the logits claims more certainty than they carry): "
+                      f"{min_temperature:g} used")
         else:
             fitted = t
             reason = f"fitted by likelihood on these {n} films"
@@ -268,13 +275,23 @@ def choose_operating_point(records: Sequence[Record], logits: np.ndarray, eval_c
     """
     y = np.array([r.label for r in records], dtype=np.int64)
     logits = np.asarray(logits, dtype=np.float64)
+    floor = float(eval_cfg.min_temperature)
+    t_likelihood: float | None = None
     if temperature is not None:
         t_fit, method_t = float(temperature), "temperature scaling (NLL)"
+    elif eval_cfg.calibrate:
+        t_likelihood = fit_temperature(logits, y)
+        t_fit = max(floor, t_likelihood)
+        method_t = f"temperature scaling (NLL), not below {floor:g}"
+        if t_likelihood < floor:
+            log.info("the temperature fitted on %s (%.3f) sharpens the scores; the floor %g is used", fitted_on,
+                     t_likelihood, floor)
     else:
-        t_fit = fit_temperature(logits, y) if eval_cfg.calibrate else 1.0
-        method_t = "temperature scaling (NLL)" if eval_cfg.calibrate else "none"
+        t_fit, method_t = 1.0, "none"
     raw, probs = apply_temperature(logits, 1.0), apply_temperature(logits, t_fit)
     calibration = {"temperature": t_fit, "fitted_on": fitted_on, "method": method_t,
+                   "fitted_by_likelihood": t_likelihood, "min_temperature": floor,
+                   "n_images": int(y.size), "n_pneumonia": int(y.sum()),
                    "val_ece_before": ece(y, raw), "val_ece_after": ece(y, probs),
                    "val_brier_before": brier(y, raw), "val_brier_after": brier(y, probs),
                    "val_nll_before": binary_nll(y, logits), "val_nll_after": binary_nll(y, logits, t_fit)}
@@ -365,7 +382,7 @@ def rechoose_operating_point(checkpoint: str | os.PathLike[str], data: str | os.
     stored_cal = ckpt.info.calibration
     temp = choose_temperature(scored[0].logits, y, stored=ckpt.info.temperature,
                               stored_fitted_on=str(stored_cal.get("fitted_on") or "the model's validation split"),
-                              enabled=ecfg.calibrate)
+                              enabled=ecfg.calibrate, min_temperature=ecfg.min_temperature)
     extra, probs = choose_operating_point(records, scored[0].logits, ecfg, temperature=temp["temperature"],
                                           fitted_on=source if temp["source"] == "site" else temp["fitted_on"])
     extra["calibration"].update({"source": temp["source"], "reason": temp["reason"]})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["provenance", "provenance_line", "site_state"]
+__all__ = ["calibration_details", "calibration_words", "provenance", "provenance_line", "site_state"]
 
 
 def site_state(meta: Mapping[str, Any]) -> str:
@@ -24,10 +24,59 @@ def site_state(meta: Mapping[str, Any]) -> str:
 
 
 def provenance(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"site_state", "adaptation", "site_calibration", "provenance"}``: the state, both records (None when
-    absent) and :func:`provenance_line` (``""`` for a model as shipped)."""
+    """``{"site_state", "adaptation", "site_calibration", "provenance", "score_calibration",
+    "score_calibration_details"}``: the state, both records (None when absent), :func:`provenance_line` (``""`` for a
+    model as shipped) and where its score was calibrated (:func:`calibration_words`, :func:`calibration_details`)."""
     return {"site_state": site_state(meta), "adaptation": meta.get("adaptation") or None,
-            "site_calibration": meta.get("site_calibration") or None, "provenance": provenance_line(meta)}
+            "site_calibration": meta.get("site_calibration") or None, "provenance": provenance_line(meta),
+            "score_calibration": calibration_words(meta), "score_calibration_details": calibration_details(meta)}
+
+
+def calibration_words(meta: Mapping[str, Any]) -> str:
+    """Where this model's score was calibrated, in a few words shown beside every score: "calibrated on the training
+    hospital's validation films" for a model as trained, "recalibrated at this site on 120 films" after
+    ``pneumoscan calibrate`` fitted the temperature on a site's films; an adapted model whose scale was not refitted
+    says so ("..., before adaptation at this site")."""
+    site = meta.get("site_calibration") or {}
+    if site and site.get("temperature_source") == "site":
+        return f"recalibrated at this site on {site.get('n_images', '?')} films"
+    cal = meta.get("calibration") or {}
+    if cal and str(cal.get("method") or "") == "none":
+        words = "not calibrated (the network's own scale)"
+    else:
+        words = "calibrated on the training hospital's validation films"
+    if site:
+        words += f"; threshold set at this site on {site.get('n_images', '?')} films"
+    elif meta.get("adaptation"):
+        words += ", before adaptation at this site"
+    return words
+
+
+def calibration_details(meta: Mapping[str, Any]) -> str:
+    """One sentence on what the score's scale rests on: the films, their case mix and the temperature, and what the
+    score means at a site with fewer pneumonias (empty when the model records no calibration)."""
+    cal = meta.get("calibration") or {}
+    site = meta.get("site_calibration") or {}
+    if site and site.get("temperature_source") == "site":
+        n, n_pos = site.get("n_images"), site.get("n_pneumonia")
+        mix = f", {100 * n_pos / n:.0f}% pneumonia" if isinstance(n, int) and isinstance(n_pos, int) and n else ""
+        return (f"Temperature {float(site.get('temperature', 1.0)):.2f} fitted on {n} films of this site{mix} "
+                f"({_day(site.get('date'))}). The score is a probability for films like those, at that case mix.")
+    if not cal:
+        return ""
+    t = float(cal.get("temperature", 1.0))
+    n, n_pos = cal.get("n_images"), cal.get("n_pneumonia")
+    if not isinstance(n, int):
+        n = (meta.get("operating_point") or {}).get("n_val_images")
+    mix = f", {100 * n_pos / n:.0f}% pneumonia" if isinstance(n, int) and isinstance(n_pos, int) and n else ""
+    films = f"{n} validation films of the training hospital{mix}" if n else "the training hospital's validation films"
+    fitted = cal.get("fitted_by_likelihood")
+    floor = cal.get("min_temperature")
+    how = f"temperature {t:.2f}"
+    if isinstance(fitted, (int, float)) and isinstance(floor, (int, float)) and fitted < floor:
+        how += f" (the fit gave {fitted:.2f}, which would sharpen the scores; the floor {floor:g} is used)"
+    return (f"Score scale set on {films}: {how}. At a site with fewer pneumonias the same score means a lower "
+            "probability; 'pneumoscan calibrate' refits it on the site's own labelled films.")
 
 
 def provenance_line(meta: Mapping[str, Any]) -> str:

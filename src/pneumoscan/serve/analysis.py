@@ -37,7 +37,7 @@ __all__ = ["FILM_MAX_SIDE", "PREVIEW_SIDE", "THUMBNAIL_SIDE", "Analysis", "Cance
 
 log = logging.getLogger(__name__)
 
-#: Longest side of the preview (``image_png``), of the Grad-CAM overlay (``heatmap_png``) and of the map alone
+#: Longest side of the preview (``image_png``), of the heatmap overlay (``heatmap_png``) and of the map alone
 #: (``heatmap_map``) in a result entry.
 PREVIEW_SIDE = 512
 #: Longest side of the ``thumbnail`` every result entry carries (the worklist's small picture).
@@ -50,7 +50,6 @@ FILM_MAX_SIDE = 4096
 #: level 1; the thumbnail and the smooth map alone are JPEG.
 PNG_LEVEL = 1
 JPEG_QUALITY = 90
-ONNX_NO_HEATMAP = "heatmaps need the .safetensors checkpoint; this server runs an ONNX export"
 
 
 class Cancelled(Exception):
@@ -160,14 +159,11 @@ def analyse(predictor: ResultMaker, name: str, data: bytes, *, heatmap: bool, wa
     gray = film.gray
     assert gray is not None
     _check(cancel)
-    explain = heatmap and predictor.can_explain
-    result = predictor.assess(film, source=name, explain=explain)
+    result = predictor.assess(film, source=name, explain=heatmap)
     if window is not None:
         window.record(result)
     _check(cancel)
     pictures = _pictures(gray, result, want_preview)
-    if heatmap and not explain:
-        pictures["heatmap_error"] = ONNX_NO_HEATMAP
     return Analysis(result.without_film(), sniff_format(data[:132]) or "", int(gray.shape[1]), int(gray.shape[0]),
                     pictures)
 
@@ -179,8 +175,8 @@ def render_film(predictor: ResultMaker, name: str, data: bytes, *, heatmap: bool
 
     With ``film``: ``film_png``, the decoded film (DICOM windowed and inverted as for scoring) as an 8-bit PNG
     data URI at full resolution, scaled down to FILM_MAX_SIDE on its long side when larger (``film_scaled``).
-    With ``heatmap``: the result (:meth:`~pneumoscan.result.Result.to_dict`) and ``heatmap_map`` (the Grad-CAM map
-    alone, at the film's aspect), or ``heatmap_error`` (out of scope, or a predictor that cannot explain).
+    With ``heatmap``: the result (:meth:`~pneumoscan.result.Result.to_dict`) and ``heatmap_map`` (the map
+    alone, at the film's aspect), or ``heatmap_error`` (out of scope).
 
     Raises:
         ImageError: the file cannot be used.
@@ -200,8 +196,6 @@ def render_film(predictor: ResultMaker, name: str, data: bytes, *, heatmap: bool
 
 
 def _heat_only(predictor: ResultMaker, decoded: Film, name: str) -> dict[str, Any]:
-    if not predictor.can_explain:
-        return {"heatmap_error": ONNX_NO_HEATMAP}
     from pneumoscan.inference.render import render_heat
 
     result = predictor.assess(decoded, source=name, explain=True)

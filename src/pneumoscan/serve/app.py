@@ -110,7 +110,7 @@ def create_app(predictor: ResultMaker, settings: ServeSettings | None = None, *,
     app = FastAPI(
         title="pneumoscan",
         version=__version__,
-        description="Pneumonia risk on pediatric chest X-rays, with Grad-CAM heatmaps. " + DISCLAIMER,
+        description="Pneumonia risk on pediatric chest X-rays, with heatmaps of the evidence. " + DISCLAIMER,
         lifespan=_lifespan(state),
         openapi_tags=TAGS,
         docs_url=None, redoc_url=None,  # FastAPI's own pages load from CDNs: see routes.docs (offline)

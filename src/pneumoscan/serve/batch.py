@@ -62,7 +62,7 @@ async def run_budgeted(state: ServerState, name: str, data: bytes, *, heatmap: b
     """
     settings = state.settings
     info = await anyio.to_thread.run_sync(lambda: read_image_info(data, name=name, max_pixels=settings.max_pixels))
-    need = estimate_decode_bytes(info, heatmap=heatmap and state.predictor.can_explain)
+    need = estimate_decode_bytes(info, heatmap=heatmap)
     try:
         async with state.budget.reserve(need):
             return await anyio.to_thread.run_sync(work, limiter=state.limiter)

@@ -22,7 +22,7 @@ __all__ = ["MemoryBudget", "estimate_decode_bytes"]
 _BYTES_PER_PIXEL_8BIT = 8
 _BYTES_PER_PIXEL_DEEP = 16
 _BYTES_PER_PIXEL_DICOM = 32
-#: A Grad-CAM heatmap is upsampled to the film's size as float32 and blended.
+#: A heatmap is upsampled to the film's size as float32 and blended.
 _HEATMAP_BYTES_PER_PIXEL = 8
 #: Fixed overhead per image (model activations at the input size, previews, PNG encoding).
 _BASE_BYTES = 16 * 1024 * 1024

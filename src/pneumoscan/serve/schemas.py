@@ -71,6 +71,9 @@ class ResultFields(BaseModel):
     cause_probability: float | None = Field(None, description="P(viral) of a film that has a cause")
     cause_threshold: float | None = Field(None, description="The cause output's threshold on P(viral); null "
                                                             "for a model without one")
+    score_calibration: str = Field("", description="Where the answering model's score was calibrated, in words to "
+                                                   "show beside the score (empty for results stored before it was "
+                                                   "recorded)")
     error: str = Field(description="Why the file could not be read; empty when it was")
     note: str = Field("", description="A problem with an output of a scored file; the score stands")
     model_name: str
@@ -234,6 +237,10 @@ class ModelInfo(BaseModel):
     epoch: int | None
     site_state: str
     provenance: str
+    score_calibration: str = Field("", description="Where the score was calibrated, in words to show beside every "
+                                                   "score")
+    score_calibration_details: str = Field("", description="What the score's scale rests on (films, case mix, "
+                                                           "temperature) and what it means at another case mix")
     intended_use: str
     disclaimer: str
     pneumoscan_version: str

@@ -121,6 +121,9 @@ class ResultRow(Base):
     cause: Mapped[str] = mapped_column(String(16), nullable=False, default="")
     cause_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
     cause_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: Where the model that answered had its score calibrated, in words (:attr:`ModelIdentity.calibration`);
+    #: ``""`` for rows from before. Added in schema version 4.
+    score_calibration: Mapped[str] = mapped_column(String(200), nullable=False, default="")
 
     __table_args__ = (Index("ix_worklist_results_order", "category", "probability"),)
 

@@ -158,6 +158,7 @@ def result_dict(r: ResultRow, latest: Review | None, n_reviews: int, *, thumbnai
         "cause_score": score_100(r.cause_probability) if r.cause and r.cause_probability is not None else None,
         "cause_probability": r.cause_probability if r.cause else None,
         "cause_threshold": r.cause_threshold,
+        "score_calibration": r.score_calibration or "",
         "error": r.error,
         "note": "",
         "model_name": r.model_name,

@@ -28,7 +28,7 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "database_version", "ens
 log = logging.getLogger(__name__)
 
 #: The schema this code reads and writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,18 @@ def _add_cause(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE worklist_results ADD COLUMN cause_threshold FLOAT"))
 
 
+def _add_score_calibration(conn: Connection) -> None:
+    # Rows from before do not say where their score was calibrated: "".
+    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN score_calibration VARCHAR(200) NOT NULL DEFAULT ''"))
+
+
 #: Every migration after version 1 (the first tables), in order of version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "worklist_results.thumbnail: a small preview of each film for the worklist", _add_thumbnail),
     Migration(3, "worklist_results.cause, cause_probability, cause_threshold: a flagged film's bacterial/viral "
                  "pattern", _add_cause),
+    Migration(4, "worklist_results.score_calibration: where the answering model's score was calibrated",
+              _add_score_calibration),
 )
 
 _OUR_TABLES = frozenset(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__)

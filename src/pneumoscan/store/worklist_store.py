@@ -63,7 +63,7 @@ VERDICTS = ("agree", "disagree")
 MAX_NOTE_CHARS = 2000
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _STR_LIMITS = {"source": 32, "filename_hash": 64, "decision": 32, "model_name": 128, "model_version": 128,
-               "client": 128}
+               "client": 128, "score_calibration": 200}
 
 
 def _describe_error(exc: SQLAlchemyError) -> str:
@@ -165,7 +165,8 @@ class WorklistStore:
             category = CATEGORY_SCORED
         strings = {k: clean(v, _STR_LIMITS[k]) for k, v in (
             ("source", source), ("filename_hash", filename_hash), ("decision", result.decision),
-            ("model_name", result.model.name), ("model_version", result.model.version), ("client", client))}
+            ("model_name", result.model.name), ("model_version", result.model.version), ("client", client),
+            ("score_calibration", result.model.calibration))}
         context = {k: clean(v, CONTEXT_FIELDS[k]) for k, v in result.context.to_dict().items() if k in CONTEXT_FIELDS}
         row = ResultRow(created=utc(created) or datetime.now(UTC), category=category, input_sha256=sha,
                       probability=result.probability, threshold=result.threshold,

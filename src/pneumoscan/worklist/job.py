@@ -52,6 +52,7 @@ class PredictRequest:
     out: Path | None = None
     heatmaps: Path | None = None
     save_raw: bool = False
+    outline: bool = False
     batch_size: int = 64
     threads: int | None = None
     backend: str = "onnx"
@@ -98,6 +99,8 @@ def check_predict_request(req: PredictRequest) -> None:
         raise UsageError(f"must end in .csv or .json, got {out.name!r}", "--out")
     if req.save_raw and req.heatmaps is None:
         raise UsageError("--save-raw needs --heatmaps DIR")
+    if req.outline and req.heatmaps is None and req.dicom_out is None:
+        raise UsageError("--outline draws on heatmaps; pass --heatmaps DIR or --dicom-out DIR")
     if not req.adult_age > 0:
         raise UsageError(f"must be a positive number of years, got {req.adult_age:g}", "--adult-age")
     if req.secret_file is not None and not req.pseudonymise:
@@ -107,15 +110,13 @@ def check_predict_request(req: PredictRequest) -> None:
 
 
 def check_model_choice(req: PredictRequest, model: Path) -> None:
-    """Grad-CAM and the torch backend need the ``.safetensors`` checkpoint, not an ONNX export alone.
+    """The torch backend needs the ``.safetensors`` checkpoint, not an ONNX export alone (heatmaps do not: occlusion
+    sensitivity runs on ONNX Runtime).
 
     Raises:
-        UsageError: ``--heatmaps`` or ``--backend torch`` with an ONNX model.
+        UsageError: ``--backend torch`` with an ONNX model.
     """
     if model.suffix.lower() == ".onnx":
-        if req.heatmaps is not None:
-            raise UsageError("--heatmaps needs the .safetensors checkpoint: Grad-CAM uses gradients, which an ONNX "
-                             "export lacks")
         if req.backend == "torch":
             raise UsageError("--backend torch needs the .safetensors checkpoint; an ONNX export runs with ONNX "
                              "Runtime (the default backend)")
@@ -136,7 +137,7 @@ def check_predict_outputs(req: PredictRequest, files: Sequence[Path]) -> None:
         from pneumoscan.inference.render import unique_stems
 
         check_writable_folder(req.heatmaps, "--heatmaps")
-        suffixes = ("_gradcam.png", "_gradcam.npy") if req.save_raw else ("_gradcam.png",)
+        suffixes = ("_heatmap.png", "_heatmap.npy") if req.save_raw else ("_heatmap.png",)
         clash = [req.heatmaps / f"{stem}{sfx}" for stem in unique_stems(files) for sfx in suffixes
                  if (req.heatmaps / f"{stem}{sfx}").exists()]
         if clash and not req.overwrite:
@@ -163,16 +164,15 @@ def _score(predictor: Predictor, files: Sequence[Path], req: PredictRequest, key
     result kept) written as the result arrives, and the film dropped then (memory stays bounded)."""
     if req.dicom_out is None:
         return predictor.score_files(files, batch_size=req.batch_size, progress=req.progress,
-                                     heatmaps=req.heatmaps, save_raw=req.save_raw), None
+                                     heatmaps=req.heatmaps, save_raw=req.save_raw, outline=req.outline), None
     from pneumoscan.dicom_out import DicomBatch, is_dicom_file
     from pneumoscan.utils import remove_stale_temps
 
-    batch = DicomBatch(no_sc="" if predictor.can_explain else
-                       "Grad-CAM needs the .safetensors checkpoint; this model was loaded from an ONNX export alone")
+    batch = DicomBatch(outline=req.outline)
     remove_stale_temps(req.dicom_out)
     results: list[Result] = []
     for r in predictor.iter_results(files, batch_size=req.batch_size, progress=req.progress, heatmaps=req.heatmaps,
-                                    save_raw=req.save_raw, explain=is_dicom_file if predictor.can_explain else False):
+                                    save_raw=req.save_raw, explain=is_dicom_file, outline=req.outline):
         batch.add(r, req.dicom_out, looks_dicom=not r.read and is_dicom_file(r.source), pseudonym_key=key)
         if r.source in batch.failed:  # like a heatmap that could not be written: the row says why
             why = f"DICOM results not written: {batch.failed[r.source]}"
@@ -233,7 +233,8 @@ def predict_job(req: PredictRequest) -> PredictReport:
     if req.out is not None:
         write_results(rows, req.out, info=info)
     n_no_heatmap = sum(r.read and bool(r.note) and r.heatmap_path == "" for r in results)
-    summary = (summary_line(rows, counts, predictor.threshold) + (f" -> {req.out}" if req.out is not None else "")
+    summary = (summary_line(rows, counts, predictor.threshold) + f"; scores {prov['score_calibration']}"
+               + (f" -> {req.out}" if req.out is not None else "")
                + (f"; heatmaps in {req.heatmaps}" if req.heatmaps else "")
                + (f" ({n_no_heatmap} could not be written, see the error column)" if n_no_heatmap else ""))
     return PredictReport(rows=rows, counts=counts, drift=drift, drift_reason=no_drift_reason,

@@ -42,7 +42,7 @@ CONTEXT_COLUMNS = CONTEXT_KEYS
 #: made it and when, and the disclaimer (columns, not a comment line, so every spreadsheet and CSV reader keeps
 #: them).
 RESULT_COLUMNS = ("rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view", "score",
-                  "score_threshold", "decision_text", "probability", "decision", "positive", "in_scope",
+                  "score_threshold", "score_calibration", "decision_text", "probability", "decision", "positive", "in_scope",
                   "scope_reason", "threshold", "cause", "cause_text", "cause_score", "cause_probability",
                   "cause_threshold", "error", "study_uid", "series_uid", "sop_uid", "heatmap", "dicom_out",
                   "model_name", "model_version", "created", "disclaimer")
@@ -70,7 +70,8 @@ def context_columns(context: ImageContext | None, pseudonym_key: bytes | str | N
 def worklist_row(result: Result, *, pseudonym_key: bytes | str | None = None) -> dict[str, Any]:
     """One result's worklist row: ``rank`` (None until :func:`rank` numbers it; always None out of scope), ``path``
     (the result's source), the image's DICOM context (:func:`context_columns`, pseudonymised with
-    ``pseudonym_key``), ``score`` and ``score_threshold`` (0-100, one decimal; no score when not assessed),
+    ``pseudonym_key``), ``score`` and ``score_threshold`` (0-100, one decimal; no score when not assessed), ``score_calibration``
+    (where the model's score was calibrated, in words),
     ``decision_text`` (the one wording), ``probability``, ``decision`` (the result's: ``PNEUMONIA``, ``NORMAL``,
     ``OUT_OF_SCOPE``, or ``""`` when the file could not be read), ``positive`` (None when not read), ``in_scope``,
     ``scope_reason``, ``threshold``, the cause of a flagged film (``cause`` ``BACTERIAL``/``VIRAL``, ``cause_text``,
@@ -85,7 +86,8 @@ def worklist_row(result: Result, *, pseudonym_key: bytes | str | None = None) ->
     cause = result.to_dict()  # the cause columns as every output gives them (blank unless the film has a cause)
     row: dict[str, Any] = {
         "rank": None, "path": result.source, **{k: ctx[k] for k in CONTEXT_COLUMNS[:6]},
-        "score": result.score, "score_threshold": result.score_threshold, "decision_text": result.decision_text,
+        "score": result.score, "score_threshold": result.score_threshold,
+        "score_calibration": result.model.calibration, "decision_text": result.decision_text,
         "probability": result.probability, "decision": result.decision,
         "positive": result.positive if result.read else None, "in_scope": result.in_scope,
         "scope_reason": result.scope_reason, "threshold": result.threshold,

@@ -1,4 +1,4 @@
-"""The report's gallery: the cases on each side of the operating threshold, each film beside its Grad-CAM heatmap,
+"""The report's gallery: the cases on each side of the operating threshold, each film beside its heatmap,
 and an enlarged view of both, side by side, that opens without script (an HTML popover: the thumbnail is a button,
 Esc, the Close button or a click outside shuts it).
 
@@ -6,8 +6,8 @@ Images are JPEG data URIs (thumbnails of :data:`THUMB_SIDE` pixels, enlarged vie
 and at most :data:`GALLERY_SIZES` cases of each kind are shown, so that the report stays a few megabytes; the
 report says how many were left out (every case is in ``scores.csv``).
 
-Grad-CAM needs the torch network: it is rebuilt from the checkpoint here, on the CPU, only for the cases shown,
-and torch is imported only then, so an evaluation scored by another backend pays for it only in the gallery.
+The heatmaps are the product's explanation (occlusion sensitivity, the map the viewer, the printed report and the
+Secondary Capture show), made with the checkpoint's torch network, on the CPU, only for the cases shown.
 Where the network cannot be rebuilt, the gallery shows the films alone and says why.
 """
 
@@ -27,10 +27,10 @@ from pneumoscan.constants import CLASS_NAMES
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.io import ImageError, read_image
 from pneumoscan.metrics import decide, score_100
-from pneumoscan.result import Result
+from pneumoscan.result import Result, upsample_map
 
 __all__ = ["CAUSE_KINDS", "GALLERY_SIZES", "GALLERY_TITLES", "JPEG_QUALITY", "LARGE_SIDE", "THUMB_SIDE", "build_gallery",
-           "gradcam_maps", "jpeg_uri", "pick_cases"]
+           "explanation_maps", "jpeg_uri", "pick_cases"]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,6 @@ CAUSE_KINDS = ("viral_as_bacterial", "bacterial_as_viral")
 THUMB_SIDE = 128
 LARGE_SIDE = 448
 JPEG_QUALITY = 80
-#: Images per Grad-CAM pass (it keeps the activations for the backward pass).
-CAM_BATCH = 8
 
 
 def jpeg_uri(image: np.ndarray, max_side: int, quality: int = JPEG_QUALITY) -> str:
@@ -94,29 +92,27 @@ def pick_cause_cases(results: Sequence[Result], records: Sequence[Any]) -> dict[
     return out
 
 
-def gradcam_maps(checkpoint: Any, squares: np.ndarray) -> tuple[list[np.ndarray] | None, str]:
-    """Grad-CAM maps in [0, 1] at the model's input size, one per ``(S, S) uint8`` square of ``squares``
-    (``(N, S, S)``, rows of the decoded-image cache), from the checkpoint's torch network on the CPU.
+def explanation_maps(checkpoint: Any, squares: np.ndarray) -> tuple[list[np.ndarray] | None, str]:
+    """The product's explanation (occlusion sensitivity, :mod:`pneumoscan.inference.occlusion`) of each ``(S, S)
+    uint8`` square of ``squares`` (``(N, S, S)``, rows of the decoded-image cache): each map on its own grid
+    (unnormalised; :func:`~pneumoscan.result.upsample_map` lays it over any size), the same maps the viewer, the printed report and the Secondary Capture show, from the checkpoint's
+    torch network on the CPU.
 
     Returns ``(maps, "")``, or ``(None, why)`` when the network cannot be rebuilt or run."""
     if len(squares) == 0:
         return [], ""
     try:
-        from pneumoscan.inference.explain import GradCAM, upsample_cam
-        from pneumoscan.preprocessing import preprocess
-        from pneumoscan.inference.scoring import model_from_checkpoint
+        from pneumoscan.inference.network import Network
+        from pneumoscan.inference.scoring import RuntimeOptions
+        from pneumoscan.inference.torch_scoring import TorchRunner, model_from_checkpoint
 
-        cam = GradCAM(model_from_checkpoint(checkpoint))
-        spec = checkpoint.info.preprocessing
-        maps: list[np.ndarray] = []
-        for start in range(0, len(squares), CAM_BATCH):
-            part = np.asarray(squares[start:start + CAM_BATCH])
-            _, low = cam(preprocess(part, spec))
-            maps += [upsample_cam(c, part.shape[-2:]) for c in low]
-        return maps, ""
+        runner = TorchRunner(model_from_checkpoint(checkpoint), RuntimeOptions(backend="torch"))
+        net = Network(runner, checkpoint.info.preprocessing)
+        _, _, low, _ = net.occlusion(list(np.asarray(squares)))
+        return [np.asarray(m, np.float32) for m in low], ""
     except (PneumoscanError, ImportError, AttributeError, KeyError, RuntimeError, ValueError) as exc:
-        log.warning("gallery: no Grad-CAM heatmaps: %s", exc)
-        return None, f"Grad-CAM heatmaps could not be made from this checkpoint ({exc})."
+        log.warning("gallery: no heatmaps: %s", exc)
+        return None, f"Heatmaps could not be made from this checkpoint ({exc})."
 
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:
@@ -150,15 +146,15 @@ def _item(uid: str, rec: Any, result: Result, square: np.ndarray, heat: np.ndarr
         "threshold": result.score_threshold, "decision": result.decision_text,
         "truth": CLASS_NAMES[int(rec.label)].capitalize(),
         "thumb": jpeg_uri(square, THUMB_SIDE), "large": jpeg_uri(film, LARGE_SIDE), "heat": None, "large_heat": None,
-        "heat_empty": heat is not None and not float(np.max(heat)) > 0,  # "no positive evidence" (explain.py)
+        "heat_empty": heat is not None and not float(np.max(heat)) > 0,  # "no positive evidence"
     }
     if heat is not None:
         from pneumoscan.inference.render import render_overlay
-        from pneumoscan.result import upsample_map
 
-        item["heat"] = jpeg_uri(render_overlay(np.asarray(square), heat, legend=False), THUMB_SIDE)
+        small = upsample_map(heat, np.asarray(square).shape)
+        item["heat"] = jpeg_uri(render_overlay(np.asarray(square), small, legend=False), THUMB_SIDE)
         # The square map stretched back to the film's shape lies on the film's geometry (Explanation.heatmap).
-        big = upsample_map(heat, film.shape) if film.shape != heat.shape else heat
+        big = upsample_map(heat, film.shape)
         item["large_heat"] = jpeg_uri(render_overlay(film, big, max_side=LARGE_SIDE), LARGE_SIDE)
     return item
 
@@ -181,7 +177,7 @@ def build_gallery(sm: Any, records: Sequence[Any], results: Sequence[Result], y:
     picks = {**pick_cases(p, y, threshold), **pick_cause_cases(results, records)}
     shown = np.concatenate([idx for idx, _ in picks.values()]).astype(np.int64)
     squares = np.asarray(sm.images[np.asarray(sm.rows)[shown]]) if shown.size else np.empty((0, 1, 1), np.uint8)
-    maps, note = gradcam_maps(sm.checkpoint, squares)
+    maps, note = explanation_maps(sm.checkpoint, squares)
     heat_of = dict(zip(shown.tolist(), maps)) if maps is not None else {}
     kinds = {}
     for kind, (idx, total) in picks.items():

@@ -26,7 +26,7 @@ log = logging.getLogger("pneumoscan.serve")
 
 _PREDICT_DESCRIPTION = (
     "multipart/form-data with one or more `files` parts (JPEG, PNG or DICOM; the content is sniffed, the name is "
-    "not trusted). With `heatmap=true` each result carries a Grad-CAM overlay as a PNG data URI; with "
+    "not trusted). With `heatmap=true` each result carries a heatmap overlay (where hiding the film lowered the score) as a PNG data URI; with "
     "`preview=true` a downscaled grayscale preview. Every image passes the out-of-scope gate (DICOM header, pixel "
     "statistics, the model's own features): each result carries `in_scope` and `scope_reason`, and an image out of "
     "scope gets `decision` `OUT_OF_SCOPE`, `positive` false, `rank` null and no heatmap; its `probability` is kept "

@@ -1,5 +1,5 @@
 """``POST /api/v1/explain``: one file already scored, re-rendered for the page's viewer: the decoded film at full
-resolution (the browser cannot decode DICOM) and, on request, the Grad-CAM map alone, so that the viewer can
+resolution (the browser cannot decode DICOM) and, on request, the heatmap alone, so that the viewer can
 overlay it with any opacity. Nothing is recorded in the worklist, nothing enters the drift window, the upload is
 never saved. Behind the token, with the same body limits and memory budget as ``/predict``."""
 
@@ -30,9 +30,9 @@ _DESCRIPTION = (
     "with `/predict`. Returns `results` with one entry: with `film=true` (the default) `film_png`, the decoded film "
     "as an 8-bit grayscale PNG data URI (DICOM windowed as for scoring) at full resolution, scaled down to "
     f"{FILM_MAX_SIDE} pixels on its long side when larger (`film_scaled`); with `heatmap=true` the gated decision "
-    "and `heatmap_map`, the Grad-CAM map alone as a grayscale JPEG data URI at the film's aspect (0: no evidence, "
-    "255: the map's maximum; colour it and blend it with any opacity), or `heatmap_error` (out of scope, or a server "
-    "that cannot compute heatmaps). A file that cannot be read gets its error in the entry, with a 4xx status. "
+    "and `heatmap_map`, the heatmap (occlusion sensitivity) alone as a grayscale JPEG data URI at the film's aspect (0: no evidence, "
+    "255: the map's maximum; colour it and blend it with any opacity, as the page's viewer does: nothing below a "
+    "quarter of the maximum, yellow to red above), or `heatmap_error` (out of scope). A file that cannot be read gets its error in the entry, with a 4xx status. "
     "Nothing is added to the worklist. " + DISCLAIMER
 )
 
