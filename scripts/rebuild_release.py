@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"operating point, temperature, reference and hashes rebuilt ({time.perf_counter() - t0:.0f} s)",
           flush=True)
     if ckpt.info.has_cause:
+        # finalize_run re-chose the cause point of the parent's cause row under the new statistics; the record of
+        # what add_cause_head replaces must be the parent's own (its method and validation AUC), so put it back.
+        staged_ckpt = load_checkpoint(staged[0])
+        save_checkpoint(staged[0], staged_ckpt.state_dict, {**staged_ckpt.meta, "cause": ckpt.meta["cause"]},
+                        extra=dict(staged_ckpt.extra))
         add_cause_head(staged[0], args.data, args.out, cache_dir=args.cache_dir, replace=True)
     else:
         staged[0].replace(args.out)

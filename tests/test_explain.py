@@ -276,3 +276,24 @@ def test_cli_heatmaps_for_a_file_with_the_longest_legal_name(tiny_checkpoint, tm
     assert len(written) == 4 and not [n for n in written if n.endswith(".tmp")]
     assert all(len(os.fsencode(n)) <= 255 for n in written)
     assert {r["heatmap"] for r in rows} == {str(out / n) for n in written if n.endswith(".png")}
+
+
+def test_cli_outline_draws_the_strongest_region_and_needs_a_heatmap_output(tiny_checkpoint, tmp_path):
+    from pneumoscan.cli import main
+
+    (tmp_path / "in").mkdir()
+    make_png(tmp_path / "in" / "film.png", synthetic_xray(160, 200, seed=4))
+    assert main(["predict", str(tmp_path / "in"), "--model", str(tiny_checkpoint), "--outline",
+                 "--no-progress"]) == 2  # nothing to draw on
+    for name, extra in (("plain", []), ("ringed", ["--outline"])):
+        assert main(["predict", str(tmp_path / "in"), "--model", str(tiny_checkpoint), "--heatmaps",
+                     str(tmp_path / name), "--save-raw", "--no-progress", *extra]) == 0
+    raw = np.load(tmp_path / "plain" / "film_heatmap.npy")
+    with Image.open(tmp_path / "plain" / "film_heatmap.png") as a, Image.open(tmp_path / "ringed" / "film_heatmap.png") as b:
+        plain, ringed = np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))
+    cyan = np.all(ringed == [0, 255, 255], axis=-1) & ~np.all(plain == [0, 255, 255], axis=-1)
+    assert raw.max() > 0  # this model finds evidence somewhere on this film
+    # its strongest region is outlined, nothing else changes
+    assert cyan.any() and (raw[cyan] >= 0.5).all()
+    changed = np.any(ringed != plain, axis=-1) & ~cyan  # only where a caption box lies over the outline
+    assert changed.mean() < 0.02
