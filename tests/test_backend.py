@@ -303,7 +303,8 @@ def test_backends_agree_within_1e_5_on_the_shared_samples(shared_data_root):
 
 
 def test_provenance_without_torch_is_the_one_site_reexports():
-    from pneumoscan.onboarding import provenance, site
+    from pneumoscan.inference import provenance
+    from pneumoscan.onboarding import site
 
     assert site.provenance is provenance.provenance and site.site_state is provenance.site_state
     meta = {"adaptation": {"date": "2026-01-02T00:00:00Z", "n_images": 3, "parent_model_sha256": "ab" * 32},

@@ -17,7 +17,7 @@ from pneumoscan import metrics as M
 from pneumoscan.config import EvalConfig
 from pneumoscan.data import Record
 from pneumoscan.onboarding.operating_point import choose_operating_point, choose_temperature
-from pneumoscan.onboarding.provenance import calibration_details, calibration_words, provenance
+from pneumoscan.inference.provenance import calibration_details, calibration_words, provenance
 from pneumoscan.result import ModelIdentity, Result
 
 TRAINING = "calibrated on the training hospital's validation films"

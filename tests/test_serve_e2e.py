@@ -722,3 +722,80 @@ def test_clear_cards_asks_for_confirmation(server, tmp_path):
         expect(clear).to_have_text("Clear cards")
         expect(page.locator("#status")).to_contain_text("Cleared 1 card(s)")
         expect(rows).to_have_count(n_rows)
+
+
+def test_the_score_says_where_it_was_calibrated(server, tmp_path):
+    """Every score is shown with where it was calibrated (the result's score_calibration): on the card, in the
+    worklist (the score's title), in the viewer and in the printed report; the model card says it with its details.
+    A result stored before it was recorded (no words) shows none, and nothing fails. Screenshots of the page with a
+    result (heatmap on) and of the viewer (heatmap and outline) at 1366 x 900 and 390 x 844."""
+    from playwright.sync_api import expect
+
+    good = _sample_image(tmp_path)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with _browser() as browser:
+        for name, viewport in (("desktop", {"width": 1366, "height": 900}), ("phone", {"width": 390, "height": 844})):
+            page = browser.new_page(viewport=viewport)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc, seen=errors: seen.append(str(exc)))
+            page.add_init_script("window.print = () => {};")
+            page.goto(server)
+            expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+            model = page.request.get(server + "api/v1/model").json()
+            words = model["score_calibration"]
+            assert words
+            card_mc = page.locator("#model-card")
+            expect(card_mc.locator("dt", has_text="Score calibration")).to_have_count(1)
+            expect(card_mc).to_contain_text(words)
+            if model["score_calibration_details"]:
+                expect(card_mc).to_contain_text(model["score_calibration_details"])
+            page.get_by_label(re.compile("Compute heatmaps")).check()
+            page.set_input_files("#file-input", [str(good)])  # the phone's page too: a card with its file
+            expect(page.locator("#status")).to_contain_text("Done:", timeout=30_000)
+            card = page.locator("article.card[data-probability]:not(.stored)").first
+            expect(card).to_be_visible(timeout=30_000)
+            expect(card.locator("p.calibration")).to_have_text(f"Score {words}")
+            expect(page.locator("#worklist tbody td.num.calibrated").first).to_have_attribute("title", f"Score {words}")
+            toggle = card.locator("button.toggle")
+            if toggle.count():  # the heatmap (computed on upload) and what it is, on the card
+                toggle.click()
+                expect(card.locator("p.heat-note")).to_be_visible()
+                expect(card.locator("p.heat-note")).to_contain_text("where hiding the film lowered the score most")
+                expect(card.locator("img")).to_have_attribute("alt", re.compile("hiding the film lowered the score"))
+            card.locator("button.print-report").click()
+            report = page.locator("#report")
+            expect(report.locator("dt", has_text="Score calibration")).to_have_count(1)
+            expect(report).to_contain_text(words)
+            page.evaluate("window.dispatchEvent(new Event('afterprint'))")
+            _no_horizontal_overflow(page)
+            card.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / f"serve_calibration_{name}.png"), full_page=name == "phone")
+            card.locator("button.film-open").click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog).to_be_visible()
+            expect(dialog.locator(".pv-calib")).to_have_text(f"score {words}")
+            expect(page.locator(".pv-dialog")).to_have_attribute("data-film", "ready", timeout=20_000)
+            page.keyboard.press("h")
+            expect(page.locator(".pv-pane").first.locator("canvas.pv-heatmap")).to_be_visible(timeout=20_000)
+            expect(page.locator(".pv-status")).to_contain_text("not where the disease is")
+            page.keyboard.press("o")
+            expect(page.locator(".pv-dialog")).to_have_attribute("data-outline", "true")
+            page.keyboard.press("0")
+            assert page.evaluate("document.querySelector('.pv-dialog').scrollWidth <= innerWidth")
+            page.screenshot(path=str(ARTIFACTS / f"serve_calibration_{name}_viewer.png"))
+            page.keyboard.press("Escape")
+            expect(dialog).to_be_hidden()
+            # A result stored before the words were recorded: no calibration line, and nothing fails.
+            page.evaluate("""async () => {
+                const { addCard } = await import(new URL("static/cards.js", location.href).href);
+                addCard({ id: 990, filename: "old.png", ok: true, in_scope: true, probability: 0.4, score: 40,
+                          threshold: 0.5, score_threshold: 50, decision: "NORMAL", decision_text: "Not flagged",
+                          positive: false, image_png: "", score_calibration: "" });
+            }""")
+            old = page.locator("#card-990")
+            expect(old.locator(".prob")).to_contain_text("40.0")
+            expect(old.locator("p.calibration")).to_have_count(0)
+            assert not errors, errors
+            page.close()
+    for name in ("desktop", "phone"):
+        assert (ARTIFACTS / f"serve_calibration_{name}_viewer.png").stat().st_size > 10_000

@@ -1,6 +1,7 @@
 """The film viewer (static/viewer.js) in headless Chromium: opened with cases built from real predict responses,
-zoom, window/level, the lazily computed heatmap (overlay with opacity, side by side), j/k, Escape and focus, the
-dialog's accessibility; screenshots at 1440 x 900 and 390 x 844, light and dark, in ``test-artifacts/viewer_*.png``.
+zoom, window/level, the lazily computed heatmap (overlay with opacity, side by side; coloured as the server's
+overlays, with the outline of the strongest region on request), j/k, Escape and focus, the dialog's accessibility;
+screenshots at 1440 x 900 and 390 x 844, light and dark, in ``test-artifacts/viewer_*.png``.
 """
 
 from __future__ import annotations
@@ -320,3 +321,97 @@ def test_clicking_a_card_opens_the_viewer(server, tmp_path):  # noqa: F811
         page.keyboard.press("Escape")
         expect(dialog).to_be_hidden()
         assert page.evaluate("document.activeElement.closest('article.card') !== null")
+
+
+def _module(page, function: str):
+    """``function`` (JavaScript, called with static/viewer-film.js's exports) in the page, on its own instance."""
+    return page.evaluate(f"""async () => {{
+        const m = await import(new URL("static/viewer-film.js", location.href).href);
+        return ({function})(m);
+    }}""")
+
+
+def _blob(h: int = 160, w: int = 200) -> np.ndarray:
+    """A heatmap as the server sends it (0 none .. 255 most): one smooth blob, its maximum 255."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    heat = np.exp(-(((yy - 0.45 * h) / (0.2 * h)) ** 2 + ((xx - 0.6 * w) / (0.18 * w)) ** 2))
+    return np.rint(255 * heat / heat.max()).astype(np.uint8)
+
+
+def test_the_viewer_colours_the_map_as_the_servers_overlay(server):  # noqa: F811
+    """viewer-film.js's heatTable(alpha) is render.heat_table(alpha) (RGB within 1 of 255, opacity within 1e-6),
+    with the same evidence floor and outline level; its drawOutline marks what render.outline_mask marks."""
+    from pneumoscan.inference.render import EVIDENCE_FLOOR, OUTLINE_LEVEL, OUTLINE_RGB, heat_table, outline_mask
+
+    with _browser() as browser:
+        page = browser.new_page(viewport={"width": 800, "height": 600})
+        page.goto(server)
+        consts = _module(page, "(m) => [m.EVIDENCE_FLOOR, m.OUTLINE_LEVEL, m.OUTLINE_RGB]")
+        assert consts == [EVIDENCE_FLOOR, OUTLINE_LEVEL, list(OUTLINE_RGB)]
+        for alpha in (1.0, 0.55, 0.3):
+            js = np.asarray(_module(page, f"(m) => m.heatTable({alpha})"), dtype=np.float64)
+            py = heat_table(alpha).astype(np.float64)
+            assert js.shape == py.shape == (256, 4)
+            assert np.abs(js[:, :3] - py[:, :3]).max() <= 1.0, alpha
+            assert np.abs(js[:, 3] - py[:, 3]).max() <= 1e-6, alpha
+        assert (js[:64, 3] == 0).all() and js[64, 3] > 0  # nothing drawn below the floor (64 / 255 > 0.25)
+        blob = _blob()
+        h, w = blob.shape
+        drawn = np.asarray(_module(page, f"""(m) => {{
+            const c = document.createElement("canvas");
+            const n = m.drawOutline(c, {{ w: {w}, h: {h}, v: Uint8Array.from({blob.ravel().tolist()}) }});
+            const d = c.getContext("2d").getImageData(0, 0, {w}, {h}).data;
+            return [n, Array.from(d.filter((_, i) => i % 4 === 3))];
+        }}""")[1]).reshape(h, w) > 0
+        want = outline_mask(blob.astype(np.float32) / 255)
+        assert want.sum() > 50 and np.array_equal(drawn, want), (int(drawn.sum()), int(want.sum()))
+
+
+# The heatmap the first case gets without asking the server: a known blob, so the outline has a region to draw.
+_GIVE_MAP = """(uri) => { window.__cases[0].heatmap_map = uri; }"""
+
+# Cyan pixels (the outline's colour) on a pane's outline canvas, and whether that canvas is shown.
+_OUTLINE = """() => { const c = document.querySelector(".pv-pane canvas.pv-outline");
+  if (!c.width) return [c.hidden, 0];
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 3] && !d[i] && d[i + 1] === 255 && d[i + 2] === 255) n++;
+  return [c.hidden, n]; }"""
+
+
+def test_the_outline_of_the_strongest_region_is_toggled(server, tmp_path):  # noqa: F811
+    """The toolbar's "Outline strongest region" button (off by default; o too) draws the region's border in cyan
+    over the heatmap, at full strength whatever the opacity, and takes it away again."""
+    from playwright.sync_api import expect
+
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(_blob(240, 200))).decode("ascii")
+    with _browser() as browser:
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.goto(server)
+        expect(page.locator("#model-line")).to_contain_text("seed-cnn")
+        page.evaluate(_PREDICT, _files(tmp_path)[:1])
+        page.evaluate(_GIVE_MAP, uri)
+        page.evaluate(_OPEN, 0)
+        _ready(page)
+        outline = page.get_by_role("toolbar").get_by_role("button", name="Outline strongest region (o)")
+        expect(outline).to_have_attribute("aria-pressed", "false")
+        expect(outline).to_be_disabled()  # with the heatmap off
+        page.keyboard.press("h")
+        expect(page.locator(".pv-pane").first.locator("canvas.pv-heatmap")).to_be_visible(timeout=20_000)
+        expect(outline).to_be_enabled()
+        pane = page.locator(".pv-pane").first
+        before = pane.screenshot()
+        assert page.evaluate(_OUTLINE)[0] is True  # off by default
+        outline.click()
+        expect(outline).to_have_attribute("aria-pressed", "true")
+        hidden, cyan = page.evaluate(_OUTLINE)
+        assert hidden is False and cyan > 50
+        assert pane.screenshot() != before
+        page.keyboard.press("o")
+        expect(outline).to_have_attribute("aria-pressed", "false")
+        assert page.evaluate(_OUTLINE)[0] is True
+        assert pane.screenshot() == before
+        # The ramp's key: yellow to red from the floor, labelled.
+        expect(page.locator(".pv-ramp")).to_have_text("lessmore evidence")
+        ramp = page.locator(".pv-ramp i").evaluate("e => getComputedStyle(e).backgroundImage")
+        assert "rgba(0, 0, 0, 0) 25%" in ramp and "rgb(255, 255, 0) 25%" in ramp and "rgb(255, 0, 0)" in ramp, ramp
+        assert _axe(page) == []

@@ -14,6 +14,7 @@ from pneumoscan.gate.drift import MIN_IMAGES, DriftResult, NotEnoughImagesError
 from pneumoscan.io import ImageContext
 from resultfactory import scored, unread
 from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
+from pneumoscan.result import Result
 from pneumoscan.gate.scope import OUT_OF_SCOPE
 from pneumoscan.worklist import (
     CONTEXT_COLUMNS,
@@ -32,7 +33,7 @@ BLANK = "blank or uniform image"
 ADULT = "adult patient (DICOM PatientAge 045Y)"
 
 
-def _results() -> list[FileResult]:
+def _results() -> list[Result]:
     """A batch in input order: in scope, out of scope (with the highest probability of all), unreadable, ..."""
     return [
         scored("low.png", 0.20, in_scope=True),
@@ -122,7 +123,7 @@ def test_drift_message_says_what_to_do_only_when_shifted():
     assert calm == "Drift check on 312 in-scope image(s): not shifted (statistic 0.80 <= threshold 1.40)"
 
 
-def _in_scope(n: int) -> list[FileResult]:
+def _in_scope(n: int) -> list[Result]:
     return [scored(f"{i}.png", 0.5, in_scope=True, features=np.ones(4), descriptor=np.ones(7)) for i in range(n)]
 
 

@@ -42,7 +42,7 @@ class ModelIdentity:
     ``name`` (registry name, e.g. ``efficientnet-lite0``), ``version`` (12 hex digits of the model file's SHA-256, or
     ``"in-memory"``), ``threshold`` (the operating threshold on the calibrated probability, in [0, 1]),
     ``cause_threshold`` (the cause output's, on P(viral); None without one), ``calibration`` (where the score was
-    calibrated, in words shown beside it: :func:`pneumoscan.onboarding.provenance.calibration_words`; ``""`` when
+    calibrated, in words shown beside it: :func:`pneumoscan.inference.provenance.calibration_words`; ``""`` when
     unknown).
     """
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from pneumoscan import __version__
 from pneumoscan import metrics as M
-from pneumoscan.onboarding.provenance import calibration_details, calibration_words
+from pneumoscan.inference.provenance import calibration_details, calibration_words
 from pneumoscan.checkpoint import FALLBACK_THRESHOLD
 from pneumoscan.constants import CLASS_NAMES, DEFAULT_CACHE_DIR
 from pneumoscan.data import Record, index_dataset

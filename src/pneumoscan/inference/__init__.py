@@ -11,6 +11,7 @@
 * :mod:`.occlusion`: the explanation (occlusion sensitivity, on any backend) and :mod:`.render`: heatmaps and
   overlays for people.
 * :mod:`.protocols`: the typed seams (a runner, a predictor).
+* :mod:`.provenance`: a model's site state and where its score was calibrated, in words, from its metadata alone.
 
 Importing this package loads no torch: the names below are imported on first use (PEP 562), and the ONNX Runtime
 path never needs torch.

@@ -60,7 +60,7 @@ from pneumoscan.inference.files import (
 )
 from pneumoscan.inference.network import Network
 from pneumoscan.inference.occlusion import METHOD
-from pneumoscan.onboarding.provenance import calibration_words
+from pneumoscan.inference.provenance import calibration_words
 from pneumoscan.inference.protocols import Runner
 from pneumoscan.inference.scoring import RuntimeOptions, expit
 from pneumoscan.preprocessing import Film, read_film
@@ -111,7 +111,7 @@ class Predictor:
     ``onnx_path`` (the export ONNX Runtime runs; None with torch), ``checkpoint`` (the ``.safetensors`` file; None
     for an ONNX export or an in-memory model), ``identity`` (the :class:`~pneumoscan.result.ModelIdentity` every result names), and the
     site provenance ``adaptation`` and ``site_calibration`` (the metadata records of ``pneumoscan adapt`` and
-    ``pneumoscan calibrate``; None when absent; :func:`pneumoscan.onboarding.provenance.provenance_line` puts them in words).
+    ``pneumoscan calibrate``; None when absent; :func:`pneumoscan.inference.provenance.provenance_line` puts them in words).
     """
 
     def __init__(self, runner: Runner, meta: Mapping[str, Any], *,

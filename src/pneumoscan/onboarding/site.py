@@ -72,7 +72,7 @@ from pneumoscan.preprocessing import (
     check_model_input,
     normalize,
 )
-from pneumoscan.onboarding.provenance import provenance, provenance_line, site_state
+from pneumoscan.inference.provenance import provenance, provenance_line, site_state
 from pneumoscan.gate.reference import MIN_REFERENCE_VAL
 from pneumoscan.onboarding.reference_builder import build_reference
 from pneumoscan.gate.scope import ADULT_AGE_YEARS
@@ -116,7 +116,7 @@ class AdaptationError(PneumoscanError, ValueError):
     """The model or the site's films cannot be used for adaptation; the message says why and what to do."""
 
 
-# The site state of any model (site_state, provenance, provenance_line) lives in pneumoscan.onboarding.provenance, which
+# The site state of any model (site_state, provenance, provenance_line) lives in pneumoscan.inference.provenance, which
 # needs no torch; it is re-exported here.
 
 

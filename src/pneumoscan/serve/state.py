@@ -83,9 +83,9 @@ def model_info(predictor: ResultMaker, model_card: str | None) -> dict[str, Any]
     """The model's description for ``/api/v1/model``: name, version, operating point, calibration, validation
     figures, preprocessing, intended use, the disclaimer, the model card (``model_card``: Markdown, or None;
     ``model_card_html``: the same rendered by :func:`render_markdown`, or None) and where the model
-    was adapted or calibrated at a site (:func:`pneumoscan.onboarding.provenance.provenance`: ``site_state`` "shipped" | "adapted"
+    was adapted or calibrated at a site (:func:`pneumoscan.inference.provenance.provenance`: ``site_state`` "shipped" | "adapted"
     | "calibrated" | "adapted and calibrated", ``adaptation``, ``site_calibration``, ``provenance`` in words)."""
-    from pneumoscan.onboarding.provenance import provenance
+    from pneumoscan.inference.provenance import provenance
 
     info = predictor.info
     op, vm = info.operating_point, info.val_metrics

@@ -200,7 +200,7 @@ def predict_job(req: PredictRequest) -> PredictReport:
         CheckpointError: the model file cannot be used.
     """
     from pneumoscan.inference.predictor import Predictor, RuntimeOptions, default_model_path
-    from pneumoscan.onboarding.provenance import provenance
+    from pneumoscan.inference.provenance import provenance
 
     check_predict_request(req)
     key = _pseudonym_key(req)

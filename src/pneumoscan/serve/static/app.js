@@ -257,6 +257,9 @@ function renderModelCard(m) {
     add("mcPrevalence", T("mcPrevalenceValue", { prevalence: fmtPct(ad.prevalence_em), training }));
   }
   add("mcThreshold", T("mcThresholdValue", { threshold: score100(m.threshold), how: thresholdHow(m) }));
+  // Where the score was calibrated and what its scale rests on (the server's words; absent from older servers).
+  add("mcScoreCalibration", m.score_calibration);
+  add("mcScoreCalibrationDetails", m.score_calibration_details);
   const vm = m.validation || {};
   if (vm.auc !== undefined) {
     add("mcAuc", Number(vm.auc).toFixed(4) + (Array.isArray(vm.auc_ci) ? T("mcAucCi", { low: Number(vm.auc_ci[0]).toFixed(4), high: Number(vm.auc_ci[1]).toFixed(4) }) : ""));

@@ -66,6 +66,8 @@ function scoredBody(r, img) {
   body.append(el("div", { class: "name", text: r.filename }), ...cardContext(r));
   body.append(el("div", { class: "prob", title: T("scoreTitle") }, [
     T("scoreOf", { score: fmtScore(r.score) }), el("span", { class: "scale", text: " " + T("scoreScale") })]));
+  // Where the score was calibrated (the server's words), under it; nothing for a row stored before they were kept.
+  if (r.score_calibration) body.append(el("p", { class: "help calibration", text: T("scoreCalibration", { calibration: r.score_calibration }) }));
   const bar = el("div", { class: "bar", "aria-hidden": "true" });
   const fill = el("span"); fill.style.width = fmtScore(r.score) + "%";
   const mark = el("i"); mark.style.left = fmtScore(r.score_threshold) + "%";
@@ -76,13 +78,15 @@ function scoredBody(r, img) {
   // What the result does not say, and where the model is weakest (MODEL_CARD.md, "Known failure modes").
   body.append(el("p", { class: "help limits", text: T("limits") }), ...storedNote(r));
   const tools = el("div", { class: "card-tools" });
-  if (r.heatmap_png && img) tools.append(heatmapToggle(r, img));
+  // What the heatmap is, shown with it.
+  const note = el("p", { class: "help heat-note", text: T("heatmapNote"), hidden: "" });
+  if (r.heatmap_png && img) tools.append(heatmapToggle(r, img, note));
   tools.append(printButton(r));
-  body.append(tools);
+  body.append(note, tools);
   return body;
 }
 
-function heatmapToggle(r, img) {
+function heatmapToggle(r, img, note) {
   const btn = el("button", { type: "button", "aria-pressed": "false", class: "toggle", text: T("showHeatmap") });
   btn.addEventListener("click", () => {
     const on = btn.getAttribute("aria-pressed") !== "true";
@@ -90,6 +94,7 @@ function heatmapToggle(r, img) {
     btn.textContent = on ? T("hideHeatmap") : T("showHeatmap");
     img.src = on ? r.heatmap_png : r.image_png;
     img.alt = on ? T("heatmapAlt", { name: r.filename }) : T("filmAlt", { name: r.filename });
+    note.hidden = !on;
   });
   return btn;
 }
@@ -230,7 +235,7 @@ export async function loadStoredCards() {
 // close.
 function viewerCase(r) {
   return { id: r.id, filename: r.filename, ok: r.ok, error: r.error, probability: r.probability, score: r.score,
-           threshold: r.threshold, score_threshold: r.score_threshold, decision: r.decision,
+           threshold: r.threshold, score_threshold: r.score_threshold, score_calibration: r.score_calibration, decision: r.decision,
            decision_text: r.decision_text, positive: r.positive, in_scope: r.in_scope, scope_reason: r.scope_reason,
            cause: r.cause, cause_text: r.cause_text, cause_score: r.cause_score, cause_threshold: r.cause_threshold,
            image_png: r.image_png, heatmap_png: r.heatmap_png, heatmap_map: r.heatmap_map, file: r.file,

@@ -1,5 +1,5 @@
 // The printable per-patient report: a card's "Print report" fills #report with that one case (film, heatmap if
-// computed, the server's score and threshold on 0-100, the decision in words, a flagged film's cause with its
+// computed, the server's score on 0-100 with where it was calibrated, its threshold, the decision in words, a flagged film's cause with its
 // caveat, model and site state, when it was scored and printed, the patient's DICOM context, the full disclaimer)
 // and prints it; the print style sheet shows #report alone while body.printing-report is set.
 import { $, T, causeLine, decisionText, decisionWords, el, fmtScore, inScope, siteState, state } from "./app.js";
@@ -34,6 +34,7 @@ function reportResult(r) {
   const pairs = [];
   if (inScope(r)) {
     pairs.push(["reportScore", T("reportScoreValue", { score: fmtScore(r.score) })],
+               ["reportCalibration", r.score_calibration],  // where the score was calibrated; none for old rows
                ["reportThreshold", T("reportThresholdValue", { threshold: fmtScore(r.score_threshold) })],
                ["reportDecision", decisionText(r)], ["reportCause", causeLine(r)]);
   } else {

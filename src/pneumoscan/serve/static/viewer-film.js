@@ -1,20 +1,28 @@
 // The film viewer's image parts (an ES module; viewer.js imports it): the film as 8-bit gray values drawn through a
-// window/level lookup table, the Grad-CAM map coloured with "jet", and zoom and pan (a CSS transform) with the mouse,
-// the wheel and touch (pinch). No text here: everything the viewer says is in strings.js.
+// window/level lookup table, the heatmap (occlusion sensitivity: where hiding the film lowered the score) coloured
+// only where the evidence is, yellow to red, with an optional cyan outline of the strongest region, and zoom and pan
+// (a CSS transform) with the mouse, the wheel and touch (pinch). No text here: everything the viewer says is in
+// strings.js.
 
-// matplotlib's "jet" (its segment data), as the server's overlay: 256 [r, g, b].
-function jetTable() {
-  const seg = { r: [[0, 0], [0.35, 0], [0.66, 1], [0.89, 1], [1, 0.5]], g: [[0, 0], [0.125, 0], [0.375, 1],
-    [0.64, 1], [0.91, 0], [1, 0]], b: [[0, 0.5], [0.11, 1], [0.34, 1], [0.65, 0], [1, 0]] };
-  const at = (pts, x) => {
-    for (let i = 1; i < pts.length; i++) {
-      if (x <= pts[i][0]) { const [x0, y0] = pts[i - 1], [x1, y1] = pts[i]; return y0 + (y1 - y0) * (x - x0) / (x1 - x0); }
-    }
-    return pts[pts.length - 1][1];
-  };
-  return Array.from({ length: 256 }, (_, i) => ["r", "g", "b"].map((c) => Math.round(255 * at(seg[c], i / 255))));
+//: Map values below this fraction of the map's maximum are not drawn (pneumoscan.inference.render.EVIDENCE_FLOOR).
+export const EVIDENCE_FLOOR = 0.25;
+//: The strongest region, outlined on request: the map at this fraction of its maximum or more (render.OUTLINE_LEVEL).
+export const OUTLINE_LEVEL = 0.6;
+//: The outline's colour (render.OUTLINE_RGB): cyan, apart from the yellow-to-red map and the gray film.
+export const OUTLINE_RGB = [0, 255, 255];
+
+// The colour and opacity of each map value v = 0..255 (255: the map's maximum): 256 [r, g, b, opacity], RGB 0..255
+// and opacity 0..1, the same table as the server's overlays (pneumoscan.inference.render.heat_table(alpha)). Below
+// EVIDENCE_FLOOR nothing is drawn (the film stays untouched where the model found little evidence); from the floor
+// up the colour goes from yellow to red and the opacity from 0.3 * alpha to alpha. The viewer's opacity slider is
+// alpha.
+export function heatTable(alpha = 1) {
+  return Array.from({ length: 256 }, (_, i) => {
+    const v = i / 255, t = Math.min(1, Math.max(0, (v - EVIDENCE_FLOOR) / (1 - EVIDENCE_FLOOR)));
+    return [255, Math.round(255 * (1 - t)), 0, v >= EVIDENCE_FLOOR ? alpha * (0.3 + 0.7 * t) : 0];
+  });
 }
-export const JET = jetTable();
+const HEAT = heatTable(1);
 
 // Window/level on the 8-bit display values (the linear function of DICOM PS3.3 C.11.2.1.2.1) as 256 RGBA words.
 export function windowTable(width, level, invert) {
@@ -53,21 +61,53 @@ export class Film {
   }
 }
 
-// The map alone (grayscale: 0 none .. 255 most) coloured, with opacity sqrt(value) as the server's overlay; an
-// overlay picture (already blended, `picture`) is drawn as it is.
+// The map alone (grayscale: 0 none .. 255 most, as the server's heatmap_map) drawn on `canvas` through
+// heatTable(1); the viewer sets the canvas's CSS opacity to the slider's alpha, so that what shows is
+// heatTable(alpha), as the server's overlay. Returns the map ({ w, h, v }: its values) for drawOutline. An overlay
+// picture (already blended, `picture`) is drawn as it is, and there is no map to return (null).
 export function drawHeat(canvas, img, picture) {
   const w = img.naturalWidth, h = img.naturalHeight;
   canvas.width = w; canvas.height = h;
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
   ctx.drawImage(img, 0, 0);
-  if (picture) return;
+  if (picture) return null;
   const data = ctx.getImageData(0, 0, w, h);
-  const d = data.data;
-  for (let j = 0; j < d.length; j += 4) {
-    const val = d[j], rgb = JET[val];
-    d[j] = rgb[0]; d[j + 1] = rgb[1]; d[j + 2] = rgb[2]; d[j + 3] = Math.round(255 * Math.sqrt(val / 255));
+  const d = data.data, v = new Uint8Array(w * h);
+  for (let i = 0, j = 0; j < d.length; i++, j += 4) {
+    const val = d[j], c = HEAT[val];
+    v[i] = val;
+    d[j] = c[0]; d[j + 1] = c[1]; d[j + 2] = c[2]; d[j + 3] = Math.round(255 * c[3]);
   }
   ctx.putImageData(data, 0, 0);
+  return { w, h, v };
+}
+
+// The border of the strongest region (map values at OUTLINE_LEVEL of the maximum or more with a neighbour within
+// `width` px below it; beyond the edge counts as the edge pixel), in cyan on a transparent canvas of the map's size,
+// as render.outline_mask (width: render_overlay's, max(1, round(long side / 400))). Returns how many pixels it drew.
+export function drawOutline(canvas, map, level = OUTLINE_LEVEL) {
+  const { w, h, v } = map, width = Math.max(1, Math.round(Math.max(w, h) / 400)), cut = level * 255;
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  const out = ctx.createImageData(w, h), d = out.data;
+  let n = 0;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      if (v[y * w + x] < cut) continue;
+      let edge = false;
+      for (let yy = Math.max(0, y - width); yy <= Math.min(h - 1, y + width) && !edge; yy++) {
+        for (let xx = Math.max(0, x - width); xx <= Math.min(w - 1, x + width); xx++) {
+          if (v[yy * w + xx] < cut) { edge = true; break; }
+        }
+      }
+      if (!edge) continue;
+      const j = 4 * (y * w + x);
+      d[j] = OUTLINE_RGB[0]; d[j + 1] = OUTLINE_RGB[1]; d[j + 2] = OUTLINE_RGB[2]; d[j + 3] = 255;
+      n += 1;
+    }
+  }
+  ctx.putImageData(out, 0, 0);
+  return n;
 }
 
 // Zoom and pan of one or more panes showing the same film (side by side stays in step). hooks: changed(view),

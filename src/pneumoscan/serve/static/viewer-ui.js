@@ -54,14 +54,17 @@ function buildToolbar() {
   heat.addEventListener("change", () => act.setMode(heat.value));
   const opacity = el("input", { type: "range", min: "0", max: "100", value: "50", "aria-label": S("opacityLabel"), class: "pv-opacity" });
   opacity.addEventListener("input", () => act.setOpacity(Number(opacity.value) / 100));
+  // The outline of the strongest region (cyan), off until asked for.
+  const outline = button("outline", "outlineLabel", () => act.toggleOutline(), { "aria-pressed": "false" });
+  // The colours' key: nothing (the film as it is) below the evidence floor, then yellow to red (viewer.css).
   const ramp = el("span", { class: "pv-ramp", "aria-hidden": "true" }, [el("span", { text: S("heatLow") }), el("i"), el("span", { text: S("heatHigh") })]);
   const reset = button("reset", "resetLabel", () => act.reset());
   const group = (cls, ...kids) => el("div", { class: "pv-group " + cls }, kids);
   bar.append(group("pv-nav", prev, next), group("pv-zoomg", zout, zoom, zin, fitB, actual),
     group("pv-wlg", el("span", { class: "pv-lbl", text: S("presetLabel") }), preset, invert, wlMode, wl),
     group("pv-heatg", el("span", { class: "pv-lbl", text: S("heatLabel") }), heat,
-      el("label", { class: "pv-lbl" }, [S("opacity"), " ", opacity]), ramp), group("pv-resetg", reset));
-  return { bar, prev, next, zoom, preset, invert, wlMode, wl, heat, opacity };
+      el("label", { class: "pv-lbl" }, [S("opacity"), " ", opacity]), outline, ramp), group("pv-resetg", reset));
+  return { bar, prev, next, zoom, preset, invert, wlMode, wl, heat, opacity, outline };
 }
 
 function buildPane(withHeat) {
@@ -69,10 +72,11 @@ function buildPane(withHeat) {
   const layer = el("div", { class: "pv-layer" });
   const film = el("canvas", { class: "pv-film" });
   const heat = el("canvas", { class: "pv-heatmap", hidden: "" });
-  layer.append(film, heat);
+  const outline = el("canvas", { class: "pv-outline", hidden: "" });  // above the map, not dimmed by its opacity
+  layer.append(film, heat, outline);
   pane.append(layer);
   pane.hidden = withHeat;
-  return { pane, layer, film, heat };
+  return { pane, layer, film, heat, outline };
 }
 
 function buildFooter() {
@@ -80,7 +84,7 @@ function buildFooter() {
   const info = el("p", { class: "pv-info" });
   const status = el("p", { class: "pv-status", role: "status", "aria-live": "polite" });
   const note = el("p", { class: "pv-note", text: S("wlNote") });
-  const keys = [["j / k", "key_jk"], ["h", "key_h"], ["+ / −", "key_zoom"], ["0", "key_fit"], ["1", "key_actual"],
+  const keys = [["j / k", "key_jk"], ["h", "key_h"], ["o", "key_outline"], ["+ / −", "key_zoom"], ["0", "key_fit"], ["1", "key_actual"],
     ["i", "key_invert"], ["w", "key_wl"], ["r", "key_reset"], ["Esc", "key_esc"]];
   const list = el("ul", { class: "pv-keys" }, keys.map(([k, d]) => el("li", {}, [el("kbd", { text: k }), " " + S(d)])));
   const legend = el("details", { class: "pv-legend" }, [el("summary", { text: S("legendTitle") }), list, el("p", { text: S("mouse") })]);

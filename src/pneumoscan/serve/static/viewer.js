@@ -6,11 +6,15 @@
 // opts: onClose() (called on close), returnFocus (element; default: what had focus), api(url, init) (a fetch that
 // adds the token; default: fetch with the tab's stored token).
 // The film is drawn on a canvas through a lookup table (window/level on the 8-bit display image); zoom and pan are
-// a CSS transform. The Grad-CAM map (heatmap_map: grayscale, 0 none .. 255 most) is coloured here ("jet", opacity
-// growing with the map, as the server's overlay) and drawn over the film, or beside it. A case without a map gets
-// one from POST api/v1/explain, from the tab's File. Every text comes from STRINGS.viewer (strings.js).
+// a CSS transform. The heatmap (heatmap_map: occlusion sensitivity, where hiding the film lowered the score; grayscale,
+// 0 none .. 255 most) is coloured here as the server's overlay (viewer-film.js's heatTable: nothing below a quarter
+// of the maximum, then yellow to red; the opacity slider is its alpha) and drawn over the film, or beside it, with an
+// optional cyan outline of the strongest region. A case without a map gets one from POST api/v1/explain, from the
+// tab's File. Every text comes from STRINGS.viewer (strings.js).
 import { t } from "./strings.js";
-import { Film, View, drawHeat as colourHeat, explain as explainFile, fileImage, loadImage } from "./viewer-film.js";
+import {
+  Film, View, drawHeat as colourHeat, drawOutline, explain as explainFile, fileImage, loadImage,
+} from "./viewer-film.js";
 import { build as buildDialog, el } from "./viewer-ui.js";
 
 const S = (key, values) => t("viewer." + key, values);
@@ -23,7 +27,7 @@ const caches = new WeakMap();  // per case: what the server sent (film, map), ke
 function build() {
   const built = buildDialog({
     close: () => close_(), step, zoomBy, fit, actual: () => actualPixels(), setPreset, toggleInvert, toggleWlMode,
-    setMode, setOpacity: (x) => setOpacity(x), reset: () => resetView(), presets: Object.keys(PRESETS), modes: MODES,
+    setMode, setOpacity: (x) => setOpacity(x), toggleOutline: () => toggleOutline(), reset: () => resetView(), presets: Object.keys(PRESETS), modes: MODES,
   });
   window.addEventListener("keydown", onKey, true);  // first, so the page's own keys stay quiet while open
   built.root.addEventListener("click", (e) => { if (e.target === built.root) close_(); });
@@ -52,11 +56,13 @@ function openNow(cases, index, opts, returnFocus) {
   if (v) finish(false);
   v = { cases, index: Math.max(0, Math.min(index, cases.length - 1)), opts, seq: 0, urls: [], film: null,
         w: 256, l: 128, invert: false, preset: "default", wlMode: false, mode: "off",
-        opacity: Number(ui.opacity.value) / 100, heatFor: null, returnFocus, first: null };
+        opacity: Number(ui.opacity.value) / 100, outline: ui.outline.getAttribute("aria-pressed") === "true",
+        heatFor: null, returnFocus, first: null };
   v.first = cases[v.index];
   for (const sib of document.body.children) if (sib !== ui.root && !sib.inert) { sib.inert = true; sib.dataset.pvInert = "1"; }
   document.documentElement.classList.add("pv-open");
   ui.legend.open = window.innerWidth > 700;
+  ui.dialog.dataset.outline = String(v.outline);
   ui.root.hidden = false;
   ui.close.focus();
   setMode("off");
@@ -92,8 +98,9 @@ function cache(c) {
 
 function setStatus(text) { ui.status.textContent = text || ""; }
 
-// The case's result as the server gives it: its score and threshold on 0-100 (`score`, `score_threshold`) and its
-// decision in words (`decision_text`; strings.js's words for a case without them).
+// The case's result as the server gives it: its score and threshold on 0-100 (`score`, `score_threshold`), its
+// decision in words (`decision_text`; strings.js's words for a case without them) and where the score was calibrated
+// (`score_calibration`).
 function describe(c) {
   const words = c.decision_text || (c.decision ? S("decision_" + c.decision) : S("notRead"));
   if (!c.ok && c.ok !== undefined) return [el("span", { class: "pv-decision na", text: words }), " " + (c.error || "")];
@@ -102,9 +109,11 @@ function describe(c) {
             c.scope_reason ? " " + S("reason", { reason: c.scope_reason }) : ""];
   }
   const fmt = (x) => Number(x).toFixed(1);
+  // Where the score was calibrated (the server's words), beside it; nothing for a result stored before it was kept.
+  const calibration = c.score_calibration ? [" ", el("span", { class: "pv-calib", text: S("calibration", { calibration: c.score_calibration }) })] : [];
   return [el("strong", { class: "pv-score", text: S("score", { score: fmt(c.score) }) }), " ",
           el("span", { class: "pv-thr", text: S("threshold", { threshold: fmt(c.score_threshold) }) }), " ",
-          el("span", { class: "pv-decision " + (c.positive ? "pos" : "neg"), text: words })];
+          el("span", { class: "pv-decision " + (c.positive ? "pos" : "neg"), text: words }), ...calibration];
 }
 
 // A flagged film's cause in words (the server's `cause_text`, else strings.js's), with the viral score and the
@@ -196,7 +205,7 @@ function setFilm(img) {
   const film = new Film(img);
   for (const p of [ui.a, ui.b]) {
     p.film.width = film.w; p.film.height = film.h;
-    for (const x of [p.layer, p.heat]) { x.style.width = film.w + "px"; x.style.height = film.h + "px"; }
+    for (const x of [p.layer, p.heat, p.outline]) { x.style.width = film.w + "px"; x.style.height = film.h + "px"; }
   }
   v.film = film;
   ui.view.w = film.w; ui.view.h = film.h;
@@ -275,7 +284,7 @@ function setMode(mode) {
   ui.dialog.dataset.heatmap = v.mode;
   ui.stage.classList.toggle("side", v.mode === "side");
   ui.b.pane.hidden = v.mode !== "side";
-  ui.opacity.disabled = v.mode === "off";
+  ui.opacity.disabled = ui.outline.disabled = v.mode === "off";
   keepFocus();
   if (v.mode === "off") { hideHeat(); setStatus(""); } else ensureHeat();
   if (v.film) {
@@ -291,18 +300,30 @@ function setOpacity(x) {
   for (const p of [ui.a, ui.b]) p.heat.style.opacity = String(x);
 }
 
-function hideHeat() { ui.a.heat.hidden = ui.b.heat.hidden = true; }
+// The outline of the strongest region: on or off (the button, o); shown with the map, at full strength whatever the
+// opacity.
+function toggleOutline() {
+  v.outline = !v.outline;
+  ui.outline.setAttribute("aria-pressed", String(v.outline));
+  ui.dialog.dataset.outline = String(v.outline);
+  showHeat();
+}
+
+function hideHeat() { for (const p of [ui.a, ui.b]) p.heat.hidden = p.outline.hidden = true; }
 
 function showHeat() {
   if (v.heatFor !== v.cases[v.index] || v.mode === "off") { hideHeat(); return; }
   ui.a.heat.hidden = v.mode !== "overlay";
   ui.b.heat.hidden = v.mode !== "side";
+  for (const p of [ui.a, ui.b]) p.outline.hidden = p.heat.hidden || !v.outline || !v.hasOutline;
   setOpacity(v.opacity);
 }
 
+function heatWords() { return v.heatPicture ? S("heatPicture") + " " + S("heatNote") : S("heatNote"); }
+
 async function ensureHeat() {
   const c = v.cases[v.index], seq = v.seq, store = cache(c);
-  if (v.heatFor === c) { showHeat(); return; }
+  if (v.heatFor === c) { setStatus(heatWords()); showHeat(); return; }  // what the map is, whenever it shows
   if (store.pending) await store.pending.catch(() => null);  // the film's request may bring the map
   if (!v || seq !== v.seq) return;
   if (c.ok === false || c.in_scope === false || c.decision === "OUT_OF_SCOPE") { setStatus(S("heatOutOfScope")); return; }
@@ -321,7 +342,8 @@ async function ensureHeat() {
     if (!v || seq !== v.seq) return;
     drawHeat(img, picture);
     v.heatFor = c;
-    setStatus(picture ? S("heatPicture") + " " + S("heatNote") : S("heatNote"));
+    v.heatPicture = picture;
+    setStatus(heatWords());
     showHeat();
   } catch (e) {
     if (!v || seq !== v.seq) return;
@@ -329,12 +351,20 @@ async function ensureHeat() {
   }
 }
 
+// The map on both panes' heatmap canvases and its outline on their outline canvases (none for an overlay picture:
+// it has no map values), stretched to the film.
 function drawHeat(img, picture) {
-  colourHeat(ui.a.heat, img, picture);
-  ui.b.heat.width = ui.a.heat.width; ui.b.heat.height = ui.a.heat.height;
-  ui.b.heat.getContext("2d").drawImage(ui.a.heat, 0, 0);
+  const map = colourHeat(ui.a.heat, img, picture);
+  v.hasOutline = Boolean(map) && drawOutline(ui.a.outline, map) > 0;
+  if (!map) ui.a.outline.width = ui.a.outline.height = 0;
+  for (const x of ["heat", "outline"]) {
+    ui.b[x].width = ui.a[x].width; ui.b[x].height = ui.a[x].height;
+    if (ui.a[x].width) ui.b[x].getContext("2d").drawImage(ui.a[x], 0, 0);
+  }
   const fw = v.film ? v.film.w : ui.a.heat.width, fh = v.film ? v.film.h : ui.a.heat.height;
-  for (const p of [ui.a, ui.b]) { p.heat.style.width = fw + "px"; p.heat.style.height = fh + "px"; }
+  for (const p of [ui.a, ui.b]) {
+    for (const x of [p.heat, p.outline]) { x.style.width = fw + "px"; x.style.height = fh + "px"; }
+  }
 }
 
 // ------------------------------------------------------------------ keyboard and focus
@@ -356,7 +386,7 @@ function trapTab(e) {
 }
 
 const KEYS = {
-  Escape: () => close_(), j: () => step(1), k: () => step(-1), h: () => cycleMode(),
+  Escape: () => close_(), j: () => step(1), k: () => step(-1), h: () => cycleMode(), o: () => toggleOutline(),
   "+": () => zoomBy(1.25), "=": () => zoomBy(1.25), "-": () => zoomBy(1 / 1.25), "_": () => zoomBy(1 / 1.25),
   "0": () => fit(), "1": () => actualPixels(), i: () => toggleInvert(), w: () => toggleWlMode(), r: () => resetView(),
   ArrowLeft: () => panBy(40, 0), ArrowRight: () => panBy(-40, 0), ArrowUp: () => panBy(0, 40), ArrowDown: () => panBy(0, -40),

@@ -195,6 +195,16 @@ function decisionCell(r) {
   return td;
 }
 
+// The score on 0-100, with where it was calibrated as its title (the server's words; none for old rows).
+function scoreCell(r) {
+  const td = el("td", { class: "num", text: fmtScore(r.score) });
+  if (r.score_calibration && r.score !== null && r.score !== undefined) {
+    td.title = T("scoreCalibration", { calibration: r.score_calibration });
+    td.classList.add("calibrated");
+  }
+  return td;
+}
+
 function worklistRow(r) {
   const label = rowLabel(r);
   const cardId = state.cards[r.id];
@@ -205,7 +215,7 @@ function worklistRow(r) {
   const cls = isError(r) ? "bad" : notAssessed(r) ? "oos" : "";
   const tr = el("tr", cls ? { class: cls } : {}, [
     el("td", { class: "num", text: r.rank ? String(r.rank) : "–" }), thumbCell(r, label), file,
-    el("td", { class: "num", text: fmtScore(r.score) }), decisionCell(r), reviewCell(r)]);
+    scoreCell(r), decisionCell(r), reviewCell(r)]);
   if (linked) { tr.dataset.card = cardId; tr.classList.add("has-card"); }
   return tr;
 }
