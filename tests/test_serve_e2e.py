@@ -746,6 +746,9 @@ def test_the_score_says_where_it_was_calibrated(server, tmp_path):
             assert words
             card_mc = page.locator("#model-card")
             expect(card_mc.locator("dt", has_text="Score calibration")).to_have_count(1)
+            # The drift verdict at this site sits in the model card with the validation figures (#24).
+            expect(card_mc.locator("dt", has_text="Drift at this site")).to_have_count(1)
+            expect(page.locator("#mc-drift")).to_have_text(page.locator("#drift-line").inner_text())
             expect(card_mc).to_contain_text(words)
             if model["score_calibration_details"]:
                 expect(card_mc).to_contain_text(model["score_calibration_details"])

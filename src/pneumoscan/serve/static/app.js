@@ -251,6 +251,8 @@ function renderModelCard(m) {
   add("mcModel", T("mcModelValue", { name: m.name, version: m.version }));
   add("mcIntendedUse", m.intended_use);
   add("mcSiteState", m.provenance || T("siteShippedTitle"));
+  // The drift verdict at this site, as prominent as the validation figures below (filled in by checkDrift).
+  dl.append(el("dt", { text: T("mcDrift") }), el("dd", { id: "mc-drift", text: driftWords || T("mcDriftPending") }));
   const ad = m.adaptation;
   if (ad && typeof ad.prevalence_em === "number") {
     const training = typeof ad.training_prevalence === "number" ? T("mcPrevalenceTraining", { prevalence: fmtPct(ad.training_prevalence) }) : "";
@@ -289,7 +291,15 @@ function fullModelCard(m) {
 // ---------------------------------------------------------------------------------------------- drift
 
 // The site's drift check (GET api/v1/drift): a banner when the server's recent images differ from the training
-// data, and one line on how far the check has got.
+// data, and one line on how far the check has got (under the upload box and in the model card).
+let driftWords = "";
+function setDriftLine(text) {
+  driftWords = text;
+  $("drift-line").textContent = text;
+  const cell = document.getElementById("mc-drift");
+  if (cell) cell.textContent = text;
+}
+
 export async function checkDrift() {
   let d = null;
   try {
@@ -297,18 +307,18 @@ export async function checkDrift() {
     if (!res.ok) return;
     d = await res.json();
   } catch (_) { return; }
-  const banner = $("drift-banner"), line = $("drift-line");
+  const banner = $("drift-banner");
   if (d.available && d.shifted) {
     banner.replaceChildren(
       el("strong", { text: T("driftLead") }),
       T("driftText", { n: d.n_tested || d.n_images, statistic: Number(d.statistic).toFixed(2), threshold: Number(d.threshold).toFixed(2) }),
       el("code", { text: "pneumoscan calibrate" }), T("driftTail") + (d.case_mix_note ? T("driftNote", { note: d.case_mix_note }) : ""));
     banner.hidden = false;
-    line.textContent = T("driftLineShifted");
+    setDriftLine(T("driftLineShifted"));
     return;
   }
   banner.hidden = true;
-  if (d.available) line.textContent = T("driftLineOk", { n: d.n_tested || d.n_images });
-  else if (d.n_images < d.min_images && /in-scope images/.test(d.reason || "")) line.textContent = T("driftLineWaiting", { n: d.n_images, min: d.min_images });
-  else line.textContent = T("driftLineUnavailable", { reason: d.reason || T("noReason") });
+  if (d.available) setDriftLine(T("driftLineOk", { n: d.n_tested || d.n_images }));
+  else if (d.n_images < d.min_images && /in-scope images/.test(d.reason || "")) setDriftLine(T("driftLineWaiting", { n: d.n_images, min: d.min_images }));
+  else setDriftLine(T("driftLineUnavailable", { reason: d.reason || T("noReason") }));
 }

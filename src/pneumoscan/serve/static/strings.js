@@ -96,6 +96,7 @@ export const STRINGS = {
     // model card
     mcModel: "Model", mcModelValue: "{name} (version {version})",
     mcIntendedUse: "Intended use", mcSiteState: "Site state",
+    mcDrift: "Drift at this site", mcDriftPending: "not checked yet",
     mcPrevalence: "Estimated pneumonia prevalence at this site",
     mcPrevalenceValue: "{prevalence} (EM on the adaptation films, no labels; decisions unchanged{training})",
     mcPrevalenceTraining: "; training {prevalence}",
@@ -106,7 +107,7 @@ export const STRINGS = {
     mcHowOther: " ({method}{target}, chosen on {on})",
     mcOnSite: "this site's labelled films", mcOnValidation: "validation",
     mcAuc: "Validation ROC AUC", mcAucCi: " (95% CI {low}–{high})",
-    mcSens: "Validation sensitivity at threshold", mcSpec: "Validation specificity at threshold",
+    mcSens: "Validation sensitivity at threshold (training hospital)", mcSpec: "Validation specificity at threshold (training hospital)",
     mcInput: "Input", mcInputValue: "{size}×{size} grayscale, whole film squeezed to a square",
     mcFull: "Full model card",
     // uploads and the status line
@@ -116,6 +117,7 @@ export const STRINGS = {
     doneNotAssessed: ", {n} not assessed (outside what the model was built for; see the cards)",
     doneFailed: ", {n} could not be read (see the cards)",
     doneEnd: ".",
+    doneNotSaved: " {n} not saved to the worklist: {error}.",
     uploadFailed: "upload failed: {error}",
     // drift
     driftLead: "This site's images differ from the training data.",
@@ -140,6 +142,9 @@ export const STRINGS = {
     notAssessedHelp: "The model is built for pediatric frontal chest radiographs only and gives no result for this " +
       "image. Read it as usual.",
     couldNotAnalyse: "Could not analyse this file: {error}",
+    notSaved: "Not saved to the worklist: {error}.",
+    notSavedHelp: "This result is on this page only: it is not in the worklist, the CSV or the audit trail, and a " +
+      "reload loses it. Print the report to keep it.",
     filmAlt: "X-ray {name}",
     filmAltOos: "Image {name}",
     heatmapAlt: "Heatmap over {name}: the regions where hiding the film lowered the score most",
