@@ -217,3 +217,53 @@ def dicom_bytes(
 def make_dicom(path: str | Path, pixels: np.ndarray | None = None, **kwargs: object) -> Path:
     """Write :func:`dicom_bytes` to ``path`` and return it."""
     return _write(path, dicom_bytes(pixels, **kwargs))  # type: ignore[arg-type]
+
+
+def deflated_dicom_bytes(pixels: np.ndarray | None = None, **kwargs: object) -> bytes:
+    """:func:`dicom_bytes` re-encoded as Deflated Explicit VR Little Endian (a legitimate deflated file)."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(pixels, **kwargs)))  # type: ignore[arg-type]
+    ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def deflate_bomb_bytes(inflated: int = 1 << 30, *, rows: int = 2048, columns: int = 2048,
+                       sop_instance_uid: str | None = None) -> bytes:
+    """A DICOM Part 10 file in Deflated Explicit VR Little Endian whose data set inflates to about ``inflated``
+    bytes: a small DX header (``rows`` x ``columns``, 16-bit) and a Pixel Data element of ``inflated`` zero bytes,
+    whatever the header says. About a thousandth of ``inflated`` on disk; made without holding it in memory."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = uid.DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid or uid.generate_uid()
+    meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "DX", "BOMB-0001"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, columns, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    length = inflated - len(body.getvalue()) - 12
+    length -= length % 2
+    zipper = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    flush = zlib.Z_FULL_FLUSH  # resets the compressor: every 16 MiB of zeros after it compresses to the same bytes
+    parts = [zipper.compress(body.getvalue() + b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<I", length))
+             + zipper.flush(flush)]
+    zeros = bytes(1 << 24)
+    whole, rest = divmod(length, len(zeros))
+    if whole:
+        parts += [zipper.compress(zeros) + zipper.flush(flush)] * whole
+    parts.append(zipper.compress(zeros[:rest]) + zipper.flush())
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    head.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    return head.getvalue() + b"".join(parts)

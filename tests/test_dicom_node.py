@@ -250,11 +250,16 @@ def test_cr_and_secondary_capture_are_accepted_too(node, store):
     assert len(rows(store)) == 2
 
 
-def test_the_same_image_sent_twice_is_two_rows_with_one_hash(node, store):
+def test_the_same_image_sent_twice_is_one_row(node, store, caplog):
+    """A PACS re-sending an image (same SOP Instance UID, same bytes) gets success and the result it already has:
+    no second row (the resend and other-pixels cases with forwarding are in test_dicom_node_outbox.py)."""
     ds = dx_dataset(4)
-    assert store_to(node.address[1], ds, ds) == [Status.SUCCESS, Status.SUCCESS]
-    first, second = rows(store)
-    assert first.id != second.id and first.input_sha256 == second.input_sha256
+    with caplog.at_level(logging.INFO, logger="pneumoscan.dicom_node"):
+        assert store_to(node.address[1], ds, ds) == [Status.SUCCESS, Status.SUCCESS]
+    (row,) = rows(store)
+    assert row.sop_uid == ds.SOPInstanceUID and not row.uid_conflict
+    assert node.stats.duplicates == 1 and node.stats.scored == 1
+    assert len([line for line in caplog.text.splitlines() if "already scored as row" in line]) == 1
 
 
 def test_a_calling_ae_title_not_allowed_is_rejected_at_association(node, store, caplog):
@@ -366,17 +371,24 @@ def test_the_nodes_own_results_sent_back_are_not_scored_again(forwarding_node, s
 
 
 def test_an_unreachable_pacs_is_logged_and_never_fatal(predictor, store, caplog):
+    """The PACS cannot be reached: the results wait in the outbox (pending, with the tries and the reason), the
+    node keeps scoring, and nothing is given up before the retention."""
     node = _node(predictor, store, forward=ForwardTarget(PACS_AET, "127.0.0.1", free_port()),
-                 forward_attempts=2, forward_retry_seconds=0.1)
+                 forward_retry_seconds=0.1, forward_retry_max_seconds=0.2)
     try:
         with caplog.at_level(logging.WARNING, logger="pneumoscan.dicom_node"):
             assert store_to(node.address[1], dx_dataset(9)) == [Status.SUCCESS]
-            assert wait_for(lambda: node.stats.forward_failed > 0, 20)
-        assert "not stored on" in caplog.text
+            assert wait_for(lambda: all((r.forward or {}).get("attempts", 0) >= 2 for r in rows(store)), 20)
+        assert "could not be reached" in caplog.text
         assert store_to(node.address[1], dx_dataset(10)) == [Status.SUCCESS]
     finally:
-        node.stop()
-    assert len(rows(store)) == 2
+        node.stop(grace_seconds=1)
+    results = rows(store)
+    assert len(results) == 2 and node.stats.forward_failed == 0
+    for r in results:
+        assert r.forward["state"] == "pending" and r.forward["objects"] == 2 and r.forward["delivered"] == 0
+        assert "could not be reached" in r.forward["last_error"] or r.forward["attempts"] == 0
+    assert store.outbox.counts() == {"pending": 4, "delivered": 0, "failed": 0}
 
 
 def test_stop_lets_an_open_association_finish(node, store):

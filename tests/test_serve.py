@@ -429,8 +429,28 @@ def test_a_database_failure_never_costs_the_result(predictor, caplog):
         r = _post(client, [("Doe_Jane.jpeg", xray_jpeg())])
     assert r.status_code == 200
     entry = r.json()["results"][0]
-    assert entry["ok"] and entry["worklist_id"] is None and "not saved" in entry["worklist_error"]
+    assert entry["ok"] and entry["worklist_id"] is None
+    assert entry["worklist_error"] == "the worklist database failed; see the server log"  # never the driver's words
     assert "not recorded in the worklist database" in caplog.text and "Doe_Jane" not in caplog.text
+
+
+@pytest.mark.parametrize(("message", "reason"), [
+    ("worklist database /srv/readonly/w.db: OperationalError: attempt to write a readonly database", "the worklist database is read-only"),
+    ("worklist database /srv/disk-full/w.db: OperationalError: database or disk is full", "the worklist database's disk is full"),
+    ("worklist database w.db: OperationalError: database is locked", "the worklist database was busy"),
+    ("worklist database /srv/locked/w.db: IntegrityError: duplicate key (patient)=(P1)", "the worklist database failed"),
+])
+def test_a_database_failure_says_why_in_a_few_words(predictor, message, reason):
+    from pneumoscan.store import StoreError
+
+    app = create_app(predictor)
+
+    def broken(*_args, **_kwargs):
+        raise StoreError(message)
+
+    app.state.pneumoscan.store.add = broken
+    entry = _post(TestClient(app), [("a.jpeg", xray_jpeg())]).json()["results"][0]
+    assert entry["worklist_error"] == f"{reason}; see the server log"
 
 
 def test_the_stored_context_comes_from_the_result_and_never_the_patient_name(tmp_path):

@@ -163,13 +163,21 @@ def test_a_thumbnail_is_kept_with_its_result_and_a_bad_one_dropped(store, caplog
     assert "thumbnail was not stored" in caplog.text
 
 
+def _back_to_v4(conn) -> None:
+    """Today's tables as schema version 4 had them: no outbox, no uid_conflict, no index on sop_uid."""
+    conn.execute(text("DROP TABLE dicom_outbox"))
+    conn.execute(text("DROP INDEX ix_worklist_results_sop_uid"))
+    conn.execute(text("ALTER TABLE worklist_results DROP COLUMN uid_conflict"))
+
+
 def test_a_version_1_database_gains_the_thumbnail_column(tmp_path):
     """A database written by the first schema (no thumbnail column) is migrated when it opens: its rows are kept
     (with no thumbnail) and new rows keep theirs."""
     path = tmp_path / "v1.db"
     engine = engine_mod.make_engine(*engine_mod.resolve(path))
-    with engine.begin() as conn:  # version 1's tables: today's, less the thumbnail and cause columns
+    with engine.begin() as conn:  # version 1's tables: today's, less the later columns and the outbox
         schema_mod.Base.metadata.create_all(conn)
+        _back_to_v4(conn)
         for column in ("thumbnail", "cause", "cause_probability", "cause_threshold", "score_calibration"):
             conn.execute(text(f"ALTER TABLE worklist_results DROP COLUMN {column}"))
         conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
@@ -189,11 +197,11 @@ def test_a_version_1_database_gains_the_thumbnail_column(tmp_path):
         (old,) = s.list()
         assert old["probability"] == 0.7 and old["thumbnail"] is None
     con = sqlite3.connect(path)
-    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3, 4]
+    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3, 4, 5]
     assert "thumbnail" in [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
     con.close()
     with WorklistStore(path) as s:
-        assert s.schema_version == 4
+        assert s.schema_version == 5
         rid = s.add(scored("new.png", 0.3), input_sha256=_sha("new"), source="upload", client="local",
                     thumbnail=JPEG_URI)
         assert s.get(rid)["thumbnail"] == JPEG_URI
@@ -204,8 +212,9 @@ def test_a_version_2_database_gains_the_cause_columns_and_old_rows_have_no_cause
 
     path = tmp_path / "v2.db"
     engine = engine_mod.make_engine(*engine_mod.resolve(path))
-    with engine.begin() as conn:  # version 2's tables: today's, less the cause columns
+    with engine.begin() as conn:  # version 2's tables: today's, less the cause columns and what came after
         schema_mod.Base.metadata.create_all(conn)
+        _back_to_v4(conn)
         for column in ("cause", "cause_probability", "cause_threshold", "score_calibration"):
             conn.execute(text(f"ALTER TABLE worklist_results DROP COLUMN {column}"))
         conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
@@ -221,7 +230,7 @@ def test_a_version_2_database_gains_the_cause_columns_and_old_rows_have_no_cause
     con.commit()
     con.close()
     with WorklistStore(path) as s:
-        assert s.schema_version == 4
+        assert s.schema_version == 5
         (old,) = s.list()
         assert (old["cause"], old["cause_score"], old["cause_threshold"]) == ("", None, None)
         assert old["score_calibration"] == ""  # rows from before do not say where their score was calibrated
@@ -504,3 +513,39 @@ def test_in_memory_store_is_thread_safe():
     for t in threads:
         t.join()
     assert errors == [] and s.count() == 80
+
+
+def test_a_version_4_database_gains_the_outbox_and_the_uid_conflict_flag(tmp_path):
+    """Schema 5: a version 4 database keeps its rows (no conflict known, never forwarded) and gains the outbox
+    table, the uid_conflict column and the index on sop_uid."""
+    from pneumoscan.store import OutgoingObject
+
+    path = tmp_path / "v4.db"
+    engine = engine_mod.make_engine(*engine_mod.resolve(path))
+    with engine.begin() as conn:
+        schema_mod.Base.metadata.create_all(conn)
+        _back_to_v4(conn)
+        conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
+                          "VALUES (4, '2026-01-01 00:00:00', 'created')"))
+    engine.dispose()
+    con = sqlite3.connect(path)
+    columns = [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
+    values = {c: "" for c in columns if c != "id"}
+    values.update(created="2026-01-01 00:00:00", category=0, input_sha256=_sha("old"), probability=0.7,
+                  threshold=0.5, in_scope=1, decision="PNEUMONIA", sop_uid="1.2.3.4", source="dicom")
+    con.execute(f"INSERT INTO worklist_results ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                list(values.values()))
+    con.commit()
+    con.close()
+    with WorklistStore(path) as s:
+        assert s.schema_version == SCHEMA_VERSION == 5
+        (old,) = s.list()
+        assert old["uid_conflict"] is False and old["forward"] is None
+        assert s.received("1.2.3.4", _sha("old")).duplicate_of == old["id"]
+        rid = s.add(scored("new.dcm", 0.3), input_sha256=_sha("new"), source="dicom", forward_to="P@h:1",
+                    outbox=[OutgoingObject("SR", b"DICM", "1.2.840.10008.5.1.4.1.1.88.34", "2.25.1", "1.2.840.10008.1.2.1")])
+        assert s.get(rid)["forward"]["state"] == "pending" and s.outbox.knows("2.25.1")
+    con = sqlite3.connect(path)
+    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [4, 5]
+    assert "ix_worklist_results_sop_uid" in [r[1] for r in con.execute("PRAGMA index_list(worklist_results)")]
+    con.close()

@@ -12,20 +12,28 @@
   through :meth:`pneumoscan.inference.predictor.Predictor.assess` (the scope gate included) and records the result in the
   worklist database (:class:`pneumoscan.store.WorklistStore`; ``client`` is the calling AE title,
   ``input_sha256`` the SHA-256 of the data set as encoded on the wire, file meta excluded);
-* with a forward target, C-STOREs a Structured Report and a Secondary Capture (:mod:`pneumoscan.dicom_out`: the
-  heatmap overlay in scope, the film captioned NOT ASSESSED out of scope, as ``predict --dicom-out``) into the
-  source study on that PACS, from a background thread, so that the sender never waits for it; a failure there is
-  retried, then logged, never fatal;
+* with a forward target, makes a Structured Report and a Secondary Capture (:mod:`pneumoscan.dicom_out`: the
+  heatmap overlay in scope, the film captioned NOT ASSESSED out of scope, as ``predict --dicom-out``) for the
+  source study and writes them to the database's outbox in the result's own transaction, before the sender is
+  answered; a background thread C-STOREs them to that PACS, trying again with a growing pause (1 s to 30 s by
+  default) for ``forward_retention_hours`` (72 h), then marks them failed with why. A restart goes on with what
+  is pending; delivery is at least once, each object keeping its SOP Instance UID (:mod:`.forward`,
+  :mod:`pneumoscan.store.outbox`);
+* recognises a SOP Instance UID it has scored: the same bytes again are answered success with nothing new stored
+  or forwarded (one log line); other bytes under the same UID are scored as a new row marked ``uid_conflict``,
+  with a warning;
 * answers a file it cannot read with 0xC000 ("cannot understand", the reason in the Error Comment) and one log
   line, and keeps going. Log lines name an image by a hash of its SOP Instance UID, never by patient;
 * ignores (with success, and without scoring) the SR and SC images it wrote itself, so that a PACS routing rule
-  that sends everything to the node cannot make a loop;
+  that sends everything to the node cannot make a loop: known exactly, by an SR/SC class with a SOP Instance UID
+  under pneumoscan's root (:data:`pneumoscan.dicom_out.UID_ROOT`) or a UID its outbox holds, never by free text;
 * on SIGTERM or SIGINT stops accepting associations, lets those open finish (at most ``grace_seconds``), sends
-  the results still queued for the PACS, and returns.
+  what is due in the outbox while the PACS answers and time allows (the rest waits in the database), and returns.
 
 Where things live: :mod:`.settings` (AE titles, allow list, forward target, accepted SOP classes and transfer
-syntaxes, statuses), :mod:`.scp` (:class:`DicomNode`: associations and C-STORE handling), :mod:`.forward` (the
-SR/SC sender) and :func:`run` here (model, database, signals).
+syntaxes, statuses), :mod:`.scp` (:class:`DicomNode`: associations and C-STORE handling), :mod:`.outgoing` (the
+SR/SC as outbox objects; own output known by UID), :mod:`.forward` (the outbox's sender), :mod:`.status`
+(``dicom-listen --status``: the backlog) and :func:`run` here (model, database, signals).
 """
 
 from __future__ import annotations
@@ -45,9 +53,10 @@ from pneumoscan.dicom_node.settings import (
     parse_allow,
     validate_ae_title,
 )
+from pneumoscan.dicom_node.status import outbox_status
 
 __all__ = ["ACCEPTED_SOP_CLASSES", "DicomNode", "ForwardTarget", "NodeSettings", "NodeStats", "Status",
-           "parse_allow", "run", "validate_ae_title"]
+           "outbox_status", "parse_allow", "run", "validate_ae_title"]
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pneumoscan.errors import ConfigError
+from pneumoscan.io.budget import DEFAULT_MEMORY_BUDGET_BYTES, SERVICE_MAX_PIXELS
 from pneumoscan.utils import is_loopback
 
 __all__ = ["ACCEPTED_SOP_CLASSES", "VERIFICATION", "ForwardTarget", "NodeSettings", "NodeStats", "Status",
@@ -93,9 +94,21 @@ class NodeSettings:
         forward: the PACS that receives the SR and SC; None sends nothing.
         workers: images scored at once, all associations together.
         max_associations: associations open at once; more are rejected (transient) until one ends.
-        grace_seconds: on shutdown, how long open associations and queued forwards may take.
-        forward_attempts, forward_retry_seconds: tries per result sent to the PACS, and the pause between them.
-        max_pixels: largest image decoded (width x height), as in the library.
+        grace_seconds: on shutdown, how long open associations and the outbox's sending may take.
+        forward_retention_hours: how long a result's SR/SC may wait in the outbox for the PACS; then it is marked
+            failed (with why).
+        forward_retry_seconds, forward_retry_max_seconds: the pause after a failed try to send to the PACS, doubling
+            from the first to the second.
+        max_pixels: largest image decoded (width x height): the server's limit (25 MP), checked from the header.
+        memory_budget_bytes: estimated decoding memory of all images at once (the server's budget, 1 GiB); an image
+            waits for room at most ``budget_wait_seconds``, then is answered 0xA700 (out of resources), as is one
+            that could never fit.
+        max_associations_per_peer: associations one IP address may have open at once (more are rejected, transient),
+            and connections it may have waiting silent for their association request (a newer one closes the
+            oldest).
+        association_timeout: seconds a connection may take to send its whole A-ASSOCIATE-RQ; then it is closed.
+        max_pdu_bytes: the largest P-DATA PDU the node advertises and accepts; a peer that declares a larger PDU (or
+            an A-ASSOCIATE-RQ over 64 KiB) is disconnected before it is read.
     """
 
     ae_title: str = "PNEUMOSCAN"
@@ -106,17 +119,34 @@ class NodeSettings:
     workers: int = 2
     max_associations: int = 10
     grace_seconds: float = 30.0
-    forward_attempts: int = 3
-    forward_retry_seconds: float = 2.0
-    max_pixels: int = 60_000_000
+    forward_retention_hours: float = 72.0
+    forward_retry_seconds: float = 1.0
+    forward_retry_max_seconds: float = 30.0
+    max_pixels: int = SERVICE_MAX_PIXELS
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
+    budget_wait_seconds: float = 20.0
+    max_associations_per_peer: int = 4
+    association_timeout: float = 10.0
+    max_pdu_bytes: int = 16382
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", validate_ae_title(self.ae_title, "--ae-title"))
         object.__setattr__(self, "allow", parse_allow(self.allow))
         if not 0 <= self.port < 65536:
             raise ConfigError(f"--port {self.port} is out of range (0-65535)")
-        if self.workers < 1 or self.max_associations < 1 or self.forward_attempts < 1:
-            raise ConfigError("workers, max_associations and forward_attempts must be at least 1")
+        if self.workers < 1 or self.max_associations < 1:
+            raise ConfigError("workers and max_associations must be at least 1")
+        if not (self.forward_retention_hours > 0 and 0 < self.forward_retry_seconds <= self.forward_retry_max_seconds):
+            raise ConfigError("--forward-retention must be above 0 hours, and the pauses between tries above 0 s "
+                              "(the first at most the longest)")
+        for name, flag in (("max_pixels", "--max-pixels"), ("memory_budget_bytes", "--memory-budget-mb"),
+                           ("max_associations_per_peer", "--max-associations-per-peer")):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {getattr(self, name)}")
+        if not (self.association_timeout > 0 and self.budget_wait_seconds >= 0):
+            raise ConfigError(f"--association-timeout must be above 0 s, got {self.association_timeout}")
+        if not 4096 <= self.max_pdu_bytes <= 2**31:
+            raise ConfigError(f"the maximum PDU size must be 4096 bytes to 2 GiB, got {self.max_pdu_bytes}")
 
     def check_exposure(self) -> None:
         """Refuse to listen off loopback without an allow list: anyone on the network could then send films and,
@@ -138,6 +168,7 @@ class NodeStats:
     scored: int = 0
     failed: int = 0
     ignored: int = 0
+    duplicates: int = 0
     forwarded: int = 0
     forward_failed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -150,8 +181,8 @@ class NodeStats:
 
     def line(self) -> str:
         return (f"{self.received} received, {self.scored} scored, {self.failed} refused as unreadable or failed, "
-                f"{self.ignored} own results ignored, {self.forwarded} results forwarded, "
-                f"{self.forward_failed} not forwarded")
+                f"{self.ignored} own results ignored, {self.duplicates} already scored (same SOP Instance UID and "
+                f"bytes), {self.forwarded} result objects stored on the PACS, {self.forward_failed} given up")
 
 
 def decodable_transfer_syntaxes() -> list[str]:

@@ -24,8 +24,11 @@ StudyInstanceUID) in a new series each, with the source's patient and study modu
 * :class:`DicomBatch` / :func:`write_dicom_batch`: what ``predict --dicom-out`` does for each result as it is made
   (one file's failure is that file's note).
 
-Modules: :mod:`.source` (reading, checking, copying and pseudonymising the source header), :mod:`.sr`, :mod:`.sc`,
-:mod:`.write` (files and batches).
+Every UID made here (series, SOP instances, tracking and device UIDs) is under :data:`UID_ROOT` (:func:`new_uid`), so
+that pneumoscan knows its own SR and SC exactly (:func:`is_own_uid`: an SR/SC class and a UID under that root).
+
+Modules: :mod:`.source` (reading, checking, copying and pseudonymising the source header; the UID root), :mod:`.sr`,
+:mod:`.sc`, :mod:`.write` (files, Part 10 bytes and batches).
 
 Decision support, not a diagnosis.
 """
@@ -36,15 +39,27 @@ from pneumoscan.dicom_out.sc import make_sc, sc_pixels
 from pneumoscan.dicom_out.source import (
     CODING_SCHEME,
     MANUFACTURER,
+    OWN_SOP_CLASSES,
     SC_SERIES_NUMBER,
     SR_SERIES_NUMBER,
+    UID_ROOT,
     DicomOutputError,
+    is_own_uid,
+    new_uid,
     pseudonymise_dataset,
     read_source,
 )
 from pneumoscan.dicom_out.sr import make_sr
-from pneumoscan.dicom_out.write import DicomBatch, is_dicom_file, write_dataset, write_dicom_batch, write_dicom_results
+from pneumoscan.dicom_out.write import (
+    DicomBatch,
+    is_dicom_file,
+    part10_bytes,
+    write_dataset,
+    write_dicom_batch,
+    write_dicom_results,
+)
 
-__all__ = ["CODING_SCHEME", "MANUFACTURER", "SC_SERIES_NUMBER", "SR_SERIES_NUMBER", "DicomBatch",
-           "DicomOutputError", "is_dicom_file", "make_sc", "make_sr", "pseudonymise_dataset", "read_source",
-           "sc_pixels", "write_dataset", "write_dicom_batch", "write_dicom_results"]
+__all__ = ["CODING_SCHEME", "MANUFACTURER", "OWN_SOP_CLASSES", "SC_SERIES_NUMBER", "SR_SERIES_NUMBER", "UID_ROOT",
+           "DicomBatch", "DicomOutputError", "is_dicom_file", "is_own_uid", "make_sc", "make_sr", "new_uid",
+           "part10_bytes", "pseudonymise_dataset", "read_source", "sc_pixels", "write_dataset", "write_dicom_batch",
+           "write_dicom_results"]

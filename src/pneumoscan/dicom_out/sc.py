@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pneumoscan import __version__
-from pneumoscan.dicom_out.source import MANUFACTURER, SC_SERIES_NUMBER, DicomOutputError, checked_source, put_back
+from pneumoscan.dicom_out.source import (
+    MANUFACTURER,
+    SC_SERIES_NUMBER,
+    DicomOutputError,
+    checked_source,
+    new_uid,
+    put_back,
+)
 
 if TYPE_CHECKING:
     import pydicom
@@ -60,7 +67,7 @@ def make_sc(source: pydicom.Dataset, result: Result, overlay_rgb: np.ndarray | N
     """
     import highdicom as hd
     from pydicom.dataset import Dataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian
 
     caption = result.caption()
     arr = np.asarray(sc_pixels(result) if overlay_rgb is None else overlay_rgb)
@@ -73,8 +80,8 @@ def make_sc(source: pydicom.Dataset, result: Result, overlay_rgb: np.ndarray | N
         # pixel grid, so its orientation is the source's, written below (empty when unknown: it is Type 2C).
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=ds, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
-            coordinate_system="PATIENT", series_instance_uid=generate_uid(), series_number=int(series_number),
-            sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+            coordinate_system="PATIENT", series_instance_uid=new_uid(), series_number=int(series_number),
+            sop_instance_uid=new_uid(), instance_number=1, manufacturer=MANUFACTURER,
             patient_orientation=("L", "F"), transfer_syntax_uid=ExplicitVRLittleEndian,
             series_description="pneumoscan heatmap (decision support only)",
             software_versions=f"pneumoscan {__version__}")

@@ -14,14 +14,28 @@ from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
 if TYPE_CHECKING:
     import pydicom
 
-__all__ = ["CODING_SCHEME", "MANUFACTURER", "SC_SERIES_NUMBER", "SR_SERIES_NUMBER", "DicomOutputError",
-           "checked_source", "pseudonymise_dataset", "put_back", "read_source"]
+__all__ = ["CODING_SCHEME", "MANUFACTURER", "OWN_SOP_CLASSES", "SC_SERIES_NUMBER", "SR_SERIES_NUMBER", "UID_ROOT",
+           "DicomOutputError", "checked_source", "is_own_uid", "new_uid", "pseudonymise_dataset", "put_back",
+           "read_source"]
 
 #: The local coding scheme of the concepts no standard terminology has (PS3.3: local designators start with 99).
 CODING_SCHEME = "99PNEUMOSCAN"
 MANUFACTURER = "pneumoscan"
 SR_SERIES_NUMBER = 990
 SC_SERIES_NUMBER = 991
+#: The root of every UID pneumoscan makes (series, SOP instances, tracking and device UIDs of its SR and SC): a
+#: UUID-derived OID (``2.25.<UUID as an integer>``, PS3.5 B.2, ISO/IEC 9834-8) that belongs to pneumoscan, so that
+#: the DICOM node knows its own output by its UID, never by free text. The one place it is written: a site with its
+#: own registered root may put it here (at most 44 characters, leaving 19 random digits per UID).
+UID_ROOT = "2.25.133413633575709181289311217886718839263"
+#: The SOP classes pneumoscan writes (SR and Secondary Capture), and the other SR classes a PACS might convert to.
+OWN_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR (what make_sr writes)
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.7",      # Secondary Capture Image Storage (what make_sc writes)
+})
 #: UIDs a pydicom Dataset needs before highdicom can place a result in its study.
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -46,6 +60,20 @@ _IDENTIFYING = ("PatientBirthTime", "OtherPatientIDs", "OtherPatientIDsSequence"
 
 class DicomOutputError(PneumoscanError, ValueError):
     """A DICOM result cannot be made or written for this source; the message says which and why."""
+
+
+def new_uid(entropy: list[str] | None = None) -> str:
+    """A new UID under :data:`UID_ROOT` (64 characters); with ``entropy``, the same UID for the same strings."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(prefix=UID_ROOT + ".", entropy_srcs=entropy))
+
+
+def is_own_uid(sop_class_uid: str, sop_instance_uid: str) -> bool:
+    """True when a data set of this SOP class and SOP Instance UID can only be one pneumoscan made: an SR or SC
+    class (:data:`OWN_SOP_CLASSES`) AND a SOP Instance UID under :data:`UID_ROOT`. Exact: no free text is read."""
+    uid = str(sop_instance_uid or "").strip()
+    return str(sop_class_uid or "").strip() in OWN_SOP_CLASSES and uid.startswith(UID_ROOT + ".")
 
 
 

@@ -12,6 +12,7 @@ from pneumoscan.dicom_out.source import (
     SR_SERIES_NUMBER,
     DicomOutputError,
     checked_source,
+    new_uid,
     put_back,
 )
 
@@ -77,7 +78,6 @@ def make_sr(source: pydicom.Dataset, result: Result, *, series_number: int = SR_
     import highdicom as hd
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
     from pydicom.sr.codedict import codes as dcm_codes
-    from pydicom.uid import generate_uid
 
     if not result.read:
         raise DicomOutputError(f"{result.source}: the file could not be read, so there is no result to report")
@@ -88,7 +88,7 @@ def make_sr(source: pydicom.Dataset, result: Result, *, series_number: int = SR_
     try:
         algorithm = hd.sr.AlgorithmIdentification(name=f"pneumoscan {model_name}"[:64], version=str(model_version)[:64])
         device = hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(entropy_srcs=["pneumoscan", str(model_name), str(model_version)]),
+            uid=new_uid(["pneumoscan", str(model_name), str(model_version)]),
             name="pneumoscan", manufacturer_name=MANUFACTURER, model_name=str(model_name)[:64])
         context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
             observer_type=dcm_codes.DCM.Device, observer_identifying_attributes=device))
@@ -97,7 +97,7 @@ def make_sr(source: pydicom.Dataset, result: Result, *, series_number: int = SR_
             measurements.insert(0, hd.sr.Measurement(name=c["probability"], value=float(probability), unit=c["unit"]))
         finding = {"PNEUMONIA": c["pneumonia"], "NORMAL": c["normal"], "OUT_OF_SCOPE": c["not_assessed"]}[decision]
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="pneumonia triage"),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier="pneumonia triage"),
             finding_type=finding,
             algorithm_id=algorithm,
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)],
@@ -115,7 +115,7 @@ def make_sr(source: pydicom.Dataset, result: Result, *, series_number: int = SR_
         groups = [group]
         if result.cause:  # the second question, only for a flagged film: a coded finding under the main one
             cause_group = hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="pneumonia cause"),
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier="pneumonia cause"),
                 finding_type=c["viral"] if result.cause == "VIRAL" else c["bacterial"],
                 algorithm_id=algorithm,
                 source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)],
@@ -131,8 +131,8 @@ def make_sr(source: pydicom.Dataset, result: Result, *, series_number: int = SR_
         report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=c["chest_xray"],
                                          imaging_measurements=groups)
         sr = hd.sr.Comprehensive3DSR(
-            evidence=[ds], content=report, series_instance_uid=generate_uid(), series_number=int(series_number),
-            sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
+            evidence=[ds], content=report, series_instance_uid=new_uid(), series_number=int(series_number),
+            sop_instance_uid=new_uid(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
             is_final=False, is_verified=False, series_description="pneumoscan pneumonia triage (decision support)",
             manufacturer_model_name=f"pneumoscan {model_name}"[:64],
             software_versions=f"pneumoscan {__version__}; model {model_version}"[:64],

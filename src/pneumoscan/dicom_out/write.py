@@ -24,9 +24,17 @@ if TYPE_CHECKING:
 
     from pneumoscan.result import Result
 
-__all__ = ["DicomBatch", "is_dicom_file", "write_dataset", "write_dicom_batch", "write_dicom_results"]
+__all__ = ["DicomBatch", "is_dicom_file", "part10_bytes", "write_dataset", "write_dicom_batch", "write_dicom_results"]
 
 log = logging.getLogger("pneumoscan.dicom_out")
+
+
+def part10_bytes(ds: pydicom.Dataset) -> bytes:
+    """``ds`` as a DICOM Part 10 file's bytes (preamble, file meta with its transfer syntax, data set): what the
+    DICOM node keeps in its outbox and C-STOREs from, so a retry sends the very same object, UIDs included."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def write_dataset(ds: pydicom.Dataset, out_dir: str | os.PathLike[str]) -> Path:
@@ -42,13 +50,12 @@ def write_dataset(ds: pydicom.Dataset, out_dir: str | os.PathLike[str]) -> Path:
     target = folder / f"{ds.SOPInstanceUID}.dcm"
     if target.exists():
         raise FileExistsError(f"{target} exists; DICOM results never replace a file")
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    data = part10_bytes(ds)
     tmp = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # utils.remove_stale_temps' pattern
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         try:

@@ -19,10 +19,12 @@ from pneumoscan.errors import (
     UnsupportedDicomError,
 )
 from pneumoscan.io.common import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageContext, ImageInfo, sniff_format
+from pneumoscan.io.dicom import read_dicom_dataset
 from pneumoscan.io.images import read_image, read_image_context, read_image_info, read_image_with_context
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "MIN_SIDE", "CorruptImageError", "EmptyFileError", "ImageContext", "ImageError", "ImageInfo",
     "ImageMemoryError", "ImageTooLargeError", "ImageTooSmallError", "NotAnImageError", "UnsupportedDicomError",
-    "read_image", "read_image_context", "read_image_info", "read_image_with_context", "sniff_format",
+    "read_dicom_dataset", "read_image", "read_image_context", "read_image_info", "read_image_with_context",
+    "sniff_format",
 ]

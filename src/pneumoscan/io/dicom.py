@@ -13,12 +13,52 @@ from pneumoscan.io.common import ImageContext, _check_size, _decoder_errors, _sc
 logger = logging.getLogger("pneumoscan.io")
 
 
-def _read_dicom_header(fp: IO[bytes], label: str, *, header_only: bool) -> Any:
-    """Parse a DICOM Part 10 file; with ``header_only`` the pixel data are not read into memory."""
+def _read_dicom_header(fp: IO[bytes], label: str, *, header_only: bool, max_pixels: int | None = None) -> Any:
+    """Parse a DICOM Part 10 file; with ``header_only`` the pixel data are not read into memory.
+
+    A deflated data set (Deflated Explicit VR Little Endian) is inflated with a bound (:mod:`.deflated`), never
+    whole as ``pydicom.dcmread`` would: ``max_pixels`` is checked from its header before its pixel data are inflated.
+    """
     import pydicom  # imported here so that PNG/JPEG-only users do not pay for it
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset, read_preamble
+
+    from pneumoscan.io.deflated import is_deflated, read_deflated_file
 
     with _decoder_errors(label, "the DICOM header"):
+        start = fp.tell()
+        preamble = read_preamble(fp, False)
+        meta = FileMetaDataset(read_dataset(fp, is_implicit_VR=False, is_little_endian=True,
+                                            stop_when=lambda tag, vr, length: tag.group != 2))
+        if is_deflated(meta.get("TransferSyntaxUID")):
+            return read_deflated_file(fp, preamble, meta, label, header_only=header_only,
+                                      check_header=_header_check(label, max_pixels))
+        fp.seek(start)
         return pydicom.dcmread(fp, defer_size=1024 if header_only else None)
+
+
+def _header_check(label: str, max_pixels: int | None) -> Any:
+    """What a deflated data set's header must pass before its pixel data are inflated: :func:`_check_dicom`."""
+    if max_pixels is None:
+        return None
+    return lambda ds: _check_dicom(ds, label, max_pixels, 0)
+
+
+def read_dicom_dataset(body: bytes | bytearray | memoryview, transfer_syntax: Any, *, name: str,
+                       max_pixels: int) -> Any | None:
+    """Parse a received data set (the bytes after the file meta, e.g. a C-STORE's) when its transfer syntax is
+    deflated, inflating it with a bound (:mod:`.deflated`); None for any other syntax (pynetdicom's own decode is
+    fine there: what it parses was received, byte for byte).
+
+    Raises:
+        ImageError: the data set inflates past its bound, or its header is refused (frames, over ``max_pixels``).
+    """
+    from pneumoscan.io.deflated import is_deflated, read_deflated_dataset
+
+    if not is_deflated(transfer_syntax):
+        return None
+    with _decoder_errors(name, "the deflated DICOM data set"):
+        return read_deflated_dataset(body, name, check_header=_header_check(name, max_pixels))
 
 
 def _syntax_name(ds: Any) -> str:

@@ -99,7 +99,7 @@ def read_image_with_context(
         context = ImageContext()
         with _open_source(source, label) as (fp, fmt):
             if fmt == "DICOM":
-                ds = _read_dicom_header(fp, label, header_only=False)
+                ds = _read_dicom_header(fp, label, header_only=False, max_pixels=max_pixels)
                 context = _dicom_context(ds)
                 _check_dicom(ds, label, max_pixels, min_side)
                 with _decoder_errors(label, f"the DICOM pixel data ({_syntax_name(ds)})"):
@@ -154,16 +154,16 @@ def read_image_info(
     Raises what :func:`read_image` raises for empty, non-image, too large, too small or corrupt-header files,
     and :class:`UnsupportedDicomError` for DICOM files it would refuse from their header. A damaged pixel
     stream is only found by :func:`read_image`. EXIF orientation stored after a PNG's pixel data is not read
-    (that needs a decode), so such a PNG reports its stored orientation.
+    (that needs a decode), so such a PNG reports its stored orientation. ``source`` may also be a parsed
+    ``pydicom.Dataset`` (the DICOM node's C-STORE): its header is read, nothing is parsed again.
     """
+    if _is_dataset(source):
+        with _file_guard(name or _DATASET_LABEL):
+            return _dicom_info(source, name or _DATASET_LABEL, max_pixels, min_side)
     label = _label(source, name)
     with _file_guard(label), _open_source(source, label) as (fp, fmt):
         if fmt == "DICOM":
-            ds = _read_dicom_header(fp, label, header_only=True)
-            width, height = _check_dicom(ds, label, max_pixels, min_side)
-            photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-            bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0)
-            return ImageInfo(width, height, f"DICOM:{photometric}", "DICOM", bits)
+            return _dicom_info(_read_dicom_header(fp, label, header_only=True), label, max_pixels, min_side)
         im = _open_pil(fp, label, fmt)
         width, height = im.size
         _check_size(label, width, height, max_pixels, min_side)
@@ -175,6 +175,13 @@ def read_image_info(
             width, height = height, width
         bits = 16 if (fmt == "PNG" and im.mode == "I") else _MODE_BITS.get(im.mode, 8)
         return ImageInfo(width, height, im.mode, fmt, bits)
+
+
+def _dicom_info(ds: Any, label: str, max_pixels: int, min_side: int) -> ImageInfo:
+    width, height = _check_dicom(ds, label, max_pixels, min_side)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0)
+    return ImageInfo(width, height, f"DICOM:{photometric}", "DICOM", bits)
 
 
 #: How messages name a DICOM data set given without a name.

@@ -5,8 +5,8 @@ Where things live: :mod:`.settings` (limits), :mod:`.app` (the FastAPI factory),
 per area: :mod:`.routes.page`, :mod:`.routes.api`), :mod:`.state` (what the routes share), :mod:`.body` (reading
 and parsing uploads), :mod:`.batch` (a request's files, in parallel, within the budget), :mod:`.analysis` (one
 upload in, one result out), :mod:`.monitor` (the rolling drift window), :mod:`.budget` (memory budget),
-:mod:`.security` (token, exposure check, log pseudonyms), :mod:`.protocol` (header deadline), :mod:`.server`
-(uvicorn).
+:mod:`.security` (token, exposure check, log pseudonyms), :mod:`.headers` (CSP, nosniff, no framing, no-store),
+:mod:`.params` (bounded ids, offsets and times), :mod:`.protocol` (header deadline), :mod:`.server` (uvicorn).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Safety rules:
 - when the client disconnects, the work for it stops;
 - with a token configured, every route that takes or returns patient data needs it (``/healthz`` does not);
 - ``/docs`` and ``/redoc`` load nothing from outside the server (:mod:`.routes.docs`);
+- every response carries a Content-Security-Policy, ``nosniff``, ``frame-ancestors 'none'``, no referrer, and
+  ``/api/v1`` responses ``Cache-Control: no-store`` (:mod:`.headers`); ids, offsets and times out of range are
+  422 (:mod:`.params`);
 - every analysed upload is recorded in the worklist database (``settings.db``), whose retention runs at
   start-up and then daily.
 """
@@ -34,12 +37,14 @@ from fastapi.responses import JSONResponse
 from pneumoscan import __version__
 from pneumoscan.constants import DISCLAIMER, INTENDED_USE
 from pneumoscan.serve.body import BadRequest
+from pneumoscan.serve.headers import SecurityHeaders
 from pneumoscan.serve.routes import (
     DOCS_STATIC,
     api_router,
     docs_router,
     docs_static_files,
     explain_router,
+    outbox_router,
     page_router,
     static_files,
     worklist_router,
@@ -116,6 +121,7 @@ def create_app(predictor: ResultMaker, settings: ServeSettings | None = None, *,
         docs_url=None, redoc_url=None,  # FastAPI's own pages load from CDNs: see routes.docs (offline)
     )
     app.state.pneumoscan = state
+    app.add_middleware(SecurityHeaders)  # CSP, nosniff, no framing, no referrer; /api: no-store
     _add_error_handlers(app)
     app.include_router(docs_router(app.title, app.openapi_url or "/openapi.json"))  # before the mounts: see there
     app.mount(DOCS_STATIC, docs_static_files(), name="docs-static")  # before /static, which would shadow it
@@ -124,4 +130,5 @@ def create_app(predictor: ResultMaker, settings: ServeSettings | None = None, *,
     app.include_router(api_router(state))
     app.include_router(worklist_router(state))
     app.include_router(explain_router(state))
+    app.include_router(outbox_router(state))
     return app

@@ -4,7 +4,8 @@ model, the client (the token's short hash, or ``local``) and the film's ``thumbn
 analysis made, for the worklist's rows and the page's cards after a reload).
 
 A database failure never costs the client its result: the entry then says ``worklist_id`` None and
-``worklist_error``, and the server logs it.
+``worklist_error`` (why, in a few words: never the database's own message, which may quote stored values), and
+the server logs it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,24 @@ def _stored_error(name: str, message: str) -> str:
     return message.replace(name, log_id(name)) if len(name) >= 3 else message
 
 
+#: What a database's error says, and how the client is told it (the first that matches; else a database error).
+_REASONS = (
+    (("readonly", "read-only", "read only"), "the worklist database is read-only"),
+    (("disk is full", "no space", "disk full", "quota"), "the worklist database's disk is full"),
+    (("locked", "busy", "timeout", "timed out"), "the worklist database was busy"),
+    (("unable to open", "could not connect", "connection", "server closed"), "the worklist database is unreachable"),
+)
+
+
+def _reason(exc: Exception) -> str:
+    """Why an upload was not stored, for the client (the page shows it on its card); the log has the details."""
+    if not isinstance(exc, StoreError):
+        return f"its result could not be stored ({type(exc).__name__}); see the server log"
+    text = str(exc).lower().rsplit("error: ", 1)[-1]  # the driver's words, not the database's name or path
+    said = next((words for keys, words in _REASONS if any(k in text for k in keys)), "the worklist database failed")
+    return f"{said}; see the server log"
+
+
 def record(state: ServerState, name: str, data: bytes, result: Result, entry: dict[str, Any]) -> None:
     """Store one upload's :class:`~pneumoscan.result.Result` (with the entry's ``thumbnail``) and set
     ``entry["worklist_id"]``; the stored row names the file only by its hash, and a stored error never names it.
@@ -47,4 +66,4 @@ def record(state: ServerState, name: str, data: bytes, result: Result, entry: di
     except (StoreError, ValueError, TypeError) as exc:
         log.error("%s: not recorded in the worklist database (%s)", log_id(name), exc)
         entry["worklist_id"] = None
-        entry["worklist_error"] = "this result was not saved to the worklist database; see the server log"
+        entry["worklist_error"] = _reason(exc)

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pneumoscan.result import CONTEXT_KEYS, RESULT_KEYS
 
 __all__ = ["TAGS", "AuditEvent", "AuditPage", "Context", "DriftReport", "ExplainEntry", "ExplainResponse",
-           "ModelInfo", "ModelSummary", "PredictEntry", "PredictResponse", "Problem", "Review", "ResultFields",
-           "StoredResult", "StoredResultWithReviews", "WorklistPage"]
+           "ForwardState", "ModelInfo", "ModelSummary", "OutboxEntry", "OutboxPage", "PredictEntry", "PredictResponse",
+           "Problem", "Review", "ResultFields", "StoredResult", "StoredResultWithReviews", "WorklistPage"]
 
 #: The OpenAPI tags, in the order ``/docs`` shows them.
 TAGS = [
@@ -150,6 +150,21 @@ class Review(BaseModel):
     reviewed_at: str
 
 
+class ForwardState(BaseModel):
+    """Where a result's SR and SC stand on their way to the PACS (the DICOM node's outbox)."""
+
+    state: Literal["pending", "delivered", "failed"] = Field(
+        description="delivered: the PACS stored every object; pending: one waits (tried again with a growing "
+                    "pause); failed: one was given up (last_error says why)")
+    objects: int = Field(description="SR and SC objects made for this result")
+    delivered: int = Field(description="How many the PACS has stored")
+    attempts: int = Field(description="Tries of the object still waiting (or given up); 1 once delivered at once")
+    last_error: str = Field(description="Why the last try failed, or why the object was given up; empty if none")
+    last_attempt: str | None = Field(None, description="When it was last tried (ISO 8601, UTC)")
+    delivered_at: str | None = Field(None, description="When the last object was stored on the PACS")
+    target: str = Field("", description="The PACS, AET@HOST:PORT")
+
+
 class StoredResult(ResultFields):
     """A stored worklist row: the result's fields plus what the store knows."""
 
@@ -164,6 +179,10 @@ class StoredResult(ResultFields):
     thumbnail: str | None = None
     rank: int | None = Field(None, description="In a list: the risk rank among the listed results (1: highest; "
                                                "null out of scope and for files not read)")
+    uid_conflict: bool = Field(False, description="The DICOM node received this SOP Instance UID before with other "
+                                                  "pixels: a second result under one UID, for a person to sort out")
+    forward: ForwardState | None = Field(None, description="Its SR and SC on their way to the PACS; null when the "
+                                                           "result was not forwarded")
 
 
 class StoredResultWithReviews(StoredResult):
@@ -196,6 +215,33 @@ class AuditEvent(BaseModel):
 
 class AuditPage(BaseModel):
     events: list[AuditEvent]
+    limit: int
+    offset: int
+
+
+class OutboxEntry(BaseModel):
+    """One SR or SC of the DICOM node's outbox (no patient data: its result is named by ``result_id``)."""
+
+    id: int
+    result_id: int
+    kind: Literal["SR", "SC"]
+    state: Literal["pending", "delivered", "failed"]
+    created: str | None
+    attempts: int
+    last_error: str
+    last_attempt: str | None
+    next_attempt: str | None = Field(description="When it is tried next (pending only)")
+    delivered_at: str | None
+    target: str
+    sop_instance_uid: str = Field(description="The object's own SOP Instance UID (the same on every try)")
+
+
+class OutboxPage(BaseModel):
+    """``GET /api/v1/outbox``: the DICOM node's backlog for the PACS."""
+
+    counts: dict[str, int] = Field(description="Objects pending, delivered and failed")
+    state: Literal["pending", "delivered", "failed"] | None
+    items: list[OutboxEntry] = Field(description="Pending: oldest first; otherwise newest first")
     limit: int
     offset: int
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pneumoscan.gate.drift import MIN_IMAGES
+from pneumoscan.io.budget import SERVICE_MAX_PIXELS
 
 __all__ = ["SERVER_MAX_PIXELS", "ServeSettings"]
 
 #: The server's own pixel limit, lower than the library's (60 MP): a digital detector film is at most about
-#: 4,300 x 4,300 (18.5 MP), and every decoded pixel of a 16-bit film costs about 20-30 bytes on the way.
-SERVER_MAX_PIXELS = 25_000_000
+#: 4,300 x 4,300 (18.5 MP), and every decoded pixel of a 16-bit film costs about 20-30 bytes on the way. The DICOM
+#: node has the same (:data:`pneumoscan.io.budget.SERVICE_MAX_PIXELS`).
+SERVER_MAX_PIXELS = SERVICE_MAX_PIXELS
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,9 @@ def render_markdown(text: str) -> str:
     """Markdown (CommonMark plus tables) as HTML for the page, safe to insert as is: raw HTML in the source is
     escaped, never passed through; links with a ``javascript:``-like scheme are refused (markdown-it's own link
     check); images are not rendered (their syntax stays text), so the page fetches nothing from elsewhere; headings
-    move one level down (``#`` becomes ``<h2>``), since the card sits inside the page under its ``<h1>``."""
+    move one level down (``#`` becomes ``<h2>``), since the card sits inside the page under its ``<h1>``; a table
+    column's alignment is a class (``align-right``), not a ``style`` attribute, which the page's
+    Content-Security-Policy would refuse."""
     from markdown_it import MarkdownIt
 
     md = MarkdownIt("commonmark", {"html": False}).enable("table").disable("image")
@@ -133,6 +135,9 @@ def render_markdown(text: str) -> str:
     for tok in tokens:
         if tok.type in ("heading_open", "heading_close"):
             tok.tag = f"h{min(int(tok.tag[1]) + 1, 6)}"
+        align = str(tok.attrs.pop("style", "") or "")
+        if align.startswith("text-align:"):
+            tok.attrSet("class", "align-" + align.split(":", 1)[1].strip())
     return md.renderer.render(tokens, md.options, {})
 
 

@@ -4,7 +4,8 @@ audit trail and retention. ``pneumoscan serve`` and ``pneumoscan dicom-listen`` 
 Where things live: :mod:`.models` (the tables), :mod:`.schema` (the schema version and migrations),
 :mod:`.engine` (paths, URLs, the default data folder, SQLite settings), :mod:`.rows` (filters, orders,
 rows as dicts, the thumbnail check), :mod:`.worklist_store`
-(:class:`WorklistStore`), :mod:`.errors`.
+(:class:`WorklistStore`), :mod:`.outbox` (the DICOM node's SR/SC until the PACS has them: ``store.outbox``),
+:mod:`.errors`.
 
     store = WorklistStore()                    # ~/.local/share/pneumoscan/worklist.db (or $PNEUMOSCAN_DATA_DIR)
     rid = store.add(result, input_sha256=..., source="upload", filename_hash=..., client="local")  # a Result
@@ -22,11 +23,13 @@ from pneumoscan.store.engine import (
            default_db_path,
 )
 from pneumoscan.store.errors import ResultNotFoundError, SchemaTooNewError, StoreError
-from pneumoscan.store.models import CONTEXT_FIELDS
+from pneumoscan.store.models import CONTEXT_FIELDS, OUTBOX_STATES
+from pneumoscan.store.outbox import Outbox, OutgoingObject, Received
 from pneumoscan.store.rows import MAX_LIMIT, MAX_THUMBNAIL_CHARS, ORDERS
 from pneumoscan.store.schema import SCHEMA_VERSION
 from pneumoscan.store.worklist_store import MAX_NOTE_CHARS, VERDICTS, WorklistStore
 
 __all__ = ["CONTEXT_FIELDS", "DATA_DIR_ENV_VAR", "DB_FILENAME", "MAX_LIMIT", "MAX_NOTE_CHARS", "MAX_THUMBNAIL_CHARS",
-           "ORDERS", "SCHEMA_VERSION", "VERDICTS", "ResultNotFoundError", "SchemaTooNewError", "StoreError", "WorklistStore",
-           "default_data_dir", "default_db_path"]
+           "ORDERS", "OUTBOX_STATES", "SCHEMA_VERSION", "VERDICTS", "Outbox", "OutgoingObject", "Received",
+           "ResultNotFoundError", "SchemaTooNewError", "StoreError", "WorklistStore", "default_data_dir",
+           "default_db_path"]

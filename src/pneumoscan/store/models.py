@@ -4,6 +4,8 @@
 * ``worklist_reviews``: every reader's review of a result (the latest one is the current one).
 * ``audit_log``: one row per result, review and retention purge: when, what, which model and version, which
   client, and the input's SHA-256.
+* ``dicom_outbox``: the DICOM node's SR and SC of each result (DICOM Part 10 bytes) and whether they reached the
+  PACS: written in the result's own transaction, sent by the node's sender thread, kept across restarts.
 * ``schema_version``: the migrations applied (:mod:`pneumoscan.store.schema`).
 
 Times are stored as naive UTC (SQLite has no time zones) and come back time-zone aware (:class:`UTCDateTime`).
@@ -22,18 +24,22 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["CATEGORY_ERROR", "CATEGORY_OUT_OF_SCOPE", "CATEGORY_SCORED", "CONTEXT_FIELDS", "AuditEvent", "Base",
-           "ResultRow", "Review", "SchemaVersion", "UTCDateTime"]
+__all__ = ["CATEGORY_ERROR", "CATEGORY_OUT_OF_SCOPE", "CATEGORY_SCORED", "CONTEXT_FIELDS", "OUTBOX_STATES",
+           "AuditEvent", "Base", "OutboxItem", "ResultRow", "Review", "SchemaVersion", "UTCDateTime"]
 
 #: Worklist order: scored in-scope images (by probability), then images not assessed, then files not read.
 CATEGORY_SCORED, CATEGORY_OUT_OF_SCOPE, CATEGORY_ERROR = 0, 1, 2
+#: An outbox item's states: waiting to be sent (or to be tried again), stored on the PACS, given up (with why).
+OUTBOX_STATES = ("pending", "delivered", "failed")
 
 #: The DICOM context kept with a result (:data:`pneumoscan.result.CONTEXT_KEYS`, the same names everywhere), and the
 #: longest value kept of each (DICOM's own limits, or near them).
@@ -111,7 +117,8 @@ class ResultRow(Base):
     study_uid: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["study_uid"]), nullable=False, default="",
                                            index=True)
     series_uid: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["series_uid"]), nullable=False, default="")
-    sop_uid: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["sop_uid"]), nullable=False, default="")
+    #: Indexed (schema version 5): the DICOM node looks a received SOP Instance UID up before scoring it.
+    sop_uid: Mapped[str] = mapped_column(String(CONTEXT_FIELDS["sop_uid"]), nullable=False, default="", index=True)
     #: A small preview of the film (a ``data:image/jpeg;base64,...`` URI, about 128 px on its long side) for the
     #: worklist's rows and the page's cards; ``""`` when none was made (errors, the DICOM node, older rows).
     #: Added in schema version 2.
@@ -124,6 +131,9 @@ class ResultRow(Base):
     #: Where the model that answered had its score calibrated, in words (:attr:`ModelIdentity.calibration`);
     #: ``""`` for rows from before. Added in schema version 4.
     score_calibration: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    #: The DICOM node received this SOP Instance UID before with other pixels (another input SHA-256): this row is
+    #: a second result under one UID, for a person to sort out. Added in schema version 5.
+    uid_conflict: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
 
     __table_args__ = (Index("ix_worklist_results_order", "category", "probability"),)
 
@@ -161,3 +171,39 @@ class AuditEvent(Base):
     client: Mapped[str] = mapped_column(String(128), nullable=False, default="")
     input_sha256: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     detail: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
+class OutboxItem(Base):
+    """One DICOM object (an SR or SC) the DICOM node made for a result, to be C-STOREd to the PACS at least once.
+
+    Written in the same transaction as its result, before the sender of the image is answered; the node's sender
+    thread delivers it (:mod:`pneumoscan.dicom_node.forward`), trying again with a growing pause, until it is
+    stored (``delivered``) or its retention runs out (``failed``, with why). ``data`` holds the Part 10 bytes, so a
+    retry sends the very same object, its SOP Instance UID included; it is emptied once delivered. An object that
+    could not be made at all is a ``failed`` item without data or UID, its reason in ``last_error``.
+    """
+
+    __tablename__ = "dicom_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("worklist_results.id", ondelete="CASCADE"), nullable=False,
+                                           index=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    #: "SR" or "SC".
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)
+    sop_class_uid: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    #: The object's own SOP Instance UID (under pneumoscan's UID root); NULL for an object that could not be made.
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False, default=b"")
+    #: One of :data:`OUTBOX_STATES`.
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    #: Why the last try failed (or, once failed, why the item was given up); "" when none failed.
+    last_error: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    #: When it may be tried next (pending items only).
+    next_attempt: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    last_attempt: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The PACS (``AET@HOST:PORT``) it was last sent to.
+    target: Mapped[str] = mapped_column(String(128), nullable=False, default="")

@@ -131,11 +131,14 @@ def review_dict(review: Review) -> dict[str, Any]:
             "reviewed_at": review.created.isoformat()}
 
 
-def result_dict(r: ResultRow, latest: Review | None, n_reviews: int, *, thumbnail: bool = True) -> dict[str, Any]:
+def result_dict(r: ResultRow, latest: Review | None, n_reviews: int, *, thumbnail: bool = True,
+                forward: dict[str, Any] | None = None) -> dict[str, Any]:
     """A stored row as the API gives it: the keys of :meth:`pneumoscan.result.Result.to_dict` (the same names and
     shape as ``POST /api/v1/predict``'s results: ``context`` nested), plus what the store knows: ``id``,
     ``created``, ``source`` (``upload``, ``dicom``, ``cli``), ``client``, ``input_sha256``, ``filename_hash``,
-    ``review``, ``n_reviews`` and, with ``thumbnail``, ``thumbnail``."""
+    ``review``, ``n_reviews``, ``uid_conflict`` (its SOP Instance UID came to the DICOM node before with other
+    pixels), ``forward`` (its SR/SC's way to the PACS, :func:`pneumoscan.store.outbox.forward_states`; None when
+    not forwarded) and, with ``thumbnail``, ``thumbnail``."""
     read = r.category != CATEGORY_ERROR
     assessed = r.category == CATEGORY_SCORED and r.probability is not None
     decision = r.decision if read and r.decision != "ERROR" else ""  # rows written by earlier versions said ERROR
@@ -169,6 +172,8 @@ def result_dict(r: ResultRow, latest: Review | None, n_reviews: int, *, thumbnai
         "filename_hash": r.filename_hash,
         "review": review_dict(latest) if latest is not None else None,
         "n_reviews": n_reviews,
+        "uid_conflict": bool(r.uid_conflict),
+        "forward": forward,
     }
     if thumbnail:
         out["thumbnail"] = r.thumbnail or None

@@ -21,14 +21,14 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, func, inspect, select, text
 
 from pneumoscan.store.errors import SchemaTooNewError, StoreError
-from pneumoscan.store.models import Base, SchemaVersion
+from pneumoscan.store.models import Base, OutboxItem, SchemaVersion
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "database_version", "ensure_schema"]
 
 log = logging.getLogger(__name__)
 
 #: The schema this code reads and writes.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,16 @@ def _add_score_calibration(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE worklist_results ADD COLUMN score_calibration VARCHAR(200) NOT NULL DEFAULT ''"))
 
 
+def _add_outbox(conn: Connection) -> None:
+    # The outbox table as the model says (SQLAlchemy types: BLOB on SQLite, BYTEA on PostgreSQL); a flag for a SOP
+    # Instance UID received twice with other pixels (old rows: no conflict known); an index to look a received SOP
+    # Instance UID up (IF NOT EXISTS: a database made from today's models already has it).
+    OutboxItem.__table__.create(conn, checkfirst=True)
+    default = "0" if conn.dialect.name == "sqlite" else "false"
+    conn.execute(text(f"ALTER TABLE worklist_results ADD COLUMN uid_conflict BOOLEAN NOT NULL DEFAULT {default}"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_worklist_results_sop_uid ON worklist_results (sop_uid)"))
+
+
 #: Every migration after version 1 (the first tables), in order of version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "worklist_results.thumbnail: a small preview of each film for the worklist", _add_thumbnail),
@@ -64,6 +74,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "pattern", _add_cause),
     Migration(4, "worklist_results.score_calibration: where the answering model's score was calibrated",
               _add_score_calibration),
+    Migration(5, "dicom_outbox: the DICOM node's SR and SC until the PACS has them; worklist_results.uid_conflict "
+                 "and an index on sop_uid: a SOP Instance UID received again", _add_outbox),
 )
 
 _OUR_TABLES = frozenset(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__)

@@ -14,7 +14,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -31,9 +31,12 @@ from pneumoscan.store.models import (
     CATEGORY_SCORED,
     CONTEXT_FIELDS,
     AuditEvent,
+    OutboxItem,
     Review,
 )
 from pneumoscan.store.models import ResultRow
+from pneumoscan.store.outbox import Outbox, OutgoingObject, Received, forward_states, new_items
+from pneumoscan.store.outbox import received as find_received
 from pneumoscan.store.rows import (
     MAX_LIMIT,
     ORDERS,
@@ -110,6 +113,8 @@ class WorklistStore:
         except BaseException:
             self._engine.dispose()
             raise
+        #: The DICOM node's SR and SC until the PACS has them (:class:`~pneumoscan.store.outbox.Outbox`).
+        self.outbox = Outbox(self._transaction)
         log.info("worklist database: %s (schema version %d)", self.where, self.schema_version)
 
     def __repr__(self) -> str:
@@ -137,7 +142,8 @@ class WorklistStore:
     # --- writing ------------------------------------------------------------------------------------------------
 
     def add(self, result: Result, *, input_sha256: str, source: str, filename_hash: str = "", client: str = "",
-            created: datetime | None = None, thumbnail: str | None = None) -> int:
+            created: datetime | None = None, thumbnail: str | None = None,
+            outbox: Sequence[OutgoingObject] = (), forward_to: str = "", uid_conflict: bool = False) -> int:
         """Store one :class:`~pneumoscan.result.Result` as a new row (never an update: a re-scored image is a new row)
         with its audit row; return its id. The row keeps what the result says, as it says it: its probability,
         decision, threshold, scope verdict, error, model and DICOM context (:data:`CONTEXT_FIELDS`, the result's own
@@ -147,12 +153,57 @@ class WorklistStore:
         ``"cli"``); ``filename_hash``: the client's file name only as a hash; ``client``: who sent it. ``created``
         defaults to now (a naive time is taken as UTC). ``thumbnail``: a small preview of the film as a base64 JPEG,
         PNG or WebP data URI (at most :data:`~pneumoscan.store.rows.MAX_THUMBNAIL_CHARS` characters; anything else is
-        dropped with a warning, never the result).
+        dropped with a warning, never the result). ``outbox``: the DICOM objects to send to the PACS ``forward_to``
+        for this result, written in the same transaction (:mod:`pneumoscan.store.outbox`). ``uid_conflict``: its SOP
+        Instance UID was received before with other bytes.
 
         Raises:
             ValueError: ``input_sha256`` is not 64 hex digits.
             StoreError: the database refused the write.
         """
+        row = self._new_row(result, input_sha256=input_sha256, source=source, filename_hash=filename_hash,
+                            client=client, created=created, thumbnail=thumbnail, uid_conflict=uid_conflict)
+        with self._transaction() as s:
+            return self._insert(s, row, outbox, forward_to)
+
+    def add_received(self, result: Result, *, input_sha256: str, filename_hash: str = "", client: str = "",
+                     outbox: Sequence[OutgoingObject] = (), forward_to: str = "") -> tuple[int, Received]:
+        """What the DICOM node stores for an image it received (``source`` "dicom"), in one transaction: when this
+        SOP Instance UID (the result's context) was already scored from the same bytes, nothing (the existing
+        row's id is returned); else a new row, with its ``outbox`` objects, marked ``uid_conflict`` when the UID
+        came before with other bytes. Returns ``(row id, what was known before)``.
+
+        Raises:
+            ValueError: ``input_sha256`` is not 64 hex digits.
+            StoreError: the database refused the write.
+        """
+        row = self._new_row(result, input_sha256=input_sha256, source="dicom", filename_hash=filename_hash,
+                            client=client)
+        with self._transaction() as s:
+            known = find_received(s, row.sop_uid, row.input_sha256)
+            if known.duplicate_of is not None:
+                return known.duplicate_of, known
+            row.uid_conflict = bool(known.conflicts_with)
+            return self._insert(s, row, outbox, forward_to), known
+
+    def received(self, sop_uid: str, input_sha256: str) -> Received:
+        """What the database knows of a SOP Instance UID the DICOM node receives (:func:`.outbox.received`)."""
+        with self._transaction() as s:
+            return find_received(s, sop_uid, str(input_sha256).strip().lower())
+
+    def _insert(self, s: Session, row: ResultRow, outbox: Sequence[OutgoingObject], forward_to: str) -> int:
+        s.add(row)
+        s.flush()
+        s.add(AuditEvent(created=row.created, event="result", result_id=row.id, model_name=row.model_name,
+                         model_version=row.model_version, client=row.client, input_sha256=row.input_sha256,
+                         detail=f"{row.source or 'unknown source'}: {row.decision or 'not read'}"
+                                + ("; SOP Instance UID received before with other pixels" if row.uid_conflict else "")))
+        s.add_all(new_items(int(row.id), outbox, row.created, clean(forward_to, 128)))
+        return int(row.id)
+
+    def _new_row(self, result: Result, *, input_sha256: str, source: str, filename_hash: str = "", client: str = "",
+                 created: datetime | None = None, thumbnail: str | None = None, uid_conflict: bool = False
+                 ) -> ResultRow:
         sha = str(input_sha256).strip().lower()
         if not _SHA256.match(sha):
             raise ValueError(f"input_sha256 must be 64 hexadecimal digits (SHA-256 of the input's bytes), "
@@ -168,20 +219,13 @@ class WorklistStore:
             ("model_name", result.model.name), ("model_version", result.model.version), ("client", client),
             ("score_calibration", result.model.calibration))}
         context = {k: clean(v, CONTEXT_FIELDS[k]) for k, v in result.context.to_dict().items() if k in CONTEXT_FIELDS}
-        row = ResultRow(created=utc(created) or datetime.now(UTC), category=category, input_sha256=sha,
-                      probability=result.probability, threshold=result.threshold,
-                      in_scope=result.in_scope, scope_reason=clean(result.scope_reason, 2000),
-                      cause=result.cause, cause_probability=result.cause_probability if result.cause else None,
-                      cause_threshold=result.model.cause_threshold,
-                      error=clean(result.error, newlines=True)[:4000], thumbnail=thumbnail_or_blank(thumbnail),
-                      **strings, **context)
-        with self._transaction() as s:
-            s.add(row)
-            s.flush()
-            s.add(AuditEvent(created=row.created, event="result", result_id=row.id, model_name=row.model_name,
-                             model_version=row.model_version, client=row.client, input_sha256=sha,
-                             detail=f"{row.source or 'unknown source'}: {row.decision or 'not read'}"))
-            return int(row.id)
+        return ResultRow(created=utc(created) or datetime.now(UTC), category=category, input_sha256=sha,
+                         probability=result.probability, threshold=result.threshold,
+                         in_scope=result.in_scope, scope_reason=clean(result.scope_reason, 2000),
+                         cause=result.cause, cause_probability=result.cause_probability if result.cause else None,
+                         cause_threshold=result.model.cause_threshold,
+                         error=clean(result.error, newlines=True)[:4000], thumbnail=thumbnail_or_blank(thumbnail),
+                         uid_conflict=bool(uid_conflict), **strings, **context)
 
     def review(self, result_id: int, *, verdict: str, note: str = "", reviewer: str) -> dict[str, Any]:
         """Record a reader's review of a result (every review is kept; the latest is the current one) and its
@@ -214,7 +258,7 @@ class WorklistStore:
                              detail=verdict + (" with a note" if note_text else "")))
             s.flush()
             n = s.scalar(select(func.count()).select_from(Review).where(Review.result_id == result.id)) or 0
-            return result_dict(result, review, int(n))
+            return result_dict(result, review, int(n), forward=forward_states(s, [result.id]).get(result.id))
 
     def purge(self, older_than_days: float) -> int:
         """Retention: delete the results created more than ``older_than_days`` days ago (with all their
@@ -231,6 +275,7 @@ class WorklistStore:
         old = select(ResultRow.id).where(ResultRow.created < cutoff)
         with self._transaction() as s:
             n_reviews = s.execute(delete(Review).where(Review.result_id.in_(old))).rowcount or 0
+            s.execute(delete(OutboxItem).where(OutboxItem.result_id.in_(old)))  # their SR/SC go with them
             n_results = s.execute(delete(ResultRow).where(ResultRow.created < cutoff)).rowcount or 0
             n_audit = s.execute(delete(AuditEvent).where(AuditEvent.created < cutoff)).rowcount or 0
             if n_results or n_reviews or n_audit:
@@ -287,7 +332,9 @@ class WorklistStore:
                 for rv in reviews:
                     latest[rv.result_id] = rv
                     counts[rv.result_id] = counts.get(rv.result_id, 0) + 1
-            return [result_dict(r, latest.get(r.id), counts.get(r.id, 0), thumbnail=thumbnails) for r in rows]
+            forwarded = forward_states(s, [r.id for r in rows])
+            return [result_dict(r, latest.get(r.id), counts.get(r.id, 0), thumbnail=thumbnails,
+                                forward=forwarded.get(r.id)) for r in rows]
 
     def count(self, *, flagged_only: bool = False, unreviewed_only: bool = False, in_scope: bool | None = None,
               borderline: float | None = None, since: datetime | date | None = None,
@@ -311,7 +358,8 @@ class WorklistStore:
                 raise ResultNotFoundError(f"no worklist result has id {result_id}")
             reviews = list(s.scalars(select(Review).where(Review.result_id == result.id)
                                      .order_by(Review.created, Review.id)))
-            return result_dict(result, reviews[-1] if reviews else None, len(reviews))
+            return result_dict(result, reviews[-1] if reviews else None, len(reviews),
+                               forward=forward_states(s, [result.id]).get(result.id))
 
     def reviews(self, result_id: int) -> builtins.list[dict[str, Any]]:
         """Every review of a result, oldest first (the last is the current one)."""

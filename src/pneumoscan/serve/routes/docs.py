@@ -5,7 +5,13 @@ The assets come from the ``fastapi-offline`` package (Swagger UI 5 and ReDoc 2, 
 folder; only those files are used, not its app factory), mounted at :data:`DOCS_STATIC`. ReDoc's script is
 served by a route instead, with the one remote URL it fetches (Redocly's logo in the side menu, which hides
 itself when it fails to load) taken out. No patient data, so no token (the OpenAPI document itself is open too,
-as before)."""
+as before).
+
+Each page sets its own Content-Security-Policy (:func:`~pneumoscan.serve.headers.content_security_policy`):
+Swagger UI's one inline script is allowed by its SHA-256, computed from the page as served (it names the
+OpenAPI URL, which follows the root path); ReDoc writes its styles into ``<style>`` elements at run time and
+runs its search in a worker made from a ``blob:`` URL, so its page allows inline styles and ``blob:`` workers
+(never an inline script)."""
 
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+
+from pneumoscan.serve.headers import content_security_policy, inline_hashes
 
 __all__ = ["DOCS_STATIC", "docs_router", "docs_static_files"]
 
@@ -56,18 +64,29 @@ def docs_router(title: str, openapi_url: str) -> APIRouter:
     @router.get("/docs", include_in_schema=False)
     async def swagger(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=root + openapi_url, title=f"{title}: API documentation",
             swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
             swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png")
+        return _with_policy(page)
 
     @router.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=root + openapi_url, title=f"{title}: API reference",
             redoc_js_url=f"{root}{DOCS_STATIC}/redoc.standalone.js",
             redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png", with_google_fonts=False)
+        page.headers["content-security-policy"] = content_security_policy(style=["'unsafe-inline'"], worker="blob:")
+        return page
 
     return router
+
+
+def _with_policy(page: HTMLResponse) -> HTMLResponse:
+    """``page`` with a Content-Security-Policy that allows its own inline scripts and styles by their hashes."""
+    html = bytes(page.body).decode("utf-8")
+    page.headers["content-security-policy"] = content_security_policy(
+        script=inline_hashes(html, "script"), style=inline_hashes(html, "style"))
+    return page

@@ -5,7 +5,7 @@ so behind the token like the rest of ``/api/v1``."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from pneumoscan.constants import DISCLAIMER, SCORE_SCALE
 from pneumoscan.serve.body import BadRequest, read_body
+from pneumoscan.serve.params import Offset, ResultId, when
 from pneumoscan.serve.state import ServerState
 from pneumoscan.serve.schemas import (
     AuditPage,
@@ -62,18 +63,6 @@ _REVIEW_DESCRIPTION = (
     "review. The reviewer recorded is this client (the token's short hash, or `local`). 404 for an unknown id, "
     "422 for a bad verdict or note. Returns the result with its new review."
 )
-
-
-def _when(text: str | None, name: str) -> datetime | date | None:
-    """An ISO 8601 date (``2024-05-01``) or time (``2024-05-01T08:00:00Z``) from a query parameter."""
-    if text is None or not text.strip():
-        return None
-    text = text.strip()
-    try:
-        return date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
-    except ValueError:
-        raise BadRequest(422, f"{name}: {text[:40]!r} is not an ISO 8601 date or time; use e.g. 2024-05-01 or "
-                              "2024-05-01T08:00:00Z") from None
 
 
 async def _review_body(request: Request, state: ServerState) -> tuple[Any, Any]:
@@ -139,7 +128,7 @@ def worklist_router(state: ServerState) -> APIRouter:
                  since: str | None, until: str | None, cause: str | None) -> dict[str, Any]:
         return {"flagged_only": flagged, "unreviewed_only": unreviewed, "in_scope": in_scope, "cause": cause,
                 "borderline": None if borderline is None else borderline / SCORE_SCALE,
-                "since": _when(since, "since"), "until": _when(until, "until")}
+                "since": when(since, "since"), "until": when(until, "until", end_of_day=True)}
 
     @router.get("/worklist", summary="The stored worklist, highest risk first", description=_LIST_DESCRIPTION,
                 tags=["worklist"], response_model=WorklistPage, response_model_exclude_unset=True)
@@ -148,7 +137,7 @@ def worklist_router(state: ServerState) -> APIRouter:
                        since: str | None = None, until: str | None = None,
                        order: Literal["risk", "newest", "oldest"] = "risk", thumbnails: bool = True,
                        cause: Literal["BACTERIAL", "VIRAL"] | None = Query(None, description=_CAUSE),
-                       limit: int = Query(200, ge=1, le=MAX_LIMIT), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+                       limit: int = Query(200, ge=1, le=MAX_LIMIT), offset: Offset = 0) -> dict[str, Any]:
         filters = _filters(flagged, unreviewed, in_scope, borderline, since, until, cause)
 
         def read() -> tuple[list[dict[str, Any]], int]:
@@ -169,7 +158,7 @@ def worklist_router(state: ServerState) -> APIRouter:
                            order: Literal["risk", "newest", "oldest"] = "risk",
                            cause: Literal["BACTERIAL", "VIRAL"] | None = Query(None, description=_CAUSE),
                            limit: int = Query(MAX_LIMIT, ge=1, le=MAX_LIMIT),
-                           offset: int = Query(0, ge=0)) -> Response:
+                           offset: Offset = 0) -> Response:
         filters = _filters(flagged, unreviewed, in_scope, borderline, since, until, cause)
 
         def read() -> str:
@@ -184,7 +173,7 @@ def worklist_router(state: ServerState) -> APIRouter:
 
     @router.get("/worklist/{result_id}", summary="One stored result, with its reviews", tags=["worklist"],
                 response_model=StoredResultWithReviews, responses={404: {"model": Problem}})
-    async def one(result_id: int) -> JSONResponse:
+    async def one(result_id: ResultId) -> JSONResponse:
         def read() -> dict[str, Any]:
             return {**store.get(result_id), "reviews": store.reviews(result_id)}
 
@@ -200,7 +189,7 @@ def worklist_router(state: ServerState) -> APIRouter:
                      "application/json": {"schema": {"type": "object", "required": ["verdict"], "properties": {
                          "verdict": {"type": "string", "enum": ["agree", "disagree"]},
                          "note": {"type": "string", "maxLength": MAX_NOTE_CHARS}}}}}}})
-    async def review(result_id: int, request: Request) -> JSONResponse:
+    async def review(result_id: ResultId, request: Request) -> JSONResponse:
         try:
             verdict, note = await _review_body(request, state)
         except ClientDisconnect:
@@ -217,7 +206,7 @@ def worklist_router(state: ServerState) -> APIRouter:
     @router.get("/audit", summary="The audit trail, newest first", tags=["worklist"], response_model=AuditPage,
                 description="One row per stored result, review and retention purge: when, which model and "
                             "version, which client (token hash, AE title or `local`) and the input's SHA-256.")
-    async def audit(limit: int = Query(200, ge=1, le=MAX_LIMIT), offset: int = Query(0, ge=0),
+    async def audit(limit: int = Query(200, ge=1, le=MAX_LIMIT), offset: Offset = 0,
                     event: str | None = None) -> dict[str, Any]:
         events = await anyio.to_thread.run_sync(lambda: store.audit(limit, offset, event=event))
         return {"events": events, "limit": limit, "offset": offset}

@@ -39,6 +39,14 @@ function cardFigure(r, alt) {
   return [fig, img];
 }
 
+// An upload the server analysed but could not store (`worklist_error`): said on its card, where the reader looks,
+// since the result will be in no worklist, CSV or audit trail, and gone on reload.
+function notSavedNote(r) {
+  if (!r.worklist_error) return [];
+  const help = r.ok ? [el("p", { class: "help", text: T("notSavedHelp") })] : [];  // a result worth keeping
+  return [el("div", { class: "not-saved", role: "alert" }, [el("strong", { text: T("notSaved", { error: r.worklist_error }) }), ...help])];
+}
+
 function storedNote(r) {
   if (!r.stored) return [];
   const when = new Date(r.created);
@@ -63,7 +71,7 @@ function cardCause(r) {
 // The score and threshold are the server's (0-100); the bar shows the score with a mark at the threshold.
 function scoredBody(r, img) {
   const body = el("div", { class: "body" });
-  body.append(el("div", { class: "name", text: r.filename }), ...cardContext(r));
+  body.append(el("div", { class: "name", text: r.filename }), ...cardContext(r), ...notSavedNote(r));
   body.append(el("div", { class: "prob", title: T("scoreTitle") }, [
     T("scoreOf", { score: fmtScore(r.score) }), el("span", { class: "scale", text: " " + T("scoreScale") })]));
   // Where the score was calibrated (the server's words), under it; nothing for a row stored before they were kept.
@@ -102,7 +110,7 @@ function heatmapToggle(r, img, note) {
 function notAssessedBody(r) {
   // No risk figure, bar or decision: the model was not built for this image, so its output means nothing here.
   const body = el("div", { class: "body" });
-  body.append(el("div", { class: "name", text: r.filename }), ...cardContext(r));
+  body.append(el("div", { class: "name", text: r.filename }), ...cardContext(r), ...notSavedNote(r));
   body.append(el("div", { class: "not-assessed", text: T("notAssessed") }));
   body.append(el("div", { class: "reason" }, [el("span", { class: "label", text: T("reasonLabel") }), r.scope_reason || T("reasonDefault")]));
   body.append(el("p", { class: "help", text: T("notAssessedHelp") }), ...storedNote(r));
@@ -116,7 +124,7 @@ export function addCard(r) {
   state.results.push(r);
   if (r.worklist_id != null) state.cards[r.worklist_id] = "card-" + r.id;
   const kind = !r.ok ? " error" : !inScope(r) ? " oos" : r.positive ? " pos" : "";
-  const card = el("article", { class: "card" + kind + (r.stored ? " stored" : ""), id: "card-" + r.id,
+  const card = el("article", { class: "card" + kind + (r.stored ? " stored" : "") + (r.worklist_error ? " unsaved" : ""), id: "card-" + r.id,
                                "aria-label": r.filename, tabindex: "-1", "data-decision": r.decision || "" });
   if (inScope(r)) card.dataset.probability = String(r.probability);
   if (r.ok && !inScope(r)) {
@@ -127,7 +135,8 @@ export function addCard(r) {
   } else {
     const body = el("div", { class: "body" });
     body.append(el("div", { class: "name", text: r.filename }),
-                el("div", { class: "err", role: "alert", text: T("couldNotAnalyse", { error: r.error }) }), ...storedNote(r));
+                el("div", { class: "err", role: "alert", text: T("couldNotAnalyse", { error: r.error }) }),
+                ...notSavedNote(r), ...storedNote(r));
     card.append(body);
   }
   $("cards").append(card);

@@ -177,6 +177,15 @@ export const STRINGS = {
     reviewNotSaved: "The review was not saved: {error}",
     reviewSaved: "Review saved: {verdict} with {name}.",
     reviewAgreed: "agreed", reviewDisagreed: "disagreed",
+    // a forwarded result's SR and SC on their way to the PACS (the DICOM node's outbox)
+    forwardDelivered: "Sent to PACS",
+    forwardPending: "PACS: pending",
+    forwardPendingTries: "PACS: pending ({n} tries, last error: {error})",
+    forwardFailed: "PACS: failed: {reason}",
+    forwardNoReason: "no reason given",
+    forwardTarget: "PACS {target}",
+    uidConflict: "UID conflict",
+    uidConflictTitle: "This SOP Instance UID arrived before with other pixels: two results under one UID. Check which film is the right one.",
     // clear
     reallyClear: "Really clear?",
     reallyClearLabel: "Really clear {n} card(s)? The worklist is kept",

@@ -51,13 +51,15 @@ async function handleFiles(fileList) {
 }
 
 // Counts of this batch only, each result in exactly one of the three (earlier batches' cards stay on the page,
-// but are not recounted).
+// but are not recounted), then how many the server could not store in its worklist, and why (the first reason).
 function batchSummary(batch) {
   const analysed = batch.filter((r) => inScope(r)).length;
   const failed = batch.filter((r) => !r.ok).length;
   const notAssessed = batch.filter((r) => r.ok && !inScope(r)).length;
+  const unsaved = batch.filter((r) => r.worklist_error);
   return T("done", { n: analysed }) + (notAssessed ? T("doneNotAssessed", { n: notAssessed }) : "") +
-    (failed ? T("doneFailed", { n: failed }) : "") + T("doneEnd");
+    (failed ? T("doneFailed", { n: failed }) : "") + T("doneEnd") +
+    (unsaved.length ? T("doneNotSaved", { n: unsaved.length, error: unsaved[0].worklist_error }) : "");
 }
 
 export function setupUpload() {

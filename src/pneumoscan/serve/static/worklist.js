@@ -2,7 +2,9 @@
 // threshold, not yet reviewed, scope, a flagged film's cause; by risk or by time), thumbnails, readers' reviews, and the CSV download. The
 // rows are the server's, in its order, each with its `rank` (the server's ranking among the listed rows), its score
 // and threshold on 0-100 and its decision in words; the CSV is the server's too (GET api/v1/worklist.csv, the same
-// filters and order).
+// filters and order). A result the DICOM node forwarded says where its SR and SC stand on their way to the PACS
+// (sent, pending with its tries and last error, failed with the reason: words, not colour alone), and a result whose
+// SOP Instance UID arrived before with other pixels carries a "UID conflict" tag.
 import {
   $, T, api, causeLine, decisionText, decisionWords, el, fmtScore, rowLabel, score100, setStatus, state,
 } from "./app.js";
@@ -205,6 +207,21 @@ function scoreCell(r) {
   return td;
 }
 
+// Where the result's SR and SC stand on their way to the PACS (the DICOM node's outbox, GET api/v1/worklist's
+// `forward`); null when it was not forwarded.
+function forwardLine(r) {
+  const f = r.forward;
+  if (!f) return null;
+  let text;
+  if (f.state === "delivered") text = T("forwardDelivered");
+  else if (f.state === "failed") text = T("forwardFailed", { reason: f.last_error || T("forwardNoReason") });
+  else if (f.attempts) text = T("forwardPendingTries", { n: f.attempts, error: f.last_error || T("forwardNoReason") });
+  else text = T("forwardPending");
+  const line = el("div", { class: "forward " + (f.state === "delivered" ? "sent" : f.state), text });
+  if (f.target) line.title = T("forwardTarget", { target: f.target });
+  return line;
+}
+
 function worklistRow(r) {
   const label = rowLabel(r);
   const cardId = state.cards[r.id];
@@ -212,6 +229,9 @@ function worklistRow(r) {
   const name = linked ? el("a", { href: "#" + cardId, text: label, class: "card-link", title: T("cardLinkTitle") }) : el("span", { text: label });
   if (linked) name.addEventListener("click", (e) => { e.preventDefault(); selectCard(cardId); });
   const file = el("td", { class: "file" }, [name, el("div", { class: "why", text: rowDetails(r) })]);
+  if (r.uid_conflict) file.append(el("span", { class: "tag conflict", text: T("uidConflict"), title: T("uidConflictTitle") }));
+  const forward = forwardLine(r);
+  if (forward) file.append(forward);
   const cls = isError(r) ? "bad" : notAssessed(r) ? "oos" : "";
   const tr = el("tr", cls ? { class: cls } : {}, [
     el("td", { class: "num", text: r.rank ? String(r.rank) : "–" }), thumbCell(r, label), file,
