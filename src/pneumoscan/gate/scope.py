@@ -108,7 +108,9 @@ def metadata_reason(ctx: ImageContext | None, adult_age_years: float = ADULT_AGE
         return f"oblique view (DICOM ViewPosition {ctx.view})"
     age = ctx.age_years()
     if age is not None and age >= adult_age_years:
-        return f"adult patient (DICOM PatientAge {ctx.age})"
+        if ctx.age_source().startswith("PatientAge"):
+            return f"adult patient (DICOM PatientAge {ctx.age.strip()})"
+        return f"adult patient ({age:.0f} years from DICOM PatientBirthDate and StudyDate)"
     return ""
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +34,30 @@ _EXIF_ORIENTATION = 0x0112
 Source = str | os.PathLike[str] | bytes
 
 
+#: A DICOM Age String as written in practice: digits (leading zeros or not), an optional unit, spaces anywhere.
+_AGE_RE = re.compile(r"^\s*0*(?P<n>\d{1,3})\s*(?P<unit>[DdWwMmYy]?)\s*$")
+_AGE_UNITS = {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}
+
+
+def _dicom_date(text: str) -> datetime.date | None:
+    digits = "".join(ch for ch in str(text) if ch.isdigit())
+    if len(digits) != 8:
+        return None
+    try:
+        return datetime.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        return None
+
+
+def _years_between(birth: str, study: str) -> float | None:
+    """Years from a DICOM birth date to a DICOM study date, or None when either is unreadable or the birth is after
+    the study."""
+    b, s = _dicom_date(birth), _dicom_date(study)
+    if b is None or s is None or b > s:
+        return None
+    return (s - b).days / 365.25
+
+
 @dataclass(frozen=True)
 class ImageContext:
     """Who and what an image is, from its DICOM header; every field is ``""`` for JPEG, PNG, TIFF and BMP, and
@@ -56,17 +82,32 @@ class ImageContext:
     study_uid: str = ""
     series_uid: str = ""
     sop_uid: str = ""
+    birth_date: str = field(default="", repr=False)  # only to derive the age; in no output
 
     #: The fields every output carries, in this order (never the patient's name).
     OUTPUT_KEYS: ClassVar[tuple[str, ...]] = ("patient_id", "accession", "study_date", "age", "sex", "view",
                                                "study_uid", "series_uid", "sop_uid")
 
     def age_years(self) -> float | None:
-        """The patient's age in years from ``age`` (``nnnD``, ``nnnW``, ``nnnM`` or ``nnnY``), or None."""
-        text = self.age.strip().upper()
-        if len(text) < 2 or not text[:-1].isdigit() or text[-1] not in "DWMY":
-            return None
-        return int(text[:-1]) / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[text[-1]]
+        """The patient's age in years, or None when the header does not say.
+
+        ``age`` is read as real systems write it, not only as the standard's ``nnnY``: ``"081Y"``, ``"81Y"``,
+        ``"81"``, ``"81 Y"``, ``"6m"``, ``"030D"``, ``"4W"`` (a bare number is years; case, padding and leading zeros
+        do not matter). Without a readable ``age``, the age at the study from ``birth_date`` and ``study_date``
+        (DICOM dates ``YYYYMMDD``; None when either is missing or the birth is after the study)."""
+        m = _AGE_RE.match(self.age)
+        if m:
+            return int(m["n"]) / _AGE_UNITS[(m["unit"] or "Y").upper()]
+        return _years_between(self.birth_date, self.study_date)
+
+    def age_source(self) -> str:
+        """Where :meth:`age_years` came from, for messages: ``"PatientAge 81"``, ``"PatientBirthDate and StudyDate"``
+        or ``""``."""
+        if _AGE_RE.match(self.age):
+            return f"PatientAge {self.age.strip()}"
+        if _years_between(self.birth_date, self.study_date) is not None:
+            return "PatientBirthDate and StudyDate"
+        return ""
 
     def to_dict(self) -> dict[str, str]:
         """The :data:`OUTPUT_KEYS` and their values (``""`` when unknown); never the patient's name."""

@@ -160,7 +160,7 @@ _CONTEXT_TAGS = {
     "modality": "Modality", "body_part": "BodyPartExamined", "view": "ViewPosition",
     "age": "PatientAge", "sex": "PatientSex", "patient_id": "PatientID", "patient_name": "PatientName",
     "accession": "AccessionNumber", "study_date": "StudyDate", "study_uid": "StudyInstanceUID",
-    "series_uid": "SeriesInstanceUID", "sop_uid": "SOPInstanceUID",
+    "series_uid": "SeriesInstanceUID", "sop_uid": "SOPInstanceUID", "birth_date": "PatientBirthDate",
 }
 
 
