@@ -9,8 +9,9 @@ validation films twice: as they are (training-like) and through the simulated si
 * **calibration**: expected calibration error of the stored (temperature-scaled) probability at that mix;
 * **operating point**: sensitivity and specificity at the stored threshold (per class, so the same at every mix) and
   what a flag means there (PPV, NPV);
-* **scope gate**: the share of these chest films refused, per class and at each mix (they are all pediatric frontal
-  chest films: every refusal is a false one);
+* **scope gate**: the share of these chest films refused ("not a chest radiograph": every refusal of these
+  pediatric frontal chest films is a false one) and the share scored with the unfamiliar-film caution (a chest
+  film unlike the training films), per class and at each mix;
 * **drift check**: ``--batches`` batches of ``--batch`` in-scope films drawn at each mix (without replacement within
   a batch); the share called shifted, and the share where the intensity component alone would ring. On the
   training-like films every "shifted" is a false alarm (the target is at most 5 %); on the site films every
@@ -48,10 +49,13 @@ def measure(y: np.ndarray, results: list, drift, threshold: float, *, batches: i
     p = np.array([r.probability for r in results])
     inside = np.array([bool(r.in_scope) for r in results])
     refused = {"pneumonia": float(1 - inside[y == 1].mean()), "normal": float(1 - inside[y == 0].mean())}
+    caution = np.array([bool(r.scope_caution) for r in results])
+    cautioned = {"pneumonia": float(caution[y == 1].mean()), "normal": float(caution[y == 0].mean())}
     sens = float((p[y == 1] >= threshold).mean())
     spec = float((p[y == 0] < threshold).mean())
     out = {"n": int(y.size), "n_pneumonia": int(y.sum()), "auc": M.roc_auc(y, p), "sensitivity": sens,
-           "specificity": spec, "scope_refused_by_class": refused, "mixes": {}}
+           "specificity": spec, "scope_refused_by_class": refused, "scope_cautioned_by_class": cautioned,
+           "mixes": {}}
     feats = np.stack([r.features for r in results])
     desc = np.stack([r.descriptor for r in results])
     pos, neg = np.flatnonzero((y == 1) & inside), np.flatnonzero((y == 0) & inside)
@@ -70,6 +74,7 @@ def measure(y: np.ndarray, results: list, drift, threshold: float, *, batches: i
         out["mixes"][f"{round(100 * mix)}pct"] = {
             "ece": M.ece_at_prevalence(y, p, mix), "ppv": ppv, "npv": npv,
             "scope_refused": mix * refused["pneumonia"] + (1 - mix) * refused["normal"],
+            "scope_cautioned": mix * cautioned["pneumonia"] + (1 - mix) * cautioned["normal"],
             "drift_shifted_share": shifted / batches, "drift_intensity_alone_share": intensity / batches,
             "drift_median_statistic": float(np.median(stats)), "drift_threshold": float(res.threshold)}
     return out
@@ -108,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                                         batch=args.batch, seed=0)
         print(f"{name}: AUC {m['auc']:.4f}, sens {m['sensitivity']:.3f}, spec {m['specificity']:.3f}, "
               f"scope refused pneumonia {m['scope_refused_by_class']['pneumonia']:.3f} "
-              f"normal {m['scope_refused_by_class']['normal']:.3f}")
+              f"normal {m['scope_refused_by_class']['normal']:.3f}, cautioned pneumonia "
+              f"{m['scope_cautioned_by_class']['pneumonia']:.3f} normal {m['scope_cautioned_by_class']['normal']:.3f}")
         for mix, v in m["mixes"].items():
             print(f"  {mix}: ECE {v['ece']:.3f}, PPV {v['ppv']:.3f}, NPV {v['npv']:.3f}, scope refused "
-                  f"{v['scope_refused']:.3f}, drift shifted {v['drift_shifted_share']:.2f} (intensity alone "
+                  f"{v['scope_refused']:.3f}, cautioned {v['scope_cautioned']:.3f}, drift shifted "
+                  f"{v['drift_shifted_share']:.2f} (intensity alone "
                   f"{v['drift_intensity_alone_share']:.2f}; median statistic {v['drift_median_statistic']:.2f} "
                   f"vs {v['drift_threshold']:.2f})", flush=True)
     out["seconds"] = round(time.perf_counter() - t0, 1)

@@ -137,3 +137,81 @@ def test_the_command_line_starts_without_torch():
     code = ("import sys; from pneumoscan.cli import app, main; assert main(['--help']) == 0; "
             "assert main(['drift', '--help']) == 0; assert 'torch' not in sys.modules, 'torch loaded'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# ----------------------------------------------------------------------------- predict: the model, the progress bar
+
+
+def _bad_model(kind: str, path):
+    """A ``--model`` that cannot be used: missing, a text file, a picture, a safetensors file cut short."""
+    import struct
+
+    from imagefactory import full_range_film, png_bytes
+
+    if kind == "text":
+        path.write_text("weights: see the shared drive\n")
+    elif kind == "image":
+        path.write_bytes(png_bytes(full_range_film(1)))
+    elif kind == "corrupt":  # a header that promises more bytes than the file holds (a copy cut short)
+        header = json.dumps({"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]},
+                             "__metadata__": {"pneumoscan": "{}"}}).encode()
+        path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 100)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "image", "corrupt"])
+def test_a_bad_model_is_reported_before_any_onnx_build(kind, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from imagefactory import full_range_film, make_png
+    from typer.testing import CliRunner
+
+    from pneumoscan.errors import CheckpointError
+
+    film = make_png(tmp_path / "film.png", full_range_film(0))
+    model = _bad_model(kind, tmp_path / "model.safetensors")
+    monkeypatch.setenv("PNEUMOSCAN_ONNX_CACHE", str(tmp_path / "cache"))
+    caplog.set_level(logging.DEBUG)
+    result = CliRunner().invoke(app, ["predict", str(film), "--model", str(model), "--no-progress"])
+    assert isinstance(result.exception, CheckpointError), result.output
+    message = str(result.exception)
+    assert message.startswith(str(model)) and ("not found" in message or "checkpoint" in message), message
+    assert result.output == ""  # the error is the first thing said
+    assert "ONNX" not in caplog.text and "building" not in caplog.text and "export" not in caplog.text
+    assert not (tmp_path / "cache").exists()  # nor is the cache folder made for it
+
+
+def test_a_corrupt_model_is_the_one_line_the_command_prints(tmp_path):
+    from imagefactory import full_range_film, make_png
+
+    film = make_png(tmp_path / "film.png", full_range_film(0))
+    model = _bad_model("corrupt", tmp_path / "model.safetensors")
+    env = {**__import__("os").environ, "PNEUMOSCAN_ONNX_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "pneumoscan", "predict", str(film), "--model", str(model)],
+                          capture_output=True, text=True, check=False, env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr  # one line: no build announced first
+    assert proc.stderr.startswith(f"pneumoscan: error: {model}: not a readable safetensors checkpoint")
+
+
+class _Terminal(__import__("io").StringIO):
+    """A captured stderr that says it is a terminal, so the progress bar draws."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_draws_its_final_line_once(predictor, tmp_path, monkeypatch):
+    import tqdm
+
+    from imagefactory import full_range_film, make_png
+
+    films = [make_png(tmp_path / f"{i}.png", full_range_film(i)) for i in range(4)]
+    init = tqdm.tqdm.__init__  # every update draws (as a slow batch does), so a second final line would show
+    monkeypatch.setattr(tqdm.tqdm, "__init__", lambda self, *a, **k: init(self, *a, **{**k, "mininterval": 0}))
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert len(predictor.score_files(films, batch_size=2, progress=True)) == 4
+    frames = [f for f in term.getvalue().replace("\n", "\r").split("\r") if f.strip()]
+    assert [f for f in frames if "4/4" in f] == [frames[-1]] and "100%" in frames[-1], frames
+    assert any("2/4" in f for f in frames) and term.getvalue().endswith("\n")

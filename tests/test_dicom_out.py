@@ -141,6 +141,26 @@ def test_sr_normal_and_out_of_scope():
     assert texts["Triage decision"] == "OUT_OF_SCOPE" and texts["Decision support disclaimer"] == DISCLAIMER
 
 
+def test_a_cautioned_films_sr_and_sc_carry_the_caution_beside_its_score():
+    """A chest film unlike the training films is scored: its SR keeps the probability, says in scope, and holds the
+    caution as a text item; its SC caption carries the caution after the score."""
+    from pneumoscan.constants import UNFAMILIAR_CAUTION
+
+    src = source_dataset()
+    result = _with_film(cam=np.ones((5, 5), np.float32)).replace(scope_caution=UNFAMILIAR_CAUTION)
+    sr = _roundtrip(make_sr(src, result))
+    group, = hd.sr.srread(io.BytesIO(_bytes(sr))).content.get_image_measurement_groups()
+    assert [m.name.meaning for m in group.get_measurements()] == ["Pneumonia probability", "Operating threshold"]
+    assert group.get_qualitative_evaluations()[0].value.meaning == "Yes"
+    texts = _texts(sr)
+    assert texts["Caution: unfamiliar film"] == UNFAMILIAR_CAUTION and "Reason not assessed" not in texts
+    assert "Caution: unfamiliar film" not in _texts(_sr(src))  # a familiar film has none
+    caption = result.caption()
+    assert caption == (f"Flagged: possible pneumonia. Score 73.4 / 100 (threshold 41.0). {UNFAMILIAR_CAUTION}. "
+                       "Decision support, not a diagnosis.")
+    assert _roundtrip(make_sc(src, result)).ImageComments == caption
+
+
 def test_make_sr_reports_the_results_decision_and_refuses_what_has_none():
     src = source_dataset()
     # nothing to contradict: the decision is the result's, made from its probability, threshold and scope verdict

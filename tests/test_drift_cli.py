@@ -40,6 +40,20 @@ def ref_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def labelled_ref_model(tmp_path_factory) -> Path:
+    """The same model with the labels of its reference films (the two "classes" drawn at random, 75% of class 1)."""
+    spec = default_preprocessing("seed-cnn", 64)
+    torch.manual_seed(0)
+    model = randomize_batchnorm(create_model("seed-cnn"), 0).eval()
+    squares = np.stack([resize_for_model(varied_film(1000 + i), spec) for i in range(240)])
+    labels = (np.random.default_rng(0).random(240) < 0.75).astype(int)
+    ref = build_reference(model, squares, np.arange(120), np.arange(120, 240), spec, bank_size=120, labels=labels)
+    meta = {**checkpoint_meta("seed-cnn", 64, threshold=0.5, temperature=1.0), "reference": ref.to_meta()}
+    return save_checkpoint(tmp_path_factory.mktemp("lref") / "ref.safetensors", model.state_dict(), meta,
+                           extra=ref.to_tensors())
+
+
+@pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """60 in-distribution films, one blank image (out of scope) and one broken file."""
     root = tmp_path_factory.mktemp("site")
@@ -75,7 +89,8 @@ def test_help_says_what_the_statistic_is(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for phrase in ("maximum mean discrepancy", "pooled image features", "intensity", "95th percentile",
                    "resampling batches of the same size", "validation films", "at most 5% of the time",
-                   "at least 50", "--json", "--adult-age", "--recursive", "--model"):
+                   "at least 50", "--json", "--adult-age", "--recursive", "--model", "mix of cases",
+                   "pneumoscan adapt"):
         assert phrase in text, phrase
 
 
@@ -96,6 +111,9 @@ def test_in_distribution_batch_is_not_shifted_and_the_json_says_so(ref_model, si
     assert doc["out_of_scope_reasons"] == {"blank or uniform image": 1}
     assert doc["model"] == "seed-cnn" and doc["model_file"] == str(ref_model) and doc["adult_age_years"] == 18.0
     assert doc["message"].startswith("Drift check on")
+    # This test model's reference carries no labels: the check says it could not allow for the mix of cases.
+    assert doc["estimated_mix"] is None and "NOT adjusted for the mix of cases" in doc["method"]
+    assert "not adjusted for the mix of cases" in printed
 
 
 def test_a_contrast_shift_is_flagged(ref_model, shifted_site, tmp_path, capsys):
@@ -103,9 +121,24 @@ def test_a_contrast_shift_is_flagged(ref_model, shifted_site, tmp_path, capsys):
     assert main(["drift", str(shifted_site), "--model", str(ref_model), "--json", str(out), "--no-progress"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert "SHIFTED" in printed and "differ from the training data" in printed and "calibrate" in printed
+    # The first step needs no labels: adapt, then calibrate.
+    assert 0 <= printed.index("pneumoscan adapt") < printed.index("pneumoscan calibrate")
     doc = json.loads(out.read_text())
     assert doc["shifted"] is True and doc["statistic"] > doc["threshold"] and doc["n_images"] == N_SITE
     assert doc["intensity_component"] > doc["threshold"]
+
+
+def test_a_labelled_reference_reports_the_mix_it_allowed_for(labelled_ref_model, site, shifted_site, tmp_path,
+                                                             capsys):
+    out = tmp_path / "drift.json"
+    assert main(["drift", str(site), "--model", str(labelled_ref_model), "--json", str(out), "--no-progress"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    doc = json.loads(out.read_text())
+    assert doc["shifted"] is False and 0.0 <= doc["estimated_mix"] <= 1.0 and "reweighted" in doc["method"]
+    assert f"reweighted to {doc['estimated_mix']:.0%} pneumonia" in printed and doc["case_mix_note"] == ""
+    assert main(["drift", str(shifted_site), "--model", str(labelled_ref_model), "--json", str(out),
+                 "--no-progress"]) == 0
+    assert json.loads(out.read_text())["shifted"] is True
 
 
 def test_fewer_than_50_in_scope_images_are_refused(ref_model, site, tmp_path, capsys):
@@ -154,7 +187,7 @@ def test_predict_prints_a_shifted_verdict(ref_model, shifted_site, tmp_path, cap
     assert main(["predict", str(shifted_site), "--model", str(ref_model), "--out", str(tmp_path / "w.csv"),
                  "--no-progress"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
-    assert "SHIFTED" in printed and "calibrate the model on this site's films" in printed
+    assert "SHIFTED" in printed and "(pneumoscan adapt), then calibrate it on labelled films of this site" in printed
 
 
 def test_predict_under_50_says_nothing_and_records_why(ref_model, site, tmp_path, capsys):

@@ -227,8 +227,13 @@ def test_calibrate_chooses_a_new_operating_point_and_keeps_the_weights(world, tm
     records, scored, _ = score_dataset([out], list(index_dataset(world["site"]).records), world["cache"],
                                     torch.device("cpu"), 64, 1, False)
     y = np.array([r.label for r in records])
-    assert op["threshold"] == pytest.approx(M.threshold_for_sensitivity(y, scored[0].probs, 0.8))
-    assert M.sensitivity(y, scored[0].probs, op["threshold"]) >= 0.8
+    # The site rule (issue #26): the previous threshold kept when these films are compatible with the target,
+    # else the highest threshold reaching it.
+    from pneumoscan.onboarding.site_threshold import carry_threshold, site_threshold
+    prev = carry_threshold(src.meta["operating_point"]["threshold"], src.meta["calibration"]["temperature"],
+                           new.meta["calibration"]["temperature"])
+    assert op["threshold"] == pytest.approx(site_threshold(y, scored[0].probs, prev, target_sensitivity=0.8)["threshold"])
+    assert M.sensitivity(y, scored[0].probs, op["threshold"]) >= 0.8 or new.meta["site_calibration"]["compatible"]
 
 
 def test_calibrate_refuses_training_images_and_its_own_file(world, tmp_path, capsys):

@@ -24,6 +24,12 @@ from pneumoscan.onboarding.operating_point import (
     rechoose_operating_point,
 )
 from pneumoscan.inference.scoring import score_dataset
+from pneumoscan.onboarding.site_threshold import (
+    TEMPERATURE_MIN_PER_CLASS,
+    carry_threshold,
+    site_threshold,
+    threshold_curve,
+)
 from pneumoscan.training import train
 from pneumoscan.onboarding.trainset import hash_files, overlap
 from pneumoscan.utils import file_sha256
@@ -79,6 +85,96 @@ def test_site_temperature_keeps_the_stored_one_and_says_why(case, words):
     t = choose_temperature(z, y, stored=0.61, stored_fitted_on="validation", enabled=enabled)
     assert t["source"] == "stored" and t["temperature"] == 0.61 and t["fitted"] is None
     assert words in t["reason"] and "kept the stored temperature (fitted on validation)" in t["reason"]
+
+
+def _films(n_pos=60, n_neg=40, seed=0):
+    """Scores with distinct values: pneumonia films around 0.8, normal films around 0.3."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+    s = np.clip(np.where(y == 1, rng.normal(0.8, 0.12, y.size), rng.normal(0.3, 0.15, y.size)), 0.001, 0.999)
+    return y, s
+
+
+def _at_sensitivity(y, s, k):
+    """A threshold that finds exactly ``k`` pneumonia films (just above the (k+1)-th highest)."""
+    pos = np.sort(s[y == 1])[::-1]
+    return float((pos[k - 1] + pos[k]) / 2)
+
+
+def test_the_current_threshold_is_kept_when_its_sensitivity_is_compatible_with_the_target():
+    y, s = _films()
+    for k in (60, 57, 55):  # 1.000, 0.950 and 0.917 observed: the exact 95% upper ends are >= 0.95
+        current = _at_sensitivity(y, s, k) if k < 60 else float(np.sort(s[y == 1])[0] - 1e-6)
+        r = site_threshold(y, s, current, target_sensitivity=0.95)
+        assert r["action"] == "kept" and r["threshold"] == current and r["compatible"], k
+        assert r["current"]["sensitivity_ci"][1] >= 0.95 and "compatible with the target" in r["reasons"][0]
+
+
+def test_the_threshold_moves_to_the_highest_reaching_the_target_when_the_films_show_it_misses():
+    y, s = _films()
+    current = _at_sensitivity(y, s, 50)  # 50 of 60: the exact upper end 0.92 < 0.95
+    r = site_threshold(y, s, current, target_sensitivity=0.95)
+    assert r["action"] == "lowered" and not r["compatible"]
+    assert r["threshold"] == M.threshold_for_sensitivity(y, s, 0.95) < current
+    assert "finds only 50 of 60" in r["reasons"][0]
+    # With a cost for misses: the lowest-cost threshold among those reaching the target.
+    c = site_threshold(y, s, current, target_sensitivity=0.95, miss_cost=3.0)
+    assert c["threshold"] == M.threshold_min_cost(y, s, miss_cost=3.0, min_sensitivity=0.95)
+    # A model without a threshold gets the highest reaching the target.
+    assert site_threshold(y, s, None, target_sensitivity=0.95)["threshold"] == M.threshold_for_sensitivity(y, s, 0.95)
+
+
+def test_max_false_alarm_rate_raises_the_threshold_only_while_the_target_sensitivity_holds():
+    y, s = _films()
+    low = float(np.sort(s)[5])  # flags nearly every film: sensitivity 1, many false alarms
+    r = site_threshold(y, s, low, target_sensitivity=0.95, max_false_alarm_rate=0.10)
+    assert r["action"] == "raised" and r["threshold"] > low and not r["conflict"]
+    assert np.mean(s[y == 0] >= r["threshold"]) <= 0.10 and np.mean(s[y == 1] >= r["threshold"]) >= 0.95
+    # The lowest such threshold: a step lower lets one more normal film through.
+    neg = np.sort(s[y == 0])
+    assert np.mean(s[y == 0] >= neg[neg < r["threshold"]].max()) > 0.10
+    # A ceiling that the target forbids: sensitivity first, the threshold stays, and it says so.
+    s = s.copy()
+    s[np.flatnonzero(y == 0)[0]] = 0.999  # a normal film above every pneumonia film: no false alarm costs them all
+    t = site_threshold(y, s, low, target_sensitivity=0.95, max_false_alarm_rate=0.0)
+    assert t["conflict"] and t["threshold"] == low and t["action"] == "kept"
+    assert "cannot both be met" in t["reasons"][-1] and "sensitivity comes first" in t["reasons"][-1]
+
+
+def test_the_trade_table_marks_the_current_and_the_proposed_threshold():
+    y, s = _films()
+    rows = threshold_curve(y, s, {"current": 0.5, "proposed": 0.4})
+    marks = {r["threshold"]: r["marks"] for r in rows}
+    assert marks[0.5] == ["current"] and marks[0.4] == ["proposed"]
+    assert [r["threshold"] for r in rows] == sorted((r["threshold"] for r in rows), reverse=True)
+    for r in rows:
+        assert r["sensitivity_ci"][0] <= r["sensitivity"] <= r["sensitivity_ci"][1]
+        assert r["false_alarm_rate"] == pytest.approx(1 - r["specificity"])
+    assert carry_threshold(0.3, 2.0, 2.0) == pytest.approx(0.3)
+    z = np.log(0.3 / 0.7)  # the same logit decides at the new temperature
+    assert expit(z * 2.0 / 1.0) == pytest.approx(carry_threshold(0.3, 2.0, 1.0))
+
+
+def test_the_temperature_is_not_refitted_on_too_few_films_of_a_class():
+    """Issue #26: 100 films with 33 normal moved the temperature 0.61 -> 1.82. Now it needs 50 of each class."""
+    z, y = _logits(n=400, true_t=3.0)
+    keep = np.r_[np.flatnonzero(y == 1)[:67], np.flatnonzero(y == 0)[:33]]
+    t = choose_temperature(z[keep], y[keep], stored=0.61, stored_fitted_on="validation",
+                           min_per_class=TEMPERATURE_MIN_PER_CLASS)
+    assert t["source"] == "stored" and t["temperature"] == 0.61 and "33 NORMAL" in t["reason"]
+    assert f"{TEMPERATURE_MIN_PER_CLASS} of each class" in t["reason"] and t["cross_fitted"] is None
+    # Enough films, a real gain: refitted, and better on every held-out fold.
+    f = choose_temperature(z, y, stored=0.61, stored_fitted_on="validation", min_per_class=TEMPERATURE_MIN_PER_CLASS)
+    assert f["source"] == "site" and all(a < b for a, b in zip(f["cross_fitted"]["nll_refitted"],
+                                                                f["cross_fitted"]["nll_stored"]))
+
+
+def test_the_temperature_is_kept_when_its_gain_does_not_survive_cross_fitting():
+    z, y = _logits(n=240, true_t=2.0, seed=4)
+    stored = M.fit_temperature(z, y) * 1.03  # within noise of the fit
+    t = choose_temperature(z, y, stored=stored, stored_fitted_on="validation")
+    assert t["source"] == "stored" and t["temperature"] == stored
+    assert "cross-fitting folds" in t["reason"] and t["cross_fitted"]["folds"] == 5
 
 
 def test_cross_fitting_is_seeded_stratified_and_honest():
@@ -160,18 +256,20 @@ def test_calibrate_prints_and_stores_the_site_calibration(world, tmp_path, capsy
     assert new.meta["site_state"] == "calibrated" and not s["adapted"]
     assert s["n_images"] == 60 and s["n_pneumonia"] == 30 and s["n_normal"] == 30 and s["n_in_validation_set"] == 0
     assert s["parent_sha256"] == file_sha256(world["model"]) and s["data"] == str(world["site"]) and s["date"]
-    assert s["training_films_checked"] and s["method"] == "min_cost_at_target_sensitivity"
+    assert s["training_films_checked"] and s["method"] == f"site rule: {s['action']}"
+    assert s["action"] in ("kept", "lowered", "raised") and s["target_sensitivity"] == 0.95
     cf = s["cross_fitted"]
     assert cf["n_repeats"] == 50 and cf["seed"] == 3 and "percentiles of the repeats" in cf["method"]
     for m in ("sensitivity", "specificity"):
         assert cf[m]["ci"][0] <= cf[m]["value"] <= cf[m]["ci"][1]
         assert f"{m} {cf[m]['value']:.3f} (95% interval {cf[m]['ci'][0]:.3f} to {cf[m]['ci'][1]:.3f}" in printed
-    assert f"threshold: {s['threshold']:.4f}" in printed and "films: 60 (30 PNEUMONIA, 30 NORMAL)" in printed
+    assert f"threshold: {s['threshold']:.4f}: {s['action']}" in printed and "films: 60 (30 PNEUMONIA, 30 NORMAL)" in printed
+    assert "The trade on these 60 films" in printed and "current" in printed and "proposed" in printed
     assert "percentiles of the repeats" in printed and "site state: calibrated" in printed
     # The temperature: fitted on these films or the stored one, and it says which and why.
     flat = printed.replace("\n", " ")
     if s["temperature_source"] == "site":
-        assert f"temperature: {s['temperature']:.3f}, fitted on these films" in flat
+        assert f"temperature: {s['temperature']:.3f}, refitted on these films" in flat
     else:
         assert s["temperature_source"] == "stored" and s["temperature_reason"] in flat
     assert new.meta["calibration"]["temperature"] == s["temperature"]
@@ -181,7 +279,9 @@ def test_calibrate_prints_and_stores_the_site_calibration(world, tmp_path, capsy
     records, scored, _ = score_dataset([out], list(index_dataset(world["site"]).records), world["cache"],
                                        torch.device("cpu"), 64, 1, False)
     y = np.array([r.label for r in records])
-    assert s["threshold"] == pytest.approx(M.threshold_min_cost(y, scored[0].probs, miss_cost=3.0, min_sensitivity=0.95))
+    current = carry_threshold(src.meta["operating_point"]["threshold"], src.meta["calibration"]["temperature"],
+                              s["temperature"])
+    assert s["threshold"] == pytest.approx(site_threshold(y, scored[0].probs, current, target_sensitivity=0.95)["threshold"])
     assert new.meta["operating_point"]["threshold"] == s["threshold"]
     # Same weights, every extra tensor kept (reference and trainset), plus the hashes of the films that chose it.
     assert all(torch.equal(v, new.state_dict[k]) for k, v in src.state_dict.items())
@@ -197,6 +297,34 @@ def test_calibrate_prints_and_stores_the_site_calibration(world, tmp_path, capsy
     assert [a["kind"] for a in m["training_alerts"]] == ["calibration"]
     html = (ev / "report.html").read_text()
     assert 'id="m1-calibration-images"' in html and f"chosen on {world['site']}" in html
+
+
+def test_calibrate_dry_run_shows_the_trade_and_writes_nothing(world, tmp_path, capsys):
+    out = tmp_path / "dry.safetensors"
+    assert main(["calibrate", "-m", str(world["model"]), "--data", str(world["site"]), "--out", str(out),
+                 "--cache-dir", str(world["cache"]), "--repeats", "20", "--dry-run",
+                 "--max-false-alarm-rate", "0.2"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert "The trade on these 60 films" in printed and "dry run: nothing written" in printed
+    assert "Decision support, not a diagnosis" in printed
+    r = rechoose_operating_point(world["model"], world["site"], out, cache_dir=world["cache"], n_repeats=20,
+                                 dry_run=True, max_false_alarm_rate=0.2)
+    assert r["written"] is False and not out.exists() and r["site_calibration"]["max_false_alarm_rate"] == 0.2
+    proposed = r["trade"]["proposed"]
+    # The ceiling is met, or it is not and sensitivity was kept (and the result says so).
+    assert proposed["false_alarm_rate"] <= 0.2 or r["trade"]["conflict"]
+    assert any(row["marks"] for row in r["trade"]["curve"])
+    # Writing: --max-false-alarm-rate is recorded; an existing --out is never replaced.
+    assert main(["calibrate", "-m", str(world["model"]), "--data", str(world["site"]), "--out", str(out),
+                 "--cache-dir", str(world["cache"]), "--repeats", "20", "--max-false-alarm-rate", "0.2"]) == 0
+    assert load_checkpoint(out).meta["site_calibration"]["max_false_alarm_rate"] == 0.2
+    before = out.stat().st_mtime_ns
+    assert main(["calibrate", "-m", str(world["model"]), "--data", str(world["site"]), "--out", str(out),
+                 "--cache-dir", str(world["cache"])]) == 2
+    assert "never replaces" in capsys.readouterr().err and out.stat().st_mtime_ns == before
+    assert main(["calibrate", "-m", str(world["model"]), "--data", str(world["site"]), "--out", str(tmp_path / "b.st"),
+                 "--max-false-alarm-rate", "1.5"]) == 2
 
 
 def test_calibrate_works_on_an_adapted_model(world, tmp_path, capsys):

@@ -54,6 +54,39 @@ def test_at_most_one_percent_of_held_out_training_films_are_out_of_scope(shipped
     results = shipped.score_files(val_paths, batch_size=64)
     out = [r for r in results if not r.in_scope]
     assert len(results) == 575 and len(out) / len(results) <= 0.01, [(r.path, r.scope_reason) for r in out]
+    cautioned = [r for r in results if r.scope_caution]
+    assert len(cautioned) / len(results) <= 0.01  # the caution cut: at most 1% of held-out training films
+
+
+def test_the_shipped_reference_carries_both_cuts(shipped):
+    ref = shipped.reference
+    assert ref.refuse_cut is not None and ref.refuse_limit == ref.refuse_cut > ref.knn_cut
+    assert "chest film" in ref.info["refuse_cut_rule"]
+    from pathlib import Path
+
+    card = (Path(__file__).resolve().parents[1] / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert f"{ref.refuse_cut:.4f}" in card and f"{ref.knn_cut:.3f}" in card, "the card's scope cuts are not the model's"
+
+
+@pytest.mark.slow
+def test_a_shifted_sites_chest_films_are_scored_with_a_caution_not_refused(shipped, val_paths):
+    """Issue 26: the simulated shifted site (tests/sitefactory.py) of the validation films. At most 1% of these
+    real chest films is refused; those unlike the training films are scored, in scope, with the caution; the
+    share refused is far below the share cautioned."""
+    from sitefactory import site_film
+
+    from pneumoscan.constants import UNFAMILIAR_CAUTION
+
+    results = shipped.predict([site_film(read_image(p), i) for i, p in enumerate(val_paths)])
+    refused = [r for r in results if not r.in_scope]
+    cautioned = [r for r in results if r.scope_caution]
+    assert len(refused) / len(results) <= 0.01, [(r.ood_score, r.scope_reason) for r in refused]
+    assert len(cautioned) >= 5 * max(1, len(refused))
+    ref = shipped.reference
+    for r in cautioned:
+        assert r.in_scope and r.assessed and r.score is not None and r.scope_caution == UNFAMILIAR_CAUTION
+        assert ref.knn_cut < r.ood_score <= ref.refuse_limit
+    assert all(r.scope_caution == "" for r in results if r.in_scope and r.ood_score <= ref.knn_cut)
 
 
 def _dicom_from_film(path, **tags) -> bytes:
@@ -156,10 +189,11 @@ def test_drift_flags_synthetic_shifts_and_not_a_validation_like_batch(shipped, v
 
 
 @pytest.mark.slow
-def test_an_all_pneumonia_batch_carries_the_case_mix_caution(shipped, val_paths):
-    """Known limitation: the features follow the mix of cases, so a batch of only sick children can look shifted;
-    the verdict then says so (docs/scope_gate.md)."""
+def test_an_all_pneumonia_batch_is_not_called_shifted(shipped, val_paths):
+    """The features follow the mix of cases: a batch of only sick children used to be called shifted (issue 26).
+    The reference's classes are now reweighted to the batch's mix (docs/scope_gate.md), so it is not, and no
+    case-mix caution is needed."""
     sick = [p for p in val_paths if "person" in p][:60]  # at least 50 in scope
     result = shipped.check_drift(shipped.score_files(sick, batch_size=30))
     assert result.flag_rate > 0.9 and result.reference_prevalence == pytest.approx(0.74, abs=0.05)
-    assert "mix of cases" in result.case_mix_note
+    assert not result.shifted and result.estimated_mix > 0.9 and result.case_mix_note == ""

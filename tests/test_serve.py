@@ -328,10 +328,11 @@ def test_every_upload_is_stored_highest_risk_first_and_survives_a_restart(predic
     # A second app on the same database file (a restart) lists the same worklist.
     again = TestClient(create_app(predictor, ServeSettings(db=str(db))))
     assert again.get("/api/v1/worklist").json()["results"] == rows
-    # A re-sent image is a new row; the old one stays.
+    # A re-sent image (the same bytes, the same model) is the same result, counted (issue 26, item 11).
     r = _post(again, [("again.jpeg", data["Doe_Jane-chest.jpeg"])])
-    assert r.json()["results"][0]["worklist_id"] not in by_id
-    assert again.get("/api/v1/worklist").json()["total"] == 5
+    assert r.json()["results"][0]["worklist_id"] == entries["Doe_Jane-chest.jpeg"]["worklist_id"]
+    assert r.json()["results"][0]["times_received"] == 2
+    assert again.get("/api/v1/worklist").json()["total"] == 4
 
 
 def test_worklist_filters_and_paging(client):
@@ -423,7 +424,7 @@ def test_a_database_failure_never_costs_the_result(predictor, caplog):
     def broken(*_args, **_kwargs):
         raise StoreError("worklist database x: OperationalError: disk I/O error")
 
-    store.add = broken
+    store.add_or_count = broken
     client = TestClient(app)
     with caplog.at_level("ERROR", logger="pneumoscan.serve"):
         r = _post(client, [("Doe_Jane.jpeg", xray_jpeg())])
@@ -448,7 +449,7 @@ def test_a_database_failure_says_why_in_a_few_words(predictor, message, reason):
     def broken(*_args, **_kwargs):
         raise StoreError(message)
 
-    app.state.pneumoscan.store.add = broken
+    app.state.pneumoscan.store.add_or_count = broken
     entry = _post(TestClient(app), [("a.jpeg", xray_jpeg())]).json()["results"][0]
     assert entry["worklist_error"] == f"{reason}; see the server log"
 

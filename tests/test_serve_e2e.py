@@ -97,6 +97,18 @@ def _sample_image(tmp_path: Path) -> Path:
     return path
 
 
+def _another_file(path: Path, n: int, folder: Path) -> Path:
+    """The same picture as another file (``n`` bytes after the image's end): the server counts the very same file
+    sent again as one result (issue 26, item 11), so a test that wants a new row sends another file (written in
+    ``folder``, under the same name)."""
+    if not n:
+        return path
+    copy = folder / f"copy-{n}" / path.name  # the same name, for the tests that look for it
+    copy.parent.mkdir(exist_ok=True)
+    copy.write_bytes(path.read_bytes() + b"\0" * n)
+    return copy
+
+
 def _launch(pw):
     return pw.chromium.launch(
         executable_path=CHROMIUM, headless=True,
@@ -334,8 +346,8 @@ def test_not_assessed_card_and_drift_banner(shifted_server, tmp_path):
             expect(banner).to_have_attribute("role", "alert")
             expect(banner).to_contain_text("differ from the training data")
             expect(banner).to_contain_text("may not hold")
-            expect(banner.locator("code")).to_have_text("pneumoscan calibrate")
-            page.set_input_files("#file-input", [str(blank), str(good)])
+            expect(banner.locator("code")).to_have_text(["pneumoscan adapt", "pneumoscan calibrate"])
+            page.set_input_files("#file-input", [str(_another_file(blank, i, tmp_path)), str(_another_file(good, i, tmp_path))])
             # The second page also shows the first one's results, stored, as cards.
             expect(page.locator("article.card")).to_have_count(2 * (i + 1), timeout=30_000)
             oos = page.locator("article.card.oos:not(.stored)")
@@ -603,7 +615,7 @@ def test_no_horizontal_overflow_on_a_phone(adapted_server, tmp_path):
             expect(page.locator("#model-card dl")).to_be_visible()
             _no_horizontal_overflow(page)  # empty
             page.screenshot(path=str(ARTIFACTS / f"serve_e2e_empty_{name}.png"), full_page=True)
-            page.set_input_files("#file-input", [str(good), str(bad)])
+            page.set_input_files("#file-input", [str(_another_file(good, k, tmp_path)), str(bad)])
             expect(page.locator("#status")).to_contain_text("Done:", timeout=30_000)
             expect(page.locator("#worklist a.card-link")).to_have_count(2 * (k + 1))  # and the phone's, stored
             _no_horizontal_overflow(page)  # with results

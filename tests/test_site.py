@@ -24,6 +24,13 @@ from pneumoscan.cli import main
 from pneumoscan.models import create_model, default_preprocessing
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.preprocessing import cached_rows_to_unit, normalize, resize_for_model
+from pneumoscan.onboarding.adabn import (
+    MIX_MAX_DISAGREEMENT,
+    MixCheck,
+    bbse_prevalence,
+    label_shift_weights,
+    mix_check,
+)
 from pneumoscan.onboarding.reference_builder import build_reference
 from pneumoscan.onboarding.site import (
     ADAPT_TENSOR,
@@ -144,6 +151,91 @@ def test_adabn_re_estimates_batchnorm_statistics_and_nothing_else():
     assert torch.allclose(model.stem[1].running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-4)
 
 
+def test_class_balanced_statistics_equal_those_of_a_balanced_batch():
+    """6 'normal' and 2 'pneumonia' films (a site at 25%) weighted to a 50% training mix: the statistics are those
+    of plain AdaBN on one balanced batch, the 6 normal films and each pneumonia film three times."""
+    spec = default_preprocessing("deep-cnn", SIZE)
+    squares = np.stack([resize_for_model(varied_film(300 + i), spec) for i in range(8)])
+    y = np.r_[np.zeros(6), np.ones(2)]
+    w = label_shift_weights(y, 0.5, 0.25)  # crisp posteriors: w1 / w0 = (0.5 / 0.25) / (0.5 / 0.75) = 3
+    assert w[6] / w[0] == pytest.approx(3.0) and w.mean() == pytest.approx(1.0)
+    weighted, balanced = _deep_model(), _deep_model()
+    adabn(weighted, squares, spec, weights=w, batch_size=64)
+    adabn(balanced, np.concatenate([squares[:6]] + [squares[6:]] * 3), spec, batch_size=64)
+    n_checked = 0
+    for (name, a), b in zip(weighted.state_dict().items(), balanced.state_dict().values()):
+        if name.endswith("running_mean"):
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), name
+            n_checked += 1
+        elif name.endswith("running_var"):  # the same up to torch's m / (m - 1): 8 films against 12
+            assert torch.allclose(a, b, atol=1e-4, rtol=3e-2), name
+    assert n_checked == 20
+    # Equal weights are plain AdaBN; a different mix gives other statistics.
+    plain, uniform = _deep_model(), _deep_model()
+    adabn(plain, squares, spec, batch_size=64)
+    adabn(uniform, squares, spec, weights=np.ones(8), batch_size=64)
+    assert torch.allclose(plain.stem[1].running_mean, uniform.stem[1].running_mean, atol=1e-5)
+    assert not torch.allclose(plain.stem[1].running_mean, weighted.stem[1].running_mean, atol=1e-4)
+    with pytest.raises(AdaptationError, match="weights"):
+        adabn(plain, squares, spec, weights=np.zeros(8))
+
+
+def test_label_shift_weights_reach_the_training_mix_and_are_bounded():
+    rng = np.random.default_rng(0)
+    y = rng.random(4000) < 0.2
+    x = rng.normal(np.where(y, 1.0, -1.0), 1.0)  # a film's features: N(1, 1) with pneumonia, N(-1, 1) without
+    lr = np.exp(2 * x)
+    p = 0.77 * lr / (0.77 * lr + 0.23)  # calibrated at the training mix, 77%
+    w = label_shift_weights(p, 0.77, 0.2)
+    # What BatchNorm sees is a function of the film: weighted, the site's films have the training mix's statistics.
+    assert x.mean() == pytest.approx(0.2 - 0.8, abs=0.05)
+    assert np.average(x, weights=w) == pytest.approx(0.77 - 0.23, abs=0.05)
+    assert np.average((x - 0.54) ** 2, weights=w) == pytest.approx(1 + 4 * 0.77 * 0.23, abs=0.1)
+    assert w.max() / w.min() <= 10.0 * 10.0 + 1e-9
+
+
+def test_the_mix_check_says_when_the_estimate_is_unreliable():
+    rng = np.random.default_rng(3)
+    y = rng.random(300) < 0.3
+    lr = np.exp(3 * rng.normal(np.where(y, 1.0, -1.0), 1.0))
+    p = 0.77 * lr / (0.77 * lr + 0.23)
+    youden = {"bbse_threshold": 0.5, "bbse_sensitivity": float(np.mean(p[y] >= 0.5)),
+              "bbse_specificity": float(np.mean(p[~y] < 0.5))}
+    ok = mix_check(p, 0.77, probs_adapted=p, **youden)
+    assert ok.reliable and not ok.reasons and ok.prevalence == pytest.approx(0.3, abs=0.06)
+    assert ok.bbse == pytest.approx(ok.prevalence, abs=MIX_MAX_DISAGREEMENT)
+    assert ok.bootstrap_ci[0] < ok.prevalence < ok.bootstrap_ci[1]
+    # The adapted model flags far more than EM expects: BBSE disagrees.
+    bad = mix_check(p, 0.77, probs_adapted=np.clip(p + 0.4, 0, 1), **youden)
+    assert not bad.reliable and "BBSE" in bad.reasons[0] and bad.to_dict()["reliable"] is False
+    # Ten films: the bootstrap interval is wide.
+    few = mix_check(p[:10], 0.77)
+    assert not few.reliable and "bootstrap 95% interval is wide" in few.reasons[-1]
+    assert bbse_prevalence(0.5, 0.9, 0.9) == pytest.approx(0.5) and bbse_prevalence(0.3, 0.5, 0.4) is None
+
+
+def test_adapt_warns_and_records_an_unreliable_estimate_of_the_mix(parent, site, tmp_path, monkeypatch):
+    import pneumoscan.onboarding.site as site_module
+
+    def unreliable(probs_parent, training_prevalence, **kw):
+        return MixCheck(prevalence=0.456, bootstrap_ci=[0.2, 0.7], bbse=0.2, em_adapted=0.4, reliable=False,
+                        reasons=["EM gives 46% but BBSE gives 20%"])
+
+    monkeypatch.setattr(site_module, "mix_check", unreliable)
+    out = tmp_path / "u.safetensors"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["adapt", "--model", str(parent), "--data", str(site), "--out", str(out), "--no-progress"])
+    printed = " ".join(buf.getvalue().split())
+    assert code == 0, printed
+    assert "UNRELIABLE, see the warning" in printed
+    assert "warning: the estimate of this site's share of pneumonia (46%) is UNRELIABLE: EM gives 46% but BBSE" \
+        in printed
+    a = load_checkpoint(out).meta["adaptation"]
+    assert a["prevalence_reliable"] is False and a["prevalence_check"]["reasons"] == ["EM gives 46% but BBSE gives 20%"]
+    assert any("UNRELIABLE" in w for w in a["warnings"])
+
+
 def test_site_state_and_provenance_line():
     assert site_state({}) == "shipped" and provenance_line({}) == ""
     ad = {"date": "2026-11-26T10:00:00Z", "n_images": 312, "parent_model_sha256": "e4d5bf9a2f72" + "0" * 52}
@@ -213,8 +305,9 @@ def test_adapt_prints_what_it_did(adapted, parent):
     assert "Model adapted at this site on" in printed
     assert f"from {N_SITE} films (parent {file_sha256(parent)[:12]})" in printed
     assert f"used {N_SITE} in-scope film(s) of {N_SITE + 3} file(s): 1 out of scope, 1 unreadable, 1 duplicate(s)" in printed
-    assert "BatchNorm statistics re-estimated in 20 layer(s) (AdaBN)" in printed
+    assert "BatchNorm statistics re-estimated in 20 layer(s) (class-balanced AdaBN" in printed
     assert "estimated pneumonia prevalence among these films (EM)" in printed and "training prevalence 60.0%" in printed
+    assert "bootstrap 95% interval" in printed
     assert "100 form the reference, 100 set its cut-off; drift check available" in printed
     assert "warning: 5 of the files are films of this model's validation set" in printed  # 4, and the copy of one
     assert "pneumoscan calibrate" in printed
@@ -226,7 +319,9 @@ def test_the_adapted_checkpoint_records_its_provenance(adapted, parent, site):
     a = ckpt.meta["adaptation"]
     films = sorted(site.glob("film*.png"))
     assert ckpt.meta["site_state"] == "adapted" and site_state(ckpt.meta) == "adapted"
-    assert a["method"] == "AdaBN" and a["n_images"] == N_SITE
+    assert a["method"] == "AdaBN, class-balanced" and a["balanced"] and a["n_images"] == N_SITE
+    assert a["balance_weights"]["target_prevalence"] == pytest.approx(0.6)
+    assert a["prevalence_check"]["prevalence"] == a["prevalence_em"] and isinstance(a["prevalence_reliable"], bool)
     assert (a["n_files"], a["n_out_of_scope"], a["n_unreadable"], a["n_duplicates"], a["n_refused"]) == (
         N_SITE + 3, 1, 1, 1, 3)
     assert a["out_of_scope_reasons"] == {"blank or uniform image": 1}

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.io import ImageContext
-from pneumoscan.result import ModelIdentity, Result
+from pneumoscan.result import RESULT_KEYS, ModelIdentity, Result
 from pneumoscan.store import (
     SCHEMA_VERSION,
     ResultNotFoundError,
@@ -163,8 +163,20 @@ def test_a_thumbnail_is_kept_with_its_result_and_a_bad_one_dropped(store, caplog
     assert "thumbnail was not stored" in caplog.text
 
 
+def _back_to_v6(conn) -> None:
+    """Today's tables as schema version 6 had them: no times_received."""
+    conn.execute(text("ALTER TABLE worklist_results DROP COLUMN times_received"))
+
+
+def _back_to_v5(conn) -> None:
+    """Today's tables as schema version 5 had them: no scope_caution."""
+    _back_to_v6(conn)
+    conn.execute(text("ALTER TABLE worklist_results DROP COLUMN scope_caution"))
+
+
 def _back_to_v4(conn) -> None:
     """Today's tables as schema version 4 had them: no outbox, no uid_conflict, no index on sop_uid."""
+    _back_to_v5(conn)
     conn.execute(text("DROP TABLE dicom_outbox"))
     conn.execute(text("DROP INDEX ix_worklist_results_sop_uid"))
     conn.execute(text("ALTER TABLE worklist_results DROP COLUMN uid_conflict"))
@@ -197,11 +209,11 @@ def test_a_version_1_database_gains_the_thumbnail_column(tmp_path):
         (old,) = s.list()
         assert old["probability"] == 0.7 and old["thumbnail"] is None
     con = sqlite3.connect(path)
-    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3, 4, 5]
+    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == list(range(1, SCHEMA_VERSION + 1))
     assert "thumbnail" in [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
     con.close()
     with WorklistStore(path) as s:
-        assert s.schema_version == 5
+        assert s.schema_version == SCHEMA_VERSION
         rid = s.add(scored("new.png", 0.3), input_sha256=_sha("new"), source="upload", client="local",
                     thumbnail=JPEG_URI)
         assert s.get(rid)["thumbnail"] == JPEG_URI
@@ -230,7 +242,7 @@ def test_a_version_2_database_gains_the_cause_columns_and_old_rows_have_no_cause
     con.commit()
     con.close()
     with WorklistStore(path) as s:
-        assert s.schema_version == 5
+        assert s.schema_version == SCHEMA_VERSION
         (old,) = s.list()
         assert (old["cause"], old["cause_score"], old["cause_threshold"]) == ("", None, None)
         assert old["score_calibration"] == ""  # rows from before do not say where their score was calibrated
@@ -538,7 +550,7 @@ def test_a_version_4_database_gains_the_outbox_and_the_uid_conflict_flag(tmp_pat
     con.commit()
     con.close()
     with WorklistStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 5
+        assert s.schema_version == SCHEMA_VERSION
         (old,) = s.list()
         assert old["uid_conflict"] is False and old["forward"] is None
         assert s.received("1.2.3.4", _sha("old")).duplicate_of == old["id"]
@@ -546,6 +558,46 @@ def test_a_version_4_database_gains_the_outbox_and_the_uid_conflict_flag(tmp_pat
                     outbox=[OutgoingObject("SR", b"DICM", "1.2.840.10008.5.1.4.1.1.88.34", "2.25.1", "1.2.840.10008.1.2.1")])
         assert s.get(rid)["forward"]["state"] == "pending" and s.outbox.knows("2.25.1")
     con = sqlite3.connect(path)
-    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [4, 5]
+    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == list(range(4, SCHEMA_VERSION + 1))
     assert "ix_worklist_results_sop_uid" in [r[1] for r in con.execute("PRAGMA index_list(worklist_results)")]
+    con.close()
+
+
+def test_a_version_5_database_gains_the_scope_caution_and_old_rows_have_none(tmp_path):
+    """Schema 6: a version 5 database keeps its rows (no caution: the gate then refused what it now cautions) and
+    gains worklist_results.scope_caution; a cautioned film is stored and read back with its caution."""
+    from pneumoscan.constants import UNFAMILIAR_CAUTION
+    from pneumoscan.result import ModelIdentity, Result
+
+    path = tmp_path / "v5.db"
+    engine = engine_mod.make_engine(*engine_mod.resolve(path))
+    with engine.begin() as conn:
+        schema_mod.Base.metadata.create_all(conn)
+        _back_to_v5(conn)
+        conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
+                          "VALUES (5, '2026-01-01 00:00:00', 'created')"))
+    engine.dispose()
+    con = sqlite3.connect(path)
+    columns = [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
+    assert "scope_caution" not in columns
+    values = {c: "" for c in columns if c not in ("id", "uid_conflict")}
+    values.update(created="2026-01-01 00:00:00", category=0, input_sha256=_sha("old"), probability=0.7,
+                  threshold=0.5, in_scope=1, decision="PNEUMONIA")
+    con.execute(f"INSERT INTO worklist_results ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                list(values.values()))
+    con.commit()
+    con.close()
+    with WorklistStore(path) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        (old,) = s.list()
+        assert old["scope_caution"] == "" and old["in_scope"] is True and old["probability"] == 0.7
+        model = ModelIdentity("m", "v", 0.5)
+        rid = s.add(Result.scored("new.png", 0.3, model, scope_caution=UNFAMILIAR_CAUTION),
+                    input_sha256=_sha("new"), source="upload", client="local")
+        new = s.get(rid)
+        assert new["scope_caution"] == UNFAMILIAR_CAUTION and new["in_scope"] is True and new["score"] is not None
+        assert set(RESULT_KEYS) <= set(new)
+    con = sqlite3.connect(path)
+    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")][:2] == [5, 6]
+    assert "scope_caution" in [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
     con.close()

@@ -10,12 +10,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from pneumoscan.constants import UNFAMILIAR_CAUTION
 from pneumoscan.gate.drift import MIN_IMAGES, DriftResult, NotEnoughImagesError
 from pneumoscan.io import ImageContext
 from resultfactory import scored, unread
 from pneumoscan.pseudonym import pseudonymise, pseudonymise_uid
 from pneumoscan.result import Result
 from pneumoscan.gate.scope import OUT_OF_SCOPE
+from pneumoscan.worklist.job import summary_line
 from pneumoscan.worklist import (
     CONTEXT_COLUMNS,
     RESULT_COLUMNS,
@@ -49,7 +51,8 @@ def test_columns_in_order():
     assert RESULT_COLUMNS == ("rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view",
                               "score", "score_threshold", "score_calibration", "decision_text", "probability",
                               "decision", "positive",
-                              "in_scope", "scope_reason", "threshold", "cause", "cause_text", "cause_score",
+                              "in_scope", "scope_reason", "scope_caution", "threshold", "cause", "cause_text",
+                              "cause_score",
                               "cause_probability", "cause_threshold", "error", "study_uid", "series_uid", "sop_uid",
                               "heatmap", "dicom_out", "model_name", "model_version", "created", "disclaimer")
     assert set(CONTEXT_COLUMNS) <= set(RESULT_COLUMNS)
@@ -100,15 +103,43 @@ def test_csv_and_json_carry_the_scope_columns(tmp_path):
     blank = doc["results"][3]
     assert blank == {"rank": None, "path": "blank.png", "score": None, "score_threshold": 50.0,
                      "decision_text": "Not assessed (out of scope)", "probability": 0.99, "decision": OUT_OF_SCOPE,
-                     "positive": False, "in_scope": False, "scope_reason": BLANK, "threshold": 0.5, "error": "",
+                     "positive": False, "in_scope": False, "scope_reason": BLANK, "scope_caution": "",
+                     "threshold": 0.5, "error": "",
                      "cause": "", "cause_text": "", "cause_score": None, "cause_probability": None,
                      "cause_threshold": None, "score_calibration": "",
                      "model_name": "seed-cnn", "model_version": "0123456789ab", **{c: "" for c in CONTEXT_COLUMNS}}
 
 
 def test_count_results():
-    assert count_results(_results()) == {"n_files": 6, "n_in_scope": 3, "n_out_of_scope": 2, "n_unreadable": 1}
-    assert count_results([]) == {"n_files": 0, "n_in_scope": 0, "n_out_of_scope": 0, "n_unreadable": 0}
+    assert count_results(_results()) == {"n_files": 6, "n_in_scope": 3, "n_cautioned": 0, "n_out_of_scope": 2,
+                                         "n_unreadable": 1}
+    assert count_results([]) == {"n_files": 0, "n_in_scope": 0, "n_cautioned": 0, "n_out_of_scope": 0,
+                                 "n_unreadable": 0}
+    cautioned = scored("site.png", 0.8, scope_caution=UNFAMILIAR_CAUTION)
+    assert count_results([*_results(), cautioned]) == {"n_files": 7, "n_in_scope": 4, "n_cautioned": 1,
+                                                      "n_out_of_scope": 2, "n_unreadable": 1}
+
+
+def test_a_cautioned_film_is_scored_ranked_and_carries_its_caution_in_every_column(tmp_path):
+    """A chest film unlike the training films is in scope: ranked by its score like any other, flagged when above
+    the threshold, with the caution in its row, its CSV column and its JSON."""
+    rows = worklist_rows([*_results(), scored("site.png", 0.8, scope_caution=UNFAMILIAR_CAUTION)])
+    site = next(r for r in rows if r["path"] == "site.png")
+    assert (site["rank"], site["in_scope"], site["decision"], site["positive"]) == (2, True, "PNEUMONIA", True)
+    assert site["scope_caution"] == UNFAMILIAR_CAUTION and site["scope_reason"] == "" and site["score"] == 80.0
+    assert all(r["scope_caution"] == "" for r in rows if r["path"] != "site.png")
+    with open(write_results(rows, tmp_path / "w.csv"), newline="") as fh:
+        table = {t["path"]: t for t in csv.DictReader(fh)}
+    assert table["site.png"]["scope_caution"] == UNFAMILIAR_CAUTION and table["site.png"]["rank"] == "2"
+    assert table["blank.png"]["scope_caution"] == ""
+    doc = json.loads(write_results(rows, tmp_path / "w.json").read_text())
+    assert [r["scope_caution"] for r in doc["results"] if r["path"] == "site.png"] == [UNFAMILIAR_CAUTION]
+    counts = count_results([*_results(), scored("site.png", 0.8, scope_caution=UNFAMILIAR_CAUTION)])
+    line = summary_line(rows, counts, 0.5)
+    assert "4 of 7 image(s) scored" in line and "scored with a caution (unfamiliar film" in line and "): 1;" in line
+    assert "caution" not in summary_line(worklist_rows(_results()), count_results(_results()), 0.5)
+    with pytest.raises(ValueError, match="only a film that is scored in scope carries a caution"):
+        scored("x.png", 0.8, in_scope=False, scope_reason=BLANK, scope_caution=UNFAMILIAR_CAUTION)
 
 
 def _drift(shifted: bool) -> DriftResult:

@@ -149,6 +149,10 @@ class TrainConfig:
     #: On CUDA, keep the decoded-image cache in GPU memory when it takes at most this fraction of the free
     #: memory (0 turns it off); batches are then gathered and augmented on the GPU without host copies.
     device_cache_fraction: float = 0.25
+    #: Fine-tune: start from this checkpoint's weights (``pneumoscan train --init-from MODEL``), keeping its
+    #: architecture, preprocessing and outputs (:mod:`pneumoscan.training.finetune`). Empty: train from
+    #: ``model.pretrained`` weights or from scratch.
+    init_from: str = ""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CAUSE_CAVEAT", "CAUSE_WORDS", "CLASS_NAMES", "DECISION_WORDS", "DEFAULT_CACHE_DIR", "DISCLAIMER", "DISCLAIMER_SHORT", "IMAGE_SUFFIXES",
+__all__ = ["CAUSE_CAVEAT", "CAUSE_WORDS", "CLASS_NAMES", "DECISION_WORDS", "DEFAULT_CACHE_DIR", "DISCLAIMER", "DISCLAIMER_SHORT", "UNFAMILIAR_CAUTION", "IMAGE_SUFFIXES",
            "INTENDED_USE", "JUNK_NAMES", "NOT_READ_WORDS", "OTHER_IMAGE_SUFFIXES", "OUT_OF_SCOPE", "SCORE_SCALE",
            "SUPPORTED_FORMATS"]
 
@@ -42,6 +42,9 @@ DISCLAIMER = ("Decision support, not a diagnosis: pneumoscan is a second reader 
 
 #: The disclaimer's short form, for captions burned into pictures (the Secondary Capture, heatmap overlays).
 DISCLAIMER_SHORT = "Decision support, not a diagnosis."
+#: The caution on a film the gate scored although it is unlike the training films (a chest radiograph near the
+#: boundary of the content check): it is scored, and this says to read that score with care.
+UNFAMILIAR_CAUTION = "Unfamiliar film: a chest radiograph unlike the training films; read the score with caution"
 
 #: What the shipped model is for, and what it was never tested on.
 INTENDED_USE = (

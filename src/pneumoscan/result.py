@@ -117,7 +117,9 @@ class Result:
             scope it is kept for audit only and is never a risk.
         in_scope: the scope gate's verdict (None when not read); ``scope_reason`` says why not, in a clinician's
             words; ``scope_evidence`` which check refused (``metadata``, ``pixels``, ``features``); ``ood_score`` the
-            feature distance to the training films when computed.
+            feature distance to the training films when computed. ``scope_caution`` (in scope only): non-empty
+            (:data:`~pneumoscan.constants.UNFAMILIAR_CAUTION`) when the film is a chest radiograph unlike the training
+            films: it is scored, and the score is read with caution.
         context: the image's DICOM context (:class:`~pneumoscan.io.ImageContext`; empty fields for other formats).
         error: why the file could not be read (then ``probability`` is None); ``""`` otherwise.
         note: a problem with an output of a scored file (its heatmap or DICOM results could not be written); the
@@ -142,6 +144,7 @@ class Result:
     in_scope: bool | None = None
     scope_reason: str = ""
     scope_evidence: str = ""
+    scope_caution: str = ""
     ood_score: float | None = None
     context: ImageContext = field(default_factory=ImageContext)
     error: str = ""
@@ -170,6 +173,8 @@ class Result:
         if self.error:
             raise ValueError(f"{self.source}: a scored result has no error (its output problems are its note)")
         in_scope = self.in_scope is not False
+        if self.scope_caution and not in_scope:
+            raise ValueError(f"{self.source}: only a film that is scored in scope carries a caution")
         object.__setattr__(self, "probability", float(p))
         object.__setattr__(self, "in_scope", in_scope)
         label = CLASS_NAMES[int(decide(float(p), self.model.threshold))] if in_scope else OUT_OF_SCOPE
@@ -266,7 +271,8 @@ class Result:
         ``"Flagged: possible pneumonia. Score 73.4 / 100 (threshold 44.2; calibrated on the training hospital's
         validation films). Decision support, not a diagnosis."`` (the model's :attr:`ModelIdentity.calibration`);
         not assessed ``"Not assessed (out of scope): <reason>. Decision support, not a diagnosis."`` (no score: it is
-        not a risk); not read ``"Could not be read: <error>"``."""
+        not a risk); not read ``"Could not be read: <error>"``. A film scored with a :attr:`scope_caution` carries
+        it after its score."""
         if not self.read:
             return f"{NOT_READ_WORDS}: {self.error}"
         if not self.assessed:
@@ -274,8 +280,9 @@ class Result:
         cause = (f" {self.cause_text[:1].upper()}{self.cause_text[1:]} (viral score {self.cause_score:.1f} / 100, "
                  f"threshold {self.cause_score_threshold:.1f})." if self.cause else "")
         where = f"; {self.model.calibration}" if self.model.calibration else ""
+        caution = f" {self.scope_caution}." if self.scope_caution else ""
         return (f"{self.decision_text}. Score {self.score:.1f} / 100 (threshold {self.score_threshold:.1f}{where})."
-                f"{cause} {DISCLAIMER_SHORT}")
+                f"{cause}{caution} {DISCLAIMER_SHORT}")
 
     def context_dict(self) -> dict[str, str]:
         """The DICOM context by :data:`CONTEXT_KEYS` (never the patient's name)."""
@@ -300,7 +307,8 @@ class Result:
                 "threshold": self.model.threshold, "score_threshold": self.score_threshold,
                 "decision": self.decision, "decision_text": self.decision_text,
                 "positive": self.positive if self.read else None, "in_scope": self.in_scope,
-                "scope_reason": self.scope_reason, "cause": self.cause, "cause_text": self.cause_text,
+                "scope_reason": self.scope_reason, "scope_caution": self.scope_caution,
+                "cause": self.cause, "cause_text": self.cause_text,
                 "cause_score": self.cause_score,
                 "cause_probability": self.cause_probability if self.cause else None,
                 "cause_threshold": self.model.cause_threshold, "score_calibration": self.model.calibration,
@@ -310,5 +318,5 @@ class Result:
 
 #: The keys of :meth:`Result.to_dict`, in order: what every JSON result (the API's, the stored worklist's) holds.
 RESULT_KEYS = ("ok", "probability", "score", "threshold", "score_threshold", "decision", "decision_text", "positive",
-               "in_scope", "scope_reason", "cause", "cause_text", "cause_score", "cause_probability",
+               "in_scope", "scope_reason", "scope_caution", "cause", "cause_text", "cause_score", "cause_probability",
                "cause_threshold", "score_calibration", "error", "note", "model_name", "model_version", "context")

@@ -43,7 +43,7 @@ app.command("export")(model_cmds.export_cmd)
 app.command("serve")(serve_cmd.serve_cmd)
 app.command("dicom-listen")(dicom_cmd.dicom_listen_cmd)
 app.command("evaluate")(model_cmds.evaluate_cmd)
-app.command("calibrate")(model_cmds.calibrate_cmd)
+app.command("calibrate")(adapt_cmd.calibrate_cmd)
 
 _state = {"debug": False}
 

@@ -31,11 +31,15 @@ def drift_cmd(
     statistic is the larger of two kernel two-sample tests (maximum mean discrepancy, MMD, Gaussian kernel),
     each divided by its own 95th percentile under no shift: one on the model's pooled image features (a site
     can shift these without its flag rate moving), one on the images' intensity percentiles, mean and
-    standard deviation (exposure, contrast). The threshold is set by resampling batches of the same size from
-    the model's held-out validation films, so that a batch like the training data is called shifted at most
-    5% of the time. Large batches are subsampled (seeded) to at most 500 images.
+    standard deviation (exposure, contrast). A site's mix of cases is not a shift: the training films are
+    reweighted, class by class, to the share of pneumonia that fits the batch best (printed), and the threshold
+    is set by resampling batches of the same size, at that mix, from the model's held-out validation films, so
+    that a batch like the training data is called shifted at most 5% of the time whatever its share of
+    pneumonia (a model whose reference carries no labels cannot allow for the mix, and says so). Large batches
+    are subsampled (seeded) to at most 500 images.
 
-    A shifted batch means the model's results on these images may not hold: calibrate it on this site's films
+    A shifted batch means the model's results on these images may not hold: first adapt the model to this
+    site's films, which needs no labels (pneumoscan adapt), then calibrate it on labelled films of this site
     (pneumoscan calibrate). Exit code 0 when the check ran (shifted or not), 1 when it cannot run (fewer than
     50 in-scope images, a model without a reference, a bad model file), 2 on a bad invocation.
     """
@@ -50,6 +54,13 @@ def drift_cmd(
                   f"features {drift.features_component:.2f}, intensity {drift.intensity_component:.2f}; threshold "
                   f"{drift.threshold:.2f} calls at most {drift.alpha:.0%} of in-distribution batches of "
                   f"{drift.n_used} shifted", highlight=False, soft_wrap=True)
+    if drift.estimated_mix is not None:
+        console.print(f"the training films were reweighted to {drift.estimated_mix:.0%} pneumonia, the mix of cases "
+                      "that fits this batch best, so the mix alone does not count as a shift", highlight=False,
+                      soft_wrap=True)
+    else:
+        console.print("not adjusted for the mix of cases: this model's reference carries no labels (rebuild it with "
+                      "scripts/build_reference.py --labels-only)", highlight=False, soft_wrap=True)
     c = report.counts
     console.print(f"{c['n_in_scope']} in-scope image(s) of {c['n_files']} file(s); {c['n_out_of_scope']} not assessed "
                   f"(out of scope); {c['n_unreadable']} unreadable", highlight=False)

@@ -1,4 +1,5 @@
-"""Model commands: ``train``, ``evaluate``, ``calibrate`` and ``export`` (registered on the app by the package)."""
+"""Model commands: ``train``, ``evaluate`` and ``export`` (registered on the app by the package; ``calibrate`` lives
+with ``adapt`` in :mod:`.adapt_cmd`)."""
 
 from __future__ import annotations
 
@@ -24,28 +25,39 @@ def train_cmd(
                                                 "trains; a patient on both sides is an error (default: data.val, else a "
                                                 "seeded 10% patient-level split of --data).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder.")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        "--init-from", help="Fine-tune this checkpoint (.safetensors) on a site's labelled films (--data): its weights, "
+                            "architecture, preprocessing, outputs and recipe; fine-tuning defaults: learning rate a tenth "
+                            "of the parent's, 5 epochs, 30% of the site's patients validate. Change the rest with --set "
+                            "(train.epochs, train.lr, train.batch_size, augment.*, eval.*); model.name, "
+                            "model.image_size and model.cause_head stay the parent's. Films the parent trained on are "
+                            "refused.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over the batches.")] = True,
 ) -> None:
     """Train a model on the patient-level train split (or all of --data but the images of --val), validating after
     every epoch, with early stopping on validation AUC. Scales to several GPUs or nodes under torchrun
-    (DistributedDataParallel)."""
+    (DistributedDataParallel). With --init-from, fine-tune an existing model on a site's labelled films."""
     import dataclasses
 
     from pneumoscan.config import default_data_root, load_config
     from pneumoscan.training import resume as resume_run
     from pneumoscan.training import train
+    from pneumoscan.training.finetune import finetune_config
 
     overrides = list(set_ or [])
     if resume is not None:
-        if config is not None or out is not None:
-            raise _click_errors.UsageError("--resume takes the run's own config; do not combine it with --config or --out")
+        if config is not None or out is not None or init_from is not None:
+            raise _click_errors.UsageError("--resume takes the run's own config (and parent); do not combine it with "
+                                           "--config, --out or --init-from")
         extra = [f"data.root={json.dumps(str(data))}"] if data is not None else []
         extra += [f"data.val={json.dumps(str(val))}"] if val is not None else []  # moved, like --data
         result = resume_run(resume, overrides=extra + overrides, progress=progress)
     else:
         if out is None:
             raise _click_errors.UsageError("--out is required (the run folder to create), or use --resume RUN")
-        cfg = load_config(config, overrides)
+        if init_from is not None and config is not None:
+            raise _click_errors.UsageError("--init-from takes the parent's recipe; change it with --set, not --config")
+        cfg = finetune_config(init_from, overrides) if init_from is not None else load_config(config, overrides)
         root = data if data is not None else (Path(cfg.data.root) if cfg.data.root else default_data_root())
         if root is None:
             raise _click_errors.UsageError("no training data: pass --data PATH or set $PNEUMOSCAN_DATA")
@@ -58,6 +70,10 @@ def train_cmd(
         f"best epoch {result.best_epoch} of {result.epochs_run}: validation AUC {result.best_val_auc:.4f}"
         f"{' (stopped early)' if result.stopped_early else ''} -> {result.best_checkpoint}"
     )
+    if result.fine_tuned_from:
+        console.print("fine-tuned: its threshold and temperature were chosen on the site's validation split; evaluate "
+                      "it on separate labelled films of the site before use (decision support, not a diagnosis)",
+                      highlight=False)
 
 
 def evaluate_cmd(
@@ -104,70 +120,6 @@ def evaluate_cmd(
             if w not in alerts:
                 console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     console.print(f"wrote {out / 'report.html'} and {out / 'metrics.json'}")
-
-
-def calibrate_cmd(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.safetensors) to calibrate, e.g. the output of `pneumoscan adapt`.")],
-    data: Annotated[Path, typer.Option(help="The site's labelled films: folder or CSV manifest; at least 50, with 15 of each class, "
-                                       "none of them the model's training films.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="New checkpoint to write (.safetensors; a .json copy goes beside it).")],
-    split: Annotated[Optional[str], typer.Option(help="Sub-folder of --data, or the manifest's 'split' value, e.g. 'val'.")] = None,
-    target_sensitivity: Annotated[Optional[float], typer.Option(help="Lowest sensitivity allowed on these films (default: the checkpoint's, 0.95).")] = None,
-    miss_cost: Annotated[Optional[float], typer.Option(help="How many false alarms one missed pneumonia weighs (default: the checkpoint's, 3).")] = None,
-    repeats: Annotated[int, typer.Option(help="Cross-fitting repeats (choose on half the patients, measure on the other half).")] = 200,
-    seed: Annotated[int, typer.Option(help="Seed of the cross-fitting halves.")] = 0,
-    cache_dir: Annotated[Path, typer.Option(help="Decoded-image cache folder.")] = Path(DEFAULT_CACHE_DIR),
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-) -> None:
-    """Calibrate a model to a site: choose the operating threshold (and fit the temperature, when the films can
-    tell it) on the site's labelled films, estimate by cross-fitting the sensitivity and specificity to expect on
-    new films, and write a new checkpoint with the same weights that records all of it. Refuses the model's own
-    training films (found by image content) and fewer than 50 films or 15 of a class. Do not report performance on
-    these films: evaluate on a separate labelled set."""
-    from pneumoscan.onboarding.operating_point import rechoose_operating_point
-
-    if target_sensitivity is not None and not 0.0 < target_sensitivity <= 1.0:
-        raise typer.BadParameter(f"--target-sensitivity must be in (0, 1], got {target_sensitivity}")
-    if miss_cost is not None and miss_cost < 0:
-        raise typer.BadParameter(f"--miss-cost must be at least 0, got {miss_cost}")
-    if repeats < 1:
-        raise typer.BadParameter(f"--repeats must be at least 1, got {repeats}")
-    if out.exists() and out.resolve() == model.resolve():
-        raise typer.BadParameter(f"--out {out}: write the recalibrated checkpoint to a new file, not over --model")
-    r = rechoose_operating_point(model, data, out, split=split, target_sensitivity=target_sensitivity, miss_cost=miss_cost,
-                                 cache_dir=cache_dir, device=device, n_repeats=repeats, seed=seed)
-    for f, why in r["failures"]:
-        console.print(f"[yellow]skipped[/yellow] {f}: {why}", highlight=False)
-    s, b, a = r["site_calibration"], r["before"] or {}, r["after"]
-    cf = s["cross_fitted"]
-    skipped = f"; {s['n_skipped']} skipped" if s["n_skipped"] else ""
-    console.print(f"films: {s['n_images']} ({s['n_pneumonia']} PNEUMONIA, {s['n_normal']} NORMAL) from {s['n_patients']} "
-                  f"patients{skipped}", highlight=False)
-    if s["n_in_validation_set"]:
-        console.print(f"[yellow]note:[/yellow] {s['n_in_validation_set']} of these films are in the model's validation "
-                      "set (allowed; its epoch and stored threshold were chosen on them)", highlight=False)
-    if not s["training_films_checked"]:
-        console.print("[yellow]warning:[/yellow] this model carries no list of its training films: pneumoscan could not "
-                      "check that none of these films trained it", highlight=False)
-    t_how = "fitted on these films" if s["temperature_source"] == "site" else f"stored ({s['temperature_reason']})"
-    console.print(f"temperature: {s['temperature']:.3f}, {t_how}; stored was {s['stored_temperature']:.3f}", highlight=False)
-    if b.get("threshold") is not None:
-        console.print(f"previous threshold: {b['threshold']:.4f} ({b.get('method', '?')}, chosen on {b.get('chosen_on', '?')})",
-                      highlight=False)
-    console.print(f"threshold: {a['threshold']:.4f}: the lowest-cost one (a missed pneumonia weighs {a['miss_cost']:g} false "
-                  f"alarms) among those reaching sensitivity {a['target_sensitivity']:g} on these films", highlight=False)
-    pct = f"{100 * cf['level']:g}%"
-    console.print(f"expected on new films, cross-fitted ({cf['n_repeats']} repeats of: choose on half the patients, "
-                  f"stratified by label, measure on the other half; seed {cf['seed']}):", highlight=False)
-    for name in ("sensitivity", "specificity"):
-        m = cf[name]
-        console.print(f"  {name} {m['value']:.3f} ({pct} interval {m['ci'][0]:.3f} to {m['ci'][1]:.3f}: "
-                      "percentiles of the repeats)", highlight=False)
-    console.print(f"on the films that chose it (optimistic): sensitivity {a['val_sensitivity']:.3f}, "
-                  f"specificity {a['val_specificity']:.3f}", highlight=False)
-    console.print(f"site state: {'adapted and calibrated' if s['adapted'] else 'calibrated'}; wrote {out}", highlight=False)
-    console.print("Do not report performance on these films: evaluate the new model on a separate labelled set.",
-                  highlight=False)
 
 
 def export_cmd(

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from pneumoscan.cli.common import ADULT_AGE_DEFAULT, BACKEND_HELP, Backend, console, usage_errors
 
@@ -75,25 +74,8 @@ def predict_cmd(
 
 
 def _print_worklist(rows: list[dict]) -> None:
-    """The worklist as people read it everywhere (the page, the CSV's decision_text, the report): the score and
-    the threshold on 0-100, the decision in the one wording (each row's ``score``, ``score_threshold`` and
-    ``decision_text``, from its result)."""
-    from rich.markup import escape
+    """The worklist as people read it everywhere (the page, the CSV's decision_text, the report), one line per film
+    at the terminal's width: :func:`pneumoscan.cli.table.worklist_view`."""
+    from pneumoscan.cli.table import worklist_view
 
-    table = Table(title="Pneumonia triage worklist (highest score first; images not assessed after them)")
-    who = [c for c in ("patient_id", "accession", "age", "view") if any(r.get(c) for r in rows)]  # DICOM inputs
-    for name, justify in (("rank", "right"), ("path", "left"), *((c, "left") for c in who),
-                          ("score (0-100)", "right"), ("decision", "left"), ("threshold (0-100)", "right"),
-                          ("error", "left")):
-        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for r in rows:
-        words = escape(r["decision_text"])
-        if r.get("in_scope") is False:  # its probability is kept in the files for audit, never shown as a risk
-            score, decision = "–", f"[yellow]{words}[/yellow]: {escape(r['scope_reason'])}"
-        else:
-            score = "" if r["score"] is None else f"{r['score']:.1f}"
-            decision = f"[bold red]{words}[/bold red]" if r["positive"] else words
-        table.add_row("" if r["rank"] is None else str(r["rank"]), escape(r["path"]),
-                      *(escape(r.get(c) or "") for c in who), score, decision, f"{r['score_threshold']:.1f}",
-                      escape(r["error"]))
-    console.print(table)
+    console.print(worklist_view(rows, console.width).renderable(), highlight=False)

@@ -14,8 +14,9 @@ def serve_cmd(
     model: Annotated[Optional[Path], typer.Option(help="Checkpoint (.safetensors) or ONNX export. Default: the shipped model.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on. Anything but a loopback address needs a token (or --insecure-no-auth).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    token_file: Annotated[Optional[Path], typer.Option(help="File whose first line is the API token (else $PNEUMOSCAN_API_TOKEN). With a token, "
-                                                       "API calls need 'Authorization: Bearer <token>'.")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(help="The API token(s): a file whose first line is one shared token, or one 'NAME TOKEN' line per "
+                                                       "reader (each reader's name is then recorded on their results, reviews and audit rows; '#' starts "
+                                                       "a comment). Else $PNEUMOSCAN_API_TOKEN. With a token, API calls need 'Authorization: Bearer <token>'.")] = None,
     insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Serve off localhost without a token (not recommended: the API handles patient data).")] = False,
     max_request_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MiB.")] = 64.0,
     max_pixels: Annotated[int, typer.Option(help="Largest image accepted, in pixels (the server's own limit, below the library's 60 million).")] = 25_000_000,
@@ -38,7 +39,7 @@ def serve_cmd(
     """Serve the web page and the REST API (FastAPI under uvicorn) with one model loaded at start-up.
     Open http://HOST:PORT/ in a browser; API documentation is at /docs. Decision support, not a diagnosis."""
     from pneumoscan.serve import ServeSettings, run
-    from pneumoscan.serve.security import load_token
+    from pneumoscan.serve.security import load_access
     from pneumoscan.store import default_db_path
 
     for name, value in (("--max-request-mb", max_request_mb), ("--memory-budget-mb", memory_budget_mb),
@@ -51,12 +52,13 @@ def serve_cmd(
                                  param_hint="--retention-days")
     import os
 
+    token, readers = load_access(token_file)
     settings = ServeSettings(
         max_request_bytes=int(max_request_mb * 1024 * 1024), max_pixels=max_pixels, max_files=max_files,
         workers=workers or max(2, os.cpu_count() or 1), threads=threads, backend=backend.value, memory_budget_bytes=int(memory_budget_mb * 1024 * 1024),
         header_timeout=header_timeout, body_timeout=body_timeout,
         save_uploads=str(save_uploads) if save_uploads else None, upload_retention_days=upload_retention_days,
-        token=load_token(token_file),
+        token=token, readers=readers,
         db=db if db else str(default_db_path()), retention_days=retention_days or None,
     )
     run(model, host=host, port=port, settings=settings, insecure_no_auth=insecure_no_auth)

@@ -335,6 +335,7 @@ class DicomNode:
             return self._duplicate(n, calling, ref, known.duplicate_of)
         self.stats.add("scored")
         outcome = (f"{result.decision} p={result.probability:.3f} (threshold {result.threshold:.3f})"
+                   + ("; unfamiliar film, scored with a caution" if result.scope_caution else "")
                    if result.assessed else f"OUT_OF_SCOPE ({result.scope_reason})")
         log.info("image %d from %s (sop %s, %s): %s, row %s, %.2f s", n, calling, ref,
                  ACCEPTED_SOP_CLASSES[sop_class], outcome, row, time.perf_counter() - t0)

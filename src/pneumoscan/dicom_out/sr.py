@@ -32,6 +32,7 @@ def _codes() -> dict[str, Any]:
         "threshold": ("OPERATING-THR", "Operating threshold"),
         "in_scope": ("IN-SCOPE", "Within intended use"),
         "scope_reason": ("SCOPE-REASON", "Reason not assessed"),
+        "scope_caution": ("SCOPE-CAUTION", "Caution: unfamiliar film"),
         "decision_text": ("DECISION", "Triage decision"),
         "disclaimer": ("DISCLAIMER", "Decision support disclaimer"),
         "not_assessed": ("NOT-ASSESSED", "Not assessed: outside intended use"),
@@ -108,8 +109,11 @@ def make_sr(source: pydicom.Dataset, result: Result, *, series_number: int = SR_
         texts = [(c["decision_text"], decision), (c["disclaimer"], DISCLAIMER)]
         if not in_scope:
             texts.insert(1, (c["scope_reason"], result.scope_reason or "outside the intended use"))
-        elif result.model.calibration:  # beside the probability: what its scale rests on
-            texts.insert(1, (c["score_calibration"], result.model.calibration))
+        else:
+            if result.model.calibration:  # beside the probability: what its scale rests on
+                texts.insert(1, (c["score_calibration"], result.model.calibration))
+            if result.scope_caution:  # a chest film unlike the training films: scored, read with caution
+                texts.insert(1, (c["scope_caution"], result.scope_caution))
         for name, value in texts:  # TEXT items of the group (CONTAINS), after its measurements and evaluations
             group[0].ContentSequence.append(hd.sr.TextContentItem(name=name, value=value, relationship_type="CONTAINS"))
         groups = [group]

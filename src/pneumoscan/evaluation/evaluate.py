@@ -87,6 +87,9 @@ def _model_warnings(entry: dict[str, Any]) -> list[str]:
         out.append(f"The scope gate would call {sc['n_out_of_scope']} of the {sc['n_images']} evaluated images out of "
                    f"scope ({reasons}). They are included in the metrics; in use they would be "
                    f"'{M.decision_words('OUT_OF_SCOPE')}'.")
+    if sc.get("n_cautioned"):
+        out.append(f"{sc['n_cautioned']} of the {sc['n_images']} evaluated images are chest films unlike the training "
+                   "films: in use they would be scored with the caution 'unfamiliar film'.")
     if not sc.get("feature_check", True):
         out.append("This checkpoint carries no scope/drift reference, so only DICOM metadata and pixel statistics "
                    "gate its inputs; add one with scripts/build_reference.py.")
@@ -241,7 +244,7 @@ def model_results(sm: ScoredModel, records: Sequence[Record]) -> list[Result]:
         verdict = gate.assess(ctx, square, feats)
         out.append(Result.scored(rec.path, float(sm.probs[i]), identity, in_scope=verdict.in_scope,
                                  scope_reason=verdict.reason, scope_evidence=verdict.evidence,
-                                 ood_score=verdict.ood_score, context=ctx,
+                                 scope_caution=verdict.caution, ood_score=verdict.ood_score, context=ctx,
                                  cause_probability=None if cause is None else float(cause[i])))
     return out
 
@@ -250,7 +253,9 @@ def _scope_entry(results: Sequence[Result], feature_check: bool) -> dict[str, An
     """What the out-of-scope gate says of the evaluated images (counted from their results)."""
     out = [{"path": r.source, "reason": r.scope_reason, "evidence": r.scope_evidence}
            for r in results if not r.in_scope]
-    return {"n_images": len(results), "n_out_of_scope": len(out), "feature_check": feature_check,
+    n_caution = sum(bool(r.in_scope) and bool(r.scope_caution) for r in results)
+    return {"n_images": len(results), "n_out_of_scope": len(out), "n_cautioned": n_caution,
+            "feature_check": feature_check,
             "by_reason": dict(Counter(o["reason"] for o in out).most_common()), "out_of_scope": out[:200]}
 
 
@@ -330,7 +335,7 @@ def _write_outputs(result: dict[str, Any], scored: Sequence[ScoredModel], record
 #: Columns of ``scores.csv``: the image and its label, then the columns of ``predict``'s worklist with the same names
 #: and values (the probability, the score and threshold on 0-100, the decision, the scope verdict, the model).
 SCORES_COLUMNS = ("path", "label", "patient_id", "true_cause", "probability", "score", "score_threshold", "decision",
-                  "decision_text", "positive", "in_scope", "scope_reason", "threshold", "cause", "cause_text",
+                  "decision_text", "positive", "in_scope", "scope_reason", "scope_caution", "threshold", "cause", "cause_text",
                   "cause_score", "cause_probability", "cause_threshold", "model_name", "model_version", "disclaimer")
 
 

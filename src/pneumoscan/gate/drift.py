@@ -9,31 +9,56 @@ width is the median distance in the reference):
   training bank: the model is trained to be robust to exposure and contrast, so a site that exposes or windows
   its films differently may not move the features much, yet its scores' calibration can.
 
-Each MMD is divided by its own null 95th percentile, and the statistic is the larger of the two. Its threshold is
-the ``1 - alpha`` quantile of the same statistic over bootstrap batches of the same size drawn, with replacement,
-from the held-out validation films (in distribution by construction), so a batch like the training data is called
-shifted at most ``alpha`` (5%) of the time.
+**The mix of cases.** Both the features and the intensities follow the disease as well as the acquisition: sick
+children's films look different. A site whose consecutive films are 20% pneumonia is not "shifted" because the
+validation films were 77%. So the test asks whether the batch looks like the training films *at some mix of
+cases* (a composite null: label shift allowed, nothing else). The reference's films carry their labels; the
+reference is the mixture ``(1 - pi) P(normal) + pi P(pneumonia)`` (class-weighted MMD), and ``pi`` is the mix that
+fits the batch best in the feature MMD (closed form: the MMD is quadratic in ``pi``), used for both components and
+reported as :attr:`DriftResult.estimated_mix`. A caller may pass its own estimate instead (``mix=``, e.g. EM on the
+batch's calibrated probabilities); ``benchmarks/drift_power.py`` measured both and the fitted mix is the default
+(docs/scope_gate.md). A change of acquisition is still caught because no mixture of the training films' two
+classes looks like blurred, noisier or differently exposed films.
 
-The features also depend on the mix of cases: on the shipped model, 50 consecutive training films that all showed
-pneumonia were called shifted. The result therefore reports the batch's flag rate beside the training mix and adds
-a caution when their odds differ more than threefold; the check is meant for a site's consecutive, unselected films. (Drawing without replacement from a few hundred films makes the null
-too narrow: on synthetic data it flagged 17% of in-distribution batches of 150 drawn against 400 validation
-films; with replacement 2-7%, tested in ``tests/test_drift.py``.) Batches larger than ``max_batch`` (500) or the
-number of validation films are subsampled (seeded).
+Each MMD is divided by its own null 95th percentile, and the statistic is the larger of the two. Its threshold is
+the ``1 - alpha`` quantile of the same statistic (mix refitted on each) over bootstrap batches of the same size
+drawn, with replacement and stratified at the grid mix nearest the batch's (steps of :data:`MIX_STEP`), from the
+held-out validation films (in distribution by construction), so a batch like the training data is called shifted
+at most about ``alpha`` (5%) of the time whatever its mix. The kernel sums between the validation films, and
+between them and the bank's classes, are computed once, so each null batch costs only index lookups: the null is
+a table by (batch size, grid mix) that can be computed ahead of time.
+
+A reference without labels (models built before them, a site's unlabelled films) falls back to the test at the
+reference's own mix, which rings for a change of case mix: the result says so in ``method`` and, when the batch's
+flag rate is far from the training mix, in :attr:`DriftResult.case_mix_note`. (Drawing null batches without
+replacement from a few hundred films makes the null too narrow: on synthetic data it flagged 17% of
+in-distribution batches of 150 drawn against 400 validation films; with replacement 2-7%, tested in
+``tests/test_drift.py``.) Batches larger than ``max_batch`` (500) or the number of validation films are subsampled
+(seeded).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from pneumoscan.gate.reference import Reference, l2_normalize
 
-__all__ = ["MIN_IMAGES", "DriftCheck", "DriftResult", "NotEnoughImagesError"]
+__all__ = ["MIN_IMAGES", "MIX_STEP", "DriftCheck", "DriftResult", "NotEnoughImagesError"]
 
 #: The fewest in-scope images a drift check accepts.
 MIN_IMAGES = 50
+#: The grid of mixes (share of pneumonia) at which the null is computed: 0, 0.05, ..., 1.
+MIX_STEP = 0.05
+
+_METHOD_MIX = ("max of feature and intensity MMD against the training films reweighted to the batch's mix of cases "
+               "({how}), each over its null 95th percentile; threshold by resampling validation films stratified "
+               "at that mix")
+_METHOD_FALLBACK = ("max of feature and intensity MMD, each over its null 95th percentile; threshold by resampling; "
+                    "NOT adjusted for the mix of cases (this model's reference carries no labels: rebuild it with "
+                    "scripts/build_reference.py --labels-only)")
 
 
 class NotEnoughImagesError(ValueError):
@@ -52,25 +77,29 @@ class DriftResult:
     features_component: float
     intensity_component: float
     alpha: float
-    method: str = "max of feature and intensity MMD, each over its null 95th percentile; threshold by resampling"
+    method: str = _METHOD_FALLBACK
     #: Share of the batch flagged PNEUMONIA, and the share of pneumonia among the reference's validation films
-    #: (None when unknown): a very different mix of cases also moves the features (see :attr:`case_mix_note`).
+    #: (None when unknown), reported beside the verdict.
     flag_rate: float | None = None
     reference_prevalence: float | None = None
+    #: The mix of cases (share of pneumonia) the reference was reweighted to, in [0, 1]; None when the test could
+    #: not adjust for the mix (a reference without labels).
+    estimated_mix: float | None = None
 
     @property
     def case_mix_note(self) -> str:
-        """A caution when the batch's flag rate is far from the training mix (odds more than 3 times higher or
-        lower than those of pneumonia among the validation films); else ``""``."""
-        if self.flag_rate is None or self.reference_prevalence is None:
+        """A caution, only for a test not adjusted for the mix of cases, when the batch's flag rate is far from the
+        training mix (odds more than 3 times higher or lower than those of pneumonia among the validation films);
+        else ``""``."""
+        if self.estimated_mix is not None or self.flag_rate is None or self.reference_prevalence is None:
             return ""
         odds = lambda p: min(max(p, 0.01), 0.99) / (1 - min(max(p, 0.01), 0.99))  # noqa: E731
         ratio = odds(self.flag_rate) / odds(self.reference_prevalence)
         if 1 / 3 <= ratio <= 3:
             return ""
         return (f"{self.flag_rate:.0%} of this batch was flagged, against {self.reference_prevalence:.0%} pneumonia "
-                "among the validation films: a very different mix of cases also moves this statistic, so check it "
-                "on a consecutive, unselected batch before concluding that the films differ")
+                "among the validation films: this model's reference carries no labels, so the check cannot allow "
+                "for a different mix of cases, which also moves this statistic")
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "case_mix_note": self.case_mix_note}
@@ -80,29 +109,68 @@ def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
 
 
-class _MMD:
-    """Unbiased MMD² of a sample against a fixed reference sample, Gaussian kernel with the median-heuristic width."""
+def _kernel(gamma: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.exp(-gamma * _sq_dists(a, b))
 
-    def __init__(self, ref: np.ndarray) -> None:
+
+def _within(k: np.ndarray) -> float:
+    """Mean of a square kernel matrix off its diagonal (the unbiased within-sample term)."""
+    n = len(k)
+    return float((k.sum() - np.trace(k)) / (n * (n - 1)))
+
+
+class _ClassMMD:
+    """Unbiased MMD² of a sample against a reference sample whose classes are reweighted to a given mix; Gaussian
+    kernel, median-heuristic width.
+
+    ``groups``: a list of index arrays into ``ref`` (one per class; one group without labels). The MMD against
+    the mixture ``sum_c w_c P_c`` is ``kxx - 2 w . m + w' G w`` (``m_c`` the mean kernel between the sample and
+    class ``c``, ``G`` the class-by-class kernel means, within-class ones unbiased). ``val``: the validation
+    films, whose kernel sums (``val_kernel``, ``val_to_class``) make an MMD of a resampled batch index lookups.
+    """
+
+    def __init__(self, ref: np.ndarray, groups: list[np.ndarray], val: np.ndarray) -> None:
         self.ref = np.asarray(ref, dtype=np.float64)
         sub = self.ref[: min(500, len(self.ref))]
         d = np.sqrt(_sq_dists(sub, sub)[np.triu_indices(len(sub), 1)])
         median = float(np.median(d)) if d.size else 1.0
         self.gamma = 1.0 / (2.0 * max(median, 1e-12) ** 2)
-        k = np.exp(-self.gamma * _sq_dists(self.ref, self.ref))
-        n = len(self.ref)
-        self.ref_term = (k.sum() - np.trace(k)) / (n * (n - 1))
+        self.groups = groups
+        k = _kernel(self.gamma, self.ref, self.ref)
+        g = len(groups)
+        self.G = np.empty((g, g))
+        for i, a in enumerate(groups):
+            for j, b in enumerate(groups):
+                self.G[i, j] = _within(k[np.ix_(a, a)]) if i == j else float(k[np.ix_(a, b)].mean())
+        val = np.asarray(val, dtype=np.float64)
+        self.val_kernel = _kernel(self.gamma, val, val)
+        kv = _kernel(self.gamma, val, self.ref)
+        self.val_to_class = np.stack([kv[:, a].mean(1) for a in groups], axis=1)  # (V, g)
 
-    def __call__(self, x: np.ndarray) -> float:
+    def terms(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(kxx, m)`` of a sample ``x``."""
         x = np.asarray(x, dtype=np.float64)
-        n = len(x)
-        kxx = np.exp(-self.gamma * _sq_dists(x, x))
-        xx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-        return float(xx + self.ref_term - 2.0 * np.exp(-self.gamma * _sq_dists(x, self.ref)).mean())
+        kx = _kernel(self.gamma, x, self.ref)
+        return _within(_kernel(self.gamma, x, x)), np.array([kx[:, a].mean() for a in self.groups])
+
+    def val_terms(self, rows: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(kxx, m)`` of the validation films ``rows`` (repeats allowed), from the stored sums."""
+        return _within(self.val_kernel[np.ix_(rows, rows)]), self.val_to_class[rows].mean(0)
+
+    def mmd(self, kxx: float, m: np.ndarray, w: np.ndarray) -> float:
+        return float(kxx - 2.0 * w @ m + w @ self.G @ w)
+
+    def best_mix(self, m: np.ndarray) -> float:
+        """The share of class 1 that minimises the MMD (two classes; the MMD is quadratic in it), in [0, 1]."""
+        curvature = self.G[0, 0] - 2.0 * self.G[0, 1] + self.G[1, 1]  # the MMD² between the two classes
+        if curvature <= 1e-15:
+            return 0.5
+        return float(np.clip((m[1] - m[0] + self.G[0, 0] - self.G[0, 1]) / curvature, 0.0, 1.0))
 
 
 class DriftCheck:
-    """The drift test against one model's :class:`Reference`; thresholds are computed once per batch size."""
+    """The drift test against one model's :class:`Reference`; null distributions are computed once per batch size
+    and grid mix (:meth:`null`)."""
 
     def __init__(self, reference: Reference, *, alpha: float = 0.05, n_resamples: int = 200, seed: int = 0,
                  max_batch: int = 500, prevalence: float | None = None) -> None:
@@ -117,44 +185,117 @@ class DriftCheck:
         self.n_resamples = n_resamples
         self.seed = seed
         self.max_batch = min(max_batch, len(reference.val_features))
+        bank_y, val_y = reference.bank_labels, reference.val_labels
+        #: True when the reference's labels let the test allow for the mix of cases (both classes in the bank and
+        #: in the validation films).
+        self.mix_adjusted = (bank_y is not None and val_y is not None and len(set(np.asarray(bank_y).tolist())) == 2
+                             and len(set(np.asarray(val_y).tolist())) == 2)
+        if self.mix_adjusted:
+            groups = [np.flatnonzero(np.asarray(bank_y) == c) for c in (0, 1)]
+            self._val_pools = [np.flatnonzero(np.asarray(val_y) == c) for c in (0, 1)]
+        else:
+            groups = [np.arange(len(reference.bank))]
+            self._val_pools = [np.arange(len(reference.val_features))]
         self._mu = reference.bank_descriptors.mean(0)
         self._sd = reference.bank_descriptors.std(0) + 1e-6
-        self._feat = _MMD(reference.bank)
-        self._int = _MMD(self._z(reference.bank_descriptors))
-        self._null: dict[int, tuple[float, float, float]] = {}
+        self._feat = _ClassMMD(reference.bank, groups, reference.val_features)
+        self._int = _ClassMMD(self._z(reference.bank_descriptors), groups, self._z(reference.val_descriptors))
+        self._null: dict[tuple[int, int, bool], tuple[float, float, float]] = {}
 
     def _z(self, descriptors: np.ndarray) -> np.ndarray:
         return (np.asarray(descriptors, dtype=np.float64) - self._mu) / self._sd
 
-    def _calibrate(self, n: int) -> tuple[float, float, float]:
-        """``(feature scale, intensity scale, threshold)`` for batches of ``n``, from validation resamples."""
-        if n not in self._null:
-            ref, rng = self.reference, np.random.default_rng(self.seed + n)
+    def _components(self, feat: tuple[float, np.ndarray], inten: tuple[float, np.ndarray],
+                    mix: float | None) -> tuple[float, float, float | None]:
+        """``(feature MMD, intensity MMD, mix used)``; ``mix`` None: the best-fitting mix (or none, unlabelled)."""
+        if not self.mix_adjusted:
+            w = np.ones(1)
+            return self._feat.mmd(*feat, w), self._int.mmd(*inten, w), None
+        pi = self._feat.best_mix(feat[1]) if mix is None else float(mix)
+        w = np.array([1.0 - pi, pi])
+        return self._feat.mmd(*feat, w), self._int.mmd(*inten, w), pi
+
+    def grid_mix(self, mix: float) -> int:
+        """Index of the grid mix (steps of :data:`MIX_STEP`) nearest ``mix``."""
+        return int(round(min(max(mix, 0.0), 1.0) / MIX_STEP))
+
+    def null(self, n: int, grid: int = 0, *, refit: bool = True) -> tuple[float, float, float]:
+        """``(feature scale, intensity scale, threshold)`` for batches of ``n`` at grid mix ``grid * MIX_STEP``:
+        bootstrap batches of the validation films, stratified at that mix (uniform without labels), each tested at
+        its own best-fitting mix (``refit``) or at the grid mix (for a mix given by the caller). Kept once
+        computed: the table a reference can carry precomputed."""
+        key = (n, grid if self.mix_adjusted else 0, refit and self.mix_adjusted)
+        if key not in self._null:
+            rng = np.random.default_rng(self.seed + n + 1000 * key[1])
+            if self.mix_adjusted:
+                k1 = int(round(n * key[1] * MIX_STEP))
+                counts = ((0, n - k1), (1, k1))
+            else:
+                counts = ((0, n),)
             pairs = []
             for _ in range(self.n_resamples):
-                rows = rng.choice(len(ref.val_features), n, replace=True)
-                pairs.append((self._feat(ref.val_features[rows]), self._int(self._z(ref.val_descriptors[rows]))))
+                rows = np.concatenate([rng.choice(self._val_pools[c], k, replace=True) for c, k in counts if k])
+                mix = None if key[2] else key[1] * MIX_STEP
+                f, i, _ = self._components(self._feat.val_terms(rows), self._int.val_terms(rows), mix)
+                pairs.append((f, i))
             f, i = np.array(pairs).T
             scale_f, scale_i = max(float(np.quantile(f, 0.95)), 1e-12), max(float(np.quantile(i, 0.95)), 1e-12)
             stat = np.maximum(f / scale_f, i / scale_i)
-            self._null[n] = (scale_f, scale_i, float(np.quantile(stat, 1.0 - self.alpha)))
-        return self._null[n]
+            self._null[key] = (scale_f, scale_i, float(np.quantile(stat, 1.0 - self.alpha)))
+        return self._null[key]
 
-    def test(self, features: np.ndarray, descriptors: np.ndarray, *, flag_rate: float | None = None) -> DriftResult:
+    def test(self, features: np.ndarray, descriptors: np.ndarray, *, flag_rate: float | None = None,
+             mix: float | None = None) -> DriftResult:
         """Test a batch: pooled features ``(N, C)`` and intensity descriptors ``(N, 7)`` of its in-scope images
-        (``flag_rate``: the share of them flagged PNEUMONIA, reported beside the verdict).
+        (``flag_rate``: the share of them flagged PNEUMONIA, reported beside the verdict; ``mix``: the caller's
+        estimate of the batch's share of pneumonia, in [0, 1], instead of the best-fitting one).
 
         Raises:
             NotEnoughImagesError: fewer than :data:`MIN_IMAGES` images.
+            ValueError: ``mix`` outside [0, 1].
         """
         n = len(features)
         if n < MIN_IMAGES:
             raise NotEnoughImagesError(f"a drift check needs at least {MIN_IMAGES} in-scope images, got {n}")
         m = min(n, self.max_batch)
         rows = np.sort(np.random.default_rng(self.seed).choice(n, m, replace=False)) if m < n else np.arange(n)
-        scale_f, scale_i, threshold = self._calibrate(m)
-        comp_f = self._feat(l2_normalize(np.asarray(features)[rows])) / scale_f
-        comp_i = self._int(self._z(np.asarray(descriptors)[rows])) / scale_i
+        feat = self._feat.terms(l2_normalize(np.asarray(features)[rows]))
+        inten = self._int.terms(self._z(np.asarray(descriptors)[rows]))
+        return self._verdict(n, m, feat, inten, mix, flag_rate)
+
+    def _verdict(self, n: int, m: int, feat: tuple[float, np.ndarray], inten: tuple[float, np.ndarray],
+                 mix: float | None, flag_rate: float | None) -> DriftResult:
+        if mix is not None and not 0.0 <= mix <= 1.0:
+            raise ValueError(f"mix must be a share of pneumonia in [0, 1], got {mix}")
+        f, i, pi = self._components(feat, inten, mix)
+        scale_f, scale_i, threshold = self.null(m, self.grid_mix(pi if pi is not None else 0.0), refit=mix is None)
+        comp_f, comp_i = f / scale_f, i / scale_i
         statistic = max(comp_f, comp_i)
+        method = (_METHOD_FALLBACK if pi is None else
+                  _METHOD_MIX.format(how="the mix that fits the batch's features best" if mix is None
+                                     else "the mix given by the caller"))
         return DriftResult(bool(statistic > threshold), float(statistic), float(threshold), n, m, float(comp_f),
-                           float(comp_i), self.alpha, flag_rate=flag_rate, reference_prevalence=self.prevalence)
+                           float(comp_i), self.alpha, method=method, flag_rate=flag_rate,
+                           reference_prevalence=self.prevalence, estimated_mix=pi)
+
+    def pool(self, features: np.ndarray, descriptors: np.ndarray) -> Callable[..., DriftResult]:
+        """For testing many batches drawn from one set of films (benchmarks): the kernel sums of the ``(N, C)``
+        features and ``(N, 7)`` descriptors are computed once, and the returned ``test(rows, *, mix=None,
+        flag_rate=None)`` gives :meth:`test`'s verdict on the films ``rows`` (repeats allowed, at most
+        ``max_batch`` of them) by index lookups."""
+        parts = []
+        for mmd, x in ((self._feat, l2_normalize(np.asarray(features))), (self._int, self._z(descriptors))):
+            x = np.asarray(x, dtype=np.float64)
+            kx = _kernel(mmd.gamma, x, mmd.ref)
+            parts.append((_kernel(mmd.gamma, x, x), np.stack([kx[:, a].mean(1) for a in mmd.groups], axis=1)))
+
+        def test(rows: np.ndarray, *, mix: float | None = None, flag_rate: float | None = None) -> DriftResult:
+            rows = np.asarray(rows)
+            if not MIN_IMAGES <= len(rows) <= self.max_batch:
+                raise ValueError(f"a pooled batch holds {MIN_IMAGES} to {self.max_batch} films, got {len(rows)}")
+            (kf, cf), (ki, ci) = parts
+            feat = (_within(kf[np.ix_(rows, rows)]), cf[rows].mean(0))
+            inten = (_within(ki[np.ix_(rows, rows)]), ci[rows].mean(0))
+            return self._verdict(len(rows), len(rows), feat, inten, mix, flag_rate)
+
+        return test

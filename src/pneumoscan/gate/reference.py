@@ -15,6 +15,7 @@ metadata key ``reference``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,9 +67,14 @@ class Reference:
         val_features: ``(V, C)`` unit-length pooled features of the held-out validation films.
         bank_descriptors, val_descriptors: their :func:`intensity_descriptors`.
         knn_k: the neighbour whose distance is the out-of-distribution score.
-        knn_cut: scores above it are out of scope (chosen so that at most ``max_val_flag_rate`` of the
-            validation films are).
+        knn_cut: scores above it are unlike the training films (chosen so that at most ``max_val_flag_rate`` of
+            the validation films are): a chest film there is scored with a caution (:mod:`pneumoscan.gate.scope`).
+        refuse_cut: scores above it are not recognised as a chest radiograph at all: refused. None when the
+            checkpoint names none; :attr:`refuse_limit` then falls back to the highest validation film's score.
         info: provenance (counts, date, how the cut-off was chosen), JSON-safe.
+        bank_labels, val_labels: ``(B,)`` and ``(V,)`` 0/1 labels (1 = pneumonia) of the same films, or None for a
+            reference built without them (older models, a site's unlabelled films): the drift check needs them to
+            tell a change of case mix from a change of acquisition. Stored in the metadata as strings of "0"/"1".
     """
 
     bank: np.ndarray
@@ -78,6 +84,19 @@ class Reference:
     knn_k: int
     knn_cut: float
     info: dict[str, Any] = field(default_factory=dict)
+    bank_labels: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    refuse_cut: float | None = None
+
+    @cached_property
+    def refuse_limit(self) -> float:
+        """The score above which the scope gate refuses a film: :attr:`refuse_cut` when the checkpoint names one,
+        else the highest score of the reference's own validation films (no held-out training film lies beyond
+        it); never below :attr:`knn_cut`."""
+        if self.refuse_cut is not None:
+            return max(float(self.refuse_cut), float(self.knn_cut))
+        own = self.ood_scores(self.val_features) if len(self.val_features) else np.zeros(1)
+        return max(float(np.max(own)), float(self.knn_cut))
 
     def ood_scores(self, features: np.ndarray) -> np.ndarray:
         """Out-of-distribution score per image (cosine distance to the ``knn_k``-th nearest training film)."""
@@ -92,7 +111,10 @@ class Reference:
 
     def to_meta(self) -> dict[str, Any]:
         """The JSON part: cut-off, k, provenance."""
-        return {"knn_k": int(self.knn_k), "knn_cut": float(self.knn_cut), **self.info}
+        labels = {f"{name}_labels": "".join("1" if v else "0" for v in np.asarray(values).reshape(-1))
+                  for name, values in (("bank", self.bank_labels), ("val", self.val_labels)) if values is not None}
+        refuse = {} if self.refuse_cut is None else {"refuse_cut": float(self.refuse_cut)}
+        return {"knn_k": int(self.knn_k), "knn_cut": float(self.knn_cut), **refuse, **self.info, **labels}
 
     @classmethod
     def from_checkpoint_parts(cls, tensors: dict[str, Any], meta: dict[str, Any] | None) -> "Reference | None":
@@ -101,8 +123,27 @@ class Reference:
         if not meta or any(TENSOR_PREFIX + name not in tensors for name in _ARRAYS):
             return None
         arrays = {name: np.asarray(tensors[TENSOR_PREFIX + name], dtype=np.float32) for name in _ARRAYS}
-        info = {k: v for k, v in meta.items() if k not in ("knn_k", "knn_cut")}
-        return cls(**arrays, knn_k=int(meta["knn_k"]), knn_cut=float(meta["knn_cut"]), info=info)
+        info = {k: v for k, v in meta.items()
+                if k not in ("knn_k", "knn_cut", "refuse_cut", "bank_labels", "val_labels")}
+        labels = {f"{name}_labels": _labels(meta.get(f"{name}_labels"), len(arrays[key]), f"{name}_labels")
+                  for name, key in (("bank", "bank"), ("val", "val_features"))}
+        refuse = meta.get("refuse_cut")
+        return cls(**arrays, knn_k=int(meta["knn_k"]), knn_cut=float(meta["knn_cut"]), info=info, **labels,
+                   refuse_cut=None if refuse is None else float(refuse))
+
+
+def _labels(text: Any, n: int, name: str) -> np.ndarray | None:
+    """A stored label string ("0"/"1" per film) as ``(n,)`` int8; None when absent.
+
+    Raises:
+        ValueError: the string has other characters or the wrong length.
+    """
+    if text is None:
+        return None
+    if not isinstance(text, str) or len(text) != n or set(text) - {"0", "1"}:
+        raise ValueError(f"the reference's {name} must be a string of {n} '0'/'1' characters (one per film), got "
+                         f"{type(text).__name__} of length {len(text) if hasattr(text, '__len__') else '?'}")
+    return (np.frombuffer(text.encode("ascii"), dtype=np.uint8) - ord("0")).astype(np.int8)
 
 
 def midpoint_cut(val_scores: np.ndarray, max_val_flag_rate: float) -> float:

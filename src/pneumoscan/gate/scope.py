@@ -1,5 +1,15 @@
 """The out-of-scope gate: is this image a pediatric frontal chest radiograph the model may score at all?
 
+Two verdicts besides "in scope" (``docs/scope_gate.md``, "Two verdicts"):
+
+* **not a chest radiograph** (blank, noise, text, a photograph, CT/MR/ultrasound, another body part, a lateral
+  view, an adult by its tags, or image content far beyond anything a chest film gives): refused, decision
+  ``OUT_OF_SCOPE``, never PNEUMONIA or NORMAL;
+* **a chest radiograph unlike the training films** (its feature distance above the reference's ``knn_cut`` but not
+  above its ``refuse_limit``): in scope and **scored**, with the caution
+  :data:`~pneumoscan.constants.UNFAMILIAR_CAUTION` (a later period or another site's acquisition chain lands
+  here; refusing those children was a false refusal).
+
 Three kinds of evidence, checked in this order, the first that refuses giving the reason a clinician reads:
 
 1. **DICOM metadata**, when present (a missing tag is no reason to refuse): a modality that is not a radiograph,
@@ -9,10 +19,9 @@ Three kinds of evidence, checked in this order, the first that refuses giving th
    radiograph. Their cut-offs lie well outside the range of all 5,216 training films (measured with
    ``benchmarks/ood_methods.py``; see ``docs/scope_gate.md``).
 3. **The model's own features**: the cosine distance from the image's pooled features to its k-th nearest
-   training film (:class:`~pneumoscan.gate.reference.Reference`), refused above a cut-off chosen so that at most 1%
-   of held-out training films are.
-
-An out-of-scope image gets the decision ``OUT_OF_SCOPE``, never PNEUMONIA or NORMAL.
+   training film (:class:`~pneumoscan.gate.reference.Reference`): above ``knn_cut`` (at most 1% of held-out
+   training films lie there) the film is cautioned; above ``refuse_limit`` (the reference's ``refuse_cut``, chosen
+   between the chest films and the non-chest images we have) it is refused.
 """
 
 from __future__ import annotations
@@ -21,12 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pneumoscan.constants import OUT_OF_SCOPE  # the decision of an image the gate refuses
+from pneumoscan.constants import OUT_OF_SCOPE, UNFAMILIAR_CAUTION  # the refused decision; the caution
 from pneumoscan.io import ImageContext
 from pneumoscan.gate.reference import Reference
 
-__all__ = ["ADULT_AGE_YEARS", "OUT_OF_SCOPE", "PixelStats", "ScopeGate", "ScopeResult", "metadata_reason",
-           "pixel_reason", "pixel_stats"]
+__all__ = ["ADULT_AGE_YEARS", "FEATURE_REASON", "OUT_OF_SCOPE", "UNFAMILIAR_CAUTION", "PixelStats", "ScopeGate",
+           "ScopeResult", "metadata_reason", "pixel_reason", "pixel_stats"]
 
 #: Patients this old or older are adults (configurable per gate).
 ADULT_AGE_YEARS = 18.0
@@ -45,17 +54,25 @@ MIN_STD = 8.0
 MIN_NEIGHBOUR_CORRELATION = 0.80
 MIN_LAPLACIAN = 1.2
 MAX_LAPLACIAN = 25.0
+#: Why the feature check refuses: the content is farther from every training film than any chest film measured.
+FEATURE_REASON = "not recognised as a chest radiograph (image content far from every training film)"
 
 
 @dataclass(frozen=True)
 class ScopeResult:
     """``in_scope``; ``reason`` (empty when in scope) in words a clinician understands; ``ood_score`` (the feature
-    distance, None when not computed); ``evidence`` names which check refused (metadata, pixels, features)."""
+    distance, None when not computed); ``evidence`` names which check refused (metadata, pixels, features);
+    ``caution`` (in scope only) is :data:`UNFAMILIAR_CAUTION` for a chest film unlike the training films."""
 
     in_scope: bool
     reason: str = ""
     ood_score: float | None = None
     evidence: str = ""
+    caution: str = ""
+
+    def __post_init__(self) -> None:
+        if self.caution and not self.in_scope:
+            raise ValueError("only a film in scope carries a caution; a refused one has a reason")
 
 
 @dataclass(frozen=True)
@@ -115,7 +132,8 @@ def metadata_reason(ctx: ImageContext | None, adult_age_years: float = ADULT_AGE
 
 
 class ScopeGate:
-    """The gate for one model: metadata, pixels, then features against ``reference`` (None: no feature check)."""
+    """The gate for one model: metadata, pixels, then features against ``reference`` (None: no feature check):
+    refused above ``reference.refuse_limit``, scored with :data:`UNFAMILIAR_CAUTION` above ``reference.knn_cut``."""
 
     def __init__(self, reference: Reference | None, *, adult_age_years: float = ADULT_AGE_YEARS) -> None:
         if not adult_age_years > 0:
@@ -134,7 +152,8 @@ class ScopeGate:
         if self.reference is None or features is None:
             return ScopeResult(True)
         score = float(self.reference.ood_scores(np.asarray(features)[None, :])[0])
+        if score > self.reference.refuse_limit:
+            return ScopeResult(False, FEATURE_REASON, score, "features")
         if score > self.reference.knn_cut:
-            return ScopeResult(False, "not a pediatric frontal chest radiograph like the training films "
-                                      "(image content)", score, "features")
+            return ScopeResult(True, "", score, caution=UNFAMILIAR_CAUTION)
         return ScopeResult(True, "", score)

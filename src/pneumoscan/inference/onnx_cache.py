@@ -96,7 +96,15 @@ def _prune(folder: Path, keep: Path) -> None:
 
 
 def build(checkpoint: str | os.PathLike[str], sha256: str) -> Path:
-    """Export ``checkpoint`` into the cache as ``<sha256>.onnx`` (this imports torch) and return its path."""
+    """Export ``checkpoint`` into the cache as ``<sha256>.onnx`` (this imports torch) and return its path.
+
+    Raises:
+        CheckpointError: ``checkpoint`` is not a readable pneumoscan checkpoint (said before any export is announced
+            or the cache folder is made), or its export cannot be written.
+    """
+    from pneumoscan.checkpoint import load_checkpoint_arrays
+
+    load_checkpoint_arrays(checkpoint)  # its header and metadata, without torch: a bad file is refused here
     from pneumoscan.inference.export import (
         export_onnx,  # torch: only in the run that builds the export
     )

@@ -351,7 +351,10 @@ class Predictor:
                         result = write_heatmap_for(heatmaps, stems[i], result, film.gray, save_raw=save_raw,
                                                    outline=outline)
                     yield result
-                bar.update(len(decoded))
+                if start + len(decoded) < len(items):
+                    bar.update(len(decoded))
+                else:  # the last batch: closing the bar draws its final line; an update would draw it once more
+                    bar.n = len(items)
 
     def assess_batch(self, names: Sequence[str], decoded: Sequence[Decoded]) -> list[Result]:
         """The results of a decoded batch (each a :class:`~pneumoscan.preprocessing.Film`, or the message saying why
@@ -389,7 +392,7 @@ class Predictor:
         verdict = self.gate.assess(film.context, film.square, features)
         return Result.scored(source, float(run.probs[k]), self.identity, in_scope=verdict.in_scope,
                              scope_reason=verdict.reason, scope_evidence=verdict.evidence,
-                             ood_score=verdict.ood_score, context=film.context,
+                             scope_caution=verdict.caution, ood_score=verdict.ood_score, context=film.context,
                              cause_probability=None if run.causes is None else float(run.causes[k]),
                              explanation=Explanation(cam, METHOD) if cam is not None and verdict.in_scope else None,
                              film=None if keep is None else display_copy(keep), features=features,

@@ -15,12 +15,17 @@ __all__ = ["calibration_details", "calibration_words", "provenance", "provenance
 
 
 def site_state(meta: Mapping[str, Any]) -> str:
-    """``"shipped"``, ``"adapted"``, ``"calibrated"`` or ``"adapted and calibrated"``, from a model's metadata
+    """``"shipped"``, ``"adapted"``, ``"calibrated"`` or ``"adapted and calibrated"`` (prefixed ``"fine-tuned"`` /
+    ``"fine-tuned, then "`` after ``train --init-from``), from a model's metadata
     (``adaptation`` written by :func:`pneumoscan.onboarding.site.adapt`, ``site_calibration`` by ``pneumoscan calibrate``)."""
     adapted, calibrated = bool(meta.get("adaptation")), bool(meta.get("site_calibration"))
     if adapted and calibrated:
-        return "adapted and calibrated"
-    return "adapted" if adapted else "calibrated" if calibrated else "shipped"
+        state = "adapted and calibrated"
+    else:
+        state = "adapted" if adapted else "calibrated" if calibrated else "shipped"
+    if meta.get("fine_tuning"):  # written by `pneumoscan train --init-from` (pneumoscan.training.finetune)
+        return "fine-tuned" if state == "shipped" else f"fine-tuned, then {state}"
+    return state
 
 
 def provenance(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,6 +90,11 @@ def provenance_line(meta: Mapping[str, Any]) -> str:
     E.g. ``"Model adapted at this site on 2026-11-26 from 312 films (parent e4d5bf9a2f72)"``.
     """
     parts = []
+    ft = meta.get("fine_tuning") or {}
+    if ft:
+        parent = str(ft.get("parent_model_sha256") or "")[:12]
+        parts.append(f"Model fine-tuned at this site on {_day(ft.get('date'))} on {ft.get('n_images', '?')} labelled "
+                     "films" + (f" (parent {parent})" if parent else ""))
     ad = meta.get("adaptation") or {}
     if ad:
         parent = str(ad.get("parent_model_sha256") or "")[:12]

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,15 @@ from pneumoscan.metrics import (
     youden_threshold,
 )
 from pneumoscan.inference.scoring import resolve_device, score_dataset
+from pneumoscan.onboarding.site_threshold import (
+    TEMPERATURE_BOUNDS,
+    TEMPERATURE_MIN_PER_CLASS,
+    carry_threshold,
+    choose_temperature,
+    site_threshold,
+    threshold_curve,
+    threshold_stats,
+)
 from pneumoscan.onboarding.trainset import TENSOR_PREFIX, hash_files
 from pneumoscan.onboarding.trainset import overlap as content_overlap
 from pneumoscan.utils import file_sha256
@@ -57,8 +66,6 @@ log = logging.getLogger(__name__)
 #: threshold chosen for 95% sensitivity rests on a handful of pneumonia films, and its cross-fitted halves on fewer.
 MIN_IMAGES = 50
 MIN_PER_CLASS = 15
-#: The range the temperature is searched in; a fit that ends at either end found no interior optimum.
-TEMPERATURE_BOUNDS = (0.05, 20.0)
 #: The checkpoint tensor holding the content hashes of the site films ``calibrate`` chose the threshold on.
 CALIBRATION_TENSOR = TENSOR_PREFIX + "calibration"
 #: How the cross-fitted intervals are made, in words (printed and stored).
@@ -154,52 +161,6 @@ def training_overlap_text(ov: dict[str, Any], role: str) -> str:
 # --- temperature, threshold, cross-fitting ------------------------------------------------------------
 
 
-def choose_temperature(logits: np.ndarray, labels: np.ndarray, *, stored: float, stored_fitted_on: str,
-                       enabled: bool = True, min_images: int = MIN_IMAGES, min_per_class: int = MIN_PER_CLASS,
-                       bounds: tuple[float, float] = TEMPERATURE_BOUNDS, min_temperature: float = 0.0
-                       ) -> dict[str, Any]:
-    """Fit the temperature on a site's labelled films when they can tell it; else keep the stored one.
-
-    A temperature fitted on a nearly separable validation split sharpens the scores (the shipped model's is
-    0.61), and films from another site are rarely that separable, so the site's own films are the better judge,
-    provided there are enough of them (``min_images`` with ``min_per_class`` of each class), they are not
-    separated at logit 0 (the likelihood then keeps improving as T -> 0 and has no minimum), and the fit does
-    not end at a bound of its search (no interior optimum). A fit below ``min_temperature`` (the model's
-    ``eval.min_temperature``) uses that floor instead, and the reason says so.
-
-    Returns ``{"temperature", "source": "site" | "stored", "reason", "fitted_on", "fitted", "stored",
-    "nll_stored", "nll_used"}`` (``fitted`` is the site fit, or None when none was tried or usable).
-    """
-    y = np.asarray(labels, dtype=np.int64)
-    z = np.asarray(logits, dtype=np.float64)
-    n, n_pos = int(y.size), int(y.sum())
-    fitted: float | None = None
-    keep = f"kept the stored temperature (fitted on {stored_fitted_on})"
-    if not enabled:
-        reason = f"temperature scaling is off in this model's config (eval.calibrate = false): {keep}"
-    elif n < min_images or min(n_pos, n - n_pos) < min_per_class:
-        reason = (f"only {n} films ({n_pos} PNEUMONIA, {n - n_pos} NORMAL); fitting needs {min_images} with "
-                  f"{min_per_class} of each class: {keep}")
-    elif np.all((2 * y - 1) * z > 0):
-        reason = f"every film is on the right side of logit 0, so the likelihood has no minimum: {keep}"
-    else:
-        t = fit_temperature(z, y, bounds=bounds)
-        if t <= bounds[0] * 1.01 or t >= bounds[1] / 1.01:
-            reason = f"the fit ended at the bound {t:.3g} of its search (no interior optimum): {keep}"
-        elif t < min_temperature:
-            fitted = float(min_temperature)
-            reason = (f"fitted by likelihood on these {n} films at {t:.3f}, below the floor {min_temperature:g} "
-                      "(a temperature that sharpens the logits claims more certainty than they carry): "
-                      f"{min_temperature:g} used")
-        else:
-            fitted = t
-            reason = f"fitted by likelihood on these {n} films"
-    use = fitted if fitted is not None else float(stored)
-    return {"temperature": use, "source": "site" if fitted is not None else "stored", "reason": reason,
-            "fitted_on": "these films" if fitted is not None else stored_fitted_on, "fitted": fitted,
-            "stored": float(stored), "nll_stored": binary_nll(y, z, stored), "nll_used": binary_nll(y, z, use)}
-
-
 def _patient_halves(labels: np.ndarray, groups: Sequence[str] | None, rng: np.random.Generator) -> np.ndarray:
     """A boolean mask of the images of a random half of the patients, stratified by the patient's label (a patient
     with any pneumonia film counts as pneumonia)."""
@@ -217,7 +178,8 @@ def _patient_halves(labels: np.ndarray, groups: Sequence[str] | None, rng: np.ra
 
 def cross_fitted_operating_point(labels: np.ndarray, scores: np.ndarray, groups: Sequence[str] | None = None, *,
                                  target_sensitivity: float, miss_cost: float, n_repeats: int = 200, seed: int = 0,
-                                 level: float = 0.95) -> dict[str, Any]:
+                                 level: float = 0.95,
+                                 rule: Callable[[np.ndarray, np.ndarray], float] | None = None) -> dict[str, Any]:
     """What the operating RULE does on films it did not see: choose the threshold
     (:func:`~pneumoscan.metrics.threshold_min_cost`) on a random half of the patients, stratified by label,
     measure sensitivity and specificity on the other half; repeat ``n_repeats`` times (seeded).
@@ -225,6 +187,8 @@ def cross_fitted_operating_point(labels: np.ndarray, scores: np.ndarray, groups:
     The numbers at a threshold measured on the films that chose it are optimistic; these are not (if anything
     slightly pessimistic: each threshold is chosen on half the films). The temperature needs no refit per half:
     it is monotone, so it never changes which films a chosen threshold separates.
+
+    ``rule(labels, scores) -> threshold``: the rule to cross-fit instead (``pneumoscan calibrate``'s site rule).
 
     Returns ``{"method", "n_repeats", "n_skipped", "seed", "level", "target_sensitivity", "miss_cost", "n_images",
     "sensitivity", "specificity", "threshold"}``; each metric is ``{"value": mean, "median", "ci": [lo, hi]}``
@@ -243,7 +207,8 @@ def cross_fitted_operating_point(labels: np.ndarray, scores: np.ndarray, groups:
         if min(y[a].sum(), y[b].sum(), (1 - y[b]).sum()) == 0:
             skipped += 1  # a half without pneumonia cannot choose, one without either class cannot measure
             continue
-        th = threshold_min_cost(y[a], s[a], miss_cost=miss_cost, min_sensitivity=target_sensitivity)
+        th = (rule(y[a], s[a]) if rule is not None else
+              threshold_min_cost(y[a], s[a], miss_cost=miss_cost, min_sensitivity=target_sensitivity))
         sens.append(sensitivity(y[b], s[b], th))
         spec.append(specificity(y[b], s[b], th))
         ths.append(th)
@@ -261,11 +226,13 @@ def cross_fitted_operating_point(labels: np.ndarray, scores: np.ndarray, groups:
 
 
 def choose_operating_point(records: Sequence[Record], logits: np.ndarray, eval_cfg: EvalConfig, *,
-                           temperature: float | None = None, fitted_on: str = "validation"
+                           temperature: float | None = None, fitted_on: str = "validation",
+                           threshold: float | None = None, method: str | None = None
                            ) -> tuple[dict[str, Any], np.ndarray]:
     """Fit the temperature and choose the thresholds on labelled logits (validation at the end of training).
 
-    ``temperature`` given: use it instead of fitting one (``fitted_on`` says where it came from).
+    ``temperature`` given: use it instead of fitting one (``fitted_on`` says where it came from). ``threshold``
+    given: use it (chosen by the caller's rule, named ``method``) instead of choosing one.
     Returns ``(meta, probs)``: ``meta`` holds ``operating_point``, ``calibration`` and ``val_summary``
     for the checkpoint metadata; ``probs`` are the calibrated probabilities. The operating
     threshold is, among those whose sensitivity on these images reaches ``eval_cfg.target_sensitivity``, the one
@@ -297,8 +264,10 @@ def choose_operating_point(records: Sequence[Record], logits: np.ndarray, eval_c
                    "val_nll_before": binary_nll(y, logits), "val_nll_after": binary_nll(y, logits, t_fit)}
     target, miss_cost = float(eval_cfg.target_sensitivity), float(eval_cfg.miss_cost)
     try:
-        threshold = threshold_min_cost(y, probs, miss_cost=miss_cost, min_sensitivity=target)
-        method = "min_cost_at_target_sensitivity"
+        if threshold is None:
+            threshold = threshold_min_cost(y, probs, miss_cost=miss_cost, min_sensitivity=target)
+            method = "min_cost_at_target_sensitivity"
+        method = method or "given"
     except ValueError as exc:
         log.warning("cannot choose the operating threshold on validation (%s): using %g", exc, FALLBACK_THRESHOLD)
         threshold, method = FALLBACK_THRESHOLD, "fallback_0.5"
@@ -346,27 +315,37 @@ def _refuse_training_films(ckpt: Checkpoint, records: Sequence[Record], data: st
 
 def rechoose_operating_point(checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], out: str | os.PathLike[str], *,
                              split: str | None = None, target_sensitivity: float | None = None,
-                             miss_cost: float | None = None, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+                             miss_cost: float | None = None, max_false_alarm_rate: float | None = None,
+                             dry_run: bool = False, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
                              device: str = "auto", batch_size: int = 64, num_workers: int = 2, progress: bool = False,
                              n_repeats: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Calibrate a model to a site: choose the operating threshold (and the temperature) on the site's labelled
-    films and write a new checkpoint with the same weights (and the same extra tensors: reference, trainset).
+    """Calibrate a model to a site on its labelled films, moving the operating point only as far as the films show
+    is needed (:mod:`pneumoscan.onboarding.site_threshold`), and write a new checkpoint with the same weights (and
+    the same extra tensors: reference, trainset), unless ``dry_run``.
 
     Refuses (:class:`DatasetError`, with the counts and examples): films the model trained on (by content, and by
     its run's ``split.csv`` when there is one); fewer than :data:`MIN_IMAGES` films or :data:`MIN_PER_CLASS` of a
-    class. Films of its validation set are allowed and counted. The temperature is fitted on the site's films when
-    they can tell it (:func:`choose_temperature`), else the stored one is kept; the threshold is chosen on the
-    probabilities at the temperature used. What the rule will do on new films is estimated by cross-fitting
-    (:func:`cross_fitted_operating_point`, ``n_repeats`` times, ``seed``). Works on an adapted model.
+    class. Films of its validation set are allowed and counted. The temperature is refitted only with
+    :data:`~pneumoscan.onboarding.site_threshold.TEMPERATURE_MIN_PER_CLASS` films of each class and a gain that
+    survives cross-fitting; the current threshold is carried to it at the same logit, kept when its sensitivity on
+    the films is compatible with the target (``target_sensitivity``, default the checkpoint's), else moved to the
+    highest threshold reaching it (``miss_cost`` given: the lowest-cost one among those), then raised under
+    ``max_false_alarm_rate`` where the target still holds. What the rule will do on new films is estimated by
+    cross-fitting (:func:`cross_fitted_operating_point`, ``n_repeats`` times, ``seed``). Works on an adapted model.
 
     The content hashes of the films go into the checkpoint as :data:`CALIBRATION_TENSOR` (``evaluate`` warns
-    when shown them). The summary goes into the checkpoint as ``site_calibration``, and ``site_state`` becomes ``"calibrated"`` or
-    ``"adapted and calibrated"``. Returns ``{"before", "after", "calibration", "site_calibration", "n_images",
-    "failures", "overlap"}``.
+    when shown them). The summary goes into the checkpoint as ``site_calibration``, and ``site_state`` becomes
+    ``"calibrated"`` or ``"adapted and calibrated"``. Returns ``{"before", "after", "calibration",
+    "site_calibration", "trade", "written", "n_images", "failures", "overlap"}``; ``trade`` holds the films'
+    curve and the current and proposed thresholds (:func:`~pneumoscan.onboarding.site_threshold.threshold_curve`).
     """
     src, dst = Path(checkpoint), Path(out)
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: write the recalibrated checkpoint to a new file, not over its source")
+    if not dry_run and dst.exists():
+        raise ValueError(f"{dst} already exists; calibrate writes a new checkpoint and never replaces a file")
+    if max_false_alarm_rate is not None and not 0.0 <= max_false_alarm_rate < 1.0:
+        raise ValueError(f"the maximum false-alarm rate must be in [0, 1), got {max_false_alarm_rate}")
     source = f"{data}" + (f" (split {split})" if split else "")
     index = index_dataset(data, split=split, check=False)
     ckpt = load_checkpoint(src)
@@ -382,25 +361,52 @@ def rechoose_operating_point(checkpoint: str | os.PathLike[str], data: str | os.
     stored_cal = ckpt.info.calibration
     temp = choose_temperature(scored[0].logits, y, stored=ckpt.info.temperature,
                               stored_fitted_on=str(stored_cal.get("fitted_on") or "the model's validation split"),
-                              enabled=ecfg.calibrate, min_temperature=ecfg.min_temperature)
+                              enabled=ecfg.calibrate, min_temperature=ecfg.min_temperature,
+                              min_per_class=TEMPERATURE_MIN_PER_CLASS, seed=seed)
+    before = ckpt.meta.get("operating_point")
+    has_threshold = bool(before) and before.get("threshold") is not None
+    current = (carry_threshold(float(ckpt.info.threshold), ckpt.info.temperature, temp["temperature"])
+               if has_threshold else None)
+    probs_used = apply_temperature(scored[0].logits, temp["temperature"])
+    target = float(ecfg.target_sensitivity)
+    chosen = site_threshold(y, probs_used, current, target_sensitivity=target,
+                            max_false_alarm_rate=max_false_alarm_rate, miss_cost=miss_cost)
     extra, probs = choose_operating_point(records, scored[0].logits, ecfg, temperature=temp["temperature"],
-                                          fitted_on=source if temp["source"] == "site" else temp["fitted_on"])
+                                          fitted_on=source if temp["source"] == "site" else temp["fitted_on"],
+                                          threshold=chosen["threshold"], method=f"site rule: {chosen['action']}")
     extra["calibration"].update({"source": temp["source"], "reason": temp["reason"]})
     op = extra["operating_point"]
     op["chosen_on"] = source
+    op["miss_cost"] = float(miss_cost or 0.0)
     groups = [r.patient_id for r in records]
-    cross = cross_fitted_operating_point(y, probs, groups, target_sensitivity=ecfg.target_sensitivity,
-                                         miss_cost=ecfg.miss_cost, n_repeats=n_repeats, seed=seed)
+
+    def rule(yy: np.ndarray, ss: np.ndarray) -> float:
+        return site_threshold(yy, ss, current, target_sensitivity=target, max_false_alarm_rate=max_false_alarm_rate,
+                              miss_cost=miss_cost)["threshold"]
+
+    cross = cross_fitted_operating_point(y, probs, groups, target_sensitivity=target, miss_cost=op["miss_cost"],
+                                         n_repeats=n_repeats, seed=seed, rule=rule)
+    cross["method"] = cross["method"].replace("the threshold chosen by the same rule",
+                                              "the threshold chosen by the site rule (keep or move)")
+    trade = {"current": None if current is None else threshold_stats(y, probs, current),
+             "proposed": threshold_stats(y, probs, chosen["threshold"]),
+             "current_threshold_stored": None if not has_threshold else float(ckpt.info.threshold),
+             "curve": threshold_curve(y, probs, {"current": current, "proposed": chosen["threshold"]}),
+             "action": chosen["action"], "reasons": chosen["reasons"], "conflict": chosen["conflict"],
+             "rule": chosen["rule"], "target_sensitivity": target, "max_false_alarm_rate": max_false_alarm_rate,
+             "temperature_before": float(ckpt.info.temperature), "temperature_after": temp["temperature"]}
     adapted = "adaptation" in ckpt.meta
-    before = ckpt.meta.get("operating_point")
     site = {
-        "threshold": op["threshold"], "method": op["method"], "target_sensitivity": op["target_sensitivity"],
-        "miss_cost": op["miss_cost"],
+        "threshold": op["threshold"], "method": op["method"], "action": chosen["action"],
+        "reasons": chosen["reasons"], "conflict": chosen["conflict"], "compatible": chosen["compatible"],
+        "target_sensitivity": target, "max_false_alarm_rate": max_false_alarm_rate, "miss_cost": op["miss_cost"],
         "temperature": temp["temperature"], "temperature_source": temp["source"],
         "temperature_fitted_on": source if temp["source"] == "site" else temp["fitted_on"],
         "temperature_reason": temp["reason"], "stored_temperature": temp["stored"],
+        "temperature_cross_fitted": temp["cross_fitted"], "temperature_min_per_class": TEMPERATURE_MIN_PER_CLASS,
         "cross_fitted": cross,
         "on_these_films": {"sensitivity": op["val_sensitivity"], "specificity": op["val_specificity"],
+                           "current": trade["current"], "proposed": trade["proposed"],
                            "note": "measured on the films that chose the threshold: optimistic"},
         "ece_before": ece(y, scored[0].probs), "ece_after": ece(y, probs),
         "n_images": int(y.size), "n_pneumonia": int(y.sum()), "n_normal": int(y.size - y.sum()),
@@ -410,14 +416,15 @@ def rechoose_operating_point(checkpoint: str | os.PathLike[str], data: str | os.
         "parent_sha256": file_sha256(src), "parent": str(src), "adapted": adapted,
         "previous_operating_point": before,
     }
-    config = dict(ckpt.meta.get("config") or {})
-    config["eval"] = dataclasses.asdict(ecfg)
-    meta = {**ckpt.meta, **extra, "config": config, "site_calibration": site,
-            "site_state": "adapted and calibrated" if adapted else "calibrated"}
-    # The films that chose the threshold, by content, so that `evaluate` can say when it is shown them again.
-    hash_of = dict(zip((r.path for r in index.records), hashes))
-    chosen_on = sorted({h for r in records if (h := hash_of.get(r.path)) is not None})
-    save_checkpoint(dst, ckpt.state_dict, meta,
-                    extra={**ckpt.extra, CALIBRATION_TENSOR: torch.tensor(chosen_on, dtype=torch.int64)})
+    if not dry_run:
+        config = dict(ckpt.meta.get("config") or {})
+        config["eval"] = {**dataclasses.asdict(ecfg), "miss_cost": op["miss_cost"]}
+        meta = {**ckpt.meta, **extra, "config": config, "site_calibration": site,
+                "site_state": "adapted and calibrated" if adapted else "calibrated"}
+        # The films that chose the threshold, by content, so that `evaluate` can say when it is shown them again.
+        hash_of = dict(zip((r.path for r in index.records), hashes))
+        chosen_on = sorted({h for r in records if (h := hash_of.get(r.path)) is not None})
+        save_checkpoint(dst, ckpt.state_dict, meta,
+                        extra={**ckpt.extra, CALIBRATION_TENSOR: torch.tensor(chosen_on, dtype=torch.int64)})
     return {"before": before, "after": op, "calibration": extra["calibration"], "site_calibration": site,
-            "n_images": len(records), "failures": failures, "overlap": ov}
+            "trade": trade, "written": not dry_run, "n_images": len(records), "failures": failures, "overlap": ov}

@@ -29,17 +29,19 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["attach_reference", "build_reference"]
+__all__ = ["attach_reference", "build_reference", "label_reference"]
 
 
 def build_reference(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
                     spec: Preprocessing, *, bank_size: int = 2048, knn_k: int = 5, max_val_flag_rate: float = 0.01,
                     seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu",
-                    source: str = "") -> Reference:
+                    source: str = "", labels: np.ndarray | None = None) -> Reference:
     """Build the reference from the decoded-image cache (``images``) and the split's row indices.
 
     ``bank_size`` training films (a seeded sample) form the bank; the cut-off (:func:`midpoint_cut`) leaves at
-    most ``max_val_flag_rate`` of the validation films above it.
+    most ``max_val_flag_rate`` of the validation films above it. ``labels``: 0/1 per row of ``images``
+    (1 = pneumonia), kept for the bank and validation films so that the drift check can tell a change of case mix
+    from a change of acquisition (:mod:`pneumoscan.gate.drift`); None for unlabelled films.
     """
     from pneumoscan.inference.torch_scoring import features_cached
 
@@ -57,9 +59,16 @@ def build_reference(model: nn.Module, images: np.ndarray, train_rows: np.ndarray
             "val_flag_rate": float(np.mean(val_scores > cut)), "max_val_flag_rate": float(max_val_flag_rate),
             "method": f"cosine distance to the {knn_k}th nearest training film in the model's pooled features",
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source, "seed": int(seed)}
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(images) or not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"labels must be 0/1, one per image ({len(images)}), got {len(labels)} values")
+        labels = labels.astype(np.int8)
     return Reference(bank=bank, val_features=l2_normalize(val_f), knn_k=knn_k, knn_cut=cut, info=info,
                      bank_descriptors=intensity_descriptors(np.asarray(images[bank_rows])),
-                     val_descriptors=intensity_descriptors(np.asarray(images[np.asarray(val_rows)])))
+                     val_descriptors=intensity_descriptors(np.asarray(images[np.asarray(val_rows)])),
+                     bank_labels=None if labels is None else labels[bank_rows],
+                     val_labels=None if labels is None else labels[np.asarray(val_rows)])
 
 
 def attach_reference(checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], out: str | os.PathLike[str], *,
@@ -95,8 +104,51 @@ def attach_reference(checkpoint: str | os.PathLike[str], data: str | os.PathLike
     ref = build_reference(model, cache.images, np.flatnonzero(~is_val), np.flatnonzero(is_val), info.preprocessing,
                           bank_size=bank_size, seed=seed, device=device_,
                           source=f"{Path(str(data)).name} (split {data_cfg.get('split') or '-'}, seed "
-                                 f"{data_cfg.get('split_seed', 42)})")
+                                 f"{data_cfg.get('split_seed', 42)})",
+                          labels=np.array([r.label for r in cache.records]))
     hashes = split_hashes(ckpt, data, split=split)  # the films it trained on, by content (pneumoscan.onboarding.trainset)
     save_checkpoint(dst, ckpt.state_dict, {**ckpt.meta, "reference": ref.to_meta()},
                     extra={**ckpt.extra, **ref.to_tensors(), **hashes})
+    return ref
+
+
+def label_reference(checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                    split: str | None = None, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+                    tol: float = 2e-3) -> Reference:
+    """Add the 0/1 labels of a stored reference's films to a model whose reference predates them, changing nothing
+    else (the arrays, the cut-off and the weights stay as they are).
+
+    Each stored film is found again in the model's own split over ``data`` by its intensity descriptors (stored as
+    float16; a film matches when all seven agree within ``tol``), training films for the bank and validation films
+    for the validation set; a film with no match, or with matches of both labels, is an error. Writes ``out``
+    (a new file, with its JSON copy beside it).
+
+    Raises:
+        ValueError: ``out`` is the source file; the checkpoint carries no reference; a film cannot be matched.
+    """
+    src, dst = Path(checkpoint), Path(out)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: write the labelled checkpoint to a new file, not over its source")
+    ckpt = load_checkpoint(src)
+    ref = Reference.from_checkpoint_parts(ckpt.extra, ckpt.meta.get("reference"))
+    if ref is None:
+        raise ValueError(f"{src}: the model carries no reference to label (build one with scripts/build_reference.py)")
+    train_idx, val_idx = model_split(data, ckpt.info.config.get("data") or {}, split=split)
+    labels = {}
+    for name, idx, stored in (("bank", train_idx, ref.bank_descriptors), ("val", val_idx, ref.val_descriptors)):
+        cache = build_cache(list(idx.records), ckpt.info.preprocessing, cache_dir, progress=False)
+        found = intensity_descriptors(np.asarray(cache.images[: len(cache)])).astype(np.float16).astype(np.float32)
+        y = np.array([r.label for r in cache.records], dtype=np.int8)
+        out_labels = np.empty(len(stored), dtype=np.int8)
+        for i, d in enumerate(np.asarray(stored, dtype=np.float32)):
+            match = np.flatnonzero(np.abs(found - d).max(axis=1) <= tol)
+            if match.size == 0 or len(set(y[match].tolist())) != 1:
+                raise ValueError(f"{src}: reference {name} film {i} matches {match.size} film(s) of {data} "
+                                 f"{'with both labels' if match.size else ''}; is this the data it was trained on?")
+            out_labels[i] = y[match[0]]
+        labels[name] = out_labels
+    ref.bank_labels, ref.val_labels = labels["bank"], labels["val"]
+    meta_ref = {**ckpt.meta["reference"], **ref.to_meta(), "labels": "0/1 per film (1 = pneumonia), added by "
+                "label_reference: films matched by their intensity descriptors in the model's own split"}
+    save_checkpoint(dst, ckpt.state_dict, {**ckpt.meta, "reference": meta_ref}, extra=ckpt.extra)
     return ref

@@ -5,15 +5,19 @@ scanner, exposure policy or resizing chain shift the activations, and the calibr
 no labels at all, :func:`adapt` does two things on a folder of the site's own films (at least
 :data:`MIN_SITE_IMAGES` of them in scope, any class sub-folders ignored):
 
-* **AdaBN** (Li et al., "Revisiting Batch Normalization For Practical Domain Adaptation", 2016): every BatchNorm's
-  running mean and variance is reset and re-estimated on the site's in-scope films (a cumulative average over
-  batches of equal size, BatchNorm layers alone in training mode, dropout off, no gradients). The weights, the
-  operating threshold and the temperature are NOT changed. A model without BatchNorm (``seed-cnn``) has nothing
-  to re-estimate and is refused.
-* **EM prevalence** (Saerens, Latinne & Decaestecker, "Adjusting the outputs of a classifier to new a priori
-  probabilities", 2002): the share of pneumonia among the site's films is estimated from the adapted model's
-  calibrated probabilities, starting from the training prevalence. It is reported and stored; it changes no
-  decision (a threshold for this site is chosen on labelled films: ``pneumoscan calibrate``).
+* **Class-balanced AdaBN** (Li et al., "Revisiting Batch Normalization For Practical Domain Adaptation", 2016,
+  with label-shift weights; :mod:`pneumoscan.onboarding.adabn`): every BatchNorm's running mean and variance is
+  reset and re-estimated on the site's in-scope films, each film weighted so that the weighted films have the
+  training mix of pneumonia and normal films (plain AdaBN follows the site's case mix instead: issue #26). The
+  weights come from the unadapted model's probabilities moved to the site's prevalence. BatchNorm layers alone run
+  in training mode (dropout off), no gradients; the films are shuffled (seeded) before they are cut into batches.
+  The weights, the operating threshold and the temperature are NOT changed. ``balance=False`` gives plain AdaBN.
+  A model without BatchNorm (``seed-cnn``) has nothing to re-estimate and is refused.
+* **The site's prevalence** (EM, Saerens, Latinne & Decaestecker, 2002), from the unadapted model's calibrated
+  probabilities, checked (:func:`~pneumoscan.onboarding.adabn.mix_check`) against black-box shift estimation on
+  the adapted model and by a bootstrap interval; when the checks fail, ``adapt`` warns that the estimate (and so the
+  balancing) is unreliable. It changes no decision (a threshold for this site is chosen on labelled films:
+  ``pneumoscan calibrate``).
 
 The scope gate and the drift check compare a film's pooled features with a reference of training-film features
 (:mod:`pneumoscan.gate.reference`). Adaptation moves those features, so the parent's reference no longer describes
@@ -23,14 +27,8 @@ seeded half forms the bank, the other half sets the scope cut-off and the drift 
 drift check needs 100 films in that half, so 200 in-scope films; with fewer the model is gated but has no drift
 check, and :func:`adapt` says so.
 
-Adaptation moves the scores even where nothing shifted: the shipped model's stored statistics were accumulated
-on augmented training batches, so re-estimating them on clean films lowers its scores. Measured on held-out
-validation patients of the shipped model (AdaBN on the other half of the patients, 253-278 in-scope films; the
-stored threshold 0.442): unshifted, sensitivity 0.996 -> 0.937 and specificity 0.957 -> 1.000; blur and noise,
-0.996 -> 0.919 and 0.391 -> 1.000; contrast 0.75, 0.996 -> 0.933 and 0.899 -> 1.000. So adapt, then choose
-the site's threshold on labelled films (``pneumoscan calibrate``); the EM prevalence of the adapted scores
-(0.70-0.72 where the truth was 0.77) inherits the same shift, and :func:`adapt` reports the unadapted model's
-estimate beside it.
+Measured on simulated sites at 20%, 50% and 77% pneumonia (``benchmarks/site_mix.py``,
+``benchmarks/results/site_mix.json``): see the model card's "At a new site".
 
 Films the model was trained on are refused by content (:mod:`pneumoscan.onboarding.trainset`): they are not a site. Films of
 its validation set are allowed, with a warning. Duplicates (same decoded pixels) count once. The new checkpoint
@@ -55,12 +53,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from pneumoscan import __version__
 from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
 from pneumoscan.gate.drift import MIN_IMAGES as DRIFT_MIN_IMAGES
-from pneumoscan.errors import PneumoscanError
 from pneumoscan.inference.files import decode_item
 from pneumoscan.inference.predictor import Predictor, RuntimeOptions
 from pneumoscan.metrics import decide
@@ -68,12 +64,18 @@ from pneumoscan.result import Result
 from pneumoscan.preprocessing import (
     Film,
     Preprocessing,
-    cached_rows_to_unit,
-    check_model_input,
-    normalize,
 )
 from pneumoscan.inference.provenance import provenance, provenance_line, site_state
 from pneumoscan.gate.reference import MIN_REFERENCE_VAL
+from pneumoscan.onboarding.adabn import (
+    AdaptationError,
+    EMPrevalence,
+    adabn,
+    batchnorm_layers,
+    class_balanced_adabn,
+    em_prevalence,
+    mix_check,
+)
 from pneumoscan.onboarding.reference_builder import build_reference
 from pneumoscan.gate.scope import ADULT_AGE_YEARS
 from pneumoscan.inference.scoring import (
@@ -112,97 +114,8 @@ ADAPT_TENSOR = TRAINSET_PREFIX + "adapt"
 _DRIFT_MIN_VAL = 2 * DRIFT_MIN_IMAGES  # what pneumoscan.gate.drift.DriftCheck needs in the reference's second half
 
 
-class AdaptationError(PneumoscanError, ValueError):
-    """The model or the site's films cannot be used for adaptation; the message says why and what to do."""
-
-
 # The site state of any model (site_state, provenance, provenance_line) lives in pneumoscan.inference.provenance, which
-# needs no torch; it is re-exported here.
-
-
-# ----------------------------------------------------------------------------- the two methods
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The model's BatchNorm layers that keep running statistics (what AdaBN re-estimates)."""
-    return [m for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-@torch.no_grad()
-def adabn(model: nn.Module, images: np.ndarray, spec: Preprocessing, *, batch_size: int = 32,
-          device: torch.device | str = "cpu") -> int:
-    """Re-estimate every BatchNorm's running mean and variance on ``images`` (AdaBN), in place.
-
-    ``images``: ``(N, S, S) uint8`` squares at the model's input size (intensity 0..255), normalised here as
-    ``spec`` says. The statistics are reset, then averaged over batches of (nearly) equal size (``momentum=None``:
-    a cumulative average, so every batch counts the same), with only the BatchNorm layers in training mode
-    (dropout stays off) and no gradients. Nothing else in the model changes. The model is left in eval mode.
-
-    Returns the number of BatchNorm layers re-estimated.
-
-    Raises:
-        AdaptationError: the model has no BatchNorm layer with running statistics.
-    """
-    layers = batchnorm_layers(model)
-    if not layers:
-        raise AdaptationError("the model has no BatchNorm layer, so there are no normalisation statistics to "
-                              "re-estimate")
-    n = len(images)
-    if n < 2:
-        raise AdaptationError(f"AdaBN needs at least 2 images, got {n}")
-    momenta = [bn.momentum for bn in layers]
-    model.eval()
-    for bn in layers:
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    try:
-        # Equal-size batches: the cumulative average weighs batches, not images. Never a batch of one.
-        for rows in np.array_split(np.arange(n), max(1, min(int(np.ceil(n / max(1, batch_size))), n // 2))):
-            x = normalize(cached_rows_to_unit(images, rows), spec)
-            check_model_input(x, spec)
-            model(x.to(device))
-    finally:
-        for bn, momentum in zip(layers, momenta):
-            bn.momentum = momentum
-        model.eval()
-    return len(layers)
-
-
-@dataclass(frozen=True)
-class EMPrevalence:
-    """The result of :func:`em_prevalence`: the estimated prevalence in [0, 1], the iterations run, and whether
-    the change fell below the tolerance."""
-
-    prevalence: float
-    iterations: int
-    converged: bool
-
-
-def em_prevalence(probabilities: np.ndarray, training_prevalence: float, *, tol: float = 1e-6,
-                  max_iter: int = 1000) -> EMPrevalence:
-    """The prevalence of the positive class among unlabelled images, by EM (Saerens et al., 2002).
-
-    ``probabilities``: calibrated posteriors P(pneumonia | image), in [0, 1], of a model whose training prior was
-    ``training_prevalence`` (in (0, 1)). Each step re-weights the posteriors to the current prior estimate
-    ``pi`` (``w1 = pi / pi_train``, ``w0 = (1 - pi) / (1 - pi_train)``, ``q = w1 p / (w1 p + w0 (1 - p))``) and
-    sets ``pi = mean(q)``, from ``pi = training_prevalence`` until it moves less than ``tol``.
-    """
-    p = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 1e-9, 1 - 1e-9)
-    if p.size == 0:
-        raise ValueError("no probabilities to estimate a prevalence from")
-    if not 0.0 < training_prevalence < 1.0:
-        raise ValueError(f"the training prevalence must be in (0, 1), got {training_prevalence}")
-    pt = float(training_prevalence)
-    pi = pt
-    for it in range(1, max_iter + 1):
-        w1, w0 = pi / pt, (1.0 - pi) / (1.0 - pt)
-        new = float(np.mean(w1 * p / (w1 * p + w0 * (1.0 - p))))
-        if abs(new - pi) < tol:
-            return EMPrevalence(new, it, True)
-        pi = new
-    return EMPrevalence(pi, max_iter, False)
+# needs no torch; it is re-exported here. The methods live in pneumoscan.onboarding.adabn; re-exported here too.
 
 
 def image_set_sha256(hashes: Sequence[int]) -> str:
@@ -262,13 +175,13 @@ def adapt(checkpoint: str | os.PathLike[str], images: Sequence[str | os.PathLike
           out: str | os.PathLike[str], *, min_images: int = MIN_SITE_IMAGES,
           adult_age_years: float = ADULT_AGE_YEARS, batch_size: int = 32, seed: int = 0,
           device: str = "cpu", workers: int = 2, threads: int | None = None,
-          progress: bool = False) -> AdaptResult:
+          progress: bool = False, balance: bool = True) -> AdaptResult:
     """Adapt ``checkpoint`` to a site from its unlabelled films ``images`` and write the result to ``out``.
 
     See the module docstring. Steps: refuse a model without BatchNorm; decode every film once (content hash and
     model-size square); refuse films the model trained on (warn on validation films); gate every film with the
-    parent's :class:`~pneumoscan.inference.predictor.Predictor` (only in-scope films count; at least ``min_images``); AdaBN;
-    EM prevalence; a site reference (seeded halves, ``seed``); write ``out`` (a new file; the parent's
+    parent's :class:`~pneumoscan.inference.predictor.Predictor` (only in-scope films count; at least ``min_images``); EM
+    prevalence; class-balanced AdaBN (``balance=False``: plain); the prevalence checked; a site reference (seeded halves, ``seed``); write ``out`` (a new file; the parent's
     ``trainset.*`` tensors and the adaptation films' hashes travel with it).
 
     Raises:
@@ -347,21 +260,37 @@ def adapt(checkpoint: str | os.PathLike[str], images: Sequence[str | os.PathLike
     parent_probs = np.array([results[i].probability for i in used], dtype=np.float64)
     device_ = resolve_device(device)
     model = model.to(device_)
-    adabn(model, squares, spec, batch_size=batch_size, device=device_)
-    rows = np.arange(len(used))
-    logits, _ = features_cached(model, squares, rows, spec, batch_size=batch_size, device=device_)
-    probs = expit(logits / info.temperature)
-
     prevalence = (info.val_summary or {}).get("prevalence")
     training_prevalence = None if prevalence is None else float(prevalence)
     if training_prevalence is None or not 0 < training_prevalence < 1:
+        training_prevalence = None
         warnings.append("the model records no training prevalence; the EM estimate starts from 0.5 and assumes "
                         "the scores were calibrated to it")
-    start = training_prevalence if training_prevalence and 0 < training_prevalence < 1 else 0.5
-    em = em_prevalence(probs, start)
-    em_parent = em_prevalence(parent_probs, start)  # for comparison: adaptation itself moves the scores
-    if not em.converged:
-        warnings.append(f"the EM prevalence estimate did not converge in {em.iterations} iterations")
+    start = training_prevalence or 0.5
+    em_parent = em_prevalence(parent_probs, start)
+    balanced = None
+    if balance:
+        balanced = class_balanced_adabn(model, squares, spec, parent_probs=parent_probs, training_prevalence=start,
+                                        site_prevalence=em_parent.prevalence, batch_size=batch_size, device=device_,
+                                        seed=seed)
+    else:
+        adabn(model, squares, spec, batch_size=batch_size, device=device_, seed=seed)
+    rows = np.arange(len(used))
+    logits, _ = features_cached(model, squares, rows, spec, batch_size=batch_size, device=device_)
+    probs = expit(logits / info.temperature)
+    youden = ((info.val_summary or {}).get("thresholds") or {}).get("youden") or {}
+    ymetrics = youden.get("metrics") or {}
+    check = mix_check(parent_probs, start, probs_adapted=probs, bbse_threshold=youden.get("threshold"),
+                      bbse_sensitivity=(ymetrics.get("sensitivity") or {}).get("value"),
+                      bbse_specificity=(ymetrics.get("specificity") or {}).get("value"), seed=seed)
+    if not em_parent.converged:
+        warnings.append(f"the EM prevalence estimate did not converge in {em_parent.iterations} iterations")
+    if not check.reliable:
+        warnings.append(
+            f"the estimate of this site's share of pneumonia ({check.prevalence:.0%}) is UNRELIABLE: "
+            + "; ".join(check.reasons)
+            + (". The class balancing rests on it: check the result on labelled films (pneumoscan calibrate, "
+               "pneumoscan evaluate), or adapt on more, consecutive films" if balance else ""))
 
     perm = np.random.default_rng(seed).permutation(len(used))
     bank_rows, val_rows = np.sort(perm[: len(used) // 2]), np.sort(perm[len(used) // 2:])
@@ -371,14 +300,17 @@ def adapt(checkpoint: str | os.PathLike[str], images: Sequence[str | os.PathLike
                           batch_size=batch_size, device=device_,
                           source=f"site commissioning films ({len(used)} in scope, given to pneumoscan adapt)")
     drift_available = len(val_rows) >= _DRIFT_MIN_VAL
-    ref.info.update({"kind": "site", "prevalence": em.prevalence})
+    ref.info.update({"kind": "site", "prevalence": em_parent.prevalence})
 
     set_hashes = [decoded[i][0] for i in used]  # type: ignore[index]
     parent_sha = file_sha256(src)
     adaptation: dict[str, Any] = {
-        "method": "AdaBN",
-        "method_detail": "BatchNorm running mean and variance re-estimated on the site's in-scope films (Li et al., "
-                         "2016); weights, operating threshold and temperature unchanged",
+        "method": "AdaBN, class-balanced" if balance else "AdaBN",
+        "method_detail": ("BatchNorm running mean and variance re-estimated on the site's in-scope films (Li et al., "
+                          "2016)" + (", each film weighted so that the films have the training mix of classes "
+                                     "(label-shift weights from the unadapted model's probabilities at the EM "
+                                     "prevalence)" if balance else "")
+                          + "; weights, operating threshold and temperature unchanged"),
         "n_images": len(used), "image_set_sha256": image_set_sha256(set_hashes),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "parent_model_sha256": parent_sha, "parent_model_path": str(src), "parent_model": info.model,
@@ -386,10 +318,17 @@ def adapt(checkpoint: str | os.PathLike[str], images: Sequence[str | os.PathLike
         "n_refused": n_out + n_unreadable + n_duplicates, "out_of_scope_reasons": dict(reasons.most_common()),
         "n_in_validation_set": len(seen.val), "trainset_checked": seen.known,
         "n_batchnorm_layers": n_bn, "batch_size": int(batch_size), "seed": int(seed),
-        "prevalence_em": em.prevalence, "prevalence_em_iterations": em.iterations,
-        "prevalence_em_parent": em_parent.prevalence,
-        "prevalence_method": "EM on the adapted model's calibrated probabilities (Saerens et al., 2002); "
-                             "reported only, decisions unchanged",
+        "balanced": bool(balance),
+        "balance_weights": None if balanced is None else {
+            "target_prevalence": start, "site_prevalence": balanced.prevalence,
+            "min": float(balanced.weights.min()), "max": float(balanced.weights.max()),
+            "effective_n": balanced.effective_n},
+        "prevalence_em": em_parent.prevalence, "prevalence_em_iterations": em_parent.iterations,
+        "prevalence_em_parent": em_parent.prevalence, "prevalence_em_adapted": check.em_adapted,
+        "prevalence_check": check.to_dict(), "prevalence_reliable": check.reliable,
+        "prevalence_method": "EM on the unadapted model's calibrated probabilities (Saerens et al., 2002), checked "
+                             "against BBSE on the adapted model (Lipton et al., 2018) and by a bootstrap interval; "
+                             "it sets the balancing weights and changes no decision",
         "training_prevalence": training_prevalence,
         "threshold": info.threshold, "temperature": info.temperature,
         "flag_rate_before": float(np.mean([results[i].positive for i in used])),

@@ -25,7 +25,7 @@ from pneumoscan.result import Result
 from pneumoscan.serve.analysis import Cancelled, analyse, error_entry
 from pneumoscan.serve.budget import BudgetExceeded, estimate_decode_bytes
 from pneumoscan.serve.record import record
-from pneumoscan.serve.security import log_id
+from pneumoscan.serve.security import log_id, reader_of
 from pneumoscan.serve.state import ServerState
 
 __all__ = ["OverBudget", "analyse_all", "analyse_one", "failed", "refused", "run_budgeted"]
@@ -39,12 +39,13 @@ _MIB = 1024 * 1024
 
 
 async def analyse_one(state: ServerState, name: str, data: bytes, heatmap: bool, want_preview: bool,
-                      cancel: threading.Event) -> tuple[dict[str, Any], int]:
+                      cancel: threading.Event, client: str | None = None) -> tuple[dict[str, Any], int]:
     """``(entry, status)`` for one file; every failure becomes the entry's error, never the request's. The entry
-    is recorded in the worklist database (``worklist_id``), unless the client went away first."""
+    is recorded in the worklist database (``worklist_id``) as sent by ``client``, unless the client went away
+    first."""
     result, entry, status = await _analyse_one(state, name, data, heatmap, want_preview, cancel)
     if status != 499:
-        await anyio.to_thread.run_sync(record, state, name, data, result, entry)
+        await anyio.to_thread.run_sync(record, state, name, data, result, entry, client)
     return entry, status
 
 
@@ -132,7 +133,8 @@ async def analyse_all(request: Request, state: ServerState, files: list[tuple[st
         async with part:
             if cancel.is_set():
                 return
-            entries[i], statuses[i] = await analyse_one(state, *files[i], heatmap, want_preview, cancel)
+            entries[i], statuses[i] = await analyse_one(state, *files[i], heatmap, want_preview, cancel,
+                                                        reader_of(request, state.auth.client_id))
 
     async with anyio.create_task_group() as outer:
         outer.start_soon(_watch_disconnect, request, cancel, outer.cancel_scope)

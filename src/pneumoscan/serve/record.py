@@ -1,7 +1,9 @@
 """Every analysed upload into the worklist database (:class:`pneumoscan.store.WorklistStore`): its result or its
 error, the SHA-256 of its bytes, its file name only as a hash (:func:`~pneumoscan.serve.security.log_id`), the
-model, the client (the token's short hash, or ``local``) and the film's ``thumbnail`` (the small data URI the
-analysis made, for the worklist's rows and the page's cards after a reload).
+model, the client (the reader's name with per-reader tokens, the shared token's short hash, or ``local``) and the
+film's ``thumbnail`` (the small data URI the analysis made, for the worklist's rows and the page's cards after a
+reload). The same input sent again (same SHA-256, same model, same answer) is one result: its row's count goes up
+(the entry's ``times_received``) and an audit row records the repeat.
 
 A database failure never costs the client its result: the entry then says ``worklist_id`` None and
 ``worklist_error`` (why, in a few words: never the database's own message, which may quote stored values), and
@@ -51,18 +53,20 @@ def _reason(exc: Exception) -> str:
     return f"{said}; see the server log"
 
 
-def record(state: ServerState, name: str, data: bytes, result: Result, entry: dict[str, Any]) -> None:
+def record(state: ServerState, name: str, data: bytes, result: Result, entry: dict[str, Any],
+           client: str | None = None) -> None:
     """Store one upload's :class:`~pneumoscan.result.Result` (with the entry's ``thumbnail``) and set
-    ``entry["worklist_id"]``; the stored row names the file only by its hash, and a stored error never names it.
+    ``entry["worklist_id"]`` and ``entry["times_received"]``; the stored row names the file only by its hash, and a
+    stored error never names it. ``client``: who sent it (default ``state.auth.client_id``).
 
     Blocking (a database write): call it in a worker thread.
     """
     if result.error:
         result = result.replace(error=_stored_error(name, result.error))
     try:
-        entry["worklist_id"] = state.store.add(
+        entry["worklist_id"], entry["times_received"] = state.store.add_or_count(
             result, input_sha256=hashlib.sha256(data).hexdigest(), source="upload", filename_hash=log_id(name),
-            client=state.auth.client_id, thumbnail=entry.get("thumbnail") if result.read else None)
+            client=client or state.auth.client_id, thumbnail=entry.get("thumbnail") if result.read else None)
     except (StoreError, ValueError, TypeError) as exc:
         log.error("%s: not recorded in the worklist database (%s)", log_id(name), exc)
         entry["worklist_id"] = None

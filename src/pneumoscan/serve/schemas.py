@@ -63,6 +63,9 @@ class ResultFields(BaseModel):
     positive: bool | None = Field(description="Flagged: possible pneumonia; null when not read")
     in_scope: bool | None = Field(description="The scope gate's verdict; null when not read")
     scope_reason: str = Field(description="Why the image was not assessed; empty in scope")
+    scope_caution: str = Field("", description="In scope only: a chest radiograph unlike the training films; it is "
+                                               "scored, and this caution is shown beside its score (empty "
+                                               "otherwise, and for results stored before it was recorded)")
     cause: Literal["BACTERIAL", "VIRAL", ""] = Field(
         "", description="A flagged film's pattern: more like bacterial or viral pneumonia (weaker evidence than the "
                         "main finding; never a treatment recommendation); empty for every other film")
@@ -98,6 +101,9 @@ class PredictEntry(ResultFields):
     heatmap_map: str | None = Field(None, description="With heatmap=true, in scope: the map alone (grayscale JPEG)")
     heatmap_error: str | None = Field(None, description="Why no heatmap was made")
     worklist_id: int | None = Field(None, description="Its row in the worklist database")
+    times_received: int | None = Field(None, description="How many times this very input (same SHA-256, same model, "
+                                                         "same answer) has been received: above 1, the row "
+                                                         "`worklist_id` is the earlier result, counted again")
     worklist_error: str | None = Field(None, description="Why it could not be stored")
 
 
@@ -171,7 +177,8 @@ class StoredResult(ResultFields):
     id: int
     created: str = Field(description="When it was stored (ISO 8601, UTC)")
     source: str = Field(description="Where it came from: upload, dicom, cli")
-    client: str = Field(description="Who sent it: the token's short hash, the calling AE title, or local")
+    client: str = Field(description="Who sent it: the reader's name (per-reader tokens), the shared token's short "
+                                    "hash, the calling AE title, or local")
     input_sha256: str
     filename_hash: str
     review: Review | None
@@ -183,6 +190,12 @@ class StoredResult(ResultFields):
                                                   "pixels: a second result under one UID, for a person to sort out")
     forward: ForwardState | None = Field(None, description="Its SR and SC on their way to the PACS; null when the "
                                                            "result was not forwarded")
+    times_received: int = Field(1, description="How many times this very input was received (a repeat raises "
+                                               "it and is audited, instead of making a second row)")
+    study_key: str = Field("", description="In a list: its study, `uid:<StudyInstanceUID>` or `accession:<number>`; "
+                                           "empty for a result with neither (a study of its own)")
+    study_size: int | None = Field(None, description="In a list: how many listed results (all pages) share "
+                                                     "`study_key`; the risk order lists them together")
 
 
 class StoredResultWithReviews(StoredResult):

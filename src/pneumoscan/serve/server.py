@@ -45,7 +45,7 @@ def run(model_path: str | os.PathLike[str] | None, host: str = "127.0.0.1", port
     from pneumoscan.inference.predictor import Predictor, RuntimeOptions, default_model_path
 
     settings = settings or ServeSettings()
-    check_exposure(host, settings.token, insecure_no_auth=insecure_no_auth)  # before the slow model load
+    check_exposure(host, settings.token or settings.readers, insecure_no_auth=insecure_no_auth)  # before the slow model load
     with WorklistStore(settings.db) as store:  # a database it cannot use stops it here, before the model loads
         path = Path(model_path) if model_path else default_model_path()
         predictor = Predictor.from_checkpoint(path, options=RuntimeOptions(threads=settings.threads,
@@ -53,7 +53,8 @@ def run(model_path: str | os.PathLike[str] | None, host: str = "127.0.0.1", port
         log.info("serving %s (%s, version %s, %s, %d worker(s) x %d thread(s)) on http://%s:%d%s; worklist database "
                  "%s (retention %s)", path, predictor.model_name, predictor.version, predictor.backend,
                  settings.workers, settings.threads, host, port,
-                 " with bearer-token authentication" if settings.token else "", store.where,
+                 (f" with bearer-token authentication ({len(settings.readers)} reader(s))" if settings.readers
+                  else " with bearer-token authentication" if settings.token else ""), store.where,
                  f"{settings.retention_days:g} days" if settings.retention_days else "none: kept for ever")
         app = create_app(predictor, settings, store=store)
         uvicorn.Server(uvicorn_config(app, host, port, settings, log_level="info")).run()

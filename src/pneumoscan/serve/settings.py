@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pneumoscan.gate.drift import MIN_IMAGES
 from pneumoscan.io.budget import SERVICE_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from pneumoscan.serve.security import Readers
 
 __all__ = ["SERVER_MAX_PIXELS", "ServeSettings"]
 
@@ -50,6 +54,9 @@ class ServeSettings:
     upload_retention_days: float | None = 30.0
     #: Bearer token required on every route that takes or returns patient data (None: no authentication).
     token: str | None = field(default=None, repr=False)
+    #: Readers with a token each (:func:`pneumoscan.serve.security.load_access`), instead of or beside ``token``:
+    #: a reader's requests are recorded under the reader's name (results, reviews, audit rows). None: no readers.
+    readers: Readers | None = field(default=None, repr=False, compare=False)
     #: Seconds a client has to send the request line and headers (from connecting, or from its first byte
     #: after a previous request); then the connection is closed with 408.
     header_timeout: float = 30.0

@@ -43,7 +43,7 @@ class ServerState:
         self.buffered = 0
         self.uploads = (UploadStore(settings.save_uploads, settings.upload_retention_days)
                         if settings.save_uploads else None)
-        self.auth = TokenAuth(settings.token)
+        self.auth = TokenAuth(settings.token, settings.readers)
         self.drift = DriftWindow(predictor.drift, settings.drift_window)
         self.drift_limiter = anyio.CapacityLimiter(1)
         self.info = model_info(predictor, _read_model_card())

@@ -3,7 +3,8 @@ audit trail and retention. ``pneumoscan serve`` and ``pneumoscan dicom-listen`` 
 
 Where things live: :mod:`.models` (the tables), :mod:`.schema` (the schema version and migrations),
 :mod:`.engine` (paths, URLs, the default data folder, SQLite settings), :mod:`.rows` (filters, orders,
-rows as dicts, the thumbnail check), :mod:`.worklist_store`
+rows as dicts, the thumbnail check), :mod:`.studies` (a study's rows listed together, the same input counted
+instead of stored twice), :mod:`.worklist_store`
 (:class:`WorklistStore`), :mod:`.outbox` (the DICOM node's SR/SC until the PACS has them: ``store.outbox``),
 :mod:`.errors`.
 
@@ -11,7 +12,8 @@ rows as dicts, the thumbnail check), :mod:`.worklist_store`
     rid = store.add(result, input_sha256=..., source="upload", filename_hash=..., client="local")  # a Result
     store.list(unreviewed_only=True)           # highest risk first
     store.list(borderline=0.10)                # within 10 points of the threshold (0-100 score)
-    store.review(rid, verdict="agree", note="", reviewer="local")
+    store.add_or_count(result, input_sha256=..., source="upload", client="Dr A. Lee")  # (id, times received)
+    store.review(rid, verdict="agree", note="", reviewer="Dr A. Lee")
 """
 
 from __future__ import annotations

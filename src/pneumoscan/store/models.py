@@ -1,6 +1,7 @@
 """The worklist database's tables (SQLAlchemy 2.0 declarative models).
 
-* ``worklist_results``: one row per scored (or refused) image; a re-scored image is a new row, never an update.
+* ``worklist_results``: one row per scored (or refused) image; a re-scored image is a new row, never an update
+  (only its ``times_received`` goes up when the very same input gets the same answer from the same model again).
 * ``worklist_reviews``: every reader's review of a result (the latest one is the current one).
 * ``audit_log``: one row per result, review and retention purge: when, what, which model and version, which
   client, and the input's SHA-256.
@@ -134,6 +135,14 @@ class ResultRow(Base):
     #: The DICOM node received this SOP Instance UID before with other pixels (another input SHA-256): this row is
     #: a second result under one UID, for a person to sort out. Added in schema version 5.
     uid_conflict: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
+    #: The scope gate's caution on a film it scored although it is a chest radiograph unlike the training films
+    #: (:data:`~pneumoscan.constants.UNFAMILIAR_CAUTION`); ``""`` otherwise and for rows from before. Added in
+    #: schema version 6.
+    scope_caution: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    #: How many times this very input (the same SHA-256, to the same model) was received: an upload sent again
+    #: raises the count (and writes a "repeat" audit row) instead of making a second row. 1 for rows from before.
+    #: Added in schema version 7.
+    times_received: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
 
     __table_args__ = (Index("ix_worklist_results_order", "category", "probability"),)
 

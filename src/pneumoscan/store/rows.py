@@ -137,7 +137,7 @@ def result_dict(r: ResultRow, latest: Review | None, n_reviews: int, *, thumbnai
     shape as ``POST /api/v1/predict``'s results: ``context`` nested), plus what the store knows: ``id``,
     ``created``, ``source`` (``upload``, ``dicom``, ``cli``), ``client``, ``input_sha256``, ``filename_hash``,
     ``review``, ``n_reviews``, ``uid_conflict`` (its SOP Instance UID came to the DICOM node before with other
-    pixels), ``forward`` (its SR/SC's way to the PACS, :func:`pneumoscan.store.outbox.forward_states`; None when
+    pixels), ``times_received`` (the same input sent again raises it: :mod:`pneumoscan.store.studies`), ``forward`` (its SR/SC's way to the PACS, :func:`pneumoscan.store.outbox.forward_states`; None when
     not forwarded) and, with ``thumbnail``, ``thumbnail``."""
     read = r.category != CATEGORY_ERROR
     assessed = r.category == CATEGORY_SCORED and r.probability is not None
@@ -156,6 +156,7 @@ def result_dict(r: ResultRow, latest: Review | None, n_reviews: int, *, thumbnai
         "positive": (r.category == CATEGORY_SCORED and decision == POSITIVE) if read else None,
         "in_scope": r.in_scope,
         "scope_reason": r.scope_reason,
+        "scope_caution": (r.scope_caution or "") if r.category == CATEGORY_SCORED else "",
         "cause": r.cause or "",
         "cause_text": CAUSE_WORDS.get(r.cause or "", ""),
         "cause_score": score_100(r.cause_probability) if r.cause and r.cause_probability is not None else None,
@@ -173,6 +174,7 @@ def result_dict(r: ResultRow, latest: Review | None, n_reviews: int, *, thumbnai
         "review": review_dict(latest) if latest is not None else None,
         "n_reviews": n_reviews,
         "uid_conflict": bool(r.uid_conflict),
+        "times_received": int(r.times_received or 1),
         "forward": forward,
     }
     if thumbnail:

@@ -28,7 +28,7 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "database_version", "ens
 log = logging.getLogger(__name__)
 
 #: The schema this code reads and writes.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,16 @@ def _add_outbox(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_worklist_results_sop_uid ON worklist_results (sop_uid)"))
 
 
+def _add_scope_caution(conn: Connection) -> None:
+    # Rows from before carry no caution: "" (the gate then had one verdict, and refused what it now cautions).
+    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN scope_caution VARCHAR(200) NOT NULL DEFAULT ''"))
+
+
+def _add_times_received(conn: Connection) -> None:
+    # Every row from before was received once, as far as anyone knows.
+    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN times_received INTEGER NOT NULL DEFAULT 1"))
+
+
 #: Every migration after version 1 (the first tables), in order of version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "worklist_results.thumbnail: a small preview of each film for the worklist", _add_thumbnail),
@@ -76,6 +86,10 @@ MIGRATIONS: tuple[Migration, ...] = (
               _add_score_calibration),
     Migration(5, "dicom_outbox: the DICOM node's SR and SC until the PACS has them; worklist_results.uid_conflict "
                  "and an index on sop_uid: a SOP Instance UID received again", _add_outbox),
+    Migration(6, "worklist_results.scope_caution: a chest film scored although unlike the training films",
+              _add_scope_caution),
+    Migration(7, "worklist_results.times_received: the same input sent again is one result with a count",
+              _add_times_received),
 )
 
 _OUR_TABLES = frozenset(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from pneumoscan.store.engine import describe, make_engine, resolve
 from pneumoscan.store.errors import ResultNotFoundError, StoreError
@@ -45,13 +45,13 @@ from pneumoscan.store.rows import (
     check_limit,
     clean,
     filters,
-    order_by,
     result_dict,
     review_dict,
     thumbnail_or_blank,
     utc,
 )
 from pneumoscan.store.schema import ensure_schema
+from pneumoscan.store.studies import count_repeat, find_repeat, listing, study_fields
 
 if TYPE_CHECKING:
     from pneumoscan.result import Result
@@ -66,7 +66,7 @@ VERDICTS = ("agree", "disagree")
 MAX_NOTE_CHARS = 2000
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _STR_LIMITS = {"source": 32, "filename_hash": 64, "decision": 32, "model_name": 128, "model_version": 128,
-               "client": 128, "score_calibration": 200}
+               "client": 128, "score_calibration": 200, "scope_caution": 200}
 
 
 def _describe_error(exc: SQLAlchemyError) -> str:
@@ -186,6 +186,20 @@ class WorklistStore:
             row.uid_conflict = bool(known.conflicts_with)
             return self._insert(s, row, outbox, forward_to), known
 
+    def add_or_count(self, result: Result, *, input_sha256: str, source: str, filename_hash: str = "",
+                     client: str = "", thumbnail: str | None = None) -> tuple[int, int]:
+        """:meth:`add`, unless the same input (``input_sha256``) was already answered the same way by the same
+        model: then that row's ``times_received`` goes up and a ``repeat`` audit row (``client``: who sent it) is
+        written instead (:mod:`pneumoscan.store.studies`). Returns ``(row id, times received)``; raises as
+        :meth:`add`."""
+        row = self._new_row(result, input_sha256=input_sha256, source=source, filename_hash=filename_hash,
+                            client=client, thumbnail=thumbnail)
+        with self._transaction() as s:
+            existing = find_repeat(s, row)
+            if existing is not None:
+                return int(existing.id), count_repeat(s, existing, row, datetime.now(UTC))
+            return self._insert(s, row, (), ""), 1
+
     def received(self, sop_uid: str, input_sha256: str) -> Received:
         """What the database knows of a SOP Instance UID the DICOM node receives (:func:`.outbox.received`)."""
         with self._transaction() as s:
@@ -217,7 +231,7 @@ class WorklistStore:
         strings = {k: clean(v, _STR_LIMITS[k]) for k, v in (
             ("source", source), ("filename_hash", filename_hash), ("decision", result.decision),
             ("model_name", result.model.name), ("model_version", result.model.version), ("client", client),
-            ("score_calibration", result.model.calibration))}
+            ("score_calibration", result.model.calibration), ("scope_caution", result.scope_caution))}
         context = {k: clean(v, CONTEXT_FIELDS[k]) for k, v in result.context.to_dict().items() if k in CONTEXT_FIELDS}
         return ResultRow(created=utc(created) or datetime.now(UTC), category=category, input_sha256=sha,
                          probability=result.probability, threshold=result.threshold,
@@ -295,7 +309,9 @@ class WorklistStore:
              thumbnails: bool = True, cause: str | None = None) -> builtins.list[dict[str, Any]]:
         """The worklist, highest risk first (``order="risk"``): scored in-scope results by probability
         (descending), then the images not assessed (out of scope), then the files that could not be read; newest
-        first within a tie. ``order="newest"`` or ``"oldest"`` lists them by time received instead.
+        first within a tie; the films of one study (StudyInstanceUID, else accession) together, the study placed by
+        its riskiest film (:mod:`pneumoscan.store.studies`). ``order="newest"`` or ``"oldest"`` lists them by time
+        received instead.
 
         Filters: ``flagged_only`` (scored in scope and flagged as possible pneumonia), ``borderline`` (scored in
         scope with the probability within this half-width of the result's own threshold, on the probability
@@ -309,7 +325,8 @@ class WorklistStore:
             assessed it is kept for audit only and is not a risk), ``decision``, ``flagged``, ``threshold``,
             ``in_scope``, ``scope_reason``, ``error``, ``model_name``, ``model_version``, ``client``,
             ``input_sha256``, ``filename_hash``, the context fields, ``review`` (the latest: ``verdict``,
-            ``note``, ``reviewer``, ``reviewed_at``; None when not reviewed), ``n_reviews`` and, with
+            ``note``, ``reviewer``, ``reviewed_at``; None when not reviewed), ``n_reviews``, ``times_received``,
+            ``study_key`` and ``study_size`` (:func:`~pneumoscan.store.studies.study_fields`) and, with
             ``thumbnails``, ``thumbnail`` (a data URI, or None when none was stored).
 
         Raises:
@@ -319,11 +336,10 @@ class WorklistStore:
         check_limit(limit, offset)
         where = filters(flagged_only=flagged_only, unreviewed_only=unreviewed_only, in_scope=in_scope,
                         borderline=borderline, since=since, until=until, cause=cause)
-        query = select(ResultRow).where(*where).order_by(*order_by(order)).limit(limit).offset(offset)
-        if not thumbnails:
-            query = query.options(defer(ResultRow.thumbnail))
+        query = listing(where, order, limit=limit, offset=offset, thumbnails=thumbnails)
         with self._transaction() as s:
-            rows = builtins.list(s.scalars(query))
+            found = builtins.list(s.execute(query))
+            rows = [r for r, _, _ in found]
             latest: dict[int, Review] = {}
             counts: dict[int, int] = {}
             if rows:
@@ -333,8 +349,8 @@ class WorklistStore:
                     latest[rv.result_id] = rv
                     counts[rv.result_id] = counts.get(rv.result_id, 0) + 1
             forwarded = forward_states(s, [r.id for r in rows])
-            return [result_dict(r, latest.get(r.id), counts.get(r.id, 0), thumbnail=thumbnails,
-                                forward=forwarded.get(r.id)) for r in rows]
+            return [{**result_dict(r, latest.get(r.id), counts.get(r.id, 0), thumbnail=thumbnails,
+                                   forward=forwarded.get(r.id)), **study_fields(key, size)} for r, key, size in found]
 
     def count(self, *, flagged_only: bool = False, unreviewed_only: bool = False, in_scope: bool | None = None,
               borderline: float | None = None, since: datetime | date | None = None,

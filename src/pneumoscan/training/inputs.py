@@ -5,6 +5,7 @@ rank visits the training rows in each epoch."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import os
@@ -22,14 +23,15 @@ from pneumoscan.constants import DEFAULT_CACHE_DIR
 from pneumoscan.data import DatasetIndex, ImageCache, build_cache, index_dataset, split_index, write_manifest
 from pneumoscan.data.dataset import split_with_validation
 from pneumoscan.errors import ConfigError
-from pneumoscan.models import default_preprocessing
+from pneumoscan.models import default_preprocessing, has_pretrained
 from pneumoscan.onboarding.cause import cause_targets
 from pneumoscan.training.distributed import Dist
+from pneumoscan.training.finetune import Parent, check_site_films
 from pneumoscan.utils import atomic_write_text, csv_safe_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FAILED_IMAGES", "RunData", "epoch_order", "prepare_data", "split_data", "write_failed_images"]
+__all__ = ["FAILED_IMAGES", "RunData", "cause_config", "effective_config", "epoch_order", "prepare_data", "split_data", "write_failed_images"]
 
 #: The run folder's list of images that could not be decoded (only when there are some).
 FAILED_IMAGES = "failed_images.csv"
@@ -50,6 +52,9 @@ class RunData:
     #: int64 cause target of every cache row (:func:`pneumoscan.onboarding.cause.cause_targets`: 1 viral,
     #: 0 bacterial, -1 unknown or NORMAL).
     causes: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    #: Fine-tuning only: the site films checked against the parent's
+    #: (:func:`pneumoscan.training.finetune.check_site_films`).
+    site: dict[str, Any] = field(default_factory=dict)
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -64,14 +69,17 @@ class RunData:
         return int((1 - self.train_labels).sum())
 
 
-def prepare_data(cfg: Config, run_dir: Path, d: Dist) -> RunData:
+def prepare_data(cfg: Config, run_dir: Path, d: Dist, *, parent: Parent | None = None) -> RunData:
     """Index, split (:func:`split_data`) and cache (rank 0 writes split.csv and failed_images.csv and builds the
     cache; the other ranks wait for it and map it). Raises :class:`ConfigError` when either split would be empty,
-    the training rows lack a class, or a given validation set (``data.val``) does."""
+    the training rows lack a class, or a given validation set (``data.val``) does. Fine-tuning (``parent``): the
+    images are made as the parent's preprocessing says, and films the parent trained on are refused
+    (:func:`~pneumoscan.training.finetune.check_site_films`, :class:`~pneumoscan.errors.DatasetError`)."""
     train_idx, val_idx, validation = split_data(cfg)
     cache_dir = Path(cfg.data.cache_dir or DEFAULT_CACHE_DIR)
     records = list(train_idx.records) + list(val_idx.records)
-    spec = default_preprocessing(cfg.model.name, cfg.model.image_size)
+    site = check_site_films(parent, records, run_dir, d.main, cfg.data.num_workers) if parent is not None else {}
+    spec = parent.spec if parent is not None else default_preprocessing(cfg.model.name, cfg.model.image_size)
     if d.main:
         write_manifest(run_dir / "split.csv", records, ["train"] * len(train_idx) + ["val"] * len(val_idx))
         cache = build_cache(records, spec, cache_dir, max_pixels=cfg.data.max_pixels,
@@ -94,7 +102,7 @@ def prepare_data(cfg: Config, run_dir: Path, d: Dist) -> RunData:
                     len(cache.failures), run_dir / FAILED_IMAGES)
     validation = {**validation, "n_images": len(va),
                   "n_patients": len({cache.records[i].patient_id for i in va})}
-    data = RunData(cache, tr, va, cache.labels.astype(np.int64), validation, cause_targets(cache.records))
+    data = RunData(cache, tr, va, cache.labels.astype(np.int64), validation, cause_targets(cache.records), site)
     if data.n_pos == 0 or data.n_neg == 0:
         raise ConfigError("the training split needs images of both classes")
     if cfg.data.val and len(np.unique(data.labels[va])) < 2:
@@ -102,6 +110,42 @@ def prepare_data(cfg: Config, run_dir: Path, d: Dist) -> RunData:
                           "to rank epochs by AUC and to choose the threshold")
     log.info("train: %d images (%d pneumonia), val: %d images", len(tr), data.n_pos, len(va))
     return data
+
+
+def effective_config(cfg: Config) -> Config:
+    """``cfg`` as it will run: ``model.pretrained`` means "start from pretrained weights where the model has
+    them", so a model without any (seed-cnn, deep-cnn) trains from scratch, says so, and the run's config and
+    checkpoints record ``pretrained = false``, which is what happened (and what ``--resume`` then reads)."""
+    if cfg.model.pretrained and cfg.train.init_from:  # the weights come from the parent
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
+    if cfg.model.pretrained and not has_pretrained(cfg.model.name):
+        log.warning("%s has no pretrained weights: training from scratch", cfg.model.name)
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
+    return cfg
+
+
+def cause_config(cfg: Config, run_dir: Path, data: RunData, d: Dist) -> Config:
+    """``cfg`` as it will run once the data are known: a cause output needs training films of both causes, and
+    validation films of both to choose its operating point; without them the run trains the pneumonia output
+    alone, says why, and records ``model.cause_head = false`` (what happened)."""
+    if not cfg.model.cause_head:
+        return cfg
+    tr, va = data.causes[data.train_rows], data.causes[data.val_rows]
+    missing = [f"{side} films of a known {name} cause" for side, c in (("training", tr), ("validation", va))
+               for code, name in ((0, "bacterial"), (1, "viral")) if not (c == code).any()]
+    if not missing:
+        return cfg
+    if cfg.train.init_from:  # the parent's outputs are kept: its cause output learns from what there is
+        log.warning("no %s: the cause output keeps what the parent learned%s", " and no ".join(missing),
+                    "" if (va >= 0).any() and len(np.unique(va[va >= 0])) == 2 else
+                    ", and its operating point stays the parent's")
+        return cfg
+    log.warning("no %s (a PNEUMONIA film's cause comes from its name: personN_bacteria_M or personN_virus_M, or a "
+                "manifest's cause column): training without the cause output", " and no ".join(missing))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, cause_head=False))
+    if d.main:
+        atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+    return cfg
 
 
 def split_data(cfg: Config) -> tuple[DatasetIndex, DatasetIndex, dict[str, Any]]:

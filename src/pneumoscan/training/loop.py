@@ -18,7 +18,7 @@ Run folder layout (written by rank 0 only)::
     split.csv            the train/validation assignment (seeded by patient, or the given ``data.val``)
     failed_images.csv    path,reason of each image that could not be decoded and was left out (only if any)
 
-:func:`train` runs these steps in order: :func:`_setup_run`, :func:`~.inputs.prepare_data`, :func:`_build`, then
+:func:`train` runs these steps in order: :func:`_setup_run`, :func:`~.inputs.prepare_data`, :func:`~.inputs.cause_config`, :func:`_build`, then
 :func:`_restore` (with ``resume``) or the augmentation preview, then per epoch :func:`_train_epoch`,
 :func:`_validate` and :func:`_end_of_epoch`, and at the end :func:`~.finalize.finalize_run`.
 
@@ -35,7 +35,6 @@ allocator thresholds first (:mod:`.allocator`), and ``train.compile`` compiles t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -58,7 +57,7 @@ from pneumoscan import metrics as M
 from pneumoscan.checkpoint import load_state, save_checkpoint, save_state
 from pneumoscan.config import Config, load_config
 from pneumoscan.errors import ConfigError, RunExistsError
-from pneumoscan.models import create_model, default_preprocessing, has_pretrained
+from pneumoscan.models import create_model, default_preprocessing
 from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.inference.scoring import score_cached
 from pneumoscan.training.allocator import tune_allocator
@@ -66,7 +65,8 @@ from pneumoscan.training.augment import RandAugmentPipeline, build_augmentation,
 from pneumoscan.training.distributed import Dist, gather, setup_distributed
 from pneumoscan.training.ema import build_ema
 from pneumoscan.training.finalize import finalize_run
-from pneumoscan.training.inputs import RunData, epoch_order, prepare_data
+from pneumoscan.training.finetune import Parent, load_parent_weights, start_or_check_parent
+from pneumoscan.training.inputs import RunData, cause_config, effective_config, epoch_order, prepare_data
 from pneumoscan.training.records import CAUSE_AUC_COLUMN, RAW_AUC_COLUMN, checkpoint_meta, plot_curves, write_metrics_csv, write_timing
 from pneumoscan.training.step import (BatchSource, CauseLoss, EpochTally, StepOptions, batches, compile_model,
                                       model_input, prepare_model, restore_optimizer_layout, step_options, train_step)
@@ -90,6 +90,8 @@ class TrainResult:
     epochs_run: int
     stopped_early: bool
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The parent checkpoint a fine-tuning run started from (``train.init_from``); empty otherwise.
+    fine_tuned_from: str = ""
 
 
 @dataclass
@@ -128,19 +130,9 @@ class _Progress:
 # --- steps before the first epoch ---------------------------------------------------------------------
 
 
-def _effective_config(cfg: Config) -> Config:
-    """``cfg`` as it will run: ``model.pretrained`` means "start from pretrained weights where the model has
-    them", so a model without any (seed-cnn, deep-cnn) trains from scratch, says so, and the run's config and
-    checkpoints record ``pretrained = false``, which is what happened (and what ``--resume`` then reads)."""
-    if cfg.model.pretrained and not has_pretrained(cfg.model.name):
-        log.warning("%s has no pretrained weights: training from scratch", cfg.model.name)
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
-    return cfg
-
-
 def _setup_run(cfg: Config, run_dir: Path, resume: bool) -> tuple[Config, Dist]:
     """Effective config, distributed setup, the run folder with its config.json, threads and the seed."""
-    cfg = _effective_config(cfg)
+    cfg = effective_config(cfg)
     d = setup_distributed(cfg.train.device)
     if not resume and ((run_dir / STATE).exists() or (run_dir / BEST).exists()):
         raise RunExistsError(f"{run_dir}: already holds a training run; resume it with --resume or choose another --out")
@@ -155,40 +147,25 @@ def _setup_run(cfg: Config, run_dir: Path, resume: bool) -> tuple[Config, Dist]:
     return cfg, d
 
 
-def _cause_config(cfg: Config, run_dir: Path, data: RunData, d: Dist) -> Config:
-    """``cfg`` as it will run once the data are known: a cause output needs training films of both causes, and
-    validation films of both to choose its operating point; without them the run trains the pneumonia output
-    alone, says why, and records ``model.cause_head = false`` (what happened)."""
-    if not cfg.model.cause_head:
-        return cfg
-    tr, va = data.causes[data.train_rows], data.causes[data.val_rows]
-    missing = [f"{side} films of a known {name} cause" for side, c in (("training", tr), ("validation", va))
-               for code, name in ((0, "bacterial"), (1, "viral")) if not (c == code).any()]
-    if not missing:
-        return cfg
-    log.warning("no %s (a PNEUMONIA film's cause comes from its name: personN_bacteria_M or personN_virus_M, or a "
-                "manifest's cause column): training without the cause output", " and no ".join(missing))
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, cause_head=False))
-    if d.main:
-        atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
-    return cfg
-
-
-def _build(cfg: Config, data: RunData, d: Dist) -> _Parts:
-    """Model (initialised from torch's generator; on the device, channels-last), weighted loss, AdamW, LR schedule,
-    EMA, augmentation and the batch source (the decoded cache, on the GPU when it fits)."""
-    spec = default_preprocessing(cfg.model.name, cfg.model.image_size)
+def _build(cfg: Config, data: RunData, d: Dist, parent: Parent | None = None) -> _Parts:
+    """Model (initialised from torch's generator, or the ``parent``'s weights when fine-tuning; on the device,
+    channels-last), weighted loss, AdamW, LR schedule, EMA, augmentation and the batch source (the decoded cache,
+    on the GPU when it fits)."""
+    spec = parent.spec if parent is not None else default_preprocessing(cfg.model.name, cfg.model.image_size)
     opts = step_options(cfg.train, d.device)
     cause = cfg.model.cause_head
-    model = prepare_model(create_model(cfg.model.name, pretrained=cfg.model.pretrained, dropout=cfg.model.dropout,
-                                       num_classes=2 if cause else 1), opts)
+    net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, dropout=cfg.model.dropout,
+                       num_classes=2 if cause else 1)
+    if parent is not None:  # before the EMA copies the weights: the average starts from the parent too
+        load_parent_weights(net, parent)
+    model = prepare_model(net, opts)
     use_pos_weight = cfg.train.pos_weight and not cfg.train.balanced_sampler
     pos_weight = torch.tensor([data.n_neg / data.n_pos if use_pos_weight else 1.0], device=d.device)
     criterion: nn.Module = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     if cause:  # the cause output: imbalance (about 2:1 bacterial) handled as for the main output
         known = data.causes[data.train_rows]
         n_viral, n_bact = int((known == 1).sum()), int((known == 0).sum())
-        cause_pw = torch.tensor([n_bact / n_viral if use_pos_weight else 1.0], device=d.device)
+        cause_pw = torch.tensor([n_bact / n_viral if use_pos_weight and n_viral and n_bact else 1.0], device=d.device)
         criterion = CauseLoss(pos_weight, cause_pw, cfg.train.cause_weight)
         log.info("cause output: %d bacterial and %d viral training films (viral weighted %.2f); %d pneumonia films "
                  "of unknown cause count for the main output only", n_bact, n_viral, float(cause_pw),
@@ -357,6 +334,8 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder ``out_dir`` (see the module docstring).
+    With ``cfg.train.init_from`` the run fine-tunes that checkpoint (:mod:`.finetune`; build the config with
+    :func:`~.finetune.finetune_config`).
 
     With ``resume=True`` the run continues from the last completed epoch stored in
     ``out_dir/state.safetensors``, restoring weights, optimiser, scheduler, EMA,
@@ -365,9 +344,10 @@ def train(
     """
     run_dir = Path(out_dir)
     cfg, d = _setup_run(cfg, run_dir, resume)
-    data = prepare_data(cfg, run_dir, d)
-    cfg = _cause_config(cfg, run_dir, data, d)
-    parts = _build(cfg, data, d)
+    parent = start_or_check_parent(cfg, run_dir, resume, d.main) if cfg.train.init_from else None
+    data = prepare_data(cfg, run_dir, d, parent=parent)
+    cfg = cause_config(cfg, run_dir, data, d)
+    parts = _build(cfg, data, d, parent)
     if resume and (run_dir / STATE).exists():
         prog = _restore(run_dir, parts)
     else:
@@ -388,13 +368,14 @@ def train(
             cb("epoch_end", {"epoch": epoch, "row": row, "rank": d.rank})
         d.barrier()
     if d.main:
-        finalize_run(cfg, run_dir / BEST, data.cache, data.train_rows, data.val_rows, parts.spec, d.device)
+        finalize_run(cfg, run_dir / BEST, data.cache, data.train_rows, data.val_rows, parts.spec, d.device,
+                     parent=parent, site=data.site, validation=data.validation)
         plot_curves(run_dir, prog.history)
     d.barrier()
     return TrainResult(
         run_dir=run_dir, best_checkpoint=run_dir / BEST, best_epoch=int(prog.best["epoch"]),
         best_val_auc=float(prog.best["auc"]), epochs_run=len(prog.history), stopped_early=bool(prog.stopped),
-        history=prog.history,
+        history=prog.history, fine_tuned_from=cfg.train.init_from,
     )
 
 

@@ -182,11 +182,16 @@ def _score(predictor: Predictor, files: Sequence[Path], req: PredictRequest, key
 
 
 def summary_line(rows: Sequence[dict[str, Any]], counts: dict[str, int], threshold: float) -> str:
-    """How many were scored, flagged, not assessed and not read, in the decision wording of the page and report."""
+    """How many were scored, flagged, not flagged, scored with the unfamiliar-film caution (when any), not assessed
+    and not read, in the decision wording of the page and report."""
     n_pos = sum(bool(r["positive"]) for r in rows)
+    n_caution = counts.get("n_cautioned", 0)
     return (f"{counts['n_in_scope']} of {len(rows)} image(s) scored; {DECISION_WORDS['PNEUMONIA']}: {n_pos} "
             f"(score at or above the threshold {score_100(threshold):.1f} / 100); "
-            f"{DECISION_WORDS['OUT_OF_SCOPE']}: {counts['n_out_of_scope']}; "
+            f"{DECISION_WORDS['NORMAL']}: {counts['n_in_scope'] - n_pos}; "
+            + (f"scored with a caution (unfamiliar film, unlike the training films): {n_caution}; " if n_caution
+               else "")
+            + f"{DECISION_WORDS['OUT_OF_SCOPE']}: {counts['n_out_of_scope']}; "
             f"{NOT_READ_WORDS}: {counts['n_unreadable']}")
 
 

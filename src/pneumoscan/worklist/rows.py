@@ -43,9 +43,9 @@ CONTEXT_COLUMNS = CONTEXT_KEYS
 #: them).
 RESULT_COLUMNS = ("rank", "path", "patient_id", "accession", "study_date", "age", "sex", "view", "score",
                   "score_threshold", "score_calibration", "decision_text", "probability", "decision", "positive", "in_scope",
-                  "scope_reason", "threshold", "cause", "cause_text", "cause_score", "cause_probability",
-                  "cause_threshold", "error", "study_uid", "series_uid", "sop_uid", "heatmap", "dicom_out",
-                  "model_name", "model_version", "created", "disclaimer")
+                  "scope_reason", "scope_caution", "threshold", "cause", "cause_text", "cause_score",
+                  "cause_probability", "cause_threshold", "error", "study_uid", "series_uid", "sop_uid", "heatmap",
+                  "dicom_out", "model_name", "model_version", "created", "disclaimer")
 #: Columns a CSV has only when some row has them.
 OPTIONAL_COLUMNS = ("heatmap", "dicom_out")
 
@@ -74,7 +74,8 @@ def worklist_row(result: Result, *, pseudonym_key: bytes | str | None = None) ->
     (where the model's score was calibrated, in words),
     ``decision_text`` (the one wording), ``probability``, ``decision`` (the result's: ``PNEUMONIA``, ``NORMAL``,
     ``OUT_OF_SCOPE``, or ``""`` when the file could not be read), ``positive`` (None when not read), ``in_scope``,
-    ``scope_reason``, ``threshold``, the cause of a flagged film (``cause`` ``BACTERIAL``/``VIRAL``, ``cause_text``,
+    ``scope_reason``, ``scope_caution`` (in scope: a chest radiograph unlike the training films, scored and ranked
+    like any other, with this caution beside its score; ``""`` otherwise), ``threshold``, the cause of a flagged film (``cause`` ``BACTERIAL``/``VIRAL``, ``cause_text``,
     ``cause_score`` the viral score on 0-100, ``cause_probability`` P(viral), ``cause_threshold``; blank for every
     film that is not flagged, and for a model without a cause output), ``error`` (why the file could not be read, or what went wrong with an output of
     a scored file; ``""`` when all went well), ``model_name``, ``model_version`` and, when a heatmap was asked for and the
@@ -90,7 +91,7 @@ def worklist_row(result: Result, *, pseudonym_key: bytes | str | None = None) ->
         "score_calibration": result.model.calibration, "decision_text": result.decision_text,
         "probability": result.probability, "decision": result.decision,
         "positive": result.positive if result.read else None, "in_scope": result.in_scope,
-        "scope_reason": result.scope_reason, "threshold": result.threshold,
+        "scope_reason": result.scope_reason, "scope_caution": result.scope_caution, "threshold": result.threshold,
         **{k: cause[k] for k in ("cause", "cause_text", "cause_score", "cause_probability", "cause_threshold")},
         "error": result.error or result.note,
         **{k: ctx[k] for k in CONTEXT_COLUMNS[6:]},
@@ -135,11 +136,13 @@ def triage(predictor: Predictor, paths: Sequence[str | os.PathLike[str]], *, bat
 
 
 def count_results(results: Sequence[Result]) -> dict[str, int]:
-    """What a batch held: ``n_files``, ``n_in_scope`` (scored and in scope), ``n_out_of_scope`` (scored, refused by
-    the scope gate) and ``n_unreadable`` (not read)."""
+    """What a batch held: ``n_files``, ``n_in_scope`` (scored and in scope), ``n_cautioned`` (of those, the chest
+    films unlike the training films: scored, with :data:`~pneumoscan.constants.UNFAMILIAR_CAUTION`),
+    ``n_out_of_scope`` (scored, refused by the scope gate) and ``n_unreadable`` (not read)."""
     n_read = sum(r.read for r in results)
     n_out = sum(r.read and not r.in_scope for r in results)
-    return {"n_files": len(results), "n_in_scope": n_read - n_out, "n_out_of_scope": n_out,
+    n_caution = sum(r.read and bool(r.in_scope) and bool(r.scope_caution) for r in results)
+    return {"n_files": len(results), "n_in_scope": n_read - n_out, "n_cautioned": n_caution, "n_out_of_scope": n_out,
             "n_unreadable": len(results) - n_read}
 
 
@@ -171,6 +174,7 @@ def drift_message(result: DriftResult) -> str:
     if result.shifted:
         note = f". Note: {result.case_mix_note}" if result.case_mix_note else ""
         return (f"{head}: SHIFTED (statistic {result.statistic:.2f} > threshold {result.threshold:.2f}): these images "
-                "differ from the training data; results may not hold; calibrate the model on this site's films "
+                "differ from the training data; results may not hold; first adapt the model to this site's films, "
+                "which needs no labels (pneumoscan adapt), then calibrate it on labelled films of this site "
                 f"(pneumoscan calibrate){note}")
     return f"{head}: not shifted (statistic {result.statistic:.2f} <= threshold {result.threshold:.2f})"

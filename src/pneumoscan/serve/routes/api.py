@@ -30,12 +30,15 @@ _PREDICT_DESCRIPTION = (
     "`preview=true` a downscaled grayscale preview. Every image passes the out-of-scope gate (DICOM header, pixel "
     "statistics, the model's own features): each result carries `in_scope` and `scope_reason`, and an image out of "
     "scope gets `decision` `OUT_OF_SCOPE`, `positive` false, `rank` null and no heatmap; its `probability` is kept "
-    "for audit only and must not be shown as a risk. Scored in-scope images are ranked by probability. A mix of "
+    "for audit only and must not be shown as a risk. A chest film unlike the training films is scored in scope "
+    "with `scope_caution` (shown beside its score). Scored in-scope images are ranked by probability. A mix of "
     "good and bad files returns 200 with an error in each bad file's entry; when every file is bad the status is 4xx "
     "(413 for an image over the pixel limit or the server's memory budget). Every file's entry, result or error, "
     "is stored in the worklist database and carries its `worklist_id` (`GET /api/v1/worklist`; null, with "
-    "`worklist_error`, if the database failed). With a token configured, send "
-    "`Authorization: Bearer <token>`. " + DISCLAIMER
+    "`worklist_error`, if the database failed). The same file sent again (same SHA-256, answered the same way by "
+    "the same model) is one result: its entry names the earlier row (`worklist_id`) with `times_received` raised, "
+    "and the audit trail records the repeat under the sender's name. With a token configured, send "
+    "`Authorization: Bearer <token>` (a shared token, or the reader's own: it names the sender). " + DISCLAIMER
 )
 
 
@@ -46,8 +49,10 @@ _DRIFT_DESCRIPTION = (
     "each scaled by its null 95th percentile; `threshold` comes from resampling validation batches of the same "
     "size, so a batch like the training data is called `shifted` at most 5% of the time. `available` is false, "
     "with `reason`, when the model carries no reference or fewer than `min_images` (50) in-scope images have been "
-    "analysed. When `shifted`, results may not hold at this site: calibrate the model on the site's own labelled "
-    "films (`pneumoscan calibrate`)."
+    "analysed. The reference's classes are reweighted to the mix of cases that fits the window best "
+    "(`estimated_mix`), so a site's share of pneumonia alone does not make it `shifted`. When `shifted`, results "
+    "may not hold at this site: first adapt the model to the site's films, which needs no labels (`pneumoscan "
+    "adapt`), then calibrate it on the site's own labelled films (`pneumoscan calibrate`)."
 )
 
 

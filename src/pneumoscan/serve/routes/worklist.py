@@ -1,5 +1,6 @@
-"""``/api/v1/worklist`` and ``/api/v1/audit``: the stored worklist (highest risk first, with filters), readers'
-reviews and the audit trail, from the worklist database (:class:`pneumoscan.store.WorklistStore`). Patient data,
+"""``/api/v1/worklist`` and ``/api/v1/audit``: the stored worklist (highest risk first, a study's films together,
+with filters), readers' reviews (under the reader's name: ``/api/v1/reader`` says who the caller is) and the audit
+trail, from the worklist database (:class:`pneumoscan.store.WorklistStore`). Patient data,
 so behind the token like the rest of ``/api/v1``."""
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from typing import Any, Literal
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
 from pneumoscan.constants import DISCLAIMER, SCORE_SCALE
 from pneumoscan.serve.body import BadRequest, read_body
 from pneumoscan.serve.params import Offset, ResultId, when
+from pneumoscan.serve.security import reader_of
 from pneumoscan.serve.state import ServerState
 from pneumoscan.serve.schemas import (
     AuditPage,
@@ -36,7 +38,10 @@ MAX_REVIEW_BYTES = 64 * 1024
 _LIST_DESCRIPTION = (
     "Every result this server (and the DICOM node sharing its database) has stored, highest risk first: scored "
     "in-scope images by pneumonia probability, then images not assessed (out of scope; their `probability` is "
-    "kept for audit only and is not a risk), then files that could not be read. Filters: `flagged=true` (flagged "
+    "kept for audit only and is not a risk), then files that could not be read. The films of one study (the same "
+    "StudyInstanceUID, else the same accession) are listed together, the study placed by its riskiest film and "
+    "its films in the same order (`study_key`, `study_size`); the same input sent again is one result "
+    "(`times_received`). Filters: `flagged=true` (flagged "
     "as possible pneumonia), `borderline=10` (scored in scope within 10 points of its threshold on the 0-100 "
     "score, i.e. a probability within 0.10 of it; any band above 0 and at most 50), `unreviewed=true` (no "
     "reader's review yet), `in_scope=true|false`, `since` and `until` (ISO 8601 dates or times, UTC unless they "
@@ -60,7 +65,8 @@ _BORDERLINE = ("Only scored in-scope results within this many points of their th
 _REVIEW_DESCRIPTION = (
     'JSON `{"verdict": "agree" | "disagree", "note": "..."}` (note optional, at most '
     f"{MAX_NOTE_CHARS:,} characters). Every review is kept and audited; the latest is the result's current "
-    "review. The reviewer recorded is this client (the token's short hash, or `local`). 404 for an unknown id, "
+    "review. The reviewer recorded is the reader whose token the request carries (their name, with per-reader "
+    "tokens; else the shared token's short hash, or `local`). 404 for an unknown id, "
     "422 for a bad verdict or note. Returns the result with its new review."
 )
 
@@ -92,9 +98,10 @@ async def _review_body(request: Request, state: ServerState) -> tuple[Any, Any]:
 #: source, a client and the readers' latest review.
 STORED_COLUMNS = ("rank", "id", "received", "source", "client", "patient_id", "accession", "study_date", "age", "sex",
                   "view", "score", "score_threshold", "decision_text", "probability", "decision", "positive",
-                  "in_scope", "scope_reason", "threshold", "cause", "cause_text", "cause_score", "cause_probability",
-                  "cause_threshold", "error", "study_uid", "series_uid", "sop_uid", "review",
-                  "review_note", "reviewer", "model_name", "model_version", "exported_at", "disclaimer")
+                  "in_scope", "scope_reason", "scope_caution", "threshold", "cause", "cause_text", "cause_score",
+                  "cause_probability", "cause_threshold", "error", "study_uid", "series_uid", "sop_uid",
+                  "times_received", "review", "review_note", "reviewer", "model_name", "model_version", "exported_at",
+                  "disclaimer")
 
 
 def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -111,6 +118,15 @@ def csv_row(row: dict[str, Any]) -> dict[str, Any]:
     review = row.get("review") or {}
     return {**row, **row["context"], "received": row["created"], "review": review.get("verdict", ""),
             "review_note": review.get("note", ""), "reviewer": review.get("reviewer", "")}
+
+
+class ReaderInfo(BaseModel):
+    """``GET /api/v1/reader``: who the caller is, as reviews and audit rows record it."""
+
+    reader: str = Field(description="The reader's name (per-reader tokens), `token-` and the shared token's short "
+                                    "hash, or `local` (no authentication)")
+    named: bool = Field(description="True when the token is a named reader's own")
+    auth: bool = Field(description="Whether this server asks for a token")
 
 
 def _json(model: type[BaseModel], data: dict[str, Any]) -> JSONResponse:
@@ -196,16 +212,24 @@ def worklist_router(state: ServerState) -> APIRouter:
             return JSONResponse({"detail": "client disconnected"}, status_code=400)
         try:
             out = await anyio.to_thread.run_sync(
-                lambda: store.review(result_id, verdict=verdict, note=note, reviewer=state.auth.client_id))
+                lambda: store.review(result_id, verdict=verdict, note=note,
+                                     reviewer=reader_of(request, state.auth.client_id)))
         except ResultNotFoundError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=404)
         except ValueError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=422)
         return _json(StoredResult, out)
 
+    @router.get("/reader", summary="Who the caller is: the name its reviews are recorded under", tags=["worklist"],
+                response_model=ReaderInfo)
+    async def reader(request: Request) -> dict[str, Any]:
+        who = reader_of(request, state.auth.client_id)
+        return {"reader": who, "named": who in state.auth.readers, "auth": state.auth.enabled}
+
     @router.get("/audit", summary="The audit trail, newest first", tags=["worklist"], response_model=AuditPage,
-                description="One row per stored result, review and retention purge: when, which model and "
-                            "version, which client (token hash, AE title or `local`) and the input's SHA-256.")
+                description="One row per stored result, input received again (`repeat`), review and retention "
+                            "purge: when, which model and version, who (the reader's name, the shared token's "
+                            "hash, an AE title or `local`) and the input's SHA-256.")
     async def audit(limit: int = Query(200, ge=1, le=MAX_LIMIT), offset: Offset = 0,
                     event: str | None = None) -> dict[str, Any]:
         events = await anyio.to_thread.run_sync(lambda: store.audit(limit, offset, event=event))

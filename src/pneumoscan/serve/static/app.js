@@ -80,6 +80,25 @@ export function causeLine(r, key = "causeLine") {
 // Scored by the model: read and in scope (an image the scope gate refused gets no risk figure at all).
 export function inScope(r) { return Boolean(r.ok) && r.in_scope !== false; }
 
+//: The borderline band's default half-width, in points of the 0-100 score (the worklist's "Borderline" filter).
+export const DEFAULT_BAND = 10;
+
+// The borderline band on screen: the worklist's band input (#f-band, 1-50 points either side of the threshold),
+// else DEFAULT_BAND. The worklist's tag, its filter (the server's `borderline=`), the cards, the viewer and the
+// report all use this one band.
+export function borderlineBand() {
+  const input = document.getElementById("f-band");
+  const band = Math.round(Number(input ? input.value : DEFAULT_BAND));
+  return band >= 1 && band <= 50 ? band : DEFAULT_BAND;
+}
+
+// Within the borderline band: scored in scope and |probability - threshold| <= band / 100, the rule of the server's
+// `borderline=` filter (pneumoscan.store.rows, with its slack for a probability exactly on the edge).
+export function isBorderline(r, band = borderlineBand()) {
+  return inScope(r) && typeof r.threshold === "number" && typeof r.probability === "number" &&
+    Math.abs(r.probability - r.threshold) <= band / 100 + 1e-9;
+}
+
 export function siteState(m) { return (m && m.site_state) || "shipped"; }
 
 export function el(tag, attrs = {}, children = []) {
@@ -157,12 +176,18 @@ export function rememberName(id, name) {
 }
 
 // How a stored row is named: the file's name when it was uploaded from this tab, else its DICOM identifiers
-// (row.context), else its id.
+// (row.context), else (an upload) the hash of its name, its view and the time it came, else its id.
 export function rowLabel(r) {
   if (state.names[r.id]) return state.names[r.id];
   const c = r.context || {};
   const ids = [c.patient_id && T("contextPatient", { v: c.patient_id }), c.accession && T("contextAcc", { v: c.accession })].filter(Boolean);
-  return ids.length ? ids.join(" · ") : T("resultN", { id: r.id });
+  if (ids.length) return ids.join(" · ");
+  // An upload named in another tab or before a reload: its hashed name, view and time received tell it apart.
+  const hash = (r.filename_hash || "").replace(/^upload-/, "").slice(0, 8);
+  const when = new Date(r.created);
+  if (!hash || isNaN(when)) return T("resultN", { id: r.id });
+  const at = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return c.view ? T("uploadLabelView", { hash, view: c.view, when: at }) : T("uploadLabel", { hash, when: at });
 }
 
 // ---------------------------------------------------------------------------------------------- the API token
@@ -312,7 +337,8 @@ export async function checkDrift() {
     banner.replaceChildren(
       el("strong", { text: T("driftLead") }),
       T("driftText", { n: d.n_tested || d.n_images, statistic: Number(d.statistic).toFixed(2), threshold: Number(d.threshold).toFixed(2) }),
-      el("code", { text: "pneumoscan calibrate" }), T("driftTail") + (d.case_mix_note ? T("driftNote", { note: d.case_mix_note }) : ""));
+      el("code", { text: "pneumoscan adapt" }), T("driftMid"), el("code", { text: "pneumoscan calibrate" }),
+      T("driftTail") + (d.case_mix_note ? T("driftNote", { note: d.case_mix_note }) : ""));
     banner.hidden = false;
     setDriftLine(T("driftLineShifted"));
     return;

@@ -3,9 +3,9 @@
 // stored row (GET api/v1/worklist): the same shape (the server's score, score_threshold, decision_text, positive,
 // context, ...), with the page's own `id`.
 import {
-  $, STORED_HOURS, T, api, causeLine, decisionText, el, fmtScore, inScope, rowLabel, state,
+  $, STORED_HOURS, T, api, borderlineBand, causeLine, decisionText, el, fmtScore, inScope, isBorderline, rowLabel, state,
 } from "./app.js";
-import { printReport } from "./report.js";
+import { keepViewerHeatmap, printReport } from "./report.js";
 import { PneumoscanViewer } from "./viewer.js";
 
 //: At most this many stored results are shown as cards when the page loads (the riskiest of the last STORED_HOURS).
@@ -68,6 +68,36 @@ function cardCause(r) {
   return [el("div", { class: "cause", text: line }), el("p", { class: "help cause-caveat", text: T("causeCaveat") })];
 }
 
+// The decision in the server's words at its threshold. Within the borderline band (the worklist's band: app.js's
+// isBorderline) a film that is not flagged is not shown green: its decision is marked borderline, with a tag and a
+// line that say so (a flagged one keeps its red, with the tag). Rebuilt when the band changes (markBorderline).
+function decisionRow(r) {
+  const band = borderlineBand(), near = isBorderline(r, band);
+  const kind = r.positive ? "pos" : near ? "borderline" : "neg";
+  const row = el("div", { class: "decision-row" }, [el("span", { class: "decision " + kind, text: decisionText(r) })]);
+  if (near) row.append(" ", el("span", { class: "tag borderline", text: T("borderlineTag"), title: T("borderlineTagTitle", { band }) }));
+  row.append(el("span", { class: "help", text: T("atThreshold", { threshold: fmtScore(r.score_threshold) }) }));
+  const note = near ? [el("p", { class: "borderline-note", text: T("borderlineNote", { band, threshold: fmtScore(r.score_threshold) }) })] : [];
+  return [row, ...note];
+}
+
+// The cards follow the worklist's band: a change of it marks them again.
+export function markBorderline() {
+  for (const r of state.results) {
+    const card = document.getElementById("card-" + r.id), box = card && card.querySelector(".verdict-box");
+    if (!box) continue;
+    box.replaceChildren(...decisionRow(r));
+    card.classList.toggle("borderline", isBorderline(r));
+  }
+}
+document.addEventListener("change", (e) => { if (e.target && e.target.id === "f-band") markBorderline(); });
+
+// A film the scope gate scored although it is unlike the training films: the server's caution (scope_caution), in
+// amber under the decision; nothing otherwise.
+function cautionLine(r) {
+  return r.scope_caution ? [el("p", { class: "caution", role: "note", text: r.scope_caution })] : [];
+}
+
 // The score and threshold are the server's (0-100); the bar shows the score with a mark at the threshold.
 function scoredBody(r, img) {
   const body = el("div", { class: "body" });
@@ -80,9 +110,7 @@ function scoredBody(r, img) {
   const fill = el("span"); fill.style.width = fmtScore(r.score) + "%";
   const mark = el("i"); mark.style.left = fmtScore(r.score_threshold) + "%";
   bar.append(fill, mark);
-  body.append(bar, el("div", {}, [
-    el("span", { class: "decision " + (r.positive ? "pos" : "neg"), text: decisionText(r) }),
-    el("span", { class: "help", text: T("atThreshold", { threshold: fmtScore(r.score_threshold) }) })]), ...cardCause(r));
+  body.append(bar, el("div", { class: "verdict-box" }, decisionRow(r)), ...cautionLine(r), ...cardCause(r));
   // What the result does not say, and where the model is weakest (MODEL_CARD.md, "Known failure modes").
   body.append(el("p", { class: "help limits", text: T("limits") }), ...storedNote(r));
   const tools = el("div", { class: "card-tools" });
@@ -124,7 +152,8 @@ export function addCard(r) {
   state.results.push(r);
   if (r.worklist_id != null) state.cards[r.worklist_id] = "card-" + r.id;
   const kind = !r.ok ? " error" : !inScope(r) ? " oos" : r.positive ? " pos" : "";
-  const card = el("article", { class: "card" + kind + (r.stored ? " stored" : "") + (r.worklist_error ? " unsaved" : ""), id: "card-" + r.id,
+  const near = isBorderline(r) ? " borderline" : "";
+  const card = el("article", { class: "card" + kind + near + (r.stored ? " stored" : "") + (r.worklist_error ? " unsaved" : ""), id: "card-" + r.id,
                                "aria-label": r.filename, tabindex: "-1", "data-decision": r.decision || "" });
   if (inScope(r)) card.dataset.probability = String(r.probability);
   if (r.ok && !inScope(r)) {
@@ -246,6 +275,7 @@ function viewerCase(r) {
   return { id: r.id, filename: r.filename, ok: r.ok, error: r.error, probability: r.probability, score: r.score,
            threshold: r.threshold, score_threshold: r.score_threshold, score_calibration: r.score_calibration, decision: r.decision,
            decision_text: r.decision_text, positive: r.positive, in_scope: r.in_scope, scope_reason: r.scope_reason,
+           scope_caution: r.scope_caution || "", borderline: isBorderline(r), band: borderlineBand(),
            cause: r.cause, cause_text: r.cause_text, cause_score: r.cause_score, cause_threshold: r.cause_threshold,
            image_png: r.image_png, heatmap_png: r.heatmap_png, heatmap_map: r.heatmap_map, file: r.file,
            context: r.context || {}, worklist_id: r.worklist_id };
@@ -261,7 +291,7 @@ function openViewer(r) {
     onClose: (current) => {
       cases.forEach((c, i) => {  // keep what the viewer computed for the report
         if (c.heatmap_png && !shown[i].heatmap_png) shown[i].heatmap_png = c.heatmap_png;
-        if (c.heatmap_map && !shown[i].heatmap_map) shown[i].heatmap_map = c.heatmap_map;
+        if (c.heatmap_map && !shown[i].heatmap_map) { shown[i].heatmap_map = c.heatmap_map; keepViewerHeatmap(shown[i]); }
       });
       const last = (current && shown.find((x) => x.id === current.id)) || r;
       const back = document.querySelector(`button.film-open[data-result="${last.id}"]`) || opener;

@@ -4,6 +4,7 @@
 import { checkDrift, fillStaticStrings, loadModelInfo, modelUnavailable, setupLogin, setupTheme } from "./app.js";
 import { loadStoredCards } from "./cards.js";
 import { setupReport } from "./report.js";
+import { setupReview } from "./review.js";
 import { setupClear, setupUpload } from "./upload.js";
 import { refreshWorklist, renderWorklist, setupWorklist, updateBandHint } from "./worklist.js";
 
@@ -26,6 +27,7 @@ function setup() {
   setupClear();
   setupWorklist();
   setupReport();
+  setupReview();  // review in the viewer: a, d, a note; then the next unreviewed case
   setupLogin(loadModel);
   loadModel();
 }

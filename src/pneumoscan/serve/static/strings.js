@@ -33,10 +33,11 @@ export const STRINGS = {
     worklistSub: "(highest score first)",
     worklistSubNewest: "(newest first)",
     worklistSubOldest: "(oldest first)",
-    worklistHelp: "Decision support, not a diagnosis: each score (0–100) is the model's, for a clinician to review.",
+    // the disclaimer is on the page once (disclaimerLead above), not repeated per list or per card
+    worklistHelp: "Each score (0–100) is the model's, for a clinician to review.",
     downloadCsv: "Download CSV",
     worklistCaption: "Stored results with their pneumonia scores (0–100), highest first; images not assessed and " +
-      "unreadable files last; each with a reader's review. Decision support, not a diagnosis.",
+      "unreadable files last; each with a reader's review.",
     colRank: "Rank", colFilm: "Film", colImage: "Image", colScore: "Score (0–100)", colDecision: "Decision",
     colReview: "Review",
     noImages: "No images yet.",
@@ -85,7 +86,7 @@ export const STRINGS = {
     causeRow: "{cause} · viral score {score}",
     // the header's model line
     modelLine: "Model {name} ({version}) ",
-    modelLineThreshold: " · operating threshold {threshold} on the 0–100 score · decision support, not a diagnosis",
+    modelLineThreshold: " · operating threshold {threshold} on the 0–100 score",
     siteShipped: "as shipped",
     siteLocal: "{site} at this site",
     siteShippedTitle: "As shipped: not adapted or calibrated at this site",
@@ -123,8 +124,9 @@ export const STRINGS = {
     driftLead: "This site's images differ from the training data.",
     driftText: " The drift check found the last {n} images analysed here unlike the films the model was trained on " +
       "(statistic {statistic}, threshold {threshold}). Results may not hold at this site: the sensitivity and " +
-      "specificity in the model card may not apply. Before relying on it, the site should calibrate the model on " +
-      "its own labelled films (",
+      "specificity in the model card may not apply. Before relying on it, the site should first adapt the model " +
+      "to its films, which needs no labels (",
+    driftMid: "), then calibrate it on its own labelled films (",
     driftTail: ").",
     driftNote: " Note: {note}.",
     driftLineShifted: "Site drift check: SHIFTED (see the warning at the top of the page).",
@@ -135,7 +137,8 @@ export const STRINGS = {
     // cards
     contextPatient: "Patient {v}", contextAcc: "Acc. {v}", contextAge: "age {v}", contextView: "view {v}",
     contextSex: "sex {v}", contextStudyDate: "study date {v}",
-    limits: "Decision support, not a diagnosis. “Not flagged” says nothing about other findings (effusion, " +
+    // what one result does not say (the disclaimer itself is on the page once, not on every card)
+    limits: "“Not flagged” says nothing about other findings (effusion, " +
       "masses, tuberculosis); the model is weakest on subtle viral pneumonia and on rotated or underexposed films.",
     reasonLabel: "Reason: ",
     reasonDefault: "outside the model's scope",
@@ -167,6 +170,9 @@ export const STRINGS = {
     unreadable: "unreadable",
     borderlineTag: "borderline",
     borderlineTagTitle: "Within ±{band} points of the threshold",
+    // a card within the borderline band (the worklist's band, app.js's isBorderline): not green, said in words
+    borderlineNote: "Borderline: the score is within ±{band} points of the threshold ({threshold}); a small change " +
+      "could change the decision.",
     thumbAlt: "Thumbnail of {name}",
     reviewOf: "Review of {name}",
     agreed: "Agreed", disagreed: "Disagreed",
@@ -177,6 +183,30 @@ export const STRINGS = {
     reviewNotSaved: "The review was not saved: {error}",
     reviewSaved: "Review saved: {verdict} with {name}.",
     reviewAgreed: "agreed", reviewDisagreed: "disagreed",
+    // who reviewed (each reader's name comes from their token), the same file sent again, a study's films together,
+    // an upload's row after a reload (the server keeps its name only as a hash), review in the viewer (review.js)
+    reviewedBy: "{verdict} by {reviewer}",
+    uploadLabel: "Upload {hash} · {when}",
+    uploadLabelView: "Upload {hash} · {view} · {when}",
+    timesReceived: "Sent {n} times",
+    timesReceivedTitle: "The same file was sent {n} times: one result, counted; each repeat is in the audit trail.",
+    sentBefore: "This file was sent before: the worklist keeps one result (received {n} times).",
+    studyHead: "Study {study}: {n} films, riskiest first",
+    studyUid: "UID …{uid}",
+    rvTitle: "Your review",
+    rvAs: "as {reader}",
+    rvNone: "Not reviewed yet.",
+    rvBy: "{verdict} by {reviewer}, {when}",
+    rvAt: "{verdict}, {when}",
+    rvAgree: "Agree (a)", rvDisagree: "Disagree (d)",
+    rvAgreeLabel: "Agree with this result (key a)", rvDisagreeLabel: "Disagree with this result (key d)",
+    rvNoteLabel: "Review note",
+    rvKeys: "agree / disagree (with the note), then the next case not yet reviewed",
+    rvNotStored: "Not in the worklist: this result cannot be reviewed.",
+    rvSaving: "Saving…",
+    rvSaved: "{verdict}: saved. Next unreviewed case.",
+    rvAllDone: "{verdict}: saved. Every case here is reviewed.",
+    rvFailed: "Not saved: {error}",
     // a forwarded result's SR and SC on their way to the PACS (the DICOM node's outbox)
     forwardDelivered: "Sent to PACS",
     forwardPending: "PACS: pending",
@@ -202,11 +232,15 @@ export const STRINGS = {
     reportCalibration: "Score calibration",
     reportThreshold: "Operating threshold", reportThresholdValue: "{threshold} / 100",
     reportDecision: "Decision", reportScope: "Scope", reportReason: "Reason", reportCause: "Cause",
+    reportBorderline: "Borderline", reportBorderlineValue: "within ±{band} points of the threshold",
+    reportCaution: "Caution",
     reportModel: "Model", reportModelValue: "{name} (version {version})",
     reportSiteState: "Site state", reportScored: "Scored", reportPrinted: "Printed",
     reportReview: "Reader's review", reportReviewValue: "{verdict}{note}",
     reportFilm: "Film",
     reportHeatmap: "Heatmap: where hiding the film lowered the score most (not a finding, not where the disease is)",
+    reportHeatmapViewer: "Heatmap (computed in the viewer): where hiding the film lowered the score most; not a " +
+      "finding, not where the disease is",
     reportFilmThumb: "Film (thumbnail: the server keeps no films)",
     reportSignature: "Read by: ______________________   Date: ____________",
     reportNoContext: "No DICOM context (JPEG or PNG file)",
@@ -234,6 +268,12 @@ export const STRINGS = {
     causeCaveat: "The cause is weaker evidence than the main finding, learned from the data set's bacterial/viral " +
       "labels (no microbiology), and is not a treatment recommendation.",
     reason: "Reason: {reason}",
+    // the borderline band (the page's: the worklist's band); a film scored although unlike the training films shows
+    // the server's own words (scope_caution)
+    borderline: "borderline",
+    borderlineTitle: "Within ±{band} points of the threshold: a small change could change the decision",
+    // who and what the film is, in the header (DICOM context; never the patient's name; blank fields left out)
+    contextPatient: "Patient {v}", contextAcc: "Acc. {v}", contextAge: "Age {v}", contextView: "View {v}",
     prev: "‹ Prev",
     prevLabel: "Previous case (k)",
     next: "Next ›",

@@ -2,6 +2,7 @@
 // Each result becomes a card (cards.js) in the server's risk order; the worklist (worklist.js) follows.
 import { $, T, api, checkDrift, inScope, rememberName, setStatus, state } from "./app.js";
 import { addCard, clearCards, orderCards } from "./cards.js";
+import { dropCard, sentAgain } from "./studies.js";
 import { refreshWorklist, renderWorklist } from "./worklist.js";
 
 // One file's entries from the server; an entry of the page's own (not read, the reason) when it gave none.
@@ -37,7 +38,12 @@ async function handleFiles(fileList) {
       for (const r of results) {
         // The File stays with its result (memory only) so that the viewer can show it at full resolution.
         r.id = ++state.seq; r.file = f; r.created = new Date().toISOString();
-        batch.push(r); addCard(r);
+        batch.push(r);
+        const shown = r.worklist_id != null ? document.getElementById(state.cards[r.worklist_id] || "") : null;
+        if (shown && !shown.classList.contains("stored")) { sentAgain(r, shown); continue; }  // one result, one card
+        if (shown) dropCard(shown);  // a stored card (a thumbnail): this upload's own card, with its film, replaces it
+        addCard(r);
+        if (r.times_received > 1) sentAgain(r, document.getElementById("card-" + r.id));
         if (r.worklist_id != null) rememberName(r.worklist_id, r.filename);
       }
       done += 1;

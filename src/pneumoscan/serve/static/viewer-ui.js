@@ -14,6 +14,15 @@ export function el(tag, attrs = {}, children = []) {
   return e;
 }
 
+// Who and what the film is, from a case's DICOM context: patient ID, accession, age and view, blank fields left out
+// ("" for a JPEG or PNG). The server never sends the patient's name.
+export function contextLine(context) {
+  const x = context || {};
+  return [["contextPatient", x.patient_id], ["contextAcc", x.accession], ["contextAge", x.age], ["contextView", x.view]]
+    .filter(([, value]) => value !== undefined && value !== null && String(value).trim() !== "")
+    .map(([key, value]) => S(key, { v: String(value).trim() })).join(" · ");
+}
+
 function button(name, key, onClick, extra = {}) {
   const b = el("button", { type: "button", text: S(name), "aria-label": S(key), title: S(key), ...extra });
   b.addEventListener("click", onClick);
@@ -26,14 +35,18 @@ function buildHead() {
   const head = el("div", { class: "pv-head" });
   const title = el("h2", { id: "pv-title" });
   const pos = el("span", { class: "pv-pos" });
+  // Who and what the film is (patient ID, accession, age, view: the DICOM context; never the patient's name).
+  const context = el("p", { class: "pv-context", hidden: "" });
   const result = el("p", { class: "pv-result" });
+  // A film scored although unlike the training films: the server's caution (scope_caution); hidden without one.
+  const caution = el("p", { class: "pv-caution", role: "note", hidden: "" });
   const disclaimer = el("p", { id: "pv-disclaimer", class: "pv-disclaimer", text: S("disclaimer") });
   // A flagged film's cause (bacterial or viral pattern), under the decision, with its caveat; hidden without one.
   const cause = el("p", { class: "pv-cause", hidden: "" });
   const close = button("close", "closeLabel", () => act.close(), { class: "pv-close" });
   head.append(el("div", { class: "pv-titlebar" }, [title, pos, close]),
-              el("div", { class: "pv-meta" }, [result, disclaimer, cause]));
-  return { head, title, pos, result, cause, close };
+              el("div", { class: "pv-meta" }, [context, result, disclaimer, caution, cause]));
+  return { head, title, pos, context, result, caution, cause, close };
 }
 
 function buildToolbar() {

@@ -15,7 +15,7 @@ import { t } from "./strings.js";
 import {
   Film, View, drawHeat as colourHeat, drawOutline, explain as explainFile, fileImage, loadImage,
 } from "./viewer-film.js";
-import { build as buildDialog, el } from "./viewer-ui.js";
+import { build as buildDialog, contextLine, el } from "./viewer-ui.js";
 
 const S = (key, values) => t("viewer." + key, values);
 const PRESETS = { default: [256, 128], lung: [160, 90], soft: [100, 128], bone: [140, 180] };  // [width, level]
@@ -63,6 +63,8 @@ function openNow(cases, index, opts, returnFocus) {
   document.documentElement.classList.add("pv-open");
   ui.legend.open = window.innerWidth > 700;
   ui.dialog.dataset.outline = String(v.outline);
+  ui.wlMode.setAttribute("aria-pressed", "false");
+  ui.stage.classList.remove("wl");
   ui.root.hidden = false;
   ui.close.focus();
   setMode("off");
@@ -111,9 +113,12 @@ function describe(c) {
   const fmt = (x) => Number(x).toFixed(1);
   // Where the score was calibrated (the server's words), beside it; nothing for a result stored before it was kept.
   const calibration = c.score_calibration ? [" ", el("span", { class: "pv-calib", text: S("calibration", { calibration: c.score_calibration }) })] : [];
+  // Within the borderline band (the page marks the case: `borderline`, `band`): not green, and said in words.
+  const kind = c.positive ? "pos" : c.borderline ? "borderline" : "neg";
+  const near = c.borderline ? [" ", el("span", { class: "pv-tag", text: S("borderline"), title: S("borderlineTitle", { band: c.band }) })] : [];
   return [el("strong", { class: "pv-score", text: S("score", { score: fmt(c.score) }) }), " ",
           el("span", { class: "pv-thr", text: S("threshold", { threshold: fmt(c.score_threshold) }) }), " ",
-          el("span", { class: "pv-decision " + (c.positive ? "pos" : "neg"), text: words }), ...calibration];
+          el("span", { class: "pv-decision " + kind, text: words }), ...near, ...calibration];
 }
 
 // A flagged film's cause in words (the server's `cause_text`, else strings.js's), with the viral score and the
@@ -131,9 +136,16 @@ function showCase(i) {
   v.index = i;
   const c = v.cases[i];
   ui.dialog.dataset.caseIndex = String(i);
+  ui.dialog.dispatchEvent(new CustomEvent("pv:case", { bubbles: true, detail: { index: i, case: c } }));  // review.js
   ui.title.textContent = c.filename || S("dialogTitle");
   ui.pos.textContent = S("position", { n: i + 1, total: v.cases.length });
+  const who = contextLine(c.context);
+  ui.context.textContent = who;
+  ui.context.hidden = !who;
   ui.result.replaceChildren(...describe(c));
+  const caution = c.scope_caution && c.ok !== false && c.in_scope !== false ? c.scope_caution : "";
+  ui.caution.textContent = caution;
+  ui.caution.hidden = !caution;
   const cause = describeCause(c);
   ui.cause.replaceChildren(...cause);
   ui.cause.hidden = !cause.length;
@@ -143,7 +155,19 @@ function showCase(i) {
   v.heatFor = null;
   hideHeat();
   setStatus("");
-  loadFilm(c, ++v.seq);
+  forgetWindow();
+  loadFilm(c, ++v.seq);  // fits the new film: zoom and pan start afresh too
+}
+
+// Each case opens at the default window, not inverted, as reading-room viewers do: a window set on one patient's
+// film never carries over to the next one's. Drawn with the new film (loadFilm).
+function forgetWindow() {
+  [v.w, v.l] = PRESETS.default;
+  v.preset = "default";
+  ui.preset.value = "default";
+  v.invert = false;
+  ui.invert.setAttribute("aria-pressed", "false");
+  ui.wl.textContent = S("wlReadout", { w: v.w, l: v.l });
 }
 
 // ------------------------------------------------------------------ the film
@@ -398,6 +422,7 @@ function onKey(e) {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   const tag = e.target && e.target.tagName;
   if (e.key.startsWith("Arrow") && (tag === "INPUT" || tag === "SELECT")) return;
+  if (e.key !== "Escape" && (tag === "TEXTAREA" || (tag === "INPUT" && e.target.type === "text"))) return;  // a note
   const act = KEYS[e.key] || KEYS[e.key.toLowerCase()];
   if (!act) return;
   e.preventDefault();
@@ -406,4 +431,8 @@ function onKey(e) {
 }
 
 // The viewer: callers use this object's methods (one object, so that a wrapper put on it is the one they call).
-export const PneumoscanViewer = { open, close: close_, isOpen: () => v !== null };
+export const PneumoscanViewer = {
+  open, close: close_, isOpen: () => v !== null,
+  current: () => (v ? { cases: v.cases, index: v.index } : null),  // the open cases and the one shown (review.js)
+  go: (i) => { if (v && i >= 0 && i < v.cases.length) showCase(i); },
+};

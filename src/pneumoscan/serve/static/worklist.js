@@ -5,20 +5,22 @@
 // filters and order). A result the DICOM node forwarded says where its SR and SC stand on their way to the PACS
 // (sent, pending with its tries and last error, failed with the reason: words, not colour alone), and a result whose
 // SOP Instance UID arrived before with other pixels carries a "UID conflict" tag.
+// A study's films come together under one header, a file sent again is one row marked "Sent 2 times", and a
+// review names its reader (studies.js).
 import {
-  $, T, api, causeLine, decisionText, decisionWords, el, fmtScore, rowLabel, score100, setStatus, state,
+  $, DEFAULT_BAND, T, api, borderlineBand, causeLine, decisionText, decisionWords, el, fmtScore, isBorderline, rowLabel,
+  score100, setStatus, state,
 } from "./app.js";
 import { selectCard } from "./cards.js";
+import { inStudy, reviewedText, studyHead, timesTag } from "./studies.js";
 
 const FILTERS_KEY = "pneumoscan-worklist-filters";
-const DEFAULT_BAND = 10;
 //: Rows listed in the table (and in the CSV, which holds what the table lists).
 const LIST_ROWS = 200;
 
 function readFilters() {
-  const band = Math.round(Number($("f-band").value));
   return { flagged: $("f-flagged").checked, borderline: $("f-borderline").checked,
-           band: band >= 1 && band <= 50 ? band : DEFAULT_BAND, unreviewed: $("f-unreviewed").checked,
+           band: borderlineBand(), unreviewed: $("f-unreviewed").checked,
            scope: $("f-scope").value, cause: $("f-cause").value, order: $("f-order").value };
 }
 
@@ -132,8 +134,7 @@ function reviewCell(r) {
   const current = r.review ? r.review.verdict : "";
   const group = el("div", { role: "group", "aria-label": T("reviewOf", { name: label }), class: "review-box" });
   if (r.review) {
-    group.append(el("div", { class: "verdict " + current,
-      text: (current === "agree" ? T("agreed") : T("disagreed")) + (r.review.note ? ": " + r.review.note : "") }));
+    group.append(el("div", { class: "verdict " + current, text: reviewedText(r.review) }));  // who, too
   }
   const note = el("input", { type: "text", class: "note", maxlength: "2000", placeholder: T("notePlaceholder"),
                              "aria-label": T("noteLabel", { name: label }) });
@@ -187,9 +188,10 @@ function decisionCell(r) {
     return el("td", {}, [el("span", { class: "decision na", text: r.decision_text || decisionWords("OUT_OF_SCOPE"), title: r.scope_reason || "" }),
                          el("div", { class: "why", text: r.scope_reason || "" })]);
   }
-  const td = el("td", {}, [el("span", { class: "decision " + (r.positive ? "pos" : "neg"), text: decisionText(r) })]);
-  const band = readFilters().band;
-  if (typeof r.threshold === "number" && Math.abs(r.probability - r.threshold) <= band / 100 + 1e-9) {
+  const band = readFilters().band, borderline = isBorderline(r, band);  // not flagged, but near: not green
+  const kind = r.positive ? "pos" : borderline ? "borderline" : "neg";
+  const td = el("td", {}, [el("span", { class: "decision " + kind, text: decisionText(r) })]);
+  if (borderline) {
     td.append(" ", el("span", { class: "tag borderline", text: T("borderlineTag"), title: T("borderlineTagTitle", { band }) }));
   }
   const cause = causeLine(r, "causeRow");
@@ -230,6 +232,8 @@ function worklistRow(r) {
   if (linked) name.addEventListener("click", (e) => { e.preventDefault(); selectCard(cardId); });
   const file = el("td", { class: "file" }, [name, el("div", { class: "why", text: rowDetails(r) })]);
   if (r.uid_conflict) file.append(el("span", { class: "tag conflict", text: T("uidConflict"), title: T("uidConflictTitle") }));
+  const times = timesTag(r);  // the same file sent again: one row, counted
+  if (times) file.append(times);
   const forward = forwardLine(r);
   if (forward) file.append(forward);
   const cls = isError(r) ? "bad" : notAssessed(r) ? "oos" : "";
@@ -237,6 +241,7 @@ function worklistRow(r) {
     el("td", { class: "num", text: r.rank ? String(r.rank) : "–" }), thumbCell(r, label), file,
     scoreCell(r), decisionCell(r), reviewCell(r)]);
   if (linked) { tr.dataset.card = cardId; tr.classList.add("has-card"); }
+  if (inStudy(r)) tr.classList.add("in-study");
   return tr;
 }
 
@@ -250,7 +255,11 @@ export function renderWorklist() {
     const filtered = f.flagged || f.borderline || f.unreviewed || f.scope || f.cause;
     tbody.append(el("tr", { class: "empty" }, [el("td", { colspan: "6", text: filtered ? T("noMatch") : T("noImages") })]));
   }
-  for (const r of rows) tbody.append(worklistRow(r));
+  rows.forEach((r, i) => {  // a study's films come together (the server's order), under one header
+    const head = studyHead(r, rows[i - 1]);
+    if (head) tbody.append(head);
+    tbody.append(worklistRow(r));
+  });
   $("worklist-note").textContent = state.total > rows.length ? T("showingOf", { n: rows.length, total: state.total }) : "";
   $("download-csv").disabled = !rows.length;
 }
