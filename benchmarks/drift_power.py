@@ -37,46 +37,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from sitefactory import ACQUISITION_SHIFTS, acquisition_shift as shifted  # noqa: E402
+
 MIXES = (0.1, 0.2, 0.5, 0.77, 0.9)
-SHIFTS = ("none", "exposure", "contrast", "gamma", "blur", "noise", "letterbox", "thumbnail_chain", "site_chain",
-          "exposure_mild", "blur_mild", "noise_mild")
-
-
-def shifted(g: np.ndarray, how: str, seed: int) -> np.ndarray:
-    """One film ``(H, W) uint8`` through an acquisition shift (those of tests/test_scope_shipped.py, and the
-    simulated site's chain)."""
-    if how == "none":
-        return g
-    if how in ("exposure", "exposure_mild"):
-        return np.clip(g.astype(int) + (20 if how == "exposure" else 8), 0, 255).astype(np.uint8)
-    if how == "contrast":
-        return np.clip((g.astype(float) - 128) * 0.7 + 128, 0, 255).astype(np.uint8)
-    if how == "gamma":
-        return (255 * (g / 255.0) ** 0.7).astype(np.uint8)
-    if how in ("blur", "blur_mild"):
-        return np.asarray(Image.fromarray(g).filter(ImageFilter.GaussianBlur(1.5 if how == "blur" else 0.7)))
-    if how in ("noise", "noise_mild"):
-        sigma = 8 if how == "noise" else 4
-        return np.clip(g + np.random.default_rng(seed).normal(0, sigma, g.shape), 0, 255).astype(np.uint8)
-    if how == "letterbox":  # keeps the aspect ratio and pads: the film fills 80% of the width
-        w = int(g.shape[1] * 0.8)
-        out = np.zeros_like(g)
-        out[:, (g.shape[1] - w) // 2:(g.shape[1] - w) // 2 + w] = np.asarray(
-            Image.fromarray(g).resize((w, g.shape[0]), Image.Resampling.BILINEAR))
-        return out
-    if how == "thumbnail_chain":  # box-filtered down to 64 px, bilinear back up
-        small = Image.fromarray(g).resize((64, 64), Image.Resampling.BOX)
-        return np.asarray(small.resize(g.shape[::-1], Image.Resampling.BILINEAR))
-    if how == "site_chain":
-        from sitefactory import site_film
-
-        return site_film(g, seed)
-    raise ValueError(how)
+SHIFTS = ("none",) + ACQUISITION_SHIFTS
 
 
 def film_sets(model: Path, data: Path, train_per_class: int, seed: int) -> dict[str, tuple[list[str], np.ndarray]]:

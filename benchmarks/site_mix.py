@@ -14,8 +14,8 @@ future, where everything is measured. Per mix and draw:
   before), BBSE on the new adapted model, and whether :func:`~pneumoscan.onboarding.adabn.mix_check` calls it
   reliable.
 
-Calibrate (item 5), on the 77% draw's new adapted model: 100 labelled films drawn from the adapt half (67
-pneumonia, 33 normal, as in the issue), ``--repeats`` subsets per draw; the old rule (temperature refitted with
+Calibrate (item 5), at every mix, on that mix's new adapted model: 100 labelled films drawn from the adapt half at
+the site's mix (20 pneumonia and 80 normal at 20%, 50/50, 77/23), ``--repeats`` subsets per draw; the old rule (temperature refitted with
 15 of each class, lowest-cost threshold at 3:1 reaching 0.95) against the new one
 (:mod:`pneumoscan.onboarding.site_threshold`), and the new one with ``--max-false-alarm-rate 0.1``, all measured
 on the other half. The library functions are called
@@ -53,6 +53,7 @@ from pneumoscan.preprocessing import resize_for_model  # noqa: E402
 
 TARGET = 0.95
 MAX_FAR = 0.10  # the --max-false-alarm-rate arm
+N_LABELLED = 100  # labelled films a site gives calibrate
 
 
 def site_squares(data_root: str, ckpt):
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             p_old = expit(logits(old, rb) / T)
             new = copy.deepcopy(parent)
             bal = class_balanced_adabn(new, sq[rows], spec, parent_probs=p0[rows], training_prevalence=pt, seed=draw)
-            extra = ra if mix == max(args.mixes) else rows  # the calibrate part needs the whole adapt half
+            extra = ra  # the calibrate part draws its labelled films from the whole adapt half
             z_new_extra = logits(new, extra)
             z_new_b = logits(new, rb)
             p_new_rows = expit(z_new_extra[np.searchsorted(extra, rows)] / T)
@@ -160,14 +161,14 @@ def main(argv: list[str] | None = None) -> int:
                   + " | ".join(f"{k} {run[k]['sensitivity']:.3f}/{run[k]['specificity']:.3f}/"
                                f"{run[k]['specificity_at_target']:.3f}" for k in ("none", "old_adapt", "new_adapt")),
                   flush=True)
-            if mix != max(args.mixes):
-                continue
-            # calibrate on 100 labelled films of the adapt half, measured on the other half
+            # calibrate on 100 labelled films of the adapt half at the site's mix, measured on the other half
             adapted_b = measure(y[rb], expit(z_new_b / T), thr)
             for rep in range(args.repeats):
                 crng = np.random.default_rng(5000 + 10 * draw + rep)
                 neg, pos = ra[y[ra] == 0], ra[y[ra] == 1]
-                pick = np.r_[crng.choice(pos, 67, replace=False), crng.choice(neg, min(33, len(neg)), replace=False)]
+                k_pos = min(len(pos), int(round(N_LABELLED * mix)))
+                pick = np.r_[crng.choice(pos, k_pos, replace=False),
+                             crng.choice(neg, min(N_LABELLED - k_pos, len(neg)), replace=False)]
                 zc = z_new_extra[np.searchsorted(extra, pick)]
                 yc = y[pick]
                 met = M.sensitivity(yc, expit(zc / T), thr) >= TARGET
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 ceiling = site_threshold(yc, expit(zc / t_new["temperature"]), cur, target_sensitivity=TARGET,
                                          max_false_alarm_rate=MAX_FAR)
                 far_cal = measure(y[rb], expit(z_new_b / t_new["temperature"]), ceiling["threshold"])
-                cal_runs.append({"draw": draw, "repeat": rep, "n": len(pick), "n_normal": int((yc == 0).sum()),
+                cal_runs.append({"draw": draw, "mix": mix, "repeat": rep, "n": len(pick), "n_normal": int((yc == 0).sum()),
                                  "adapt_met_target_on_films": bool(met), "adapt_alone": adapted_b,
                                  "old_calibrate": {**old_cal, "temperature": t_old_val, "threshold": th_old},
                                  "new_calibrate": {**new_cal, "temperature": t_new["temperature"],
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "new_calibrate_max_far": {**far_cal, "threshold": ceiling["threshold"],
                                                            "action": ceiling["action"],
                                                            "conflict": ceiling["conflict"]}})
-                print(f"   calibrate r{rep}: met={met} adapt {adapted_b['sensitivity']:.3f}/{adapted_b['specificity']:.3f}"
+                print(f"   calibrate r{rep} ({len(pick)} films, {int(yc.sum())} pneumonia): met={met} adapt {adapted_b['sensitivity']:.3f}/{adapted_b['specificity']:.3f}"
                       f" old {old_cal['sensitivity']:.3f}/{old_cal['specificity']:.3f} (T {t_old_val:.2f})"
                       f" new {new_cal['sensitivity']:.3f}/{new_cal['specificity']:.3f} ({rule['action']},"
                       f" T {t_new['temperature']:.2f}) max-far {far_cal['sensitivity']:.3f}/"
@@ -215,17 +216,22 @@ def main(argv: list[str] | None = None) -> int:
                                                 r["none"]["specificity_at_target"] for r in rs),
             "new_not_below_none_at_threshold": sum(r["new_adapt"]["specificity"] >= r["none"]["specificity"]
                                                    for r in rs)})
-    met = [c for c in cal_runs if c["adapt_met_target_on_films"]]
-    cal_summary = {"n_runs": len(cal_runs), "n_adapt_met_target": len(met)}
-    for arm in ("old_calibrate", "new_calibrate", "new_calibrate_max_far"):
-        cal_summary[arm] = {
-            "median_sensitivity": float(np.median([c[arm]["sensitivity"] for c in cal_runs])),
-            "median_specificity": float(np.median([c[arm]["specificity"] for c in cal_runs])),
-            "max_specificity_drop_where_adapt_met": float(max((c["adapt_alone"]["specificity"] - c[arm]["specificity"]
-                                                               for c in met), default=float("nan")))}
-    cal_summary["adapt_alone"] = {
-        "median_sensitivity": float(np.median([c["adapt_alone"]["sensitivity"] for c in cal_runs])),
-        "median_specificity": float(np.median([c["adapt_alone"]["specificity"] for c in cal_runs]))}
+    def calibrate_summary(cs):
+        met = [c for c in cs if c["adapt_met_target_on_films"]]
+        out = {"n_runs": len(cs), "n_adapt_met_target": len(met)}
+        for arm in ("old_calibrate", "new_calibrate", "new_calibrate_max_far"):
+            out[arm] = {
+                "median_sensitivity": float(np.median([c[arm]["sensitivity"] for c in cs])),
+                "median_specificity": float(np.median([c[arm]["specificity"] for c in cs])),
+                "max_specificity_drop_where_adapt_met": float(max(
+                    (c["adapt_alone"]["specificity"] - c[arm]["specificity"] for c in met), default=float("nan")))}
+        out["adapt_alone"] = {
+            "median_sensitivity": float(np.median([c["adapt_alone"]["sensitivity"] for c in cs])),
+            "median_specificity": float(np.median([c["adapt_alone"]["specificity"] for c in cs]))}
+        return out
+
+    cal_summary = {"all": calibrate_summary(cal_runs),
+                   **{str(mix): calibrate_summary([c for c in cal_runs if c["mix"] == mix]) for mix in args.mixes}}
     doc = {"benchmark": "site_mix", "model": PACKAGED_MODEL.name, "site": SITE, "target_sensitivity": TARGET,
            "stored_threshold": thr, "temperature": T, "training_prevalence": pt, "summary": summary,
            "calibrate_summary": cal_summary, "runs": runs, "calibrate_runs": cal_runs,

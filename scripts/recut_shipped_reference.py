@@ -87,10 +87,8 @@ def _shares(scores: np.ndarray, y: np.ndarray | None, knn_cut: float, refuse_cut
 
 def measure(out: Path) -> int:
     sys.path.insert(0, str(REPO / "tests"))
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from drift_power import shifted
     from oodfactory import out_of_scope_images, part10_bytes, sample_dicom
-    from sitefactory import site_film
+    from sitefactory import acquisition_shift as shifted, site_film
 
     from pneumoscan.io import read_image
 

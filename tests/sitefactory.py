@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from pneumoscan.data import Record, index_dataset, split_index
 from pneumoscan.io import read_image
@@ -45,6 +45,43 @@ def site_film(gray: np.ndarray, seed: int) -> np.ndarray:
     x = np.asarray(im.resize((gray.shape[1], gray.shape[0]), Image.Resampling.BILINEAR), dtype=np.float64)
     x = x + np.random.default_rng(seed).normal(0.0, SITE["noise_sigma"], x.shape)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+#: The acquisition shifts the drift check is measured against (:func:`acquisition_shift`): those of
+#: ``tests/test_scope_shipped.py``, the simulated site's chain, and milder versions of three of them.
+ACQUISITION_SHIFTS = ("exposure", "contrast", "gamma", "blur", "noise", "letterbox", "thumbnail_chain", "site_chain",
+                      "exposure_mild", "blur_mild", "noise_mild")
+
+
+def acquisition_shift(gray: np.ndarray, how: str, seed: int) -> np.ndarray:
+    """One film ``(H, W) uint8`` through the acquisition shift ``how`` (one of :data:`ACQUISITION_SHIFTS`, or
+    ``"none"``); ``seed`` seeds its noise."""
+    g = gray
+    if how == "none":
+        return g
+    if how in ("exposure", "exposure_mild"):
+        return np.clip(g.astype(int) + (20 if how == "exposure" else 8), 0, 255).astype(np.uint8)
+    if how == "contrast":
+        return np.clip((g.astype(float) - 128) * 0.7 + 128, 0, 255).astype(np.uint8)
+    if how == "gamma":
+        return (255 * (g / 255.0) ** 0.7).astype(np.uint8)
+    if how in ("blur", "blur_mild"):
+        return np.asarray(Image.fromarray(g).filter(ImageFilter.GaussianBlur(1.5 if how == "blur" else 0.7)))
+    if how in ("noise", "noise_mild"):
+        sigma = 8 if how == "noise" else 4
+        return np.clip(g + np.random.default_rng(seed).normal(0, sigma, g.shape), 0, 255).astype(np.uint8)
+    if how == "letterbox":  # a resizing chain that keeps the aspect ratio and pads: the film fills 80% of the width
+        w = int(g.shape[1] * 0.8)
+        out = np.zeros_like(g)
+        out[:, (g.shape[1] - w) // 2:(g.shape[1] - w) // 2 + w] = np.asarray(
+            Image.fromarray(g).resize((w, g.shape[0]), Image.Resampling.BILINEAR))
+        return out
+    if how == "thumbnail_chain":  # a low-resolution export: box-filtered down to 64 px, bilinear back up
+        small = Image.fromarray(g).resize((64, 64), Image.Resampling.BOX)
+        return np.asarray(small.resize(g.shape[::-1], Image.Resampling.BILINEAR))
+    if how == "site_chain":
+        return site_film(g, seed)
+    raise ValueError(f"unknown acquisition shift {how!r}")
 
 
 def _patient_number(patient_id: str) -> int:

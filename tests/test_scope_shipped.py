@@ -11,9 +11,10 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from oodfactory import dicom_samples, generated, part10_bytes, photographs, sample_dicom
+from sitefactory import acquisition_shift
 from pneumoscan.data import index_dataset, split_index
 from pneumoscan.io import read_image
 from pneumoscan.inference.predictor import PACKAGED_MODEL, Predictor
@@ -143,30 +144,7 @@ def test_every_kind_of_out_of_scope_image_is_caught(shipped, fullres_samples):
 
 
 def _shifted(images, how):
-    def one(g):
-        if how == "none":
-            return g
-        if how == "exposure":
-            return np.clip(g.astype(int) + 20, 0, 255).astype(np.uint8)
-        if how == "contrast":
-            return np.clip((g.astype(float) - 128) * 0.7 + 128, 0, 255).astype(np.uint8)
-        if how == "gamma":
-            return (255 * (g / 255.0) ** 0.7).astype(np.uint8)
-        if how == "blur":
-            return np.asarray(Image.fromarray(g).filter(ImageFilter.GaussianBlur(1.5)))
-        if how == "noise":
-            return np.clip(g + np.random.default_rng(1).normal(0, 8, g.shape), 0, 255).astype(np.uint8)
-        if how == "letterbox":  # a resizing chain that keeps the aspect ratio and pads (the film fills 80%)
-            w = int(g.shape[1] * 0.8)
-            out = np.zeros_like(g)
-            out[:, (g.shape[1] - w) // 2:(g.shape[1] - w) // 2 + w] = np.asarray(
-                Image.fromarray(g).resize((w, g.shape[0]), Image.Resampling.BILINEAR))
-            return out
-        if how == "thumbnail_chain":  # a low-resolution export: box-filtered down to 64 px, bilinear back up
-            small = Image.fromarray(g).resize((64, 64), Image.Resampling.BOX)
-            return np.asarray(small.resize(g.shape[::-1], Image.Resampling.BILINEAR))
-        raise ValueError(how)
-    return [one(g) for g in images]
+    return [acquisition_shift(g, how, seed=1) for g in images]
 
 
 @pytest.mark.slow

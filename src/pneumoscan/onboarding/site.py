@@ -40,7 +40,6 @@ describe any model's state for people (``predict``, ``serve`` and the page show 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -85,7 +84,7 @@ from pneumoscan.inference.scoring import (
     resolve_device,
 )
 from pneumoscan.onboarding.trainset import TENSOR_PREFIX as TRAINSET_PREFIX
-from pneumoscan.onboarding.trainset import overlap, pixel_hash
+from pneumoscan.onboarding.trainset import image_set_sha256, overlap, pixel_hash
 from pneumoscan.utils import file_sha256
 
 __all__ = [
@@ -116,12 +115,7 @@ _DRIFT_MIN_VAL = 2 * DRIFT_MIN_IMAGES  # what pneumoscan.gate.drift.DriftCheck n
 
 # The site state of any model (site_state, provenance, provenance_line) lives in pneumoscan.inference.provenance, which
 # needs no torch; it is re-exported here. The methods live in pneumoscan.onboarding.adabn; re-exported here too.
-
-
-def image_set_sha256(hashes: Sequence[int]) -> str:
-    """SHA-256 (hex) of a film set: over its :func:`~pneumoscan.onboarding.trainset.pixel_hash` values, sorted, as
-    little-endian int64 bytes; the same films in any order, under any names, give the same hash."""
-    return hashlib.sha256(np.sort(np.asarray(list(hashes), dtype=np.int64)).astype("<i8").tobytes()).hexdigest()
+# image_set_sha256 lives in pneumoscan.onboarding.trainset (fine-tuning records it too).
 
 
 # ----------------------------------------------------------------------------- adapt

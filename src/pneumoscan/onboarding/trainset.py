@@ -27,8 +27,8 @@ from pneumoscan.data import model_split
 from pneumoscan.errors import ImageError
 from pneumoscan.io import read_image
 
-__all__ = ["TENSOR_PREFIX", "Overlap", "attach_trainset", "hash_files", "overlap", "pixel_hash", "split_hashes",
-           "trainset_tensors"]
+__all__ = ["TENSOR_PREFIX", "Overlap", "attach_trainset", "hash_files", "image_set_sha256", "overlap", "pixel_hash",
+           "split_hashes", "trainset_tensors"]
 
 TENSOR_PREFIX = "trainset."
 _ROLES = ("train", "val")
@@ -39,6 +39,12 @@ def pixel_hash(gray: np.ndarray) -> int:
     g = np.ascontiguousarray(gray, dtype=np.uint8)
     digest = hashlib.sha256(f"{g.shape[0]}x{g.shape[1]}:".encode() + g.tobytes()).digest()
     return int.from_bytes(digest[:8], "little", signed=True)
+
+
+def image_set_sha256(hashes: Sequence[int]) -> str:
+    """SHA-256 (hex) of a film set: over its :func:`pixel_hash` values, sorted, as little-endian int64 bytes; the
+    same films in any order, under any names, give the same hash (``adapt`` and fine-tuning record it)."""
+    return hashlib.sha256(np.sort(np.asarray(list(hashes), dtype=np.int64)).astype("<i8").tobytes()).hexdigest()
 
 
 def hash_files(paths: Sequence[str | os.PathLike[str]], *, workers: int = 2) -> list[int | None]:

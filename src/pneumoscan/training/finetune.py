@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -44,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -54,7 +52,7 @@ from pneumoscan.config import Config, apply_overrides
 from pneumoscan.data import Record
 from pneumoscan.errors import CheckpointError, ConfigError, DatasetError
 from pneumoscan.inference.provenance import provenance_line, site_state
-from pneumoscan.onboarding.trainset import TENSOR_PREFIX, hash_files, overlap
+from pneumoscan.onboarding.trainset import TENSOR_PREFIX, hash_files, image_set_sha256, overlap
 from pneumoscan.preprocessing import Preprocessing
 from pneumoscan.utils import atomic_write_text, csv_safe_text, file_sha256
 
@@ -201,12 +199,6 @@ def check_site_films(parent: Parent, records: Sequence[Record], run_dir: Path, m
     return {"checked": seen.known, "n_in_parent_validation": len(seen.val),
             "n_unreadable": sum(h is None for h in hashes),
             "image_set_sha256": image_set_sha256([h for h in hashes if h is not None])}
-
-
-def image_set_sha256(hashes: Sequence[int]) -> str:
-    """SHA-256 (hex) of a film set, as ``adapt`` records it (:func:`pneumoscan.onboarding.site.image_set_sha256`):
-    over the sorted pixel hashes as little-endian int64 bytes, so the same films under any names give the same."""
-    return hashlib.sha256(np.sort(np.asarray(list(hashes), dtype=np.int64)).astype("<i8").tobytes()).hexdigest()
 
 
 def merge_trainset(parent: Parent, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
