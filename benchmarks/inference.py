@@ -21,7 +21,12 @@ Configurations: ``onnx`` (default: ONNX Runtime, overlap on, idle threads do not
 The JSON (``benchmarks/results/inference.json``) keeps every round, the medians, the ratios, the load average
 before and after, and the machine. This machine is shared: quote medians and compare ratios from one run.
 
+``--decoders`` runs the decoder comparison instead (``benchmarks/decoders.py``: per-film decode + resize ms of
+Pillow's draft, simplejpeg, OpenCV and PyTurboJPEG, the squares against today's, and ``score_files`` images/s with
+each decoder and with decoding processes instead of threads; ``benchmarks/results/decoders.json``).
+
     python benchmarks/inference.py [--small-n 500] [--rounds 5] [--quick] [--out FILE]
+    python benchmarks/inference.py --decoders [--rounds 3]
 """
 
 from __future__ import annotations
@@ -179,6 +184,19 @@ def _targets(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _decoders(args: argparse.Namespace) -> dict[str, Any]:
+    """``benchmarks/decoders.py`` with this run's folders and rounds (its own defaults for the rest)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("decoders", Path(__file__).with_name("decoders.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = args.out if args.out.name != "inference.json" else args.out.with_name("decoders.json")
+    return module.main(["--fullres", str(args.fullres), "--small", str(args.small), "--rounds", str(args.rounds
+                        if not args.quick else 1), "--out", str(out)])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=Path, default=SHARED / "chest_xray_224", help="folder of small images")
@@ -192,8 +210,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads, both backends")
     parser.add_argument("--quick", action="store_true", help="a short run: 2 rounds, 20 single reps, 1 CLI rep")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json")
+    parser.add_argument("--decoders", action="store_true", help="compare JPEG decoders instead (benchmarks/decoders.py)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.decoders:
+        return _decoders(args)
     if args.child:
         job = json.loads(args.child)
         print(json.dumps(_child(job["config"], job["threads"], job["small"], job["films"], job["batch"],

@@ -7,7 +7,8 @@ the bottom; a module may import its own layer and the ones below it:
     1  utils, config, pseudonym                 6  inference (no torch in its __init__)
     2  io, metrics                              7  onboarding, dicom_out
     3  preprocessing, result                    8  training, evaluation, worklist, store
-    4  models, checkpoint, data                 9  serve, dicom_node     10  cli, __main__
+    4  models, checkpoint, data                 9  serve, dicom_node, scale (Ray)
+                                                10  cli, __main__
 
     python scripts/check_imports.py            # exit 1 and a list of problems, or exit 0
 """
@@ -30,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("inference",),
     ("onboarding", "dicom_out"),
     ("training", "evaluation", "worklist", "store"),
-    ("serve", "dicom_node"),
+    ("serve", "dicom_node", "scale"),
     ("cli", "__main__"),
 ]
 

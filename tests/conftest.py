@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pgserver import empty_db_url, pg_server, store_url  # noqa: F401 - fixtures: PostgreSQL, both engines
 
 #: ``../shared/data`` beside the repository (see its README); never copied into the project.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

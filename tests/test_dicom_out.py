@@ -190,6 +190,9 @@ def test_sc_holds_the_overlay_and_a_burned_in_caption():
     _same_patient_and_study(back, src)
     assert back.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage and back.SeriesNumber == 991
     assert back.BurnedInAnnotation == "YES" and back.ImageComments == caption
+    assert back.ConversionType == "WSD" and "LossyImageCompression" not in back  # the source was not lossy
+    lossy = _roundtrip(make_sc(source_dataset(LossyImageCompression="01", LossyImageCompressionRatio=9.0), result))
+    assert (lossy.LossyImageCompression, float(lossy.LossyImageCompressionRatio)) == ("01", 9.0)  # stays lossy
     assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     assert list(back.PatientOrientation) == ["L", "F"]
     pixels = back.pixel_array
@@ -342,3 +345,60 @@ def test_a_flagged_films_sr_holds_its_cause_as_a_second_coded_finding():
         assert texts["Pattern more like"] == result.cause_text and "not a treatment" in texts["Cause caveat"]
     normal = _roundtrip(make_sr(src, Result.scored("film.dcm", 0.1, model, cause_probability=0.9)))
     assert len(hd.sr.srread(io.BytesIO(_bytes(normal))).content.get_image_measurement_groups()) == 1
+
+
+def test_the_sr_declares_its_local_coding_scheme_and_every_local_code_uses_it():
+    from pneumoscan.dicom_out import CODING_SCHEME_UID, UID_ROOT, is_own_uid, new_uid
+
+    model = ModelIdentity("efficientnet-lite0", "0123456789ab", 0.41, cause_threshold=0.54)
+    back = _roundtrip(make_sr(source_dataset(), Result.scored("film.dcm", 0.9, model, cause_probability=0.8)))
+    scheme, = back.CodingSchemeIdentificationSequence
+    assert (scheme.CodingSchemeDesignator, scheme.CodingSchemeUID) == (CODING_SCHEME, CODING_SCHEME_UID)
+    assert scheme.CodingSchemeName and scheme.CodingSchemeResponsibleOrganization and scheme.CodingSchemeVersion
+    assert UID(CODING_SCHEME_UID).is_valid and CODING_SCHEME_UID.startswith(UID_ROOT + ".")
+    # two arcs under the root, where every UID pneumoscan makes has one: the scheme's UID is never an instance's
+    assert CODING_SCHEME_UID[len(UID_ROOT) + 1:].count(".") == 1 and new_uid()[len(UID_ROOT) + 1:].count(".") == 0
+    assert is_own_uid(back.SOPClassUID, back.SOPInstanceUID)
+
+    def designators(items):  # every coded concept anywhere in the content tree
+        for item in items:
+            for keyword in ("ConceptNameCodeSequence", "ConceptCodeSequence", "MeasurementUnitsCodeSequence"):
+                for code in item.get(keyword, []):
+                    yield code.CodingSchemeDesignator
+            yield from designators(item.get("MeasuredValueSequence", []))
+            yield from designators(item.get("ContentSequence", []))
+
+    used = set(designators(back.ContentSequence))
+    assert CODING_SCHEME in used and used <= {CODING_SCHEME, "SCT", "DCM", "UCUM", "RFC5646"}, used
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # the test's own lower-case and malformed body parts
+@pytest.mark.parametrize(("tags", "expected"), [
+    ({}, {"BodyPartExamined": "CHEST"}),  # a chest is unpaired: no Laterality at all (Type 2C)
+    ({"BodyPartExamined": "chest ", "Laterality": "R"}, {"BodyPartExamined": "CHEST"}),
+    ({"BodyPartExamined": "KNEE", "ImageLaterality": "R"}, {"BodyPartExamined": "KNEE", "Laterality": "R"}),
+    ({"BodyPartExamined": "KNEE", "Laterality": "L", "ImageLaterality": "R"},
+     {"BodyPartExamined": "KNEE", "Laterality": "L"}),
+    ({"BodyPartExamined": "KNEE"}, {"BodyPartExamined": "KNEE", "Laterality": ""}),  # paired, side unknown
+    ({"BodyPartExamined": None, "ImageLaterality": "U"}, {"Laterality": ""}),  # body part unknown
+    ({"BodyPartExamined": "not a code!"}, {"Laterality": ""}),
+])
+def test_the_sc_gets_the_sources_body_part_and_laterality_as_the_general_series_wants(tags, expected):
+    back = _roundtrip(make_sc(source_dataset(**tags), _with_film()))
+    assert {k: back[k].value for k in ("BodyPartExamined", "Laterality") if k in back} == expected
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_outputs_keep_the_sources_character_set_or_fall_back_to_utf8():
+    from pneumoscan.dicom_out.source import FALLBACK_CHARACTER_SET
+
+    japanese = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    for charset, name, written in ((["", "ISO 2022 IR 87"], japanese, ["", "ISO 2022 IR 87"]),
+                                   ("ISO_IR 100", "Müller^Jürgen", "ISO_IR 100"),
+                                   ("ISO_IR 192", "Müller^Jürgen=山田^太郎", "ISO_IR 192"),
+                                   ("ISO-8859-1", "Müller^Jürgen", FALLBACK_CHARACTER_SET),  # not a DICOM term
+                                   (None, "Doe^Jane", None)):
+        src = _roundtrip(source_dataset(SpecificCharacterSet=charset, PatientName=name))  # as read from a file
+        for made in (make_sr(src, _result()), make_sc(src, _with_film())):
+            back = _roundtrip(made)
+            assert back.get("SpecificCharacterSet") == written and str(back.PatientName) == name, charset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 
 import numpy as np
@@ -569,3 +570,36 @@ def test_reduce_to_decodes_large_jpegs_at_reduced_scale_and_nothing_else_differe
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="reduce_to"):
             read_image(jpeg_bytes(big), reduce_to=bad)
+
+
+def test_decode_image_says_the_films_own_size_and_the_scale_it_was_decoded_at():
+    import pydicom
+
+    from pneumoscan.io.images import decode_image
+
+    big = synthetic_xray(1000, 820, seed=7)
+    reduced = decode_image(jpeg_bytes(big), reduce_to=200)
+    assert reduced.gray.shape == (250, 205) and reduced.size == (1000, 820) and reduced.scale == 4
+    turned = decode_image(jpeg_bytes(big, exif_orientation=6), reduce_to=200)  # Pillow's path, the size turned too
+    assert turned.gray.shape == (205, 250) and turned.size == (820, 1000) and turned.scale == 4
+    for data in (png_bytes(big), dicom_bytes(big.astype(np.uint16) * 16, bits_stored=12)):
+        d = decode_image(data, reduce_to=200)  # only JPEGs decode at reduced scale
+        assert d.gray.shape == d.size == (1000, 820) and d.scale == 1
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(big.astype(np.uint16) * 16, bits_stored=12)))
+    d = decode_image(ds)
+    assert d.size == (1000, 820) and d.scale == 1
+    gray, context = pio.read_image_with_context(jpeg_bytes(big), reduce_to=200)
+    assert np.array_equal(gray, reduced.gray) and context.format == "JPEG"
+
+
+def test_a_half_imported_pydicom_does_not_make_other_films_unreadable(monkeypatch):
+    """While one decoding thread imports pydicom, ``sys.modules`` holds the module without ``Dataset`` yet: a PNG
+    decoded meanwhile by another thread must still be read (it was 'could not be read' about every other run)."""
+    import sys
+    import types
+
+    from pneumoscan.io import images
+
+    monkeypatch.setitem(sys.modules, "pydicom", types.ModuleType("pydicom"))  # mid-import: no attributes yet
+    assert images._is_dataset(b"\x89PNG") is False
+    assert images._is_dataset(np.zeros((4, 4), np.uint8)) is False

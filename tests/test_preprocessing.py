@@ -196,3 +196,26 @@ def test_the_decode_margin_is_part_of_the_stored_spec(tmp_path):
     assert not np.array_equal(read_film(path, two).square, read_film(path, four).square)
     full = read_film(path, two, full=True)
     assert full.gray.shape == (1400, 1200) and np.array_equal(full.square, read_film(path, two).square)
+
+
+def test_read_film_keeps_the_one_decode_or_the_film_in_full_and_always_its_own_size(tmp_path):
+    from pneumoscan.preprocessing import read_film
+
+    spec = Preprocessing(image_size=64)  # decode side 128: a 1100 x 900 JPEG is decoded at 1/4 scale
+    path = tmp_path / "big.jpeg"
+    path.write_bytes(jpeg_bytes(synthetic_xray(1100, 900, seed=3)))
+    plain = read_film(path, spec)
+    assert plain.gray is None and plain.size == (1100, 900) and plain.scale == 4
+    kept = read_film(path, spec, decoded=True)  # the decode the square came from, nothing decoded again
+    assert kept.gray.shape == (275, 225) and kept.size == (1100, 900) and kept.scale == 4
+    assert np.array_equal(kept.square, plain.square) and np.array_equal(resize_for_model(kept.gray, spec), kept.square)
+    full = read_film(path, spec, full=True)
+    assert full.gray.shape == (1100, 900) and full.size == (1100, 900) and np.array_equal(full.square, plain.square)
+    with pytest.raises(ValueError, match="not both"):
+        read_film(path, spec, full=True, decoded=True)
+    small = tmp_path / "small.png"  # nothing to reduce: the film itself, scale 1
+    small.write_bytes(png_bytes(synthetic_xray(200, 150, seed=4)))
+    film = read_film(small, spec, decoded=True)
+    assert film.gray.shape == film.size == (200, 150) and film.scale == 1
+    array = synthetic_xray(90, 70, seed=5)
+    assert read_film(array, spec, decoded=True).gray is array and read_film(array, spec).size == (90, 70)

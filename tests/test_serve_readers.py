@@ -210,18 +210,21 @@ def test_a_version_6_database_gains_the_count_and_old_rows_were_received_once(tm
     path = tmp_path / "v6.db"
     with WorklistStore(path) as s:
         old = s.add(scored("old.png", 0.4), input_sha256=_sha("old"), source="upload", client="local")
-    con = sqlite3.connect(path)
+    con = sqlite3.connect(path)  # as a version 6 database had it (before alembic): no count, no repeat key
+    con.execute("DROP INDEX ix_worklist_results_repeat_key")
+    con.execute("ALTER TABLE worklist_results DROP COLUMN repeat_key")
     con.execute("ALTER TABLE worklist_results DROP COLUMN times_received")
-    con.execute("UPDATE schema_version SET version = 6")  # as a version 6 database had it
+    con.execute("DROP TABLE alembic_version")
+    con.execute("DELETE FROM schema_version WHERE version > 6")
     con.commit()
     con.close()
     with WorklistStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 7
+        assert s.schema_version == SCHEMA_VERSION
         assert s.get(old)["times_received"] == 1
         assert s.add_or_count(scored("old.png", 0.4), input_sha256=_sha("old"), source="upload") == (old, 2)
     engine = engine_mod.make_engine(*engine_mod.resolve(path))
     with engine.begin() as conn:
-        assert schema_mod.database_version(conn) == 7
+        assert schema_mod.database_version(conn) == SCHEMA_VERSION
         assert conn.execute(text("SELECT times_received FROM worklist_results")).scalar() == 2
     engine.dispose()
 

@@ -1,12 +1,13 @@
-"""The worklist database: new rows never overwrite, ordering, filters, reviews, audit rows, retention, the schema
-version and its migrations, an owner-only SQLite file, and several threads at once."""
+"""The worklist database: new rows never overwrite, ordering, filters, reviews, audit rows, retention, an owner-only
+SQLite file, URLs, and several threads at once; on SQLite and on PostgreSQL (``store_url``: the session's private
+server, skipped with the reason where it cannot run). The schema and its migrations: ``test_store_schema.py``;
+several processes at once: ``test_store_concurrent.py``."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import os
-import sqlite3
 import stat
 import threading
 from datetime import UTC, date, datetime, timedelta
@@ -16,17 +17,14 @@ from sqlalchemy import text
 
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.io import ImageContext
-from pneumoscan.result import RESULT_KEYS, ModelIdentity, Result
+from pneumoscan.result import ModelIdentity, Result
 from pneumoscan.store import (
-    SCHEMA_VERSION,
     ResultNotFoundError,
-    SchemaTooNewError,
     StoreError,
     WorklistStore,
     default_db_path,
 )
 from pneumoscan.store import engine as engine_mod
-from pneumoscan.store import schema as schema_mod
 from resultfactory import scored
 
 NOW = datetime.now(UTC)
@@ -61,8 +59,9 @@ def _add(store: WorklistStore, *, p: float | None = 0.3, decision: str | None = 
 
 
 @pytest.fixture
-def store(tmp_path):
-    with WorklistStore(tmp_path / "worklist.db") as s:
+def store(store_url):
+    """A new worklist database, on SQLite (``worklist.db`` in the test's folder) and on PostgreSQL."""
+    with WorklistStore(store_url) as s:
         yield s
 
 
@@ -163,103 +162,6 @@ def test_a_thumbnail_is_kept_with_its_result_and_a_bad_one_dropped(store, caplog
     assert "thumbnail was not stored" in caplog.text
 
 
-def _back_to_v6(conn) -> None:
-    """Today's tables as schema version 6 had them: no times_received."""
-    conn.execute(text("ALTER TABLE worklist_results DROP COLUMN times_received"))
-
-
-def _back_to_v5(conn) -> None:
-    """Today's tables as schema version 5 had them: no scope_caution."""
-    _back_to_v6(conn)
-    conn.execute(text("ALTER TABLE worklist_results DROP COLUMN scope_caution"))
-
-
-def _back_to_v4(conn) -> None:
-    """Today's tables as schema version 4 had them: no outbox, no uid_conflict, no index on sop_uid."""
-    _back_to_v5(conn)
-    conn.execute(text("DROP TABLE dicom_outbox"))
-    conn.execute(text("DROP INDEX ix_worklist_results_sop_uid"))
-    conn.execute(text("ALTER TABLE worklist_results DROP COLUMN uid_conflict"))
-
-
-def test_a_version_1_database_gains_the_thumbnail_column(tmp_path):
-    """A database written by the first schema (no thumbnail column) is migrated when it opens: its rows are kept
-    (with no thumbnail) and new rows keep theirs."""
-    path = tmp_path / "v1.db"
-    engine = engine_mod.make_engine(*engine_mod.resolve(path))
-    with engine.begin() as conn:  # version 1's tables: today's, less the later columns and the outbox
-        schema_mod.Base.metadata.create_all(conn)
-        _back_to_v4(conn)
-        for column in ("thumbnail", "cause", "cause_probability", "cause_threshold", "score_calibration"):
-            conn.execute(text(f"ALTER TABLE worklist_results DROP COLUMN {column}"))
-        conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
-                          "VALUES (1, '2026-01-01 00:00:00', 'created')"))
-    engine.dispose()
-    con = sqlite3.connect(path)
-    columns = [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
-    assert "thumbnail" not in columns
-    values = {c: "" for c in columns if c != "id"}
-    values.update(created="2026-01-01 00:00:00", category=0, input_sha256=_sha("old"), probability=0.7,
-                  threshold=0.5, in_scope=1, decision="PNEUMONIA")
-    con.execute(f"INSERT INTO worklist_results ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-                list(values.values()))
-    con.commit()
-    con.close()
-    with WorklistStore(path) as s:
-        (old,) = s.list()
-        assert old["probability"] == 0.7 and old["thumbnail"] is None
-    con = sqlite3.connect(path)
-    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == list(range(1, SCHEMA_VERSION + 1))
-    assert "thumbnail" in [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
-    con.close()
-    with WorklistStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION
-        rid = s.add(scored("new.png", 0.3), input_sha256=_sha("new"), source="upload", client="local",
-                    thumbnail=JPEG_URI)
-        assert s.get(rid)["thumbnail"] == JPEG_URI
-
-
-def test_a_version_2_database_gains_the_cause_columns_and_old_rows_have_no_cause(tmp_path):
-    from pneumoscan.result import ModelIdentity, Result
-
-    path = tmp_path / "v2.db"
-    engine = engine_mod.make_engine(*engine_mod.resolve(path))
-    with engine.begin() as conn:  # version 2's tables: today's, less the cause columns and what came after
-        schema_mod.Base.metadata.create_all(conn)
-        _back_to_v4(conn)
-        for column in ("cause", "cause_probability", "cause_threshold", "score_calibration"):
-            conn.execute(text(f"ALTER TABLE worklist_results DROP COLUMN {column}"))
-        conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
-                          "VALUES (2, '2026-01-01 00:00:00', 'created')"))
-    engine.dispose()
-    con = sqlite3.connect(path)
-    columns = [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
-    values = {c: "" for c in columns if c != "id"}
-    values.update(created="2026-01-01 00:00:00", category=0, input_sha256=_sha("old"), probability=0.7,
-                  threshold=0.5, in_scope=1, decision="PNEUMONIA")
-    con.execute(f"INSERT INTO worklist_results ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-                list(values.values()))
-    con.commit()
-    con.close()
-    with WorklistStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION
-        (old,) = s.list()
-        assert (old["cause"], old["cause_score"], old["cause_threshold"]) == ("", None, None)
-        assert old["score_calibration"] == ""  # rows from before do not say where their score was calibrated
-        model = ModelIdentity("m", "v", 0.5, cause_threshold=0.4,
-                              calibration="calibrated on the training hospital's validation films")
-        flagged = Result.scored("a.png", 0.9, model, cause_probability=0.7)
-        rid = s.add(flagged, input_sha256=_sha("new"), source="upload", client="local")
-        new = s.get(rid)
-        assert (new["cause"], new["cause_text"], new["cause_score"], new["cause_threshold"]) == (
-            "VIRAL", "pattern more like viral", 70.0, 0.4)
-        assert new["score_calibration"] == "calibrated on the training hospital's validation films"
-        assert [r["id"] for r in s.list(cause="VIRAL")] == [rid] and s.count(cause="BACTERIAL") == 0
-        normal = s.add(Result.scored("b.png", 0.1, model, cause_probability=0.9), input_sha256=_sha("n"),
-                       source="upload", client="local")
-        assert s.get(normal)["cause"] == "" and s.get(normal)["cause_probability"] is None
-
-
 def test_context_is_kept_and_the_patient_name_never(store, tmp_path):
     ctx = ImageContext(format="DICOM", patient_id="P-17", patient_name="DOE^JANE", age="004Y",
                        sex="F", view="AP", accession="ACC9", study_date="20240501",
@@ -282,9 +184,10 @@ def test_context_is_kept_and_the_patient_name_never(store, tmp_path):
         assert "patient_name" not in r and "patient_name" not in r["context"]
         assert "DOE^JANE" not in str(r) and "ROE^RICHARD" not in str(r)
     store.close()
-    raw = (tmp_path / "worklist.db").read_bytes()
-    assert b"P-17" in raw and b"P-18" in raw  # what is kept is in the file...
-    assert b"DOE^JANE" not in raw and b"ROE^RICHARD" not in raw  # ...and the patient's name never
+    if store.path is not None:  # SQLite: the file itself
+        raw = store.path.read_bytes()
+        assert b"P-17" in raw and b"P-18" in raw  # what is kept is in the file...
+        assert b"DOE^JANE" not in raw and b"ROE^RICHARD" not in raw  # ...and the patient's name never
 
 
 def test_bad_results_are_refused(store):
@@ -359,83 +262,6 @@ def test_retention_purge(store):
         store.purge(0)
 
 
-def test_schema_version_table_and_a_newer_database_is_refused(tmp_path):
-    path = tmp_path / "w.db"
-    with WorklistStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION
-        _add(s)
-    con = sqlite3.connect(path)
-    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
-    con.execute("INSERT INTO schema_version (version, applied_at, description) VALUES (?, '2030-01-01', 'x')",
-                (SCHEMA_VERSION + 1,))
-    con.commit()
-    con.close()
-    with pytest.raises(SchemaTooNewError, match=f"schema version {SCHEMA_VERSION + 1}.*newer pneumoscan") as err:
-        WorklistStore(path)
-    assert isinstance(err.value, PneumoscanError) and "Upgrade pneumoscan" in str(err.value)
-    con = sqlite3.connect(path)  # left untouched
-    assert con.execute("SELECT count(*) FROM worklist_results").fetchone()[0] == 1
-
-
-def test_migrations_run_in_order_at_open(tmp_path, monkeypatch):
-    path = tmp_path / "w.db"
-    with WorklistStore(path) as s:
-        rid = _add(s)
-    ran = []
-
-    v = SCHEMA_VERSION  # two made-up versions after today's
-
-    def to_next(conn):
-        ran.append(v + 1)
-        conn.execute(text("CREATE TABLE extra_two (x INTEGER)"))
-
-    def to_after(conn):
-        ran.append(v + 2)
-        conn.execute(text("ALTER TABLE extra_two ADD COLUMN y INTEGER"))
-
-    monkeypatch.setattr(schema_mod, "MIGRATIONS", (*schema_mod.MIGRATIONS, schema_mod.Migration(v + 1, "two", to_next),
-                                                   schema_mod.Migration(v + 2, "three", to_after)))
-    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", v + 2)
-    with WorklistStore(path) as s:  # the migrations run when the store opens
-        assert s.schema_version == v + 2
-        assert [r["id"] for r in s.list()] == [rid]
-    with WorklistStore(path) as s:  # and only once
-        assert s.schema_version == v + 2
-    assert ran == [v + 1, v + 2]
-    con = sqlite3.connect(path)
-    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [v, v + 1, v + 2]
-    assert con.execute("SELECT x, y FROM extra_two").fetchall() == []
-    assert con.execute("SELECT id FROM worklist_results").fetchall() == [(rid,)]
-
-
-def test_a_failed_migration_leaves_the_database_as_it_was(tmp_path):
-    path = tmp_path / "w.db"
-    WorklistStore(path).close()
-
-    def broken(conn):
-        conn.execute(text("CREATE TABLE half_done (x INTEGER)"))
-        raise RuntimeError("migration bug")
-
-    v = SCHEMA_VERSION
-    engine = engine_mod.make_engine(*engine_mod.resolve(path))
-    with pytest.raises(RuntimeError, match="migration bug"), engine.begin() as conn:
-        schema_mod.ensure_schema(conn, version=v + 1, migrations=[schema_mod.Migration(v + 1, "broken", broken)])
-    engine.dispose()
-    con = sqlite3.connect(path)
-    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == v
-    assert con.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchall() == []
-
-
-def test_unversioned_tables_are_refused(tmp_path):
-    path = tmp_path / "w.db"
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE worklist_results (id INTEGER PRIMARY KEY)")
-    con.commit()
-    con.close()
-    with pytest.raises(StoreError, match="no schema_version"):
-        WorklistStore(path)
-
-
 def test_sqlite_file_and_its_new_folders_are_owner_only(tmp_path, monkeypatch):
     monkeypatch.setenv("PNEUMOSCAN_DATA_DIR", str(tmp_path / "data" / "pneumoscan"))
     old_umask = os.umask(0o022)
@@ -466,6 +292,20 @@ def test_a_folder_or_a_url_names_the_database(tmp_path):
         WorklistStore("nosuchdialect+nodriver://user:secret@host/db")
 
 
+def test_postgresql_urls_mean_psycopg():
+    """``postgresql://`` and ``postgres://`` go to psycopg (3), the driver pneumoscan installs; a URL naming its
+    driver keeps it; the password is hidden wherever the database is named."""
+    for given in ("postgresql://nurse:pw@db.example/pneumoscan", "postgres://nurse:pw@db.example/pneumoscan",
+                  " postgresql+psycopg://nurse:pw@db.example/pneumoscan"):
+        url, path = engine_mod.resolve(given)
+        assert (url.drivername, url.host, url.database, path) == ("postgresql+psycopg", "db.example", "pneumoscan",
+                                                                  None)
+        assert engine_mod.describe(url, path) == "postgresql+psycopg://nurse:***@db.example/pneumoscan"
+    assert engine_mod.resolve("postgresql+psycopg2://u@h/d")[0].drivername == "postgresql+psycopg2"
+    with pytest.raises(StoreError, match="not a database URL"):
+        engine_mod.resolve("postgresql://u@h:notaport/d")
+
+
 def test_a_url_password_never_shows(tmp_path):
     try:
         WorklistStore("postgresql+psycopg://nurse:hunter2secret@127.0.0.1:1/pneumoscan")
@@ -475,9 +315,29 @@ def test_a_url_password_never_shows(tmp_path):
         pytest.fail("opened a database on port 1")
 
 
-def test_many_threads_at_once(tmp_path):
-    path = tmp_path / "w.db"
-    stores = [WorklistStore(path), WorklistStore(path)]  # two stores on one file: as serve and dicom-listen
+def test_a_wrong_password_is_refused_without_showing_it(pg_server, caplog):
+    """A real server refusing the login: the error names the database, never the password."""
+    url = pg_server.url("pneumoscan_test").replace(pg_server.password, "hunter2secret")
+    with pytest.raises(StoreError, match="password authentication failed") as err:
+        WorklistStore(url)
+    assert "hunter2secret" not in str(err.value) and "hunter2secret" not in caplog.text
+    assert f"127.0.0.1:{pg_server.port}/pneumoscan_test" in str(err.value)
+
+
+def test_the_password_can_stay_out_of_the_url(pg_server, monkeypatch):
+    """libpq's own ways (``PGPASSWORD``, ``~/.pgpass``) keep the password off the command line and out of ``ps``."""
+    from pgserver import fresh_test_database
+
+    fresh_test_database(pg_server, keep_tables=True)
+    monkeypatch.setenv("PGPASSWORD", pg_server.password)
+    with WorklistStore(f"postgresql://pneumoscan@127.0.0.1:{pg_server.port}/pneumoscan_test") as s:
+        assert s.where == f"postgresql+psycopg://pneumoscan@127.0.0.1:{pg_server.port}/pneumoscan_test"
+        rid = _add(s)
+        assert s.get(rid)["id"] == rid
+
+
+def test_many_threads_at_once(store_url):
+    stores = [WorklistStore(store_url), WorklistStore(store_url)]  # two stores on one database: serve, dicom-listen
     errors: list[BaseException] = []
     ids: list[int] = []
     lock = threading.Lock()
@@ -525,79 +385,3 @@ def test_in_memory_store_is_thread_safe():
     for t in threads:
         t.join()
     assert errors == [] and s.count() == 80
-
-
-def test_a_version_4_database_gains_the_outbox_and_the_uid_conflict_flag(tmp_path):
-    """Schema 5: a version 4 database keeps its rows (no conflict known, never forwarded) and gains the outbox
-    table, the uid_conflict column and the index on sop_uid."""
-    from pneumoscan.store import OutgoingObject
-
-    path = tmp_path / "v4.db"
-    engine = engine_mod.make_engine(*engine_mod.resolve(path))
-    with engine.begin() as conn:
-        schema_mod.Base.metadata.create_all(conn)
-        _back_to_v4(conn)
-        conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
-                          "VALUES (4, '2026-01-01 00:00:00', 'created')"))
-    engine.dispose()
-    con = sqlite3.connect(path)
-    columns = [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
-    values = {c: "" for c in columns if c != "id"}
-    values.update(created="2026-01-01 00:00:00", category=0, input_sha256=_sha("old"), probability=0.7,
-                  threshold=0.5, in_scope=1, decision="PNEUMONIA", sop_uid="1.2.3.4", source="dicom")
-    con.execute(f"INSERT INTO worklist_results ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-                list(values.values()))
-    con.commit()
-    con.close()
-    with WorklistStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION
-        (old,) = s.list()
-        assert old["uid_conflict"] is False and old["forward"] is None
-        assert s.received("1.2.3.4", _sha("old")).duplicate_of == old["id"]
-        rid = s.add(scored("new.dcm", 0.3), input_sha256=_sha("new"), source="dicom", forward_to="P@h:1",
-                    outbox=[OutgoingObject("SR", b"DICM", "1.2.840.10008.5.1.4.1.1.88.34", "2.25.1", "1.2.840.10008.1.2.1")])
-        assert s.get(rid)["forward"]["state"] == "pending" and s.outbox.knows("2.25.1")
-    con = sqlite3.connect(path)
-    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == list(range(4, SCHEMA_VERSION + 1))
-    assert "ix_worklist_results_sop_uid" in [r[1] for r in con.execute("PRAGMA index_list(worklist_results)")]
-    con.close()
-
-
-def test_a_version_5_database_gains_the_scope_caution_and_old_rows_have_none(tmp_path):
-    """Schema 6: a version 5 database keeps its rows (no caution: the gate then refused what it now cautions) and
-    gains worklist_results.scope_caution; a cautioned film is stored and read back with its caution."""
-    from pneumoscan.constants import UNFAMILIAR_CAUTION
-    from pneumoscan.result import ModelIdentity, Result
-
-    path = tmp_path / "v5.db"
-    engine = engine_mod.make_engine(*engine_mod.resolve(path))
-    with engine.begin() as conn:
-        schema_mod.Base.metadata.create_all(conn)
-        _back_to_v5(conn)
-        conn.execute(text("INSERT INTO schema_version (version, applied_at, description) "
-                          "VALUES (5, '2026-01-01 00:00:00', 'created')"))
-    engine.dispose()
-    con = sqlite3.connect(path)
-    columns = [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
-    assert "scope_caution" not in columns
-    values = {c: "" for c in columns if c not in ("id", "uid_conflict")}
-    values.update(created="2026-01-01 00:00:00", category=0, input_sha256=_sha("old"), probability=0.7,
-                  threshold=0.5, in_scope=1, decision="PNEUMONIA")
-    con.execute(f"INSERT INTO worklist_results ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-                list(values.values()))
-    con.commit()
-    con.close()
-    with WorklistStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION
-        (old,) = s.list()
-        assert old["scope_caution"] == "" and old["in_scope"] is True and old["probability"] == 0.7
-        model = ModelIdentity("m", "v", 0.5)
-        rid = s.add(Result.scored("new.png", 0.3, model, scope_caution=UNFAMILIAR_CAUTION),
-                    input_sha256=_sha("new"), source="upload", client="local")
-        new = s.get(rid)
-        assert new["scope_caution"] == UNFAMILIAR_CAUTION and new["in_scope"] is True and new["score"] is not None
-        assert set(RESULT_KEYS) <= set(new)
-    con = sqlite3.connect(path)
-    assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")][:2] == [5, 6]
-    assert "scope_caution" in [c[1] for c in con.execute("PRAGMA table_info(worklist_results)")]
-    con.close()

@@ -1,6 +1,6 @@
 """The outbox of the worklist database (``pneumoscan.store.outbox``): objects written with their result in one
 transaction, what the sender reads and marks, a received SOP Instance UID recognised (same bytes, other bytes),
-and retention taking a result's objects with it."""
+and retention taking a result's objects with it; on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ def _objects(tag: str) -> list[OutgoingObject]:
 
 
 @pytest.fixture
-def store(tmp_path):
-    with WorklistStore(tmp_path / "w.db") as s:
+def store(store_url):
+    """A new worklist database, on SQLite and on PostgreSQL (``store_url``)."""
+    with WorklistStore(store_url) as s:
         yield s
 
 
@@ -94,3 +95,18 @@ def test_retention_takes_a_results_objects_with_it(store):
     store.add(scored("b.dcm", 0.4), input_sha256=_sha("b"), source="dicom", outbox=_objects("2"))
     assert store.purge(365) == 1
     assert old not in {i["result_id"] for i in store.outbox.items(None)} and store.outbox.counts()["pending"] == 2
+
+
+def test_nodes_sharing_a_database_send_only_their_own_pacss_objects(store):
+    """Two DICOM nodes on one database, forwarding to different PACSs: each sender asks for its own target's
+    objects (an object made for one PACS is never sent to another)."""
+    store.add(scored("a.dcm", 0.4), input_sha256=_sha("a"), source="dicom", outbox=_objects("1"), forward_to=PACS)
+    store.add(scored("b.dcm", 0.4), input_sha256=_sha("b"), source="dicom", outbox=_objects("2"),
+              forward_to="OTHER@10.0.0.9:11112")
+    assert len(store.outbox.due(10)) == 4
+    mine = store.outbox.due(10, target=PACS)
+    assert [d.sop_instance_uid for d in mine] == ["2.25.11", "2.25.12"]
+    assert [d.sop_instance_uid for d in store.outbox.due(10, target="OTHER@10.0.0.9:11112")] == ["2.25.21", "2.25.22"]
+    store.outbox.retry([d.id for d in mine], "down", datetime.now(UTC) + timedelta(hours=1), PACS)
+    assert store.outbox.due(10, target=PACS) == [] and store.outbox.next_due(target=PACS) > datetime.now(UTC)
+    assert store.outbox.next_due(target="OTHER@10.0.0.9:11112") <= datetime.now(UTC)

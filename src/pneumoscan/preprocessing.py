@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from pneumoscan.io import ImageContext, read_image_with_context
+from pneumoscan.io import ImageContext
+from pneumoscan.io.images import decode_image
+from pneumoscan.io.jpeg import decoder_version
 
 if TYPE_CHECKING:  # torch is imported only where a tensor is asked for: prediction runs without it
     import os
@@ -216,36 +218,49 @@ class Film:
     Attributes:
         square: the model's input square, ``(S, S) uint8`` (what the cache stores and the model sees).
         context: the image's :class:`~pneumoscan.io.ImageContext` (empty fields for non-DICOM input and arrays).
-        gray: the film at its own size, ``(H, W) uint8``, when it was asked for (heatmaps, previews, pixel hashes);
-            else None.
+        gray: the film, ``(H, W) uint8``, when it was asked for; else None. With ``full``: at its own size
+            (heatmaps, Secondary Captures, pixel hashes). With ``decoded``: as decoded for the square, which for a
+            large JPEG is ``1/scale`` of its size (previews and thumbnails smaller than that need no other decode).
+        size: ``(height, width)`` of the film at its own size, in pixels, display orientation (also when only a
+            reduced-scale decode was made); None for a film made by hand without it.
+        scale: the DCT-domain reduction of the decode the square was made from: 1 (full size), 2, 4 or 8.
     """
 
     square: np.ndarray
     context: ImageContext
     gray: np.ndarray | None = None
+    size: tuple[int, int] | None = None
+    scale: int = 1
 
 
-def read_film(source: FilmSource, spec: Preprocessing, *, full: bool = False, name: str | None = None,
-              max_pixels: int | None = None, log_name: str | None = None) -> Film:
+def read_film(source: FilmSource, spec: Preprocessing, *, full: bool = False, decoded: bool = False,
+              name: str | None = None, max_pixels: int | None = None, log_name: str | None = None) -> Film:
     """THE one path from an input to the model's square, used by the decoded-image cache, the predictor, site
     adaptation, the server and the DICOM node, so that one film has one score everywhere.
 
     ``source``: a file path, the file's bytes, an already parsed ``pydicom.Dataset`` (the DICOM node's, parsed once),
-    or a decoded ``(H, W) uint8`` array. A file is decoded with :func:`decode_side` as ``reduce_to`` (a large JPEG at
-    reduced scale), then squeezed to the square (:func:`resize_for_model`). With ``full`` the film is also kept at
-    its own size (``Film.gray``): a large JPEG is then decoded twice, in full and at reduced scale, and the square
-    comes from the reduced decode, exactly as without ``full`` (measured: squares from the full decode differ by up
-    to 0.02 in probability on the full-resolution samples).
+    or a decoded ``(H, W) uint8`` array. A file is decoded once, with :func:`decode_side` as ``reduce_to`` (a large
+    JPEG at reduced scale), then squeezed to the square (:func:`resize_for_model`).
+
+    ``decoded`` keeps that one decode in ``Film.gray`` (a large JPEG at reduced scale, ``Film.scale`` says which;
+    anything else at its own size): what a caller needs for pictures no larger than :func:`decode_side`, with no
+    second decode. ``full`` keeps the film at its own size: a large JPEG is then decoded twice, in full and at
+    reduced scale, and the square comes from the reduced decode, exactly as without ``full`` (measured: squares from
+    the full decode differ by up to 0.02 in probability on the full-resolution samples). ``Film.size`` is always the
+    film's own size.
 
     Raises:
         ImageError: the file cannot be used (the message names it and the problem).
-        ValueError: an array that is not 2-D uint8.
+        ValueError: an array that is not 2-D uint8; ``full`` and ``decoded`` together.
     """
+    if full and decoded:
+        raise ValueError("read_film: ask for the film at its own size (full) or as decoded (decoded), not both")
     if isinstance(source, np.ndarray):
         if source.ndim != 2 or source.dtype != np.uint8:
             raise ValueError(f"a decoded image must be a 2-D uint8 array (grayscale, 0..255), got {source.dtype} "
                              f"{source.shape}; decode files with pneumoscan.io.read_image")
-        return Film(resize_for_model(source, spec), ImageContext(), source if full else None)
+        return Film(resize_for_model(source, spec), ImageContext(), source if (full or decoded) else None,
+                    (int(source.shape[0]), int(source.shape[1])))
     if isinstance(source, (bytearray, memoryview)):
         source = bytes(source)
     limits: dict[str, Any] = {"name": name, "log_name": log_name}
@@ -253,13 +268,14 @@ def read_film(source: FilmSource, spec: Preprocessing, *, full: bool = False, na
         limits["max_pixels"] = max_pixels
     side = decode_side(spec)
     if not full:
-        gray, context = read_image_with_context(source, reduce_to=side, **limits)
-        return Film(resize_for_model(gray, spec), context)
-    gray, context = read_image_with_context(source, **limits)
-    small = gray
-    if context.format == "JPEG" and min(gray.shape) >= 2 * side:  # only then can the reduced decode differ
-        small = read_image_with_context(source, reduce_to=side, **limits)[0]
-    return Film(resize_for_model(small, spec), context, gray)
+        small = decode_image(source, reduce_to=side, **limits)
+        return Film(resize_for_model(small.gray, spec), small.context, small.gray if decoded else None, small.size,
+                    small.scale)
+    whole = decode_image(source, **limits)
+    small = whole
+    if whole.context.format == "JPEG" and min(whole.gray.shape) >= 2 * side:  # only then can the reduced one differ
+        small = decode_image(source, reduce_to=side, **limits)
+    return Film(resize_for_model(small.gray, spec), whole.context, whole.gray, whole.size, small.scale)
 
 
 def resize_for_model(gray: np.ndarray, spec: Preprocessing) -> np.ndarray:
@@ -335,5 +351,5 @@ def pipeline_fingerprint() -> str:
     digest = hashlib.sha256()
     for path in [here / "preprocessing.py", *sorted((here / "io").glob("*.py"))]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(f"pillow {Image.__version__} numpy {np.__version__}".encode())
+    digest.update(f"pillow {Image.__version__} numpy {np.__version__} {decoder_version()}".encode())
     return digest.hexdigest()[:16]

@@ -18,7 +18,7 @@ import typer
 from typer import echo
 
 from pneumoscan import __version__
-from pneumoscan.cli import adapt_cmd, data_cmds, dicom_cmd, drift_cmd, model_cmds, predict_cmd, serve_cmd
+from pneumoscan.cli import adapt_cmd, data_cmds, db_cmd, dicom_cmd, drift_cmd, model_cmds, predict_cmd, serve_cmd
 from pneumoscan.cli.common import click_errors as _click_errors
 
 __all__ = ["app", "main", "run"]
@@ -44,6 +44,7 @@ app.command("serve")(serve_cmd.serve_cmd)
 app.command("dicom-listen")(dicom_cmd.dicom_listen_cmd)
 app.command("evaluate")(model_cmds.evaluate_cmd)
 app.command("calibrate")(adapt_cmd.calibrate_cmd)
+app.add_typer(db_cmd.db_app, name="db")
 
 _state = {"debug": False}
 

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pneumoscan.cli.common import ADULT_AGE_DEFAULT, check_adult_age, console, writable_folder
+from pneumoscan.cli.common import ADULT_AGE_DEFAULT, check_adult_age, console, needs_torch, writable_folder
 from pneumoscan.cli.common import click_errors as _click_errors
 from pneumoscan.constants import DEFAULT_CACHE_DIR
 
@@ -58,7 +58,6 @@ def adapt_cmd(
     why), 2 on a bad invocation.
     """
     from pneumoscan.inference.predictor import default_model_path
-    from pneumoscan.onboarding.site import adapt, provenance_line
     from pneumoscan.worklist import collect
 
     check_adult_age(adult_age)
@@ -73,8 +72,11 @@ def adapt_cmd(
     if not collected.files:
         hint = "" if recursive else " (use --recursive to search sub-folders)"
         raise _click_errors.UsageError(f"no image files found in {', '.join(map(str, data))}{hint}")
-    result = adapt(model_path, collected.files, out, min_images=min_images, adult_age_years=adult_age,
-                   batch_size=batch_size, seed=seed, threads=threads, progress=progress, balance=balance)
+    with needs_torch("pneumoscan adapt"):  # AdaBN re-estimates the BatchNorm statistics in torch
+        from pneumoscan.onboarding.site import adapt, provenance_line
+
+        result = adapt(model_path, collected.files, out, min_images=min_images, adult_age_years=adult_age,
+                       batch_size=batch_size, seed=seed, threads=threads, progress=progress, balance=balance)
     a = result.adaptation
     console.print(f"{provenance_line({'adaptation': a})} -> {result.out}", highlight=False, soft_wrap=True)
     console.print(f"used {a['n_images']} in-scope film(s) of {a['n_files']} file(s): {a['n_out_of_scope']} out of "
@@ -133,8 +135,6 @@ def calibrate_cmd(
     the rule gives on new films. Writes a new checkpoint with the same weights that records all of it. Refuses the
     model's own training films (found by image content) and fewer than 50 films or 15 of a class. Do not report
     performance on these films: evaluate on a separate labelled set. Decision support, not a diagnosis."""
-    from pneumoscan.onboarding.operating_point import rechoose_operating_point
-
     if target_sensitivity is not None and not 0.0 < target_sensitivity <= 1.0:
         raise typer.BadParameter(f"must be in (0, 1], got {target_sensitivity}", param_hint="--target-sensitivity")
     if max_false_alarm_rate is not None and not 0.0 <= max_false_alarm_rate < 1.0:
@@ -149,9 +149,12 @@ def calibrate_cmd(
     if out.exists() and not dry_run:
         raise typer.BadParameter(f"{out} already exists; calibrate writes a new checkpoint and never replaces one",
                                  param_hint="--out")
-    r = rechoose_operating_point(model, data, out, split=split, target_sensitivity=target_sensitivity,
-                                 miss_cost=miss_cost, max_false_alarm_rate=max_false_alarm_rate, dry_run=dry_run,
-                                 cache_dir=cache_dir, device=device, n_repeats=repeats, seed=seed)
+    with needs_torch("pneumoscan calibrate"):  # it scores the films through the decoded cache with torch
+        from pneumoscan.onboarding.operating_point import rechoose_operating_point
+
+        r = rechoose_operating_point(model, data, out, split=split, target_sensitivity=target_sensitivity,
+                                     miss_cost=miss_cost, max_false_alarm_rate=max_false_alarm_rate, dry_run=dry_run,
+                                     cache_dir=cache_dir, device=device, n_repeats=repeats, seed=seed)
     show_calibration(r, out)
 
 

@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     import click.exceptions as click_errors
 
 __all__ = ["ADULT_AGE_DEFAULT", "BACKEND_HELP", "Backend", "check_adult_age", "click_errors", "console",
-           "usage_errors", "writable_folder"]
+           "needs_torch", "usage_errors", "writable_folder"]
 
 console = Console()
 
@@ -36,7 +36,8 @@ BACKEND_HELP = ("Inference backend: onnx (ONNX Runtime, the default: no torch; a
                 "its export, packaged or built once and cached) or torch (eager PyTorch, needs a .safetensors model).")
 
 #: Default of ``--adult-age`` (years): :data:`pneumoscan.gate.scope.ADULT_AGE_YEARS`, repeated here because importing
-#: the scope gate loads torch, which the command line must not do before a command runs (a test keeps them equal).
+#: the scope gate loads NumPy and the image readers, which the command line must not do before a command runs
+#: (a test keeps them equal).
 ADULT_AGE_DEFAULT = 18.0
 
 
@@ -52,6 +53,27 @@ def usage_errors() -> Iterator[None]:
         if exc.option:
             raise typer.BadParameter(str(exc), param_hint=exc.option) from exc
         raise click_errors.UsageError(str(exc)) from exc
+
+
+@contextmanager
+def needs_torch(what: str, modules: tuple[str, ...] = ("torch",), *, check_first: bool = True) -> Iterator[None]:
+    """A command that needs PyTorch (the ``train`` extra): without it, one line that says how to install it
+    (:class:`~pneumoscan.errors.MissingExtraError`, exit code 1) instead of a traceback.
+
+    ``check_first`` imports ``modules`` before the body runs (:func:`pneumoscan.errors.require_torch`); a package of
+    the extra that the body imports later (the EfficientNet weights, only for a pretrained network) gets the same
+    answer. Use ``check_first=False`` for a command that needs torch only on some paths.
+    """
+    from pneumoscan.errors import is_train_extra_missing, missing_train_extra, require_torch
+
+    if check_first:
+        require_torch(what, modules)
+    try:
+        yield
+    except ImportError as exc:
+        if is_train_extra_missing(exc):
+            raise missing_train_extra(what, exc) from exc
+        raise
 
 
 def writable_folder(folder: Path, option: str) -> None:

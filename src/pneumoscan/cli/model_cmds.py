@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from pneumoscan.cli.common import click_errors as _click_errors
-from pneumoscan.cli.common import BACKEND_HELP, Backend, console
+from pneumoscan.cli.common import BACKEND_HELP, Backend, console, needs_torch
 from pneumoscan.constants import DEFAULT_CACHE_DIR
 
 
@@ -37,43 +37,44 @@ def train_cmd(
     """Train a model on the patient-level train split (or all of --data but the images of --val), validating after
     every epoch, with early stopping on validation AUC. Scales to several GPUs or nodes under torchrun
     (DistributedDataParallel). With --init-from, fine-tune an existing model on a site's labelled films."""
-    import dataclasses
+    with needs_torch("pneumoscan train", ("torch", "kornia")):  # kornia: the augmentation
+        import dataclasses
 
-    from pneumoscan.config import default_data_root, load_config
-    from pneumoscan.training import resume as resume_run
-    from pneumoscan.training import train
-    from pneumoscan.training.finetune import finetune_config
+        from pneumoscan.config import default_data_root, load_config
+        from pneumoscan.training import resume as resume_run
+        from pneumoscan.training import train
+        from pneumoscan.training.finetune import finetune_config
 
-    overrides = list(set_ or [])
-    if resume is not None:
-        if config is not None or out is not None or init_from is not None:
-            raise _click_errors.UsageError("--resume takes the run's own config (and parent); do not combine it with "
-                                           "--config, --out or --init-from")
-        extra = [f"data.root={json.dumps(str(data))}"] if data is not None else []
-        extra += [f"data.val={json.dumps(str(val))}"] if val is not None else []  # moved, like --data
-        result = resume_run(resume, overrides=extra + overrides, progress=progress)
-    else:
-        if out is None:
-            raise _click_errors.UsageError("--out is required (the run folder to create), or use --resume RUN")
-        if init_from is not None and config is not None:
-            raise _click_errors.UsageError("--init-from takes the parent's recipe; change it with --set, not --config")
-        cfg = finetune_config(init_from, overrides) if init_from is not None else load_config(config, overrides)
-        root = data if data is not None else (Path(cfg.data.root) if cfg.data.root else default_data_root())
-        if root is None:
-            raise _click_errors.UsageError("no training data: pass --data PATH or set $PNEUMOSCAN_DATA")
-        cfg = dataclasses.replace(
-            cfg, data=dataclasses.replace(cfg.data, root=str(root), split=split if split is not None else cfg.data.split,
-                                          val=str(val) if val is not None else cfg.data.val)
+        overrides = list(set_ or [])
+        if resume is not None:
+            if config is not None or out is not None or init_from is not None:
+                raise _click_errors.UsageError("--resume takes the run's own config (and parent); do not combine it with "
+                                               "--config, --out or --init-from")
+            extra = [f"data.root={json.dumps(str(data))}"] if data is not None else []
+            extra += [f"data.val={json.dumps(str(val))}"] if val is not None else []  # moved, like --data
+            result = resume_run(resume, overrides=extra + overrides, progress=progress)
+        else:
+            if out is None:
+                raise _click_errors.UsageError("--out is required (the run folder to create), or use --resume RUN")
+            if init_from is not None and config is not None:
+                raise _click_errors.UsageError("--init-from takes the parent's recipe; change it with --set, not --config")
+            cfg = finetune_config(init_from, overrides) if init_from is not None else load_config(config, overrides)
+            root = data if data is not None else (Path(cfg.data.root) if cfg.data.root else default_data_root())
+            if root is None:
+                raise _click_errors.UsageError("no training data: pass --data PATH or set $PNEUMOSCAN_DATA")
+            cfg = dataclasses.replace(
+                cfg, data=dataclasses.replace(cfg.data, root=str(root), split=split if split is not None else cfg.data.split,
+                                              val=str(val) if val is not None else cfg.data.val)
+            )
+            result = train(cfg, out, progress=progress)
+        console.print(
+            f"best epoch {result.best_epoch} of {result.epochs_run}: validation AUC {result.best_val_auc:.4f}"
+            f"{' (stopped early)' if result.stopped_early else ''} -> {result.best_checkpoint}"
         )
-        result = train(cfg, out, progress=progress)
-    console.print(
-        f"best epoch {result.best_epoch} of {result.epochs_run}: validation AUC {result.best_val_auc:.4f}"
-        f"{' (stopped early)' if result.stopped_early else ''} -> {result.best_checkpoint}"
-    )
-    if result.fine_tuned_from:
-        console.print("fine-tuned: its threshold and temperature were chosen on the site's validation split; evaluate "
-                      "it on separate labelled films of the site before use (decision support, not a diagnosis)",
-                      highlight=False)
+        if result.fine_tuned_from:
+            console.print("fine-tuned: its threshold and temperature were chosen on the site's validation split; evaluate "
+                          "it on separate labelled films of the site before use (decision support, not a diagnosis)",
+                          highlight=False)
 
 
 def evaluate_cmd(
@@ -96,13 +97,15 @@ def evaluate_cmd(
     and at Youden's threshold with patient-bootstrap 95% CIs, calibration, sensitivity per cause, a gallery of
     errors, and a model comparison (DeLong). Writes metrics.json, one self-contained report.html and scores.csv (one
     row per image in the columns of 'pneumoscan predict': probability, score, decision, in_scope...)."""
-    from pneumoscan.evaluation import evaluate
-
     if bootstrap is not None and bootstrap < 1:
         raise typer.BadParameter(f"--bootstrap must be at least 1, got {bootstrap}")
-    result = evaluate(model or [], data, out, split=split, cache_dir=cache_dir, bootstrap_samples=bootstrap,
-                      bootstrap_seed=seed, device=device, batch_size=batch_size, progress=progress,
-                      backend=backend.value, threads=threads)
+    # The decoded-image cache's scoring and the gallery's heatmaps still run through torch (also with --backend onnx).
+    with needs_torch("pneumoscan evaluate", check_first=False):
+        from pneumoscan.evaluation import evaluate
+
+        result = evaluate(model or [], data, out, split=split, cache_dir=cache_dir, bootstrap_samples=bootstrap,
+                          bootstrap_seed=seed, device=device, batch_size=batch_size, progress=progress,
+                          backend=backend.value, threads=threads)
     for m in result["models"]:
         op = m["summary"]["thresholds"]["operating"]
         sens, spec = op["metrics"]["sensitivity"], op["metrics"]["specificity"]
@@ -128,11 +131,13 @@ def export_cmd(
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch, input 'image', output 'logit'), with its metadata embedded."""
-    from pneumoscan.inference.export import export_onnx
     from pneumoscan.inference.predictor import default_model_path
 
     source = model if model is not None else default_model_path()
     if source.suffix.lower() == ".onnx":
         raise typer.BadParameter("give the .safetensors checkpoint to export, not an ONNX file", param_hint="--model")
-    written = export_onnx(source, onnx, opset=opset)
+    with needs_torch("pneumoscan export"):
+        from pneumoscan.inference.export import export_onnx
+
+        written = export_onnx(source, onnx, opset=opset)
     console.print(f"wrote {written} (opset {opset}) from {source}")

@@ -27,6 +27,12 @@ StudyInstanceUID) in a new series each, with the source's patient and study modu
 Every UID made here (series, SOP instances, tracking and device UIDs) is under :data:`UID_ROOT` (:func:`new_uid`), so
 that pneumoscan knows its own SR and SC exactly (:func:`is_own_uid`: an SR/SC class and a UID under that root).
 
+Both pass dicom3tools' ``dciodvfy`` without an error (``tests/test_dicom_validate.py``; ``docs/dicom_conformance.md``
+lists the warnings left and why): the SR declares its local coding scheme :data:`CODING_SCHEME` (with
+:data:`CODING_SCHEME_UID`) in its Coding Scheme Identification Sequence; the SC carries the source's Body Part
+Examined and a Laterality as the General Series module wants it (absent for a chest); both keep the source's Specific
+Character Set when it is a valid DICOM value, else are written in UTF-8.
+
 Modules: :mod:`.source` (reading, checking, copying and pseudonymising the source header; the UID root), :mod:`.sr`,
 :mod:`.sc`, :mod:`.write` (files, Part 10 bytes and batches).
 
@@ -38,6 +44,7 @@ from __future__ import annotations
 from pneumoscan.dicom_out.sc import make_sc, sc_pixels
 from pneumoscan.dicom_out.source import (
     CODING_SCHEME,
+    CODING_SCHEME_UID,
     MANUFACTURER,
     OWN_SOP_CLASSES,
     SC_SERIES_NUMBER,
@@ -59,7 +66,7 @@ from pneumoscan.dicom_out.write import (
     write_dicom_results,
 )
 
-__all__ = ["CODING_SCHEME", "MANUFACTURER", "OWN_SOP_CLASSES", "SC_SERIES_NUMBER", "SR_SERIES_NUMBER", "UID_ROOT",
-           "DicomBatch", "DicomOutputError", "is_dicom_file", "is_own_uid", "make_sc", "make_sr", "new_uid",
-           "part10_bytes", "pseudonymise_dataset", "read_source", "sc_pixels", "write_dataset", "write_dicom_batch",
-           "write_dicom_results"]
+__all__ = ["CODING_SCHEME", "CODING_SCHEME_UID", "MANUFACTURER", "OWN_SOP_CLASSES", "SC_SERIES_NUMBER",
+           "SR_SERIES_NUMBER", "UID_ROOT", "DicomBatch", "DicomOutputError", "is_dicom_file", "is_own_uid", "make_sc",
+           "make_sr", "new_uid", "part10_bytes", "pseudonymise_dataset", "read_source", "sc_pixels", "write_dataset",
+           "write_dicom_batch", "write_dicom_results"]

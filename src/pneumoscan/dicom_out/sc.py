@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from copy import deepcopy
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,12 +55,41 @@ def _burn_caption(rgb: np.ndarray, caption: str) -> np.ndarray:
     return np.asarray(canvas)
 
 
+#: Body Part Examined values (PS3.16 CID 4031) of unpaired parts, which have no Laterality: the General Series
+#: module's Type 2C condition (only those dciodvfy also knows as unpaired, so that none is left out wrongly).
+_UNPAIRED_PARTS = frozenset({
+    "CHEST", "ABDOMEN", "PELVIS", "ABDOMENPELVIS", "CHESTABDOMEN", "CHESTABDPELVIS", "HEAD", "HEADNECK", "NECK",
+    "SKULL", "BRAIN", "SPINE", "CSPINE", "TSPINE", "LSPINE", "SSPINE", "CTSPINE", "TLSPINE", "LSSPINE", "COCCYX",
+    "STERNUM", "MEDIASTINUM", "TRACHEA", "ESOPHAGUS", "HEART", "WHOLEBODY"})
+_CS = re.compile(r"[A-Z0-9_ ]{1,16}")
+
+
+def _series_anatomy(ds: pydicom.Dataset) -> dict[str, str]:
+    """The SC's Body Part Examined and Laterality (General Series), from the source, as the module wants them:
+    Body Part Examined (Type 3) copied, in capitals, when it is a well-formed code string; Laterality (Type 2C,
+    required for a paired part) absent for an unpaired part (a chest), else the source's Laterality or Image
+    Laterality when it is ``R`` or ``L``, else empty (unknown). Returns the attributes to set, by keyword."""
+    part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    out = {"BodyPartExamined": part} if _CS.fullmatch(part) else {}
+    if out and part in _UNPAIRED_PARTS:
+        return out
+    side = ""
+    for keyword in ("Laterality", "ImageLaterality"):
+        value = str(ds.get(keyword, "") or "").strip().upper()
+        if value in ("R", "L"):
+            side = value
+            break
+    return {**out, "Laterality": side}
+
+
 def make_sc(source: pydicom.Dataset, result: Result, overlay_rgb: np.ndarray | None = None, *,
             series_number: int = SC_SERIES_NUMBER) -> pydicom.Dataset:
     """A Secondary Capture of one image's :class:`~pneumoscan.result.Result`: ``overlay_rgb`` (``(H, W, 3) uint8``;
     default :func:`sc_pixels` of the result, from the film it kept) with its :meth:`~pneumoscan.result.Result.caption`
     burned in on a band above it, in the source's study (new series, new instance), patient and study modules
-    copied; BurnedInAnnotation YES; the source referenced in SourceImageSequence.
+    copied; the source's Patient Orientation, Body Part Examined and Laterality (absent for an unpaired part), and
+    its Lossy Image Compression when that is ``01``; Conversion Type WSD; BurnedInAnnotation YES; the source
+    referenced in SourceImageSequence.
 
     Raises:
         DicomOutputError: the source lacks a needed UID, highdicom refused the image, or the result kept no film
@@ -90,10 +121,17 @@ def make_sc(source: pydicom.Dataset, result: Result, overlay_rgb: np.ndarray | N
     sc.copy_patient_and_study_information(ds)  # the whole modules (PatientAge...), as the SR has them
     put_back(sc, kept)
     sc.PatientOrientation = ds.get("PatientOrientation", "") or ""
+    for keyword, value in _series_anatomy(ds).items():  # Laterality is Type 2C: absent for a chest, never forgotten
+        setattr(sc, keyword, value)
     sc.BurnedInAnnotation = "YES"
+    sc.ConversionType = "WSD"  # made by software from a digital image (highdicom says DI, a digital interface)
+    if str(ds.get("LossyImageCompression", "") or "").strip() == "01":  # PS3.3 C.7.6.1.1.5: lossy stays lossy
+        for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+            if keyword in ds:
+                sc[keyword] = deepcopy(ds[keyword])
     sc.ImageType = ["DERIVED", "SECONDARY"]
-    sc.DerivationDescription = ("Heatmap (occlusion sensitivity) overlay and result caption by pneumoscan; decision support only, "
-                                "not a diagnosis")
+    sc.DerivationDescription = ("Heatmap (occlusion sensitivity) overlay and result caption by pneumoscan; decision "
+                                "support only, not a diagnosis")
     sc.ImageComments = caption[:10240]
     ref = Dataset()
     ref.ReferencedSOPClassUID = ds.SOPClassUID

@@ -8,6 +8,10 @@ from pneumoscan import __version__
 from pneumoscan.constants import CAUSE_CAVEAT, DISCLAIMER
 from pneumoscan.dicom_out.source import (
     CODING_SCHEME,
+    CODING_SCHEME_NAME,
+    CODING_SCHEME_ORGANIZATION,
+    CODING_SCHEME_UID,
+    CODING_SCHEME_VERSION,
     MANUFACTURER,
     SR_SERIES_NUMBER,
     DicomOutputError,
@@ -54,8 +58,6 @@ def _codes() -> dict[str, Any]:
         unit=CodedConcept("{probability}", "UCUM", "probability"),
     )
     return out
-
-
 
 
 def make_sr(source: pydicom.Dataset, result: Result, *, series_number: int = SR_SERIES_NUMBER) -> pydicom.Dataset:
@@ -140,11 +142,14 @@ def make_sr(source: pydicom.Dataset, result: Result, *, series_number: int = SR_
             is_final=False, is_verified=False, series_description="pneumoscan pneumonia triage (decision support)",
             manufacturer_model_name=f"pneumoscan {model_name}"[:64],
             software_versions=f"pneumoscan {__version__}; model {model_version}"[:64],
-            coding_schemes=[CodingSchemeIdentificationItem(designator=CODING_SCHEME,
-                                                           name="pneumoscan local concepts")],
+            coding_schemes=[CodingSchemeIdentificationItem(
+                designator=CODING_SCHEME, name=CODING_SCHEME_NAME, version=CODING_SCHEME_VERSION,
+                uid=CODING_SCHEME_UID, responsible_organization=CODING_SCHEME_ORGANIZATION)],
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise DicomOutputError(f"a structured report could not be made for this image: {exc}") from exc
+    # Type 1C for a scheme identified by an OID (PS3.3 C.12.1); highdicom writes it only for a registered scheme
+    sr.CodingSchemeIdentificationSequence[0].CodingSchemeUID = CODING_SCHEME_UID
     put_back(sr, kept)
     return sr
 

@@ -25,8 +25,10 @@ the ``1 - alpha`` quantile of the same statistic (mix refitted on each) over boo
 drawn, with replacement and stratified at the grid mix nearest the batch's (steps of :data:`MIX_STEP`), from the
 held-out validation films (in distribution by construction), so a batch like the training data is called shifted
 at most about ``alpha`` (5%) of the time whatever its mix. The kernel sums between the validation films, and
-between them and the bank's classes, are computed once, so each null batch costs only index lookups: the null is
-a table by (batch size, grid mix) that can be computed ahead of time.
+between them and the bank's classes, are computed once, so a null batch costs the product of its film counts with
+them: the null is a table by (batch size, grid mix), computed when the reference is built and stored with it
+(:mod:`pneumoscan.gate.drift_null`: looked up, interpolated between stored batch sizes, at run time; a model
+without it computes each null once and caches it on disk).
 
 A reference without labels (models built before them, a site's unlabelled films) falls back to the test at the
 reference's own mix, which rings for a change of case mix: the result says so in ``method`` and, when the batch's
@@ -39,19 +41,25 @@ in-distribution batches of 150 drawn against 400 validation films; with replacem
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 
+from pneumoscan.gate.drift_null import MIX_STEP, NullCache, NullTable, null_identity, table_doc, table_sizes
 from pneumoscan.gate.reference import Reference, l2_normalize
 
 __all__ = ["MIN_IMAGES", "MIX_STEP", "DriftCheck", "DriftResult", "NotEnoughImagesError"]
 
+log = logging.getLogger(__name__)
+
 #: The fewest in-scope images a drift check accepts.
 MIN_IMAGES = 50
-#: The grid of mixes (share of pneumonia) at which the null is computed: 0, 0.05, ..., 1.
-MIX_STEP = 0.05
 
 _METHOD_MIX = ("max of feature and intensity MMD against the training films reweighted to the batch's mix of cases "
                "({how}), each over its null 95th percentile; threshold by resampling validation films stratified "
@@ -126,26 +134,37 @@ class _ClassMMD:
     ``groups``: a list of index arrays into ``ref`` (one per class; one group without labels). The MMD against
     the mixture ``sum_c w_c P_c`` is ``kxx - 2 w . m + w' G w`` (``m_c`` the mean kernel between the sample and
     class ``c``, ``G`` the class-by-class kernel means, within-class ones unbiased). ``val``: the validation
-    films, whose kernel sums (``val_kernel``, ``val_to_class``) make an MMD of a resampled batch index lookups.
+    films, whose kernel sums (``val_kernel``, ``val_to_class``, computed when first needed) make an MMD of a
+    resampled batch a product of counts. ``constants``: ``(gamma, G)`` as a stored null table carries them (the
+    same numbers this class computes from ``ref``), which spares the reference's kernel matrix.
     """
 
-    def __init__(self, ref: np.ndarray, groups: list[np.ndarray], val: np.ndarray) -> None:
+    def __init__(self, ref: np.ndarray, groups: list[np.ndarray], val: np.ndarray,
+                 constants: tuple[float, np.ndarray] | None = None) -> None:
         self.ref = np.asarray(ref, dtype=np.float64)
+        self.groups = groups
+        self._val = val
+        if constants is not None:
+            self.gamma, self.G = float(constants[0]), np.asarray(constants[1], dtype=np.float64)
+            return
         sub = self.ref[: min(500, len(self.ref))]
         d = np.sqrt(_sq_dists(sub, sub)[np.triu_indices(len(sub), 1)])
         median = float(np.median(d)) if d.size else 1.0
         self.gamma = 1.0 / (2.0 * max(median, 1e-12) ** 2)
-        self.groups = groups
         k = _kernel(self.gamma, self.ref, self.ref)
         g = len(groups)
         self.G = np.empty((g, g))
         for i, a in enumerate(groups):
             for j, b in enumerate(groups):
                 self.G[i, j] = _within(k[np.ix_(a, a)]) if i == j else float(k[np.ix_(a, b)].mean())
-        val = np.asarray(val, dtype=np.float64)
-        self.val_kernel = _kernel(self.gamma, val, val)
+
+    @cached_property
+    def _val_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(val_kernel (V, V), val_to_class (V, g))``: the kernel between the validation films, and each one's
+        mean kernel with each class of the reference."""
+        val = np.asarray(self._val, dtype=np.float64)
         kv = _kernel(self.gamma, val, self.ref)
-        self.val_to_class = np.stack([kv[:, a].mean(1) for a in groups], axis=1)  # (V, g)
+        return _kernel(self.gamma, val, val), np.stack([kv[:, a].mean(1) for a in self.groups], axis=1)
 
     def terms(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """``(kxx, m)`` of a sample ``x``."""
@@ -153,27 +172,41 @@ class _ClassMMD:
         kx = _kernel(self.gamma, x, self.ref)
         return _within(_kernel(self.gamma, x, x)), np.array([kx[:, a].mean() for a in self.groups])
 
-    def val_terms(self, rows: np.ndarray) -> tuple[float, np.ndarray]:
-        """``(kxx, m)`` of the validation films ``rows`` (repeats allowed), from the stored sums."""
-        return _within(self.val_kernel[np.ix_(rows, rows)]), self.val_to_class[rows].mean(0)
+    def val_terms(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(kxx (R,), m (R, g))`` of ``R`` resampled batches of validation films, each given by how many times
+        it holds each film (``counts``, ``(R, V)``): the unbiased within-batch term counts every pair of draws,
+        repeats of one film included, as :func:`_within` of the batch's kernel matrix does."""
+        k, to_class = self._val_sums
+        n = counts.sum(1)
+        kxx = (np.einsum("rv,rv->r", counts @ k, counts) - counts @ np.diag(k)) / (n * (n - 1))
+        return kxx, (counts @ to_class) / n[:, None]
 
     def mmd(self, kxx: float, m: np.ndarray, w: np.ndarray) -> float:
         return float(kxx - 2.0 * w @ m + w @ self.G @ w)
 
-    def best_mix(self, m: np.ndarray) -> float:
-        """The share of class 1 that minimises the MMD (two classes; the MMD is quadratic in it), in [0, 1]."""
+    def mmds(self, kxx: np.ndarray, m: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """:meth:`mmd` of ``R`` samples at once (``w``: ``(R, g)``)."""
+        return kxx - 2.0 * (w * m).sum(1) + ((w @ self.G) * w).sum(1)
+
+    def best_mix(self, m: np.ndarray) -> float | np.ndarray:
+        """The share of class 1 that minimises the MMD (two classes; the MMD is quadratic in it), in [0, 1]; of
+        each row when ``m`` is ``(R, 2)``."""
         curvature = self.G[0, 0] - 2.0 * self.G[0, 1] + self.G[1, 1]  # the MMD² between the two classes
+        m = np.asarray(m)
         if curvature <= 1e-15:
-            return 0.5
-        return float(np.clip((m[1] - m[0] + self.G[0, 0] - self.G[0, 1]) / curvature, 0.0, 1.0))
+            return 0.5 if m.ndim == 1 else np.full(len(m), 0.5)
+        pi = np.clip((m[..., 1] - m[..., 0] + self.G[0, 0] - self.G[0, 1]) / curvature, 0.0, 1.0)
+        return float(pi) if m.ndim == 1 else pi
 
 
 class DriftCheck:
-    """The drift test against one model's :class:`Reference`; null distributions are computed once per batch size
-    and grid mix (:meth:`null`)."""
+    """The drift test against one model's :class:`Reference`; null distributions by batch size and grid mix
+    (:meth:`null`): from the table the reference carries (:mod:`pneumoscan.gate.drift_null`), else computed once
+    and, with ``cache_dir``, kept on disk for the next run."""
 
     def __init__(self, reference: Reference, *, alpha: float = 0.05, n_resamples: int = 200, seed: int = 0,
-                 max_batch: int = 500, prevalence: float | None = None) -> None:
+                 max_batch: int = 500, prevalence: float | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> None:
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         if len(reference.val_features) < 2 * MIN_IMAGES:
@@ -196,11 +229,37 @@ class DriftCheck:
         else:
             groups = [np.arange(len(reference.bank))]
             self._val_pools = [np.arange(len(reference.val_features))]
+        #: Names this reference and these parameters (:func:`pneumoscan.gate.drift_null.null_identity`).
+        self.identity = null_identity(reference, alpha=alpha, n_resamples=n_resamples, seed=seed,
+                                      max_batch=self.max_batch)
+        #: The reference's stored null table when it was computed for this reference and these parameters.
+        self.table = self._stored_table(reference.drift_null)
+        self._cache = None if cache_dir is None else NullCache(cache_dir, self.identity)
+        constants = self.table.constants if self.table is not None else (
+            self._cache.constants if self._cache is not None else None)
+        if constants is not None and any(c[1].shape != (len(groups),) * 2 for c in constants.values()):
+            constants = None
         self._mu = reference.bank_descriptors.mean(0)
         self._sd = reference.bank_descriptors.std(0) + 1e-6
-        self._feat = _ClassMMD(reference.bank, groups, reference.val_features)
-        self._int = _ClassMMD(self._z(reference.bank_descriptors), groups, self._z(reference.val_descriptors))
+        self._feat = _ClassMMD(reference.bank, groups, reference.val_features,
+                               None if constants is None else constants["features"])
+        self._int = _ClassMMD(self._z(reference.bank_descriptors), groups, self._z(reference.val_descriptors),
+                              None if constants is None else constants["intensity"])
         self._null: dict[tuple[int, int, bool], tuple[float, float, float]] = {}
+
+    def _stored_table(self, doc: dict[str, Any] | None) -> NullTable | None:
+        if doc is None:
+            return None
+        try:
+            table = NullTable.from_doc(doc)
+        except ValueError as exc:
+            log.warning("the model's drift null table is unreadable (%s); the null is computed at run time", exc)
+            return None
+        if table.identity != self.identity:
+            log.info("the model's drift null table was computed for another reference or other parameters "
+                     "(alpha, resamples, seed, batch limit); the null is computed at run time")
+            return None
+        return table
 
     def _z(self, descriptors: np.ndarray) -> np.ndarray:
         return (np.asarray(descriptors, dtype=np.float64) - self._mu) / self._sd
@@ -219,30 +278,71 @@ class DriftCheck:
         """Index of the grid mix (steps of :data:`MIX_STEP`) nearest ``mix``."""
         return int(round(min(max(mix, 0.0), 1.0) / MIX_STEP))
 
+    def _key(self, n: int, grid: int, refit: bool) -> tuple[int, int, bool]:
+        return int(n), int(grid) if self.mix_adjusted else 0, bool(refit and self.mix_adjusted)
+
     def null(self, n: int, grid: int = 0, *, refit: bool = True) -> tuple[float, float, float]:
         """``(feature scale, intensity scale, threshold)`` for batches of ``n`` at grid mix ``grid * MIX_STEP``:
-        bootstrap batches of the validation films, stratified at that mix (uniform without labels), each tested at
-        its own best-fitting mix (``refit``) or at the grid mix (for a mix given by the caller). Kept once
-        computed: the table a reference can carry precomputed."""
-        key = (n, grid if self.mix_adjusted else 0, refit and self.mix_adjusted)
+        the null 95th percentiles of the two MMDs and the ``1 - alpha`` quantile of the statistic over bootstrap
+        batches of the validation films, stratified at that mix (uniform without labels), each tested at its own
+        best-fitting mix (``refit``) or at the grid mix (for a mix given by the caller). From the stored table
+        (interpolated in ``1/n`` between its batch sizes) when it holds it, else from the disk cache, else
+        computed (:meth:`compute_null`) and cached."""
+        key = self._key(n, grid, refit)
         if key not in self._null:
-            rng = np.random.default_rng(self.seed + n + 1000 * key[1])
-            if self.mix_adjusted:
-                k1 = int(round(n * key[1] * MIX_STEP))
-                counts = ((0, n - k1), (1, k1))
+            if self.table is not None and self.table.covers(*key):
+                self._null[key] = self.table.lookup(key[0], key[1])
+            elif self._cache is not None and key in self._cache.entries:
+                self._null[key] = self._cache.entries[key]
             else:
-                counts = ((0, n),)
-            pairs = []
-            for _ in range(self.n_resamples):
-                rows = np.concatenate([rng.choice(self._val_pools[c], k, replace=True) for c, k in counts if k])
-                mix = None if key[2] else key[1] * MIX_STEP
-                f, i, _ = self._components(self._feat.val_terms(rows), self._int.val_terms(rows), mix)
-                pairs.append((f, i))
-            f, i = np.array(pairs).T
-            scale_f, scale_i = max(float(np.quantile(f, 0.95)), 1e-12), max(float(np.quantile(i, 0.95)), 1e-12)
-            stat = np.maximum(f / scale_f, i / scale_i)
-            self._null[key] = (scale_f, scale_i, float(np.quantile(stat, 1.0 - self.alpha)))
+                self._null[key] = self.compute_null(*key)
+                if self._cache is not None:
+                    self._cache.entries[key] = self._null[key]
+                    self._cache.save(self.constants)
         return self._null[key]
+
+    @property
+    def constants(self) -> dict[str, tuple[float, np.ndarray]]:
+        """Each MMD's kernel width ``gamma`` and class-by-class kernel means ``G`` (what a table stores)."""
+        return {"features": (self._feat.gamma, self._feat.G), "intensity": (self._int.gamma, self._int.G)}
+
+    def compute_null(self, n: int, grid: int = 0, refit: bool = True) -> tuple[float, float, float]:
+        """:meth:`null`, computed from the validation films (never from a table or cache): ``n_resamples``
+        bootstrap batches drawn with a generator seeded by ``(seed, n, grid)``."""
+        n, grid, refit = self._key(n, grid, refit)
+        rng = np.random.default_rng(self.seed + n + 1000 * grid)
+        if self.mix_adjusted:
+            k1 = int(round(n * grid * MIX_STEP))
+            draws = ((0, n - k1), (1, k1))
+        else:
+            draws = ((0, n),)
+        counts = np.zeros((self.n_resamples, len(self.reference.val_features)))
+        pools = [(self._val_pools[c], len(self._val_pools[c]), k) for c, k in draws if k]
+        for r in range(self.n_resamples):  # pool[integers(0, len(pool), k)]: rng.choice(pool, k, replace=True)
+            rows = np.concatenate([pool[rng.integers(0, size, k)] for pool, size, k in pools])
+            counts[r] = np.bincount(rows, minlength=counts.shape[1])
+        (kf, mf), (ki, mi) = self._feat.val_terms(counts), self._int.val_terms(counts)
+        if self.mix_adjusted:
+            pi = self._feat.best_mix(mf) if refit else np.full(len(counts), grid * MIX_STEP)
+            w = np.stack([1.0 - pi, pi], axis=1)
+        else:
+            w = np.ones((len(counts), 1))
+        f, i = self._feat.mmds(kf, mf, w), self._int.mmds(ki, mi, w)
+        scale_f, scale_i = max(float(np.quantile(f, 0.95)), 1e-12), max(float(np.quantile(i, 0.95)), 1e-12)
+        stat = np.maximum(f / scale_f, i / scale_i)
+        return scale_f, scale_i, float(np.quantile(stat, 1.0 - self.alpha))
+
+    def null_table(self) -> dict[str, Any]:
+        """The null at every batch size of :func:`pneumoscan.gate.drift_null.table_sizes` and every grid mix (the
+        mix refitted on each null batch; one column without labels), as the JSON a reference stores under
+        ``drift_null``; computed afresh."""
+        t0 = time.perf_counter()
+        sizes = table_sizes(self.max_batch, MIN_IMAGES)
+        grids = range(int(round(1 / MIX_STEP)) + 1) if self.mix_adjusted else range(1)
+        nulls = [[self.compute_null(n, g, True) for g in grids] for n in sizes]
+        params = {"alpha": self.alpha, "n_resamples": self.n_resamples, "seed": self.seed, "max_batch": self.max_batch}
+        return table_doc(self.identity, params, sizes, nulls, self.mix_adjusted, self.constants,
+                         time.perf_counter() - t0)
 
     def test(self, features: np.ndarray, descriptors: np.ndarray, *, flag_rate: float | None = None,
              mix: float | None = None) -> DriftResult:

@@ -14,6 +14,7 @@ metadata key ``reference``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,8 @@ class Reference:
         bank_labels, val_labels: ``(B,)`` and ``(V,)`` 0/1 labels (1 = pneumonia) of the same films, or None for a
             reference built without them (older models, a site's unlabelled films): the drift check needs them to
             tell a change of case mix from a change of acquisition. Stored in the metadata as strings of "0"/"1".
+        drift_null: the drift check's null distribution computed ahead of time (JSON, metadata key
+            ``drift_null``; :mod:`pneumoscan.gate.drift_null`), or None: the check then computes it at run time.
     """
 
     bank: np.ndarray
@@ -87,6 +90,7 @@ class Reference:
     bank_labels: np.ndarray | None = None
     val_labels: np.ndarray | None = None
     refuse_cut: float | None = None
+    drift_null: dict[str, Any] | None = None
 
     @cached_property
     def refuse_limit(self) -> float:
@@ -114,7 +118,13 @@ class Reference:
         labels = {f"{name}_labels": "".join("1" if v else "0" for v in np.asarray(values).reshape(-1))
                   for name, values in (("bank", self.bank_labels), ("val", self.val_labels)) if values is not None}
         refuse = {} if self.refuse_cut is None else {"refuse_cut": float(self.refuse_cut)}
-        return {"knn_k": int(self.knn_k), "knn_cut": float(self.knn_cut), **refuse, **self.info, **labels}
+        null = {} if self.drift_null is None else {"drift_null": self.drift_null}
+        return {"knn_k": int(self.knn_k), "knn_cut": float(self.knn_cut), **refuse, **self.info, **labels, **null}
+
+    def as_stored(self) -> "Reference":
+        """A copy whose arrays are as a checkpoint keeps them (float16, read back as float32)."""
+        return dataclasses.replace(self, **{name: np.asarray(getattr(self, name), np.float16).astype(np.float32)
+                                            for name in _ARRAYS})
 
     @classmethod
     def from_checkpoint_parts(cls, tensors: dict[str, Any], meta: dict[str, Any] | None) -> "Reference | None":
@@ -124,12 +134,14 @@ class Reference:
             return None
         arrays = {name: np.asarray(tensors[TENSOR_PREFIX + name], dtype=np.float32) for name in _ARRAYS}
         info = {k: v for k, v in meta.items()
-                if k not in ("knn_k", "knn_cut", "refuse_cut", "bank_labels", "val_labels")}
+                if k not in ("knn_k", "knn_cut", "refuse_cut", "bank_labels", "val_labels", "drift_null")}
         labels = {f"{name}_labels": _labels(meta.get(f"{name}_labels"), len(arrays[key]), f"{name}_labels")
                   for name, key in (("bank", "bank"), ("val", "val_features"))}
         refuse = meta.get("refuse_cut")
+        null = meta.get("drift_null")
         return cls(**arrays, knn_k=int(meta["knn_k"]), knn_cut=float(meta["knn_cut"]), info=info, **labels,
-                   refuse_cut=None if refuse is None else float(refuse))
+                   refuse_cut=None if refuse is None else float(refuse),
+                   drift_null=dict(null) if isinstance(null, dict) else None)
 
 
 def _labels(text: Any, n: int, name: str) -> np.ndarray | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumoscan.checkpoint import CheckpointError
-from pneumoscan.errors import ModelNotFoundError
+from pneumoscan.errors import ModelNotFoundError, require_torch
 from pneumoscan.gate.reference import Reference
 from pneumoscan.inference.scoring import (
     OnnxRunner,
@@ -91,6 +91,7 @@ def open_model_file(path: str | os.PathLike[str], options: RuntimeOptions) -> di
 
 
 def _open_torch(p: Path, sha256: str, options: RuntimeOptions) -> dict[str, Any]:
+    require_torch("the torch backend (--backend torch)", advice="or use the default backend, ONNX Runtime")
     from pneumoscan.checkpoint import load_checkpoint
     from pneumoscan.gate.reference import reference_of
     from pneumoscan.inference.torch_scoring import TorchRunner, model_from_checkpoint

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 
 import numpy as np
 from PIL import Image
@@ -67,11 +67,13 @@ def describe(item: ImageInput) -> str:
     return f"<{type(item).__name__} of {len(item)} bytes>"
 
 
-def decode_item(item: ImageInput, spec: Preprocessing, *, full: bool = False, raise_errors: bool) -> Decoded:
+def decode_item(item: ImageInput, spec: Preprocessing, *, full: bool = False, raise_errors: bool,
+                name: str | None = None) -> Decoded:
     """:func:`~pneumoscan.preprocessing.read_film` of one input (with ``full`` the film at its own size too); with
-    ``raise_errors=False`` any failure becomes its message."""
+    ``raise_errors=False`` any failure becomes its message. ``name``: the file's name for a file given as its bytes
+    (the archive engine reads each file once, to hash it too), so that its messages are the path's."""
     try:
-        return read_film(item, spec, full=full)
+        return read_film(item, spec, full=full, name=name)
     except ImageError as exc:
         if raise_errors:
             raise
@@ -88,21 +90,27 @@ def decode_item(item: ImageInput, spec: Preprocessing, *, full: bool = False, ra
         return f"the image could not be read ({type(exc).__name__}: {detail})"
 
 
-def decoded_batches(items: Sequence[ImageInput], spec: Preprocessing, step: int, *, full: Callable[[int], bool],
-                    pool: Callable[[], ThreadPoolExecutor] | None, workers: int) -> Iterator[tuple[int, list[Decoded]]]:
-    """``(index of the first item, decoded batch)`` in input order, ``step`` at a time; ``full(i)``: whether item
-    ``i`` is decoded at its own size too. With a ``pool`` (the predictor's decoding threads) decoding runs ahead of
-    the consumer: up to two batches of squares, or, when any film is kept at full size, as many films as there are
-    decoding threads, so memory stays bounded however many files come."""
-    def one(i: int) -> Decoded:
-        return decode_item(items[i], spec, full=full(i), raise_errors=False)
+def _decode_job(job: tuple[ImageInput, Preprocessing, bool]) -> Decoded:
+    """:func:`decode_item` of one ``(item, spec, full)``, never raising: a module-level function, so that a process
+    pool can run it as well as a thread pool."""
+    item, spec, full = job
+    return decode_item(item, spec, full=full, raise_errors=False)
 
+
+def decoded_batches(items: Sequence[ImageInput], spec: Preprocessing, step: int, *, full: Callable[[int], bool],
+                    pool: Callable[[], Executor] | None, workers: int) -> Iterator[tuple[int, list[Decoded]]]:
+    """``(index of the first item, decoded batch)`` in input order, ``step`` at a time; ``full(i)``: whether item
+    ``i`` is decoded at its own size too. With a ``pool`` (the predictor's decoding threads; a process pool works
+    too: the work sent is picklable) decoding runs ahead of the consumer: up to two batches of squares, or, when any
+    film is kept at full size, as many films as there are decoding threads, so memory stays bounded however many
+    files come."""
     if pool is None or workers < 1:
         for start in range(0, len(items), step):
-            yield start, [one(i) for i in range(start, min(len(items), start + step))]
+            yield start, [_decode_job((items[i], spec, full(i))) for i in range(start, min(len(items), start + step))]
         return
     window = max(1, workers) if any(full(i) for i in range(len(items))) else 2 * step
-    stream = ordered_map(pool(), one, range(len(items)), window=window)
+    jobs = ((items[i], spec, full(i)) for i in range(len(items)))
+    stream = ordered_map(pool(), _decode_job, jobs, window=window)
     try:
         for n, batch in enumerate(batched(stream, step)):
             yield n * step, batch

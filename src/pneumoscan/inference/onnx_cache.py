@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pneumoscan.errors import CheckpointError
+from pneumoscan.errors import CheckpointError, require_torch
 from pneumoscan.inference.scoring import CHECKPOINT_SHA256_KEY, open_onnx_session
 
 __all__ = ["CACHE_ENV_VAR", "MAX_CACHED", "cache_dir", "open_for_checkpoint"]
@@ -101,10 +101,16 @@ def build(checkpoint: str | os.PathLike[str], sha256: str) -> Path:
     Raises:
         CheckpointError: ``checkpoint`` is not a readable pneumoscan checkpoint (said before any export is announced
             or the cache folder is made), or its export cannot be written.
+        MissingExtraError: PyTorch (the ``train`` extra) is not installed; the message says how to install it or
+            where to make the export instead.
     """
     from pneumoscan.checkpoint import load_checkpoint_arrays
 
     load_checkpoint_arrays(checkpoint)  # its header and metadata, without torch: a bad file is refused here
+    onnx_beside = Path(checkpoint).with_suffix(".onnx")
+    require_torch(f"building the ONNX Runtime model of {checkpoint} (once)", advice=(
+        f"or, where PyTorch is installed, run pneumoscan export --model {checkpoint} --onnx {onnx_beside} and put "
+        "that file beside the checkpoint (or pass the .onnx as --model)"))
     from pneumoscan.inference.export import (
         export_onnx,  # torch: only in the run that builds the export
     )

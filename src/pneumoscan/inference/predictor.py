@@ -278,13 +278,18 @@ class Predictor:
 
     @property
     def drift(self) -> DriftCheck | None:
-        """The drift check against this model's reference (None without one); built on first use."""
+        """The drift check against this model's reference (None without one); built on first use. Its null comes
+        from the table the reference carries; a model without one computes each null once and caches it beside the
+        ONNX exports (:func:`pneumoscan.inference.onnx_cache.cache_dir`)."""
         if self._drift is None and self.reference is not None and not self._drift_unavailable:
+            from pneumoscan.inference.onnx_cache import cache_dir
+
             try:
                 # A site reference (pneumoscan.onboarding.site.adapt) carries its films' estimated prevalence: the
                 # case-mix caution then compares with this site's films, not the training split's.
                 prevalence = self.reference.info.get("prevalence", (self.info.val_summary or {}).get("prevalence"))
-                self._drift = DriftCheck(self.reference, prevalence=None if prevalence is None else float(prevalence))
+                self._drift = DriftCheck(self.reference, prevalence=None if prevalence is None else float(prevalence),
+                                         cache_dir=cache_dir())
             except ValueError as exc:  # a reference from a tiny validation split
                 log.warning("%s: no drift check: %s", self.path or "model", exc)
                 self._drift_unavailable = True

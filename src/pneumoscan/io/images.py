@@ -26,7 +26,7 @@ import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -54,18 +54,49 @@ from pneumoscan.io.common import (
     sniff_format,
 )
 from pneumoscan.io.dicom import _check_dicom, _dicom_context, _dicom_to_gray, _read_dicom_header, _syntax_name
+from pneumoscan.io.jpeg import FAST_FRAMES, draft_scale, fast_available, fast_luma, frame_of
 
-__all__ = ["read_image", "read_image_context", "read_image_info", "read_image_with_context"]
+__all__ = ["DecodedImage", "decode_image", "read_image", "read_image_context", "read_image_info",
+           "read_image_with_context"]
 
 logger = logging.getLogger("pneumoscan.io")
 
 Source = str | os.PathLike[str] | bytes
 
 
+class DecodedImage(NamedTuple):
+    """One decoded image, as :func:`decode_image` returns it.
+
+    Attributes:
+        gray: ``(H, W) uint8``, 0 = black .. 255 = white, display orientation, MONOCHROME2 convention; a large JPEG
+            decoded for ``reduce_to`` is ``1/scale`` of the file's size on each side (rounded up).
+        context: the image's :class:`ImageContext` (patient, study, view; empty fields for non-DICOM).
+        size: ``(height, width)`` of the image at its own size, in pixels, display orientation (``gray.shape``
+            unless ``scale`` > 1).
+        scale: the DCT-domain reduction of the decode: 1 (full size), 2, 4 or 8.
+    """
+
+    gray: np.ndarray
+    context: ImageContext
+    size: tuple[int, int]
+    scale: int
+
+
 def read_image_with_context(
     source: Source, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE,
     log_name: str | None = None, reduce_to: int | None = None,
 ) -> tuple[np.ndarray, ImageContext]:
+    """Decode one image file (path or bytes) to a grayscale array, and read who and what it is:
+    :func:`decode_image`'s ``(gray, context)``. Takes and raises what it does."""
+    decoded = decode_image(source, name=name, max_pixels=max_pixels, min_side=min_side, log_name=log_name,
+                           reduce_to=reduce_to)
+    return decoded.gray, decoded.context
+
+
+def decode_image(
+    source: Source, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE,
+    log_name: str | None = None, reduce_to: int | None = None,
+) -> DecodedImage:
     """Decode one image file (path or bytes) to a grayscale array, and read who and what it is.
 
     Args:
@@ -81,10 +112,11 @@ def read_image_with_context(
             this size on both sides is decoded in the DCT domain at 1/2, 1/4 or 1/8 scale (the largest whose
             result keeps both sides >= ``reduce_to``; Pillow's ``draft``, which then also reads a colour JPEG's
             luma directly). Smaller JPEGs, PNG and DICOM decode as without it, bit for bit. None: full size.
+            Either way an 8-bit grayscale or YCbCr JPEG is decoded by :mod:`pneumoscan.io.jpeg` when ``simplejpeg``
+            is installed (the same pixels as Pillow's, faster), every other file, and any it cannot do, by Pillow.
 
     Returns:
-        ``(gray, context)``: ``(H, W) uint8`` array, 0 = black .. 255 = white, display orientation, MONOCHROME2
-        convention; and the image's :class:`ImageContext` (patient, study, view; empty fields for non-DICOM).
+        The :class:`DecodedImage`: the pixels, the context, the image's own size and the decode's scale.
 
     Raises:
         ImageError: or a subclass, naming the file and the problem; never anything else for a bad file.
@@ -93,10 +125,11 @@ def read_image_with_context(
     if reduce_to is not None and (isinstance(reduce_to, bool) or not isinstance(reduce_to, int) or reduce_to < 1):
         raise ValueError(f"reduce_to must be a positive integer or None, got {reduce_to!r}")
     if _is_dataset(source):  # parsed already (the DICOM node's C-STORE): its pixels, never its bytes again
-        return _read_dataset(source, name or _DATASET_LABEL, max_pixels, min_side, log_name)
+        gray, context = _read_dataset(source, name or _DATASET_LABEL, max_pixels, min_side, log_name)
+        return DecodedImage(gray, context, (int(gray.shape[0]), int(gray.shape[1])), 1)
     label = _label(source, name)
     with _file_guard(label):
-        context = ImageContext()
+        scale = 1
         with _open_source(source, label) as (fp, fmt):
             if fmt == "DICOM":
                 ds = _read_dicom_header(fp, label, header_only=False, max_pixels=max_pixels)
@@ -104,6 +137,7 @@ def read_image_with_context(
                 _check_dicom(ds, label, max_pixels, min_side)
                 with _decoder_errors(label, f"the DICOM pixel data ({_syntax_name(ds)})"):
                     gray = _dicom_to_gray(ds.pixel_array, ds, log_name or label)
+                size = (int(gray.shape[0]), int(gray.shape[1]))
             else:
                 context = ImageContext(format=fmt)
                 im = _open_pil(fp, label, fmt)
@@ -111,13 +145,10 @@ def read_image_with_context(
                 with _decoder_errors(label, f"the {fmt} data"):
                     if getattr(im, "n_frames", 1) > 1:
                         logger.warning("%s: file holds %d images; using the first", log_name or label, im.n_frames)
-                    if reduce_to is not None and fmt == "JPEG":
-                        _draft(im, reduce_to)
-                    im.load()  # raises on truncation because LOAD_TRUNCATED_IMAGES is False
-                    ImageOps.exif_transpose(im, in_place=True)  # no copy of the film when it needs no turn
-                    gray = _pil_to_gray(im)
-        logger.debug("decoded %s: %s, %d x %d", log_name or label, fmt, gray.shape[1], gray.shape[0])
-        return np.ascontiguousarray(gray, dtype=np.uint8), context
+                    gray, size, scale = _decode_raster(fp, im, fmt, reduce_to, log_name or label)
+        logger.debug("decoded %s: %s, %d x %d (1/%d scale)", log_name or label, fmt, gray.shape[1], gray.shape[0],
+                     scale)
+        return DecodedImage(np.ascontiguousarray(gray, dtype=np.uint8), context, size, scale)
 
 
 def read_image_context(source: Source, *, name: str | None = None) -> ImageContext:
@@ -189,9 +220,12 @@ _DATASET_LABEL = "<DICOM data set>"
 
 
 def _is_dataset(source: Any) -> bool:
-    """True for a ``pydicom.Dataset`` (judged without importing pydicom: a caller holding one has imported it)."""
-    pydicom = sys.modules.get("pydicom")
-    return pydicom is not None and isinstance(source, pydicom.Dataset)
+    """True for a ``pydicom.Dataset`` (judged without importing pydicom: a caller holding one has imported it).
+
+    Another decoding thread may be importing pydicom at this moment: the module is then in ``sys.modules`` without
+    its ``Dataset`` yet, and ``source`` cannot be one (a caller holding a Dataset finished that import)."""
+    dataset = getattr(sys.modules.get("pydicom"), "Dataset", None)
+    return dataset is not None and isinstance(source, dataset)
 
 
 def _read_dataset(ds: Any, label: str, max_pixels: int, min_side: int,
@@ -296,11 +330,59 @@ def _open_pil(fp: IO[bytes], label: str, fmt: str) -> Image.Image:
         return Image.open(fp, formats=[fmt])
 
 
-def _draft(im: Image.Image, side: int) -> None:
-    """Ask the JPEG decoder for a 1/2, 1/4 or 1/8 scale decode keeping both sides >= ``side``; nothing at all
-    (not even the luma shortcut for colour) when no such scale exists, so such files decode exactly as before."""
-    if min(im.size[0] // side, im.size[1] // side) >= 2:
-        im.draft("L", (side, side))
+def _decode_raster(fp: IO[bytes], im: Image.Image, fmt: str, reduce_to: int | None,
+                   log_label: str) -> tuple[np.ndarray, tuple[int, int], int]:
+    """The pixels of a file whose Pillow header ``im`` is open and checked: ``(gray, (height, width) at full size in
+    display orientation, scale)``. A JPEG at least twice ``reduce_to`` on both sides is decoded at 1/2, 1/4 or 1/8
+    scale (:func:`~pneumoscan.io.jpeg.draft_scale`; Pillow's ``draft``, which then also reads a colour JPEG's luma
+    directly); nothing at all changes (not even the luma shortcut for colour) when no such scale exists. The fast
+    decoder is tried first where it gives Pillow's pixels; Pillow decodes the rest, and whatever it declined."""
+    width, height = im.size
+    scale = draft_scale(width, height, reduce_to) if fmt == "JPEG" else 1
+    if fmt == "JPEG":
+        luma = _fast_jpeg(fp, im, scale, log_label)
+        if luma is not None:
+            return luma, (height, width), scale
+    if scale > 1:
+        assert reduce_to is not None
+        im.draft("L", (reduce_to, reduce_to))
+        try:  # the film's own size says whether it is turned (the decode's shape cannot when it is square)
+            turned = im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+        except Exception:  # noqa: BLE001 - a damaged EXIF: exif_transpose below decides what it means
+            turned = False
+    im.load()  # raises on truncation because LOAD_TRUNCATED_IMAGES is False
+    ImageOps.exif_transpose(im, in_place=True)  # no copy of the film when it needs no turn
+    gray = _pil_to_gray(im)
+    if scale == 1:
+        return gray, (int(gray.shape[0]), int(gray.shape[1])), 1
+    return gray, ((width, height) if turned else (height, width)), scale
+
+
+def _fast_jpeg(fp: IO[bytes], im: Image.Image, scale: int, log_label: str) -> np.ndarray | None:
+    """:func:`~pneumoscan.io.jpeg.fast_luma` of the file when it gives exactly Pillow's pixels (an 8-bit baseline
+    or progressive JPEG, grayscale, or YCbCr decoded at reduced scale, not turned by EXIF, one frame), else None;
+    None too when it fails for any reason but memory, so that Pillow decodes or refuses the file as it always did."""
+    if not fast_available() or im.format != "JPEG" or getattr(im, "n_frames", 1) != 1:
+        return None
+    if im.mode not in ("L", "RGB") or (im.mode == "RGB" and (scale == 1 or "adobe" in im.info)):
+        return None  # Pillow's luma of a colour film at full size is computed from RGB; CMYK, YCCK, Adobe: Pillow
+    try:
+        if im.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None):
+            return None
+        start = fp.tell()
+        fp.seek(0)
+        data = fp.read()
+        fp.seek(start)  # Pillow's own decode (the fallback) seeks where it needs
+        frame = frame_of(data)
+        if frame is None or frame.marker not in FAST_FRAMES or frame.precision != 8 \
+                or frame.components != {"L": 1, "RGB": 3}[im.mode] or (frame.width, frame.height) != im.size:
+            return None
+        return fast_luma(data, frame, scale)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow decides every file the fast path does not take
+        logger.debug("%s: fast JPEG decoding declined (%s: %s); Pillow decodes it", log_label, type(exc).__name__, exc)
+        return None
 
 
 def _pil_to_gray(im: Image.Image) -> np.ndarray:

@@ -1,20 +1,26 @@
 """Building the reference the scope gate and the drift check compare with (:mod:`pneumoscan.gate.reference`):
 from the model's own pooled features of a seeded sample of its training films (the bank) and of its held-out
 validation films (the cut-off and the drift null), at the end of training, by ``adapt`` for a site, or afterwards
-for a model that predates references (``scripts/build_reference.py``)."""
+for a model that predates references (``scripts/build_reference.py``).
+
+Every reference built here carries the drift check's null distribution, computed once
+(:func:`with_drift_null`, :mod:`pneumoscan.gate.drift_null`), so that no run of ``predict`` or the server
+resamples it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pneumoscan.checkpoint import load_checkpoint, save_checkpoint
 from pneumoscan.constants import DEFAULT_CACHE_DIR
 from pneumoscan.data import build_cache, model_split
+from pneumoscan.gate.drift import MIN_IMAGES, DriftCheck
 from pneumoscan.gate.reference import (
     MIN_REFERENCE_VAL,
     Reference,
@@ -29,19 +35,40 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["attach_reference", "build_reference", "label_reference"]
+__all__ = ["attach_drift_null", "attach_reference", "build_reference", "label_reference", "with_drift_null"]
+
+log = logging.getLogger(__name__)
+
+
+def with_drift_null(ref: Reference, **check: Any) -> Reference:
+    """``ref`` as a checkpoint stores it (arrays through float16), with the drift check's null table
+    (:meth:`pneumoscan.gate.drift.DriftCheck.null_table`; ``check``: the check's parameters, ``alpha``,
+    ``n_resamples``..., by default those the predictor uses) under ``drift_null``; without one (``drift_null``
+    None) when its validation films are too few for a drift check."""
+    stored = ref.as_stored()
+    stored.drift_null = None
+    if len(stored.val_features) < 2 * MIN_IMAGES:
+        log.info("no drift null table: %d validation films (a drift check needs %d)", len(stored.val_features),
+                 2 * MIN_IMAGES)
+        return stored
+    stored.drift_null = DriftCheck(stored, **check).null_table()
+    log.info("drift null table: %d batch sizes x %d mixes in %.1f s", len(stored.drift_null["sizes"]),
+             stored.drift_null["n_mixes"], stored.drift_null["seconds"])
+    return stored
 
 
 def build_reference(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
                     spec: Preprocessing, *, bank_size: int = 2048, knn_k: int = 5, max_val_flag_rate: float = 0.01,
                     seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu",
-                    source: str = "", labels: np.ndarray | None = None) -> Reference:
+                    source: str = "", labels: np.ndarray | None = None, drift_null: bool = True) -> Reference:
     """Build the reference from the decoded-image cache (``images``) and the split's row indices.
 
     ``bank_size`` training films (a seeded sample) form the bank; the cut-off (:func:`midpoint_cut`) leaves at
     most ``max_val_flag_rate`` of the validation films above it. ``labels``: 0/1 per row of ``images``
     (1 = pneumonia), kept for the bank and validation films so that the drift check can tell a change of case mix
-    from a change of acquisition (:mod:`pneumoscan.gate.drift`); None for unlabelled films.
+    from a change of acquisition (:mod:`pneumoscan.gate.drift`); None for unlabelled films. The arrays come back as
+    the checkpoint stores them (float16 precision) and, with ``drift_null``, with the drift check's null table
+    (:func:`with_drift_null`).
     """
     from pneumoscan.inference.torch_scoring import features_cached
 
@@ -64,11 +91,12 @@ def build_reference(model: nn.Module, images: np.ndarray, train_rows: np.ndarray
         if len(labels) != len(images) or not np.isin(labels, (0, 1)).all():
             raise ValueError(f"labels must be 0/1, one per image ({len(images)}), got {len(labels)} values")
         labels = labels.astype(np.int8)
-    return Reference(bank=bank, val_features=l2_normalize(val_f), knn_k=knn_k, knn_cut=cut, info=info,
-                     bank_descriptors=intensity_descriptors(np.asarray(images[bank_rows])),
-                     val_descriptors=intensity_descriptors(np.asarray(images[np.asarray(val_rows)])),
-                     bank_labels=None if labels is None else labels[bank_rows],
-                     val_labels=None if labels is None else labels[np.asarray(val_rows)])
+    ref = Reference(bank=bank, val_features=l2_normalize(val_f), knn_k=knn_k, knn_cut=cut, info=info,
+                    bank_descriptors=intensity_descriptors(np.asarray(images[bank_rows])),
+                    val_descriptors=intensity_descriptors(np.asarray(images[np.asarray(val_rows)])),
+                    bank_labels=None if labels is None else labels[bank_rows],
+                    val_labels=None if labels is None else labels[np.asarray(val_rows)])
+    return with_drift_null(ref) if drift_null else ref.as_stored()
 
 
 def attach_reference(checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], out: str | os.PathLike[str], *,
@@ -148,7 +176,34 @@ def label_reference(checkpoint: str | os.PathLike[str], data: str | os.PathLike[
             out_labels[i] = y[match[0]]
         labels[name] = out_labels
     ref.bank_labels, ref.val_labels = labels["bank"], labels["val"]
-    meta_ref = {**ckpt.meta["reference"], **ref.to_meta(), "labels": "0/1 per film (1 = pneumonia), added by "
-                "label_reference: films matched by their intensity descriptors in the model's own split"}
+    ref = with_drift_null(ref)  # the labels change the null (it is then adjusted for the mix of cases)
+    meta_ref = {**{k: v for k, v in ckpt.meta["reference"].items() if k != "drift_null"}, **ref.to_meta(),
+                "labels": "0/1 per film (1 = pneumonia), added by label_reference: films matched by their intensity "
+                "descriptors in the model's own split"}
+    save_checkpoint(dst, ckpt.state_dict, {**ckpt.meta, "reference": meta_ref}, extra=ckpt.extra)
+    return ref
+
+
+def attach_drift_null(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]) -> Reference:
+    """Add (or compute again) the drift check's null table of a model's stored reference, changing nothing else:
+    the weights, the other tensors, the reference's arrays and cut-offs, and the rest of the metadata stay as they
+    are. Writes ``out`` (a new file, with its JSON copy beside it). Needs no data and no torch model.
+
+    Raises:
+        ValueError: ``out`` is the source file; the checkpoint carries no reference, or one too small for a drift
+            check.
+    """
+    src, dst = Path(checkpoint), Path(out)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: write the checkpoint with its drift null to a new file, not over its source")
+    ckpt = load_checkpoint(src)
+    ref = Reference.from_checkpoint_parts(ckpt.extra, ckpt.meta.get("reference"))
+    if ref is None:
+        raise ValueError(f"{src}: the model carries no reference (build one with scripts/build_reference.py)")
+    ref = with_drift_null(ref)
+    if ref.drift_null is None:
+        raise ValueError(f"{src}: its reference holds {len(ref.val_features)} validation films; a drift check needs "
+                         f"{2 * MIN_IMAGES}")
+    meta_ref = {**ckpt.meta["reference"], "drift_null": ref.drift_null}
     save_checkpoint(dst, ckpt.state_dict, {**ckpt.meta, "reference": meta_ref}, extra=ckpt.extra)
     return ref

@@ -2,6 +2,11 @@
 (:func:`pneumoscan.preprocessing.read_film`, with its DICOM context), one gated pass (the result, with the features
 for the drift window), preview and heatmap, inside the server's limits.
 
+Each upload is decoded once: the pictures (at most PREVIEW_SIDE) come from the decode the model's square is made
+from, which for a large JPEG is a DCT-domain reduced one, never from a second, full-size decode. Only a viewer's
+re-render that asks for the film at full resolution *and* a heatmap of a large JPEG decodes it twice (the film in
+full, the square as every other path makes it), and the page never asks that: its browser decodes JPEGs itself.
+
 Runs in a worker thread. Every failure is the file's own: :func:`analyse` raises :class:`~pneumoscan.io.ImageError`
 for bad input and :class:`Cancelled` when the client has gone; the app turns anything else into that file's
 error entry too, so one file never costs the others their results.
@@ -24,6 +29,8 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.io import sniff_format
+from pneumoscan.io.images import decode_image
+from pneumoscan.preprocessing import read_film
 from pneumoscan.serve.monitor import DriftWindow
 from pneumoscan.serve.security import log_id
 
@@ -97,7 +104,9 @@ def preview(gray: np.ndarray) -> np.ndarray:
 
 
 def _pictures(gray: np.ndarray, result: Result, want_preview: bool) -> dict[str, str]:
-    """The entry's pictures, all from one downscaled preview: ``thumbnail`` always; ``image_png`` with
+    """The entry's pictures, all from one downscaled preview of ``gray`` (the film as decoded for the model; a large
+    JPEG's reduced-scale decode, at least twice the model's square on each side, so its preview may be a little
+    under PREVIEW_SIDE): ``thumbnail`` always; ``image_png`` with
     ``want_preview``; ``heatmap_png`` (overlay, captioned with the result's one wording) and ``heatmap_map`` (the
     map alone) when the result carries an explanation (only an assessed film does)."""
     from pneumoscan.inference.render import render_heat, render_overlay
@@ -155,17 +164,17 @@ def analyse(predictor: ResultMaker, name: str, data: bytes, *, heatmap: bool, wa
         Cancelled: ``cancel`` was set between two steps.
     """
     _check(cancel)
-    film = predictor.read(data, full=True, name=name, max_pixels=max_pixels, log_name=log_id(name))
-    gray = film.gray
-    assert gray is not None
+    film = read_film(data, predictor.preprocessing, decoded=True, name=name, max_pixels=max_pixels,
+                     log_name=log_id(name))  # one decode: the square and the pictures
+    assert film.gray is not None and film.size is not None
     _check(cancel)
     result = predictor.assess(film, source=name, explain=heatmap)
     if window is not None:
         window.record(result)
     _check(cancel)
-    pictures = _pictures(gray, result, want_preview)
-    return Analysis(result.without_film(), sniff_format(data[:132]) or "", int(gray.shape[1]), int(gray.shape[0]),
-                    pictures)
+    pictures = _pictures(film.gray, result, want_preview)
+    height, width = film.size
+    return Analysis(result.without_film(), sniff_format(data[:132]) or "", int(width), int(height), pictures)
 
 
 def render_film(predictor: ResultMaker, name: str, data: bytes, *, heatmap: bool, film: bool, max_pixels: int
@@ -178,19 +187,33 @@ def render_film(predictor: ResultMaker, name: str, data: bytes, *, heatmap: bool
     With ``heatmap``: the result (:meth:`~pneumoscan.result.Result.to_dict`) and ``heatmap_map`` (the map
     alone, at the film's aspect), or ``heatmap_error`` (out of scope).
 
+    The file is decoded once, except a large JPEG asked for with both ``film`` and ``heatmap``: the film at full
+    resolution, and the model's square from the reduced-scale decode every other path scores.
+
     Raises:
         ImageError: the file cannot be used.
     """
-    decoded = predictor.read(data, full=True, name=name, max_pixels=max_pixels, log_name=log_id(name))
-    gray = decoded.gray
-    assert gray is not None
+    limits: dict[str, Any] = {"name": name, "max_pixels": max_pixels, "log_name": log_id(name)}
+    decoded: Film | None = None
+    if heatmap:  # the square the film was scored from, and the film in full too when it is shown
+        decoded = read_film(data, predictor.preprocessing, full=film, decoded=not film, **limits)
+        gray, size = decoded.gray, decoded.size
+    elif film:  # the film alone: no model input to make
+        whole = decode_image(data, **limits)
+        gray, size = whole.gray, whole.size
+    else:  # only its size: the cheapest decode
+        decoded = read_film(data, predictor.preprocessing, **limits)
+        gray, size = None, decoded.size
+    assert size is not None
     out: dict[str, Any] = {"filename": name, "ok": True, "format": sniff_format(data[:132]),
-                           "width": int(gray.shape[1]), "height": int(gray.shape[0])}
+                           "width": int(size[1]), "height": int(size[0])}
     if film:
+        assert gray is not None
         shown = downscale(gray, FILM_MAX_SIDE)
         out.update(film_png=png_data_uri(shown), film_width=int(shown.shape[1]), film_height=int(shown.shape[0]),
                    film_scaled=shown.shape != gray.shape, film_max_side=FILM_MAX_SIDE)
     if heatmap:
+        assert decoded is not None
         out.update(_heat_only(predictor, decoded, name))
     return out
 
@@ -200,8 +223,8 @@ def _heat_only(predictor: ResultMaker, decoded: Film, name: str) -> dict[str, An
 
     result = predictor.assess(decoded, source=name, explain=True)
     out = result.to_dict()
-    assert decoded.gray is not None
-    heat = result.heatmap(decoded.gray.shape)
+    assert decoded.size is not None
+    heat = result.heatmap(decoded.size)
     if heat is None:
         out["heatmap_error"] = f"no heatmap for an image out of scope ({result.scope_reason})"
     else:

@@ -1,14 +1,17 @@
-"""The worklist database (SQLAlchemy; SQLite by default): results that survive restarts, readers' reviews, an
-audit trail and retention. ``pneumoscan serve`` and ``pneumoscan dicom-listen`` write to it; the page reads it.
+"""The worklist database (SQLAlchemy; SQLite by default, or PostgreSQL through psycopg): results that survive
+restarts, readers' reviews, an audit trail and retention. ``pneumoscan serve`` and ``pneumoscan dicom-listen`` write
+to it (several of them may share one PostgreSQL database); the page reads it.
 
-Where things live: :mod:`.models` (the tables), :mod:`.schema` (the schema version and migrations),
-:mod:`.engine` (paths, URLs, the default data folder, SQLite settings), :mod:`.rows` (filters, orders,
-rows as dicts, the thumbnail check), :mod:`.studies` (a study's rows listed together, the same input counted
-instead of stored twice), :mod:`.worklist_store`
-(:class:`WorklistStore`), :mod:`.outbox` (the DICOM node's SR/SC until the PACS has them: ``store.outbox``),
-:mod:`.errors`.
+Where things live: :mod:`.models` (the tables), :mod:`.schema` (the schema version; creating and upgrading a
+database with alembic), ``migrations/`` (alembic's environment and one revision per schema version),
+:mod:`.admin` (``pneumoscan db current`` / ``db upgrade``), :mod:`.engine` (paths, URLs, the default data folder,
+SQLite settings), :mod:`.rows` (filters, orders, rows as dicts, the thumbnail check), :mod:`.writes` (a Result as
+a row; inserting it once; retention), :mod:`.studies` (a study's rows listed together, the same input counted
+instead of stored twice), :mod:`.worklist_store` (:class:`WorklistStore`), :mod:`.outbox` (the DICOM node's SR/SC
+until the PACS has them: ``store.outbox``), :mod:`.errors`. How to run it on PostgreSQL: ``docs/store.md``.
 
     store = WorklistStore()                    # ~/.local/share/pneumoscan/worklist.db (or $PNEUMOSCAN_DATA_DIR)
+    store = WorklistStore("postgresql://pneumoscan@db.example/pneumoscan")   # psycopg; password from ~/.pgpass
     rid = store.add(result, input_sha256=..., source="upload", filename_hash=..., client="local")  # a Result
     store.list(unreviewed_only=True)           # highest risk first
     store.list(borderline=0.10)                # within 10 points of the threshold (0-100 score)

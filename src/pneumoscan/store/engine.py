@@ -16,8 +16,8 @@ from sqlalchemy.pool import StaticPool
 
 from pneumoscan.store.errors import StoreError
 
-__all__ = ["DATA_DIR_ENV_VAR", "DB_FILENAME", "default_data_dir", "default_db_path", "describe", "make_engine",
-           "resolve"]
+__all__ = ["DATA_DIR_ENV_VAR", "DB_FILENAME", "default_data_dir", "default_db_path", "describe", "describe_error",
+           "make_engine", "resolve"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def default_db_path(environ: dict[str, str] | None = None) -> Path:
 def resolve(url_or_path: str | os.PathLike[str] | None) -> tuple[URL, Path | None]:
     """``(SQLAlchemy URL, SQLite file or None)`` for a path, a URL, ``":memory:"`` or None (the default file).
 
-    A path to a folder means ``worklist.db`` inside it.
+    A path to a folder means ``worklist.db`` inside it. ``postgresql://`` (and ``postgres://``) mean
+    ``postgresql+psycopg://``: psycopg 3, the driver of ``pip install 'pneumoscan[postgres]'``.
 
     Raises:
         StoreError: the text has ``://`` but is not a valid SQLAlchemy URL.
@@ -55,11 +56,16 @@ def resolve(url_or_path: str | os.PathLike[str] | None) -> tuple[URL, Path | Non
     if url_or_path is None:
         path: Path | None = default_db_path()
     elif isinstance(url_or_path, str) and "://" in url_or_path:
+        text = url_or_path.strip()
+        if text.startswith("postgres://"):  # the form some hosting services hand out
+            text = "postgresql://" + text[len("postgres://"):]
         try:
-            url = make_url(url_or_path)
-        except ArgumentError as exc:
+            url = make_url(text)
+        except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
             raise StoreError(f"--db: not a database URL ({exc}); give a file path or a URL such as "
-                             "postgresql+psycopg://user@host/pneumoscan") from None
+                             "postgresql://user@host/pneumoscan") from None
+        if url.drivername == "postgresql":  # psycopg (3) is the driver pneumoscan installs, not psycopg2
+            url = url.set(drivername="postgresql+psycopg")
         if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:" \
                 or url.database.startswith("file:"):
             return url, None
@@ -80,6 +86,13 @@ def describe(url: URL, path: Path | None) -> str:
     if url.get_backend_name() == "sqlite" and (not url.database or url.database == ":memory:"):
         return "an in-memory worklist database"
     return url.render_as_string(hide_password=True)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The database's own message for a SQLAlchemy error (never the statement or its parameters, which may name a
+    patient)."""
+    orig = getattr(exc, "orig", None)
+    return f"{type(orig).__name__}: {orig}" if orig is not None else type(exc).__name__
 
 
 def _prepare_file(path: Path) -> None:
@@ -154,4 +167,4 @@ def make_engine(url: URL, path: Path | None, **kwargs: Any) -> Engine:
         return create_engine(url, pool_pre_ping=True, **kwargs)
     except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
         raise StoreError(f"--db {describe(url, path)}: the database driver is not installed ({exc}); for "
-                         "PostgreSQL: pip install 'psycopg[binary]' and use postgresql+psycopg://...") from None
+                         "PostgreSQL: pip install 'pneumoscan[postgres]' (psycopg) and use postgresql://...") from None

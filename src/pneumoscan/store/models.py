@@ -7,7 +7,11 @@
   client, and the input's SHA-256.
 * ``dicom_outbox``: the DICOM node's SR and SC of each result (DICOM Part 10 bytes) and whether they reached the
   PACS: written in the result's own transaction, sent by the node's sender thread, kept across restarts.
-* ``schema_version``: the migrations applied (:mod:`pneumoscan.store.schema`).
+* ``schema_version``: the schema versions applied, one row each (:mod:`pneumoscan.store.schema`); alembic's own
+  ``alembic_version`` says the current revision, this table is kept for pneumoscan releases from before alembic.
+
+A change to these tables needs a new alembic revision as well (:mod:`pneumoscan.store.schema` says how);
+``tests/test_store_schema.py`` fails while the revisions and the models disagree.
 
 Times are stored as naive UTC (SQLite has no time zones) and come back time-zone aware (:class:`UTCDateTime`).
 The patient's name is never stored: only the identifiers a PACS worklist needs.
@@ -143,6 +147,10 @@ class ResultRow(Base):
     #: raises the count (and writes a "repeat" audit row) instead of making a second row. 1 for rows from before.
     #: Added in schema version 7.
     times_received: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
+    #: What makes a later input a repeat of this row, as a SHA-256 (:func:`pneumoscan.store.studies.repeat_key`),
+    #: unique: two servers storing the same input at the same moment make one row. NULL for rows stored with
+    #: :meth:`~pneumoscan.store.WorklistStore.add` (always a new row) and rows from before. Added in schema version 8.
+    repeat_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True, unique=True)
 
     __table_args__ = (Index("ix_worklist_results_order", "category", "probability"),)
 

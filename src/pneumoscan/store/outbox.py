@@ -145,6 +145,18 @@ def forward_states(s: Session, result_ids: Sequence[int]) -> dict[int, dict[str,
     return out
 
 
+def _for(target: str | None) -> tuple[Any, ...]:
+    return () if target is None else (OutboxItem.target == clean(target, 128),)
+
+
+def _lock(s: Session, *where: Any) -> None:
+    """Lock the items matching ``where`` in id order until the transaction ends, before an UPDATE of them
+    (PostgreSQL; SQLite's writers take turns anyway): two nodes sending one outbox then never lock the same items
+    in opposite orders, which PostgreSQL would end as a deadlock."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(select(OutboxItem.id).where(*where).order_by(OutboxItem.id).with_for_update()).all()
+
+
 class Outbox:
     """The outbox of one :class:`~pneumoscan.store.WorklistStore` (its ``outbox`` attribute): what the node's
     sender reads and marks, and what ``--status`` and ``GET /api/v1/outbox`` show. Every call is its own
@@ -155,22 +167,25 @@ class Outbox:
 
     # --- the sender ---------------------------------------------------------------------------------------------
 
-    def due(self, limit: int = 100, now: datetime | None = None) -> builtins.list[DueItem]:
-        """Pending items whose next try is due, oldest first (without their bytes)."""
+    def due(self, limit: int = 100, now: datetime | None = None, *, target: str | None = None
+            ) -> builtins.list[DueItem]:
+        """Pending items whose next try is due, oldest first (without their bytes); with ``target``, only those
+        made for that PACS (``AET@HOST:PORT``: nodes sharing one database may forward to different ones)."""
         now = now or datetime.now(UTC)
         query = (select(OutboxItem.id, OutboxItem.result_id, OutboxItem.kind, OutboxItem.sop_class_uid,
                         OutboxItem.sop_instance_uid, OutboxItem.transfer_syntax_uid, OutboxItem.attempts,
                         OutboxItem.created)
-                 .where(OutboxItem.state == "pending", OutboxItem.next_attempt <= now)
+                 .where(OutboxItem.state == "pending", OutboxItem.next_attempt <= now, *_for(target))
                  .order_by(OutboxItem.id).limit(limit))
         with self._transaction() as s:
             return [DueItem(int(r.id), int(r.result_id), r.kind, r.sop_class_uid, r.sop_instance_uid or "",
                             r.transfer_syntax_uid, int(r.attempts), r.created) for r in s.execute(query)]
 
-    def next_due(self) -> datetime | None:
-        """When the next pending item is due (None when nothing is pending)."""
+    def next_due(self, *, target: str | None = None) -> datetime | None:
+        """When the next pending item (for ``target``, as in :meth:`due`) is due (None when nothing is pending)."""
         with self._transaction() as s:
-            return s.scalar(select(func.min(OutboxItem.next_attempt)).where(OutboxItem.state == "pending"))
+            return s.scalar(select(func.min(OutboxItem.next_attempt)).where(OutboxItem.state == "pending",
+                                                                            *_for(target)))
 
     def data(self, item_id: int) -> bytes:
         """An item's Part 10 bytes (``b""`` once delivered, or for an item that is gone)."""
@@ -192,7 +207,9 @@ class Outbox:
             return
         now = now or datetime.now(UTC)
         with self._transaction() as s:
-            s.execute(update(OutboxItem).where(OutboxItem.id.in_(list(item_ids)), OutboxItem.state == "pending")
+            where = (OutboxItem.id.in_(list(item_ids)), OutboxItem.state == "pending")
+            _lock(s, *where)
+            s.execute(update(OutboxItem).where(*where)
                       .values(attempts=OutboxItem.attempts + 1, last_error=clean(error, _MAX_ERROR),
                               last_attempt=now, next_attempt=next_attempt, target=clean(target, 128)))
 
@@ -200,15 +217,17 @@ class Outbox:
         """Make every pending item due now (the PACS answers again: what waited for it goes at once)."""
         now = now or datetime.now(UTC)
         with self._transaction() as s:
-            return int(s.execute(update(OutboxItem).where(OutboxItem.state == "pending", OutboxItem.next_attempt > now)
-                                 .values(next_attempt=now)).rowcount or 0)
+            where = (OutboxItem.state == "pending", OutboxItem.next_attempt > now)
+            _lock(s, *where)
+            return int(s.execute(update(OutboxItem).where(*where).values(next_attempt=now)).rowcount or 0)
 
     def expire(self, created_before: datetime, why: str) -> builtins.list[int]:
         """Give up the pending items created before ``created_before``: ``failed``, with ``why`` and their last
         error as the reason; their bytes are kept (for a person to send by hand). Returns their ids."""
         with self._transaction() as s:
             old = s.execute(select(OutboxItem.id, OutboxItem.last_error).where(
-                OutboxItem.state == "pending", OutboxItem.created < created_before)).all()
+                OutboxItem.state == "pending", OutboxItem.created < created_before)
+                .order_by(OutboxItem.id).with_for_update()).all()
             for item_id, last in old:
                 reason = f"{why}; last error: {last}" if last else why
                 s.execute(update(OutboxItem).where(OutboxItem.id == item_id)

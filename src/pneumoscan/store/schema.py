@@ -1,150 +1,239 @@
-"""The worklist database's schema version, and the ordered migrations that bring an older database up to it.
+"""The worklist database's schema version, and bringing a database up to it with alembic.
 
-A new database gets the current tables (:mod:`pneumoscan.store.models`) and one ``schema_version`` row saying
-so. An older one gets each migration above its version, in order, each recorded in ``schema_version`` as it is
-applied, all in the one transaction that opens the store (so a failed migration leaves the database as it was).
-A database whose version is above :data:`SCHEMA_VERSION` was written by a newer pneumoscan: it is refused,
-never "downgraded" by guessing.
+Each schema version is one alembic revision in :mod:`pneumoscan.store.migrations` (revision ``vN`` is version N;
+``v1`` makes the first tables). A new database is made by running every revision from ``v1`` (on SQLite: what
+they made on an in-memory database once per process, replayed); an older one gets the revisions above its own. A database from before alembic (pneumoscan's hand-written ``schema_version`` table,
+versions 1 to 7, and no ``alembic_version`` table) is first stamped at the revision of its version, then upgraded.
 
-To change the tables: edit the models, raise :data:`SCHEMA_VERSION` by one, and add a :class:`Migration` with
-that version that turns the previous version's tables into the new ones (``ALTER TABLE ...`` through
-``conn.execute``), working on SQLite and PostgreSQL alike.
+Everything happens in the one transaction that opens the store (``engine.begin()``), so a failed upgrade leaves
+the database as it was. Two processes opening one database at once take turns: on PostgreSQL through a
+transaction-level advisory lock, on SQLite through the write lock its transactions take up front
+(``BEGIN IMMEDIATE``). A database at a version above this code's (written by a newer pneumoscan) is refused,
+never "downgraded" by guessing; downgrades are refused too (:mod:`pneumoscan.store.migrations.policy`).
+
+To change the tables: edit the models, add a revision ``v<N+1>`` (down_revision ``v<N>``) to
+``migrations/versions`` that turns version N's tables into the new ones with alembic's ``op`` on SQLite and
+PostgreSQL alike, and raise :data:`SCHEMA_VERSION` to N+1 (``tests/test_store_migrations.py`` checks that the
+revisions make exactly the models' tables).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
 
 from sqlalchemy import Connection, func, inspect, select, text
 
 from pneumoscan.store.errors import SchemaTooNewError, StoreError
-from pneumoscan.store.models import Base, OutboxItem, SchemaVersion
+from pneumoscan.store.models import Base, SchemaVersion
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "database_version", "ensure_schema"]
+__all__ = ["MIGRATIONS_DIR", "SCHEMA_VERSION", "SchemaState", "database_version", "ensure_schema", "forget_revisions",
+           "head_version",
+           "lock", "revision_of", "schema_state", "version_of"]
 
 log = logging.getLogger(__name__)
 
-#: The schema this code reads and writes.
-SCHEMA_VERSION = 7
+#: The schema this code reads and writes (the version of the newest revision in ``migrations/versions``).
+SCHEMA_VERSION = 8
+#: alembic's script folder (``env.py`` and ``versions/``), inside the package.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: Folders of revisions, in order; tests add one holding made-up later revisions.
+VERSION_DIRS: tuple[Path, ...] = (MIGRATIONS_DIR / "versions",)
 
-
-@dataclass(frozen=True)
-class Migration:
-    """Turns a database at ``version - 1`` into one at ``version``."""
-
-    version: int
-    description: str
-    apply: Callable[[Connection], None]
-
-
-def _add_thumbnail(conn: Connection) -> None:
-    # NOT NULL with a default fills the rows already there with "" (SQLite and PostgreSQL alike).
-    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN thumbnail TEXT NOT NULL DEFAULT ''"))
-
-
-def _add_cause(conn: Connection) -> None:
-    # Rows from before have no cause: "" and NULL, which is what a film without one stores.
-    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN cause VARCHAR(16) NOT NULL DEFAULT ''"))
-    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN cause_probability FLOAT"))
-    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN cause_threshold FLOAT"))
-
-
-def _add_score_calibration(conn: Connection) -> None:
-    # Rows from before do not say where their score was calibrated: "".
-    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN score_calibration VARCHAR(200) NOT NULL DEFAULT ''"))
-
-
-def _add_outbox(conn: Connection) -> None:
-    # The outbox table as the model says (SQLAlchemy types: BLOB on SQLite, BYTEA on PostgreSQL); a flag for a SOP
-    # Instance UID received twice with other pixels (old rows: no conflict known); an index to look a received SOP
-    # Instance UID up (IF NOT EXISTS: a database made from today's models already has it).
-    OutboxItem.__table__.create(conn, checkfirst=True)
-    default = "0" if conn.dialect.name == "sqlite" else "false"
-    conn.execute(text(f"ALTER TABLE worklist_results ADD COLUMN uid_conflict BOOLEAN NOT NULL DEFAULT {default}"))
-    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_worklist_results_sop_uid ON worklist_results (sop_uid)"))
-
-
-def _add_scope_caution(conn: Connection) -> None:
-    # Rows from before carry no caution: "" (the gate then had one verdict, and refused what it now cautions).
-    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN scope_caution VARCHAR(200) NOT NULL DEFAULT ''"))
-
-
-def _add_times_received(conn: Connection) -> None:
-    # Every row from before was received once, as far as anyone knows.
-    conn.execute(text("ALTER TABLE worklist_results ADD COLUMN times_received INTEGER NOT NULL DEFAULT 1"))
-
-
-#: Every migration after version 1 (the first tables), in order of version.
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(2, "worklist_results.thumbnail: a small preview of each film for the worklist", _add_thumbnail),
-    Migration(3, "worklist_results.cause, cause_probability, cause_threshold: a flagged film's bacterial/viral "
-                 "pattern", _add_cause),
-    Migration(4, "worklist_results.score_calibration: where the answering model's score was calibrated",
-              _add_score_calibration),
-    Migration(5, "dicom_outbox: the DICOM node's SR and SC until the PACS has them; worklist_results.uid_conflict "
-                 "and an index on sop_uid: a SOP Instance UID received again", _add_outbox),
-    Migration(6, "worklist_results.scope_caution: a chest film scored although unlike the training films",
-              _add_scope_caution),
-    Migration(7, "worklist_results.times_received: the same input sent again is one result with a count",
-              _add_times_received),
-)
-
+_REVISION = re.compile(r"^v([1-9][0-9]{0,5})$")
 _OUR_TABLES = frozenset(t for t in Base.metadata.tables if t != SchemaVersion.__tablename__)
 _PG_LOCK_KEY = 0x706E65756D6F  # "pneumo": serialises two processes opening one PostgreSQL database at once
 
 
-def database_version(conn: Connection) -> int | None:
-    """The database's schema version: the highest applied, 0 for an empty database, None without the table."""
-    if SchemaVersion.__tablename__ not in inspect(conn).get_table_names():
-        return None
-    return int(conn.execute(select(func.max(SchemaVersion.version))).scalar() or 0)
+def revision_of(version: int) -> str:
+    """The alembic revision id of a schema version: ``v<version>``."""
+    return f"v{int(version)}"
 
 
-def ensure_schema(conn: Connection, *, version: int | None = None, migrations: Sequence[Migration] | None = None,
-                  where: str = "the worklist database") -> int:
-    """Create the tables, or migrate them up to ``version`` (default :data:`SCHEMA_VERSION`) with ``migrations``
-    (default :data:`MIGRATIONS`); return the version the database is now at.
+def version_of(revision: str | None) -> int | None:
+    """The schema version of one of pneumoscan's revision ids (``v8`` -> 8); None for anything else."""
+    match = _REVISION.match(revision or "")
+    return int(match.group(1)) if match else None
 
-    Runs in the caller's transaction (``engine.begin()``), so it applies everything or nothing.
 
-    Raises:
-        SchemaTooNewError: the database is at a version above ``version``.
-        StoreError: it holds pneumoscan's tables without a ``schema_version`` table, or a migration is missing.
+@dataclass(frozen=True)
+class SchemaState:
+    """What a database says of its schema.
+
+    ``version``: its schema version (None: no pneumoscan tables at all, 0: an empty ``schema_version`` table);
+    ``revision``: the alembic revision in ``alembic_version`` (None before alembic); ``hand_written``: only the
+    ``schema_version`` table says the version (a database from before alembic, stamped when it is upgraded);
+    ``foreign``: pneumoscan's tables without either version table, or an alembic revision that is not ours.
     """
-    version = SCHEMA_VERSION if version is None else version
-    migrations = MIGRATIONS if migrations is None else migrations
+
+    version: int | None
+    revision: str | None = None
+    hand_written: bool = False
+    foreign: str = ""
+
+
+def _alembic_config(connection: Connection | None = None):  # -> alembic.config.Config
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", ":".join(str(p) for p in VERSION_DIRS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+@lru_cache(maxsize=8)
+def _head(dirs: tuple[Path, ...]) -> int:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    heads = script.get_heads()
+    versions = [version_of(h) for h in heads]
+    if len(heads) != 1 or versions[0] is None:
+        raise StoreError(f"the worklist database's migrations in {MIGRATIONS_DIR} have heads {heads}; expected one "
+                         "revision named v<N>")
+    return int(versions[0])
+
+
+def forget_revisions() -> None:
+    """Read the revisions again on next use (they are read once per process; tests add some at run time)."""
+    _head.cache_clear()
+    _sqlite_script.cache_clear()
+
+
+def head_version() -> int:
+    """The schema version of the newest revision this code has (what :func:`ensure_schema` upgrades to)."""
+    return _head(VERSION_DIRS)
+
+
+def schema_state(conn: Connection) -> SchemaState:
+    """Read what ``conn``'s database says of its schema (nothing is written)."""
+    tables = set(inspect(conn).get_table_names())
+    if "alembic_version" in tables:
+        revisions = [r for (r,) in conn.execute(text("SELECT version_num FROM alembic_version"))]
+        if len(revisions) == 1 and version_of(revisions[0]) is not None:
+            return SchemaState(version_of(revisions[0]), revisions[0])
+        if revisions:
+            return SchemaState(None, ", ".join(revisions),
+                               foreign=f"its alembic_version table names {', '.join(revisions)}, which is not one of "
+                                       "pneumoscan's schema revisions (v1, v2, ...)")
+    if SchemaVersion.__tablename__ in tables:
+        version = int(conn.execute(select(func.max(SchemaVersion.version))).scalar() or 0)
+        return SchemaState(version, None, hand_written=True)
+    found = _OUR_TABLES & tables
+    if found:
+        return SchemaState(None, foreign=f"it holds worklist tables ({', '.join(sorted(found))}) but no "
+                                         "schema_version table, so its schema cannot be known")
+    return SchemaState(None)
+
+
+def database_version(conn: Connection) -> int | None:
+    """The database's schema version: alembic's revision, else the hand-written table's highest version (0 when
+    that table is empty); None for a database without pneumoscan's tables."""
+    return schema_state(conn).version
+
+
+def lock(conn: Connection) -> None:
+    """Take the schema lock until ``conn``'s transaction ends: PostgreSQL's transaction-level advisory lock (taking
+    it again in the same transaction is allowed). SQLite needs none: the store's transactions take the file's write
+    lock when they begin."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-    current = database_version(conn)
-    now = datetime.now(UTC)
-    if current is None:
-        found = _OUR_TABLES & set(inspect(conn).get_table_names())
-        if found:
-            raise StoreError(f"{where} holds worklist tables ({', '.join(sorted(found))}) but no schema_version "
-                             "table, so its schema cannot be known; point --db at a new database, or move this "
-                             "one aside")
-        Base.metadata.create_all(conn)
-        conn.execute(SchemaVersion.__table__.insert().values(version=version, applied_at=now,
-                                                             description="created"))
-        log.info("created %s at schema version %d", where, version)
-        return version
-    if current > version:
+
+
+def _check(state: SchemaState, head: int, where: str) -> None:
+    if state.foreign:
+        raise StoreError(f"{where}: {state.foreign}; point --db at a new database, or move this one aside")
+    if state.version is not None and state.version > head:
         raise SchemaTooNewError(
-            f"{where} is at schema version {current}, written by a newer pneumoscan; this one knows versions up "
-            f"to {version}. Upgrade pneumoscan (pip install -U pneumoscan), or point --db at another database; "
+            f"{where} is at schema version {state.version}, written by a newer pneumoscan; this one knows versions "
+            f"up to {head}. Upgrade pneumoscan (pip install -U pneumoscan), or point --db at another database; "
             "this one is left untouched")
-    if current == 0:
+    if state.version == 0:
         raise StoreError(f"{where} has an empty schema_version table; it was not made by pneumoscan, or its "
                          "creation was interrupted; point --db at a new database")
-    steps = {m.version: m for m in migrations}
-    for v in range(current + 1, version + 1):
-        if v not in steps:
-            raise StoreError(f"no migration to schema version {v} for {where} (at version {current})")
-        log.info("migrating %s from schema version %d to %d: %s", where, v - 1, v, steps[v].description)
-        steps[v].apply(conn)
-        conn.execute(SchemaVersion.__table__.insert().values(version=v, applied_at=now,
-                                                             description=steps[v].description))
-    return version
+
+
+def ensure_schema(conn: Connection, *, where: str = "the worklist database") -> int:
+    """Create the tables, or upgrade them to :func:`head_version`; return the version the database is now at.
+
+    Runs in the caller's transaction (``engine.begin()``), so it applies everything or nothing. A database
+    already at the head is only read.
+
+    Raises:
+        SchemaTooNewError: the database is at a version above this code's.
+        StoreError: its tables are not pneumoscan's as far as it can tell (see :class:`SchemaState`), or its
+            schema_version table is empty.
+    """
+    lock(conn)
+    head = head_version()
+    state = schema_state(conn)
+    _check(state, head, where)
+    if state.version == head and not state.hand_written:
+        return head
+    from alembic import command
+
+    cfg = _alembic_config(conn)
+    if state.version is None:
+        log.info("creating %s at schema version %d", where, head)
+        if conn.dialect.name == "sqlite":
+            _replay(conn, _sqlite_script(VERSION_DIRS))
+            return head
+    else:
+        if state.hand_written:
+            log.info("%s is at schema version %d (from before alembic): stamping it at revision %s", where,
+                     state.version, revision_of(state.version))
+            command.stamp(cfg, revision_of(state.version))
+        if state.version < head:
+            log.info("upgrading %s from schema version %d to %d", where, state.version, head)
+    command.upgrade(cfg, revision_of(head))
+    return head
+
+
+@dataclass(frozen=True)
+class _Script:
+    """What the revisions did to a new SQLite database: its schema's statements in order, and its version rows."""
+
+    statements: tuple[str, ...]
+    revision: str
+    versions: tuple[tuple[int, str], ...]
+
+
+@lru_cache(maxsize=4)
+def _sqlite_script(dirs: tuple[Path, ...]) -> _Script:
+    """Run every revision once on an in-memory SQLite database and read back what they made: the statements SQLite
+    keeps for its tables and indexes (an added column is written into its table's statement), alembic's revision
+    and the versions recorded. A new SQLite database then gets those in a few milliseconds instead of the dozens
+    of statements each revision compiles and runs (a new in-memory database is made for every server the tests
+    start)."""
+    from alembic import command
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
+
+    engine = create_engine("sqlite://", poolclass=StaticPool)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "heads")
+            statements = tuple(sql for (sql,) in conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid"))
+            (revision,) = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars()
+            versions = tuple((int(v), str(d)) for v, d in conn.execute(
+                select(SchemaVersion.version, SchemaVersion.description).order_by(SchemaVersion.version)))
+    finally:
+        engine.dispose()
+    return _Script(statements, revision, versions)
+
+
+def _replay(conn: Connection, script: _Script) -> None:
+    from datetime import UTC, datetime
+
+    for statement in script.statements:
+        conn.exec_driver_sql(statement)
+    conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:r)"), {"r": script.revision})
+    now = datetime.now(UTC)
+    conn.execute(SchemaVersion.__table__.insert(), [{"version": v, "applied_at": now, "description": d}
+                                                    for v, d in script.versions])

@@ -12,30 +12,20 @@ import contextlib
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pneumoscan.store.engine import describe, make_engine, resolve
+from pneumoscan.store.engine import describe, describe_error, make_engine, resolve
 from pneumoscan.store.errors import ResultNotFoundError, StoreError
-from pneumoscan.store.models import (
-    CATEGORY_ERROR,
-    CATEGORY_OUT_OF_SCOPE,
-    CATEGORY_SCORED,
-    CONTEXT_FIELDS,
-    AuditEvent,
-    OutboxItem,
-    Review,
-)
-from pneumoscan.store.models import ResultRow
-from pneumoscan.store.outbox import Outbox, OutgoingObject, Received, forward_states, new_items
+from pneumoscan.store.models import AuditEvent, ResultRow, Review
+from pneumoscan.store.outbox import Outbox, OutgoingObject, Received, forward_states
 from pneumoscan.store.outbox import received as find_received
 from pneumoscan.store.rows import (
     MAX_LIMIT,
@@ -47,11 +37,19 @@ from pneumoscan.store.rows import (
     filters,
     result_dict,
     review_dict,
-    thumbnail_or_blank,
     utc,
 )
 from pneumoscan.store.schema import ensure_schema
-from pneumoscan.store.studies import count_repeat, find_repeat, listing, study_fields
+from pneumoscan.store.studies import (
+    count_repeat,
+    find_by_key,
+    find_repeat,
+    listing,
+    received_key,
+    repeat_key,
+    study_fields,
+)
+from pneumoscan.store.writes import insert, insert_once, new_row, purge_before
 
 if TYPE_CHECKING:
     from pneumoscan.result import Result
@@ -64,15 +62,6 @@ log = logging.getLogger(__name__)
 VERDICTS = ("agree", "disagree")
 #: Longest review note kept, in characters.
 MAX_NOTE_CHARS = 2000
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_STR_LIMITS = {"source": 32, "filename_hash": 64, "decision": 32, "model_name": 128, "model_version": 128,
-               "client": 128, "score_calibration": 200, "scope_caution": 200}
-
-
-def _describe_error(exc: SQLAlchemyError) -> str:
-    """The database's own message (never the statement or its parameters, which may name a patient)."""
-    orig = getattr(exc, "orig", None)
-    return f"{type(orig).__name__}: {orig}" if orig is not None else type(exc).__name__
 
 
 class WorklistStore:
@@ -109,7 +98,7 @@ class WorklistStore:
                 self.schema_version = ensure_schema(conn, where=f"the worklist database {self.where}")
         except SQLAlchemyError as exc:
             self._engine.dispose()
-            raise StoreError(f"cannot open the worklist database {self.where}: {_describe_error(exc)}") from None
+            raise StoreError(f"cannot open the worklist database {self.where}: {describe_error(exc)}") from None
         except BaseException:
             self._engine.dispose()
             raise
@@ -137,7 +126,7 @@ class WorklistStore:
             with self._lock, self._sessions() as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
-            raise StoreError(f"worklist database {self.where}: {_describe_error(exc)}") from exc
+            raise StoreError(f"worklist database {self.where}: {describe_error(exc)}") from exc
 
     # --- writing ------------------------------------------------------------------------------------------------
 
@@ -161,10 +150,10 @@ class WorklistStore:
             ValueError: ``input_sha256`` is not 64 hex digits.
             StoreError: the database refused the write.
         """
-        row = self._new_row(result, input_sha256=input_sha256, source=source, filename_hash=filename_hash,
-                            client=client, created=created, thumbnail=thumbnail, uid_conflict=uid_conflict)
+        row = new_row(result, input_sha256=input_sha256, source=source, filename_hash=filename_hash,
+                      client=client, created=created, thumbnail=thumbnail, uid_conflict=uid_conflict)
         with self._transaction() as s:
-            return self._insert(s, row, outbox, forward_to)
+            return insert(s, row, outbox, forward_to)
 
     def add_received(self, result: Result, *, input_sha256: str, filename_hash: str = "", client: str = "",
                      outbox: Sequence[OutgoingObject] = (), forward_to: str = "") -> tuple[int, Received]:
@@ -177,14 +166,22 @@ class WorklistStore:
             ValueError: ``input_sha256`` is not 64 hex digits.
             StoreError: the database refused the write.
         """
-        row = self._new_row(result, input_sha256=input_sha256, source="dicom", filename_hash=filename_hash,
-                            client=client)
+        row = new_row(result, input_sha256=input_sha256, source="dicom", filename_hash=filename_hash,
+                      client=client)
         with self._transaction() as s:
             known = find_received(s, row.sop_uid, row.input_sha256)
             if known.duplicate_of is not None:
                 return known.duplicate_of, known
             row.uid_conflict = bool(known.conflicts_with)
-            return self._insert(s, row, outbox, forward_to), known
+            row.repeat_key = received_key(row)
+            rid = insert_once(s, row, outbox, forward_to)
+            if rid is None:  # another node stored these very bytes under this UID a moment ago: that row it is
+                known = find_received(s, row.sop_uid, row.input_sha256)
+                if known.duplicate_of is None:
+                    raise StoreError(f"worklist database {self.where}: a received image's row was neither "
+                                     "stored nor found")
+                return known.duplicate_of, known
+            return rid, known
 
     def add_or_count(self, result: Result, *, input_sha256: str, source: str, filename_hash: str = "",
                      client: str = "", thumbnail: str | None = None) -> tuple[int, int]:
@@ -192,54 +189,26 @@ class WorklistStore:
         model: then that row's ``times_received`` goes up and a ``repeat`` audit row (``client``: who sent it) is
         written instead (:mod:`pneumoscan.store.studies`). Returns ``(row id, times received)``; raises as
         :meth:`add`."""
-        row = self._new_row(result, input_sha256=input_sha256, source=source, filename_hash=filename_hash,
-                            client=client, thumbnail=thumbnail)
+        row = new_row(result, input_sha256=input_sha256, source=source, filename_hash=filename_hash,
+                      client=client, thumbnail=thumbnail)
         with self._transaction() as s:
             existing = find_repeat(s, row)
-            if existing is not None:
-                return int(existing.id), count_repeat(s, existing, row, datetime.now(UTC))
-            return self._insert(s, row, (), ""), 1
+            if existing is None:
+                row.repeat_key = repeat_key(row)
+                rid = insert_once(s, row)
+                if rid is not None:
+                    return rid, 1
+                # Another server stored the same input a moment ago (the key is taken): count on its row.
+                existing = find_by_key(s, str(row.repeat_key))
+                if existing is None:
+                    raise StoreError(f"worklist database {self.where}: a repeated input's row was neither stored "
+                                     "nor found")
+            return int(existing.id), count_repeat(s, existing, row, datetime.now(UTC))
 
     def received(self, sop_uid: str, input_sha256: str) -> Received:
         """What the database knows of a SOP Instance UID the DICOM node receives (:func:`.outbox.received`)."""
         with self._transaction() as s:
             return find_received(s, sop_uid, str(input_sha256).strip().lower())
-
-    def _insert(self, s: Session, row: ResultRow, outbox: Sequence[OutgoingObject], forward_to: str) -> int:
-        s.add(row)
-        s.flush()
-        s.add(AuditEvent(created=row.created, event="result", result_id=row.id, model_name=row.model_name,
-                         model_version=row.model_version, client=row.client, input_sha256=row.input_sha256,
-                         detail=f"{row.source or 'unknown source'}: {row.decision or 'not read'}"
-                                + ("; SOP Instance UID received before with other pixels" if row.uid_conflict else "")))
-        s.add_all(new_items(int(row.id), outbox, row.created, clean(forward_to, 128)))
-        return int(row.id)
-
-    def _new_row(self, result: Result, *, input_sha256: str, source: str, filename_hash: str = "", client: str = "",
-                 created: datetime | None = None, thumbnail: str | None = None, uid_conflict: bool = False
-                 ) -> ResultRow:
-        sha = str(input_sha256).strip().lower()
-        if not _SHA256.match(sha):
-            raise ValueError(f"input_sha256 must be 64 hexadecimal digits (SHA-256 of the input's bytes), "
-                             f"got {input_sha256!r:.80}")
-        if not result.read:
-            category = CATEGORY_ERROR
-        elif not result.in_scope:
-            category = CATEGORY_OUT_OF_SCOPE
-        else:
-            category = CATEGORY_SCORED
-        strings = {k: clean(v, _STR_LIMITS[k]) for k, v in (
-            ("source", source), ("filename_hash", filename_hash), ("decision", result.decision),
-            ("model_name", result.model.name), ("model_version", result.model.version), ("client", client),
-            ("score_calibration", result.model.calibration), ("scope_caution", result.scope_caution))}
-        context = {k: clean(v, CONTEXT_FIELDS[k]) for k, v in result.context.to_dict().items() if k in CONTEXT_FIELDS}
-        return ResultRow(created=utc(created) or datetime.now(UTC), category=category, input_sha256=sha,
-                         probability=result.probability, threshold=result.threshold,
-                         in_scope=result.in_scope, scope_reason=clean(result.scope_reason, 2000),
-                         cause=result.cause, cause_probability=result.cause_probability if result.cause else None,
-                         cause_threshold=result.model.cause_threshold,
-                         error=clean(result.error, newlines=True)[:4000], thumbnail=thumbnail_or_blank(thumbnail),
-                         uid_conflict=bool(uid_conflict), **strings, **context)
 
     def review(self, result_id: int, *, verdict: str, note: str = "", reviewer: str) -> dict[str, Any]:
         """Record a reader's review of a result (every review is kept; the latest is the current one) and its
@@ -286,16 +255,8 @@ class WorklistStore:
             raise ValueError(f"older_than_days must be a positive number of days, got {older_than_days!r}")
         now = datetime.now(UTC)
         cutoff = now - timedelta(days=float(older_than_days))
-        old = select(ResultRow.id).where(ResultRow.created < cutoff)
         with self._transaction() as s:
-            n_reviews = s.execute(delete(Review).where(Review.result_id.in_(old))).rowcount or 0
-            s.execute(delete(OutboxItem).where(OutboxItem.result_id.in_(old)))  # their SR/SC go with them
-            n_results = s.execute(delete(ResultRow).where(ResultRow.created < cutoff)).rowcount or 0
-            n_audit = s.execute(delete(AuditEvent).where(AuditEvent.created < cutoff)).rowcount or 0
-            if n_results or n_reviews or n_audit:
-                s.add(AuditEvent(created=now, event="purge", client="retention",
-                                 detail=f"deleted {n_results} result(s), {n_reviews} review(s) and {n_audit} audit "
-                                        f"row(s) older than {older_than_days:g} days (before {cutoff.isoformat()})"))
+            n_results, n_reviews, n_audit = purge_before(s, cutoff, f"{older_than_days:g} days", now)
         if n_results or n_audit:
             log.info("retention: deleted %d result(s), %d review(s), %d audit row(s) older than %g days from %s",
                      n_results, n_reviews, n_audit, older_than_days, self.where)

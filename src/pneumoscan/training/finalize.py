@@ -1,5 +1,6 @@
-"""The end of a training run: the best checkpoint gains its operating point, calibration, scope/drift reference and
-the content hashes of its training and validation films; the validation scores are written beside it."""
+"""The end of a training run: the best checkpoint gains its operating point, calibration, scope/drift reference (with
+the drift check's null table, computed once here: :func:`pneumoscan.onboarding.reference_builder.with_drift_null`)
+and the content hashes of its training and validation films; the validation scores are written beside it."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from pneumoscan.constants import IMAGE_SUFFIXES, JUNK_NAMES, OTHER_IMAGE_SUFFIXE
 from pneumoscan.io import sniff_format
 
 __all__ = ["HIDDEN", "OTHER", "SUBFOLDER", "UNLISTED", "Collected", "Skipped", "collect", "collect_images",
-           "looks_like_image"]
+           "iter_folder", "looks_like_image", "skipped_summary"]
 
 log = logging.getLogger("pneumoscan.worklist")
 
@@ -51,19 +51,25 @@ class Collected:
     def summary(self) -> str:
         """One line for people, e.g. ``3 other file(s) in the folders skipped (not images: 2 hidden/system
         files, 1 other)``; ``""`` when nothing was skipped."""
-        counts = Counter(s.kind for s in self.skipped)
-        parts = []
-        n_files = counts[HIDDEN] + counts[OTHER]
-        if n_files:
-            kinds = [f"{counts[HIDDEN]} hidden/system file{'s' * (counts[HIDDEN] != 1)}" if counts[HIDDEN] else "",
-                     f"{counts[OTHER]} other" if counts[OTHER] else ""]
-            parts.append(f"{n_files} other file(s) in the folders skipped (not images: "
-                         f"{', '.join(k for k in kinds if k)})")
-        if counts[SUBFOLDER]:
-            parts.append(f"{counts[SUBFOLDER]} sub-folder(s) not searched (use --recursive)")
-        if counts[UNLISTED]:
-            parts.append(f"{counts[UNLISTED]} folder(s) could not be listed (see the warnings)")
-        return "; ".join(parts)
+        return skipped_summary(Counter(s.kind for s in self.skipped))
+
+
+def skipped_summary(counts: Counter[str] | dict[str, int]) -> str:
+    """:meth:`Collected.summary` from the number of skipped entries of each kind (:data:`HIDDEN`, :data:`OTHER`,
+    :data:`SUBFOLDER`, :data:`UNLISTED`): for a listing too long to keep every :class:`Skipped`."""
+    counts = Counter(counts)
+    parts = []
+    n_files = counts[HIDDEN] + counts[OTHER]
+    if n_files:
+        kinds = [f"{counts[HIDDEN]} hidden/system file{'s' * (counts[HIDDEN] != 1)}" if counts[HIDDEN] else "",
+                 f"{counts[OTHER]} other" if counts[OTHER] else ""]
+        parts.append(f"{n_files} other file(s) in the folders skipped (not images: "
+                     f"{', '.join(k for k in kinds if k)})")
+    if counts[SUBFOLDER]:
+        parts.append(f"{counts[SUBFOLDER]} sub-folder(s) not searched (use --recursive)")
+    if counts[UNLISTED]:
+        parts.append(f"{counts[UNLISTED]} folder(s) could not be listed (see the warnings)")
+    return "; ".join(parts)
 
 
 def collect(inputs: Iterable[str | os.PathLike[str]], *, recursive: bool = False) -> Collected:
@@ -117,17 +123,31 @@ def _key(p: Path) -> Path:
 
 
 def _walk(folder: Path, recursive: bool, found: list[Path], skipped: list[Skipped], visited: set[Path]) -> None:
+    for path, kind in iter_folder(folder, recursive, visited):
+        if kind is None:
+            found.append(path)
+        else:
+            skipped.append(Skipped(path, kind))
+
+
+def iter_folder(folder: Path, recursive: bool, visited: set[Path] | None = None) -> Iterator[tuple[Path, str | None]]:
+    """Walk ``folder`` as :func:`collect` does, one entry at a time (for listings too long to hold): yields
+    ``(path, None)`` for a file to score and ``(path, kind)`` for an entry skipped (:data:`HIDDEN`, :data:`OTHER`,
+    :data:`SUBFOLDER` without ``recursive``, :data:`UNLISTED`, after a warning). Entries come in name order, a
+    sub-folder's where its name falls; ``visited`` (resolved folders) keeps a folder reached twice through links
+    from being searched twice."""
+    visited = {_key(folder)} if visited is None else visited
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:  # its files cannot be listed, so they cannot be counted either: say so
         log.warning("cannot list the folder %s: %s", folder, exc.strerror or exc)
-        skipped.append(Skipped(folder, UNLISTED))
+        yield folder, UNLISTED
         return
     for entry in entries:
         p = Path(entry.path)
         name = entry.name
         if name.startswith(".") or name.lower() in JUNK_NAMES:
-            skipped.append(Skipped(p, HIDDEN))
+            yield p, HIDDEN
             continue
         try:
             is_dir = entry.is_dir()  # follows links
@@ -136,21 +156,18 @@ def _walk(folder: Path, recursive: bool, found: list[Path], skipped: list[Skippe
             is_dir = is_file = False
         if is_dir:
             if not recursive:
-                skipped.append(Skipped(p, SUBFOLDER))
+                yield p, SUBFOLDER
             elif (key := _key(p)) not in visited:  # a link back up the tree is searched once
                 visited.add(key)
-                _walk(p, recursive, found, skipped, visited)
+                yield from iter_folder(p, recursive, visited)
             continue
         if not is_file:
             if entry.is_symlink():  # broken link or a loop of links: its row says which
-                found.append(p)
+                yield p, None
             else:  # a FIFO, socket or device: reading it could block, and it is no image
-                skipped.append(Skipped(p, OTHER))
+                yield p, OTHER
             continue
-        if looks_like_image(p):
-            found.append(p)
-        else:
-            skipped.append(Skipped(p, OTHER))
+        yield p, (None if looks_like_image(p) else OTHER)
 
 
 def looks_like_image(path: str | os.PathLike[str]) -> bool:

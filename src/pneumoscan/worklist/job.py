@@ -181,12 +181,15 @@ def _score(predictor: Predictor, files: Sequence[Path], req: PredictRequest, key
     return results, batch
 
 
-def summary_line(rows: Sequence[dict[str, Any]], counts: dict[str, int], threshold: float) -> str:
+def summary_line(rows: Sequence[dict[str, Any]], counts: dict[str, int], threshold: float, *,
+                 n_positive: int | None = None) -> str:
     """How many were scored, flagged, not flagged, scored with the unfamiliar-film caution (when any), not assessed
-    and not read, in the decision wording of the page and report."""
-    n_pos = sum(bool(r["positive"]) for r in rows)
+    and not read, in the decision wording of the page and report. ``n_positive``: the number flagged, for a caller
+    that holds counts but no rows (the archive engine, :mod:`pneumoscan.scale`; ``rows`` may then be empty)."""
+    n_pos = sum(bool(r["positive"]) for r in rows) if n_positive is None else n_positive
     n_caution = counts.get("n_cautioned", 0)
-    return (f"{counts['n_in_scope']} of {len(rows)} image(s) scored; {DECISION_WORDS['PNEUMONIA']}: {n_pos} "
+    return (f"{counts['n_in_scope']} of {counts.get('n_files', len(rows))} image(s) scored; "
+            f"{DECISION_WORDS['PNEUMONIA']}: {n_pos} "
             f"(score at or above the threshold {score_100(threshold):.1f} / 100); "
             f"{DECISION_WORDS['NORMAL']}: {counts['n_in_scope'] - n_pos}; "
             + (f"scored with a caution (unfamiliar film, unlike the training films): {n_caution}; " if n_caution

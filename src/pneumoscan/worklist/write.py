@@ -1,4 +1,6 @@
-"""Worklist rows to a file: CSV (one row per image, the columns people read and the machine columns) or JSON."""
+"""Worklist rows to a file: CSV (one row per image, the columns people read and the machine columns) or JSON; and
+Parquet, for the archive engine's shards (:mod:`pneumoscan.scale`; pyarrow comes with the ``ray`` extra and is
+imported only there)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,23 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pneumoscan.constants import DISCLAIMER
 from pneumoscan.metrics import decision_words, score_100
-from pneumoscan.utils import atomic_write_text, csv_safe_text
+from pneumoscan.utils import atomic_path, atomic_write_text, csv_safe_text
 from pneumoscan.worklist.rows import OPTIONAL_COLUMNS, RESULT_COLUMNS
 
-__all__ = ["csv_text", "write_results"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["arrow_schema", "csv_text", "write_parquet", "write_results"]
+
+#: Worklist columns that hold numbers (float64 in Arrow; None is null) and booleans; every other column is text
+#: (``rank`` an integer, ``dicom_out`` a list of paths).
+NUMBER_COLUMNS = ("score", "score_threshold", "probability", "threshold", "cause_score", "cause_probability",
+                  "cause_threshold")
+BOOL_COLUMNS = ("positive", "in_scope")
 
 
 def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
@@ -96,3 +107,36 @@ def _cell(column: str, value: Any) -> str:
     if isinstance(value, str):  # paths, file names, errors: text a spreadsheet must not run as a formula
         return csv_safe_text(value)
     return str(value)  # numbers stay numbers
+
+
+def arrow_schema(columns: Sequence[str] = RESULT_COLUMNS, extra: Sequence[pa.Field] = ()) -> pa.Schema:
+    """The Arrow schema of worklist rows (:func:`pneumoscan.worklist.rows.worklist_row`) with ``columns``, in order,
+    then the fields ``extra``: probabilities, thresholds and scores (0-100) float64, ``positive`` and ``in_scope``
+    bool, ``rank`` int64, ``dicom_out`` a list of strings, every other column a string; all nullable (None: not
+    read, not assessed, no cause)."""
+    import pyarrow as pa
+
+    def arrow_type(name: str) -> pa.DataType:
+        if name in NUMBER_COLUMNS:
+            return pa.float64()
+        if name in BOOL_COLUMNS:
+            return pa.bool_()
+        if name == "rank":
+            return pa.int64()
+        if name == "dicom_out":
+            return pa.list_(pa.string())
+        return pa.string()
+
+    return pa.schema([pa.field(c, arrow_type(c)) for c in columns] + list(extra))
+
+
+def write_parquet(table: pa.Table, path: str | os.PathLike[str]) -> Path:
+    """Write ``table`` to ``path`` as one Parquet file (zstd), atomically and readable by its owner only
+    (:func:`pneumoscan.utils.atomic_path`): a reader sees the whole file or none, so a file's final name is the
+    proof that it is complete."""
+    import pyarrow.parquet as pq
+
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return out

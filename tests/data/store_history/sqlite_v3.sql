@@ -1,0 +1,80 @@
+BEGIN TRANSACTION;
+CREATE TABLE audit_log (
+	id INTEGER NOT NULL, 
+	created DATETIME NOT NULL, 
+	event VARCHAR(32) NOT NULL, 
+	result_id INTEGER, 
+	model_name VARCHAR(128) NOT NULL, 
+	model_version VARCHAR(128) NOT NULL, 
+	client VARCHAR(128) NOT NULL, 
+	input_sha256 VARCHAR(64) NOT NULL, 
+	detail TEXT NOT NULL, 
+	PRIMARY KEY (id)
+);
+INSERT INTO "audit_log" VALUES(1,'2026-01-05 09:30:00.000000','result',1,'seed-cnn','abc123def456','PACS_AE','0000000000000000000000000000000000000000000000000000000000000001','upload: PNEUMONIA');
+INSERT INTO "audit_log" VALUES(2,'2026-01-05 09:31:00.000000','result',2,'seed-cnn','abc123def456','local','0000000000000000000000000000000000000000000000000000000000000002','upload: OUT_OF_SCOPE');
+INSERT INTO "audit_log" VALUES(3,'2026-01-05 09:32:00.000000','result',3,'seed-cnn','abc123def456','local','0000000000000000000000000000000000000000000000000000000000000003','upload: not read');
+INSERT INTO "audit_log" VALUES(4,'2026-12-06 02:08:22.621291','review',1,'seed-cnn','abc123def456','Dr A','0000000000000000000000000000000000000000000000000000000000000001','agree with a note');
+CREATE TABLE schema_version (
+	version INTEGER NOT NULL, 
+	applied_at DATETIME NOT NULL, 
+	description VARCHAR(200) NOT NULL, 
+	PRIMARY KEY (version)
+);
+INSERT INTO "schema_version" VALUES(3,'2026-12-06 02:08:22.525080','created');
+CREATE TABLE worklist_results (
+	id INTEGER NOT NULL, 
+	created DATETIME NOT NULL, 
+	category SMALLINT NOT NULL, 
+	input_sha256 VARCHAR(64) NOT NULL, 
+	source VARCHAR(32) NOT NULL, 
+	filename_hash VARCHAR(64) NOT NULL, 
+	probability FLOAT, 
+	decision VARCHAR(32) NOT NULL, 
+	threshold FLOAT, 
+	in_scope BOOLEAN, 
+	scope_reason TEXT NOT NULL, 
+	error TEXT NOT NULL, 
+	model_name VARCHAR(128) NOT NULL, 
+	model_version VARCHAR(128) NOT NULL, 
+	client VARCHAR(128) NOT NULL, 
+	patient_id VARCHAR(64) NOT NULL, 
+	accession VARCHAR(64) NOT NULL, 
+	study_date VARCHAR(16) NOT NULL, 
+	age VARCHAR(16) NOT NULL, 
+	sex VARCHAR(16) NOT NULL, 
+	"view" VARCHAR(16) NOT NULL, 
+	study_uid VARCHAR(64) NOT NULL, 
+	series_uid VARCHAR(64) NOT NULL, 
+	sop_uid VARCHAR(64) NOT NULL, 
+	thumbnail TEXT NOT NULL, 
+	cause VARCHAR(16) NOT NULL, 
+	cause_probability FLOAT, 
+	cause_threshold FLOAT, 
+	PRIMARY KEY (id)
+);
+INSERT INTO "worklist_results" VALUES(1,'2026-01-05 09:30:00.000000',0,'0000000000000000000000000000000000000000000000000000000000000001','upload','',0.83,'PNEUMONIA',0.5,1,'','','seed-cnn','abc123def456','PACS_AE','P-1','ACC-1','20260105','004Y','F','PA','1.2.826.0.1.3680043.2.1','1.2.826.0.1.3680043.2.1.1','1.2.826.0.1.3680043.2.1.1.1','data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8U+/=','VIRAL',0.7,0.4);
+INSERT INTO "worklist_results" VALUES(2,'2026-01-05 09:31:00.000000',1,'0000000000000000000000000000000000000000000000000000000000000002','upload','',0.12,'OUT_OF_SCOPE',0.5,0,'blank or uniform image','','seed-cnn','abc123def456','local','','','','','','','','','','','',NULL,0.4);
+INSERT INTO "worklist_results" VALUES(3,'2026-01-05 09:32:00.000000',2,'0000000000000000000000000000000000000000000000000000000000000003','upload','',NULL,'',0.5,NULL,'','not an image: truncated JPEG','seed-cnn','abc123def456','local','','','','','','','','','','','',NULL,0.4);
+CREATE TABLE worklist_reviews (
+	id INTEGER NOT NULL, 
+	result_id INTEGER NOT NULL, 
+	created DATETIME NOT NULL, 
+	verdict VARCHAR(16) NOT NULL, 
+	note TEXT NOT NULL, 
+	reviewer VARCHAR(128) NOT NULL, 
+	PRIMARY KEY (id), 
+	FOREIGN KEY(result_id) REFERENCES worklist_results (id) ON DELETE CASCADE
+);
+INSERT INTO "worklist_reviews" VALUES(1,1,'2026-12-06 02:08:22.621291','agree','consolidation right lower lobe','Dr A');
+CREATE INDEX ix_worklist_results_accession ON worklist_results (accession);
+CREATE INDEX ix_worklist_results_input_sha256 ON worklist_results (input_sha256);
+CREATE INDEX ix_worklist_results_order ON worklist_results (category, probability);
+CREATE INDEX ix_worklist_results_patient_id ON worklist_results (patient_id);
+CREATE INDEX ix_worklist_results_study_uid ON worklist_results (study_uid);
+CREATE INDEX ix_worklist_results_created ON worklist_results (created);
+CREATE INDEX ix_audit_log_created ON audit_log (created);
+CREATE INDEX ix_audit_log_result_id ON audit_log (result_id);
+CREATE INDEX ix_worklist_reviews_result_id ON worklist_reviews (result_id);
+CREATE INDEX ix_worklist_reviews_created ON worklist_reviews (created);
+COMMIT;
