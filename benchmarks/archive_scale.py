@@ -11,9 +11,10 @@ background load hits both alike):
   again on the finished run (every file found scored: listing and ``stat`` only);
 
 on ``small`` (N 224 px training JPEGs, default 3000) and ``fullres`` (the 40 full-resolution films, copied
-``--fullres-copies`` times: 200 films), copied into a temporary folder. ``stages`` times each stage alone on one thread (in this process, median of ``--rounds`` passes):
-listing (per file), reading and hashing, decoding to the model's square, model and gate (batches of 64); also on
-16-bit DICOM copies of the full-resolution films (what a PACS archive holds). ``driver`` times the shard writer
+``--fullres-copies`` times: 200 films), copied into a temporary folder. ``stages`` times each stage alone on one
+thread (in this process, median of ``--rounds`` passes): listing (per file), reading and hashing, decoding to the
+model's square, model and gate (batches of 64); also on 16-bit DICOM copies of the full-resolution films (what a
+PACS archive holds). ``driver`` times the shard writer
 (rows committed per second). The JSON (``benchmarks/results/archive_scale.json``) keeps every round, the medians,
 the load average before and after, the machine, and the estimate for 10 million films (:func:`estimate`).
 

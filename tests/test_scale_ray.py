@@ -170,7 +170,7 @@ def test_a_killed_run_resumed_scores_every_file_exactly_once(ray_address, archiv
     try:
         deadline = time.monotonic() + 240
         while len(list((run_dir / "shards").glob("shard-*.parquet"))) < 3:
-            assert proc.poll() is None, f"the driver stopped before it was killed: {proc.stderr.read().decode()[-2000:]}"
+            assert proc.poll() is None, f"the driver stopped early: {proc.stderr.read().decode()[-2000:]}"
             assert time.monotonic() < deadline, "no shards were written in 240 s"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)  # the driver itself, at once: no chance to tidy up

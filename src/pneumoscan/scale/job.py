@@ -55,7 +55,8 @@ class ArchiveRequest:
 
     ``threads``: ONNX Runtime threads per actor (the CPUs Ray reserves for each); ``actors``: how many (default: the
     cluster's CPUs over ``threads``); ``shard_rows``: rows per shard; ``block_rows``: files per block handed to an
-    actor (default ``4 * batch_size``); ``wave_files``: files listed before a wave of scoring starts."""
+    actor (default ``batch_size``: a small run still keeps every actor busy); ``wave_files``: files listed before a
+    wave of scoring starts."""
 
     paths: Sequence[Path]
     run_dir: Path
@@ -148,7 +149,7 @@ def archive_job(req: ArchiveRequest) -> ArchiveReport:
         try:
             n_actors = _actors(ray, req)
             paths = iter_paths(req.paths, req.manifests, recursive=req.recursive, listing=listing)
-            blocks = pending_blocks(paths, listing, block_rows=req.block_rows or 4 * req.batch_size, done=done,
+            blocks = pending_blocks(paths, listing, block_rows=req.block_rows or req.batch_size, done=done,
                                     rehash=req.rehash)
             scorer_args = {"model": str(model_path.resolve()), "threads": req.threads, "adult_age": req.adult_age,
                            "keep_features": drift_check is not None}
@@ -321,6 +322,7 @@ def _score_wave(ray: Any, refs: list[Any], scorer_args: dict[str, Any], req: Arc
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours counts films; Ray's count blocks per operator
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we know
     ctx.print_on_execution_start = False
     ds = ray.data.from_arrow_refs(refs).map_batches(
         ArchiveScorer, fn_constructor_kwargs=scorer_args, batch_size=req.batch_size, batch_format="pyarrow",
