@@ -16,7 +16,7 @@ Three parts, each its own key in the JSON (``benchmarks/results/drift_cost.json`
   Reported: the wall time of the job, the time inside the drift step (``batch_drift``: building the check and
   testing the batch), its share, and the torch/ONNX ratio of the job's time; medians over ``--rounds`` rounds,
   every configuration once per round (rounds interleaved, so a change in the background load hits all alike),
-  with the load average.
+  with the load average; also the ratio of the fastest runs (the least disturbed on a shared machine).
 
 * ``interpolation``: the table's values at batch sizes between its stored ones against the null computed there
   directly, and, as the yardstick, the direct null under ``--seeds`` other resampling seeds: ``|table - direct|``
@@ -145,15 +145,19 @@ def timing(model: Path, n: int, rounds: int, before: str) -> dict[str, Any]:
         total, drift = _med([x["total_s"] for x in rs]), _med([x["drift_s"] for x in rs])
         summary[key] = {"total_s": total, "drift_s": drift, "drift_share": _med([x["drift_s"] / x["total_s"]
                                                                                  for x in rs]),
-                        "rest_s": _med([x["total_s"] - x["drift_s"] for x in rs])}
+                        "rest_s": _med([x["total_s"] - x["drift_s"] for x in rs]),
+                        "total_s_min": min(x["total_s"] for x in rs)}
     ratios = {m: summary[f"torch/{m}"]["total_s"] / summary[f"onnx/{m}"]["total_s"] for m in modes}
+    # On a shared machine the fastest run is the one least disturbed by others: the ratio of the minima too.
+    ratios_min = {m: summary[f"torch/{m}"]["total_s_min"] / summary[f"onnx/{m}"]["total_s_min"] for m in modes}
     verdicts = {key: [x["drift"] for x in rs] for key, rs in runs.items()}
     return {"n_films": n, "rounds": rounds, "modes": modes, "before": before if have_git else None,
-            "median": summary, "torch_over_onnx": ratios, "runs": runs, "verdicts": verdicts,
+            "median": summary, "torch_over_onnx": ratios, "torch_over_onnx_of_minima": ratios_min, "runs": runs, "verdicts": verdicts,
             "loadavg_1_5_15_per_round": load,
             "targets": {"drift_share_max": 0.10, "torch_over_onnx_min": 2.0},
             "met": {"drift_share": summary["onnx/table"]["drift_share"] <= 0.10,
-                    "torch_over_onnx": ratios["table"] >= 2.0}}
+                    "torch_over_onnx": ratios["table"] >= 2.0,
+                    "torch_over_onnx_of_minima": ratios_min["table"] >= 2.0}}
 
 
 def _checks(model: Path) -> tuple[Any, Any]:
@@ -335,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in t["modes"]:
             on, to = t["median"][f"onnx/{m}"], t["median"][f"torch/{m}"]
             print(f"{m:14s} onnx {on['total_s']:.2f} s (drift {on['drift_share']:.1%}), torch {to['total_s']:.2f} s "
-                  f"(drift {to['drift_share']:.1%}); torch/onnx {t['torch_over_onnx'][m]:.2f}")
+                  f"(drift {to['drift_share']:.1%}); torch/onnx {t['torch_over_onnx'][m]:.2f} (of the fastest runs "
+                  f"{t['torch_over_onnx_of_minima'][m]:.2f})")
     print(f"wrote {args.out}")
     return 0
 

@@ -154,3 +154,49 @@ def test_the_shipped_model_looks_its_null_up():
     assert check.table is not None, "the shipped model's drift null table is missing or stale: run " \
                                     "scripts/build_reference.py --null-only"
     assert check.table.sizes.tolist() == table_sizes(check.max_batch) and check.table.values.shape[2] == 21
+
+
+def test_build_reference_null_only_adds_the_table_and_changes_nothing_else(world, tiny_checkpoint, tmp_path):
+    """``scripts/build_reference.py --null-only`` (how the shipped model got its table): the weights, the other
+    tensors, the reference and the ONNX graph beside it stay as they are; the export names the new file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import onnx
+
+    from pneumoscan.checkpoint import load_checkpoint, load_checkpoint_arrays, save_checkpoint
+    from pneumoscan.inference.export import export_onnx
+    from pneumoscan.inference.scoring import CHECKPOINT_SHA256_KEY, read_onnx_metadata
+    from pneumoscan.utils import file_sha256
+
+    ref = dataclasses.replace(world[3], drift_null=None)
+    src = tmp_path / "src" / "model.safetensors"
+    src.parent.mkdir()
+    ckpt = load_checkpoint(tiny_checkpoint)
+    save_checkpoint(src, ckpt.state_dict, {**ckpt.meta, "reference": ref.to_meta()}, extra=ref.to_tensors())
+    export_onnx(src, src.with_suffix(".onnx"))
+    out = tmp_path / "out" / "model.safetensors"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_reference.py"
+    done = subprocess.run([sys.executable, str(script), "--null-only", "--model", str(src), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "drift null table: 9 batch sizes (50..160) x 21 mixes" in done.stdout
+    before, after = load_checkpoint_arrays(src, weights=True), load_checkpoint_arrays(out, weights=True)
+    assert before.state_dict.keys() == after.state_dict.keys() and before.extra.keys() == after.extra.keys()
+    for name in before.state_dict:
+        np.testing.assert_array_equal(before.state_dict[name], after.state_dict[name])
+    for name in before.extra:
+        np.testing.assert_array_equal(before.extra[name], after.extra[name])
+    table = after.meta["reference"].pop("drift_null")
+    assert after.meta == before.meta
+    back = Reference.from_checkpoint_parts(after.extra, {**after.meta["reference"], "drift_null": table})
+    assert DriftCheck(back).table is not None  # the check's default parameters: what the predictor uses
+    old, new = onnx.load(str(src.with_suffix(".onnx"))), onnx.load(str(out.with_suffix(".onnx")))
+    assert old.graph.SerializeToString() == new.graph.SerializeToString()
+    assert read_onnx_metadata(out.with_suffix(".onnx")) == load_checkpoint_arrays(out).meta
+    props = {p.key: p.value for p in new.metadata_props}
+    assert props[CHECKPOINT_SHA256_KEY] == file_sha256(out)
+    again = subprocess.run([sys.executable, str(script), "--null-only", "--model", str(src), "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "exists" in again.stderr  # never over an existing file

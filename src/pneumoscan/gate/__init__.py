@@ -2,7 +2,8 @@
 
 * :mod:`.scope`: the out-of-scope gate (DICOM header, pixel statistics, the model's own features against the
   reference): an image that is not a pediatric frontal chest radiograph is not assessed.
-* :mod:`.drift`: the drift check, a batch (or rolling window) of in-scope films against the reference.
+* :mod:`.drift`: the drift check, a batch (or rolling window) of in-scope films against the reference; its null
+  distribution is computed once with the reference and looked up at run time (:mod:`.drift_null`).
 * :mod:`.reference`: the reference of training films as it is used at run time (reading it from a checkpoint,
   descriptors, distances); building one is :mod:`pneumoscan.onboarding.reference_builder`'s business.
 """

@@ -123,8 +123,8 @@ class Reference:
 
     def as_stored(self) -> "Reference":
         """A copy whose arrays are as a checkpoint keeps them (float16, read back as float32)."""
-        return dataclasses.replace(self, **{name: np.asarray(getattr(self, name), np.float16).astype(np.float32)
-                                            for name in _ARRAYS})
+        return dataclasses.replace(self, info=dict(self.info), **{
+            name: np.asarray(getattr(self, name), np.float16).astype(np.float32) for name in _ARRAYS})
 
     @classmethod
     def from_checkpoint_parts(cls, tensors: dict[str, Any], meta: dict[str, Any] | None) -> "Reference | None":

@@ -141,8 +141,11 @@ class ScopeGate:
         self.reference = reference
         self.adult_age_years = float(adult_age_years)
 
-    def assess(self, ctx: ImageContext | None, square: np.ndarray, features: np.ndarray | None) -> ScopeResult:
-        """Judge one image: its context, its model-input square ``(S, S) uint8`` and its pooled features ``(C,)``."""
+    def assess(self, ctx: ImageContext | None, square: np.ndarray, features: np.ndarray | None, *,
+               ood_score: float | None = None) -> ScopeResult:
+        """Judge one image: its context, its model-input square ``(S, S) uint8`` and its pooled features ``(C,)``
+        (``ood_score``: their :meth:`~pneumoscan.gate.reference.Reference.ood_scores` when the caller computed it
+        for a whole batch at once)."""
         reason = metadata_reason(ctx, self.adult_age_years)
         if reason:
             return ScopeResult(False, reason, evidence="metadata")
@@ -151,7 +154,8 @@ class ScopeGate:
             return ScopeResult(False, reason, evidence="pixels")
         if self.reference is None or features is None:
             return ScopeResult(True)
-        score = float(self.reference.ood_scores(np.asarray(features)[None, :])[0])
+        score = (float(self.reference.ood_scores(np.asarray(features)[None, :])[0]) if ood_score is None
+                 else float(ood_score))
         if score > self.reference.refuse_limit:
             return ScopeResult(False, FEATURE_REASON, score, "features")
         if score > self.reference.knn_cut:

@@ -96,6 +96,9 @@ class _Run(NamedTuple):
     causes: np.ndarray | None
     feats: list[np.ndarray | None]
     cams: list[np.ndarray] | None = None
+    #: The scope gate's out-of-distribution score of each film, computed for the whole batch at once (one matrix
+    #: product: per film, a tiny product's BLAS threads cost more than the product); None without a reference.
+    ood: np.ndarray | None = None
 
 
 class Predictor:
@@ -394,7 +397,8 @@ class Predictor:
         finding."""
         features = run.feats[k]
         cam = None if run.cams is None else run.cams[k]
-        verdict = self.gate.assess(film.context, film.square, features)
+        verdict = self.gate.assess(film.context, film.square, features,
+                                   ood_score=None if run.ood is None else float(run.ood[k]))
         return Result.scored(source, float(run.probs[k]), self.identity, in_scope=verdict.in_scope,
                              scope_reason=verdict.reason, scope_evidence=verdict.evidence,
                              scope_caution=verdict.caution, ood_score=verdict.ood_score, context=film.context,
@@ -427,13 +431,20 @@ class Predictor:
         """Probabilities (``sigmoid(logit / temperature)``), the cause output's P(viral) (its own temperature) and
         pooled features of model-size squares."""
         logits, cause, feats = self.network.logits(squares)
-        return _Run(expit(logits / self.temperature), self._cause_probs(cause), feats)
+        return _Run(expit(logits / self.temperature), self._cause_probs(cause), feats, ood=self._ood(feats))
 
     def _explain_batch(self, squares: Sequence[np.ndarray]) -> _Run:
         """:meth:`_forward` with each square's explanation: its occlusion map
         (:mod:`pneumoscan.inference.occlusion`, on this predictor's own backend)."""
         logits, cause, maps, feats = self.network.occlusion(squares)
-        return _Run(expit(logits / self.temperature), self._cause_probs(cause), feats, maps)
+        return _Run(expit(logits / self.temperature), self._cause_probs(cause), feats, maps, self._ood(feats))
+
+    def _ood(self, feats: Sequence[np.ndarray | None]) -> np.ndarray | None:
+        """The gate's out-of-distribution scores of a batch's pooled features (None without a reference)."""
+        reference = self.gate.reference
+        if reference is None or not feats or any(f is None for f in feats):
+            return None
+        return reference.ood_scores(np.stack([np.asarray(f) for f in feats]))
 
     def _cause_probs(self, cause_logits: np.ndarray | None) -> np.ndarray | None:
         """P(viral), calibrated: only for a model whose cause output has an operating point."""
