@@ -31,7 +31,7 @@ from pneumoscan.scale.listing import Listing, iter_paths, pending_blocks
 from pneumoscan.scale.run import RunFolder
 from pneumoscan.scale.shards import ROW_COLUMNS, DoneIndex, DriftSample, ShardWriter, latest, read_shards
 from pneumoscan.worklist.collect import skipped_summary
-from pneumoscan.worklist.job import summary_line
+from pneumoscan.worklist.job import pseudonym_key, summary_line
 from pneumoscan.worklist.rows import batch_drift, rank
 from pneumoscan.worklist.write import write_results
 
@@ -127,7 +127,7 @@ def archive_job(req: ArchiveRequest) -> ArchiveReport:
 
     _check(req)
     ray = _import_ray()
-    key = _pseudonym_key(req)
+    key = pseudonym_key(req)
     model_path = Path(req.model) if req.model is not None else Path(default_model_path())
     predictor = Predictor.from_checkpoint(model_path, options=RuntimeOptions(threads=1), adult_age_years=req.adult_age)
     settings = _settings(req, predictor, key)
@@ -237,17 +237,6 @@ def _import_ray() -> Any:
         raise MissingExtraError(f"--engine ray needs Ray Data (the 'ray' extra; {exc}); install it with {RAY_INSTALL}"
                                 ) from exc
     return ray
-
-
-def _pseudonym_key(req: ArchiveRequest) -> bytes | None:
-    if not req.pseudonymise:
-        return None
-    from pneumoscan.pseudonym import PseudonymKeyError, load_key
-
-    try:
-        return load_key(req.secret_file)
-    except PseudonymKeyError as exc:
-        raise UsageError(str(exc)) from exc
 
 
 def _settings(req: ArchiveRequest, predictor: Predictor, key: bytes | None) -> dict[str, Any]:

@@ -147,7 +147,11 @@ def check_predict_outputs(req: PredictRequest, files: Sequence[Path]) -> None:
         check_writable_folder(req.dicom_out, "--dicom-out")
 
 
-def _pseudonym_key(req: PredictRequest) -> bytes | None:
+def pseudonym_key(req: PredictRequest | Any) -> bytes | None:
+    """The pseudonym key a request asks for (``req.pseudonymise``, ``req.secret_file``), or None.
+
+    Raises:
+        UsageError: the key file is missing or unusable."""
     if not req.pseudonymise:
         return None
     from pneumoscan.pseudonym import PseudonymKeyError, load_key
@@ -211,7 +215,7 @@ def predict_job(req: PredictRequest) -> PredictReport:
     from pneumoscan.inference.provenance import provenance
 
     check_predict_request(req)
-    key = _pseudonym_key(req)
+    key = pseudonym_key(req)
     model_path = req.model if req.model is not None else default_model_path()
     check_model_choice(req, model_path)
     collected = collect(req.paths, recursive=req.recursive)  # names what it skips at INFO (-v)
