@@ -15,7 +15,6 @@ from imagefactory import dicom_bytes, jpeg_bytes, png_bytes, synthetic_xray
 from PIL import Image
 
 from pneumoscan.constants import CAUSE_CAVEAT, CAUSE_WORDS, DECISION_WORDS
-from pneumoscan.inference.predictor import Predictor
 from pneumoscan.inference.render import render_heat
 from pneumoscan.serve import ServeSettings, create_app
 from pneumoscan.serve.analysis import (
@@ -30,11 +29,6 @@ with warnings.catch_warnings():
 
 TOKEN = "explain-token-0123456789abcdef"
 STRINGS_JS = Path(__file__).resolve().parents[1] / "src/pneumoscan/serve/static/strings.js"
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoint):
-    return Predictor.from_checkpoint(tiny_checkpoint)
 
 
 @pytest.fixture
