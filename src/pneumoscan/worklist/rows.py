@@ -76,8 +76,9 @@ def worklist_row(result: Result, *, pseudonym_key: bytes | str | None = None) ->
     ``OUT_OF_SCOPE``, or ``""`` when the file could not be read), ``positive`` (None when not read), ``in_scope``,
     ``scope_reason``, ``scope_caution`` (in scope: a chest radiograph unlike the training films, scored and ranked
     like any other, with this caution beside its score; ``""`` otherwise), ``threshold``, the cause of a flagged film (``cause`` ``BACTERIAL``/``VIRAL``, ``cause_text``,
-    ``cause_score`` the viral score on 0-100, ``cause_probability`` P(viral), ``cause_threshold``; blank for every
-    film that is not flagged, and for a model without a cause output), ``error`` (why the file could not be read, or what went wrong with an output of
+    ``cause_score`` the viral score on 0-100, ``cause_probability`` P(viral): blank for every film that is not
+    flagged, and for a model without a cause output; ``cause_threshold``, like ``threshold``, on every row of a model
+    with a cause output), ``error`` (why the file could not be read, or what went wrong with an output of
     a scored file; ``""`` when all went well), ``model_name``, ``model_version`` and, when a heatmap was asked for and the
     file scored, ``heatmap`` (its path; ``""`` when it could not be written). ``predict --dicom-out`` adds
     ``dicom_out``.
